@@ -1,0 +1,23 @@
+"""User-facing errors.
+
+Every problem caused by the user's input (a shard, a YAML file, a flag) is raised as a
+``UserError`` with one line naming the file or field, what was expected and what was found.
+The CLI prints it and exits with code 2; it never shows a traceback for these.
+"""
+
+from __future__ import annotations
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """Bad input: the CLI prints ``str(err)`` on one line and exits with code 2."""
+
+    def __init__(self, message: str) -> None:
+        one_line = " ".join(str(message).split())
+        super().__init__(one_line)
+
+
+def fail(where: object, expected: str, found: object) -> UserError:
+    """Build the standard message ``WHERE: expected EXPECTED, got FOUND``."""
+    return UserError(f"{where}: expected {expected}, got {found}")
