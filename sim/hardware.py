@@ -1,0 +1,124 @@
+"""Hardware and model descriptions the engine runs on, in SI units (bytes, seconds, bytes/s, FLOP/s).
+
+Units are parsed once, at the YAML boundary (`sim.units`), into these plain frozen dataclasses.
+Nothing here validates user input: `sim.scenario` does that and names the YAML field.
+
+Memory model (see docs/engine.md):
+* ``hbm.capacity`` is the budget for experts *kept in HBM across layers* (the expert cache).
+  The experts a layer fetches on demand pass through a separate staging area sized for one
+  layer's worth, which is always available; a policy that keeps them must admit them into the
+  cache (evicting others). 0 means no cache.
+* Experts outside HBM live in ``host`` DRAM (reached over ``pcie``), in the ``md`` pool (reached
+  over ``md_link``), or in both (``placement``).
+* In ``near-data`` MD mode the pool can also run an expert next to its memory: only the
+  tokens' activations cross ``md_link`` (in and out).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+PLACEMENTS = ("host", "md", "both")
+MD_MODES = ("fetch", "near-data")
+EXPERT_START = ("per-expert", "layer")
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """A one-directional link towards the GPU.
+
+    ``channels`` concurrent transfer slots (copy engines / queue pairs) share ``bandwidth``:
+    each slot moves data at ``channel_rate`` = min(bandwidth / channels, channel_bandwidth).
+    A transfer waits FIFO for the earliest free slot, then takes ``latency + bytes / rate``.
+    """
+
+    name: str
+    bandwidth: float  # bytes/s, the link's total
+    latency: float = 0.0  # s per transfer
+    channels: int = 1
+    channel_bandwidth: float | None = None  # bytes/s cap per slot (None: no cap)
+
+    @property
+    def channel_rate(self) -> float:
+        share = self.bandwidth / self.channels
+        return share if self.channel_bandwidth is None else min(share, self.channel_bandwidth)
+
+    def transfer_time(self, nbytes: float) -> float:
+        """Time one transfer of ``nbytes`` occupies a slot."""
+        return self.latency + nbytes / self.channel_rate
+
+
+@dataclass(frozen=True)
+class HbmConfig:
+    capacity: float = 0.0  # bytes for experts cached across layers (0 = no cache)
+    bandwidth: float = 3.35e12  # bytes/s, for the roofline of expert compute
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    peak_flops: float = 989e12  # FLOP/s (dense bf16)
+    non_expert_time: float = 0.0  # s per MoE layer: attention, router, shared expert, ...
+    expert_start: str = "per-expert"  # "per-expert": an expert starts once its weights are in;
+    #                                   "layer": expert compute waits for all of the layer's weights
+
+
+@dataclass(frozen=True)
+class ComputeUnit:
+    """Compute next to a memory (MD pool near-data engine, or the host CPU)."""
+
+    memory_bandwidth: float  # bytes/s the unit reads weights at
+    peak_flops: float  # FLOP/s
+
+
+@dataclass(frozen=True)
+class Hardware:
+    hbm: HbmConfig
+    pcie: LinkConfig
+    md_link: LinkConfig
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    md_mode: str = "fetch"  # "fetch" or "near-data"
+    placement: str = "both"  # where experts live outside HBM: "host", "md" or "both"
+    md_compute: ComputeUnit | None = None  # needed for md_mode "near-data"
+    host_compute: ComputeUnit | None = None  # needed for policies that compute on the host CPU
+
+    def link(self, name: str) -> LinkConfig:
+        if name == "pcie":
+            return self.pcie
+        if name == "md_link":
+            return self.md_link
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the engine needs to know about the MoE model."""
+
+    name: str
+    num_experts: int  # routed experts per MoE layer
+    top_k: int
+    expert_bytes: float  # bytes of one routed expert's weights
+    hidden_size: int = 1024
+    expert_ffn_size: int = 704
+    bytes_per_param: float = 2.0  # bf16
+    gated: bool = True  # SwiGLU (3 matrices) vs plain FFN (2)
+    bytes_per_activation: float = 2.0
+
+    @property
+    def matrices(self) -> int:
+        return 3 if self.gated else 2
+
+    @property
+    def flops_per_token(self) -> float:
+        """FLOPs of one token through one expert (2 per multiply-add)."""
+        return 2.0 * self.matrices * self.hidden_size * self.expert_ffn_size
+
+    @property
+    def activation_bytes_per_token(self) -> float:
+        """Bytes of one token's hidden state crossing a link (one direction)."""
+        return self.hidden_size * self.bytes_per_activation
+
+
+def roofline_time(nbytes: float, flops: float, bandwidth: float, peak_flops: float) -> float:
+    """max(weight read time, arithmetic time): the usual roofline for a memory-bound FFN."""
+    return max(nbytes / bandwidth, flops / peak_flops) if peak_flops > 0 else math.inf
