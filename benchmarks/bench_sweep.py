@@ -1,0 +1,161 @@
+"""Sweep throughput (issue 8): points/s with --jobs 1, --jobs 2 and a Dask LocalCluster on the
+same sweep, and the target: a 1,000-point sweep over the embedded real trace, one online policy
+per point (no offline bound), in under 5 minutes on 2 cores.
+
+    .venv/bin/python benchmarks/bench_sweep.py                 # small comparison + target
+    .venv/bin/python benchmarks/bench_sweep.py --target 0      # small comparison only
+    .venv/bin/python benchmarks/bench_sweep.py --record        # also write benchmarks/RESULTS.md
+
+Every point is a real simulation (run_scenario on the embedded 256-step trace); times include
+validation of every point, worker start-up, writing each point file and the final table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from sim.atomic import write_text
+from sim.policies.base import available_policies
+from sim.sweep import SweepSpec, run_sweep, sweep_from_dict
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+SECTION = "## sweep (issue 8)"
+TARGET_SECONDS = 300.0
+
+
+def online_policies() -> list[str]:
+    """Every registered policy that needs no future knowledge (so no bound, no oracle)."""
+    return sorted(name for name, cls in available_policies().items() if not cls.uses_future)
+
+
+def make_sweep(points: int, policies: list[str]) -> SweepSpec:
+    """``points`` points: one policy per point x evenly spaced MD link bandwidths."""
+    bandwidths = max(1, points // len(policies))
+    values = [f"{float(v):.6g} GB/s" for v in np.linspace(16.0, 512.0, bandwidths)]
+    doc = {
+        "name": "bench-sweep",
+        "trace": "embedded",
+        "routing": {"topk": [6]},
+        "hardware": {"preset": "notebook-gbytes", "hbm": {"capacity": "64 experts"}},
+        "sweep": {
+            "grid": {
+                "hardware.links.md_link.bandwidth": values,
+                "policies": policies,
+            }
+        },
+    }
+    return sweep_from_dict(doc, "bench-sweep.yaml")
+
+
+def measure(spec: SweepSpec, executor: str, jobs: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
+        start = time.perf_counter()
+        report = run_sweep(spec, Path(tmp) / "out", executor=executor, jobs=jobs, progress=False)
+        wall = time.perf_counter() - start
+        per_point = [
+            json.loads(f.read_text())["elapsed_s"] for f in (Path(tmp) / "out" / "points").iterdir()
+        ]
+    return {
+        "points": report.total,
+        "rows": report.rows,
+        "wall_s": wall,
+        "points_per_s": report.total / wall,
+        "point_mean_s": statistics.fmean(per_point),
+        "point_max_s": max(per_point),
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    )
+
+
+def record(lines: list[str]) -> None:
+    """Replace (or add) this benchmark's section of RESULTS.md, keeping the others."""
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
+    section = SECTION + "\n\n" + "\n".join(lines).rstrip() + "\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section + "\n", text).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    write_text(RESULTS, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--small", type=int, default=40, help="points of the comparison sweep")
+    parser.add_argument(
+        "--target", type=int, default=1000, help="points of the target run (0: skip)"
+    )
+    parser.add_argument("--no-dask", action="store_true", help="skip the Dask LocalCluster run")
+    parser.add_argument(
+        "--record", action="store_true", help=f"write the numbers to {RESULTS.name}"
+    )
+    args = parser.parse_args(argv)
+
+    policies = online_policies()
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}.",
+        f"Sweep: embedded real trace (256 steps x 8 layers x 8 sequences), top-6, notebook-gbytes "
+        f"hardware with a 64-expert HBM cache; grid = MD link bandwidth x one online policy per "
+        f"point ({len(policies)} policies: {', '.join(policies)}). Wall time includes validating "
+        f"every point, worker start-up, the point files and the final table.",
+        "",
+        "| run | points | wall s | points/s | mean s/point (in worker) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    small = make_sweep(args.small, policies)
+    runs = [("--jobs 1", "local", 1), ("--jobs 2", "local", 2)]
+    if not args.no_dask:
+        runs.append(("Dask LocalCluster (2 workers)", "dask", 2))
+    for name, executor, jobs in runs:
+        result = measure(small, executor, jobs)
+        print(f"{name:32s} {json.dumps(result)}", flush=True)
+        lines.append(
+            f"| {name} | {result['points']} | {result['wall_s']:.1f} | "
+            f"{result['points_per_s']:.2f} | {result['point_mean_s']:.3f} |"
+        )
+    if args.target:
+        target = make_sweep(args.target, policies)
+        result = measure(target, "local", 2)
+        verdict = "meets" if result["wall_s"] < TARGET_SECONDS else "MISSES"
+        print(f"target {'--jobs 2':24s} {json.dumps(result)} -> {verdict} the 5 min target")
+        lines.append(
+            f"| target: --jobs 2 | {result['points']} | {result['wall_s']:.1f} | "
+            f"{result['points_per_s']:.2f} | {result['point_mean_s']:.3f} |"
+        )
+        lines += [
+            "",
+            f"Target ({result['points']} points in under {TARGET_SECONDS:.0f} s on 2 cores): "
+            f"{verdict} it ({result['wall_s']:.0f} s).",
+        ]
+    if args.record:
+        record(lines)
+        print(f"recorded in {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

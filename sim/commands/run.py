@@ -1,0 +1,89 @@
+"""``moesim run FILE``: run a scenario, print the comparison, save a results directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sim.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "run",
+        help="run a scenario YAML: every policy x top-k, comparison table, results directory",
+        description="Run a scenario (docs/scenarios.md) and write its results directory.",
+    )
+    p.add_argument("file", help="scenario YAML file (e.g. scenarios/default.yaml)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        help="results directory (must be new or empty); default <output.dir>/<name>-<UTC time>",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a field, e.g. --set hardware.hbm.capacity='32 experts' (repeatable)",
+    )
+    p.add_argument(
+        "--timeline",
+        metavar="FILE.json",
+        help="also record a Chrome/Perfetto timeline: timeline.json in the results and FILE.json",
+    )
+    p.add_argument("--report", action="store_true", help="write the HTML report afterwards")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
+    p.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from sim.scenario import load_scenario, load_scenario_trace, run_scenario, write_results
+    from sim.scenario.run import check_out_dir
+    from sim.scenario.table import print_comparison
+
+    scenario = load_scenario(args.file, args.overrides)
+    out = Path(args.out) if args.out else default_out_dir(scenario.output.dir, scenario.name)
+    check_out_dir(out)
+    if args.timeline and not Path(args.timeline).parent.is_dir():
+        raise UserError(
+            f"--timeline: expected a file in an existing directory, got {args.timeline!r}"
+        )
+    trace = load_scenario_trace(scenario)  # everything is validated before anything is written
+    start = time.perf_counter()
+    results = run_scenario(scenario, trace, progress=not args.quiet, timeline=bool(args.timeline))
+    elapsed = time.perf_counter() - start
+    path = write_results(out, scenario, trace, results, timeline_file=args.timeline)
+    if not args.quiet:
+        print_comparison(scenario, results, trace)
+        print(f"{len(results)} runs in {elapsed:.1f} s wall time")
+    if args.report:
+        report = _report(path)
+        if report is not None:
+            print(f"report: {report}")
+    print(f"results: {path}")
+    return 0
+
+
+def default_out_dir(parent: str, name: str) -> Path:
+    """``<parent>/<name>-<UTC time>``, with a counter if that second is taken."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = Path(parent) / f"{name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def _report(results_dir: Path) -> Path | None:
+    try:
+        from sim.report import write_report
+    except ImportError:
+        print("moesim: --report: the report module (sim.report) is not available", file=sys.stderr)
+        return None
+    return write_report(results_dir)

@@ -1,0 +1,93 @@
+"""``moesim sweep FILE``: run every point of a scenario's ``sweep:`` block (see docs/sweeps.md)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from sim.errors import UserError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a grid of scenarios (hardware, HBM budget, routing, policies) and tabulate it",
+        description=(
+            "Run every point of the scenario's 'sweep:' block (grid, zip, repeats). Each "
+            "finished point is written at once; --resume DIR continues a stopped sweep."
+        ),
+    )
+    parser.add_argument("file", metavar="FILE", help="scenario YAML with a 'sweep:' block")
+    parser.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="worker processes (default: one per core; 1 runs in this process)",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        default="local",
+        help="local process pool (default) or Dask distributed",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster of --jobs workers)",
+    )
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--out", metavar="DIR", default=None, help="results directory (default: results/...)"
+    )
+    target.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help="continue the sweep in DIR: finished points are kept, the others run",
+    )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a field of the file by dotted path (repeatable)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from sim.sweep import default_out_dir, load_sweep, run_sweep
+
+    if args.scheduler is not None and args.executor != "dask":
+        raise UserError("--scheduler: expected --executor dask with it, got --executor local")
+    spec = load_sweep(args.file, args.sets)
+    out = args.resume or args.out or default_out_dir(spec)
+    report = run_sweep(
+        spec,
+        out,
+        resume=args.resume is not None,
+        executor=args.executor,
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    rate = report.ran / report.elapsed if report.elapsed > 0 else 0.0
+    print(
+        f"sweep: {report.total} points ({report.skipped} already finished, {report.ran} run) "
+        f"in {report.elapsed:.1f} s ({rate:.2f} points/s); {report.rows} rows"
+    )
+    print(f"results: {report.out_dir}/sweep.csv")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

@@ -1,0 +1,641 @@
+"""The discrete-event engine: a `RoutingTrace` drives expert transfers and compute.
+
+simpy keeps the clock: one process walks decode steps and, per step, the trace's MoE layers,
+with one timeout for the layer's non-expert time (attention, router: the gate is at its end)
+and one for the rest of the layer. Everything inside a layer is computed in closed form with
+numpy (FIFO link slots with ``free_at`` bookkeeping, serial compute streams), never with a simpy
+`Resource` per expert. The full model, every rule and every metric: docs/engine.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from sim.engine.cost import RooflineCost
+from sim.engine.links import FifoLink, Placed
+from sim.engine.results import (
+    INT_COLUMNS,
+    LINK_NAMES,
+    PER_LAYER_COLUMNS,
+    RunResult,
+    TimelineEvent,
+    compute_totals,
+)
+from sim.errors import UserError
+from sim.hardware import Hardware, ModelSpec
+from sim.policies.base import (
+    CostModel,
+    GateDecision,
+    GateView,
+    Path,
+    Policy,
+    PolicyContext,
+    PolicyError,
+)
+from sim.trace.routing import RoutingTrace
+
+_COL = {name: i for i, name in enumerate(PER_LAYER_COLUMNS)}
+# plain ints for the hot loop (enum attribute lookups are slow)
+_HIT, _PCIE, _MD_FETCH, _MD_NEAR, _HOST = (int(p) for p in Path)
+_NUM_PATHS = len(Path)
+_NO_EVENTS: tuple[TimelineEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class GateOrder:
+    """Every gate's active experts, most tokens first (ties by lower id), precomputed.
+
+    ``experts[s, l, :active[s, l]]`` are the active expert ids of gate (s, l) in that order and
+    ``tokens[s, l, :active[s, l]]`` their token counts. This order is the FIFO order in which
+    the engine issues a gate's transfers on each link.
+    """
+
+    experts: np.ndarray  # [steps, layers, E] intp
+    tokens: np.ndarray  # [steps, layers, E] int64, 0 past the active ones
+    active: np.ndarray  # [steps, layers] int64
+
+    @classmethod
+    def from_counts(cls, counts: np.ndarray) -> GateOrder:
+        counts = np.asarray(counts)
+        order = np.argsort(-counts.astype(np.int64), axis=2, kind="stable")
+        tokens = np.take_along_axis(counts, order, axis=2).astype(np.int64)
+        active = (counts > 0).sum(axis=2).astype(np.int64)
+        for arr in (order, tokens, active):
+            arr.flags.writeable = False
+        return cls(order, tokens, active)
+
+
+def allowed_paths(hardware: Hardware) -> dict[Path, str]:
+    """Each non-hit path mapped to '' when the scenario allows it, else the reason it does not.
+
+    * PCIE and HOST need the experts in host DRAM (placement "host" or "both"); HOST also
+      needs ``host_compute``.
+    * MD_FETCH needs them in the MD pool (placement "md" or "both") and md_mode "fetch".
+    * MD_NEAR needs them in the MD pool, md_mode "near-data" and ``md_compute``.
+    """
+    in_host = hardware.placement in ("host", "both")
+    in_md = hardware.placement in ("md", "both")
+    place = f"placement is {hardware.placement!r}"
+    mode = f"md_mode is {hardware.md_mode!r}"
+    reasons = {
+        Path.PCIE: "" if in_host else f"{place} (no experts in host memory)",
+        Path.HOST: ""
+        if in_host and hardware.host_compute is not None
+        else (f"{place} (no experts in host memory)" if not in_host else "no host_compute"),
+        Path.MD_FETCH: ""
+        if in_md and hardware.md_mode == "fetch"
+        else (place if not in_md else mode),
+        Path.MD_NEAR: ""
+        if in_md and hardware.md_mode == "near-data" and hardware.md_compute is not None
+        else (
+            place
+            if not in_md
+            else (mode if hardware.md_mode != "near-data" else "no md_compute in the scenario")
+        ),
+    }
+    return reasons
+
+
+_PREFETCH_PATH = {"pcie": Path.PCIE, "md_link": Path.MD_FETCH}
+
+
+def simulate(
+    trace: RoutingTrace,
+    hardware: Hardware,
+    model: ModelSpec,
+    policy: Policy,
+    *,
+    topk: int | None = None,
+    cost: CostModel | None = None,
+    timeline: bool = False,
+    progress: Callable[[int], None] | None = None,
+    seed: int = 0,
+    label: str | None = None,
+) -> RunResult:
+    """Replay ``trace`` under ``policy`` on ``hardware``; returns per-layer/step metrics.
+
+    ``topk`` cuts the trace's routing to k' experts per token (default ``model.top_k``) with
+    the project's one top-k selection. ``progress`` is called with the number of steps newly
+    completed (tqdm's ``update``). ``label`` defaults to the policy's name.
+    """
+    k = model.top_k if topk is None else int(topk)
+    if trace.num_experts != model.num_experts:
+        raise UserError(
+            f"model.num_experts: expected the trace's {trace.num_experts} experts, "
+            f"got {model.num_experts}"
+        )
+    if not 1 <= k <= trace.num_experts:
+        raise UserError(f"topk: expected 1..{trace.num_experts}, got {k}")
+    counts = trace.expert_token_counts(k)
+    cost = cost if cost is not None else RooflineCost(hardware, model)
+    ctx = PolicyContext(
+        hardware=hardware,
+        model=model,
+        counts=counts,
+        layer_ids=tuple(trace.layer_ids),
+        topk=k,
+        cost=cost,
+        seed=seed,
+    )
+    policy.bind(ctx)
+    engine = _Engine(trace, ctx, policy, timeline=timeline)
+    env = simpy.Environment()
+    env.process(engine.run(env, progress))
+    env.run()
+    return engine.result(label or policy.name)
+
+
+class _Engine:
+    """State of one run: HBM cache (ready times per expert), link slots, metric rows."""
+
+    def __init__(
+        self, trace: RoutingTrace, ctx: PolicyContext, policy: Policy, *, timeline: bool
+    ) -> None:
+        hw, model = ctx.hardware, ctx.model
+        self.trace = trace
+        self.ctx = ctx
+        self.policy = policy
+        self.cost = ctx.cost
+        self.hw = hw
+        self.gates = GateOrder.from_counts(ctx.counts)
+        steps, layers, num_experts = ctx.counts.shape
+        self.steps, self.layers, self.num_experts = steps, layers, num_experts
+        self.non_expert = float(hw.gpu.non_expert_time)
+        self.per_expert_start = hw.gpu.expert_start == "per-expert"
+        self.expert_bytes = float(model.expert_bytes)
+        self.act_bytes = float(model.activation_bytes_per_token)
+        self.capacity = float(hw.hbm.capacity)
+        # HBM cache: when each cached (layer, expert) is / was in HBM; +inf = not cached.
+        self.ready_at = np.full((layers, num_experts), np.inf)
+        self.public_ready_at = self.ready_at.view()
+        self.public_ready_at.flags.writeable = False
+        self.cached_count = 0
+        self.links = {name: FifoLink(hw.link(name)) for name in LINK_NAMES}
+        self.public_free_at = {name: link.public_free_at for name, link in self.links.items()}
+        self.not_allowed = allowed_paths(hw)
+        self.arange = np.arange(num_experts)
+        self.arange.flags.writeable = False
+        self.not_cached = np.zeros(num_experts, dtype=bool)
+        self.not_cached.flags.writeable = False
+        # Fast paths for the default cost model: one transfer time per link, a compute table.
+        uniform = getattr(self.cost, "uniform_transfer_time", None)
+        self.transfer_d = {name: uniform(name) for name in LINK_NAMES} if uniform else None
+        bulk_gpu = getattr(self.cost, "gpu_time_from_tokens", None)
+        self.gpu_table = None
+        if bulk_gpu is not None:
+            table = np.asarray(bulk_gpu(self.gates.tokens), dtype=np.float64)
+            table[self.gates.tokens == 0] = 0.0
+            self.gpu_table = table
+        self.rows = np.zeros((steps * layers, len(PER_LAYER_COLUMNS)))
+        self.compute_ref = np.zeros(steps * layers)
+        self.timeline: list[TimelineEvent] | None = [] if timeline else None
+
+    # -- the simpy process -----------------------------------------------------------------------
+    def run(self, env: simpy.Environment, progress: Callable[[int], None] | None) -> Iterator:
+        ne = self.non_expert
+        report_every = max(1, self.steps // 100)
+        done = 0
+        for s in range(self.steps):
+            for layer in range(self.layers):
+                t_start = env.now
+                if ne > 0.0:
+                    yield env.timeout(ne)
+                t_gate = env.now
+                view, rel_end = self._gate(s, layer, t_start, t_gate)
+                yield env.timeout(rel_end)
+                self.policy.on_layer_end(view, env.now)
+            done += 1
+            if progress is not None and (done % report_every == 0 or s == self.steps - 1):
+                progress(done)
+                done = 0
+
+    # -- one gate ----------------------------------------------------------------------------------
+    def _gate(self, s: int, layer: int, t_start: float, t_gate: float) -> tuple[GateView, float]:
+        g = self.gates
+        n = int(g.active[s, layer])
+        experts = g.experts[s, layer, :n]
+        tokens = g.tokens[s, layer, :n]
+        if self.cached_count:
+            cached = np.isfinite(self.ready_at[layer, experts])
+            cached.flags.writeable = False
+        else:
+            cached = self.not_cached[:n]
+        view = GateView(
+            step=s,
+            layer=layer,
+            now=t_gate,
+            experts=experts,
+            tokens=tokens,
+            cached=cached,
+            ready_at=self.public_ready_at,
+            cache_bytes=self.cached_count * self.expert_bytes,
+            link_free_at=self.public_free_at,
+        )
+        decision = self.policy.decide(view)
+        eff, by_path, hits = self._effective_paths(decision, cached, n, view)
+        if self.gpu_table is not None:
+            c_all = self.gpu_table[s, layer, :n]
+        else:
+            c_all = np.asarray(self.cost.gpu_compute_time(s, layer, experts, tokens), dtype=float)
+        ref = float(c_all.sum())
+
+        self._apply_evictions(decision, s, layer, view)
+        # Links at the gate: per link, near-compute activations out first, then demand fetches.
+        window = 0.0
+        host_out = near_out = None
+        if by_path[_HOST]:
+            host_idx = np.flatnonzero(eff == _HOST)
+            host_out = self._activation_out("pcie", s, layer, experts, tokens, host_idx, t_gate)
+            window = max(window, host_out[1])
+        if by_path[_MD_NEAR]:
+            near_idx = np.flatnonzero(eff == _MD_NEAR)
+            near_out = self._activation_out("md_link", s, layer, experts, tokens, near_idx, t_gate)
+            window = max(window, near_out[1])
+        fetched: list[tuple[np.ndarray, Placed, str]] = []
+        for path, link_name in ((_PCIE, "pcie"), (_MD_FETCH, "md_link")):
+            if by_path[path]:
+                idx = self.arange[:n] if by_path[path] == n else np.flatnonzero(eff == path)
+                placed = self._fetch(link_name, s, layer, experts[idx], t_gate)
+                fetched.append((idx, placed, link_name))
+                window = max(window, float(placed.end.max()))
+        bytes_link = {name: 0.0 for name in LINK_NAMES}
+        for _idx, placed, link_name in fetched:
+            bytes_link[link_name] += placed.end.size * self.expert_bytes
+        self._admit(decision, experts, eff, fetched, layer, t_gate)
+        prefetched = self._prefetch(decision, s, layer, t_gate, bytes_link)
+        if self.cached_count * self.expert_bytes > self.capacity * (1 + 1e-12):
+            raise PolicyError(
+                f"policy {self.policy.name!r} at step {s} layer {layer}: cache holds "
+                f"{self.cached_count} experts = {self.cached_count * self.expert_bytes:.6g} B, "
+                f"above hbm.capacity {self.capacity:.6g} B"
+            )
+
+        gpu_end = self._gpu_part(s, layer, t_gate, experts, cached, c_all, fetched, hits)
+        rel_end = gpu_end
+        if near_out is not None:
+            end, nbytes = self._remote_part(
+                "md_link", _MD_NEAR, s, layer, t_gate, experts, tokens, near_out
+            )
+            bytes_link["md_link"] += nbytes
+            rel_end = max(rel_end, end)
+            window = max(window, end)
+        if host_out is not None:
+            end, nbytes = self._remote_part(
+                "pcie", _HOST, s, layer, t_gate, experts, tokens, host_out
+            )
+            bytes_link["pcie"] += nbytes
+            rel_end = max(rel_end, end)
+            window = max(window, end)
+
+        row = s * self.layers + layer
+        self.rows[row] = (
+            s,
+            self.trace.positions[s],
+            layer,
+            self.trace.layer_ids[layer],
+            n,
+            hits,
+            by_path[_PCIE],
+            by_path[_MD_FETCH],
+            by_path[_MD_NEAR],
+            by_path[_HOST],
+            prefetched["pcie"],
+            prefetched["md_link"],
+            bytes_link["pcie"],
+            bytes_link["md_link"],
+            t_start,
+            t_gate,
+            t_gate + rel_end,
+            window,
+            rel_end - ref,
+            self.non_expert + rel_end,
+            self.cached_count * self.expert_bytes,
+        )
+        self.compute_ref[row] = ref
+        if self.timeline is not None and t_gate > t_start:
+            self._event("gpu", "non_expert", t_start, t_gate, s, layer, -1)
+        return view, rel_end
+
+    def _effective_paths(
+        self, decision: GateDecision, cached: np.ndarray, n: int, view: GateView
+    ) -> tuple[np.ndarray, list[int], int]:
+        """The decision's paths with cached experts forced to HIT, the count per path, hits."""
+        eff = np.asarray(decision.paths)
+        where = f"policy {self.policy.name!r} at step {view.step} layer {view.layer}"
+        if eff.shape != (n,) or eff.dtype.kind not in "iu":
+            raise PolicyError(f"{where}: paths must be {n} Path values, got {eff!r}")
+        hits = 0
+        if self.cached_count:
+            hits = int(np.count_nonzero(cached))
+            if hits:
+                eff = np.where(cached, _HIT, eff)
+        try:
+            by_path = np.bincount(eff, minlength=_NUM_PATHS).tolist()
+        except ValueError:  # negative entries
+            by_path = [0] * (_NUM_PATHS + 1)
+        if len(by_path) > _NUM_PATHS:
+            raise PolicyError(f"{where}: paths must be Path values, got {eff!r}")
+        for path, reason in self.not_allowed.items():
+            if by_path[path] and reason:
+                raise PolicyError(
+                    f"{where} chose {path.name} for {by_path[path]} expert(s), impossible: {reason}"
+                )
+        if by_path[_HIT] != hits:
+            raise PolicyError(
+                f"{where} chose HIT for {by_path[_HIT] - hits} expert(s) that are not cached"
+            )
+        return eff, by_path, hits
+
+    # -- links -------------------------------------------------------------------------------------
+    def _fetch(
+        self, link_name: str, s: int, layer: int, experts: np.ndarray, t_gate: float
+    ) -> Placed:
+        link = self.links[link_name]
+        nbytes = experts.size * self.expert_bytes
+        if self.transfer_d is not None:
+            return link.place(t_gate, self.transfer_d[link_name], experts.size, nbytes)
+        durations = np.asarray(self.cost.transfer_time(link_name, s, layer, experts), dtype=float)
+        return link.place(t_gate, durations, experts.size, nbytes)
+
+    def _activation_out(
+        self,
+        link_name: str,
+        s: int,
+        layer: int,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        idx: np.ndarray,
+        t_gate: float,
+    ) -> tuple[float, float, float, np.ndarray]:
+        """Send the tokens of the ``idx`` experts out; returns (start, end, half time, idx)."""
+        half = 0.5 * float(
+            self.cost.activation_time(link_name, s, layer, experts[idx], tokens[idx])
+        )
+        nbytes = float(tokens[idx].sum()) * self.act_bytes
+        start, end, slot = self.links[link_name].place_one(t_gate, half, nbytes)
+        if self.timeline is not None:
+            self._event(
+                f"{link_name}[{slot}]", "activation", t_gate + start, t_gate + end, s, layer
+            )
+        return start, end, half, idx
+
+    def _remote_part(
+        self,
+        link_name: str,
+        path: Path,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        out: tuple[float, float, float, np.ndarray],
+    ) -> tuple[float, float]:
+        """Serial compute next to the weights, then the results come back on the same link.
+
+        Returns (relative end, bytes moved both ways)."""
+        _start, arrived, half, idx = out
+        if path == Path.MD_NEAR:
+            c = self.cost.near_compute_time(s, layer, experts[idx], tokens[idx])
+            unit = "md"
+        else:
+            c = self.cost.host_compute_time(s, layer, experts[idx], tokens[idx])
+            unit = "host"
+        c = np.asarray(c, dtype=float)
+        done = arrived + float(c.sum())
+        nbytes = float(tokens[idx].sum()) * self.act_bytes
+        b_start, b_end, slot = self.links[link_name].place_one(t_gate + done, half, nbytes)
+        if self.timeline is not None:
+            ends = arrived + np.cumsum(c)
+            for e, c_start, c_end in zip(experts[idx].tolist(), ends - c, ends, strict=True):
+                self._event(unit, "compute", t_gate + c_start, t_gate + c_end, s, layer, e)
+            t_back = t_gate + done
+            self._event(
+                f"{link_name}[{slot}]", "activation", t_back + b_start, t_back + b_end, s, layer
+            )
+        return done + b_end, 2.0 * nbytes
+
+    # -- cache -------------------------------------------------------------------------------------
+    def _apply_evictions(self, decision: GateDecision, s: int, layer: int, view: GateView) -> None:
+        if not decision.evict:
+            return
+        active_row = self.ctx.counts[s, layer]
+        for item in decision.evict:
+            lyr, e = self._check_key(item, "evict", s, layer)
+            if not np.isfinite(self.ready_at[lyr, e]):
+                raise PolicyError(
+                    f"policy {self.policy.name!r} at step {s} layer {layer} evicts "
+                    f"(layer {lyr}, expert {e}), which is not cached"
+                )
+            if lyr == layer and active_row[e] > 0:
+                raise PolicyError(
+                    f"policy {self.policy.name!r} at step {s} layer {layer} evicts expert {e}, "
+                    "which this layer is using"
+                )
+            self.ready_at[lyr, e] = np.inf
+            self.cached_count -= 1
+
+    def _check_key(self, item: tuple, what: str, s: int, layer: int) -> tuple[int, int]:
+        lyr, e = int(item[0]), int(item[1])
+        if not (0 <= lyr < self.layers and 0 <= e < self.num_experts):
+            raise PolicyError(
+                f"policy {self.policy.name!r} at step {s} layer {layer}: {what} "
+                f"(layer {lyr}, expert {e}) out of range"
+            )
+        return lyr, e
+
+    def _admit(
+        self,
+        decision: GateDecision,
+        experts: np.ndarray,
+        eff: np.ndarray,
+        fetched: list[tuple[np.ndarray, Placed, str]],
+        layer: int,
+        t_gate: float,
+    ) -> None:
+        """Fetched experts the policy admits stay in the cache, ready when they arrive."""
+        if decision.admit is None or not fetched:
+            return
+        admit = np.asarray(decision.admit, dtype=bool)
+        if admit.shape != eff.shape:
+            raise PolicyError(
+                f"policy {self.policy.name!r}: admit has shape {admit.shape}, expected {eff.shape}"
+            )
+        for idx, placed, _link in fetched:
+            keep = admit[idx]
+            if keep.any():
+                ids = experts[idx[keep]]
+                self.ready_at[layer, ids] = t_gate + placed.end[keep]
+                self.cached_count += int(keep.sum())
+
+    def _prefetch(
+        self,
+        decision: GateDecision,
+        s: int,
+        layer: int,
+        t_gate: float,
+        bytes_link: dict[str, float],
+    ) -> dict[str, int]:
+        """Queue prefetches behind the gate's demand transfers; they enter the cache at once
+        (bytes reserved at issue) and are ready when they arrive. Already cached: ignored."""
+        issued = {name: 0 for name in LINK_NAMES}
+        if not decision.prefetch:
+            return issued
+        by_link: dict[str, list[tuple[int, int]]] = {name: [] for name in LINK_NAMES}
+        for item in decision.prefetch:
+            lyr, e = self._check_key(item, "prefetch", s, layer)
+            link_name = item[2]
+            if link_name not in _PREFETCH_PATH:
+                raise PolicyError(
+                    f"policy {self.policy.name!r}: prefetch link must be 'pcie' or 'md_link', "
+                    f"got {link_name!r}"
+                )
+            reason = self.not_allowed[_PREFETCH_PATH[link_name]]
+            if reason:
+                raise PolicyError(
+                    f"policy {self.policy.name!r} at step {s} layer {layer} prefetches over "
+                    f"{link_name}, impossible: {reason}"
+                )
+            if np.isfinite(self.ready_at[lyr, e]):
+                continue
+            self.ready_at[lyr, e] = -1.0  # reserved (real ready time set below)
+            self.cached_count += 1
+            by_link[link_name].append((lyr, e))
+        for link_name, keys in by_link.items():
+            if not keys:
+                continue
+            arr = np.asarray(keys, dtype=np.intp)
+            placed = self._fetch(link_name, s, layer, arr[:, 1], t_gate)
+            self.ready_at[arr[:, 0], arr[:, 1]] = t_gate + placed.end
+            issued[link_name] = len(keys)
+            bytes_link[link_name] += len(keys) * self.expert_bytes
+            if self.timeline is not None:
+                for (lyr, e), a, b, k in zip(
+                    keys, placed.start, placed.end, placed.slot, strict=True
+                ):
+                    self._event(f"{link_name}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
+        return issued
+
+    # -- GPU ---------------------------------------------------------------------------------------
+    def _gpu_part(
+        self,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        cached: np.ndarray,
+        c_all: np.ndarray,
+        fetched: list[tuple[np.ndarray, Placed, str]],
+        hits: int,
+    ) -> float:
+        """Serial expert compute on the GPU, hits first then in arrival order; returns its end
+        relative to the gate."""
+        ready_parts: list[np.ndarray] = []
+        idx_parts: list[np.ndarray] = []
+        if hits:
+            hit_idx = np.flatnonzero(cached)
+            idx_parts.append(hit_idx)
+            ready_parts.append(np.maximum(self.ready_at[layer, experts[hit_idx]] - t_gate, 0.0))
+        for idx, placed, _link in fetched:
+            idx_parts.append(idx)
+            ready_parts.append(placed.end)
+        if self.timeline is not None:
+            self._fetch_events(s, layer, t_gate, experts, fetched)
+        if not idx_parts:
+            return 0.0
+        if len(idx_parts) == 1:
+            # one FIFO batch (or only hits): already in arrival order
+            idx, ready = idx_parts[0], ready_parts[0]
+            order = None
+        else:
+            idx, ready = np.concatenate(idx_parts), np.concatenate(ready_parts)
+            order = np.argsort(ready, kind="stable")
+            idx, ready = idx[order], ready[order]
+        c = c_all[idx]
+        cum = np.cumsum(c)
+        if self.per_expert_start:
+            # f_i = max(f_{i-1}, r_i) + c_i  =>  f_last = C_last + max(0, max_i(r_i - C_{i-1}))
+            late = float((ready - (cum - c)).max())
+            end = float(cum[-1]) + (late if late > 0.0 else 0.0)
+        else:
+            start0 = max(0.0, float(ready.max()))
+            end = start0 + float(cum[-1])
+        if self.timeline is not None:
+            ends = serial_ends(ready, c) if self.per_expert_start else start0 + cum
+            for e, a, b in zip(experts[idx].tolist(), ends - c, ends, strict=True):
+                self._event("gpu", "compute", t_gate + a, t_gate + b, s, layer, e)
+        return end
+
+    def _fetch_events(
+        self,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        fetched: list[tuple[np.ndarray, Placed, str]],
+    ) -> None:
+        for idx, placed, link_name in fetched:
+            for e, a, b, k in zip(
+                experts[idx].tolist(), placed.start, placed.end, placed.slot, strict=True
+            ):
+                self._event(f"{link_name}[{k}]", "fetch", t_gate + a, t_gate + b, s, layer, e)
+
+    def _event(
+        self, resource: str, kind: str, start: float, end: float, s: int, layer: int, e: int = -1
+    ) -> None:
+        assert self.timeline is not None
+        self.timeline.append(TimelineEvent(resource, kind, float(start), float(end), s, layer, e))
+
+    # -- results -----------------------------------------------------------------------------------
+    def result(self, label: str) -> RunResult:
+        per_layer = {}
+        for name, i in _COL.items():
+            col = self.rows[:, i]
+            per_layer[name] = col.astype(np.int64) if name in INT_COLUMNS else col.copy()
+        layer_time = per_layer["layer_time"].reshape(self.steps, self.layers)
+        ref = self.compute_ref.reshape(self.steps, self.layers)
+        per_step = {
+            "step": np.arange(self.steps, dtype=np.int64),
+            "position": np.asarray(self.trace.positions, dtype=np.int64),
+            "latency": layer_time.sum(axis=1),
+            "compute_only": (ref + self.non_expert).sum(axis=1),
+        }
+        totals = compute_totals(per_layer, per_step)
+        total_time = totals["total_time"]
+        links = {}
+        for name, link in self.links.items():
+            busy = link.busy / link.channels
+            # a prefetch may still be in flight when the last layer ends
+            horizon = max(total_time, float(link.free_at.max()))
+            links[name] = {
+                "busy": busy,
+                "bytes": link.bytes,
+                "utilisation": busy / horizon if horizon > 0 else 0.0,
+                "transfers": float(link.transfers),
+            }
+        params = self.policy.params
+        return RunResult(
+            policy=self.policy.name,
+            label=label,
+            per_layer=per_layer,
+            per_step=per_step,
+            links=links,
+            totals=totals,
+            params=dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {},
+            timeline=tuple(self.timeline) if self.timeline is not None else None,
+        )
+
+
+def serial_ends(ready: np.ndarray, compute: np.ndarray) -> np.ndarray:
+    """End times of jobs run one after another from time 0, in the given order, each starting
+    when it is ready and the previous one is done: ``f_i = max(f_{i-1}, r_i) + c_i``.
+
+    Closed form: ``f_i = C_i + max(0, max_{j<=i}(r_j - C_{j-1}))`` with ``C`` the cumulative
+    compute."""
+    cum = np.cumsum(compute)
+    lateness = np.maximum.accumulate(np.maximum(ready - (cum - compute), 0.0))
+    return cum + lateness

@@ -1,0 +1,65 @@
+"""Export engine timelines as Chrome trace-event JSON (open in https://ui.perfetto.dev or
+chrome://tracing).
+
+One "process" per run (its policy label), one "thread" per resource (``gpu``, ``md``,
+``host``, ``pcie[0]``, ``md_link[1]``, ...); every `TimelineEvent` becomes a complete event
+(``"ph": "X"``) with ``ts``/``dur`` in microseconds.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sim.atomic import write_json
+from sim.engine.results import RunResult, TimelineEvent
+
+_US = 1e6
+
+
+def _resource_rank(resource: str) -> tuple[int, str]:
+    """Show compute first, then links, in a stable order."""
+    head = resource.split("[", 1)[0]
+    order = {"gpu": 0, "md": 1, "host": 2, "pcie": 3, "md_link": 4}
+    return order.get(head, 9), resource
+
+
+def trace_events(results: Iterable[RunResult]) -> list[dict[str, Any]]:
+    """The trace-event list for ``results`` (runs without a timeline are skipped)."""
+    events: list[dict[str, Any]] = []
+    for pid, result in enumerate(results, start=1):
+        if result.timeline is None:
+            continue
+        events.append(_meta("process_name", pid, 0, {"name": result.label}))
+        resources = sorted({ev.resource for ev in result.timeline}, key=_resource_rank)
+        tids = {name: tid for tid, name in enumerate(resources, start=1)}
+        for name, tid in tids.items():
+            events.append(_meta("thread_name", pid, tid, {"name": name}))
+            events.append(_meta("thread_sort_index", pid, tid, {"sort_index": tid}))
+        events.extend(_event(ev, pid, tids[ev.resource]) for ev in result.timeline)
+    return events
+
+
+def write_chrome_trace(path: str | os.PathLike[str], results: Iterable[RunResult]) -> Path:
+    """Write the runs' timelines as one Chrome trace-event JSON file (atomically)."""
+    return write_json(path, {"traceEvents": trace_events(results), "displayTimeUnit": "ms"})
+
+
+def _meta(name: str, pid: int, tid: int, args: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "ph": "M", "pid": pid, "tid": tid, "args": args}
+
+
+def _event(ev: TimelineEvent, pid: int, tid: int) -> dict[str, Any]:
+    label = ev.kind if ev.expert < 0 else f"{ev.kind} e{ev.expert}"
+    return {
+        "name": label,
+        "cat": ev.kind,
+        "ph": "X",
+        "pid": pid,
+        "tid": tid,
+        "ts": ev.start * _US,
+        "dur": (ev.end - ev.start) * _US,
+        "args": {"step": ev.step, "layer": ev.layer, "expert": ev.expert},
+    }

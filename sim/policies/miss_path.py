@@ -1,0 +1,55 @@
+"""Miss-path rules: which path the *misses* of a gate take, for the caching/prefetching policies.
+
+A caching policy decides what stays in HBM; what is not there still has to be served. The rules
+reuse the stateless split policies of sim/policies/split.py rather than re-implement them:
+
+* ``seed``: the seed's bandwidth-proportional split (`seed_split_paths`, default constants)
+  applied to the misses only (the cache-aware reading: only what must move is split);
+* ``balanced``: ``balanced-split`` (DynaNDE-style finish-time optimum), given the whole gate so
+  it sees what is already in HBM;
+* ``pcie``: every miss over PCIe; ``md``: every miss on the scenario's MD path (fetched over
+  md_link, or run near data in near-data mode).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sim.policies.base import GateView, Path, Policy, PolicyContext, make_policy
+from sim.policies.split import SeedSplitParams, md_path, seed_h_table, seed_split_paths, single_path
+
+MISS_PATH_RULES = ("seed", "balanced", "pcie", "md")
+
+
+def check_rule(rule: str) -> None:
+    """Raise ValueError (turned into a one-line UserError by ``build_params``) on a bad name."""
+    if rule not in MISS_PATH_RULES:
+        raise ValueError(f"miss_path: expected one of {', '.join(MISS_PATH_RULES)}, got {rule!r}")
+
+
+class MissPathRule:
+    """Paths for a gate's misses (entries for cached experts are ignored by the engine)."""
+
+    def __init__(self, rule: str) -> None:
+        check_rule(rule)
+        self.rule = rule
+        self._balanced: Policy | None = None
+
+    def bind(self, ctx: PolicyContext) -> None:
+        self._md = md_path(ctx.hardware)
+        self._seed = SeedSplitParams()
+        self._h = seed_h_table(self._seed, ctx.hardware, ctx.model.num_experts)
+        if self.rule == "balanced":
+            self._balanced = make_policy("balanced-split", {}, where="miss_path balanced")
+            self._balanced.bind(ctx)
+
+    def paths(self, view: GateView) -> np.ndarray:
+        """A ``Path`` (int8) per ``view.experts``."""
+        if self.rule == "seed":
+            return seed_split_paths(view, self._h, self._md, self._seed.order)
+        if self.rule == "pcie":
+            return single_path(view, Path.PCIE)
+        if self.rule == "md":
+            return single_path(view, self._md)
+        assert self._balanced is not None
+        return np.asarray(self._balanced.decide(view).paths, dtype=np.int8)

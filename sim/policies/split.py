@@ -1,0 +1,350 @@
+"""Split policies: every active expert is fetched (or run near data) at every layer, no cache.
+
+* ``seed-split``: the seed's bandwidth-proportional rule (MoNDE-style), the baseline.
+* ``gpu-only`` / ``md-only``: every active expert on one path.
+* ``balanced-split``: the split minimising the layer's finish time (DynaNDE-style).
+
+The path choices are also exposed as functions (`seed_split_paths`, `single_path`,
+`balanced_split_paths`) so cache
+policies can use them as their miss-path rule, and as whole-trace plans (`*_plan`) for the
+numpy closed form (`sim.engine.closed_form`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.engine.links import fifo_arrivals
+from sim.hardware import Hardware
+from sim.policies.base import GateDecision, GateView, Path, Policy, PolicyContext, register_policy
+from sim.stats.gating import ROUNDINGS, gpu_share
+
+ORDERS = ("tokens", "id")
+
+
+def md_path(hardware: Hardware) -> Path:
+    """The MD path of the scenario: run near data in near-data mode, else fetch over md_link."""
+    return Path.MD_NEAR if hardware.md_mode == "near-data" else Path.MD_FETCH
+
+
+# -- seed-split ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SeedSplitParams:
+    """The seed's rule constants (only the ratio of the bandwidths matters; one unit for both)."""
+
+    bw_pcie: float = 32.0
+    bw_md: float = 512.0
+    alpha: float = 1.0
+    rounding: str = "nearest"  # "nearest" (Python round, the seed), "ceil" (MoNDE), "floor"
+    order: str = "tokens"  # which experts take the GPU path: most tokens first, or lowest id
+    from_links: bool = False  # take bw_pcie/bw_md from the scenario's link bandwidths instead
+
+    def __post_init__(self) -> None:
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(
+                f"rounding: expected one of {', '.join(ROUNDINGS)}, got {self.rounding!r}"
+            )
+        if self.order not in ORDERS:
+            raise ValueError(f"order: expected one of {', '.join(ORDERS)}, got {self.order!r}")
+        for name in ("bw_pcie", "bw_md", "alpha"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+        if self.bw_pcie + self.bw_md <= 0:
+            raise ValueError("bw_pcie + bw_md: expected a positive total, got 0")
+
+
+def seed_h_table(params: SeedSplitParams, hardware: Hardware, max_active: int) -> np.ndarray:
+    """``H`` for every possible number of candidate experts 0..max_active (capped at it)."""
+    if params.from_links:
+        bw_pcie, bw_md = hardware.pcie.bandwidth, hardware.md_link.bandwidth
+    else:
+        bw_pcie, bw_md = params.bw_pcie, params.bw_md
+    n = np.arange(max_active + 1, dtype=np.int64)
+    _gpu, _md, h = gpu_share(n, bw_pcie, bw_md, params.alpha, params.rounding)
+    return np.minimum(h, n)
+
+
+def seed_split_paths(
+    view: GateView, h_table: np.ndarray, md: Path, order: str = "tokens"
+) -> np.ndarray:
+    """The seed's split of the gate's *non-cached* experts: ``H = h_table[count]`` of them over
+    PCIe (most tokens first, or lowest ids first), the rest on the MD path ``md``."""
+    paths = np.full(view.experts.size, md, dtype=np.int8)
+    misses = np.flatnonzero(~view.cached)
+    h = int(h_table[misses.size])
+    if h:
+        if order == "id":
+            misses = misses[np.argsort(view.experts[misses], kind="stable")]
+        paths[misses[:h]] = Path.PCIE
+    return paths
+
+
+@register_policy
+class SeedSplit(Policy):
+    """The seed's gating rule (MoNDE-style, arXiv 2405.18832): of the layer's ``Expert_Activ``
+    active experts, ``H = int(alpha * round(BW_PCIe / (BW_MD + BW_PCIe) * Expert_Activ))``
+    (capped at Expert_Activ) take the GPU path over PCIe, the rest the MD path (fetched over
+    md_link, or run near data). Most tokens first to the GPU, ties by lower id. No cache."""
+
+    name = "seed-split"
+    summary = "the seed's bandwidth-proportional GPU/MD split (MoNDE-style); the baseline"
+    Params = SeedSplitParams
+
+    def bind(self, ctx: PolicyContext) -> None:
+        super().bind(ctx)
+        self._h = seed_h_table(self.params, ctx.hardware, ctx.model.num_experts)
+        self._md = md_path(ctx.hardware)
+
+    def decide(self, view: GateView) -> GateDecision:
+        return GateDecision(paths=seed_split_paths(view, self._h, self._md, self.params.order))
+
+
+def seed_split_plan(
+    counts: np.ndarray, hardware: Hardware, params: SeedSplitParams | None = None
+) -> np.ndarray:
+    """Whole-trace seed-split paths, ``[steps, layers, E]`` int8 by expert id (HIT where the
+    expert is inactive): the vectorised twin of `SeedSplit.decide` for the closed form."""
+    params = params or SeedSplitParams()
+    counts = np.asarray(counts)
+    active = counts > 0
+    h = seed_h_table(params, hardware, counts.shape[2])[active.sum(axis=2)]
+    if params.order == "tokens":
+        key = -counts.astype(np.int64)
+    else:
+        key = np.where(active, 0, 1)
+    rank_order = np.argsort(key, axis=2, kind="stable")
+    rank = np.empty_like(rank_order)
+    np.put_along_axis(rank, rank_order, np.arange(counts.shape[2])[None, None, :], axis=2)
+    paths = np.where(rank < h[:, :, None], Path.PCIE, md_path(hardware)).astype(np.int8)
+    paths[~active] = Path.HIT
+    return paths
+
+
+# -- single path --------------------------------------------------------------------------------
+def single_path(view: GateView, path: Path) -> np.ndarray:
+    """Every non-cached expert of the gate on ``path`` (cached ones are hits anyway)."""
+    return np.full(view.experts.size, path, dtype=np.int8)
+
+
+@register_policy
+class GpuOnly(Policy):
+    """Every active expert's weights over PCIe to the GPU (classic host offloading, as
+    mixtral-offloading without a cache). No cache."""
+
+    name = "gpu-only"
+    summary = "every active expert fetched over PCIe to the GPU; no cache"
+
+    def decide(self, view: GateView) -> GateDecision:
+        return GateDecision(paths=single_path(view, Path.PCIE))
+
+
+@register_policy
+class MdOnly(Policy):
+    """Every active expert on the MD path: fetched over md_link (fetch mode) or computed next
+    to the pool (near-data mode, as MoNDE's NDP side). No cache."""
+
+    name = "md-only"
+    summary = "every active expert on the MD path (fetch or near-data); no cache"
+
+    def bind(self, ctx: PolicyContext) -> None:
+        super().bind(ctx)
+        self._md = md_path(ctx.hardware)
+
+    def decide(self, view: GateView) -> GateDecision:
+        return GateDecision(paths=single_path(view, self._md))
+
+
+def single_path_plan(counts: np.ndarray, path: Path) -> np.ndarray:
+    """Whole-trace plan with every active expert on ``path`` (HIT where inactive)."""
+    return np.where(np.asarray(counts) > 0, path, Path.HIT).astype(np.int8)
+
+
+# -- balanced-split -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BalancedSplitParams:
+    """``exhaustive_limit``: in near-data mode, when the sorted-prefix argument does not hold
+    (GPU compute differs between the candidates), search all 2^n splits if n <= this."""
+
+    exhaustive_limit: int = 12
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.exhaustive_limit <= 20:
+            raise ValueError(f"exhaustive_limit: expected 0..20, got {self.exhaustive_limit!r}")
+
+
+def balanced_split_paths(
+    view: GateView, ctx: PolicyContext, exhaustive_limit: int = 12
+) -> np.ndarray:
+    """The split of the gate's non-cached experts between the GPU path (PCIe) and the MD path
+    that minimises the layer's finish time, estimated with the run's cost model and the links'
+    current queues (``view.link_free_at``), hits included (they need the GPU too).
+
+    Why enumerating ``k`` = how many go over PCIe is exact (uniform transfer time per link, as
+    with `RooflineCost`; GPU compute non-decreasing in tokens, as with any roofline):
+
+    * fetch mode: for a given ``k`` the FIFO arrival times on each link are fixed (the j-th
+      transfer of a link arrives at the same time whichever expert it carries), so only which
+      expert gets which arrival time matters. The GPU runs experts serially in arrival order and
+      ends at ``max_i(r_i + sum of compute from i on)``; swapping two experts so that the larger
+      compute gets the earlier arrival never increases any term, so "most tokens first to the
+      earliest arrival" (merging the two links' arrival times) is optimal for that ``k``.
+    * near-data mode: the MD side costs ``2 * activations(tokens) + sum near compute``, additive
+      and non-decreasing in tokens; the GPU side depends on which experts only through their GPU
+      compute. When that is the same for every candidate (memory-bound experts: tokens below the
+      roofline ridge, the usual case), the GPU side depends only on ``k`` and the MD side is
+      smallest when the ``k`` experts with most tokens leave it: a sorted prefix. Otherwise all
+      ``2^n`` splits are searched when ``n <= exhaustive_limit``, else the best prefix is taken
+      (then a heuristic).
+
+    Ties go to fewer PCIe transfers. The estimate is the engine's own schedule, so the engine
+    reproduces it (tests compare with brute force over all splits).
+    """
+    hw, cost = ctx.hardware, ctx.cost
+    md = md_path(hw)
+    paths = np.full(view.experts.size, md, dtype=np.int8)
+    cand = np.flatnonzero(~view.cached)
+    n = cand.size
+    if n == 0 or hw.placement == "md":
+        return paths
+    if hw.placement == "host":
+        paths[:] = Path.PCIE
+        return paths
+    s, layer, now = view.step, view.layer, view.now
+    experts, tokens = view.experts[cand], view.tokens[cand]
+    c = np.asarray(cost.gpu_compute_time(s, layer, experts, tokens), dtype=np.float64)
+    hit = np.flatnonzero(view.cached)
+    r_hit = np.maximum(view.ready_at[layer, view.experts[hit]] - now, 0.0)
+    c_hit = np.asarray(
+        cost.gpu_compute_time(s, layer, view.experts[hit], view.tokens[hit]), dtype=np.float64
+    )
+    per_expert = hw.gpu.expert_start == "per-expert"
+    a_pcie = _arrivals(view, ctx, "pcie", experts, n)
+    ks = np.arange(n + 1)
+    j = np.arange(n)
+    if md == Path.MD_FETCH:
+        a_md = _arrivals(view, ctx, "md_link", experts, n)
+        both = np.concatenate(
+            [
+                np.where(j[None, :] < ks[:, None], a_pcie[None, :], np.inf),
+                np.where(j[None, :] < (n - ks)[:, None], a_md[None, :], np.inf),
+            ],
+            axis=1,
+        )
+        source = np.argsort(both, axis=1, kind="stable")[:, :n]
+        merged = np.take_along_axis(both, source, axis=1)
+        ends = gpu_end_estimates(merged, np.broadcast_to(c, merged.shape), r_hit, c_hit, per_expert)
+        k = int(np.argmin(ends))
+        paths[cand[source[k] < n]] = Path.PCIE
+        return paths
+    take = j[None, :] < ks[:, None]
+    gpu = gpu_end_estimates(
+        np.where(take, a_pcie[None, :], np.inf),
+        np.where(take, c[None, :], 0.0),
+        r_hit,
+        c_hit,
+        per_expert,
+    )
+    near_c = np.asarray(cost.near_compute_time(s, layer, experts, tokens), dtype=np.float64)
+    rest = ~take
+    total = np.maximum(gpu, _near_end_estimates(view, ctx, experts, tokens, near_c, rest))
+    if np.ptp(c) > 0 and 0 < n <= exhaustive_limit:
+        subsets = ((np.arange(2**n)[:, None] >> j[None, :]) & 1).astype(bool)
+        rank = np.cumsum(subsets, axis=1) - 1
+        gpu = gpu_end_estimates(
+            np.where(subsets, a_pcie[rank], np.inf),
+            np.where(subsets, c[None, :], 0.0),
+            r_hit,
+            c_hit,
+            per_expert,
+        )
+        total = np.maximum(gpu, _near_end_estimates(view, ctx, experts, tokens, near_c, ~subsets))
+        best = subsets[int(np.argmin(total))]
+        paths[cand[best]] = Path.PCIE
+        return paths
+    k = int(np.argmin(total))
+    paths[cand[:k]] = Path.PCIE
+    return paths
+
+
+def gpu_end_estimates(
+    ready: np.ndarray, compute: np.ndarray, r_hit: np.ndarray, c_hit: np.ndarray, per_expert: bool
+) -> np.ndarray:
+    """End of the serial GPU compute, one row per candidate schedule (``ready`` = +inf and
+    ``compute`` = 0 where an expert is not on the GPU in that row), hits added to every row."""
+    rows = ready.shape[0]
+    if r_hit.size:
+        ready = np.concatenate([ready, np.broadcast_to(r_hit, (rows, r_hit.size))], axis=1)
+        compute = np.concatenate([compute, np.broadcast_to(c_hit, (rows, c_hit.size))], axis=1)
+    finite = np.isfinite(ready)
+    if per_expert:
+        order = np.argsort(ready, axis=1, kind="stable")
+        r = np.take_along_axis(ready, order, axis=1)
+        cc = np.take_along_axis(compute, order, axis=1)
+        cum = np.cumsum(cc, axis=1)
+        late = np.where(np.isfinite(r), r - (cum - cc), -np.inf).max(axis=1)
+        end = cum[:, -1] + np.maximum(late, 0.0)
+    else:
+        end = np.maximum(np.where(finite, ready, 0.0).max(axis=1), 0.0) + compute.sum(axis=1)
+    return np.where(finite.any(axis=1), end, 0.0)
+
+
+def _arrivals(
+    view: GateView, ctx: PolicyContext, link: str, experts: np.ndarray, n: int
+) -> np.ndarray:
+    """Arrival times (relative to the gate) of n transfers queued now on ``link``."""
+    free = np.maximum(view.link_free_at[link] - view.now, 0.0)
+    uniform = getattr(ctx.cost, "uniform_transfer_time", None)
+    if uniform is not None:
+        durations: np.ndarray | float = float(uniform(link))
+    else:
+        durations = np.asarray(ctx.cost.transfer_time(link, view.step, view.layer, experts), float)
+    return fifo_arrivals(free, durations, n)
+
+
+def _near_end_estimates(
+    view: GateView,
+    ctx: PolicyContext,
+    experts: np.ndarray,
+    tokens: np.ndarray,
+    near_c: np.ndarray,
+    on_md: np.ndarray,
+) -> np.ndarray:
+    """End of the near-data part per row of ``on_md`` (bool, which candidates run near data):
+    activations out, serial compute next to the pool, activations back."""
+    free = np.maximum(view.link_free_at["md_link"] - view.now, 0.0).min()
+    total_tokens = on_md @ tokens.astype(np.float64)
+    one_way = getattr(ctx.cost, "activation_one_way", None)
+    if one_way is not None:
+        half = np.asarray(one_way("md_link", total_tokens), dtype=np.float64)
+    else:
+        half = np.array(
+            [
+                0.5
+                * ctx.cost.activation_time("md_link", view.step, view.layer, experts[m], tokens[m])
+                for m in on_md
+            ]
+        )
+    end = (free + half + on_md @ near_c) + half
+    return np.where(on_md.any(axis=1), end, 0.0)
+
+
+@register_policy
+class BalancedSplit(Policy):
+    """DynaNDE-style split: per gate, the assignment of the active experts to the GPU path
+    (PCIe) or the MD path that minimises the layer's finish time under the run's cost model:
+    each path's latency, bandwidth, channels and queue, GPU/near-data compute, and the experts
+    already in HBM. The exact optimum of what the seed's rule approximates (see
+    `balanced_split_paths` for why the enumeration is exact). No cache of its own."""
+
+    name = "balanced-split"
+    summary = "the GPU/MD split minimising each layer's finish time (DynaNDE-style)"
+    Params = BalancedSplitParams
+
+    def decide(self, view: GateView) -> GateDecision:
+        assert self.ctx is not None
+        return GateDecision(
+            paths=balanced_split_paths(view, self.ctx, self.params.exhaustive_limit)
+        )

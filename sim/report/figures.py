@@ -1,0 +1,688 @@
+"""The report's figures: one function per figure, each returning a matplotlib ``Figure``.
+
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot, no global
+state, no display needed). Times are plotted in milliseconds, bytes in MB (1e6). Every policy
+label keeps one colour in every figure (``policy_colours``); the baseline is always dark grey.
+A figure whose input is missing raises ``NoData`` with a sentence the report shows instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ParamSpec
+
+import matplotlib as mpl
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import PolyCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+
+from sim.errors import UserError
+from sim.report.load import (
+    RunResults,
+    SweepResults,
+    Table,
+    TimelineEvents,
+    find_key,
+    plain_value,
+)
+from sim.units import parse_bandwidth
+
+MS = 1e3  # seconds -> milliseconds
+MB = 1e-6  # bytes -> MB
+BASELINE_COLOUR = "#4d4d4d"
+#: Qualitative palette (tab10 without its grey, then tab20's light shades) for non-baseline labels.
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#dbdb8d",
+    "#9edae5",
+)
+KIND_COLOURS = {
+    "fetch": "#1f77b4",
+    "prefetch": "#17becf",
+    "activation": "#ff7f0e",
+    "compute": "#2ca02c",
+    "non_expert": "#7f7f7f",
+}
+SEED_SERIES = (
+    ("expert_activ", "Expert_Activ", "#4d4d4d"),
+    ("expert_gpu", "Expert_GPU (PCIe path)", "#1f77b4"),
+    ("expert_md", "Expert_MD (MD path)", "#ff7f0e"),
+)
+LINKS = (("pcie", "PCIe", "bytes_pcie"), ("md_link", "MD link", "bytes_md"))
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 8,
+    "figure.titlesize": 12,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+
+P = ParamSpec("P")
+
+
+class NoData(Exception):
+    """A figure cannot be drawn from these results; ``str()`` says why and how to get it."""
+
+
+def _styled(build: Callable[P, Figure]) -> Callable[P, Figure]:
+    """Build the figure under the report's rc style (rc values are read at artist creation)."""
+
+    @functools.wraps(build)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Figure:
+        with mpl.rc_context(STYLE):
+            return build(*args, **kwargs)
+
+    return wrapper
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def render(fig: Figure, fmt: str = "png", dpi: int = 110) -> bytes:
+    """The figure as PNG/PDF/SVG bytes."""
+    buf = io.BytesIO()
+    with mpl.rc_context(STYLE):
+        fig.savefig(buf, format=fmt, dpi=dpi)
+    return buf.getvalue()
+
+
+# -- colours -----------------------------------------------------------------------------------
+def policy_colours(labels: Iterable[str], baseline: str | None) -> dict[str, str]:
+    """One colour per label: baseline dark grey, the others the palette in sorted-label order."""
+    others = sorted({str(x) for x in labels} - {baseline})
+    colours = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(others)}
+    if baseline is not None:
+        colours[baseline] = BASELINE_COLOUR
+    return colours
+
+
+def _figure_legend(fig: Figure, ax: Any, title: str | None) -> None:
+    """One legend for all panels, below them, so that it never hides a bar."""
+    handles, names = ax.get_legend_handles_labels()
+    fig.legend(handles, names, title=title, loc="outside lower center", ncols=min(len(names), 6))
+
+
+def _colour(colours: Mapping[str, str], label: str) -> str:
+    return colours.get(label, "#000000")
+
+
+def _labels(table: Table, topk: int | None) -> list[str]:
+    rows = table if topk is None else table.where(topk=topk)
+    return [str(x) for x in rows.unique("label")]
+
+
+def _ordered(labels: Sequence[str], baseline: str | None) -> list[str]:
+    """Baseline first, the rest sorted: the legend order of every figure."""
+    rest = sorted(x for x in labels if x != baseline)
+    return ([baseline] if baseline in labels else []) + rest
+
+
+def _topk_title(topk: int | None) -> str:
+    return "" if topk is None else f", top-{topk}"
+
+
+# -- per-layer transfer time -------------------------------------------------------------------
+def layer_axis(per_layer: Table) -> tuple[np.ndarray, list[str]]:
+    """Distinct layer indices (sorted) and their tick text: the real layer id when known."""
+    index, first = np.unique(per_layer["layer"], return_index=True)
+    ids = per_layer["layer_id"][first] if "layer_id" in per_layer else index
+    return index, [str(int(v)) for v in ids]
+
+
+def link_time_by_layer(
+    run: RunResults, label: str, topk: int | None
+) -> tuple[np.ndarray, dict[str, np.ndarray], str, str]:
+    """Per layer index, the mean per step of each link's transfer time (or bytes) for one label.
+
+    Returns ``(layers, {link: values}, ylabel, source)``. From the timeline when present: the
+    time the link's channels were busy with the layer's transfers (union over channels), in ms;
+    else bytes / link bandwidth from the scenario (ms); else MB moved when no bandwidth is known.
+    """
+    per_layer = _per_layer(run, label, topk)
+    layers, _ = layer_axis(per_layer)
+    num_steps = max(len(np.unique(per_layer["step"])), 1)
+    events = _timeline_rows(run.timeline, label, topk) if run.timeline is not None else None
+    if events is not None and len(events):
+        links = events.link
+        values = {
+            link: busy_by_layer(events.rows(links == link), layers) / num_steps * MS
+            for link, _, _ in LINKS
+        }
+        return layers, values, "link busy time per step (ms)", "timeline.json"
+    bandwidths = link_bandwidths(run.scenario)
+    values = {}
+    for link, _, column in LINKS:
+        if column not in per_layer:
+            raise NoData(f"per_layer.csv has no {column} column: cannot split transfers by link")
+        mean_bytes = _mean_by(per_layer["layer"], per_layer[column], layers)
+        values[link] = mean_bytes / bandwidths[link] * MS if bandwidths else mean_bytes * MB
+    if bandwidths:
+        return layers, values, "bytes / link bandwidth per step (ms)", "per_layer.csv bytes"
+    return layers, values, "MB moved per step", "per_layer.csv bytes, no link bandwidth known"
+
+
+def busy_by_layer(events: TimelineEvents, layers: np.ndarray) -> np.ndarray:
+    """For each layer index in ``layers``: summed over steps, the length of the union of the
+    layer's event intervals in each step (channels of one link overlap in time)."""
+    busy = np.zeros(len(layers))
+    if not len(events):
+        return busy
+    _, group = np.unique(np.stack([events.step, events.layer]), axis=1, return_inverse=True)
+    group = group.ravel()
+    origin = events.start.min()
+    span = float(events.end.max() - origin) + 1.0
+    # Shift each (step, layer) group into its own time window so that one global sweep merges
+    # overlapping intervals inside a group and never across groups.
+    start = events.start - origin + group * 2 * span
+    end = events.end - origin + group * 2 * span
+    order = np.argsort(start, kind="stable")
+    start, end, layer = start[order], end[order], events.layer[order]
+    reach = np.maximum.accumulate(end)
+    opens = start > np.concatenate([[-np.inf], reach[:-1]])
+    block = np.cumsum(opens) - 1
+    block_end = np.full(int(opens.sum()), -np.inf)
+    np.maximum.at(block_end, block, end)
+    lengths = block_end - start[opens]
+    slot = np.searchsorted(layers, layer[opens])
+    known = (slot < len(layers)) & (layers[np.minimum(slot, len(layers) - 1)] == layer[opens])
+    return np.bincount(slot[known], weights=lengths[known], minlength=len(layers))
+
+
+def link_bandwidths(scenario: Mapping[str, Any]) -> dict[str, float]:
+    """PCIe and MD-link bandwidths (bytes/s) from a resolved scenario, or {} when absent."""
+    hardware = scenario.get("hardware")
+    links = find_key(hardware, "links") if isinstance(hardware, Mapping) else None
+    if not isinstance(links, Mapping):
+        return {}
+    result = {}
+    for link, _, _ in LINKS:
+        cfg = links.get(link)
+        value = cfg.get("bandwidth") if isinstance(cfg, Mapping) else None
+        if value is None:
+            return {}
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            result[link] = float(value)
+        else:
+            result[link] = parse_bandwidth(value, f"scenario.resolved.yaml hardware.links.{link}")
+    return result
+
+
+def _mean_by(keys: np.ndarray, values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Mean of ``values`` for each key in ``order`` (NaN where a key has no rows)."""
+    slot = np.searchsorted(order, keys)
+    sums = np.bincount(slot, weights=values, minlength=len(order))
+    counts = np.bincount(slot, minlength=len(order))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts
+
+
+def _per_layer(run: RunResults, label: str, topk: int | None) -> Table:
+    if run.per_layer is None:
+        raise NoData("no per_layer.csv in the results directory")
+    rows = run.per_layer.where(label=label)
+    if topk is not None:
+        rows = rows.where(topk=topk)
+    if not len(rows):
+        raise NoData(f"per_layer.csv has no rows for {label!r}{_topk_title(topk)}")
+    return rows
+
+
+def _timeline_rows(events: TimelineEvents, label: str, topk: int | None) -> TimelineEvents:
+    mask = events.label == label
+    if topk is not None and (events.topk >= 0).any():
+        mask &= events.topk == topk
+    return events.rows(mask)
+
+
+def _grouped_bars(ax: Any, x: np.ndarray, series: Sequence[tuple[str, np.ndarray, str]]) -> None:
+    """Bars for each (name, heights, colour) side by side around each x."""
+    width = 0.8 / len(series)
+    for i, (name, heights, colour) in enumerate(series):
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, color=colour, label=name)
+
+
+@_styled
+def transfer_time_by_layer(
+    run: RunResults, colours: Mapping[str, str], topk: int | None = None
+) -> Figure:
+    """Grouped bars: per layer and policy, each link's transfer time, and the layer's transfer
+    window (first transfer start to last arrival, as the engine measured it)."""
+    if run.per_layer is None:
+        raise NoData("no per_layer.csv in the results directory")
+    rows = run.per_layer if topk is None else run.per_layer.where(topk=topk)
+    labels = _ordered(_labels(rows, None), run.baseline)
+    layers, ticks = layer_axis(rows)
+    data = {label: link_time_by_layer(run, label, topk) for label in labels}
+    _, _, ylabel, source = data[labels[0]]
+    with_window = "transfer_window" in rows
+    fig = _figure(4.0 * (len(LINKS) + with_window), 4.2)
+    axes = fig.subplots(1, len(LINKS) + with_window, squeeze=False)[0]
+    x = np.arange(len(layers))
+    for ax, (link, name, _) in zip(axes, LINKS):
+        _grouped_bars(ax, x, [(lb, data[lb][1][link], _colour(colours, lb)) for lb in labels])
+        ax.set_title(name)
+        ax.set_ylabel(ylabel)
+    if with_window:
+        series = []
+        for label in labels:
+            mine = rows.where(label=label)
+            window = _mean_by(mine["layer"], mine["transfer_window"], layers) * MS
+            series.append((label, window, _colour(colours, label)))
+        _grouped_bars(axes[-1], x, series)
+        axes[-1].set_title("Layer transfer window (both links)")
+        axes[-1].set_ylabel("transfer window per step (ms)")
+    for ax in axes:
+        ax.set_xticks(x, ticks)
+        ax.set_xlabel("MoE layer")
+    _figure_legend(fig, axes[0], "policy")
+    fig.suptitle(f"Per-layer transfer time by policy{_topk_title(topk)} (links: {source})")
+    return fig
+
+
+# -- step latency ------------------------------------------------------------------------------
+@_styled
+def step_latency_cdf(
+    run: RunResults, colours: Mapping[str, str], topk: int | None = None
+) -> Figure:
+    """Empirical CDF of step latency per policy, with p50 (circle) and p99 (triangle) marked."""
+    if run.per_step is None:
+        raise NoData("no per_step.csv in the results directory")
+    labels = _ordered(_labels(run.per_step, topk), run.baseline)
+    fig = _figure(7.5, 4.5)
+    ax = fig.subplots()
+    for label in labels:
+        rows = run.per_step.where(label=label)
+        if topk is not None:
+            rows = rows.where(topk=topk)
+        latency = np.sort(rows["latency"]) * MS
+        share = np.arange(1, len(latency) + 1) / len(latency)
+        p50, p99 = np.percentile(latency, [50, 99])
+        colour = _colour(colours, label)
+        ax.step(latency, share, where="post", color=colour, linewidth=1.6,
+                label=f"{label} (p50 {p50:.3g} ms, p99 {p99:.3g} ms)")  # fmt: skip
+        ax.plot([p50], [0.5], "o", color=colour, markersize=6, gid=f"p50:{label}")
+        ax.plot([p99], [0.99], "^", color=colour, markersize=7, gid=f"p99:{label}")
+    handles, names = ax.get_legend_handles_labels()
+    for marker, name in (("o", "p50"), ("^", "p99")):
+        handles.append(Line2D([], [], marker=marker, color="black", linestyle=""))
+        names.append(name)
+    ax.legend(handles, names, title="policy", loc="lower right")
+    ax.set_xlabel("step latency (ms)")
+    ax.set_ylabel("share of steps ≤ latency")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Step-latency distribution by policy{_topk_title(topk)}")
+    return fig
+
+
+# -- link timeline (Gantt) ---------------------------------------------------------------------
+def best_label(summary: Table, baseline: str | None, topk: int | None) -> str | None:
+    """The online (non-bound, non-baseline) label with the lowest mean step latency."""
+    rows = summary if topk is None else summary.where(topk=topk)
+    mask = rows["label"] != baseline
+    if "is_bound" in rows:
+        mask &= ~rows["is_bound"].astype(bool)
+    rows = rows.rows(mask)
+    if not len(rows):
+        return None
+    return str(rows["label"][int(np.argmin(rows["mean_step"]))])
+
+
+def _resource_order(resource: str) -> tuple[int, int, str]:
+    name, _, rest = resource.partition("[")
+    rank = {"gpu": 0, "pcie": 1, "md_link": 2, "md": 3, "host": 4}.get(name, 5)
+    channel = int(rest.rstrip("]")) if rest.rstrip("]").isdigit() else 0
+    return rank, channel, resource
+
+
+def _bars_collection(rows: np.ndarray, start: np.ndarray, end: np.ndarray, kind: str) -> Any:
+    """Rectangles ``[start, end] x [row - 0.35, row + 0.35]`` as one collection: a Gantt chart
+    of per-expert events has thousands of bars, too many for one patch each."""
+    lo, hi = rows - 0.35, rows + 0.35
+    verts = np.stack([np.c_[start, lo], np.c_[start, hi], np.c_[end, hi], np.c_[end, lo]], axis=1)
+    return PolyCollection(verts, facecolors=KIND_COLOURS.get(kind, "#bcbd22"),
+                          edgecolors="white", linewidths=0.3, label=kind, gid=kind)  # fmt: skip
+
+
+@_styled
+def link_timeline(
+    run: RunResults,
+    colours: Mapping[str, str],
+    topk: int | None = None,
+    window: tuple[int, int] | None = None,
+) -> Figure:
+    """Gantt chart of link transfers and compute for steps ``[window[0], window[1])``: the
+    baseline and the best online policy side by side, time from the window's first event."""
+    if run.timeline is None:
+        raise NoData(
+            "no timeline.json: rerun with `moesim run SCENARIO --timeline DIR/timeline.json` "
+            "(or pass `moesim report DIR --timeline FILE`) to see the link timeline"
+        )
+    baseline = run.baseline
+    labels = [x for x in (baseline, best_label(run.summary, baseline, topk)) if x is not None]
+    labels = list(dict.fromkeys(labels))
+    steps = np.unique(run.timeline.step[run.timeline.step >= 0])
+    if window is None:
+        window = (int(steps.min()), int(steps.min()) + 2) if len(steps) else (0, 1)
+    lo, hi = window
+    fig = _figure(6.0 * len(labels), 1.8 + 0.35 * max(4, len(np.unique(run.timeline.resource))))
+    axes = fig.subplots(1, len(labels), squeeze=False, sharey=True)[0]
+    resources = sorted({str(r) for r in run.timeline.resource}, key=_resource_order)
+    row_of = {r: i for i, r in enumerate(resources)}
+    drawn = 0
+    for ax, label in zip(axes, labels):
+        ev = _timeline_rows(run.timeline, label, topk)
+        ev = ev.rows((ev.step >= lo) & (ev.step < hi))
+        drawn += len(ev)
+        origin = ev.start.min() if len(ev) else 0.0
+        for kind in sorted(set(ev.kind), key=lambda k: (k not in KIND_COLOURS, k)):
+            part = ev.rows(ev.kind == kind)
+            rows = np.array([row_of[str(r)] for r in part.resource], dtype=np.float64)
+            ax.add_collection(_bars_collection(rows, (part.start - origin) * MS,
+                                               (part.end - origin) * MS, kind))  # fmt: skip
+        role = "baseline" if label == baseline else "best policy"
+        ax.set_title(f"{role}: {label}", color=_colour(colours, label), pad=14)
+        ax.set_xlabel(f"time since step {lo} start (ms)")
+        for step in range(lo, hi):
+            first = ev.start[ev.step == step]
+            if len(first):
+                ax.axvline((first.min() - origin) * MS, color="black", linewidth=0.6, linestyle=":")
+                ax.annotate(f"step {step}", ((first.min() - origin) * MS, 1.0),
+                            xycoords=("data", "axes fraction"), fontsize=7, va="bottom")  # fmt: skip
+    if not drawn:
+        raise NoData(f"timeline.json has no events in steps {lo}..{hi - 1}")
+    for ax in axes:
+        ax.autoscale_view()
+    _figure_legend(fig, axes[0], "event")
+    axes[0].set_yticks(range(len(resources)), resources)
+    axes[0].set_ylim(len(resources) - 0.5, -0.5)
+    axes[0].set_ylabel("resource")
+    fig.suptitle(f"Link timeline, steps {lo}..{hi - 1}{_topk_title(topk)}")
+    return fig
+
+
+# -- HBM hit rate ------------------------------------------------------------------------------
+def step_hit_rate(per_layer: Table) -> tuple[np.ndarray, np.ndarray]:
+    """Per step: HBM hits / active experts summed over layers (steps in sorted order)."""
+    steps, inverse = np.unique(per_layer["step"], return_inverse=True)
+    hits = np.bincount(inverse, weights=per_layer["hits"], minlength=len(steps))
+    active = np.bincount(inverse, weights=per_layer["active"], minlength=len(steps))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return steps, np.where(active > 0, hits / active, np.nan)
+
+
+@_styled
+def hit_rate_over_steps(
+    run: RunResults, colours: Mapping[str, str], topk: int | None = None
+) -> Figure:
+    """HBM hit rate per step for every policy that hits HBM, offline bounds dashed."""
+    if run.per_layer is None or "hits" not in run.per_layer:
+        raise NoData("no per_layer.csv with a hits column in the results directory")
+    bounds = run.bound_labels()
+    rows = run.per_layer if topk is None else run.per_layer.where(topk=topk)
+    labels = [
+        x
+        for x in _ordered(_labels(rows, None), run.baseline)
+        if x in bounds or rows.where(label=x)["hits"].sum() > 0
+    ]
+    if not any(x not in bounds for x in labels):
+        raise NoData("no caching policy in this run (no policy ever hit HBM)")
+    fig = _figure(7.5, 4.2)
+    ax = fig.subplots()
+    for label in labels:
+        steps, rate = step_hit_rate(rows.where(label=label))
+        bound = label in bounds
+        ax.plot(steps, rate * 100, color=_colour(colours, label), linewidth=1.2,
+                linestyle="--" if bound else "-",
+                label=f"{label} (offline bound)" if bound else label)  # fmt: skip
+    ax.set_xlabel("decode step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("HBM hits / active experts (%)")
+    ax.set_ylim(0, 102)
+    ax.legend(title="policy", loc="best")
+    ax.set_title(f"HBM hit rate over steps{_topk_title(topk)}")
+    return fig
+
+
+# -- the seed's view ---------------------------------------------------------------------------
+def gating_from_run(run: RunResults) -> Table:
+    """The seed's per-layer counts from a run: the seed-split policy's (else the baseline's)
+    active experts, GPU path (HBM hits + PCIe fetches) and MD path (fetch + near-data)."""
+    if run.per_layer is None:
+        raise NoData("no per_layer.csv in the results directory")
+    pl = run.per_layer
+    rows = pl.where(policy="seed-split")
+    if not len(rows) and run.baseline is not None:
+        rows = pl.where(label=run.baseline)
+    if not len(rows):
+        raise NoData("per_layer.csv has no seed-split (or baseline) rows")
+    first = str(rows["label"][0])
+    rows = rows.where(label=first)
+    need = ("hits", "pcie", "md_fetch", "md_near")
+    missing = [c for c in need if c not in rows]
+    if missing:
+        raise NoData(f"per_layer.csv lacks {missing}: cannot split experts by path")
+    gpu = rows["hits"] + rows["pcie"]
+    return Table(
+        {
+            "position": rows["step"],
+            "layer": rows["layer_id"] if "layer_id" in rows else rows["layer"],
+            "topk": rows["topk"],
+            "expert_activ": rows["active"],
+            "expert_gpu": gpu,
+            "expert_md": rows["md_fetch"] + rows["md_near"],
+            "h": gpu,
+        },
+        f"{rows.source} (label {first})",
+    )
+
+
+@_styled
+def seed_view(gating: Table, source: str) -> Figure:
+    """Mean Expert_Activ, Expert_GPU and Expert_MD per layer (bars), one panel per top-k."""
+    topks = sorted(int(k) for k in gating.unique("topk"))
+    if not topks:
+        raise NoData(f"{source} has no rows")
+    fig = _figure(max(5.0, 3.2 * len(topks) + 1.5), 4.0)
+    axes = fig.subplots(1, len(topks), squeeze=False, sharey=True)[0]
+    for ax, k in zip(axes, topks):
+        rows = gating.where(topk=k)
+        layers = np.unique(rows["layer"])
+        x = np.arange(len(layers))
+        means = [(n, _mean_by(rows["layer"], rows[c], layers), col) for c, n, col in SEED_SERIES]
+        _grouped_bars(ax, x, means)
+        positions = len(np.unique(rows["position"]))
+        ax.set_title(f"top-{k} ({positions} positions)")
+        ax.set_xticks(x, [str(int(v)) for v in layers])
+        ax.set_xlabel("MoE layer")
+    axes[0].set_ylabel("experts per step (mean over positions)")
+    _figure_legend(fig, axes[0], None)
+    fig.suptitle(f"The seed's view: active experts and their split by path (source: {source})")
+    return fig
+
+
+# -- sweeps ------------------------------------------------------------------------------------
+_FIELD_UNITS = (("bandwidth", 1e-9, "GB/s"), ("capacity", 2.0**-30, "GiB"), ("latency", 1e6, "µs"))
+
+
+def field_axis(field: str, values: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """Numeric axis values (scaled to a readable unit) and the axis label, or ``None`` for a
+    categorical field."""
+    if values.dtype.kind not in "fiu":
+        return None, field
+    for suffix, scale, unit in _FIELD_UNITS:
+        if field.endswith(suffix):
+            return values * scale, f"{field} ({unit})"
+    return values.astype(np.float64), field
+
+
+def _sweep_rows(sweep: SweepResults, topk: int | None) -> Table:
+    rows = sweep.table if topk is None else sweep.table.where(topk=topk)
+    if not len(rows):
+        raise NoData(f"sweep.csv has no rows{_topk_title(topk)}")
+    return rows
+
+
+def _sort_key(value: Any) -> tuple[bool, Any]:
+    return (isinstance(value, str), value)
+
+
+def grouped_speedup(
+    rows: Table, by: Sequence[str]
+) -> dict[tuple[Any, ...], tuple[float, float, float]]:
+    """Mean, min and max speedup (NaN cells ignored) for each distinct combination of ``by``."""
+    uniques, codes = [], []
+    for name in by:
+        values, inverse = np.unique(rows[name], return_inverse=True)
+        uniques.append(values)
+        codes.append(inverse.ravel())
+    dims = tuple(len(u) for u in uniques)
+    keys, group = np.unique(np.ravel_multi_index(codes, dims), return_inverse=True)
+    group = group.ravel()
+    speedup = np.asarray(rows["speedup"], dtype=np.float64)
+    ok = ~np.isnan(speedup)
+    counts = np.bincount(group[ok], minlength=len(keys))
+    sums = np.bincount(group[ok], weights=speedup[ok], minlength=len(keys))
+    low, high = np.full(len(keys), np.inf), np.full(len(keys), -np.inf)
+    np.minimum.at(low, group[ok], speedup[ok])
+    np.maximum.at(high, group[ok], speedup[ok])
+    result = {}
+    for g, flat in enumerate(keys):
+        key = tuple(plain_value(u[i]) for u, i in zip(uniques, np.unravel_index(flat, dims)))
+        result[key] = (sums[g] / counts[g], low[g], high[g]) if counts[g] else (np.nan,) * 3
+    return result
+
+
+@_styled
+def speedup_vs_field(
+    sweep: SweepResults, field: str, colours: Mapping[str, str], topk: int | None = None
+) -> Figure:
+    """Speedup over the baseline against one swept field, one line per policy (mean over the
+    other swept fields and repeats; the shaded band spans their min..max)."""
+    rows = _sweep_rows(sweep, topk)
+    if field not in rows:
+        raise UserError(f"{sweep.table.source}: expected a swept column {field!r}, got none")
+    stats = grouped_speedup(rows, ("label", field))
+    xs = sorted({x for _, x in stats}, key=_sort_key)
+    numeric, xlabel = field_axis(field, np.array(xs))
+    position = dict(zip(xs, numeric if numeric is not None else np.arange(len(xs))))
+    fig = _figure(7.5, 4.5)
+    ax = fig.subplots()
+    for label in _ordered(sorted({str(lb) for lb, _ in stats}), sweep.baseline):
+        mine = [x for x in xs if (label, x) in stats]
+        mean, low, high = (np.array([stats[label, x][i] for x in mine]) for i in range(3))
+        where = np.array([position[x] for x in mine], dtype=np.float64)
+        colour = _colour(colours, label)
+        ax.plot(where, mean, marker="o", color=colour, label=label)
+        if np.any(high > low):
+            ax.fill_between(where, low, high, color=colour, alpha=0.15, linewidth=0)
+    if numeric is None:
+        ax.set_xticks(range(len(xs)), [str(x) for x in xs])
+    elif numeric.min() > 0 and numeric.max() / numeric.min() >= 8:
+        ax.set_xscale("log", base=2)
+    ax.axhline(1.0, color=BASELINE_COLOUR, linewidth=0.8, linestyle=":")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("speedup over baseline (×, mean step)")
+    ax.legend(title="policy", loc="best")
+    others = [f for f in sweep.fields if f != field]
+    note = f"\n(mean over {', '.join(others)}; band: min..max)" if others else ""
+    ax.set_title(f"Speedup vs {field}{_topk_title(topk)}{note}")
+    return fig
+
+
+def speedup_grid(
+    rows: Table, x_field: str, y_field: str, policy: str | None, exclude: set[str]
+) -> tuple[list[Any], list[Any], np.ndarray, list[list[str]]]:
+    """Mean speedup per (x, y) cell: of ``policy``, or of the best label per cell (labels in
+    ``exclude`` never win) when ``policy`` is None. Returns xs, ys, values[y, x], winners."""
+    stats = grouped_speedup(rows, ("label", x_field, y_field))
+    xs = sorted({x for _, x, _ in stats}, key=_sort_key)
+    ys = sorted({y for _, _, y in stats}, key=_sort_key)
+    values = np.full((len(ys), len(xs)), np.nan)
+    winners = [["" for _ in xs] for _ in ys]
+    col, row = {x: j for j, x in enumerate(xs)}, {y: i for i, y in enumerate(ys)}
+    for (label, x, y), (mean, _, _) in sorted(stats.items(), key=lambda kv: str(kv[0][0])):
+        if (label != policy if policy is not None else str(label) in exclude) or np.isnan(mean):
+            continue
+        i, j = row[y], col[x]
+        if np.isnan(values[i, j]) or mean > values[i, j]:
+            values[i, j], winners[i][j] = mean, str(label)
+    return xs, ys, values, winners
+
+
+@_styled
+def speedup_heatmap(
+    sweep: SweepResults,
+    x_field: str,
+    y_field: str,
+    topk: int | None = None,
+    policy: str | None = None,
+) -> Figure:
+    """Heatmap of speedup over two swept fields: one policy's, or (default) the best online
+    policy's in each cell, its name written in the cell."""
+    rows = _sweep_rows(sweep, topk)
+    for field in (x_field, y_field):
+        if field not in rows:
+            raise UserError(f"{sweep.table.source}: expected a swept column {field!r}, got none")
+    exclude = {sweep.baseline} if sweep.baseline else set()
+    if "is_bound" in rows:
+        exclude |= {str(x) for x in rows["label"][rows["is_bound"].astype(bool)]}
+    xs, ys, values, winners = speedup_grid(rows, x_field, y_field, policy, exclude)
+    if not np.isfinite(values).any():
+        raise NoData(f"no speedup values for {policy or 'any online policy'} in sweep.csv")
+    fig = _figure(max(6.0, 1.3 * len(xs) + 2.5), max(3.5, 0.8 * len(ys) + 1.8))
+    ax = fig.subplots()
+    ax.grid(False)
+    image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis")
+    fig.colorbar(image, ax=ax, label="speedup over baseline (×)")
+    x_num, x_label = field_axis(x_field, np.array(xs))
+    y_num, y_label = field_axis(y_field, np.array(ys))
+    ax.set_xticks(range(len(xs)), _tick_text(xs, x_num))
+    ax.set_yticks(range(len(ys)), _tick_text(ys, y_num))
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(y_label)
+    finite = values[np.isfinite(values)]
+    middle = (finite.min() + finite.max()) / 2
+    for i in range(len(ys)):
+        for j in range(len(xs)):
+            if np.isfinite(values[i, j]):
+                text = f"{values[i, j]:.2f}×" + ("" if policy else f"\n{winners[i][j]}")
+                ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                        color="white" if values[i, j] < middle else "black")  # fmt: skip
+    who = policy if policy else "the best online policy per cell"
+    ax.set_title(f"Speedup of {who}{_topk_title(topk)}")
+    return fig
+
+
+def _tick_text(values: list[Any], numeric: np.ndarray | None) -> list[str]:
+    if numeric is None:
+        return [str(v) for v in values]
+    return [f"{v:.4g}" for v in numeric]

@@ -1,0 +1,461 @@
+"""Read result directories into plain columnar data for the report.
+
+Three kinds of directory feed a report, each recognised by the files it holds:
+
+- a run (``summary.csv``, ``per_layer.csv``, ``per_step.csv``, ``scenario.resolved.yaml``,
+  ``trace.json``, optionally ``timeline.json``), written by ``moesim run``;
+- a sweep (``sweep.csv``, ``sweep.resolved.yaml``), written by ``moesim sweep``;
+- trace statistics (``gating.csv``, ``meta.json``), written by ``moesim trace stats``.
+
+Tables are read with the ``csv`` module into numpy columns: numbers become float64 (blank cells
+NaN), ``True``/``False`` columns become bool, anything else stays text. Every problem is a
+one-line ``UserError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sim.errors import UserError
+
+SUMMARY_REQUIRED = ("label", "policy", "topk", "mean_step")
+PER_LAYER_REQUIRED = ("label", "policy", "topk", "step", "layer", "active")
+PER_STEP_REQUIRED = ("label", "policy", "topk", "step", "latency")
+GATING_COLUMNS = ("position", "layer", "topk", "expert_activ", "expert_gpu", "expert_md", "h")
+SWEEP_REQUIRED = ("label", "topk")
+#: Columns of a sweep table that are results, not swept fields.
+SWEEP_RESULT_COLUMNS = frozenset(
+    {
+        "point",
+        "policy",
+        "label",
+        "topk",
+        "is_bound",
+        "is_baseline",
+        "total_time",
+        "mean_step",
+        "p50_step",
+        "p99_step",
+        "transfer_time",
+        "bytes_pcie",
+        "bytes_md",
+        "hits",
+        "misses",
+        "hit_rate",
+        "stall",
+        "speedup",
+        "gap_closed",
+        "repeat",
+        "seed",
+    }
+)
+_TRUE = frozenset({"true", "True", "TRUE"})
+_FALSE = frozenset({"false", "False", "FALSE"})
+
+
+@dataclass(frozen=True)
+class Table:
+    """A CSV table as named numpy columns of equal length (header order kept)."""
+
+    columns: Mapping[str, np.ndarray]
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise UserError(f"{self.source}: expected a column {name!r}, got none") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.columns)
+
+    def rows(self, mask: np.ndarray) -> Table:
+        """The rows where ``mask`` is true (or at the given indices)."""
+        return Table({k: v[mask] for k, v in self.columns.items()}, self.source)
+
+    def where(self, **equals: Any) -> Table:
+        """The rows whose columns equal the given values, e.g. ``where(label="lru", topk=2)``."""
+        mask = np.ones(len(self), dtype=bool)
+        for name, value in equals.items():
+            mask &= self[name] == value
+        return self.rows(mask)
+
+    def unique(self, name: str) -> list[Any]:
+        """Distinct values of a column in first-seen order, as plain Python values."""
+        values = self[name]
+        _, first = np.unique(values, return_index=True)
+        return [plain_value(values[i]) for i in sorted(first)]
+
+
+@dataclass(frozen=True)
+class TimelineEvents:
+    """Complete ("X") events of a Chrome trace-event file, one array per field, in seconds."""
+
+    label: np.ndarray  # policy label (the trace's process)
+    resource: np.ndarray  # "pcie[0]", "md_link[1]", "gpu", "md", "host" (the trace's thread)
+    kind: np.ndarray  # "fetch", "prefetch", "activation", "compute", "non_expert"
+    start: np.ndarray  # s
+    end: np.ndarray  # s
+    step: np.ndarray  # int, -1 when unknown
+    layer: np.ndarray  # int, -1 when unknown
+    expert: np.ndarray  # int, -1 for layer-level events
+    topk: np.ndarray  # int, -1 when the event does not say
+    process: np.ndarray  # the trace's pid, as text
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def rows(self, mask: np.ndarray) -> TimelineEvents:
+        return TimelineEvents(**{k: getattr(self, k)[mask] for k in _EVENT_FIELDS})
+
+    @property
+    def link(self) -> np.ndarray:
+        """The resource without its channel index: ``pcie[1]`` -> ``pcie``."""
+        return np.array([r.split("[", 1)[0] for r in self.resource], dtype=object)
+
+
+_EVENT_FIELDS = (
+    "label",
+    "resource",
+    "kind",
+    "start",
+    "end",
+    "step",
+    "layer",
+    "expert",
+    "topk",
+    "process",
+)
+
+
+@dataclass(frozen=True)
+class RunResults:
+    """One ``moesim run`` results directory."""
+
+    path: Path
+    summary: Table
+    per_layer: Table | None
+    per_step: Table | None
+    scenario: dict[str, Any]
+    trace: dict[str, Any] | None
+    timeline: TimelineEvents | None
+    timeline_path: Path
+
+    @property
+    def baseline(self) -> str | None:
+        """The baseline label: the summary's ``is_baseline`` row, else the scenario's ``baseline``."""
+        if "is_baseline" in self.summary:
+            flagged = self.summary.rows(self.summary["is_baseline"].astype(bool))
+            if len(flagged):
+                return str(flagged["label"][0])
+        name = self.scenario.get("baseline")
+        return str(name) if name is not None else None
+
+    def bound_labels(self) -> set[str]:
+        if "is_bound" not in self.summary:
+            return set()
+        return {str(v) for v in self.summary["label"][self.summary["is_bound"].astype(bool)]}
+
+
+@dataclass(frozen=True)
+class SweepResults:
+    """One ``moesim sweep`` output directory."""
+
+    path: Path
+    table: Table
+    fields: tuple[str, ...]  # the swept fields (dotted paths), in column order
+    resolved: dict[str, Any]
+    baseline: str | None
+
+
+@dataclass(frozen=True)
+class StatsResults:
+    """One ``moesim trace stats`` output directory."""
+
+    path: Path
+    gating: Table
+    meta: dict[str, Any]
+
+
+Results = RunResults | SweepResults | StatsResults
+
+
+def read_table(path: Path, required: Sequence[str] = ()) -> Table:
+    """Read a CSV file into a ``Table``; ``required`` columns must be present."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            rows = list(reader)
+    except OSError as err:
+        raise UserError(f"{path}: expected a readable CSV file, got {err.strerror}") from None
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: expected a CSV table, got {err}") from None
+    if not header:
+        raise UserError(f"{path}: expected a CSV header row, got an empty file")
+    if len(set(header)) != len(header):
+        raise UserError(f"{path}: expected unique column names, got {header}")
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise UserError(f"{path}: expected columns {list(required)}, missing {missing}")
+    bad = next((i for i, r in enumerate(rows) if len(r) != len(header)), None)
+    if bad is not None:
+        raise UserError(
+            f"{path}: expected {len(header)} cells in every row, got {len(rows[bad])} on line {bad + 2}"
+        )
+    cells = list(zip(*rows)) if rows else [() for _ in header]
+    return Table({name: _column(values) for name, values in zip(header, cells)}, str(path))
+
+
+def _column(values: Sequence[str]) -> np.ndarray:
+    """Numbers as float64 (blank -> NaN), booleans as bool, anything else as text."""
+    distinct = set(values)
+    if distinct and distinct <= (_TRUE | _FALSE):
+        return np.array([v in _TRUE for v in values], dtype=bool)
+    try:
+        return np.array([v if v.strip() else "nan" for v in values], dtype=np.float64)
+    except ValueError:
+        return np.array(values, dtype=object)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"{path}: expected a readable JSON file, got {err.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: expected JSON, got {err}") from None
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise UserError(f"{path}: expected a readable YAML file, got {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: expected YAML, got {' '.join(str(err).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def read_timeline(path: Path) -> TimelineEvents:
+    """Read a Chrome trace-event file (JSON object with ``traceEvents``, or a bare list).
+
+    Only complete events (``ph == "X"``) are kept; ``ts``/``dur`` are microseconds. Process and
+    thread ids may be names already, or numbers named by ``process_name``/``thread_name``
+    metadata events, as Perfetto expects.
+    """
+    data = read_json(path)
+    events = data.get("traceEvents") if isinstance(data, dict) else data
+    if not isinstance(events, list):
+        raise UserError(f"{path}: expected a trace-event list or {{'traceEvents': [...]}}")
+    process_names: dict[Any, str] = {}
+    thread_names: dict[tuple[Any, Any], str] = {}
+    complete: list[dict[str, Any]] = []
+    for event in events:
+        if not isinstance(event, dict):
+            raise UserError(f"{path}: expected every trace event to be an object, got {event!r}")
+        phase = event.get("ph")
+        name = (event.get("args") or {}).get("name")
+        if phase == "M" and event.get("name") == "process_name" and name is not None:
+            process_names[event.get("pid")] = str(name)
+        elif phase == "M" and event.get("name") == "thread_name" and name is not None:
+            thread_names[(event.get("pid"), event.get("tid"))] = str(name)
+        elif phase == "X":
+            complete.append(event)
+    try:
+        return _events_to_columns(complete, process_names, thread_names)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UserError(
+            f"{path}: expected 'X' events with numeric ts/dur and pid/tid, got a bad field ({err})"
+        ) from None
+
+
+def _events_to_columns(
+    events: Iterable[dict[str, Any]],
+    process_names: Mapping[Any, str],
+    thread_names: Mapping[tuple[Any, Any], str],
+) -> TimelineEvents:
+    cols: dict[str, list[Any]] = {k: [] for k in _EVENT_FIELDS}
+    for ev in events:
+        args = ev.get("args") or {}
+        pid, tid = ev["pid"], ev["tid"]
+        start = float(ev["ts"]) * 1e-6
+        cols["label"].append(process_names.get(pid, str(pid)))
+        cols["process"].append(str(pid))
+        cols["resource"].append(thread_names.get((pid, tid), str(tid)))
+        cols["kind"].append(str(args.get("kind", ev.get("cat", ev.get("name", "")))))
+        cols["start"].append(start)
+        cols["end"].append(start + float(ev.get("dur", 0.0)) * 1e-6)
+        for key in ("step", "layer", "expert", "topk"):
+            cols[key].append(int(args.get(key, -1)))
+    return TimelineEvents(
+        label=np.array(cols["label"], dtype=object),
+        resource=np.array(cols["resource"], dtype=object),
+        kind=np.array(cols["kind"], dtype=object),
+        start=np.array(cols["start"], dtype=np.float64),
+        end=np.array(cols["end"], dtype=np.float64),
+        step=np.array(cols["step"], dtype=np.int64),
+        layer=np.array(cols["layer"], dtype=np.int64),
+        expert=np.array(cols["expert"], dtype=np.int64),
+        topk=np.array(cols["topk"], dtype=np.int64),
+        process=np.array(cols["process"], dtype=object),
+    )
+
+
+def load_results(path: str | Path, *, timeline: str | Path | None = None) -> Results:
+    """Read a run, sweep or stats directory, recognised by the files it holds."""
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"{root}: expected a results directory, got no such directory")
+    if (root / "summary.csv").is_file():
+        return load_run(root, timeline=timeline)
+    if (root / "sweep.csv").is_file():
+        return load_sweep(root)
+    if (root / "gating.csv").is_file():
+        return load_stats(root)
+    raise UserError(
+        f"{root}: expected a results directory with summary.csv (run), sweep.csv (sweep) "
+        "or gating.csv (trace stats), got none of them"
+    )
+
+
+def load_run(root: Path, *, timeline: str | Path | None = None) -> RunResults:
+    summary = read_table(root / "summary.csv", SUMMARY_REQUIRED)
+    per_layer_path, per_step_path = root / "per_layer.csv", root / "per_step.csv"
+    per_layer = read_table(per_layer_path, PER_LAYER_REQUIRED) if per_layer_path.is_file() else None
+    per_step = read_table(per_step_path, PER_STEP_REQUIRED) if per_step_path.is_file() else None
+    scenario_path, trace_path = root / "scenario.resolved.yaml", root / "trace.json"
+    scenario = read_yaml(scenario_path) if scenario_path.is_file() else {}
+    trace = read_json(trace_path) if trace_path.is_file() else None
+    if trace is not None and not isinstance(trace, dict):
+        raise UserError(f"{trace_path}: expected a JSON object, got {type(trace).__name__}")
+    timeline_path = Path(timeline) if timeline is not None else root / "timeline.json"
+    if timeline is not None and not timeline_path.is_file():
+        raise UserError(f"{timeline_path}: expected a timeline JSON file, got no such file")
+    events = read_timeline(timeline_path) if timeline_path.is_file() else None
+    if events is not None:
+        events = _with_topk(events, [int(k) for k in summary.unique("topk")])
+    return RunResults(root, summary, per_layer, per_step, scenario, trace, events, timeline_path)
+
+
+def _with_topk(events: TimelineEvents, run_order: list[int]) -> TimelineEvents:
+    """Give events without a ``topk`` arg the top-k of their run.
+
+    A run with several top-k values has one trace process per (top-k, label), all named by the
+    label; ``write_results`` writes runs top-k-major, in the order of summary.csv, so a label's
+    i-th process (by pid) is its run at the i-th top-k of that order.
+    """
+    if (events.topk >= 0).any() or len(run_order) < 2:
+        return events
+    topk = events.topk.copy()
+    for label in np.unique(events.label):
+        mine = events.label == label
+        pids = sorted(set(events.process[mine]), key=_pid_order)
+        if len(pids) != len(run_order):
+            continue
+        for pid, k in zip(pids, run_order):
+            topk[mine & (events.process == pid)] = k
+    return replace(events, topk=topk)
+
+
+def _pid_order(pid: str) -> tuple[int, str]:
+    return (int(pid), "") if pid.lstrip("-").isdigit() else (0, pid)
+
+
+def load_sweep(root: Path) -> SweepResults:
+    table = read_table(root / "sweep.csv", SWEEP_REQUIRED)
+    resolved_path = root / "sweep.resolved.yaml"
+    resolved = read_yaml(resolved_path) if resolved_path.is_file() else {}
+    fields = swept_fields(table, resolved)
+    baseline = resolved.get("baseline")
+    if "is_baseline" in table:
+        flagged = table["label"][table["is_baseline"].astype(bool)]
+        baseline = str(flagged[0]) if len(flagged) else baseline
+    table = _with_speedup(table, baseline, root / "sweep.csv")
+    return SweepResults(root, table, fields, resolved, None if baseline is None else str(baseline))
+
+
+def swept_fields(table: Table, resolved: Mapping[str, Any]) -> tuple[str, ...]:
+    """The swept fields: columns named in the resolved sweep block, else dotted result-free ones."""
+    block = resolved.get("sweep")
+    named: set[str] = set()
+    if isinstance(block, Mapping):
+        for key in ("grid", "zip"):
+            part = block.get(key)
+            if isinstance(part, Mapping):
+                named |= {str(k) for k in part}
+        named |= {str(k) for k in block if "." in str(k)}
+    if named & set(table.names):
+        return tuple(c for c in table.names if c in named)
+    return tuple(c for c in table.names if "." in c and c not in SWEEP_RESULT_COLUMNS)
+
+
+def _with_speedup(table: Table, baseline: Any, where: Path) -> Table:
+    """Add ``speedup`` (baseline mean_step / mean_step per point) when the sweep lacks it."""
+    if "speedup" in table:
+        return table
+    if baseline is None or not {"point", "mean_step"} <= set(table.names):
+        raise UserError(
+            f"{where}: expected a 'speedup' column (or 'point', 'mean_step' and a baseline), got none"
+        )
+    base_rows = table.where(label=str(baseline))
+    base = {
+        (p, k): m for p, k, m in zip(base_rows["point"], base_rows["topk"], base_rows["mean_step"])
+    }
+    speedup = np.array(
+        [
+            base.get((p, k), np.nan) / m if m > 0 else np.nan
+            for p, k, m in zip(table["point"], table["topk"], table["mean_step"])
+        ],
+        dtype=np.float64,
+    )
+    return Table({**table.columns, "speedup": speedup}, table.source)
+
+
+def load_stats(root: Path) -> StatsResults:
+    gating = read_table(root / "gating.csv", GATING_COLUMNS)
+    meta_path = root / "meta.json"
+    meta = read_json(meta_path) if meta_path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise UserError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    return StatsResults(root, gating, meta)
+
+
+def find_key(data: Any, key: str) -> Any:
+    """The first value stored under ``key`` anywhere in nested mappings (breadth-first)."""
+    queue = [data]
+    while queue:
+        node = queue.pop(0)
+        if isinstance(node, Mapping):
+            if key in node:
+                return node[key]
+            queue.extend(node.values())
+    return None
+
+
+def plain_value(value: Any) -> Any:
+    """A numpy scalar as a plain Python value; integral floats as int (CSV reads ints as float)."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

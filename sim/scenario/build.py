@@ -1,0 +1,644 @@
+"""From a validated scenario file to the engine's inputs: presets resolved, defaults filled.
+
+`scenario_from_dict` validates (`sim.scenario.schema`), then resolves presets by deep merge
+(a whole-hardware preset, then its GPU/link presets, then the scenario's own fields; a section
+that names its own ``preset`` starts afresh from it), checks what only makes sense together
+(cache budget vs expert size, policy names and parameters, the baseline label, trace paths) and
+returns a frozen `Scenario`. Every problem is one `UserError` line naming the YAML path.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import re
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sim import presets as preset_data
+from sim.errors import UserError
+from sim.hardware import ComputeUnit, GpuConfig, Hardware, HbmConfig, LinkConfig, ModelSpec
+from sim.ranges import parse_int_selection, parse_name_list
+from sim.scenario.schema import (
+    ComputeSection,
+    GpuSection,
+    HardwareSection,
+    LinkSection,
+    ModelSection,
+    PolicyEntry,
+    ScenarioSection,
+    TraceSection,
+    UnitDoc,
+    validate_scenario_dict,
+    validation_error_line,
+)
+from sim.trace.routing import RoutingTrace
+from sim.units import format_exact
+
+DEFAULT_MODEL_PRESET = "flame-moe-290m"
+DEFAULT_GPU_PRESET = "h100-sxm"
+DEFAULT_BASELINE = "seed-split"
+
+
+# -- the resolved scenario -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class TraceSpec:
+    """Where the routing comes from. ``kind``: ``embedded``, ``dump`` or ``synthetic``."""
+
+    kind: str
+    path: Path | None = None  # dump directory (kind "dump")
+    model: str | None = None
+    runid: str | None = None
+    epoch: str | None = None
+    layout: str | None = None
+    shards: tuple[str, ...] | None = None
+    layers: tuple[int, ...] | None = None
+    positions: tuple[int, ...] | None = None
+    seqs: tuple[int, ...] | None = None
+    num_experts: int | None = None
+    k: int | None = None
+    synthetic: Any = None  # sim.trace.synth.SynthConfig (kind "synthetic")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``trace:`` section that reproduces this spec (absolute path, selections)."""
+        if self.kind == "synthetic":
+            settings = dict(self.synthetic.settings())
+            settings.pop("generator_version", None)
+            return {"synthetic": settings, "seqs": _sel(self.seqs)}
+        return {
+            "path": "embedded" if self.kind == "embedded" else str(self.path),
+            "model": self.model,
+            "runid": self.runid,
+            "epoch": self.epoch,
+            "layout": self.layout,
+            "shards": ",".join(self.shards) if self.shards is not None else None,
+            "layers": _sel(self.layers),
+            "positions": _sel(self.positions),
+            "seqs": _sel(self.seqs),
+            "num_experts": self.num_experts,
+            "k": self.k,
+        }
+
+
+def _sel(values: tuple[int, ...] | None) -> list[int] | str:
+    return "all" if values is None else list(values)
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One policy of the comparison: registry ``name``, unique ``label``, given ``params``."""
+
+    name: str
+    label: str
+    params: dict[str, Any] = field(default_factory=dict)
+    resolved_params: dict[str, Any] = field(default_factory=dict)  # every default filled
+    is_bound: bool = False
+    where: str = "policies"  # YAML path, for errors raised when the policy is built again
+
+    def build(self) -> Any:
+        """A fresh policy object (policies keep per-run state)."""
+        from sim.policies.base import make_policy
+
+        return make_policy(self.name, self.params, f"{self.where}.params")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    dir: str = "results"
+    timeline: bool = False
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    trace: TraceSpec
+    topk: list[int]
+    model: ModelSpec
+    hardware: Hardware
+    policies: list[PolicySpec]
+    baseline: str
+    seed: int
+    output: OutputSpec
+    raw: dict[str, Any]  # the validated input document (after --set overrides)
+    source: str = ""
+    model_doc: dict[str, Any] = field(default_factory=dict)
+    hardware_doc: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_dict(self) -> dict[str, Any]:
+        """The scenario with every default filled in; it validates back to the same scenario."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "trace": self.trace.to_dict(),
+            "routing": {"topk": list(self.topk)},
+            "model": copy.deepcopy(self.model_doc),
+            "hardware": copy.deepcopy(self.hardware_doc),
+            "policies": [
+                {"name": p.name, "label": p.label, "params": copy.deepcopy(p.resolved_params)}
+                for p in self.policies
+            ],
+            "baseline": self.baseline,
+            "seed": self.seed,
+            "output": {"dir": self.output.dir, "timeline": self.output.timeline},
+        }
+
+    def policy(self, label: str) -> PolicySpec:
+        return next(p for p in self.policies if p.label == label)
+
+
+# -- loading -----------------------------------------------------------------------------------
+def load_scenario(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Scenario:
+    """Read, override (``a.b.c=value``, value parsed as YAML) and validate a scenario file."""
+    file = Path(path)
+    if not file.is_file():
+        what = "a directory" if file.is_dir() else "no such file"
+        raise UserError(f"{file}: expected a scenario YAML file, got {what}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        first = " ".join(str(err).split()) or type(err).__name__
+        raise UserError(f"{file}: expected readable YAML, got {first}") from None
+    data = {} if data is None else data
+    for item in overrides:
+        key, value = parse_override(item)
+        data = set_dotted(data, key, value)
+    return scenario_from_dict(data, str(file), base_dir=file.parent)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"hardware.hbm.capacity=2 GiB"`` -> (dotted key, YAML-parsed value)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set: expected key=value like 'seed=3', got {item!r}")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+_INDEX_RE = re.compile(r"\[(\d+)\]")
+
+
+def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with ``dotted`` (``a.b.c``, ``policies[1].params.slots`` or
+    ``policies.1.params.slots``) set to ``value``; missing mappings are created."""
+    if not isinstance(data, dict):
+        raise UserError(
+            f"{dotted}: expected the scenario to be a mapping, got {type(data).__name__}"
+        )
+    parts = [p for p in _INDEX_RE.sub(r".\1", dotted).split(".")]
+    if not all(parts):
+        raise UserError(
+            f"--set: expected a dotted key like 'hardware.hbm.capacity', got {dotted!r}"
+        )
+    out = copy.deepcopy(data)
+    node: Any = out
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise UserError(f"{where}: expected an index below {len(node)}, got {part!r}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if not isinstance(node.get(part), dict | list):
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise UserError(f"{where}: expected a mapping to set a key in, got {node!r}")
+    return out
+
+
+def scenario_from_dict(
+    data: dict[str, Any], source: str = "", *, base_dir: str | os.PathLike[str] | None = None
+) -> Scenario:
+    """Validate and resolve a scenario document. ``source`` names it in errors; relative trace
+    paths are taken from ``base_dir`` (default: the directory of ``source``, else cwd)."""
+    schema = validate_scenario_dict(data, source)
+    if base_dir is None:
+        base_dir = Path(source).parent if source.endswith((".yaml", ".yml")) else Path.cwd()
+    try:
+        return _build(schema, data, source, Path(base_dir))
+    except UserError as err:
+        raise UserError(f"{err} ({source})" if source else str(err)) from None
+
+
+def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Path) -> Scenario:
+    model, model_doc = build_model(schema.model)
+    hardware, hardware_doc = build_hardware(schema.hardware, model)
+    topk = list(schema.routing.topk or [model.top_k])
+    for i, k in enumerate(topk):
+        if k > model.num_experts:
+            raise UserError(
+                f"routing.topk[{i}]: expected at most {model.num_experts} (experts), got {k}"
+            )
+    if len(set(topk)) != len(topk):
+        raise UserError(f"routing.topk: expected distinct values, got {topk}")
+    policies = build_policies(schema.policies, schema.baseline)
+    name = schema.name or (Path(source).stem if source else "scenario")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
+        raise UserError(f"name: expected letters, digits and . _ + - only, got {name!r}")
+    return Scenario(
+        name=name,
+        description=schema.description,
+        trace=build_trace_spec(schema.trace, base, schema.seed),
+        topk=topk,
+        model=model,
+        hardware=hardware,
+        policies=policies,
+        baseline=schema.baseline,
+        seed=schema.seed,
+        output=OutputSpec(dir=schema.output.dir, timeline=schema.output.timeline),
+        raw=copy.deepcopy(data),
+        source=source,
+        model_doc=model_doc,
+        hardware_doc=hardware_doc,
+    )
+
+
+# -- presets -----------------------------------------------------------------------------------
+_PRESET_KIND = {LinkSection: "links", GpuSection: "gpus", ModelSection: "models"}
+
+
+def validated_preset(section_cls: type[BaseModel], kind: str, name: str, where: str) -> BaseModel:
+    """A preset entry validated by the section schema it fills (units parsed)."""
+    entry = preset_data.get_preset(kind, name, where)
+    try:
+        return section_cls.model_validate(entry)
+    except ValidationError as err:
+        raise validation_error_line(err, entry, f"sim/presets/{kind}.yaml: {name}") from None
+
+
+def _values(section: BaseModel | None, where: str) -> dict[str, Any]:
+    """A section's given fields, on top of the preset it names (if any)."""
+    if section is None:
+        return {}
+    own = section.model_dump(exclude_unset=True)
+    name = getattr(section, "preset", None)
+    if not name:
+        return own
+    base = validated_preset(type(section), _PRESET_KIND[type(section)], name, f"{where}.preset")
+    return {**base.model_dump(exclude_unset=True), **own}
+
+
+def _merged(base: BaseModel | None, override: BaseModel | None, where: str) -> dict[str, Any]:
+    """``override`` on top of ``base``; an override naming its own preset replaces ``base``."""
+    if override is not None and getattr(override, "preset", None):
+        return _values(override, where)
+    return {**_values(base, where), **_values(override, where)}
+
+
+def _doc(section_cls: type[BaseModel], values: dict[str, Any]) -> dict[str, Any]:
+    """Values in YAML form: quantities as exact unit strings, None dropped, schema order."""
+    out: dict[str, Any] = {}
+    for name, info in section_cls.model_fields.items():
+        if values.get(name) is None:
+            continue
+        unit = unit_of(info.annotation, info.metadata)
+        value = values[name]
+        if unit is not None and isinstance(value, float):
+            value = format_exact(unit.kind, value)
+        out[name] = value
+    return out
+
+
+def unit_of(annotation: Any, metadata: Sequence[Any] = ()) -> UnitDoc | None:
+    """The UnitDoc of a field, looking inside ``X | None`` and ``Annotated``."""
+    for item in (*metadata, *getattr(annotation, "__metadata__", ())):
+        if isinstance(item, UnitDoc):
+            return item
+    for arg in typing.get_args(annotation):
+        found = unit_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# -- model -------------------------------------------------------------------------------------
+def build_model(section: ModelSection | None) -> tuple[ModelSpec, dict[str, Any]]:
+    """The ModelSpec (preset `flame-moe-290m` unless another is named) and its resolved doc."""
+    if section is None or section.preset is None:
+        base = ModelSection(preset=DEFAULT_MODEL_PRESET)
+        values = {**_values(base, "model"), **(_values(section, "model") if section else {})}
+    else:
+        values = _values(section, "model")
+    gated = bool(values.get("gated", True))
+    bpp = float(values.get("bytes_per_param", 2.0))
+    for key in ("num_experts", "top_k", "hidden_size", "expert_ffn_size"):
+        if values.get(key) is None:
+            raise UserError(f"model.{key}: required (no model preset gives it)")
+    if values["top_k"] > values["num_experts"]:
+        raise UserError(
+            f"model.top_k: expected at most num_experts ({values['num_experts']}), "
+            f"got {values['top_k']}"
+        )
+    derived = (3 if gated else 2) * values["hidden_size"] * values["expert_ffn_size"] * bpp
+    if values.get("expert_bytes") is None:
+        values["expert_bytes"] = float(derived)
+    values.setdefault("name", values.get("preset") or "custom")
+    values.update(gated=gated, bytes_per_param=bpp)
+    values.setdefault("bytes_per_activation", 2.0)
+    spec = ModelSpec(
+        name=values["name"],
+        num_experts=values["num_experts"],
+        top_k=values["top_k"],
+        expert_bytes=values["expert_bytes"],
+        hidden_size=values["hidden_size"],
+        expert_ffn_size=values["expert_ffn_size"],
+        bytes_per_param=bpp,
+        gated=gated,
+        bytes_per_activation=float(values["bytes_per_activation"]),
+    )
+    return spec, _doc(ModelSection, values)
+
+
+# -- hardware ----------------------------------------------------------------------------------
+def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware, dict[str, Any]]:
+    """The Hardware (presets resolved, SI units) and its resolved doc."""
+    base: HardwareSection | None = None
+    if section.preset:
+        base = validated_preset(HardwareSection, "hardware", section.preset, "hardware.preset")
+    gpu_base = base.gpu if base and base.gpu else None
+    if gpu_base is None and section.gpu is None:
+        gpu_base = GpuSection(preset=DEFAULT_GPU_PRESET)
+    gpu = _merged(gpu_base, section.gpu, "hardware.gpu")
+    links: dict[str, dict[str, Any]] = {}
+    for name in ("pcie", "md_link"):
+        lb = getattr(base.links, name) if base and base.links else None
+        lo = getattr(section.links, name) if section.links else None
+        links[name] = _merged(lb, lo, f"hardware.links.{name}")
+        if links[name].get("bandwidth") is None:
+            raise UserError(
+                f"hardware.links.{name}.bandwidth: required (give a bandwidth or a link preset)"
+            )
+    top = {
+        **(base.model_dump(exclude_unset=True) if base else {}),
+        **section.model_dump(exclude_unset=True),
+    }
+    hbm = {
+        **(base.hbm.model_dump(exclude_unset=True) if base and base.hbm else {}),
+        **(section.hbm.model_dump(exclude_unset=True) if section.hbm else {}),
+    }
+    capacity = _cache_bytes(hbm.get("capacity") or 0.0, model, gpu.get("hbm_capacity"))
+    hbm_bw = hbm.get("bandwidth") or gpu.get("hbm_bandwidth") or HbmConfig().bandwidth
+    md_mode = top.get("md_mode") or "fetch"
+    placement = top.get("placement") or "both"
+    md_compute = _compute(top.get("md_compute"))
+    host_compute = _compute(top.get("host_compute"))
+    if md_mode == "near-data" and md_compute is None:
+        raise UserError("hardware.md_compute: required when hardware.md_mode is near-data")
+    gpu.setdefault("non_expert_time", 0.0)
+    gpu.setdefault("expert_start", GpuConfig().expert_start)
+    gpu.setdefault("peak_flops", GpuConfig().peak_flops)
+    for link in links.values():
+        link.setdefault("latency", 0.0)
+        link.setdefault("channels", 1)
+    hardware = Hardware(
+        hbm=HbmConfig(capacity=capacity, bandwidth=hbm_bw),
+        pcie=_link("pcie", links["pcie"]),
+        md_link=_link("md_link", links["md_link"]),
+        gpu=GpuConfig(
+            peak_flops=gpu["peak_flops"],
+            non_expert_time=gpu["non_expert_time"],
+            expert_start=gpu["expert_start"],
+        ),
+        md_mode=md_mode,
+        placement=placement,
+        md_compute=md_compute,
+        host_compute=host_compute,
+    )
+    doc = {
+        "preset": section.preset or (base.preset if base else None),
+        "description": top.get("description"),
+        "source": top.get("source"),
+        "gpu": _doc(GpuSection, gpu),
+        "hbm": {
+            "capacity": format_exact("size", capacity),
+            "bandwidth": format_exact("bandwidth", hbm_bw),
+        },
+        "links": {name: _doc(LinkSection, values) for name, values in links.items()},
+        "md_mode": md_mode,
+        "placement": placement,
+        "md_compute": _doc(ComputeSection, top["md_compute"]) if md_compute else None,
+        "host_compute": _doc(ComputeSection, top["host_compute"]) if host_compute else None,
+    }
+    return hardware, {k: v for k, v in doc.items() if v is not None}
+
+
+def _link(name: str, values: dict[str, Any]) -> LinkConfig:
+    return LinkConfig(
+        name=name,
+        bandwidth=values["bandwidth"],
+        latency=values["latency"],
+        channels=values["channels"],
+        channel_bandwidth=values.get("channel_bandwidth"),
+    )
+
+
+def _compute(values: dict[str, Any] | None) -> ComputeUnit | None:
+    if not values:
+        return None
+    return ComputeUnit(memory_bandwidth=values["memory_bandwidth"], peak_flops=values["peak_flops"])
+
+
+def _cache_bytes(capacity: float | str, model: ModelSpec, gpu_hbm: float | None) -> float:
+    """The expert-cache budget in bytes: 0, or at least one expert and at most the GPU's HBM."""
+    where = "hardware.hbm.capacity"
+    if isinstance(capacity, str):  # "N experts"
+        nbytes = int(capacity.split()[0]) * model.expert_bytes
+        shown = capacity
+    else:
+        nbytes, shown = float(capacity), format_exact("size", float(capacity))
+    if 0 < nbytes < model.expert_bytes:
+        raise UserError(
+            f"{where}: expected 0 (no cache) or at least one expert "
+            f"({format_exact('size', model.expert_bytes)}), got {shown!r}"
+        )
+    if gpu_hbm is not None and nbytes > gpu_hbm:
+        raise UserError(
+            f"{where}: expected at most the GPU's HBM ({format_exact('size', gpu_hbm)}), "
+            f"got {shown!r}"
+        )
+    return float(nbytes)
+
+
+# -- policies ----------------------------------------------------------------------------------
+def build_policies(entries: list[PolicyEntry], baseline: str) -> list[PolicySpec]:
+    """Validate names and parameters through the policy registry; give each a unique label."""
+    from sim.policies.base import available_policies, make_policy
+
+    registry = available_policies()
+    built: list[tuple[PolicyEntry, Any, str]] = []
+    for i, entry in enumerate(entries):
+        where = f"policies[{i}]"
+        if entry.name not in registry:
+            raise UserError(
+                f"{where}.name: expected one of {', '.join(registry)}, got {entry.name!r}"
+            )
+        built.append((entry, make_policy(entry.name, entry.params, f"{where}.params"), where))
+    labels = [e.label or e.name for e, _, _ in built]
+    for i, (entry, _, _) in enumerate(built):
+        if entry.label is None and labels.count(labels[i]) > 1 and entry.params:
+            given = ",".join(f"{k}={v}" for k, v in sorted(entry.params.items()))
+            labels[i] = f"{entry.name}({given})"
+    for i, label in enumerate(labels):
+        if labels.index(label) != i:
+            raise UserError(
+                f"policies[{i}].label: expected a label unique among the policies, got {label!r} "
+                f"(also policies[{labels.index(label)}]); set label:"
+            )
+    specs = [
+        PolicySpec(
+            name=entry.name,
+            label=label,
+            params=dict(entry.params),
+            resolved_params=_plain(dataclasses.asdict(policy.params)),
+            is_bound=bool(getattr(policy, "is_bound", False)),
+            where=where,
+        )
+        for (entry, policy, where), label in zip(built, labels)
+    ]
+    if baseline not in labels:
+        if baseline != DEFAULT_BASELINE or DEFAULT_BASELINE not in registry:
+            raise UserError(
+                f"baseline: expected one of the policy labels ({', '.join(labels)}), "
+                f"got {baseline!r}"
+            )
+        policy = make_policy(DEFAULT_BASELINE, {}, "baseline")
+        specs.insert(
+            0,
+            PolicySpec(
+                name=DEFAULT_BASELINE,
+                label=DEFAULT_BASELINE,
+                resolved_params=_plain(dataclasses.asdict(policy.params)),
+                where="baseline",
+            ),
+        )
+    return specs
+
+
+def _plain(value: Any) -> Any:
+    """YAML/JSON-ready copy: tuples as lists, other objects as their string form."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+# -- trace -------------------------------------------------------------------------------------
+def build_trace_spec(section: TraceSection, base: Path, seed: int) -> TraceSpec:
+    """Selections parsed, the dump path checked (it must exist: no run starts on a typo)."""
+    seqs = _tuple(parse_int_selection(section.seqs, "trace.seqs"))
+    if section.synthetic is not None:
+        return TraceSpec(
+            kind="synthetic", synthetic=_synth_config(section.synthetic, seed), seqs=seqs
+        )
+    common = dict(
+        model=section.model,
+        runid=None if section.runid is None else str(section.runid),
+        epoch=None if section.epoch is None else str(section.epoch),
+        layout=section.layout,
+        shards=_tuple(parse_name_list(section.shards, "trace.shards")),
+        layers=_tuple(parse_int_selection(section.layers, "trace.layers")),
+        positions=_tuple(parse_int_selection(section.positions, "trace.positions")),
+        seqs=seqs,
+        num_experts=section.num_experts,
+        k=section.k,
+    )
+    if section.path == "embedded":
+        return TraceSpec(kind="embedded", **common)
+    path = (base / os.path.expanduser(section.path)).resolve()
+    if not path.is_dir():
+        what = "a file" if path.exists() else "nothing there"
+        raise UserError(
+            f"trace.path: expected an existing trace directory, got {section.path!r} "
+            f"({path}: {what}); set it to your FLAME-MoE dump (the one holding samples/ and "
+            "actives/)"
+        )
+    return TraceSpec(kind="dump", path=path, **common)
+
+
+def _tuple(values: list[Any] | None) -> tuple[Any, ...] | None:
+    return None if values is None else tuple(values)
+
+
+def _synth_config(values: dict[str, Any], seed: int) -> Any:
+    from sim.policies.base import build_params
+    from sim.trace import synth
+
+    values = dict(values)
+    values.setdefault("seed", seed)
+    if isinstance(values.get("layer_ids"), str | int):
+        values["layer_ids"] = parse_int_selection(values["layer_ids"], "trace.synthetic.layer_ids")
+    if isinstance(values.get("layer_ids"), list):
+        values["layer_ids"] = tuple(values["layer_ids"])
+    for knob in synth._PER_LAYER_KNOBS:
+        if knob in values and not isinstance(values[knob], bool):
+            values[knob] = synth.PerLayer.of(str(values[knob]), f"trace.synthetic.{knob}")
+    cfg = build_params(synth.SynthConfig, values, "trace.synthetic")
+    try:
+        synth.validate(cfg)
+    except UserError as err:
+        raise UserError(f"trace.synthetic: {err}") from None
+    return cfg
+
+
+def load_scenario_trace(scenario: Scenario) -> RoutingTrace:
+    """The scenario's routing, checked against its model and top-k."""
+    spec = scenario.trace
+    if spec.kind == "synthetic":
+        from sim.trace.synth import generate
+
+        trace = generate(spec.synthetic, model=scenario.model.name)
+    else:
+        from sim.trace.open import open_trace
+
+        trace = open_trace(
+            "embedded" if spec.kind == "embedded" else spec.path,
+            layout=spec.layout,
+            shards=spec.shards,
+            layers=spec.layers,
+            positions=spec.positions,
+            model=spec.model,
+            runid=spec.runid,
+            epoch=spec.epoch,
+            num_experts=spec.num_experts,
+            k=spec.k,
+        )
+    if spec.seqs is not None:
+        bad = [s for s in spec.seqs if s >= trace.num_seqs]
+        if bad:
+            raise UserError(
+                f"trace.seqs: expected indices below {trace.num_seqs} (the trace's sequences), "
+                f"got {bad}"
+            )
+        trace = trace.select(seqs=list(spec.seqs))
+    if trace.num_experts != scenario.model.num_experts:
+        raise UserError(
+            f"model.num_experts: expected {trace.num_experts} (the trace's expert count), "
+            f"got {scenario.model.num_experts}"
+        )
+    too_big = [k for k in scenario.topk if k > trace.k]
+    if too_big:
+        raise UserError(
+            f"routing.topk: expected values <= {trace.k} (the trace's k), got {too_big}"
+        )
+    return trace

@@ -1,0 +1,316 @@
+"""Run a scenario (every top-k x every policy) and save its results directory atomically.
+
+The results directory is assembled in a hidden temporary directory next to the target and
+renamed into place at the end, so a killed run leaves no partial results. The files hold no
+timestamps or machine paths other than the trace's: the same scenario and seed give
+byte-identical files (wall-clock time is only printed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+import sim
+from sim import atomic
+from sim.engine.results import PER_LAYER_COLUMNS, PER_STEP_COLUMNS, RunResult
+from sim.errors import UserError
+from sim.scenario.build import Scenario, load_scenario_trace
+from sim.trace.routing import RoutingTrace
+
+SUMMARY_COLUMNS = (
+    "policy",
+    "label",
+    "topk",
+    "is_bound",
+    "is_baseline",
+    "total_time",
+    "mean_step",
+    "p50_step",
+    "p99_step",
+    "transfer_time",
+    "bytes_pcie",
+    "bytes_md",
+    "hits",
+    "misses",
+    "hit_rate",
+    "stall",
+    "speedup",
+    "gap_closed",
+)
+KEY_COLUMNS = ("label", "policy", "topk")
+RESULT_FILES = (
+    "scenario.resolved.yaml",
+    "summary.csv",
+    "summary.json",
+    "per_layer.csv",
+    "per_step.csv",
+    "trace.json",
+)
+
+
+@dataclass(frozen=True)
+class ScenarioRunResult(RunResult):
+    """A `RunResult` that also says which top-k it ran and its role in the comparison."""
+
+    topk: int = 0
+    is_bound: bool = False
+    is_baseline: bool = False
+
+    def summary_row(self) -> dict[str, Any]:
+        row = super().summary_row()
+        return {
+            "policy": row.pop("policy"),
+            "label": row.pop("label"),
+            "topk": self.topk,
+            "is_bound": self.is_bound,
+            "is_baseline": self.is_baseline,
+            **row,
+        }
+
+
+# -- running -----------------------------------------------------------------------------------
+def run_scenario(
+    scenario: Scenario,
+    trace: RoutingTrace | None = None,
+    *,
+    progress: bool = True,
+    timeline: bool = False,
+) -> list[ScenarioRunResult]:
+    """One result per (top-k, policy), in scenario order. ``progress``: a tqdm bar over steps
+    on stderr (only when stderr is a terminal)."""
+    from tqdm import tqdm
+
+    from sim.engine.simulate import simulate
+
+    if trace is None:
+        trace = load_scenario_trace(scenario)
+    total = len(scenario.topk) * len(scenario.policies) * trace.num_steps
+    show = progress and sys.stderr.isatty()
+    results: list[ScenarioRunResult] = []
+    with tqdm(total=total, disable=not show, file=sys.stderr, unit="step", leave=False) as bar:
+        for k in scenario.topk:
+            for spec in scenario.policies:
+                bar.set_description(f"top-{k} {spec.label}")
+                policy = spec.build()
+                result = simulate(
+                    trace,
+                    scenario.hardware,
+                    scenario.model,
+                    policy,
+                    topk=k,
+                    timeline=timeline or scenario.output.timeline,
+                    progress=bar.update,
+                    seed=scenario.seed,
+                    label=spec.label,
+                )
+                values = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
+                values["label"] = spec.label
+                results.append(
+                    ScenarioRunResult(
+                        **values,
+                        topk=k,
+                        is_bound=spec.is_bound or bool(getattr(policy, "is_bound", False)),
+                        is_baseline=spec.label == scenario.baseline,
+                    )
+                )
+    return results
+
+
+# -- the comparison ------------------------------------------------------------------------------
+def summary_rows(scenario: Scenario, results: Sequence[RunResult]) -> list[dict[str, Any]]:
+    """summary_row() of each result plus speedup and gap_closed against its top-k's baseline."""
+    rows = [_row(r) for r in results]
+    for row in rows:
+        same_k = [r for r in rows if r["topk"] == row["topk"]]
+        base = next((r for r in same_k if r["label"] == scenario.baseline), None)
+        bounds = [r["mean_step"] for r in same_k if r["is_bound"]]
+        row["speedup"] = (
+            base["mean_step"] / row["mean_step"] if base and row["mean_step"] > 0 else None
+        )
+        row["gap_closed"] = (
+            gap_closed(base["mean_step"], row["mean_step"], min(bounds))
+            if base and bounds
+            else None
+        )
+    return [{**{c: row.get(c) for c in SUMMARY_COLUMNS}, **_extra(row)} for row in rows]
+
+
+def _row(result: RunResult) -> dict[str, Any]:
+    row = dict(result.summary_row())
+    row.setdefault("topk", getattr(result, "topk", None))
+    row.setdefault("is_bound", getattr(result, "is_bound", False))
+    row.setdefault("is_baseline", getattr(result, "is_baseline", False))
+    return {k: _scalar(v) for k, v in row.items()}
+
+
+def _extra(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in SUMMARY_COLUMNS}
+
+
+def gap_closed(baseline: float, value: float, best_bound: float) -> float | None:
+    """Share of the baseline-to-best-bound gap that ``value`` closes; None when the gap is 0.
+
+    Uses `sim.policies.bounds.gap_closed` when it exists (the policies' definition wins)."""
+    try:
+        from sim.policies.bounds import gap_closed as bounds_gap_closed
+    except ImportError:
+        bounds_gap_closed = None
+    if bounds_gap_closed is not None:
+        return bounds_gap_closed(baseline, value, best_bound)
+    gap = baseline - best_bound
+    if not gap > 0:
+        return None
+    return (baseline - value) / gap
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# -- writing -----------------------------------------------------------------------------------
+def check_out_dir(out_dir: str | os.PathLike[str], where: str = "--out") -> Path:
+    """``out_dir`` must be new or an empty directory (never mix two runs' files)."""
+    path = Path(out_dir)
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{where}: expected a new or empty directory, got a file {path}")
+        if any(path.iterdir()):
+            raise UserError(
+                f"{where}: expected a new or empty directory, got {path} which holds files"
+            )
+    return path
+
+
+def trace_checksum(trace: RoutingTrace) -> str:
+    """sha256 of the routing arrays and their labels: names the exact input of a run."""
+    digest = hashlib.sha256()
+    for array in (trace.experts, trace.scores, trace.tokens):
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    digest.update(str((trace.num_experts, trace.layer_ids, trace.positions)).encode())
+    return "sha256:" + digest.hexdigest()
+
+
+def trace_record(trace: RoutingTrace) -> dict[str, Any]:
+    """trace.json: provenance, shape and checksum."""
+    return {
+        "meta": trace.meta.to_dict(),
+        "describe": trace.describe(),
+        "checksum": trace_checksum(trace),
+        "shape": {
+            "steps": trace.num_steps,
+            "layers": trace.num_layers,
+            "seqs": trace.num_seqs,
+            "k": trace.k,
+            "num_experts": trace.num_experts,
+        },
+        "layer_ids": list(trace.layer_ids),
+        "positions": list(trace.positions),
+        "synthetic": trace.meta.synthetic,
+        "synthetic_layers": list(trace.meta.synthetic_layers),
+    }
+
+
+def resolved_document(scenario: Scenario, trace: RoutingTrace) -> dict[str, Any]:
+    """scenario.resolved.yaml: every default filled in, plus what produced the results."""
+    doc = scenario.resolved_dict()
+    doc["provenance"] = {
+        "tool": f"moesim {sim.__version__}",
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "scenario_file": scenario.source,
+        "trace_checksum": trace_checksum(trace),
+        "trace": trace.meta.to_dict(),
+    }
+    return doc
+
+
+def write_results(
+    out_dir: str | os.PathLike[str],
+    scenario: Scenario,
+    trace: RoutingTrace,
+    results: Sequence[RunResult],
+    *,
+    timeline_file: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Write the results directory (see CONTRACTS.md) atomically; returns its path."""
+    target = check_out_dir(out_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    try:
+        _write_files(tmp, scenario, trace, results)
+        os.chmod(tmp, 0o755)
+        check_out_dir(target)  # still new or empty (nothing raced us)
+        os.rename(tmp, target)  # replaces an empty directory on POSIX
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if timeline_file is not None and (target / "timeline.json").is_file():
+        atomic.write_bytes(timeline_file, (target / "timeline.json").read_bytes())
+    return target
+
+
+def _write_files(
+    root: Path, scenario: Scenario, trace: RoutingTrace, results: Sequence[RunResult]
+) -> None:
+    header = (
+        f"# Resolved scenario written by moesim {sim.__version__}: every default filled in.\n"
+        "# `moesim run` accepts this file as it is (the provenance section is ignored).\n"
+    )
+    body = yaml.safe_dump(
+        resolved_document(scenario, trace), sort_keys=False, allow_unicode=True, width=100
+    )
+    atomic.write_text(root / "scenario.resolved.yaml", header + body)
+    rows = summary_rows(scenario, results)
+    columns = list(SUMMARY_COLUMNS) + sorted({k for r in rows for k in _extra(r)})
+    atomic.write_csv(
+        root / "summary.csv", columns, ([_cell(r.get(c)) for c in columns] for r in rows)
+    )
+    atomic.write_json(root / "summary.json", rows)
+    atomic.write_csv(
+        root / "per_layer.csv", KEY_COLUMNS + PER_LAYER_COLUMNS, _table(results, "per_layer")
+    )
+    atomic.write_csv(
+        root / "per_step.csv", KEY_COLUMNS + PER_STEP_COLUMNS, _table(results, "per_step")
+    )
+    atomic.write_json(root / "trace.json", trace_record(trace))
+    if any(r.timeline for r in results):
+        from sim.engine.timeline import write_chrome_trace
+
+        write_chrome_trace(root / "timeline.json", results)
+    for path in root.iterdir():
+        os.chmod(path, 0o644)  # atomic temp files are private; results are ordinary files
+
+
+def _cell(value: Any) -> Any:
+    """CSV cell: blank for None/NaN, repr for floats (exact and deterministic)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return repr(value) if isinstance(value, float) else value
+
+
+def _table(results: Sequence[RunResult], which: str):
+    """Rows of per_layer/per_step for every result: key columns, then the engine's columns."""
+    names = PER_LAYER_COLUMNS if which == "per_layer" else PER_STEP_COLUMNS
+    for result in results:
+        columns = getattr(result, which)
+        values = [columns[name].tolist() for name in names]
+        key = (result.label, result.policy, getattr(result, "topk", ""))
+        for row in zip(*values):
+            yield key + tuple(_cell(v) for v in row)

@@ -1,0 +1,155 @@
+"""Where sweep points run: in-process, a local process pool, or a Dask cluster.
+
+Every executor takes the same tasks and point function and yields each outcome as soon as
+its point finishes (completion order, not submission order), so the driver can write it to
+disk at once: a killed sweep loses at most the points that were still running.
+Parallelism is across points only; one point is one single-threaded simulation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from typing import Any, TypeVar
+
+from sim.errors import UserError
+
+EXECUTORS = ("local", "dask")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def default_jobs() -> int:
+    """One worker per core (``--jobs`` default)."""
+    return os.cpu_count() or 1
+
+
+def execute(
+    tasks: Sequence[T],
+    fn: Callable[[T], R],
+    *,
+    executor: str = "local",
+    jobs: int | None = None,
+    scheduler: str | None = None,
+) -> Iterator[R]:
+    """Run ``fn`` on every task and yield the results as they complete.
+
+    ``fn`` must be a module-level function (it is pickled to worker processes). An exception
+    raised by ``fn`` stops the sweep: pending points are cancelled and the error propagates.
+    """
+    if executor not in EXECUTORS:
+        raise UserError(f"--executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+    workers = default_jobs() if jobs is None else jobs
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserError(f"--jobs: expected a positive integer, got {jobs!r}")
+    if scheduler is not None and executor != "dask":
+        raise UserError(f"--scheduler: expected --executor dask with it, got --executor {executor}")
+    if not tasks:
+        return iter(())
+    if executor == "dask":
+        return _run_dask(tasks, fn, workers, scheduler)
+    if workers == 1 or len(tasks) == 1:
+        return (fn(task) for task in tasks)
+    return _run_pool(tasks, fn, min(workers, len(tasks)))
+
+
+def _run_pool(tasks: Sequence[T], fn: Callable[[T], R], workers: int) -> Iterator[R]:
+    """A local process pool; at most 2 tasks per worker are in flight so an interrupt is quick."""
+    pool = ProcessPoolExecutor(max_workers=workers)
+    pending: set[Future[R]] = set()
+    queue = iter(tasks)
+    try:
+        _top_up(pool, fn, queue, pending, 2 * workers)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+            _top_up(pool, fn, queue, pending, 2 * workers)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _top_up(
+    pool: ProcessPoolExecutor,
+    fn: Callable[[T], R],
+    queue: Iterator[T],
+    pending: set[Future[R]],
+    limit: int,
+) -> None:
+    while len(pending) < limit:
+        task = next(queue, None)
+        if task is None:
+            return
+        pending.add(pool.submit(fn, task))
+
+
+def _run_dask(
+    tasks: Sequence[T], fn: Callable[[T], R], workers: int, scheduler: str | None
+) -> Iterator[R]:
+    """Dask distributed: an existing scheduler, or a LocalCluster of ``workers`` processes."""
+    distributed = _import_distributed()
+    cluster = None
+    try:
+        if scheduler is None:
+            cluster = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            )
+            client = distributed.Client(cluster)
+        else:
+            client = _connect(distributed, scheduler)
+    except UserError:
+        raise
+    except Exception as err:  # cluster start-up failures: ports, resources
+        if cluster is not None:
+            cluster.close()
+        raise UserError(
+            f"--executor dask: expected a running cluster, got {_one_line(err)}"
+        ) from None
+    try:
+        futures = [client.submit(fn, task, pure=False) for task in tasks]
+        try:
+            for future in distributed.as_completed(futures):
+                yield future.result()
+        finally:
+            client.cancel(futures)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def _connect(distributed: Any, scheduler: str) -> Any:
+    try:
+        return distributed.Client(scheduler, timeout="10s")
+    except (OSError, TimeoutError) as err:
+        raise UserError(
+            f"--scheduler: expected a reachable Dask scheduler like tcp://host:8786, "
+            f"got {scheduler!r} ({_one_line(err)})"
+        ) from None
+    except ValueError as err:
+        raise UserError(
+            f"--scheduler: expected an address like tcp://host:8786, got {scheduler!r} "
+            f"({_one_line(err)})"
+        ) from None
+
+
+def _import_distributed() -> Any:
+    try:
+        import dask.distributed as distributed
+    except ImportError:
+        raise UserError(
+            "--executor dask: expected the optional Dask extra "
+            "(pip install 'moe-offload-sim[dask]'), got no module dask.distributed"
+        ) from None
+    return distributed
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__

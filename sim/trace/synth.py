@@ -1,0 +1,316 @@
+"""Synthetic MoE routing traces that behave like real router outputs.
+
+Policy results depend on the routing's structure (skew, locality, cross-layer correlation,
+token determinism), so the generator models *why* real routing has that structure rather
+than sampling experts independently:
+
+* token ids are drawn per sequence from a Zipf law over the vocabulary (id = frequency rank);
+* every (position, layer) of a sequence has a hidden vector, like a residual stream::
+
+      h[t, l] = token_weight[l] * emb[token_t] + context_weight[l] * ctx[t, l] + noise[t, l]
+
+  ``emb`` is a fixed random embedding per token id (same id -> same push: knob d);
+  ``ctx[t, l]`` is a unit-variance AR(1) process along positions with coefficient
+  ``temporal_locality[l]`` (knob b), mixed across layers as
+  ``ctx[t, l] = c * ctx[t, l-1] + sqrt(1 - c^2) * fresh[t, l]`` with ``c = layer_correlation``
+  (knob c); ``noise`` is fresh per (position, layer);
+* each layer has its own random router matrix ``W_l`` ``[experts, hidden]`` and a fixed
+  popularity bias ``popularity_skew[l] * g_l`` (``g_l ~ N(0, 1)`` per expert, knob a):
+  ``logits = W_l h / norm + bias``, unit variance before the bias;
+* the top-k experts of the logits are chosen; their scores are ``softmax(sharpness[l] * logits)``
+  over *all* experts, gathered for the chosen ones, descending, not renormalised (like the real
+  dump). ``sharpness`` only shapes the scores, never which experts are chosen.
+
+Per-layer knobs (:class:`PerLayer`) take one value, a linear ramp ``first:last`` over the
+layers, or one value per layer. Everything is drawn from one ``numpy`` seed: the same
+:class:`SynthConfig` always gives the same trace. The defaults are calibrated against the real
+FLAME-MoE-290M rows (see ``docs/synthetic-traces.md``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from scipy.signal import lfilter
+
+from sim.errors import UserError
+from sim.trace.routing import RoutingTrace, TraceMeta
+
+GENERATOR_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PerLayer:
+    """A knob value per MoE layer: one constant, a linear ramp first->last, or a profile.
+
+    ``spec`` is the textual form used on the command line and in provenance: ``"0.5"``
+    (every layer), ``"0.2:1.0"`` (ramp from the first to the last layer) or ``"0.1,0.2,0.3"``
+    (points spread evenly over depth, interpolated; one per layer when the counts match).
+    """
+
+    spec: str
+
+    @classmethod
+    def of(cls, value: float | str | PerLayer, what: str = "knob") -> PerLayer:
+        if isinstance(value, PerLayer):
+            return value
+        knob = cls(str(value).strip())
+        knob._parts(what)  # validate now, not at generation time
+        return knob
+
+    def _parts(self, what: str) -> tuple[str, list[float]]:
+        text = self.spec
+        kind, sep = ("ramp", ":") if ":" in text else ("list", ",")
+        try:
+            values = [float(p) for p in text.split(sep)]
+        except ValueError:
+            raise UserError(
+                f"{what}: expected a number, 'first:last' or 'v1,v2,...', got {text!r}"
+            ) from None
+        if kind == "ramp" and len(values) != 2:
+            raise UserError(f"{what}: expected a ramp 'first:last', got {text!r}")
+        if not all(np.isfinite(values)):
+            raise UserError(f"{what}: expected finite numbers, got {text!r}")
+        return kind, values
+
+    def resolve(self, num_layers: int, what: str = "knob") -> np.ndarray:
+        """``[num_layers]`` float64 values: the given points spread evenly from the first to the
+        last layer and interpolated linearly (n points for n layers are taken as they are)."""
+        _, values = self._parts(what)
+        if len(values) == 1:
+            return np.full(num_layers, values[0])
+        points = np.linspace(0.0, 1.0, len(values))
+        depth = np.linspace(0.0, 1.0, num_layers) if num_layers > 1 else np.zeros(1)
+        return np.interp(depth, points, values)
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+# Calibrated against the real FLAME-MoE-290M rows, layers 2..9 (docs/synthetic-traces.md).
+_DEFAULT_SKEW = "0"
+_DEFAULT_LOCALITY = "0.7:0.85"
+_DEFAULT_LAYER_CORR = "0.3:0.97"
+_DEFAULT_AFFINITY = "0.3:0.6"
+_DEFAULT_TOKEN = "2.2:5.5"
+_DEFAULT_CONTEXT = "1.5:3.5"
+_DEFAULT_SHARPNESS = "0.42,1.10,1.35,1.49,1.63,1.79,1.74,1.88"
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Every setting of the generator; recorded in the trace's provenance.
+
+    Shape: ``num_seqs`` sequences of ``seq_len`` decode steps, MoE layers ``layer_ids``,
+    top-``topk`` of ``num_experts`` experts, token ids in ``[0, vocab)``.
+
+    Knobs (per layer: :class:`PerLayer`):
+      zipf_exponent      token-id frequency ~ 1 / rank**s (higher: fewer distinct tokens).
+      popularity_skew    (a) std of the fixed per-expert logit bias: higher -> more skewed
+                         expert popularity (lower entropy, higher Gini).
+      temporal_locality  (b) AR(1) coefficient of the context along positions, in [0, 1]:
+                         higher -> consecutive steps of a sequence share more experts.
+      layer_correlation  (c) how much of the context carries over to the next layer, in [0, 1]:
+                         higher -> more mutual information between consecutive layers' experts.
+      token_weight       (d) weight of the token-id embedding in the hidden vector: higher ->
+                         the same token id picks the same experts more often.
+      context_weight     weight of the drifting context (the noise has weight 1).
+      sharpness          softmax inverse temperature: only shapes the scores.
+      hidden_dim         size of the hidden vector.
+    """
+
+    num_seqs: int = 32
+    seq_len: int = 2048
+    layer_ids: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8, 9)
+    num_experts: int = 64
+    topk: int = 6
+    vocab: int = 50277
+    hidden_dim: int = 12
+    seed: int = 0
+    zipf_exponent: float = 1.05
+    popularity_skew: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_SKEW))
+    temporal_locality: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_LOCALITY))
+    layer_correlation: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_LAYER_CORR))
+    router_affinity: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_AFFINITY))
+    token_weight: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_TOKEN))
+    context_weight: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_CONTEXT))
+    sharpness: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_SHARPNESS))
+
+    def settings(self) -> dict[str, object]:
+        """JSON-ready view (knobs as their textual specs)."""
+        out = asdict(self)
+        for name in _PER_LAYER_KNOBS:
+            out[name] = str(getattr(self, name))
+        out["layer_ids"] = list(self.layer_ids)
+        out["generator_version"] = GENERATOR_VERSION
+        return out
+
+    def describe(self) -> str:
+        """Provenance line: the generator and all of its settings."""
+        return "synthetic (sim.trace.synth): " + json.dumps(self.settings(), sort_keys=True)
+
+
+_PER_LAYER_KNOBS = (
+    "popularity_skew",
+    "temporal_locality",
+    "layer_correlation",
+    "router_affinity",
+    "token_weight",
+    "context_weight",
+    "sharpness",
+)
+
+
+def validate(cfg: SynthConfig) -> dict[str, np.ndarray]:
+    """Check the settings (one-line UserError) and resolve the per-layer knobs."""
+    for name in ("num_seqs", "seq_len", "num_experts", "topk", "vocab", "hidden_dim"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or value <= 0:
+            raise UserError(f"synth {name}: expected a positive integer, got {value!r}")
+    if not cfg.layer_ids:
+        raise UserError("synth layers: expected at least one layer id, got none")
+    if cfg.topk > cfg.num_experts:
+        raise UserError(f"synth topk: expected at most {cfg.num_experts} (experts), got {cfg.topk}")
+    if cfg.num_experts > np.iinfo(np.int16).max:
+        raise UserError(f"synth experts: expected at most 32767, got {cfg.num_experts}")
+    if cfg.seed < 0:
+        raise UserError(f"synth seed: expected a non-negative integer, got {cfg.seed}")
+    if not np.isfinite(cfg.zipf_exponent) or cfg.zipf_exponent < 0:
+        raise UserError(f"synth zipf exponent: expected a number >= 0, got {cfg.zipf_exponent}")
+    num_layers = len(cfg.layer_ids)
+    knobs = {
+        name: PerLayer.of(getattr(cfg, name), name).resolve(num_layers, f"synth {name}")
+        for name in _PER_LAYER_KNOBS
+    }
+    for name in ("temporal_locality", "layer_correlation", "router_affinity"):
+        if np.any((knobs[name] < 0) | (knobs[name] > 1)):
+            raise UserError(f"synth {name}: expected values in [0, 1], got {knobs[name].tolist()}")
+    for name in ("popularity_skew", "token_weight", "context_weight", "sharpness"):
+        if np.any(knobs[name] < 0):
+            raise UserError(f"synth {name}: expected values >= 0, got {knobs[name].tolist()}")
+    return knobs
+
+
+def zipf_tokens(rng: np.random.Generator, vocab: int, exponent: float, shape: tuple[int, ...]):
+    """Token ids with P(id) ~ 1 / (id + 1) ** exponent (id 0 is the most frequent)."""
+    weights = np.arange(1, vocab + 1, dtype=np.float64) ** -exponent
+    cdf = np.cumsum(weights)
+    cdf /= cdf[-1]
+    ids = np.searchsorted(cdf, rng.random(int(np.prod(shape))), side="right")
+    return np.minimum(ids, vocab - 1).astype(np.int64).reshape(shape)
+
+
+def ar1(innovations: np.ndarray, rho: float) -> np.ndarray:
+    """Stationary unit-variance AR(1) along axis 0: x_t = rho x_{t-1} + sqrt(1-rho^2) e_t."""
+    drive = innovations * np.sqrt(max(0.0, 1.0 - rho * rho))
+    drive[0] = innovations[0]
+    return lfilter([1.0], [1.0, -rho], drive, axis=0).astype(np.float32)
+
+
+def generate(
+    cfg: SynthConfig,
+    *,
+    model: str = "synthetic",
+    runid: int | str = "synth",
+    epoch: int | str = 0,
+    micro_batch_size: int | None = None,
+) -> RoutingTrace:
+    """The synthetic trace for ``cfg``: ``[seq_len, layers, num_seqs, topk]``, Megatron layout.
+
+    ``model``/``runid``/``epoch``/``micro_batch_size`` only label the trace (and the dump paths
+    it is written to); they do not change the routing.
+    """
+    knobs = validate(cfg)
+    steps, seqs, dim, experts = cfg.seq_len, cfg.num_seqs, cfg.hidden_dim, cfg.num_experts
+    num_layers = len(cfg.layer_ids)
+    token_ss, emb_ss, router_ss, ctx_ss, noise_ss = np.random.SeedSequence(cfg.seed).spawn(5)
+
+    tokens = zipf_tokens(
+        np.random.default_rng(token_ss), cfg.vocab, cfg.zipf_exponent, (steps, seqs)
+    )
+    uniq, inverse = np.unique(tokens, return_inverse=True)
+    inverse = inverse.reshape(steps, seqs)
+    emb_rng = np.random.default_rng(emb_ss)
+    router_rng = np.random.default_rng(router_ss)
+    routers = _routers(router_rng, num_layers, experts, dim, knobs["router_affinity"])
+    bias_dirs = router_rng.standard_normal((num_layers, experts))
+    ctx_rng = np.random.default_rng(ctx_ss)
+    noise_rng = np.random.default_rng(noise_ss)
+
+    out_experts = np.empty((steps, num_layers, seqs, cfg.topk), dtype=np.int16)
+    out_scores = np.empty((steps, num_layers, seqs, cfg.topk), dtype=np.float32)
+    carry = knobs["layer_correlation"]
+    table = context = noise = None
+    for li in range(num_layers):
+        # Rows of a seeded [vocab, dim] table: an id's embedding does not depend on the others drawn.
+        fresh_table = emb_rng.standard_normal((cfg.vocab, dim), dtype=np.float32)[uniq]
+        fresh_ctx = ar1(ctx_rng.standard_normal((steps, seqs, dim)), knobs["temporal_locality"][li])
+        fresh_noise = noise_rng.standard_normal((steps, seqs, dim), dtype=np.float32)
+        if table is None or context is None or noise is None:
+            table, context, noise = fresh_table, fresh_ctx, fresh_noise
+        else:
+            keep, renew = carry[li], np.sqrt(1.0 - carry[li] ** 2)
+            table = keep * table + renew * fresh_table
+            context = keep * context + renew * fresh_ctx
+            noise = keep * noise + renew * fresh_noise
+        a, b = knobs["token_weight"][li], knobs["context_weight"][li]
+        hidden = a * table[inverse] + b * context + noise
+        norm = np.sqrt(dim * (a * a + b * b + 1.0))
+        logits = (hidden @ routers[li].T) / norm + knobs["popularity_skew"][li] * bias_dirs[li]
+        chosen, probs = _topk_softmax(logits, cfg.topk, knobs["sharpness"][li])
+        out_experts[:, li] = chosen
+        out_scores[:, li] = probs
+
+    return RoutingTrace(
+        experts=out_experts,
+        scores=out_scores,
+        tokens=tokens,
+        num_experts=experts,
+        layer_ids=tuple(cfg.layer_ids),
+        positions=tuple(range(steps)),
+        meta=TraceMeta(
+            model=model,
+            runid=runid,
+            epoch=epoch,
+            layout="megatron",
+            source=f"sim.trace.synth seed {cfg.seed}",
+            provenance=cfg.describe(),
+            synthetic=True,
+            seq_len=steps,
+            micro_batch_size=micro_batch_size,
+        ),
+    )
+
+
+def _routers(
+    rng: np.random.Generator, num_layers: int, experts: int, dim: int, affinity: np.ndarray
+) -> np.ndarray:
+    """``[layers, experts, dim]`` router matrices; expert ``perm_l[e]`` of layer ``l`` inherits a
+    share ``affinity[l]`` of expert ``e``'s direction at layer ``l - 1`` (ids are shuffled, so
+    the affinity shows as co-activation of *different* ids, as in real MoEs)."""
+    fresh = rng.standard_normal((num_layers, experts, dim), dtype=np.float32)
+    perms = np.stack([rng.permutation(experts) for _ in range(num_layers)])
+    routers = np.empty_like(fresh)
+    routers[0] = fresh[0]
+    for li in range(1, num_layers):
+        g = float(affinity[li])
+        routers[li][perms[li]] = g * routers[li - 1] + np.sqrt(1.0 - g * g) * fresh[li]
+    # Equal row norms: no expert is favoured by geometry; popularity comes from the bias knob.
+    routers *= np.sqrt(dim) / np.linalg.norm(routers, axis=2, keepdims=True)
+    return routers
+
+
+def _topk_softmax(logits: np.ndarray, k: int, sharpness: float) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` experts of ``logits[..., E]`` (descending) and their softmax probabilities."""
+    part = np.argpartition(-logits, k - 1, axis=-1)[..., :k]
+    part_logits = np.take_along_axis(logits, part, axis=-1)
+    order = np.argsort(-part_logits, axis=-1, kind="stable")
+    chosen = np.take_along_axis(part, order, axis=-1)
+    scaled = sharpness * logits
+    scaled -= scaled.max(axis=-1, keepdims=True)
+    np.exp(scaled, out=scaled)
+    scaled /= scaled.sum(axis=-1, keepdims=True)
+    probs = np.take_along_axis(scaled, chosen, axis=-1)
+    return chosen.astype(np.int16), probs.astype(np.float32)

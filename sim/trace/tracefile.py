@@ -1,0 +1,117 @@
+"""`trace.yaml`: the facts a trace directory carries about itself.
+
+A raw FLAME-MoE dump cannot tell its own sequence length, micro-batch size, expert count or
+(for the dense format) k; directories this project writes (embedded, synthetic, imported) record
+them next to the dump so that loading needs no options. See ``docs/trace-format.md``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sim.atomic import write_text
+from sim.errors import UserError
+from sim.trace.routing import LAYOUTS
+
+TRACE_YAML = "trace.yaml"
+
+_INT_FIELDS = ("seq_len", "micro_batch_size", "num_experts", "k")
+_STR_FIELDS = ("model", "runid", "epoch", "layout", "provenance", "tokens_known", "notes")
+
+
+@dataclass(frozen=True)
+class TraceFile:
+    """Contents of ``trace.yaml`` (every field optional except model/runid/epoch)."""
+
+    model: str
+    runid: str
+    epoch: str
+    layout: str = "megatron"
+    seq_len: int | None = None
+    micro_batch_size: int | None = None
+    num_experts: int | None = None
+    k: int | None = None
+    provenance: str = ""
+    synthetic: bool = False
+    synthetic_layers: tuple[int, ...] = ()
+    tokens_known: str = "all"  # "all", "none", "sequence 0 only", ...
+    notes: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["synthetic_layers"] = list(self.synthetic_layers)
+        return data
+
+
+def trace_yaml_path(root: str | os.PathLike[str]) -> Path:
+    return Path(root) / TRACE_YAML
+
+
+def read_trace_yaml(root: str | os.PathLike[str]) -> TraceFile | None:
+    """The ``trace.yaml`` of ``root``, or None when there is none (a raw dump)."""
+    path = trace_yaml_path(root)
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise UserError(f"{path}: expected a YAML file, got a directory")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{path}: expected readable YAML, got {first}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of trace facts, got {type(data).__name__}")
+    return _from_mapping(path, data)
+
+
+def write_trace_yaml(root: str | os.PathLike[str], tf: TraceFile) -> Path:
+    """Write ``root/trace.yaml`` atomically."""
+    header = "# Trace facts read by moesim (see docs/trace-format.md).\n"
+    body = yaml.safe_dump(tf.to_dict(), sort_keys=False, allow_unicode=True, width=100)
+    return write_text(trace_yaml_path(root), header + body)
+
+
+def _from_mapping(path: Path, data: dict[str, Any]) -> TraceFile:
+    known = set(TraceFile.__dataclass_fields__)
+    unknown = sorted(set(map(str, data)) - known)
+    if unknown:
+        raise UserError(f"{path}: expected fields among {sorted(known)}, got unknown {unknown}")
+    for name in ("model", "runid", "epoch"):
+        if data.get(name) in (None, ""):
+            raise UserError(f"{path}: field '{name}': expected a value, got none")
+    values: dict[str, Any] = {}
+    for name in _STR_FIELDS:
+        if name in data and data[name] is not None:
+            if isinstance(data[name], dict | list):
+                raise UserError(f"{path}: field '{name}': expected text, got {data[name]!r}")
+            values[name] = str(data[name])
+    for name in _INT_FIELDS:
+        value = data.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UserError(f"{path}: field '{name}': expected a positive integer, got {value!r}")
+        values[name] = value
+    if "synthetic" in data:
+        if not isinstance(data["synthetic"], bool):
+            raise UserError(
+                f"{path}: field 'synthetic': expected true/false, got {data['synthetic']!r}"
+            )
+        values["synthetic"] = data["synthetic"]
+    layers = data.get("synthetic_layers") or []
+    if not isinstance(layers, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in layers
+    ):
+        raise UserError(
+            f"{path}: field 'synthetic_layers': expected a list of layer ids, got {layers!r}"
+        )
+    values["synthetic_layers"] = tuple(layers)
+    layout = values.get("layout", "megatron")
+    if layout not in LAYOUTS:
+        raise UserError(f"{path}: field 'layout': expected one of {list(LAYOUTS)}, got {layout!r}")
+    return TraceFile(**values)

@@ -1,0 +1,419 @@
+"""Reports: figures from small hand-written result directories, checked through their artists;
+the HTML is self-contained; the trace-event reader; the ``moesim report`` command."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import numpy as np
+import pytest
+import yaml
+
+from sim.cli import main
+from sim.commands.report import parse_window
+from sim.errors import UserError
+from sim.report import build_content, write_report
+from sim.report import figures as F
+from sim.report.load import load_results, read_table, read_timeline
+
+PER_LAYER = (
+    "step position layer layer_id active hits pcie md_fetch md_near host prefetch_pcie "
+    "prefetch_md bytes_pcie bytes_md t_start t_gate t_end transfer_window stall layer_time "
+    "cache_bytes"
+).split()
+LABELS = (("seed-split", "seed-split", False), ("lru", "lru", False), ("belady", "belady", True))
+STEPS, LAYERS, LAYER_IDS, EXPERT_BYTES = 4, 3, (2, 3, 4), 1_000_000
+BW = {"pcie": 32e9, "md_link": 64e9}
+DPI = 80
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header, *rows])
+    path.write_text(buf.getvalue())
+
+
+def make_run(
+    root: Path, topks: tuple[int, ...] = (2,), synthetic_layers: tuple[int, ...] = ()
+) -> Path:
+    """A small results directory with exactly the columns of CONTRACTS.md."""
+    rng = np.random.default_rng(7)
+    layer_rows, step_rows, summary = [], [], []
+    for k in topks:
+        for n, (label, policy, bound) in enumerate(LABELS):
+            latencies = []
+            for step in range(STEPS):
+                t = step * 1e-3
+                for layer in range(LAYERS):
+                    active = int(rng.integers(4, 9))
+                    hits = 0 if policy == "seed-split" else int(rng.integers(0, active))
+                    pcie = (active - hits) // 2
+                    md = active - hits - pcie
+                    window = float(rng.uniform(1e-5, 1e-4)) * (n + 1)
+                    layer_rows.append([label, policy, k, step, step, layer, LAYER_IDS[layer],
+                                       active, hits, pcie, md, 0, 0, 0, 0, pcie * EXPERT_BYTES,
+                                       md * EXPERT_BYTES, t, t, t + 2e-4, window, 0.0, 2e-4,
+                                       0])  # fmt: skip
+                    t += 2e-4
+                latencies.append(float(rng.uniform(0.5e-3, 2e-3)) * (3 - n))
+                step_rows.append([label, policy, k, step, step, latencies[-1], 0.3e-3])
+            mean = float(np.mean(latencies))
+            summary.append([policy, label, k, bound, label == "seed-split", mean * STEPS, mean,
+                            float(np.percentile(latencies, 50)), float(np.percentile(latencies, 99)),
+                            0.0, 0, 0, 0, 0, 0.0, 0.0, 0.0, ""])  # fmt: skip
+    base = {r[2]: r[6] for r in summary if r[4]}
+    for r in summary:
+        r[16] = base[r[2]] / r[6]
+    _write_csv(root / "per_layer.csv", ["label", "policy", "topk", *PER_LAYER], layer_rows)
+    _write_csv(root / "per_step.csv", "label policy topk step position latency compute_only".split(),
+               step_rows)  # fmt: skip
+    _write_csv(root / "summary.csv", ("policy label topk is_bound is_baseline total_time mean_step "
+               "p50_step p99_step transfer_time bytes_pcie bytes_md hits misses hit_rate stall "
+               "speedup gap_closed").split(), summary)  # fmt: skip
+    scenario = {
+        "name": "tiny",
+        "baseline": "seed-split",
+        "routing": {"topk": list(topks)},
+        "hardware": {"links": {"pcie": {"bandwidth": "32 GB/s"}, "md_link": {"bandwidth": 64e9}}},
+        "policies": [{"name": p, "label": lb} for lb, p, _ in LABELS],
+    }
+    (root / "scenario.resolved.yaml").write_text(yaml.safe_dump(scenario))
+    meta = {
+        "model": "flame-moe-290m",
+        "synthetic": False,
+        "synthetic_layers": list(synthetic_layers),
+    }
+    (root / "trace.json").write_text(json.dumps({"meta": meta, "shape": [STEPS, LAYERS, 8, 6]}))
+    return root
+
+
+def make_timeline(root: Path) -> Path:
+    """Chrome trace events: numeric pid/tid named by metadata events, as Perfetto expects."""
+    events: list[dict[str, object]] = []
+    resources = ("gpu", "pcie[0]", "pcie[1]", "md_link[0]")
+    for pid, (label, _, _) in enumerate(LABELS):
+        events.append({"ph": "M", "name": "process_name", "pid": pid, "args": {"name": label}})
+        for tid, res in enumerate(resources):
+            events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": tid,
+                           "args": {"name": res}})  # fmt: skip
+        for step in range(STEPS):
+            for layer in range(LAYERS):
+                t0 = (step * LAYERS + layer) * 300.0  # us
+                # two overlapping PCIe channels: union 100 us; MD link 40 us; compute 50 us
+                for tid, ts, dur, kind in ((1, t0, 80.0, "fetch"), (2, t0 + 20, 80.0, "fetch"),
+                                           (3, t0, 40.0, "fetch"), (0, t0 + 100, 50.0, "compute")):  # fmt: skip
+                    events.append({"ph": "X", "name": kind, "pid": pid, "tid": tid, "ts": ts,
+                                   "dur": dur, "args": {"step": step, "layer": layer,
+                                   "expert": -1, "kind": kind}})  # fmt: skip
+    path = root / "timeline.json"
+    path.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+    return path
+
+
+def make_sweep(root: Path) -> Path:
+    bws, hbms = (64e9, 128e9, 256e9), (1, 2)
+    rows = []
+    for point, (bw, hbm) in enumerate((b, h) for b in bws for h in hbms):
+        for label in ("seed-split", "lru", "balanced-split"):
+            speedup = 1.0 if label == "seed-split" else bw / 64e9 * (hbm if label == "lru" else 1.2)
+            rows.append([point, label, label, 2, label == "seed-split", 1e-3 / speedup, speedup,
+                         bw, hbm])  # fmt: skip
+    header = ["point", "policy", "label", "topk", "is_baseline", "mean_step", "speedup",
+              "hardware.links.md_link.bandwidth", "routing.sequences"]  # fmt: skip
+    _write_csv(root / "sweep.csv", header, rows)
+    (root / "sweep.resolved.yaml").write_text(yaml.safe_dump({"name": "grid"}))
+    return root
+
+
+def make_stats(root: Path) -> Path:
+    rows = []
+    for k in (1, 2, 6):
+        for pos in range(3):
+            for layer in (2, 3):
+                activ = k + pos + layer
+                gpu = round(32 / 544 * activ)
+                rows.append([pos, layer, k, activ, gpu, activ - gpu, gpu])
+    _write_csv(root / "gating.csv", "position layer topk expert_activ expert_gpu expert_md h".split(),
+               rows)  # fmt: skip
+    (root / "meta.json").write_text(json.dumps({"layout": "seed", "synthetic_layers": [3]}))
+    return root
+
+
+def assert_png(fig: object) -> None:
+    data = F.render(fig, "png", DPI)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pixels = mpimg.imread(io.BytesIO(data), format="png")
+    assert pixels.ndim == 3 and float(pixels.var()) > 0
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    return make_run(tmp_path)
+
+
+def _colours(run) -> dict[str, str]:
+    return F.policy_colours([lb for lb, _, _ in LABELS], run.baseline)
+
+
+def _bars(ax) -> dict[str, np.ndarray]:
+    return {c.get_label(): np.array([p.get_height() for p in c.patches]) for c in ax.containers}
+
+
+def test_reader_parses_types_and_names_missing_columns(run_dir: Path, tmp_path: Path) -> None:
+    run = load_results(run_dir)
+    assert run.summary["is_bound"].dtype == bool and run.summary["mean_step"].dtype == np.float64
+    assert np.isnan(run.summary["gap_closed"]).all()
+    assert run.baseline == "seed-split" and run.bound_labels() == {"belady"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("label,topk\nx,1\n")
+    with pytest.raises(UserError, match=r"bad.csv: expected columns .* missing \['policy'"):
+        read_table(bad, ("label", "policy"))
+    with pytest.raises(UserError, match="expected a results directory"):
+        load_results(tmp_path / "nowhere")
+
+
+def test_transfer_figure_bars_match_per_layer_bytes(run_dir: Path) -> None:
+    run = load_results(run_dir)
+    fig = F.transfer_time_by_layer(run, _colours(run), 2)
+    assert_png(fig)
+    pcie_ax, md_ax, window_ax = fig.axes[:3]
+    table = run.per_layer
+    for ax, column, bw in ((pcie_ax, "bytes_pcie", BW["pcie"]), (md_ax, "bytes_md", BW["md_link"])):
+        bars = _bars(ax)
+        assert set(bars) == {"seed-split", "lru", "belady"}
+        for label, heights in bars.items():
+            rows = table.where(label=label)
+            want = [rows[column][rows["layer"] == i].mean() / bw * 1e3 for i in range(LAYERS)]
+            np.testing.assert_allclose(heights, want)
+        assert "bytes / link bandwidth" in ax.get_ylabel()
+    for label, heights in _bars(window_ax).items():
+        rows = table.where(label=label)
+        want = [rows["transfer_window"][rows["layer"] == i].mean() * 1e3 for i in range(LAYERS)]
+        np.testing.assert_allclose(heights, want)
+    assert [t.get_text() for t in pcie_ax.get_xticklabels()] == ["2", "3", "4"]
+    colours = {c.get_label(): c.patches[0].get_facecolor() for c in pcie_ax.containers}
+    assert colours["seed-split"][:3] == pytest.approx((0x4D / 255,) * 3)
+
+
+def test_transfer_figure_uses_timeline_busy_time(run_dir: Path) -> None:
+    make_timeline(run_dir)
+    run = load_results(run_dir)
+    fig = F.transfer_time_by_layer(run, _colours(run), 2)
+    pcie, md = _bars(fig.axes[0]), _bars(fig.axes[1])
+    # pcie channels overlap: [0, 80] u [20, 100] = 100 us per layer and step
+    np.testing.assert_allclose(pcie["lru"], [0.1] * LAYERS)
+    np.testing.assert_allclose(md["lru"], [0.04] * LAYERS)
+    assert "busy" in fig.axes[0].get_ylabel() and "timeline.json" in fig.get_suptitle()
+
+
+def test_busy_time_merges_overlaps_only_within_a_layer() -> None:
+    ev = F.TimelineEvents(
+        label=np.array(["a"] * 4, dtype=object),
+        resource=np.array(["pcie[0]", "pcie[1]", "pcie[0]", "pcie[0]"], dtype=object),
+        kind=np.array(["fetch"] * 4, dtype=object),
+        start=np.array([0.0, 0.5, 1.0, 5.0]),
+        end=np.array([1.0, 2.0, 3.0, 6.0]),
+        step=np.array([0, 0, 0, 1]),
+        layer=np.array([0, 0, 1, 0]),
+        expert=np.full(4, -1),
+        topk=np.full(4, -1),
+        process=np.array(["1"] * 4, dtype=object),
+    )
+    # layer 0: step 0 [0,2] -> 2, step 1 [5,6] -> 1; layer 1: [1,3] -> 2 (overlaps layer 0 in
+    # time but is another layer)
+    np.testing.assert_allclose(F.busy_by_layer(ev, np.array([0, 1])), [3.0, 2.0])
+
+
+def test_latency_cdf_lines_are_sorted_per_step_latency(run_dir: Path) -> None:
+    run = load_results(run_dir)
+    fig = F.step_latency_cdf(run, _colours(run), 2)
+    assert_png(fig)
+    ax = fig.axes[0]
+    lines = {ln.get_label().split(" (")[0]: ln for ln in ax.lines if not ln.get_gid()}
+    for label in ("seed-split", "lru", "belady"):
+        latency = np.sort(run.per_step.where(label=label)["latency"]) * 1e3
+        np.testing.assert_allclose(lines[label].get_xdata(), latency)
+        np.testing.assert_allclose(lines[label].get_ydata(), np.arange(1, STEPS + 1) / STEPS)
+        p99 = next(ln for ln in ax.lines if ln.get_gid() == f"p99:{label}")
+        assert p99.get_xdata()[0] == pytest.approx(np.percentile(latency, 99))
+    assert ax.get_xlabel() == "step latency (ms)"
+
+
+def test_hit_rate_lines_match_hits_over_active(run_dir: Path) -> None:
+    run = load_results(run_dir)
+    fig = F.hit_rate_over_steps(run, _colours(run), 2)
+    assert_png(fig)
+    lines = {ln.get_label(): ln for ln in fig.axes[0].lines}
+    assert set(lines) == {"lru", "belady (offline bound)"}  # seed-split never hits
+    assert lines["belady (offline bound)"].get_linestyle() == "--"
+    rows = run.per_layer.where(label="lru")
+    want = [
+        rows["hits"][rows["step"] == s].sum() / rows["active"][rows["step"] == s].sum() * 100
+        for s in range(STEPS)
+    ]
+    np.testing.assert_allclose(lines["lru"].get_ydata(), want)
+
+
+def test_timeline_gantt_shows_baseline_and_best_in_window(run_dir: Path) -> None:
+    make_timeline(run_dir)
+    run = load_results(run_dir)
+    fig = F.link_timeline(run, _colours(run), 2, window=(1, 2))
+    assert_png(fig)
+    left, right = fig.axes[:2]
+    assert "seed-split" in left.get_title() and "lru" in right.get_title()
+    boxes = [p.get_extents() for c in left.collections for p in c.get_paths()]
+    # one step x 3 layers x (2 pcie + 1 md + 1 compute) events, durations in ms
+    assert sorted(b.width for b in boxes) == pytest.approx(
+        sorted([0.08, 0.08, 0.04, 0.05] * LAYERS)
+    )
+    assert min(b.x0 for b in boxes) == 0.0
+    assert {c.get_label() for c in left.collections} == {"fetch", "compute"}
+    assert [t.get_text() for t in left.get_yticklabels()] == [
+        "gpu",
+        "pcie[0]",
+        "pcie[1]",
+        "md_link[0]",
+    ]
+
+
+def test_timeline_processes_per_topk_get_their_topk(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, topks=(6, 2))
+    path = make_timeline(run_dir)
+    data = json.loads(path.read_text())
+    # a second copy of every process, as for the second top-k of a run (pid offset 10)
+    data["traceEvents"] += [{**e, "pid": e["pid"] + 10} for e in data["traceEvents"]]
+    path.write_text(json.dumps(data))
+    events = load_results(run_dir).timeline
+    assert set(events.topk[events.process.astype(int) < 10]) == {6}
+    assert set(events.topk[events.process.astype(int) >= 10]) == {2}
+
+
+def test_timeline_figure_needs_a_timeline(run_dir: Path) -> None:
+    run = load_results(run_dir)
+    with pytest.raises(F.NoData, match="--timeline"):
+        F.link_timeline(run, _colours(run), 2)
+
+
+def test_read_timeline_names_processes_and_threads(run_dir: Path) -> None:
+    events = read_timeline(make_timeline(run_dir))
+    assert len(events) == len(LABELS) * STEPS * LAYERS * 4
+    assert set(events.label) == {"seed-split", "lru", "belady"}
+    assert set(events.link) == {"gpu", "pcie", "md_link"}
+    first = events.rows(np.arange(1))
+    assert first.start[0] == 0.0 and first.end[0] == pytest.approx(80e-6)
+    bad = run_dir / "bad.json"
+    bad.write_text(json.dumps([{"ph": "X", "pid": 0, "tid": 0, "ts": "soon"}]))
+    with pytest.raises(UserError, match="bad.json"):
+        read_timeline(bad)
+
+
+def test_seed_view_from_stats_and_from_run(run_dir: Path, tmp_path: Path) -> None:
+    stats = load_results(make_stats(tmp_path / "stats"))
+    fig = F.seed_view(stats.gating, "gating.csv")
+    assert_png(fig)
+    assert [ax.get_title() for ax in fig.axes] == [f"top-{k} (3 positions)" for k in (1, 2, 6)]
+    bars = _bars(fig.axes[2])
+    g = stats.gating.where(topk=6)
+    want = [g["expert_activ"][g["layer"] == lay].mean() for lay in (2, 3)]
+    np.testing.assert_allclose(bars["Expert_Activ"], want)
+    run = load_results(run_dir)
+    view = F.gating_from_run(run)
+    bars = _bars(F.seed_view(view, "run").axes[0])
+    rows = run.per_layer.where(label="seed-split")
+    md = rows["md_fetch"] + rows["md_near"]
+    np.testing.assert_allclose(
+        bars["Expert_MD (MD path)"], [md[rows["layer"] == i].mean() for i in range(3)]
+    )
+
+
+def test_sweep_figures_match_table(tmp_path: Path) -> None:
+    sweep = load_results(make_sweep(tmp_path))
+    assert sweep.fields == ("hardware.links.md_link.bandwidth", "routing.sequences")
+    colours = F.policy_colours(["seed-split", "lru", "balanced-split"], sweep.baseline)
+    fig = F.speedup_vs_field(sweep, sweep.fields[0], colours, 2)
+    assert_png(fig)
+    lines = {ln.get_label(): ln for ln in fig.axes[0].lines}
+    np.testing.assert_allclose(lines["lru"].get_xdata(), [64, 128, 256])  # GB/s
+    np.testing.assert_allclose(lines["lru"].get_ydata(), [1.5, 3.0, 6.0])  # mean over hbm 1, 2
+    np.testing.assert_allclose(lines["seed-split"].get_ydata(), [1.0, 1.0, 1.0])
+    assert "GB/s" in fig.axes[0].get_xlabel()
+    heat = F.speedup_heatmap(sweep, *sweep.fields, 2)
+    assert_png(heat)
+    grid = heat.axes[0].images[0].get_array()
+    # rows: sequences 1, 2; columns: bandwidth; best of lru (bw*hbm) and balanced (bw*1.5)
+    np.testing.assert_allclose(grid, [[1.2, 2.4, 4.8], [2.0, 4.0, 8.0]])
+    texts = [t.get_text() for t in heat.axes[0].texts]
+    assert "2.00×\nlru" in texts and "1.20×\nbalanced-split" in texts
+
+
+def _external_refs(text: str) -> list[str]:
+    refs: list[str] = []
+
+    class Refs(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            refs.extend(v or "" for k, v in attrs if k in {"src", "href"})
+
+    Refs().feed(text)
+    remote = re.compile(r"^\s*(https?:|//)", re.IGNORECASE)
+    bad = [r for r in refs if remote.match(r) or not r.startswith("data:")]
+    bad += re.findall(r"@import|url\(\s*['\"]?\s*(?:https?:|//)", text)
+    return bad
+
+
+def test_html_report_is_self_contained_with_every_section(tmp_path: Path) -> None:
+    run_dir = make_run(tmp_path, synthetic_layers=(4,))
+    make_timeline(run_dir)
+    path = write_report(run_dir, ("html", "png"), dpi=DPI)
+    text = path.read_text()
+    assert path == run_dir / "report.html"
+    assert _external_refs(text) == []
+    assert text.count("<img") == 5 and text.count("data:image/png;base64,") == 5
+    assert 'class="warning"' in text and "SYNTHESISED LAYERS: layers 4" in text
+    for heading in ("Scenario", "Trace provenance", "Comparison", "Figures"):
+        assert f"<h2>{heading}</h2>" in text
+    assert sorted(p.name for p in (run_dir / "figures").iterdir()) == [
+        "hit_rate_top2.png", "link_timeline_top2.png", "seed_view.png",
+        "step_latency_cdf_top2.png", "transfer_by_layer_top2.png",
+    ]  # fmt: skip
+
+
+def test_html_without_timeline_says_how_to_get_it(run_dir: Path) -> None:
+    content = build_content(load_results(run_dir))
+    assert any("--timeline" in s for s in content.skipped)
+    assert 'class="warning"' not in "".join(content.sections)
+
+
+def test_stats_and_sweep_reports(tmp_path: Path) -> None:
+    stats = write_report(make_stats(tmp_path / "stats"), ("html",), dpi=DPI)
+    text = stats.read_text()
+    assert "SYNTHESISED LAYERS" in text and text.count("<img") == 1 and _external_refs(text) == []
+    sweep = write_report(make_sweep(tmp_path / "sweep"), ("html", "pdf"), dpi=DPI)
+    assert (
+        sweep.name == "report.html"
+        and (tmp_path / "sweep" / "report.pdf").read_bytes()[:5] == b"%PDF-"
+    )
+    text = sweep.read_text()
+    assert text.count("<img") == 3 and _external_refs(text) == []
+
+
+def test_cli_report_and_bad_flags(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(run_dir), "--format", "png", "--dpi", str(DPI)]) == 0
+    assert "figures" in capsys.readouterr().out
+    assert not (run_dir / "report.html").exists()
+    assert main(["report", str(run_dir), "--format", "svg"]) == 2
+    assert "--format: expected" in capsys.readouterr().err
+    assert main(["report", str(run_dir), "--window", "3:1"]) == 2
+
+
+def test_parse_window() -> None:
+    assert parse_window("2:5") == (2, 5) and parse_window(None) is None
+    for bad in ("5", "a:b", "4:4", "-1:3"):
+        with pytest.raises(UserError, match="--window"):
+            parse_window(bad)

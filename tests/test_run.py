@@ -1,0 +1,138 @@
+"""`moesim run`: results directory with the contract's files and columns, byte-identical
+reruns, no partial directories, and `--out` never mixes runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim.cli import main
+from sim.engine.results import PER_LAYER_COLUMNS, PER_STEP_COLUMNS
+from sim.scenario import load_scenario, load_scenario_trace, run_scenario, write_results
+from sim.scenario.run import RESULT_FILES, SUMMARY_COLUMNS
+
+SCENARIO = {
+    "name": "tiny",
+    "trace": {
+        "synthetic": {
+            "num_seqs": 4,
+            "seq_len": 12,
+            "layer_ids": "2-4",
+            "num_experts": 16,
+            "topk": 4,
+            "seed": 3,
+        },
+    },
+    "routing": {"topk": [1, 4]},
+    "model": {"preset": "flame-moe-290m", "num_experts": 16, "top_k": 4},
+    "hardware": {"preset": "notebook-gbps", "hbm": {"capacity": "6 experts"}},
+    "policies": ["seed-split", "gpu-only", "md-only", {"name": "lru", "label": "lru-all"}],
+}
+
+
+@pytest.fixture
+def scenario_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(SCENARIO), encoding="utf-8")
+    return path
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="") as handle:
+        return next(csv.reader(handle))
+
+
+def test_run_writes_contract_files_and_prints_path(scenario_file, tmp_path, capsys) -> None:
+    out = tmp_path / "r1"
+    assert main(["run", str(scenario_file), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.rstrip().splitlines()[-1] == f"results: {out}"
+    assert "tiny: top-4, baseline seed-split" in printed
+    assert {p.name for p in out.iterdir()} == set(RESULT_FILES)
+    assert tuple(_header(out / "summary.csv"))[: len(SUMMARY_COLUMNS)] == SUMMARY_COLUMNS
+    assert tuple(_header(out / "per_layer.csv")) == ("label", "policy", "topk", *PER_LAYER_COLUMNS)
+    assert tuple(_header(out / "per_step.csv")) == ("label", "policy", "topk", *PER_STEP_COLUMNS)
+    rows = json.loads((out / "summary.json").read_text())
+    assert [(r["topk"], r["label"]) for r in rows] == [
+        (k, label) for k in (1, 4) for label in ("seed-split", "gpu-only", "md-only", "lru-all")
+    ]
+    base = [r for r in rows if r["is_baseline"]]
+    assert len(base) == 2 and all(r["speedup"] == 1.0 for r in base)
+    assert all(r["gap_closed"] is None for r in rows)  # no bound ran
+    lru = next(r for r in rows if r["label"] == "lru-all" and r["topk"] == 4)
+    assert lru["policy"] == "lru" and 0 < lru["hit_rate"] <= 1
+    with (out / "per_step.csv").open(newline="") as handle:
+        assert sum(1 for _ in handle) == 1 + 2 * 4 * 12
+    resolved = yaml.safe_load((out / "scenario.resolved.yaml").read_text())
+    assert resolved["provenance"]["trace_checksum"].startswith("sha256:")
+    assert resolved["hardware"]["links"]["pcie"]["bandwidth"] == "4 GB/s"
+    assert json.loads((out / "trace.json").read_text())["synthetic"] is True
+
+
+def test_same_scenario_and_seed_are_byte_identical(scenario_file, tmp_path) -> None:
+    for name in ("a", "b"):
+        assert main(["run", str(scenario_file), "--out", str(tmp_path / name), "--quiet"]) == 0
+    for file in RESULT_FILES:
+        assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
+
+
+def test_out_must_be_new_or_empty(scenario_file, tmp_path, capsys) -> None:
+    out = tmp_path / "used"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    assert main(["run", str(scenario_file), "--out", str(out), "--quiet"]) == 2
+    assert "--out: expected a new or empty directory" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["run", str(scenario_file), "--out", str(empty), "--quiet"]) == 0
+    assert (empty / "summary.csv").is_file()
+
+
+def test_default_out_dir_and_set(scenario_file, tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["run", str(scenario_file), "--quiet", "--set", "routing.topk=[2]"]
+    assert main(args) == 0
+    (path,) = (tmp_path / "results").iterdir()
+    assert path.name.startswith("tiny-") and path.name.endswith("Z")
+    assert capsys.readouterr().out.strip() == f"results: {Path('results') / path.name}"
+    rows = json.loads((path / "summary.json").read_text())
+    assert {r["topk"] for r in rows} == {2}
+
+
+def test_a_failed_write_leaves_nothing(scenario_file, tmp_path, monkeypatch) -> None:
+    scenario = load_scenario(scenario_file)
+    trace = load_scenario_trace(scenario)
+    results = run_scenario(scenario, trace, progress=False)
+
+    def boom(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("sim.scenario.run.trace_record", boom)
+    with pytest.raises(OSError):
+        write_results(tmp_path / "out", scenario, trace, results)
+    assert list(tmp_path.iterdir()) == [scenario_file]
+
+
+def test_embedded_trace_window_runs(tmp_path) -> None:
+    path = tmp_path / "e.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "trace": {"path": "embedded", "positions": "0-7", "seqs": "0-3"},
+                "hardware": "notebook-gbytes",
+                "policies": ["seed-split", "md-only"],
+            }
+        ),
+        encoding="utf-8",
+    )
+    scenario = load_scenario(path)
+    trace = load_scenario_trace(scenario)
+    assert (trace.num_steps, trace.num_seqs) == (8, 4)
+    results = run_scenario(scenario, trace, progress=False)
+    assert [r.label for r in results] == ["seed-split", "md-only"]
+    assert all(r.per_step["latency"].shape == (8,) for r in results)
