@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.hardware import GpuConfig, HbmConfig, Hardware, LinkConfig, ModelSpec
+from sim.hardware import GpuConfig, Hardware, HbmConfig, LinkConfig, ModelSpec
 from sim.trace.routing import RoutingTrace, TraceMeta
 
 GB = 1e9

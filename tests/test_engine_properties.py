@@ -105,10 +105,12 @@ def check_invariants(result, hw, mdl) -> None:
     # the cache never exceeds HBM capacity
     assert np.all(pl["cache_bytes"] <= hw.hbm.capacity * (1 + 1e-12))
     # bytes moved = weights fetched (demand + prefetch) + activations both ways
-    assert np.array_equal(pl["bytes_pcie"], (pl["pcie"] + pl["prefetch_pcie"]) * eb)
+    np.testing.assert_allclose(
+        pl["bytes_pcie"], (pl["pcie"] + pl["prefetch_pcie"]) * eb, rtol=1e-12
+    )
     weights_md = (pl["md_fetch"] + pl["prefetch_md"]) * eb
     if hw.md_mode == "fetch":
-        assert np.array_equal(pl["bytes_md"], weights_md)
+        np.testing.assert_allclose(pl["bytes_md"], weights_md, rtol=1e-12)
     else:
         assert np.all(pl["bytes_md"] >= weights_md) and np.all(
             (pl["bytes_md"] > 0) >= (pl["md_near"] > 0)

@@ -75,3 +75,14 @@ def test_presets_command_lists_sources(capsys) -> None:
     assert main(["presets"]) == 0
     out = capsys.readouterr().out
     assert all(f"{kind} presets" in out for kind in KINDS)
+
+
+def test_docs_presets_md_is_up_to_date() -> None:
+    from pathlib import Path
+
+    from sim.scenario.presets_view import presets_markdown
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "presets.md"
+    assert path.read_text(encoding="utf-8") == presets_markdown(), (
+        "run: moesim presets --markdown --out docs/presets.md"
+    )

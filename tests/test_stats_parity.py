@@ -302,7 +302,7 @@ def test_neupims_batch16_rows_are_not_the_decoder_rows():
         counts, _ = _neupims_cell(path)
         ours = cells.counts[0, trace.positions.index(position), trace.layer_ids.index(layer)]
         not_subset += any(counts[e] > ours[e] for e in range(64))
-    assert not_subset > 40
+    assert not_subset >= 70  # 73 of 80 with numpy 2.4
 
 
 def test_tricky_scores_print_equal_at_six_decimals():

@@ -295,6 +295,23 @@ def test_decoder_cuts_are_the_notebooks_seed_rows() -> None:
 
 
 @needs_cuts
+def test_both_row_mappings_agree_on_the_real_rows_they_share() -> None:
+    """Decoder rows p + 512 j of shard 0-0 with j < 4 are also prefill rows (0..2047)."""
+    decoder = open_trace(CUTS / "decoder")
+    prefill = open_trace(CUTS / "prefill")
+    rows = seed_rows(np.arange(10), 512, 32)[:, :4]  # [position, j]: raw rows below 2048
+    act, _smp = megatron_rows(np.arange(256), 8, 2048)  # [step, seq] -> raw row
+    step, seq = np.divmod(rows, 8)  # raw row r is sequence r % 8 at step r // 8
+    np.testing.assert_array_equal(act[step, seq], rows)
+    for p in range(10):
+        np.testing.assert_array_equal(
+            decoder.experts[p, :, :4], prefill.experts[step[p], :, seq[p]].transpose(1, 0, 2)
+        )
+    # The samples row of those rows is the same raw row (the notebook's pairing).
+    np.testing.assert_array_equal(decoder.tokens[:, 0], prefill.tokens[:10, 0])
+
+
+@needs_cuts
 def test_embedded_trace_equals_the_prefill_cut() -> None:
     embedded = open_trace("embedded")
     assert embedded.experts.shape == (256, 8, 8, 6) and embedded.num_experts == 64

@@ -193,6 +193,3 @@ def trace_from_args(args: argparse.Namespace) -> RoutingTrace:
         micro_batch_size=args.micro_batch_size,
     )
 
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Not a command: `sim.cli` imports every module here, so accept the call and add nothing."""

@@ -3,6 +3,8 @@
 For a dump it lists models, runs, epochs, layers and shards, the row count T, k, expert count,
 dtypes and the layout facts (B, S), reading file headers only (tensors are memory-mapped, not
 loaded), and every inconsistency found (missing layer files, T mismatches, unreadable files).
+With ``--check`` it also loads the selection (the trace selection options; all by default) and
+validates every value.
 For notebook cuts it loads them and describes the trace.
 """
 

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "stats",
         help="the seed notebook's per-expert counts and gating numbers (exact)",
         description="Count tokens per expert for every (position, layer, top-k) cell and apply "
-        "the seed's gating rule. Writes OUT/gating.csv, OUT/counts.csv, OUT/meta.json; with "
+        "the seed's gating rule. Writes DIR/gating.csv, DIR/counts.csv, DIR/meta.json; with "
         "--notebook-tree also the notebook's own file tree. With --layout seed the numbers are "
         "the notebook's; with --layout megatron (default) positions are true decode steps.",
     )

@@ -17,6 +17,7 @@ import matplotlib as mpl
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
@@ -368,8 +369,9 @@ def _bars_collection(rows: np.ndarray, start: np.ndarray, end: np.ndarray, kind:
     of per-expert events has thousands of bars, too many for one patch each."""
     lo, hi = rows - 0.35, rows + 0.35
     verts = np.stack([np.c_[start, lo], np.c_[start, hi], np.c_[end, hi], np.c_[end, lo]], axis=1)
-    return PolyCollection(verts, facecolors=KIND_COLOURS.get(kind, "#bcbd22"),
-                          edgecolors="white", linewidths=0.3, label=kind, gid=kind)  # fmt: skip
+    face = np.array(to_rgb(KIND_COLOURS.get(kind, "#bcbd22")))
+    return PolyCollection(verts, facecolors=[face], edgecolors=[face * 0.55], linewidths=0.3,
+                          label=kind, gid=kind)  # fmt: skip
 
 
 @_styled

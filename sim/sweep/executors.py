@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 from sim.errors import UserError
 
 EXECUTORS = ("local", "dask")
+_PARENT_POLL_S = 0.5
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -58,7 +61,9 @@ def execute(
 
 def _run_pool(tasks: Sequence[T], fn: Callable[[T], R], workers: int) -> Iterator[R]:
     """A local process pool; at most 2 tasks per worker are in flight so an interrupt is quick."""
-    pool = ProcessPoolExecutor(max_workers=workers)
+    pool = ProcessPoolExecutor(
+        max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)
+    )
     pending: set[Future[R]] = set()
     queue = iter(tasks)
     try:
@@ -70,6 +75,18 @@ def _run_pool(tasks: Sequence[T], fn: Callable[[T], R], workers: int) -> Iterato
             _top_up(pool, fn, queue, pending, 2 * workers)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Worker start-up: leave as soon as the sweep process is gone (killed with SIGKILL, say),
+    instead of lingering as an orphan; the finished points are on disk already."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="moesim-parent-watch", daemon=True).start()
 
 
 def _top_up(

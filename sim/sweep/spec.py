@@ -270,7 +270,9 @@ def _blame_first_values(
         for path, value in zip(axis.paths, axis.values[0]):
             doc = _apply(setter, doc, path, value, where, spec.source)
         _run_check(check, doc, spec.source, where)
-    _run_check(check, _document_at(spec, [0] * len(spec.axes), setter), spec.source, "sweep point 0")
+    _run_check(
+        check, _document_at(spec, [0] * len(spec.axes), setter), spec.source, "sweep point 0"
+    )
 
 
 def _document_at(

@@ -133,6 +133,7 @@ class SynthConfig:
     popularity_skew: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_SKEW))
     temporal_locality: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_LOCALITY))
     layer_correlation: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_LAYER_CORR))
+    balance: PerLayer = field(default_factory=lambda: PerLayer("1"))
     router_affinity: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_AFFINITY))
     token_weight: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_TOKEN))
     context_weight: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_CONTEXT))
@@ -157,6 +158,7 @@ _PER_LAYER_KNOBS = (
     "temporal_locality",
     "layer_correlation",
     "router_affinity",
+    "balance",
     "token_weight",
     "context_weight",
     "sharpness",
@@ -184,7 +186,7 @@ def validate(cfg: SynthConfig) -> dict[str, np.ndarray]:
         name: PerLayer.of(getattr(cfg, name), name).resolve(num_layers, f"synth {name}")
         for name in _PER_LAYER_KNOBS
     }
-    for name in ("temporal_locality", "layer_correlation", "router_affinity"):
+    for name in ("temporal_locality", "layer_correlation", "router_affinity", "balance"):
         if np.any((knobs[name] < 0) | (knobs[name] > 1)):
             raise UserError(f"synth {name}: expected values in [0, 1], got {knobs[name].tolist()}")
     for name in ("popularity_skew", "token_weight", "context_weight", "sharpness"):
@@ -246,19 +248,31 @@ def generate(
     for li in range(num_layers):
         # Rows of a seeded [vocab, dim] table: an id's embedding does not depend on the others drawn.
         fresh_table = emb_rng.standard_normal((cfg.vocab, dim), dtype=np.float32)[uniq]
-        fresh_ctx = ar1(ctx_rng.standard_normal((steps, seqs, dim)), knobs["temporal_locality"][li])
         fresh_noise = noise_rng.standard_normal((steps, seqs, dim), dtype=np.float32)
-        if table is None or context is None or noise is None:
-            table, context, noise = fresh_table, fresh_ctx, fresh_noise
+        if table is None or noise is None:
+            table, noise = fresh_table, fresh_noise
         else:
             keep, renew = carry[li], np.sqrt(1.0 - carry[li] ** 2)
             table = keep * table + renew * fresh_table
-            context = keep * context + renew * fresh_ctx
             noise = keep * noise + renew * fresh_noise
+        # The context remembers the previous tokens (their embeddings at this layer), fading
+        # with temporal_locality: ctx[t] = rho ctx[t-1] + sqrt(1 - rho^2) emb[token_{t-1}].
+        innovations = np.empty((steps, seqs, dim), dtype=np.float32)
+        innovations[0] = ctx_rng.standard_normal((seqs, dim), dtype=np.float32)
+        innovations[1:] = table[inverse[:-1]]
+        fresh_ctx = ar1(innovations, knobs["temporal_locality"][li])
+        if context is None:
+            context = fresh_ctx
+        else:
+            context = keep * context + renew * fresh_ctx
         a, b = knobs["token_weight"][li], knobs["context_weight"][li]
         hidden = a * table[inverse] + b * context + noise
         norm = np.sqrt(dim * (a * a + b * b + 1.0))
-        logits = (hidden @ routers[li].T) / norm + knobs["popularity_skew"][li] * bias_dirs[li]
+        logits = (hidden @ routers[li].T) / norm
+        # Load balancing (what a router trained with a balance loss learns): remove the share
+        # `balance` of each expert's mean logit, so frequent tokens do not crown fixed experts.
+        logits -= knobs["balance"][li] * logits.mean(axis=(0, 1))
+        logits += knobs["popularity_skew"][li] * bias_dirs[li]
         chosen, probs = _topk_softmax(logits, cfg.topk, knobs["sharpness"][li])
         out_experts[:, li] = chosen
         out_scores[:, li] = probs

@@ -1,0 +1,172 @@
+"""Benchmark: the discrete-event engine against its numpy closed form (issue 5).
+
+Two full replays, 64 sequences, top-6 of 64 experts (FLAME-MoE-290M-sized experts, 4.33 MB):
+2,048 steps x 8 layers (one capture's worth) and 512 steps x 25 layers. Routing is synthetic:
+per-layer Dirichlet expert popularity + Gumbel noise, a little temporal locality (a share of
+each step's routing repeats the previous step), generated here from a fixed seed.
+
+For each size it times ``simulate()`` under ``seed-split`` (the baseline) and under ``lru``
+(helper E's cache policy, half the experts' bytes of HBM, per-layer partitions), and the
+closed form of the seed split (``stateless_layer_times``), checks the two agree, prints DES
+time, closed-form time and their ratio, and records the table in benchmarks/RESULTS.md.
+Target: every DES run < 2 s on our 2-core box.
+
+    .venv/bin/python benchmarks/bench_engine.py [--repeat 3] [--no-record]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from sim.atomic import write_text
+from sim.engine import simulate
+from sim.engine.closed_form import stateless_layer_times
+from sim.hardware import GpuConfig, Hardware, HbmConfig, LinkConfig, ModelSpec
+from sim.policies import make_policy
+from sim.policies.split import seed_split_plan
+from sim.trace.routing import RoutingTrace, TraceMeta
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+SECTION = "## engine (issue 5)"
+SIZES = ((2048, 8), (512, 25))
+SEQS, K, E = 64, 6, 64
+GB = 1e9
+
+
+def synthetic_trace(steps: int, layers: int, seed: int = 0, repeat: float = 0.3) -> RoutingTrace:
+    """Skewed routing: per-layer popularity, Gumbel noise; ``repeat`` of the tokens keep the
+    previous step's experts (temporal locality, so caching has something to find)."""
+    rng = np.random.default_rng(seed)
+    ids = np.empty((steps, layers, SEQS, K), dtype=np.int16)
+    for layer in range(layers):
+        log_pop = np.log(rng.dirichlet(np.full(E, 0.6)))
+        logits = 0.5 * log_pop[None, None, :] + rng.gumbel(size=(steps, SEQS, E))
+        ids[:, layer] = np.argsort(-logits, axis=2)[:, :, :K]
+    keep = rng.random((steps, layers, SEQS)) < repeat
+    for s in range(1, steps):
+        ids[s][keep[s]] = ids[s - 1][keep[s]]
+    scores = np.broadcast_to(np.linspace(0.3, 0.05, K, dtype=np.float32), ids.shape).copy()
+    return RoutingTrace(
+        experts=ids,
+        scores=scores,
+        tokens=np.full((steps, SEQS), -1, dtype=np.int64),
+        num_experts=E,
+        layer_ids=tuple(range(2, 2 + layers)),
+        positions=tuple(range(steps)),
+        meta=TraceMeta("bench", 0, 0, "megatron", synthetic=True, provenance="bench_engine"),
+    )
+
+
+def bench_hardware(layers: int) -> Hardware:
+    """PCIe 4 x16 (25 GB/s, 10 us, 2 copy engines) vs a 64 GB/s MD link; half the experts fit."""
+    return Hardware(
+        hbm=HbmConfig(capacity=0.5 * layers * E * 4.33e6, bandwidth=3.35e12),
+        pcie=LinkConfig("pcie", 25 * GB, latency=10e-6, channels=2),
+        md_link=LinkConfig("md_link", 64 * GB, latency=3e-6, channels=2),
+        gpu=GpuConfig(non_expert_time=150e-6),
+    )
+
+
+MODEL = ModelSpec("flame-moe-290m", num_experts=E, top_k=K, expert_bytes=4.33e6)
+
+
+def best_of(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            names = [ln.split(":", 1)[1].strip() for ln in handle if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def record(text: str) -> None:
+    """Replace (or add) this benchmark's section of RESULTS.md, keeping the others."""
+    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    block = f"{SECTION}\n\n{text.strip()}\n\n"
+    new = (
+        pattern.sub(lambda _m: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block
+    )
+    write_text(RESULTS, new.rstrip() + "\n")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; the fastest counts")
+    parser.add_argument("--no-record", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args()
+    load = os.getloadavg()[0]
+    rows = []
+    for steps, layers in SIZES:
+        trace = synthetic_trace(steps, layers)
+        t0 = time.perf_counter()
+        counts = trace.expert_token_counts(K)  # top-k selection + counts, cached on the trace
+        t_counts = time.perf_counter() - t0
+        hw = bench_hardware(layers)
+        t_seed, seed = best_of(args.repeat, lambda: simulate(trace, hw, MODEL, make_policy("seed-split")))
+        plan = seed_split_plan(counts, hw)
+        t_cf, cf = best_of(args.repeat, lambda: stateless_layer_times(counts, plan, hw, MODEL))
+        np.testing.assert_allclose(seed.per_layer["t_end"], cf.t_end.ravel(), rtol=1e-12)
+        t_lru, lru = best_of(args.repeat, lambda: simulate(trace, hw, MODEL, make_policy("lru")))
+        size = f"{steps} x {layers} x {SEQS}"
+        print(
+            f"{size}: counts {t_counts:.3f} s | seed-split DES {t_seed:.3f} s, closed form "
+            f"{t_cf:.3f} s, ratio {t_seed / t_cf:.1f}x | lru DES {t_lru:.3f} s "
+            f"(hit rate {lru.totals['hit_rate']:.3f}, mean step {lru.totals['mean_step'] * 1e3:.3f} "
+            f"ms vs seed {seed.totals['mean_step'] * 1e3:.3f} ms)"
+        )
+        rows.append(
+            f"| {size} | {steps * layers} | {t_counts:.3f} | {t_seed:.3f} | {t_cf:.3f} | "
+            f"{t_seed / t_cf:.1f}x | {t_lru:.3f} | {lru.totals['hit_rate']:.3f} |"
+        )
+    slowest = max(float(r.split("|")[4]) for r in rows)
+    slowest = max(slowest, max(float(r.split("|")[7]) for r in rows))
+    verdict = "PASS" if slowest < 2.0 else "FAIL"
+    text = "\n".join(
+        [
+            f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}, load average {load:.1f} "
+            f"at start; fastest of {args.repeat} runs each.",
+            "",
+            "Synthetic skewed routing (top-6 of 64, 4.33 MB experts), PCIe 25 GB/s x 2 copy "
+            "engines, MD link 64 GB/s x 2, 150 us non-expert time; lru holds half the experts "
+            "(per-layer partitions, seed split for misses). DES = `simulate()`; closed form = "
+            "`stateless_layer_times` of the same seed split (results equal to rtol 1e-12).",
+            "",
+            "| steps x layers x seqs | gates | top-k counts s | seed-split DES s | closed form s "
+            "| DES/closed | lru DES s | lru hit rate |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+            "",
+            f"Target: every DES run < 2 s: {verdict} (slowest {slowest:.3f} s). The top-k "
+            "selection and counting is done once per trace and cached; it is not in the DES time.",
+        ]
+    )
+    print(verdict)
+    if not args.no_record:
+        record(text)
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""seed-split, gpu-only, md-only and balanced-split through the engine."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from engine_traces import GB, hardware, make_trace, model, random_trace
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.engine import simulate
+from sim.errors import UserError
+from sim.hardware import ComputeUnit
+from sim.policies import GateDecision, GateView, Path, Policy, PolicyError, make_policy
+from sim.stats.counts import count_cells, gating_table
+from sim.stats.gating import GatingRule
+
+
+def test_registered():
+    from sim.policies import available_policies
+
+    names = available_policies()
+    assert {"seed-split", "gpu-only", "md-only", "balanced-split"} <= set(names)
+
+
+@pytest.mark.parametrize("k", [1, 2, 6])
+@pytest.mark.parametrize(
+    ("alpha", "rounding", "bw"), [(1.0, "nearest", (32, 512)), (0.5, "ceil", (32, 96))]
+)
+def test_seed_split_counts_equal_the_stats(k, alpha, rounding, bw):
+    trace = random_trace(np.random.default_rng(k), 40, 3, 8, 6, 64)
+    params = {"alpha": alpha, "rounding": rounding, "bw_pcie": bw[0], "bw_md": bw[1]}
+    result = simulate(trace, hardware(), model(), make_policy("seed-split", params), topk=k)
+    rule = GatingRule(bw_pcie=bw[0], bw_md=bw[1], alpha=alpha, rounding=rounding)
+    table = gating_table(count_cells(trace, [k]), rule).columns
+    pl = result.per_layer
+    np.testing.assert_array_equal(pl["active"], table["expert_activ"])
+    np.testing.assert_array_equal(pl["pcie"], table["h"])
+    np.testing.assert_array_equal(pl["md_fetch"], table["expert_activ"] - table["h"])
+    if alpha == 1.0:
+        np.testing.assert_array_equal(pl["md_fetch"], table["expert_md"])
+
+
+def _first_gate_paths(policy_name: str, params: dict, trace, hw, mdl) -> dict[int, int]:
+    """Expert id -> path at the first gate, via the policy's decision."""
+    seen: dict[int, int] = {}
+    policy = make_policy(policy_name, params)
+    decide = policy.decide
+
+    def spy(view: GateView) -> GateDecision:
+        decision = decide(view)
+        if not seen:
+            seen.update(zip(view.experts.tolist(), decision.paths.tolist(), strict=True))
+        return decision
+
+    policy.decide = spy  # type: ignore[method-assign]
+    simulate(trace, hw, mdl, policy)
+    return seen
+
+
+# 17 experts, expert e gets 17 - e tokens... expert 16 most: ids reversed against tokens
+SEVENTEEN = make_trace(
+    [[[[e] for e in range(17) for _ in range(e + 1)]]], num_experts=32
+)  # expert e has e + 1 tokens
+
+
+def test_seed_split_order_tokens_or_id():
+    mdl = model(32, 1, 1 * GB)
+    by_tokens = _first_gate_paths("seed-split", {}, SEVENTEEN, hardware(), mdl)
+    assert [e for e, p in by_tokens.items() if p == Path.PCIE] == [16]
+    by_id = _first_gate_paths("seed-split", {"order": "id"}, SEVENTEEN, hardware(), mdl)
+    assert [e for e, p in by_id.items() if p == Path.PCIE] == [0]
+
+
+def test_seed_split_alpha_above_one_is_capped_and_from_links():
+    mdl = model(32, 1, 1 * GB)
+    r = simulate(SEVENTEEN, hardware(), mdl, make_policy("seed-split", {"alpha": 100.0}))
+    assert (r.per_layer["pcie"][0], r.per_layer["md_fetch"][0]) == (17, 0)
+    # equal link bandwidths: half of 17 -> round(8.5) = 8 (half to even)
+    same = hardware(pcie_bw=64 * GB, md_bw=64 * GB)
+    r = simulate(SEVENTEEN, same, mdl, make_policy("seed-split", {"from_links": True}))
+    assert r.per_layer["pcie"][0] == 8
+
+
+def test_seed_split_near_data_uses_md_near():
+    hw = hardware(md_mode="near-data", md_compute=ComputeUnit(500 * GB, 1e14))
+    r = simulate(SEVENTEEN, hw, model(32, 1, 1e8), make_policy("seed-split"))
+    assert (r.per_layer["pcie"][0], r.per_layer["md_near"][0], r.per_layer["md_fetch"][0]) == (
+        1,
+        16,
+        0,
+    )
+
+
+def test_params_are_validated():
+    with pytest.raises(UserError, match="rounding"):
+        make_policy("seed-split", {"rounding": "up"})
+    with pytest.raises(UserError, match="order"):
+        make_policy("seed-split", {"order": "random"})
+    with pytest.raises(UserError, match="alpha"):
+        make_policy("seed-split", {"alpha": -1.0})
+    with pytest.raises(UserError, match="exhaustive_limit"):
+        make_policy("balanced-split", {"exhaustive_limit": 40})
+
+
+def test_single_path_policies_and_placement():
+    mdl = model(32, 1, 1 * GB)
+    r = simulate(SEVENTEEN, hardware(), mdl, make_policy("gpu-only"))
+    assert (r.per_layer["pcie"][0], r.per_layer["md_fetch"][0]) == (17, 0)
+    r = simulate(SEVENTEEN, hardware(), mdl, make_policy("md-only"))
+    assert (r.per_layer["pcie"][0], r.per_layer["md_fetch"][0]) == (0, 17)
+    with pytest.raises(PolicyError, match="placement"):
+        simulate(SEVENTEEN, hardware(placement="host"), mdl, make_policy("seed-split"))
+    r = simulate(SEVENTEEN, hardware(placement="host"), mdl, make_policy("balanced-split"))
+    assert r.per_layer["pcie"][0] == 17
+    r = simulate(SEVENTEEN, hardware(placement="md"), mdl, make_policy("balanced-split"))
+    assert r.per_layer["md_fetch"][0] == 17
+
+
+# -- balanced-split against brute force ----------------------------------------------------------
+@dataclass(frozen=True)
+class _NoParams:
+    pass
+
+
+class FixedSplit(Policy):
+    """Sends the experts in ``on_pcie`` over PCIe and the rest on the MD path."""
+
+    name = "fixed-split"
+    Params = _NoParams
+
+    def __init__(self, on_pcie: set[int], md: Path) -> None:
+        super().__init__()
+        self.on_pcie, self.md = on_pcie, md
+
+    def decide(self, view: GateView) -> GateDecision:
+        paths = [Path.PCIE if e in self.on_pcie else self.md for e in view.experts.tolist()]
+        return GateDecision(paths=np.asarray(paths, dtype=np.int8))
+
+
+def brute_force_best(trace, hw, mdl) -> float:
+    experts = sorted(set(np.unique(trace.topk(mdl.top_k)).tolist()))
+    md = Path.MD_NEAR if hw.md_mode == "near-data" else Path.MD_FETCH
+    best = np.inf
+    for bits in itertools.product([False, True], repeat=len(experts)):
+        chosen = {e for e, b in zip(experts, bits, strict=True) if b}
+        best = min(best, simulate(trace, hw, mdl, FixedSplit(chosen, md)).totals["total_time"])
+    return best
+
+
+@st.composite
+def one_gate(draw):
+    """One layer of one step with up to 6 active experts, random links and compute."""
+    num_experts = 8
+    seqs = draw(st.integers(1, 10))
+    ids = draw(
+        st.lists(
+            st.lists(st.integers(0, num_experts - 1), min_size=2, max_size=2, unique=True),
+            min_size=seqs,
+            max_size=seqs,
+        )
+    )
+    trace = make_trace([[ids]], num_experts)
+    near = draw(st.booleans())
+    hw = hardware(
+        pcie_bw=draw(st.floats(1.0, 64.0)) * GB,
+        md_bw=draw(st.floats(1.0, 600.0)) * GB,
+        pcie_latency=draw(st.sampled_from([0.0, 1e-5, 1e-3])),
+        md_latency=draw(st.sampled_from([0.0, 1e-5, 1e-3])),
+        pcie_channels=draw(st.integers(1, 3)),
+        md_channels=draw(st.integers(1, 3)),
+        expert_start=draw(st.sampled_from(["per-expert", "layer"])),
+        md_mode="near-data" if near else "fetch",
+        md_compute=ComputeUnit(draw(st.floats(10.0, 800.0)) * GB, draw(st.floats(1e11, 1e14)))
+        if near
+        else None,
+        hbm_bw=draw(st.floats(50.0, 3000.0)) * GB,
+        peak=draw(st.floats(1e10, 1e15)),  # low peaks make GPU compute depend on tokens
+    )
+    mdl = model(num_experts, 2, draw(st.floats(1e6, 1e9)))
+    return trace, hw, mdl
+
+
+@settings(max_examples=30, deadline=None)
+@given(one_gate())
+def test_balanced_split_equals_brute_force_over_all_splits(gate):
+    trace, hw, mdl = gate
+    got = simulate(trace, hw, mdl, make_policy("balanced-split")).totals["total_time"]
+    assert got == pytest.approx(brute_force_best(trace, hw, mdl), rel=1e-9)
+
+
+def test_latency_makes_the_seed_rule_wrong():
+    """16:1 bandwidth, but every md_link transfer pays 1 ms: the seed still sends 16 of 17
+    experts to the MD side; the balanced split sends most over PCIe and finishes sooner."""
+    mdl = model(32, 1, 16e6)  # 16 MB experts: 0.5 ms on PCIe, 31 us on the MD link
+    hw = hardware(pcie_bw=32 * GB, md_bw=512 * GB, md_latency=1e-3)
+    seed = simulate(SEVENTEEN, hw, mdl, make_policy("seed-split"))
+    balanced = simulate(SEVENTEEN, hw, mdl, make_policy("balanced-split"))
+    assert seed.per_layer["pcie"][0] == 1
+    assert balanced.per_layer["pcie"][0] > 8
+    assert balanced.totals["total_time"] < 0.7 * seed.totals["total_time"]
+
+
+def test_balanced_split_matches_seed_when_the_seed_is_right():
+    """No latency, equal experts, per-expert compute negligible: 1:16 is optimal up to
+    rounding, so balanced is never slower than the seed."""
+    trace = random_trace(np.random.default_rng(3), 20, 2, 16, 6, 64)
+    hw = hardware(hbm_bw=1e18, peak=1e18)
+    seed = simulate(trace, hw, model(), make_policy("seed-split"))
+    balanced = simulate(trace, hw, model(), make_policy("balanced-split"))
+    assert np.all(balanced.per_step["latency"] <= seed.per_step["latency"] * (1 + 1e-12))
