@@ -24,6 +24,7 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,13 +81,18 @@ def bench_hardware(layers: int) -> Hardware:
 MODEL = ModelSpec("flame-moe-290m", num_experts=E, top_k=K, expert_bytes=4.33e6)
 
 
-def best_of(repeat: int, fn: Callable[[], object]) -> tuple[float, object]:
+def best_of(repeat: int, fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    """Fastest wall time of ``repeat`` calls, and the last result."""
     times, out = [], None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         times.append(time.perf_counter() - t0)
     return min(times), out
+
+
+def run_policy(trace: RoutingTrace, hw: Hardware, name: str):
+    return simulate(trace, hw, MODEL, make_policy(name))
 
 
 def machine() -> str:
@@ -124,11 +130,11 @@ def main() -> int:
         counts = trace.expert_token_counts(K)  # top-k selection + counts, cached on the trace
         t_counts = time.perf_counter() - t0
         hw = bench_hardware(layers)
-        t_seed, seed = best_of(args.repeat, lambda: simulate(trace, hw, MODEL, make_policy("seed-split")))
+        t_seed, seed = best_of(args.repeat, run_policy, trace, hw, "seed-split")
         plan = seed_split_plan(counts, hw)
-        t_cf, cf = best_of(args.repeat, lambda: stateless_layer_times(counts, plan, hw, MODEL))
+        t_cf, cf = best_of(args.repeat, stateless_layer_times, counts, plan, hw, MODEL)
         np.testing.assert_allclose(seed.per_layer["t_end"], cf.t_end.ravel(), rtol=1e-12)
-        t_lru, lru = best_of(args.repeat, lambda: simulate(trace, hw, MODEL, make_policy("lru")))
+        t_lru, lru = best_of(args.repeat, run_policy, trace, hw, "lru")
         size = f"{steps} x {layers} x {SEQS}"
         print(
             f"{size}: counts {t_counts:.3f} s | seed-split DES {t_seed:.3f} s, closed form "

@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sim.atomic import write_text
+
 MODEL, RUNID, EPOCH = "flame-moe-290m", 31066, 5473
 SHARDS = ("1-2", "1-3")
 LAYERS = tuple(range(2, 10))
@@ -186,8 +188,6 @@ def record(text: str) -> None:
     new = (
         pattern.sub(lambda _m: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block
     )
-    from sim.atomic import write_text
-
     write_text(RESULTS, new.rstrip() + "\n")
 
 
@@ -227,6 +227,7 @@ def main() -> int:
     nb_wall, nb_cpu = (statistics.median(t[i] for t in nb_times) for i in (0, 1))
     ours_wall, ours_cpu = (statistics.median(t[i] for t in ours_times) for i in (0, 1))
     floor_wall, floor_cpu = timed([sys.executable, "-c", "import torch"])
+    start_wall, start_cpu = timed([sys.executable, "-m", "sim", "--help"])
     ratio_wall = (4096 / ours_wall) / (80 / nb_wall)
     ratio_cpu = (4096 / ours_cpu) / (80 / nb_cpu)
     lines = [
@@ -243,7 +244,9 @@ def main() -> int:
         f"- ratio (b)/(a) in cells/s: {ratio_wall:.0f}x by wall time, {ratio_cpu:.0f}x by CPU "
         f"time (target >= 100x); whole processes, median of {args.repeat}",
         f"- both processes start Python and import torch: `python -c 'import torch'` alone "
-        f"takes wall {floor_wall:.2f} s, CPU {floor_cpu:.2f} s here",
+        f"takes wall {floor_wall:.2f} s, CPU {floor_cpu:.2f} s here; `moesim --help` (Python, "
+        f"torch and every command module, imported to build the parser) wall {start_wall:.2f} s, "
+        f"CPU {start_cpu:.2f} s: (b) spends {start_cpu / ours_cpu:.0%} of its CPU time starting up",
         f"- the same work inside one warm process (imports done, CPU time): (a) {nb_inner:.2f} s "
         f"({80 / nb_inner:.0f} cells/s), (b) {ours_inner:.2f} s ({4096 / ours_inner:.0f} cells/s): "
         f"{(4096 / ours_inner) / (80 / nb_inner):.0f}x",

@@ -77,6 +77,41 @@ def measure(spec: SweepSpec, executor: str, jobs: int) -> dict[str, float]:
     }
 
 
+def breakdown(spec: SweepSpec, per_policy: int = 2) -> dict[str, float]:
+    """Where one point's time goes, in this process: the sweep's own work (validating the point
+    in the driver, re-validating it in the worker, writing its file) vs the simulation."""
+    from sim.atomic import write_json
+    from sim.scenario import load_scenario_trace, run_scenario, scenario_from_dict
+    from sim.scenario.run import summary_rows
+    from sim.sweep import expand, point_document
+
+    points = expand(spec)
+    chosen = {}
+    for point in points:
+        chosen.setdefault(point.swept()["policies"], []).append(point)
+    sample = [p for group in chosen.values() for p in group[:per_policy]]
+    docs = [point_document(spec, p) for p in sample]
+    trace = load_scenario_trace(scenario_from_dict(docs[0], spec.source))
+    timings: dict[str, list[float]] = {"validate": [], "simulate": [], "rows+write": []}
+    sim_by_policy: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for point, doc in zip(sample, docs):
+            t0 = time.perf_counter()
+            scenario = scenario_from_dict(doc, spec.source)
+            t1 = time.perf_counter()
+            results = run_scenario(scenario, trace, progress=False)
+            t2 = time.perf_counter()
+            write_json(Path(tmp) / f"{point.point_id}.json", summary_rows(scenario, results))
+            t3 = time.perf_counter()
+            timings["validate"].append(t1 - t0)
+            timings["simulate"].append(t2 - t1)
+            timings["rows+write"].append(t3 - t2)
+            sim_by_policy.setdefault(point.swept()["policies"], []).append(t2 - t1)
+    out = {k: statistics.fmean(v) for k, v in timings.items()}
+    out.update({f"simulate[{k}]": statistics.fmean(v) for k, v in sim_by_policy.items()})
+    return out
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -86,8 +121,10 @@ def machine() -> str:
                 break
     except OSError:
         pass
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return (
-        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "
+        f"{platform.system()}; load average at start {load} (the cores are shared)"
     )
 
 
@@ -137,6 +174,22 @@ def main(argv: list[str] | None = None) -> int:
             f"| {name} | {result['points']} | {result['wall_s']:.1f} | "
             f"{result['points_per_s']:.2f} | {result['point_mean_s']:.3f} |"
         )
+    split = breakdown(small)
+    print("per-point breakdown (s):", json.dumps({k: round(v, 4) for k, v in split.items()}))
+    overhead = 2 * split["validate"] + split["rows+write"]
+    lines += [
+        "",
+        f"Per point, in one process: the sweep's own work (validate in the driver and again in "
+        f"the worker, summary rows, point file) {overhead * 1e3:.1f} ms; the simulation "
+        f"(run_scenario) {split['simulate'] * 1e3:.0f} ms on average, by policy: "
+        + ", ".join(
+            f"{k[9:-1]} {v * 1e3:.0f} ms" for k, v in split.items() if k.startswith("simulate[")
+        )
+        + ".",
+        "",
+        "| run | points | wall s | points/s | mean s/point (in worker) |",
+        "|---|---:|---:|---:|---:|",
+    ]
     if args.target:
         target = make_sweep(args.target, policies)
         result = measure(target, "local", 2)
@@ -151,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
             f"Target ({result['points']} points in under {TARGET_SECONDS:.0f} s on 2 cores): "
             f"{verdict} it ({result['wall_s']:.0f} s).",
         ]
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    lines += ["", f"Load average at the end: {load}."]
     if args.record:
         record(lines)
         print(f"recorded in {RESULTS}")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from engine_traces import GB, hardware, make_trace, model
 
-from sim.engine import simulate
+from sim.engine import RooflineCost, simulate
 from sim.engine.timeline import trace_events, write_chrome_trace
 from sim.errors import UserError
 from sim.hardware import ComputeUnit, LinkConfig
@@ -256,3 +256,45 @@ def test_progress_reports_every_step():
     seen: list[int] = []
     run("gpu-only", hardware(), trace=TWO_STEPS, mdl=M4, progress=seen.append)
     assert sum(seen) == 2
+
+
+def test_hits_in_flight_compute_in_arrival_order_not_gate_order():
+    # step 0 uses expert 0 and prefetches 3 then 2; step 1 uses 2 (2 tokens) and 3 (1 token):
+    # gate order is [2, 3], arrival order [3, 2]
+    trace = make_trace([[[[0], [0], [0]]], [[[2], [2], [3]]]], num_experts=4)
+    hw = hardware(capacity=4 * GB, pcie_bw=32 * GB, hbm_bw=1000 * GB)  # 1 ms per expert
+    pol = Scripted(admit=False, prefetch={(0, 0): [(0, 3, "pcie"), (0, 2, "pcie")]})
+    r = run(pol, hw, trace=trace, mdl=M4)
+    assert list(r.per_layer["hits"]) == [0, 2]
+    assert r.per_layer["t_end"][0] == pytest.approx(1 / 32 + 1e-3, rel=1e-12)
+    # expert 3 (ready 2/32) runs while expert 2 is still arriving (3/32)
+    assert r.per_layer["t_end"][1] == pytest.approx(3 / 32 + 1e-3, rel=1e-12)
+    with_timeline = run(pol, hw, trace=trace, mdl=M4, timeline=True)
+    assert with_timeline.per_layer["t_end"][1] == r.per_layer["t_end"][1]
+
+
+def test_hits_already_in_hbm_run_first():
+    # step 0 admits both experts; step 1 hits them (ready) and fetches expert 2
+    hw = hardware(capacity=4 * GB, pcie_bw=32 * GB, hbm_bw=10 * GB)  # 0.1 s per expert
+    r = run(Scripted(), hw, trace=TWO_STEPS, mdl=M4)
+    gate1 = r.per_layer["t_gate"][1]
+    # hit expert 0 runs 0.1 s from the gate; expert 2 arrives at 1/32 and runs after it
+    assert r.per_layer["t_end"][1] - gate1 == pytest.approx(0.2, rel=1e-12)
+    timed = run(Scripted(), hw, trace=TWO_STEPS, mdl=M4, timeline=True)
+    assert timed.per_layer["t_end"][1] == pytest.approx(r.per_layer["t_end"][1], rel=1e-15)
+
+
+class _SlowerById(RooflineCost):
+    """A cost table in miniature: expert e's transfer takes (e + 1) times the roofline one."""
+
+    def transfer_time(self, link, step, layer, experts):
+        return super().transfer_time(link, step, layer, experts) * (np.asarray(experts) + 1)
+
+
+def test_a_custom_cost_model_is_used_not_the_roofline_fast_path():
+    hw = hardware(pcie_bw=32 * GB, pcie_channels=2)  # 1/16 s per 1 GB slot transfer
+    r = run("gpu-only", hw, cost=_SlowerById(hw, ONE_GB))
+    # FIFO on 2 slots, durations 1, 2, 3, 4 sixteenths: slot 0 runs e0 then e2 (ends 4/16),
+    # slot 1 runs e1 then e3 (ends 2/16 + 4/16)
+    assert r.per_layer["transfer_window"][0] == pytest.approx(6 / 16, rel=1e-15)
+    assert r.links["pcie"]["busy"] == pytest.approx(10 / 16 / 2)

@@ -111,7 +111,7 @@ def test_closed_form_of_a_full_size_trace():
     """One capture's worth (2048 steps x 8 layers x 64 seqs, top-6) would be the benchmark;
     here a quarter of it, under the seed split, in both MD modes."""
     rng = np.random.default_rng(7)
-    trace = random_trace(rng, steps=256, layers=8, seqs=64, k=6, num_experts=64)
+    trace = random_trace(rng, steps=96, layers=8, seqs=64, k=6, num_experts=64)
     mdl = model()
     for hw in (
         hardware(pcie_latency=1e-5, md_latency=3e-6, md_channels=2, non_expert=2e-4),

@@ -136,3 +136,43 @@ def test_embedded_trace_window_runs(tmp_path) -> None:
     results = run_scenario(scenario, trace, progress=False)
     assert [r.label for r in results] == ["seed-split", "md-only"]
     assert all(r.per_step["latency"].shape == (8,) for r in results)
+
+
+def test_timeline_is_written_to_results_and_file(scenario_file, tmp_path) -> None:
+    out, extra = tmp_path / "t", tmp_path / "tl.json"
+    args = ["run", str(scenario_file), "--out", str(out), "--quiet", "--timeline", str(extra)]
+    assert main([*args, "--set", "routing.topk=4"]) == 0
+    events = json.loads((out / "timeline.json").read_text())["traceEvents"]
+    assert {e["args"]["name"] for e in events if e["name"] == "process_name"} == {
+        "seed-split",
+        "gpu-only",
+        "md-only",
+        "lru-all",
+    }
+    assert extra.read_bytes() == (out / "timeline.json").read_bytes()
+
+
+def test_trace_mismatch_is_a_user_error(tmp_path, capsys) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"hardware": "notebook-gbps", "model": "mixtral-8x7b"}))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "moesim: error: model.num_experts: expected 64 (the trace's expert count)"
+    )
+    assert not (tmp_path / "results").exists()
+
+
+def test_report_is_written_last(scenario_file, tmp_path, monkeypatch, capsys) -> None:
+    calls = []
+
+    def fake_report(results_dir):
+        calls.append(Path(results_dir))
+        return Path(results_dir) / "report.html"
+
+    monkeypatch.setattr("sim.report.write_report", fake_report)
+    out = tmp_path / "rep"
+    assert main(["run", str(scenario_file), "--out", str(out), "--quiet", "--report"]) == 0
+    assert calls == [out]
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2:] == [f"results: {out}", f"report: {out / 'report.html'}"]

@@ -76,6 +76,7 @@ BAD_CASES = [
     ("policies", ["seed-split", "lru", "lru"], "policies[2].label: expected a label unique"),
     ("baseline", "lru-7", "baseline: expected one of the policy labels"),
     ("routing.topk", [1, "two"], "routing.topk[1]: expected an integer"),
+    ("routing.topk", "six", "routing.topk: expected a range like '0-9' or a list"),
     ("routing.topk", [0], "routing.topk[0]: expected a value > 0"),
     ("routing.topk", [65], "routing.topk[0]: expected at most 64"),
     ("model", {"expert_bytes": "huge"}, "model.expert_bytes: expected a size"),
@@ -137,6 +138,11 @@ def test_presets_merge_and_capacity_in_experts() -> None:
     assert s.hardware.hbm.capacity == 16 * s.model.expert_bytes
     assert s.model.expert_bytes == 3 * 1024 * 704 * 2
     assert s.topk == [6] and s.baseline == "seed-split"
+
+
+def test_topk_shorthands() -> None:
+    assert scenario_from_dict({**GOOD, "routing": {"topk": "1,2,6"}}, "x").topk == [1, 2, 6]
+    assert scenario_from_dict({**GOOD, "routing": {"topk": 2}}, "x").topk == [2]
 
 
 def test_baseline_added_when_missing() -> None:

@@ -528,11 +528,15 @@ def test_trace_is_loaded_once_per_worker(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
     monkeypatch.setattr(sim.scenario, "load_scenario_trace", counting)
     monkeypatch.setattr(sweep_run, "_TRACES", {})
-    spec = sweep_from_dict(
-        _real_doc(grid={"policies": ["seed-split", "gpu-only", "md-only"]}), "s.yaml"
-    )
+    grid = {"trace.seqs": ["0-3", "0-7"], "policies": ["seed-split", "gpu-only", "md-only"]}
+    spec = sweep_from_dict(_real_doc(grid=grid), "s.yaml")
     run_sweep(spec, tmp_path / "out", jobs=1, progress=False)
-    assert len(calls) == 1
+    assert len(calls) == 2  # once per distinct trace (batch of 4, batch of 8), not per point
+    rows = _table(tmp_path / "out")
+    four = [float(r["bytes_md"]) for r in rows if r["trace.seqs"] == "0-3"]
+    eight = [float(r["bytes_md"]) for r in rows if r["trace.seqs"] == "0-7"]
+    assert len(four) == len(eight) == 3
+    assert four[0] < eight[0]  # a larger batch activates more experts
 
 
 def test_cli_sweep_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -565,3 +569,13 @@ def test_dask_local_cluster_gives_the_same_table(tmp_path: Path) -> None:
     assert (tmp_path / "dask" / "sweep.csv").read_bytes() == (
         tmp_path / "local" / "sweep.csv"
     ).read_bytes()
+
+
+@pytest.mark.parametrize("name", ["sweep-bandwidth.yaml", "sweep-hbm.yaml"])
+def test_shipped_sweeps_validate(name: str) -> None:
+    spec = load_sweep(Path(__file__).parents[1] / "scenarios" / name)
+    points = expand(spec)
+    base, scenarios = validate_points(spec, points)
+    assert len(scenarios) == len(points) > 20
+    assert "policies" in spec.swept_paths and base.baseline == "seed-split"
+    assert all(len(s.policies) == 1 for s in scenarios)  # one simulation per point

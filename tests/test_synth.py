@@ -53,6 +53,10 @@ def _stat(cfg: SynthConfig, what: str) -> float:
         return float(np.mean([lp.entropy_bits for lp in p.layers]))
     if what == "overlap":
         return float(np.mean([lp.overlap_by_lag[1] for lp in p.layers]))
+    if what == "overlap8":
+        return float(np.mean([lp.overlap_by_lag[8] for lp in p.layers]))
+    if what == "overlap16":
+        return float(np.mean([lp.overlap_by_lag[16] for lp in p.layers]))
     if what == "mi":
         return float(np.mean([c.excess_mutual_info_bits for c in p.coactivation]))
     if what == "same_token":
@@ -64,7 +68,9 @@ def _stat(cfg: SynthConfig, what: str) -> float:
     ("knob", "low", "high", "stat", "direction"),
     [
         ("popularity_skew", "0", "1.0", "entropy", -1),  # (a) more skew, less entropy
-        ("temporal_locality", "0", "0.95", "overlap", +1),  # (b) more step-to-step overlap
+        ("context_weight", "0", "2", "overlap", +1),  # (b) more step-to-step overlap
+        ("temporal_locality", "0", "0.9", "overlap8", +1),  # (b) overlap lasting more steps
+        ("topic_weight", "0", "2", "overlap16", +1),  # (b) document-level locality
         ("layer_correlation", "0", "0.95", "mi", +1),  # (c) more inter-layer information
         ("router_affinity", "0", "0.9", "mi", +1),  # (c) likewise, through the routers
         ("token_weight", "0.5", "4", "same_token", +1),  # (d) same id, more shared experts

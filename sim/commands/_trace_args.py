@@ -192,4 +192,3 @@ def trace_from_args(args: argparse.Namespace) -> RoutingTrace:
         seq_len=args.seq_len,
         micro_batch_size=args.micro_batch_size,
     )
-

@@ -60,12 +60,12 @@ def run_command(args: argparse.Namespace) -> int:
     path = write_results(out, scenario, trace, results, timeline_file=args.timeline)
     if not args.quiet:
         print_comparison(scenario, results, trace)
-        print(f"{len(results)} runs in {elapsed:.1f} s wall time")
+        print(f"{len(results)} runs in {elapsed:.2f} s wall time")
+    print(f"results: {path}")
     if args.report:
         report = _report(path)
         if report is not None:
             print(f"report: {report}")
-    print(f"results: {path}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``moesim trace import FORMAT SRC --out ROOT``: convert another routing dump into a trace directory.
+"""``moesim trace import FORMAT SRC --out ROOT``: convert other routing dumps to a trace directory.
 
 FORMAT is ``parquet`` (the FLAME-MoE-Traces release: SRC is a model directory such as
 ``flame-moe-290m/`` holding ``samples/`` and ``actives/iter_NNNN/``), ``numpy`` (a ``.npy`` /

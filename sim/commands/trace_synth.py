@@ -24,12 +24,16 @@ from sim.trace.writer import write_dump
 
 _KNOB_HELP = {
     "popularity_skew": "(a) std of the per-expert logit bias: higher = more skewed popularity",
-    "temporal_locality": "(b) AR(1) coefficient of the context along positions, 0..1",
+    "temporal_locality": "(b) memory of the context along positions, 0..1: higher = overlap "
+    "lasts more steps",
     "layer_correlation": "(c) share of the hidden state carried to the next layer, 0..1",
     "router_affinity": "(c) share of an expert's router row inherited by one expert of the "
     "next layer, 0..1",
+    "balance": "share of each expert's mean logit removed, 0..1 (load balancing)",
     "token_weight": "(d) weight of the token-id embedding: higher = same id, same experts",
-    "context_weight": "weight of the drifting context (noise has weight 1)",
+    "context_weight": "(b) weight of the context (noise has weight 1): higher = more "
+    "step-to-step overlap",
+    "topic_weight": "(b) weight of a slowly drifting per-sequence topic: overlap over many steps",
     "sharpness": "softmax inverse temperature: shapes the scores only",
 }
 
@@ -69,6 +73,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     knobs.add_argument("--hidden-dim", type=positive_int, default=defaults.hidden_dim)
     knobs.add_argument(
+        "--topic-memory",
+        type=float,
+        default=defaults.topic_memory,
+        help="per-step memory of the topic, 0..1",
+    )
+    knobs.add_argument(
         "--zipf-exponent",
         type=float,
         default=defaults.zipf_exponent,
@@ -97,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         hidden_dim=args.hidden_dim,
         seed=args.seed,
         zipf_exponent=args.zipf_exponent,
+        topic_memory=args.topic_memory,
         **{name: PerLayer.of(getattr(args, name), "--" + name) for name in _KNOB_HELP},
     )
 

@@ -1,5 +1,9 @@
-"""The discrete-event engine: replay a routing trace on a hardware model under a policy."""
+"""The discrete-event engine: replay a routing trace on a hardware model under a policy.
 
+See docs/engine.md for the model, every rule and every metric.
+"""
+
+from sim.engine.closed_form import StatelessTimes, stateless_layer_times
 from sim.engine.cost import RooflineCost
 from sim.engine.results import (
     PER_LAYER_COLUMNS,
@@ -8,12 +12,16 @@ from sim.engine.results import (
     TimelineEvent,
 )
 from sim.engine.simulate import simulate
+from sim.engine.timeline import write_chrome_trace
 
 __all__ = [
     "PER_LAYER_COLUMNS",
     "PER_STEP_COLUMNS",
     "RooflineCost",
     "RunResult",
+    "StatelessTimes",
     "TimelineEvent",
     "simulate",
+    "stateless_layer_times",
+    "write_chrome_trace",
 ]

@@ -106,3 +106,12 @@ def _unit(unit: ComputeUnit | None, what: str) -> ComputeUnit:
     if unit is None:
         raise PolicyError(f"the scenario has no {what}: this path cannot be used")
     return unit
+
+
+def is_roofline(cost: object, method: str) -> bool:
+    """True when ``cost`` computes ``method`` exactly as `RooflineCost` does (not overridden),
+    so its bulk helpers (``uniform_transfer_time``, ``*_from_tokens``, ``activation_one_way``)
+    may stand in for per-gate protocol calls."""
+    return isinstance(cost, RooflineCost) and getattr(type(cost), method) is getattr(
+        RooflineCost, method
+    )

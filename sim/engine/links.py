@@ -31,9 +31,10 @@ class Placed:
     start: np.ndarray
     end: np.ndarray
     slot: np.ndarray
+    last: float  # the latest end (relative), 0 for an empty batch
 
 
-_EMPTY = Placed(np.empty(0), np.empty(0), np.empty(0, dtype=np.intp))
+_EMPTY = Placed(np.empty(0), np.empty(0), np.empty(0, dtype=np.intp), 0.0)
 
 
 class FifoLink:
@@ -49,9 +50,11 @@ class FifoLink:
         self.busy = 0.0  # slot-seconds occupied
         self.bytes = 0.0
         self.transfers = 0
+        self.latest = 0.0  # max(free_at): the link is idle from then on
         # a read-only view for policies (reflects the updates made through free_at)
         self.public_free_at = self.free_at.view()
         self.public_free_at.flags.writeable = False
+        self._idle: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def relative_free(self, t: float) -> np.ndarray:
         """Each slot's free time relative to ``t`` (0 where already free)."""
@@ -69,12 +72,15 @@ class FifoLink:
         if isinstance(durations, float | int):
             d = float(durations)
             self.busy += d * n
+            if self.latest <= t:
+                return self._place_idle(t, d, n)
             if self.channels == 1:
                 g = float(self.free_at[0]) - t
                 start = (g if g > 0.0 else 0.0) + np.arange(n, dtype=np.float64) * d
                 end = start + d
-                self.free_at[0] = t + float(end[-1])
-                return Placed(start, end, np.zeros(n, dtype=np.intp))
+                last = float(end[-1])
+                self.free_at[0] = self.latest = t + last
+                return Placed(start, end, np.zeros(n, dtype=np.intp), last)
             g = self.relative_free(t)
             start, slot = fifo_equal(g, d, n)
             end = start + d
@@ -82,7 +88,8 @@ class FifoLink:
             m = np.bincount(slot, minlength=self.channels)
             used = m > 0
             self.free_at[used] = t + ((g[used] + (m[used] - 1) * d) + d)
-            return Placed(start, end, slot)
+            self.latest = float(self.free_at.max())
+            return Placed(start, end, slot, float(end[-1]))  # starts ascend: so do ends
         durations = np.asarray(durations, dtype=np.float64)
         self.busy += float(durations.sum())
         g = self.relative_free(t)
@@ -93,7 +100,26 @@ class FifoLink:
         np.maximum.at(last, slot, end)
         used = np.isfinite(last)
         self.free_at[used] = t + last[used]
-        return Placed(start, end, slot)
+        self.latest = float(self.free_at.max())
+        return Placed(start, end, slot, float(end.max()))
+
+    def _place_idle(self, t: float, d: float, n: int) -> Placed:
+        """All slots free: transfer j starts at (j // c) d on slot j % c (precomputed views)."""
+        table = self._idle.get(d)
+        if table is None or table[0].size < n:
+            size = max(n, 64 if table is None else 2 * table[0].size)
+            j = np.arange(size)
+            start = (j // self.channels).astype(np.float64) * d
+            table = (start, start + d, j % self.channels)
+            for arr in table:
+                arr.flags.writeable = False
+            self._idle[d] = table
+        start, end, slot = table[0][:n], table[1][:n], table[2][:n]
+        last = min(n, self.channels)  # the last c transfers are each the last on their slot
+        self.free_at[slot[n - last :]] = t + end[n - last :]
+        last = float(end[n - 1])
+        self.latest = t + last
+        return Placed(start, end, slot, last)
 
     def place_one(self, t: float, duration: float, nbytes: float) -> tuple[float, float, int]:
         """Issue one transfer at ``t``; returns (relative start, relative end, slot)."""
@@ -101,6 +127,7 @@ class FifoLink:
         start = max(self.free_at[k] - t, 0.0)
         end = start + duration
         self.free_at[k] = t + end
+        self.latest = max(self.latest, t + end)
         self.busy += duration
         self.bytes += nbytes
         self.transfers += 1

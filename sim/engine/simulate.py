@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
-from sim.engine.cost import RooflineCost
+from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
 from sim.engine.results import (
     INT_COLUMNS,
@@ -178,21 +178,26 @@ class _Engine:
         self.links = {name: FifoLink(hw.link(name)) for name in LINK_NAMES}
         self.public_free_at = {name: link.public_free_at for name, link in self.links.items()}
         self.not_allowed = allowed_paths(hw)
+        self.blocked = [(path, why) for path, why in self.not_allowed.items() if why]
+        self.positions = tuple(int(p) for p in trace.positions)
+        self.layer_ids = tuple(int(lid) for lid in trace.layer_ids)
         self.arange = np.arange(num_experts)
         self.arange.flags.writeable = False
         self.not_cached = np.zeros(num_experts, dtype=bool)
         self.not_cached.flags.writeable = False
         # Fast paths for the default cost model: one transfer time per link, a compute table.
-        uniform = getattr(self.cost, "uniform_transfer_time", None)
-        self.transfer_d = {name: uniform(name) for name in LINK_NAMES} if uniform else None
-        bulk_gpu = getattr(self.cost, "gpu_time_from_tokens", None)
+        cost = self.cost
+        self.transfer_d = None
+        if is_roofline(cost, "transfer_time"):
+            self.transfer_d = {name: cost.uniform_transfer_time(name) for name in LINK_NAMES}
         self.gpu_table = None
-        if bulk_gpu is not None:
-            table = np.asarray(bulk_gpu(self.gates.tokens), dtype=np.float64)
+        if is_roofline(cost, "gpu_compute_time"):
+            table = np.asarray(cost.gpu_time_from_tokens(self.gates.tokens), dtype=np.float64)
             table[self.gates.tokens == 0] = 0.0
             self.gpu_table = table
-        self.rows = np.zeros((steps * layers, len(PER_LAYER_COLUMNS)))
-        self.compute_ref = np.zeros(steps * layers)
+            self.ref_table = table.sum(axis=2)
+        # one tuple per gate: PER_LAYER_COLUMNS, then the all-in-HBM compute time
+        self.rows: list[tuple] = []
         self.timeline: list[TimelineEvent] | None = [] if timeline else None
 
     # -- the simpy process -----------------------------------------------------------------------
@@ -240,86 +245,117 @@ class _Engine:
         eff, by_path, hits = self._effective_paths(decision, cached, n, view)
         if self.gpu_table is not None:
             c_all = self.gpu_table[s, layer, :n]
+            ref = float(self.ref_table[s, layer])
         else:
             c_all = np.asarray(self.cost.gpu_compute_time(s, layer, experts, tokens), dtype=float)
-        ref = float(c_all.sum())
+            ref = float(c_all.sum())
+        if decision.evict:
+            self._apply_evictions(decision, s, layer)
+        groups = self._groups(eff, by_path, n)
 
-        self._apply_evictions(decision, s, layer, view)
-        # Links at the gate: per link, near-compute activations out first, then demand fetches.
+        # Per link at the gate: near-compute activations out first, then the demand fetches,
+        # then the prefetches (all FIFO behind whatever the link still carries).
         window = 0.0
+        bytes_pcie = bytes_md = 0.0
         host_out = near_out = None
         if by_path[_HOST]:
-            host_idx = np.flatnonzero(eff == _HOST)
-            host_out = self._activation_out("pcie", s, layer, experts, tokens, host_idx, t_gate)
-            window = max(window, host_out[1])
+            host_out = self._activation_out(
+                "pcie", s, layer, experts, tokens, groups[_HOST], t_gate
+            )
+            window = host_out[1]
         if by_path[_MD_NEAR]:
-            near_idx = np.flatnonzero(eff == _MD_NEAR)
-            near_out = self._activation_out("md_link", s, layer, experts, tokens, near_idx, t_gate)
+            near_out = self._activation_out(
+                "md_link", s, layer, experts, tokens, groups[_MD_NEAR], t_gate
+            )
             window = max(window, near_out[1])
         fetched: list[tuple[np.ndarray, Placed, str]] = []
-        for path, link_name in ((_PCIE, "pcie"), (_MD_FETCH, "md_link")):
-            if by_path[path]:
-                idx = self.arange[:n] if by_path[path] == n else np.flatnonzero(eff == path)
-                placed = self._fetch(link_name, s, layer, experts[idx], t_gate)
-                fetched.append((idx, placed, link_name))
-                window = max(window, float(placed.end.max()))
-        bytes_link = {name: 0.0 for name in LINK_NAMES}
-        for _idx, placed, link_name in fetched:
-            bytes_link[link_name] += placed.end.size * self.expert_bytes
-        self._admit(decision, experts, eff, fetched, layer, t_gate)
-        prefetched = self._prefetch(decision, s, layer, t_gate, bytes_link)
-        if self.cached_count * self.expert_bytes > self.capacity * (1 + 1e-12):
+        if by_path[_PCIE]:
+            idx = groups[_PCIE]
+            placed = self._fetch("pcie", s, layer, experts[idx], t_gate)
+            fetched.append((idx, placed, "pcie"))
+            window = max(window, placed.last)
+            bytes_pcie = idx.size * self.expert_bytes
+        if by_path[_MD_FETCH]:
+            idx = groups[_MD_FETCH]
+            placed = self._fetch("md_link", s, layer, experts[idx], t_gate)
+            fetched.append((idx, placed, "md_link"))
+            window = max(window, placed.last)
+            bytes_md = idx.size * self.expert_bytes
+        if decision.admit is not None and fetched:
+            self._admit(decision, experts, n, fetched, layer, t_gate)
+        prefetched = (0, 0)
+        if decision.prefetch:
+            prefetched = self._prefetch(decision, s, layer, t_gate)
+            bytes_pcie += prefetched[0] * self.expert_bytes
+            bytes_md += prefetched[1] * self.expert_bytes
+        if self.cached_count and self.cached_count * self.expert_bytes > self.capacity * (
+            1 + 1e-12
+        ):
             raise PolicyError(
                 f"policy {self.policy.name!r} at step {s} layer {layer}: cache holds "
                 f"{self.cached_count} experts = {self.cached_count * self.expert_bytes:.6g} B, "
                 f"above hbm.capacity {self.capacity:.6g} B"
             )
 
-        gpu_end = self._gpu_part(s, layer, t_gate, experts, cached, c_all, fetched, hits)
-        rel_end = gpu_end
+        rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, groups[_HIT], fetched)
         if near_out is not None:
             end, nbytes = self._remote_part(
                 "md_link", _MD_NEAR, s, layer, t_gate, experts, tokens, near_out
             )
-            bytes_link["md_link"] += nbytes
+            bytes_md += nbytes
             rel_end = max(rel_end, end)
             window = max(window, end)
         if host_out is not None:
             end, nbytes = self._remote_part(
                 "pcie", _HOST, s, layer, t_gate, experts, tokens, host_out
             )
-            bytes_link["pcie"] += nbytes
+            bytes_pcie += nbytes
             rel_end = max(rel_end, end)
             window = max(window, end)
 
-        row = s * self.layers + layer
-        self.rows[row] = (
-            s,
-            self.trace.positions[s],
-            layer,
-            self.trace.layer_ids[layer],
-            n,
-            hits,
-            by_path[_PCIE],
-            by_path[_MD_FETCH],
-            by_path[_MD_NEAR],
-            by_path[_HOST],
-            prefetched["pcie"],
-            prefetched["md_link"],
-            bytes_link["pcie"],
-            bytes_link["md_link"],
-            t_start,
-            t_gate,
-            t_gate + rel_end,
-            window,
-            rel_end - ref,
-            self.non_expert + rel_end,
-            self.cached_count * self.expert_bytes,
+        self.rows.append(
+            (
+                s,
+                self.positions[s],
+                layer,
+                self.layer_ids[layer],
+                n,
+                hits,
+                by_path[_PCIE],
+                by_path[_MD_FETCH],
+                by_path[_MD_NEAR],
+                by_path[_HOST],
+                prefetched[0],
+                prefetched[1],
+                bytes_pcie,
+                bytes_md,
+                t_start,
+                t_gate,
+                t_gate + rel_end,
+                window,
+                rel_end - ref,
+                self.non_expert + rel_end,
+                self.cached_count * self.expert_bytes,
+                ref,
+            )
         )
-        self.compute_ref[row] = ref
         if self.timeline is not None and t_gate > t_start:
             self._event("gpu", "non_expert", t_start, t_gate, s, layer, -1)
         return view, rel_end
+
+    def _groups(self, eff: np.ndarray, by_path: list[int], n: int) -> list[np.ndarray | None]:
+        """Indices (into the gate's experts, in gate order) of each path's experts."""
+        groups: list[np.ndarray | None] = [None] * _NUM_PATHS
+        used = [p for p in range(_NUM_PATHS) if by_path[p]]
+        if len(used) == 1:
+            groups[used[0]] = self.arange[:n]
+            return groups
+        order = np.argsort(eff, kind="stable")
+        pos = 0
+        for p in used:
+            groups[p] = order[pos : pos + by_path[p]]
+            pos += by_path[p]
+        return groups
 
     def _effective_paths(
         self, decision: GateDecision, cached: np.ndarray, n: int, view: GateView
@@ -340,8 +376,8 @@ class _Engine:
             by_path = [0] * (_NUM_PATHS + 1)
         if len(by_path) > _NUM_PATHS:
             raise PolicyError(f"{where}: paths must be Path values, got {eff!r}")
-        for path, reason in self.not_allowed.items():
-            if by_path[path] and reason:
+        for path, reason in self.blocked:
+            if by_path[path]:
                 raise PolicyError(
                     f"{where} chose {path.name} for {by_path[path]} expert(s), impossible: {reason}"
                 )
@@ -420,9 +456,7 @@ class _Engine:
         return done + b_end, 2.0 * nbytes
 
     # -- cache -------------------------------------------------------------------------------------
-    def _apply_evictions(self, decision: GateDecision, s: int, layer: int, view: GateView) -> None:
-        if not decision.evict:
-            return
+    def _apply_evictions(self, decision: GateDecision, s: int, layer: int) -> None:
         active_row = self.ctx.counts[s, layer]
         for item in decision.evict:
             lyr, e = self._check_key(item, "evict", s, layer)
@@ -452,39 +486,30 @@ class _Engine:
         self,
         decision: GateDecision,
         experts: np.ndarray,
-        eff: np.ndarray,
+        n: int,
         fetched: list[tuple[np.ndarray, Placed, str]],
         layer: int,
         t_gate: float,
     ) -> None:
         """Fetched experts the policy admits stay in the cache, ready when they arrive."""
-        if decision.admit is None or not fetched:
-            return
         admit = np.asarray(decision.admit, dtype=bool)
-        if admit.shape != eff.shape:
+        if admit.shape != (n,):
             raise PolicyError(
-                f"policy {self.policy.name!r}: admit has shape {admit.shape}, expected {eff.shape}"
+                f"policy {self.policy.name!r}: admit has shape {admit.shape}, expected ({n},)"
             )
         for idx, placed, _link in fetched:
             keep = admit[idx]
-            if keep.any():
-                ids = experts[idx[keep]]
-                self.ready_at[layer, ids] = t_gate + placed.end[keep]
-                self.cached_count += int(keep.sum())
+            kept = int(np.count_nonzero(keep))
+            if kept:
+                self.ready_at[layer, experts[idx[keep]]] = t_gate + placed.end[keep]
+                self.cached_count += kept
 
     def _prefetch(
-        self,
-        decision: GateDecision,
-        s: int,
-        layer: int,
-        t_gate: float,
-        bytes_link: dict[str, float],
-    ) -> dict[str, int]:
+        self, decision: GateDecision, s: int, layer: int, t_gate: float
+    ) -> tuple[int, int]:
         """Queue prefetches behind the gate's demand transfers; they enter the cache at once
-        (bytes reserved at issue) and are ready when they arrive. Already cached: ignored."""
-        issued = {name: 0 for name in LINK_NAMES}
-        if not decision.prefetch:
-            return issued
+        (bytes reserved at issue) and are ready when they arrive. Already cached: ignored.
+        Returns how many were issued on (pcie, md_link)."""
         by_link: dict[str, list[tuple[int, int]]] = {name: [] for name in LINK_NAMES}
         for item in decision.prefetch:
             lyr, e = self._check_key(item, "prefetch", s, layer)
@@ -500,7 +525,7 @@ class _Engine:
                     f"policy {self.policy.name!r} at step {s} layer {layer} prefetches over "
                     f"{link_name}, impossible: {reason}"
                 )
-            if np.isfinite(self.ready_at[lyr, e]):
+            if self.ready_at[lyr, e] != np.inf:
                 continue
             self.ready_at[lyr, e] = -1.0  # reserved (real ready time set below)
             self.cached_count += 1
@@ -511,14 +536,12 @@ class _Engine:
             arr = np.asarray(keys, dtype=np.intp)
             placed = self._fetch(link_name, s, layer, arr[:, 1], t_gate)
             self.ready_at[arr[:, 0], arr[:, 1]] = t_gate + placed.end
-            issued[link_name] = len(keys)
-            bytes_link[link_name] += len(keys) * self.expert_bytes
             if self.timeline is not None:
                 for (lyr, e), a, b, k in zip(
                     keys, placed.start, placed.end, placed.slot, strict=True
                 ):
                     self._event(f"{link_name}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
-        return issued
+        return len(by_link["pcie"]), len(by_link["md_link"])
 
     # -- GPU ---------------------------------------------------------------------------------------
     def _gpu_part(
@@ -527,43 +550,43 @@ class _Engine:
         layer: int,
         t_gate: float,
         experts: np.ndarray,
-        cached: np.ndarray,
         c_all: np.ndarray,
+        hit_idx: np.ndarray | None,
         fetched: list[tuple[np.ndarray, Placed, str]],
-        hits: int,
     ) -> float:
         """Serial expert compute on the GPU, hits first then in arrival order; returns its end
         relative to the gate."""
-        ready_parts: list[np.ndarray] = []
-        idx_parts: list[np.ndarray] = []
-        if hits:
-            hit_idx = np.flatnonzero(cached)
-            idx_parts.append(hit_idx)
-            ready_parts.append(np.maximum(self.ready_at[layer, experts[hit_idx]] - t_gate, 0.0))
-        for idx, placed, _link in fetched:
-            idx_parts.append(idx)
-            ready_parts.append(placed.end)
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        busy = 0.0  # compute of the hits already in HBM at the gate: they run first
+        if hit_idx is not None:
+            ready_hit = self.ready_at[layer, experts[hit_idx]] - t_gate
+            if self.timeline is None and float(ready_hit.max()) <= 0.0:
+                busy = float(c_all[hit_idx].sum())
+            else:
+                parts.append((hit_idx, np.maximum(ready_hit, 0.0)))
+        parts.extend((idx, placed.end) for idx, placed, _link in fetched)
         if self.timeline is not None:
             self._fetch_events(s, layer, t_gate, experts, fetched)
-        if not idx_parts:
-            return 0.0
-        if len(idx_parts) == 1:
-            # one FIFO batch (or only hits): already in arrival order
-            idx, ready = idx_parts[0], ready_parts[0]
-            order = None
+        if not parts:
+            return busy
+        if len(parts) == 1 and parts[0][0] is not hit_idx:
+            idx, ready = parts[0]  # one FIFO batch: already in arrival order
         else:
-            idx, ready = np.concatenate(idx_parts), np.concatenate(ready_parts)
-            order = np.argsort(ready, kind="stable")
+            idx = np.concatenate([part[0] for part in parts])
+            ready = np.concatenate([part[1] for part in parts])
+            order = ready.argsort(kind="stable")
             idx, ready = idx[order], ready[order]
         c = c_all[idx]
-        cum = np.cumsum(c)
+        cum = c.cumsum()
+        total = float(cum[-1])
         if self.per_expert_start:
-            # f_i = max(f_{i-1}, r_i) + c_i  =>  f_last = C_last + max(0, max_i(r_i - C_{i-1}))
+            # f_i = max(f_{i-1}, r_i) + c_i  =>  f_last = C_last + max(0, max_i(r_i - C_{i-1})),
+            # and with `busy` s of work ahead of them: C_last + max(busy, max_i(...))
             late = float((ready - (cum - c)).max())
-            end = float(cum[-1]) + (late if late > 0.0 else 0.0)
+            end = total + (late if late > busy else busy)
         else:
             start0 = max(0.0, float(ready.max()))
-            end = start0 + float(cum[-1])
+            end = start0 + busy + total
         if self.timeline is not None:
             ends = serial_ends(ready, c) if self.per_expert_start else start0 + cum
             for e, a, b in zip(experts[idx].tolist(), ends - c, ends, strict=True):
@@ -592,15 +615,16 @@ class _Engine:
 
     # -- results -----------------------------------------------------------------------------------
     def result(self, label: str) -> RunResult:
+        table = np.array(self.rows, dtype=np.float64).reshape(-1, len(PER_LAYER_COLUMNS) + 1)
         per_layer = {}
         for name, i in _COL.items():
-            col = self.rows[:, i]
+            col = table[:, i]
             per_layer[name] = col.astype(np.int64) if name in INT_COLUMNS else col.copy()
         layer_time = per_layer["layer_time"].reshape(self.steps, self.layers)
-        ref = self.compute_ref.reshape(self.steps, self.layers)
+        ref = table[:, -1].reshape(self.steps, self.layers)
         per_step = {
             "step": np.arange(self.steps, dtype=np.int64),
-            "position": np.asarray(self.trace.positions, dtype=np.int64),
+            "position": np.asarray(self.positions, dtype=np.int64),
             "latency": layer_time.sum(axis=1),
             "compute_only": (ref + self.non_expert).sum(axis=1),
         }

@@ -50,6 +50,9 @@ def gap_closed(baseline: float, policy: float, bound: float) -> float | None:
 
 
 # -- belady ---------------------------------------------------------------------------------------
+MAX_TIE_DEPTH = 64  # later uses looked at to break ties in next use
+
+
 def next_use_table(counts: np.ndarray) -> np.ndarray:
     """``[steps + 1, layers, E]``: the first step >= s at which each expert of each layer is
     active (``steps`` when never)."""
@@ -97,6 +100,31 @@ class BeladyPolicy(CachePolicy):
     def keep_key(self, view: GateView) -> np.ndarray:
         return -self.next_use(view)
 
+    def rank(
+        self, layers: np.ndarray, experts: np.ndarray, next_gate: np.ndarray, room: int
+    ) -> np.ndarray:
+        """Candidates best first: soonest next use; ties broken by the following uses, in
+        turn (a gate using two tied experts keeps the one already there on for free, so the
+        one whose later uses come sooner is worth more); then held before missed."""
+        levels = [next_gate]
+        order = np.lexsort(levels[::-1])
+        while 0 < room < order.size and len(levels) < MAX_TIE_DEPTH:
+            cut_a, cut_b = order[room - 1], order[room]
+            if any(lv[cut_a] != lv[cut_b] for lv in levels) or not np.isfinite(levels[-1][cut_a]):
+                break
+            levels.append(self.use_after(layers, experts, levels[-1]))
+            order = np.lexsort(levels[::-1])
+        return order
+
+    def use_after(self, layers: np.ndarray, experts: np.ndarray, gates: np.ndarray) -> np.ndarray:
+        """Gate index of each expert's first use after gate ``gates`` (inf: none, or inf in)."""
+        num_steps, num_layers = self.ctx.num_steps, self.num_layers
+        finite = np.isfinite(gates)
+        step = np.where(finite, gates, 0).astype(np.int64) // num_layers
+        after = self.next_step[np.minimum(step + 1, num_steps), layers, experts]
+        out = (after * num_layers + layers).astype(np.float64)
+        return np.where(finite & (after < num_steps), out, np.inf)
+
     def place(
         self, view: GateView, paths: np.ndarray, resident: np.ndarray
     ) -> tuple[np.ndarray, list[tuple[int, int]]]:
@@ -119,7 +147,9 @@ class BeladyPolicy(CachePolicy):
             miss_next = np.where(paths[miss] != Path.PCIE, miss_next, -np.inf)
             miss_next = np.where(paths[miss] != Path.MD_FETCH, miss_next, -np.inf)
         cand_next = np.concatenate([nxt[rows][held_r, held_e], miss_next])
-        order = np.argsort(cand_next, kind="stable")  # held first on ties: no needless swap
+        cand_layer = np.concatenate([held_r + first_row, np.full(int(miss.sum()), layer)])
+        cand_expert = np.concatenate([held_e, view.experts[miss]])
+        order = self.rank(cand_layer, cand_expert, cand_next, room)
         kept = order[:room]
         kept = kept[cand_next[kept] < np.inf]
         keep_held = np.zeros(held_r.size, dtype=bool)

@@ -30,7 +30,8 @@ from sim.policies.compute_placement import ComputePlacement
 from sim.policies.miss_path import MissPathRule, check_rule
 
 SCOPES = ("layer", "global")
-_PCIE, _MD_FETCH = int(Path.PCIE), int(Path.MD_FETCH)
+_GPU_FETCH = np.zeros(len(Path), dtype=bool)  # by Path value: fetched to the GPU
+_GPU_FETCH[[Path.PCIE, Path.MD_FETCH]] = True
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,12 @@ class CachePolicy(Policy):
             self.total_slots if self.global_scope else self.total_slots // self.num_layers
         )
         self.miss_rule = MissPathRule(p.miss_path)
-        self.miss_rule.bind(ctx)
+        self.miss_rule.bind(ctx, f"policy {self.name}")
         self.placement = ComputePlacement(ctx, f"policy {self.name}") if p.compute_near else None
         shape = (self.num_layers, self.num_experts)
         self.last_use = np.full(shape, -1.0)  # gate counter of the last use (or prefetch)
-        self.uses = np.zeros(shape)  # gates at which the expert was active
+        self.uses = np.zeros(shape)  # gates at which the expert was active (if count_uses)
+        self.count_uses = getattr(p, "eviction", None) == "lfu" or isinstance(self, LfuPolicy)
         self.gate = 0  # gates seen so far
 
     # -- hooks ----------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ class CachePolicy(Policy):
     ) -> tuple[np.ndarray | None, list[tuple[int, int]]]:
         """Admit this gate's GPU fetches (view order: most tokens first), evicting by key.
         Updates ``resident`` in place to the state after the gate."""
-        fetched = (paths == _PCIE) | (paths == _MD_FETCH)
+        fetched = _GPU_FETCH[paths]
         fetched &= ~view.cached
         allowed = self.admissible(view)
         if allowed is not None:
@@ -140,7 +142,7 @@ class CachePolicy(Policy):
             return None, []
         victims = self.make_room(view, resident, view.layer, want.size, [])
         free = self.partition_slots - self.occupancy(resident, view.layer)
-        chosen = want[: max(0, min(want.size, free))]
+        chosen = want[: max(free, 0)] if free < want.size else want
         admit = np.zeros(view.experts.shape, dtype=bool)
         admit[chosen] = True
         resident[view.layer, view.experts[chosen]] = True
@@ -193,7 +195,8 @@ class CachePolicy(Policy):
 
     def record_use(self, view: GateView) -> None:
         self.last_use[view.layer, view.experts] = self.gate
-        self.uses[view.layer, view.experts] += 1
+        if self.count_uses:
+            self.uses[view.layer, view.experts] += 1
         self.gate += 1
 
 

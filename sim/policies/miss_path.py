@@ -5,8 +5,8 @@ reuse the stateless split policies of sim/policies/split.py rather than re-imple
 
 * ``seed``: the seed's bandwidth-proportional split (`seed_split_paths`, default constants)
   applied to the misses only (the cache-aware reading: only what must move is split);
-* ``balanced``: ``balanced-split`` (DynaNDE-style finish-time optimum), given the whole gate so
-  it sees what is already in HBM;
+* ``balanced``: `balanced_split_paths` (DynaNDE-style finish-time optimum over the misses,
+  aware of what is already in HBM and of the links' queues);
 * ``pcie``: every miss over PCIe; ``md``: every miss on the scenario's MD path (fetched over
   md_link, or run near data in near-data mode).
 """
@@ -15,8 +15,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from sim.policies.base import GateView, Path, Policy, PolicyContext, make_policy
-from sim.policies.split import SeedSplitParams, md_path, seed_h_table, seed_split_paths, single_path
+from sim.errors import UserError
+from sim.policies.base import GateView, Path, PolicyContext
+from sim.policies.split import (
+    BalancedSplitParams,
+    SeedSplitParams,
+    balanced_split_paths,
+    md_path,
+    seed_h_table,
+    seed_split_paths,
+    single_path,
+)
 
 MISS_PATH_RULES = ("seed", "balanced", "pcie", "md")
 
@@ -33,15 +42,24 @@ class MissPathRule:
     def __init__(self, rule: str) -> None:
         check_rule(rule)
         self.rule = rule
-        self._balanced: Policy | None = None
+        self._ctx: PolicyContext | None = None
 
-    def bind(self, ctx: PolicyContext) -> None:
+    def bind(self, ctx: PolicyContext, where: str) -> None:
+        """Prepare for a run; a rule needing a path this scenario lacks is a UserError."""
+        from sim.engine.simulate import allowed_paths  # the engine's rule, one place
+
         self._md = md_path(ctx.hardware)
+        needs = {"seed": (Path.PCIE, self._md), "pcie": (Path.PCIE,), "md": (self._md,)}
+        reasons = allowed_paths(ctx.hardware)
+        for path in needs.get(self.rule, ()):
+            if reasons[path]:
+                raise UserError(
+                    f"{where}: miss_path: expected a rule whose paths the hardware allows, "
+                    f"got {self.rule!r} ({path.name} impossible: {reasons[path]})"
+                )
         self._seed = SeedSplitParams()
         self._h = seed_h_table(self._seed, ctx.hardware, ctx.model.num_experts)
-        if self.rule == "balanced":
-            self._balanced = make_policy("balanced-split", {}, where="miss_path balanced")
-            self._balanced.bind(ctx)
+        self._ctx = ctx
 
     def paths(self, view: GateView) -> np.ndarray:
         """A ``Path`` (int8) per ``view.experts``."""
@@ -51,5 +69,6 @@ class MissPathRule:
             return single_path(view, Path.PCIE)
         if self.rule == "md":
             return single_path(view, self._md)
-        assert self._balanced is not None
-        return np.asarray(self._balanced.decide(view).paths, dtype=np.int8)
+        assert self._ctx is not None
+        limit = BalancedSplitParams().exhaustive_limit
+        return np.asarray(balanced_split_paths(view, self._ctx, limit), dtype=np.int8)

@@ -28,7 +28,6 @@ import numpy as np
 from sim.errors import UserError
 from sim.policies.base import GateView, Path, PolicyContext, register_policy
 from sim.policies.cache import EVICTION_KEYS, CacheParams, CachePolicy
-from sim.policies.compute_placement import SlotEstimate
 
 PREFETCH_LINKS = ("auto", "pcie", "md_link")
 _LINK_PATH = {"pcie": Path.PCIE, "md_link": Path.MD_FETCH}
@@ -123,24 +122,22 @@ class PrefetchPolicy(CachePolicy):
         self, view: GateView, paths: np.ndarray, step: int, layer: int, experts: np.ndarray
     ) -> list[tuple[int, int, str]]:
         """Each prefetch on the allowed link where it is estimated to arrive first, queued
-        behind this gate's demand fetches."""
+        behind this gate's demand fetches (FIFO slots, the links' mean transfer time)."""
         cost = self.ctx.cost  # type: ignore[union-attr]
+        n = experts.size
         if len(self.links) == 1:
-            return [(layer, int(e), self.links[0]) for e in experts]
-        queues, durations = {}, {}
-        for name in self.links:
-            queue = SlotEstimate(view.link_free_at[name], view.now)
-            demand = np.flatnonzero(~view.cached & (paths == _LINK_PATH[name]))
-            for d in cost.transfer_time(name, view.step, view.layer, view.experts[demand]):
-                queue.push(float(d))
-            queues[name] = queue
-            durations[name] = cost.transfer_time(name, step, layer, experts)
-        out = []
-        for i, e in enumerate(experts.tolist()):
-            best = min(self.links, key=lambda n: queues[n].peek(float(durations[n][i])))
-            queues[best].push(float(durations[best][i]))
-            out.append((layer, e, best))
-        return out
+            chosen = np.zeros(n, dtype=np.intp)
+        else:
+            ends = []
+            for name in self.links:
+                demand = int(np.count_nonzero(~view.cached & (paths == _LINK_PATH[name])))
+                duration = float(np.mean(cost.transfer_time(name, step, layer, experts)))
+                free = np.maximum(np.asarray(view.link_free_at[name], dtype=float), view.now)
+                ends.append(fifo_ends(free, duration, demand, n))
+            label = np.concatenate([np.full(n, i) for i in range(len(self.links))])
+            chosen = label[np.argsort(np.concatenate(ends), kind="stable")[:n]]
+        names = [self.links[i] for i in chosen.tolist()]
+        return list(zip([layer] * n, experts.tolist(), names))
 
     def _score(self, gate: int, actual: np.ndarray) -> None:
         predicted = self._pending.pop(gate, None)
@@ -162,6 +159,14 @@ class PrefetchPolicy(CachePolicy):
             "false_negatives": self.fn,
             "prefetched": self.prefetched,
         }
+
+
+def fifo_ends(free_at: np.ndarray, duration: float, skip: int, n: int) -> np.ndarray:
+    """End times of the ``n`` transfers of ``duration`` queued FIFO on slots free at
+    ``free_at`` after ``skip`` others (each takes the slot that frees first)."""
+    per_slot = np.arange(1, skip + n + 1) * duration
+    candidates = np.sort((free_at[:, None] + per_slot[None, :]).ravel())
+    return candidates[skip : skip + n]
 
 
 def active_by_tokens(counts_row: np.ndarray) -> np.ndarray:

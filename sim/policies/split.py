@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.engine.cost import is_roofline
 from sim.engine.links import fifo_arrivals
 from sim.hardware import Hardware
 from sim.policies.base import GateDecision, GateView, Path, Policy, PolicyContext, register_policy
@@ -72,9 +73,17 @@ def seed_split_paths(
 ) -> np.ndarray:
     """The seed's split of the gate's *non-cached* experts: ``H = h_table[count]`` of them over
     PCIe (most tokens first, or lowest ids first), the rest on the MD path ``md``."""
-    paths = np.full(view.experts.size, md, dtype=np.int8)
-    misses = np.flatnonzero(~view.cached)
-    h = int(h_table[misses.size])
+    n = view.experts.size
+    paths = np.full(n, md, dtype=np.int8)
+    if view.cache_bytes == 0:  # nothing cached: every active expert is a candidate
+        h = int(h_table[n])
+        if order == "tokens":
+            paths[:h] = Path.PCIE
+            return paths
+        misses = np.arange(n)
+    else:
+        misses = np.flatnonzero(~view.cached)
+        h = int(h_table[misses.size])
     if h:
         if order == "id":
             misses = misses[np.argsort(view.experts[misses], kind="stable")]
@@ -205,7 +214,7 @@ def balanced_split_paths(
     hw, cost = ctx.hardware, ctx.cost
     md = md_path(hw)
     paths = np.full(view.experts.size, md, dtype=np.int8)
-    cand = np.flatnonzero(~view.cached)
+    cand = np.flatnonzero(~view.cached) if view.cache_bytes else np.arange(view.experts.size)
     n = cand.size
     if n == 0 or hw.placement == "md":
         return paths
@@ -215,17 +224,30 @@ def balanced_split_paths(
     s, layer, now = view.step, view.layer, view.now
     experts, tokens = view.experts[cand], view.tokens[cand]
     c = np.asarray(cost.gpu_compute_time(s, layer, experts, tokens), dtype=np.float64)
-    hit = np.flatnonzero(view.cached)
-    r_hit = np.maximum(view.ready_at[layer, view.experts[hit]] - now, 0.0)
-    c_hit = np.asarray(
-        cost.gpu_compute_time(s, layer, view.experts[hit], view.tokens[hit]), dtype=np.float64
-    )
+    # Hits already in HBM just keep the GPU busy first; hits still in flight need the general
+    # (sorting) evaluation.
+    busy, r_hit, c_hit = 0.0, np.empty(0), np.empty(0)
+    if view.cache_bytes:
+        hit = np.flatnonzero(view.cached)
+        if hit.size:
+            r_hit = np.maximum(view.ready_at[layer, view.experts[hit]] - now, 0.0)
+            c_hit = np.asarray(
+                cost.gpu_compute_time(s, layer, view.experts[hit], view.tokens[hit]), float
+            )
+            if not r_hit.any():
+                busy, r_hit, c_hit = float(c_hit.sum()), np.empty(0), np.empty(0)
     per_expert = hw.gpu.expert_start == "per-expert"
+    # with uniform transfer times FIFO arrivals ascend: the sort-free evaluations apply
+    fast = r_hit.size == 0 and is_roofline(cost, "transfer_time")
     a_pcie = _arrivals(view, ctx, "pcie", experts, n)
-    ks = np.arange(n + 1)
-    j = np.arange(n)
     if md == Path.MD_FETCH:
         a_md = _arrivals(view, ctx, "md_link", experts, n)
+        if fast:
+            ends, rank_pcie = _merged_ends(a_pcie, a_md, c, busy, per_expert)
+            k = int(np.argmin(ends))
+            paths[cand[rank_pcie[k, :k]]] = Path.PCIE
+            return paths
+        ks, j = np.arange(n + 1), np.arange(n)
         both = np.concatenate(
             [
                 np.where(j[None, :] < ks[:, None], a_pcie[None, :], np.inf),
@@ -239,34 +261,63 @@ def balanced_split_paths(
         k = int(np.argmin(ends))
         paths[cand[source[k] < n]] = Path.PCIE
         return paths
-    take = j[None, :] < ks[:, None]
-    gpu = gpu_end_estimates(
-        np.where(take, a_pcie[None, :], np.inf),
-        np.where(take, c[None, :], 0.0),
-        r_hit,
-        c_hit,
-        per_expert,
-    )
+
+    take = np.arange(n)[None, :] < np.arange(n + 1)[:, None]  # row k: the first k over PCIe
+    if fast:
+        gpu = _prefix_ends(a_pcie, c, busy, per_expert)
+    else:
+        ready = np.where(take, a_pcie[None, :], np.inf)
+        gpu = gpu_end_estimates(ready, np.where(take, c, 0.0), r_hit, c_hit, per_expert)
     near_c = np.asarray(cost.near_compute_time(s, layer, experts, tokens), dtype=np.float64)
-    rest = ~take
-    total = np.maximum(gpu, _near_end_estimates(view, ctx, experts, tokens, near_c, rest))
-    if np.ptp(c) > 0 and 0 < n <= exhaustive_limit:
-        subsets = ((np.arange(2**n)[:, None] >> j[None, :]) & 1).astype(bool)
+    total = np.maximum(gpu, _near_end_estimates(view, ctx, experts, tokens, near_c, ~take))
+    if np.ptp(c) > 0 and n <= exhaustive_limit:
+        subsets = ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
         rank = np.cumsum(subsets, axis=1) - 1
-        gpu = gpu_end_estimates(
-            np.where(subsets, a_pcie[rank], np.inf),
-            np.where(subsets, c[None, :], 0.0),
-            r_hit,
-            c_hit,
-            per_expert,
-        )
+        ready = np.where(subsets, a_pcie[rank], np.inf)
+        if busy:
+            r_hit, c_hit = np.zeros(1), np.array([busy])
+        gpu = gpu_end_estimates(ready, np.where(subsets, c, 0.0), r_hit, c_hit, per_expert)
         total = np.maximum(gpu, _near_end_estimates(view, ctx, experts, tokens, near_c, ~subsets))
-        best = subsets[int(np.argmin(total))]
-        paths[cand[best]] = Path.PCIE
+        paths[cand[subsets[int(np.argmin(total))]]] = Path.PCIE
         return paths
     k = int(np.argmin(total))
     paths[cand[:k]] = Path.PCIE
     return paths
+
+
+def _merged_ends(
+    a_pcie: np.ndarray, a_md: np.ndarray, c: np.ndarray, busy: float, per_expert: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """GPU end for every k (row k: the first k PCIe and first n - k MD arrivals, merged, the
+    i-th earliest computing candidate i), without sorting; and each row's merged position of
+    the PCIe arrivals. Both arrival arrays ascend; ties put PCIe first (as a stable merge)."""
+    n = c.size
+    ce = np.concatenate(([0.0], np.cumsum(c)))  # compute of the candidates before position m
+    total = float(ce[n])
+    k = np.arange(n + 1)[:, None]
+    i = np.arange(n)[None, :]
+    rank_pcie = i + np.minimum(np.searchsorted(a_md, a_pcie, side="left")[None, :], n - k)
+    if not per_expert:
+        last_pcie = np.where(k[:, 0] > 0, a_pcie[k[:, 0] - 1], 0.0)
+        last_md = np.where(k[:, 0] < n, a_md[n - k[:, 0] - 1], 0.0)
+        return np.maximum(np.maximum(last_pcie, last_md), 0.0) + busy + total, rank_pcie
+    rank_md = i + np.minimum(np.searchsorted(a_pcie, a_md, side="right")[None, :], k)
+    late_pcie = np.where(i < k, a_pcie[None, :] - ce[rank_pcie], -np.inf).max(axis=1)
+    late_md = np.where(i < n - k, a_md[None, :] - ce[rank_md], -np.inf).max(axis=1)
+    return total + np.maximum(np.maximum(late_pcie, late_md), busy), rank_pcie
+
+
+def _prefix_ends(a_pcie: np.ndarray, c: np.ndarray, busy: float, per_expert: bool) -> np.ndarray:
+    """GPU end for every k when the first k candidates (in order) arrive over PCIe (ascending)."""
+    ce = np.cumsum(c)
+    ends = np.empty(c.size + 1)
+    ends[0] = busy
+    if per_expert:
+        late = np.maximum.accumulate(a_pcie - (ce - c))
+        ends[1:] = ce + np.maximum(late, busy)
+    else:
+        ends[1:] = np.maximum(a_pcie, 0.0) + busy + ce
+    return ends
 
 
 def gpu_end_estimates(
@@ -296,9 +347,8 @@ def _arrivals(
 ) -> np.ndarray:
     """Arrival times (relative to the gate) of n transfers queued now on ``link``."""
     free = np.maximum(view.link_free_at[link] - view.now, 0.0)
-    uniform = getattr(ctx.cost, "uniform_transfer_time", None)
-    if uniform is not None:
-        durations: np.ndarray | float = float(uniform(link))
+    if is_roofline(ctx.cost, "transfer_time"):
+        durations: np.ndarray | float = float(ctx.cost.uniform_transfer_time(link))
     else:
         durations = np.asarray(ctx.cost.transfer_time(link, view.step, view.layer, experts), float)
     return fifo_arrivals(free, durations, n)
@@ -316,9 +366,8 @@ def _near_end_estimates(
     activations out, serial compute next to the pool, activations back."""
     free = np.maximum(view.link_free_at["md_link"] - view.now, 0.0).min()
     total_tokens = on_md @ tokens.astype(np.float64)
-    one_way = getattr(ctx.cost, "activation_one_way", None)
-    if one_way is not None:
-        half = np.asarray(one_way("md_link", total_tokens), dtype=np.float64)
+    if is_roofline(ctx.cost, "activation_time"):
+        half = np.asarray(ctx.cost.activation_one_way("md_link", total_tokens), dtype=np.float64)
     else:
         half = np.array(
             [

@@ -9,6 +9,8 @@ A figure whose input is missing is replaced by a note saying how to get it.
 from __future__ import annotations
 
 import io
+import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,11 @@ from sim.report.load import (
     StatsResults,
     SweepResults,
     Table,
+    bound_labels,
     find_key,
     load_results,
     plain_value,
+    read_json,
 )
 
 FORMATS = ("html", "png", "pdf")
@@ -73,18 +77,27 @@ def write_report(
     results = load_results(results_dir, timeline=timeline)
     content = build_content(results, window)
     out = Path(out_dir) if out_dir is not None else results.path
-    pngs = [F.render(f.figure, "png", dpi) for f in content.figures]
+    needs_png = {"html", "png"} & set(chosen)
+    pngs = [F.render(f.figure, "png", dpi) for f in content.figures] if needs_png else []
     written: dict[str, Path] = {}
     if "png" in chosen:
         for fig, png in zip(content.figures, pngs):
-            atomic.write_bytes(out / "figures" / f"{fig.name}.png", png)
+            _publish(out / "figures" / f"{fig.name}.png", png)
         written["png"] = out / "figures"
     if "pdf" in chosen:
-        written["pdf"] = atomic.write_bytes(out / "report.pdf", _pdf(content.figures))
+        written["pdf"] = _publish(out / "report.pdf", _pdf(content.figures))
     if "html" in chosen:
         blocks = [H.FigureBlock(f.title, f.caption, png) for f, png in zip(content.figures, pngs)]
-        written["html"] = atomic.write_text(out / "report.html", render_html(content, blocks))
+        html_text = render_html(content, blocks).encode("utf-8")
+        written["html"] = _publish(out / "report.html", html_text)
     return written.get("html") or written.get("pdf") or written["png"]
+
+
+def _publish(path: Path, data: bytes) -> Path:
+    """Atomic write, then ordinary read permissions (atomic temp files are private)."""
+    atomic.write_bytes(path, data)
+    os.chmod(path, 0o644)
+    return path
 
 
 def check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
@@ -144,28 +157,43 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
     out = _Collector()
     for k in topks:
         sfx, top = f"_top{k}", f" (top-{k})"
-        out.add(f"transfer_by_layer{sfx}", f"Per-layer transfer time by policy{top}",
-                "Mean per decode step of each link's transfer time per MoE layer, and the "
-                "layer's transfer window (first transfer start to last arrival). The panel "
-                "labels say whether link time comes from the timeline (busy time, union over "
-                "channels) or from bytes / link bandwidth.",
-                lambda k=k: F.transfer_time_by_layer(run, colours, k))  # fmt: skip
-        out.add(f"step_latency_cdf{sfx}", f"Step-latency distribution{top}",
-                "Share of decode steps finishing within a latency; p50 (circle) and p99 "
-                "(triangle) marked.",
-                lambda k=k: F.step_latency_cdf(run, colours, k))  # fmt: skip
-        out.add(f"link_timeline{sfx}", f"Link timeline{top}",
-                "PCIe and MD-link transfers and compute of the baseline and of the best online "
-                "policy (lowest mean step latency) over the chosen steps.",
-                lambda k=k: F.link_timeline(run, colours, k, window))  # fmt: skip
-        out.add(f"hit_rate{sfx}", f"HBM hit rate over steps{top}",
-                "Per decode step, experts found in HBM over active experts, for policies that "
-                "cache; offline bounds dashed.",
-                lambda k=k: F.hit_rate_over_steps(run, colours, k))  # fmt: skip
-    out.add("seed_view", "The seed's view",
-            "Expert_Activ, Expert_GPU and Expert_MD per layer and top-k from the run's seed-split "
-            "policy: active experts, GPU path (HBM hits + PCIe fetches), MD path.",
-            lambda: F.seed_view(F.gating_from_run(run), "per_layer.csv, seed-split"))  # fmt: skip
+        out.add(
+            f"transfer_by_layer{sfx}",
+            f"Per-layer transfer time by policy{top}",
+            "Mean per decode step of each link's transfer time per MoE layer, and the "
+            "layer's transfer window (first transfer start to last arrival). The panel "
+            "labels say whether link time comes from the timeline (busy time, union over "
+            "channels) or from bytes / link bandwidth.",
+            lambda k=k: F.transfer_time_by_layer(run, colours, k),
+        )
+        out.add(
+            f"step_latency_cdf{sfx}",
+            f"Step-latency distribution{top}",
+            "Share of decode steps finishing within a latency; p50 (circle) and p99 "
+            "(triangle) marked.",
+            lambda k=k: F.step_latency_cdf(run, colours, k),
+        )
+        out.add(
+            f"link_timeline{sfx}",
+            f"Link timeline{top}",
+            "PCIe and MD-link transfers and compute of the baseline and of the best online "
+            "policy (lowest mean step latency) over the chosen steps.",
+            lambda k=k: F.link_timeline(run, colours, k, window),
+        )
+        out.add(
+            f"hit_rate{sfx}",
+            f"HBM hit rate over steps{top}",
+            "Per decode step, experts found in HBM over active experts, for policies that "
+            "cache; offline bounds dashed.",
+            lambda k=k: F.hit_rate_over_steps(run, colours, k),
+        )
+    out.add(
+        "seed_view",
+        "The seed's view",
+        "Expert_Activ, Expert_GPU and Expert_MD per layer and top-k from the run's seed-split "
+        "policy: active experts, GPU path (HBM hits + PCIe fetches), MD path.",
+        lambda: F.seed_view(F.gating_from_run(run), "per_layer.csv, seed-split"),
+    )
     name = run.scenario.get("name") or run.path.name
     sections = (
         _scenario_section(run.scenario, "scenario.resolved.yaml"),
@@ -173,8 +201,9 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
         H.section("Comparison", _comparison_note(run), _summary_table(run)),
     )
     subtitle = f"Results: {run.path}"
-    return ReportContent(f"moesim report: {name}", subtitle, sections, tuple(out.figures),
-                         tuple(out.skipped))  # fmt: skip
+    return ReportContent(
+        f"moesim report: {name}", subtitle, sections, tuple(out.figures), tuple(out.skipped)
+    )
 
 
 SUMMARY_COLUMNS = (
@@ -228,24 +257,30 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
     colours = F.policy_colours((str(x) for x in table["label"]), sweep.baseline)
     topks = [int(k) for k in table.unique("topk")]
     out = _Collector()
-    for field in sweep.fields:
+    for field in sweep.axes:
         # A swept top-k is the x axis itself: do not also split by it.
         per_topk = [None] if _same_as_topk(table, field) or len(topks) == 1 else topks
         for k in per_topk:
             sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
-            out.add(f"speedup_vs_{_stem(field)}{sfx}", f"Speedup vs {field}{top}",
-                    "Mean step-latency speedup over the baseline, one line per policy; where "
-                    "other fields vary too, the line is their mean and the band their range.",
-                    lambda f=field, k=k: F.speedup_vs_field(sweep, f, colours, k))  # fmt: skip
-    if len(sweep.fields) >= 2:
-        x_field, y_field = sweep.fields[:2]
+            out.add(
+                f"speedup_vs_{_stem(field)}{sfx}",
+                f"Speedup vs {field}{top}",
+                "Mean step-latency speedup over the baseline, one line per policy; where "
+                "other fields vary too, the line is their mean and the band their range.",
+                lambda f=field, k=k: F.speedup_vs_field(sweep, f, colours, k),
+            )
+    if len(sweep.axes) >= 2:
+        x_field, y_field = sweep.axes[:2]
         for k in [None] if len(topks) == 1 else topks:
             sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
-            out.add(f"speedup_heatmap{sfx}", f"Speedup over {x_field} × {y_field}{top}",
-                    "Speedup over the baseline of the best online policy in each cell (its "
-                    "label written in the cell), mean over any other swept fields.",
-                    lambda k=k: F.speedup_heatmap(sweep, x_field, y_field, k))  # fmt: skip
-    elif not sweep.fields:
+            out.add(
+                f"speedup_heatmap{sfx}",
+                f"Speedup over {x_field} × {y_field}{top}",
+                "Speedup over the baseline of the best online policy in each cell (its "
+                "label written in the cell), mean over any other swept fields.",
+                lambda k=k: F.speedup_heatmap(sweep, x_field, y_field, k),
+            )
+    elif not sweep.axes:
         out.skipped.append("Sweep figures: sweep.csv names no swept field (no dotted column).")
     trace_path = sweep.path / "trace.json"
     trace = _maybe_json(trace_path)
@@ -257,56 +292,54 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
             H.note(
                 f"Swept fields: {', '.join(sweep.fields) or 'none found'}. Per policy and top-k: "
                 f"speedup over the baseline ({sweep.baseline or 'unknown'}) across the sweep's "
-                "points, and in how many points it was the best online policy."
+                "rows, and in how many sweep cells it was the fastest online policy."
             ),
             H.data_table(sweep_summary(sweep), SWEEP_SUMMARY_COLUMNS),
         ),
     )
-    name = sweep.resolved.get("name") or sweep.path.name
-    return ReportContent(f"moesim sweep report: {name}", f"Results: {sweep.path}",
-                         tuple(s for s in sections if s), tuple(out.figures),
-                         tuple(out.skipped))  # fmt: skip
+    name = find_key(sweep.resolved, "name") or sweep.path.name
+    return ReportContent(
+        f"moesim sweep report: {name}",
+        f"Results: {sweep.path}",
+        tuple(s for s in sections if s),
+        tuple(out.figures),
+        tuple(out.skipped),
+    )
 
 
 SWEEP_SUMMARY_COLUMNS = (
     H.Column("topk", "top-k"),
     H.Column("label", "label"),
-    H.Column("rows", "points"),
+    H.Column("rows", "rows"),
     H.Column("mean", "mean speedup (×)", 1.0, "{:.3f}"),
     H.Column("min", "min (×)", 1.0, "{:.3f}"),
     H.Column("max", "max (×)", 1.0, "{:.3f}"),
-    H.Column("wins", "best in points"),
+    H.Column("wins", "fastest online in cells"),
 )
 
 
 def sweep_summary(sweep: SweepResults) -> Table:
-    """Per (top-k, label): row count, mean/min/max speedup and wins (points where it is the
-    best online policy)."""
+    """Per (top-k, label): rows, mean/min/max speedup, and wins: in how many sweep cells (one
+    value of every swept field but ``policies``, one seed, one top-k) it was the fastest online
+    policy."""
     table = sweep.table
     stats = F.grouped_speedup(table, ("topk", "label"))
     keys = sorted(stats, key=lambda kl: (kl[0], kl[1] != sweep.baseline, str(kl[1])))
-    rows = {(plain_value(k), str(lb)): 0 for k, lb in zip(table["topk"], table["label"])}
-    counts = dict.fromkeys(rows, 0)
-    for k, lb in zip(table["topk"], table["label"]):
-        counts[plain_value(k), str(lb)] += 1
-    wins = dict.fromkeys(rows, 0)
-    if "point" in table:
-        excluded = {sweep.baseline}
-        if "is_bound" in table:
-            excluded |= {str(x) for x in table["label"][table["is_bound"].astype(bool)]}
-        best: dict[tuple[Any, Any], tuple[float, str]] = {}
-        for p, k, lb, s in zip(table["point"], table["topk"], table["label"], table["speedup"]):
-            if str(lb) not in excluded and np.isfinite(s):
-                key = (plain_value(p), plain_value(k))
-                if key not in best or s > best[key][0]:
-                    best[key] = (float(s), str(lb))
-        for (_, k), (_, lb) in best.items():
-            wins[k, lb] += 1
+    excluded = {sweep.baseline} | {str(x) for x in bound_labels(table)}
+    cell_columns = [c for c in (*sweep.axes, "seed", "topk") if c in table]
+    best: dict[tuple[Any, ...], tuple[float, str]] = {}
+    for i, (label, speedup) in enumerate(zip(table["label"], table["speedup"])):
+        if str(label) not in excluded and np.isfinite(speedup):
+            cell = tuple(plain_value(table[c][i]) for c in cell_columns)
+            if cell not in best or speedup > best[cell][0]:
+                best[cell] = (float(speedup), str(label))
+    topk_at = cell_columns.index("topk")
+    wins = Counter((cell[topk_at], label) for cell, (_, label) in best.items())
     return Table(
         {
             "topk": np.array([k for k, _ in keys], dtype=np.float64),
             "label": np.array([str(lb) for _, lb in keys], dtype=object),
-            "rows": np.array([counts[k, str(lb)] for k, lb in keys], dtype=np.float64),
+            "rows": np.array([stats[key][3] for key in keys], dtype=np.float64),
             "mean": np.array([stats[key][0] for key in keys]),
             "min": np.array([stats[key][1] for key in keys]),
             "max": np.array([stats[key][2] for key in keys]),
@@ -326,8 +359,6 @@ def _stem(field: str) -> str:
 
 
 def _maybe_json(path: Path) -> dict[str, Any] | None:
-    from sim.report.load import read_json
-
     if not path.is_file():
         return None
     data = read_json(path)
@@ -364,18 +395,26 @@ def gating_summary(gating: Table) -> Table:
 
 def _stats_content(stats: StatsResults) -> ReportContent:
     out = _Collector()
-    out.add("seed_view", "The seed's view",
-            "Mean over positions of Expert_Activ, Expert_GPU and Expert_MD per layer and top-k, "
-            "from trace stats (gating.csv).",
-            lambda: F.seed_view(stats.gating, "gating.csv"))  # fmt: skip
+    out.add(
+        "seed_view",
+        "The seed's view",
+        "Mean over positions of Expert_Activ, Expert_GPU and Expert_MD per layer and top-k, "
+        "from trace stats (gating.csv).",
+        lambda: F.seed_view(stats.gating, "gating.csv"),
+    )
     sections = (
         _provenance_section(stats.meta, "meta.json"),
         H.section(
             "Gating counts", H.data_table(gating_summary(stats.gating), GATING_SUMMARY_COLUMNS)
         ),
     )
-    return ReportContent("moesim trace-stats report", f"Results: {stats.path}", sections,
-                         tuple(out.figures), tuple(out.skipped))  # fmt: skip
+    return ReportContent(
+        "moesim trace-stats report",
+        f"Results: {stats.path}",
+        sections,
+        tuple(out.figures),
+        tuple(out.skipped),
+    )
 
 
 # -- shared sections ---------------------------------------------------------------------------
@@ -387,12 +426,37 @@ def _scenario_section(scenario: dict[str, Any], source: str) -> str:
         for key in ("name", "baseline", "seed", "topk", "layout", "md_mode", "placement")
         if (value := find_key(scenario, key)) is not None and not isinstance(value, dict)
     ]
-    policies = scenario.get("policies")
+    policies = find_key(scenario, "policies")
     if isinstance(policies, list):
         facts.append(("policies", [_policy_name(p) for p in policies]))
+    hardware = find_key(scenario, "hardware")
+    for path in SCENARIO_HARDWARE_FACTS:
+        value = _dotted(hardware, path)
+        if value is not None and not isinstance(value, dict | list):
+            facts.append((f"hardware.{path}", value))
     return H.section(
         "Scenario", H.key_values(facts), H.yaml_block(scenario, f"Full {source} (every default)")
     )
+
+
+SCENARIO_HARDWARE_FACTS = (
+    "preset",
+    "hbm.capacity",
+    "links.pcie.bandwidth",
+    "links.pcie.latency",
+    "links.pcie.channels",
+    "links.md_link.bandwidth",
+    "links.md_link.latency",
+    "links.md_link.channels",
+)
+
+
+def _dotted(data: Any, path: str) -> Any:
+    for part in path.split("."):
+        if not isinstance(data, dict):
+            return None
+        data = data.get(part)
+    return data
 
 
 def _policy_name(spec: Any) -> str:

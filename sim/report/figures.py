@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import io
+import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, ParamSpec
 
@@ -20,7 +22,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 from sim.errors import UserError
 from sim.report.load import (
@@ -28,10 +30,11 @@ from sim.report.load import (
     SweepResults,
     Table,
     TimelineEvents,
+    bound_labels,
     find_key,
     plain_value,
 )
-from sim.units import parse_bandwidth
+from sim.units import parse_bandwidth, parse_duration, parse_size
 
 MS = 1e3  # seconds -> milliseconds
 MB = 1e-6  # bytes -> MB
@@ -66,7 +69,7 @@ KIND_COLOURS = {
 }
 SEED_SERIES = (
     ("expert_activ", "Expert_Activ", "#4d4d4d"),
-    ("expert_gpu", "Expert_GPU (PCIe path)", "#1f77b4"),
+    ("expert_gpu", "Expert_GPU (GPU path)", "#1f77b4"),
     ("expert_md", "Expert_MD (MD path)", "#ff7f0e"),
 )
 LINKS = (("pcie", "PCIe", "bytes_pcie"), ("md_link", "MD link", "bytes_md"))
@@ -126,10 +129,12 @@ def policy_colours(labels: Iterable[str], baseline: str | None) -> dict[str, str
     return colours
 
 
-def _figure_legend(fig: Figure, ax: Any, title: str | None) -> None:
-    """One legend for all panels, below them, so that it never hides a bar."""
+def _figure_legend(fig: Figure, ax: Any, title: str | None, columns: int = 6) -> None:
+    """One legend for all panels, below them, so that it never hides data."""
     handles, names = ax.get_legend_handles_labels()
-    fig.legend(handles, names, title=title, loc="outside lower center", ncols=min(len(names), 6))
+    fig.legend(
+        handles, names, title=title, loc="outside lower center", ncols=min(len(names), columns)
+    )
 
 
 def _colour(colours: Mapping[str, str], label: str) -> str:
@@ -318,8 +323,10 @@ def step_latency_cdf(
     if run.per_step is None:
         raise NoData("no per_step.csv in the results directory")
     labels = _ordered(_labels(run.per_step, topk), run.baseline)
-    fig = _figure(7.5, 4.5)
+    bounds = run.bound_labels()
+    fig = _figure(7.5, 5.0)
     ax = fig.subplots()
+    low, high = np.inf, 0.0
     for label in labels:
         rows = run.per_step.where(label=label)
         if topk is not None:
@@ -327,17 +334,28 @@ def step_latency_cdf(
         latency = np.sort(rows["latency"]) * MS
         share = np.arange(1, len(latency) + 1) / len(latency)
         p50, p99 = np.percentile(latency, [50, 99])
-        colour = _colour(colours, label)
-        ax.step(latency, share, where="post", color=colour, linewidth=1.6,
-                label=f"{label} (p50 {p50:.3g} ms, p99 {p99:.3g} ms)")  # fmt: skip
+        colour, bound = _colour(colours, label), label in bounds
+        low, high = min(low, latency[0]), max(high, latency[-1])
+        ax.step(
+            latency,
+            share,
+            where="post",
+            color=colour,
+            linewidth=1.6,
+            linestyle="--" if bound else "-",
+            label=f"{label}{' (offline bound)' if bound else ''}: "
+            f"p50 {p50:.3g} ms, p99 {p99:.3g} ms",
+        )
         ax.plot([p50], [0.5], "o", color=colour, markersize=6, gid=f"p50:{label}")
         ax.plot([p99], [0.99], "^", color=colour, markersize=7, gid=f"p99:{label}")
-    handles, names = ax.get_legend_handles_labels()
     for marker, name in (("o", "p50"), ("^", "p99")):
-        handles.append(Line2D([], [], marker=marker, color="black", linestyle=""))
-        names.append(name)
-    ax.legend(handles, names, title="policy", loc="lower right")
-    ax.set_xlabel("step latency (ms)")
+        ax.add_line(Line2D([], [], marker=marker, color="black", linestyle="", label=name))
+    _figure_legend(fig, ax, "policy", columns=2)
+    if low > 0 and high / low >= 10:  # policies an order of magnitude apart: log axis
+        ax.set_xscale("log")
+        ax.set_xlabel("step latency (ms, log scale)")
+    else:
+        ax.set_xlabel("step latency (ms)")
     ax.set_ylabel("share of steps ≤ latency")
     ax.set_ylim(0, 1.02)
     ax.set_title(f"Step-latency distribution by policy{_topk_title(topk)}")
@@ -370,8 +388,9 @@ def _bars_collection(rows: np.ndarray, start: np.ndarray, end: np.ndarray, kind:
     lo, hi = rows - 0.35, rows + 0.35
     verts = np.stack([np.c_[start, lo], np.c_[start, hi], np.c_[end, hi], np.c_[end, lo]], axis=1)
     face = np.array(to_rgb(KIND_COLOURS.get(kind, "#bcbd22")))
-    return PolyCollection(verts, facecolors=[face], edgecolors=[face * 0.55], linewidths=0.3,
-                          label=kind, gid=kind)  # fmt: skip
+    return PolyCollection(
+        verts, facecolors=[face], edgecolors=[face * 0.55], linewidths=0.3, label=kind, gid=kind
+    )
 
 
 @_styled
@@ -385,8 +404,9 @@ def link_timeline(
     baseline and the best online policy side by side, time from the window's first event."""
     if run.timeline is None:
         raise NoData(
-            "no timeline.json: rerun with `moesim run SCENARIO --timeline DIR/timeline.json` "
-            "(or pass `moesim report DIR --timeline FILE`) to see the link timeline"
+            "no timeline.json in the results directory: rerun with `moesim run SCENARIO "
+            "--timeline FILE.json` (the results directory then keeps a copy as timeline.json), "
+            "or point the report at a trace-event file with `moesim report DIR --timeline FILE`"
         )
     baseline = run.baseline
     labels = [x for x in (baseline, best_label(run.summary, baseline, topk)) if x is not None]
@@ -408,8 +428,9 @@ def link_timeline(
         for kind in sorted(set(ev.kind), key=lambda k: (k not in KIND_COLOURS, k)):
             part = ev.rows(ev.kind == kind)
             rows = np.array([row_of[str(r)] for r in part.resource], dtype=np.float64)
-            ax.add_collection(_bars_collection(rows, (part.start - origin) * MS,
-                                               (part.end - origin) * MS, kind))  # fmt: skip
+            ax.add_collection(
+                _bars_collection(rows, (part.start - origin) * MS, (part.end - origin) * MS, kind)
+            )
         role = "baseline" if label == baseline else "best policy"
         ax.set_title(f"{role}: {label}", color=_colour(colours, label), pad=14)
         ax.set_xlabel(f"time since step {lo} start (ms)")
@@ -417,17 +438,24 @@ def link_timeline(
             first = ev.start[ev.step == step]
             if len(first):
                 ax.axvline((first.min() - origin) * MS, color="black", linewidth=0.6, linestyle=":")
-                ax.annotate(f"step {step}", ((first.min() - origin) * MS, 1.0),
-                            xycoords=("data", "axes fraction"), fontsize=7, va="bottom")  # fmt: skip
+                ax.annotate(
+                    f"step {step}",
+                    ((first.min() - origin) * MS, 1.0),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=7,
+                    va="bottom",
+                )
     if not drawn:
-        raise NoData(f"timeline.json has no events in steps {lo}..{hi - 1}")
+        have = f"steps {steps.min()}..{steps.max()}" if len(steps) else "no steps"
+        raise NoData(f"the timeline has no events in steps {lo}..{hi - 1} (it has {have})")
     for ax in axes:
         ax.autoscale_view()
     _figure_legend(fig, axes[0], "event")
     axes[0].set_yticks(range(len(resources)), resources)
     axes[0].set_ylim(len(resources) - 0.5, -0.5)
     axes[0].set_ylabel("resource")
-    fig.suptitle(f"Link timeline, steps {lo}..{hi - 1}{_topk_title(topk)}")
+    steps_text = f"step {lo}" if hi == lo + 1 else f"steps {lo}..{hi - 1}"
+    fig.suptitle(f"Link timeline, {steps_text}{_topk_title(topk)}")
     return fig
 
 
@@ -462,9 +490,14 @@ def hit_rate_over_steps(
     for label in labels:
         steps, rate = step_hit_rate(rows.where(label=label))
         bound = label in bounds
-        ax.plot(steps, rate * 100, color=_colour(colours, label), linewidth=1.2,
-                linestyle="--" if bound else "-",
-                label=f"{label} (offline bound)" if bound else label)  # fmt: skip
+        ax.plot(
+            steps,
+            rate * 100,
+            color=_colour(colours, label),
+            linewidth=1.2,
+            linestyle="--" if bound else "-",
+            label=f"{label} (offline bound)" if bound else label,
+        )
     ax.set_xlabel("decode step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("HBM hits / active experts (%)")
@@ -532,18 +565,44 @@ def seed_view(gating: Table, source: str) -> Figure:
 
 
 # -- sweeps ------------------------------------------------------------------------------------
-_FIELD_UNITS = (("bandwidth", 1e-9, "GB/s"), ("capacity", 2.0**-30, "GiB"), ("latency", 1e6, "µs"))
+_FIELD_UNITS = (("bandwidth", 1e-9, "GB/s"), ("capacity", 1e-9, "GB"), ("latency", 1e6, "µs"))
+_QUANTITIES = (
+    (parse_bandwidth, 1e-9, "GB/s"),
+    (parse_size, 1e-9, "GB"),
+    (parse_duration, 1e6, "µs"),
+)
 
 
-def field_axis(field: str, values: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """Numeric axis values (scaled to a readable unit) and the axis label, or ``None`` for a
-    categorical field."""
-    if values.dtype.kind not in "fiu":
-        return None, field
-    for suffix, scale, unit in _FIELD_UNITS:
-        if field.endswith(suffix):
-            return values * scale, f"{field} ({unit})"
-    return values.astype(np.float64), field
+def field_axis(field: str, values: Sequence[Any]) -> tuple[np.ndarray | None, str]:
+    """Numeric axis values in a readable unit and the axis label, or ``None`` for a categorical
+    field. Swept values are SI numbers or written with units (``64 GB/s``) as in the YAML."""
+    array = np.asarray(values)
+    if array.dtype.kind in "fiu":
+        for suffix, scale, unit in _FIELD_UNITS:
+            if field.endswith(suffix):
+                return array * scale, f"{field} ({unit})"
+        return array.astype(np.float64), field
+    for parse, scale, unit in _QUANTITIES:
+        try:
+            return np.array([parse(v, field) * scale for v in values]), f"{field} ({unit})"
+        except UserError:
+            continue
+    return None, field
+
+
+def axis_order(field: str, values: Iterable[Any]) -> list[Any]:
+    """Distinct swept values in axis order: by quantity when they are numbers or quantities,
+    else by their leading number (``16 experts`` before ``64 experts``), then as text."""
+    distinct = list(dict.fromkeys(values))
+    numeric, _ = field_axis(field, distinct)
+    if numeric is not None:
+        return [distinct[i] for i in np.argsort(numeric, kind="stable")]
+    return sorted(distinct, key=_natural_key)
+
+
+def _natural_key(value: Any) -> tuple[float, str]:
+    match = re.match(r"\s*([-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?)", str(value))
+    return (float(match.group(1)) if match else math.inf, str(value))
 
 
 def _sweep_rows(sweep: SweepResults, topk: int | None) -> Table:
@@ -553,14 +612,11 @@ def _sweep_rows(sweep: SweepResults, topk: int | None) -> Table:
     return rows
 
 
-def _sort_key(value: Any) -> tuple[bool, Any]:
-    return (isinstance(value, str), value)
-
-
 def grouped_speedup(
     rows: Table, by: Sequence[str]
-) -> dict[tuple[Any, ...], tuple[float, float, float]]:
-    """Mean, min and max speedup (NaN cells ignored) for each distinct combination of ``by``."""
+) -> dict[tuple[Any, ...], tuple[float, float, float, int]]:
+    """Mean, min and max speedup (NaN cells ignored) and row count for each distinct
+    combination of the ``by`` columns."""
     uniques, codes = [], []
     for name in by:
         values, inverse = np.unique(rows[name], return_inverse=True)
@@ -572,6 +628,7 @@ def grouped_speedup(
     speedup = np.asarray(rows["speedup"], dtype=np.float64)
     ok = ~np.isnan(speedup)
     counts = np.bincount(group[ok], minlength=len(keys))
+    rows_per_key = np.bincount(group, minlength=len(keys))
     sums = np.bincount(group[ok], weights=speedup[ok], minlength=len(keys))
     low, high = np.full(len(keys), np.inf), np.full(len(keys), -np.inf)
     np.minimum.at(low, group[ok], speedup[ok])
@@ -579,7 +636,8 @@ def grouped_speedup(
     result = {}
     for g, flat in enumerate(keys):
         key = tuple(plain_value(u[i]) for u, i in zip(uniques, np.unravel_index(flat, dims)))
-        result[key] = (sums[g] / counts[g], low[g], high[g]) if counts[g] else (np.nan,) * 3
+        mean, lo, hi = (sums[g] / counts[g], low[g], high[g]) if counts[g] else (np.nan,) * 3
+        result[key] = (mean, lo, hi, int(rows_per_key[g]))
     return result
 
 
@@ -593,8 +651,9 @@ def speedup_vs_field(
     if field not in rows:
         raise UserError(f"{sweep.table.source}: expected a swept column {field!r}, got none")
     stats = grouped_speedup(rows, ("label", field))
-    xs = sorted({x for _, x in stats}, key=_sort_key)
-    numeric, xlabel = field_axis(field, np.array(xs))
+    bounds = bound_labels(rows)
+    xs = axis_order(field, (x for _, x in stats))
+    numeric, xlabel = field_axis(field, xs)
     position = dict(zip(xs, numeric if numeric is not None else np.arange(len(xs))))
     fig = _figure(7.5, 4.5)
     ax = fig.subplots()
@@ -602,19 +661,28 @@ def speedup_vs_field(
         mine = [x for x in xs if (label, x) in stats]
         mean, low, high = (np.array([stats[label, x][i] for x in mine]) for i in range(3))
         where = np.array([position[x] for x in mine], dtype=np.float64)
-        colour = _colour(colours, label)
-        ax.plot(where, mean, marker="o", color=colour, label=label)
+        colour, bound = _colour(colours, label), label in bounds
+        ax.plot(
+            where,
+            mean,
+            marker="o",
+            color=colour,
+            linestyle="--" if bound else "-",
+            label=f"{label} (offline bound)" if bound else label,
+        )
         if np.any(high > low):
             ax.fill_between(where, low, high, color=colour, alpha=0.15, linewidth=0)
     if numeric is None:
         ax.set_xticks(range(len(xs)), [str(x) for x in xs])
     elif numeric.min() > 0 and numeric.max() / numeric.min() >= 8:
         ax.set_xscale("log", base=2)
+        ax.set_xticks(numeric, [f"{v:.4g}" for v in numeric])
+        ax.xaxis.set_minor_locator(NullLocator())
     ax.axhline(1.0, color=BASELINE_COLOUR, linewidth=0.8, linestyle=":")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("speedup over baseline (×, mean step)")
     ax.legend(title="policy", loc="best")
-    others = [f for f in sweep.fields if f != field]
+    others = [f for f in sweep.axes if f != field]
     note = f"\n(mean over {', '.join(others)}; band: min..max)" if others else ""
     ax.set_title(f"Speedup vs {field}{_topk_title(topk)}{note}")
     return fig
@@ -626,12 +694,12 @@ def speedup_grid(
     """Mean speedup per (x, y) cell: of ``policy``, or of the best label per cell (labels in
     ``exclude`` never win) when ``policy`` is None. Returns xs, ys, values[y, x], winners."""
     stats = grouped_speedup(rows, ("label", x_field, y_field))
-    xs = sorted({x for _, x, _ in stats}, key=_sort_key)
-    ys = sorted({y for _, _, y in stats}, key=_sort_key)
+    xs = axis_order(x_field, (x for _, x, _ in stats))
+    ys = axis_order(y_field, (y for _, _, y in stats))
     values = np.full((len(ys), len(xs)), np.nan)
     winners = [["" for _ in xs] for _ in ys]
     col, row = {x: j for j, x in enumerate(xs)}, {y: i for i, y in enumerate(ys)}
-    for (label, x, y), (mean, _, _) in sorted(stats.items(), key=lambda kv: str(kv[0][0])):
+    for (label, x, y), (mean, *_) in sorted(stats.items(), key=lambda kv: str(kv[0][0])):
         if (label != policy if policy is not None else str(label) in exclude) or np.isnan(mean):
             continue
         i, j = row[y], col[x]
@@ -654,9 +722,7 @@ def speedup_heatmap(
     for field in (x_field, y_field):
         if field not in rows:
             raise UserError(f"{sweep.table.source}: expected a swept column {field!r}, got none")
-    exclude = {sweep.baseline} if sweep.baseline else set()
-    if "is_bound" in rows:
-        exclude |= {str(x) for x in rows["label"][rows["is_bound"].astype(bool)]}
+    exclude = ({sweep.baseline} if sweep.baseline else set()) | bound_labels(rows)
     xs, ys, values, winners = speedup_grid(rows, x_field, y_field, policy, exclude)
     if not np.isfinite(values).any():
         raise NoData(f"no speedup values for {policy or 'any online policy'} in sweep.csv")
@@ -665,8 +731,8 @@ def speedup_heatmap(
     ax.grid(False)
     image = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis")
     fig.colorbar(image, ax=ax, label="speedup over baseline (×)")
-    x_num, x_label = field_axis(x_field, np.array(xs))
-    y_num, y_label = field_axis(y_field, np.array(ys))
+    x_num, x_label = field_axis(x_field, xs)
+    y_num, y_label = field_axis(y_field, ys)
     ax.set_xticks(range(len(xs)), _tick_text(xs, x_num))
     ax.set_yticks(range(len(ys)), _tick_text(ys, y_num))
     ax.set_xlabel(x_label)
@@ -677,8 +743,15 @@ def speedup_heatmap(
         for j in range(len(xs)):
             if np.isfinite(values[i, j]):
                 text = f"{values[i, j]:.2f}×" + ("" if policy else f"\n{winners[i][j]}")
-                ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                        color="white" if values[i, j] < middle else "black")  # fmt: skip
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if values[i, j] < middle else "black",
+                )
     who = policy if policy else "the best online policy per cell"
     ax.set_title(f"Speedup of {who}{_topk_title(topk)}")
     return fig

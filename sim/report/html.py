@@ -40,6 +40,9 @@ code { background: #f3f3f3; padding: 0 0.2rem; }
 """
 
 
+LONG_LIST = 16  # longer lists of facts are shown as their ends and their length
+
+
 @dataclass(frozen=True)
 class FigureBlock:
     """A rendered figure for the page."""
@@ -86,6 +89,9 @@ def key_values(pairs: Sequence[tuple[str, Any]]) -> str:
 
 def _fact(value: Any) -> str:
     if isinstance(value, list | tuple):
+        if len(value) > LONG_LIST:
+            head, tail = ", ".join(map(str, value[:8])), ", ".join(map(str, value[-3:]))
+            return f"{head}, ..., {tail} ({len(value)} values)"
         return ", ".join(str(v) for v in value) if value else "(none)"
     if isinstance(value, Mapping):
         return yaml.safe_dump(dict(value), default_flow_style=True, sort_keys=False).strip()

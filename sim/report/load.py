@@ -167,9 +167,7 @@ class RunResults:
         return str(name) if name is not None else None
 
     def bound_labels(self) -> set[str]:
-        if "is_bound" not in self.summary:
-            return set()
-        return {str(v) for v in self.summary["label"][self.summary["is_bound"].astype(bool)]}
+        return bound_labels(self.summary)
 
 
 @dataclass(frozen=True)
@@ -181,6 +179,11 @@ class SweepResults:
     fields: tuple[str, ...]  # the swept fields (dotted paths), in column order
     resolved: dict[str, Any]
     baseline: str | None
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """The swept fields to plot against: ``policies`` is already the label column."""
+        return tuple(f for f in self.fields if f != "policies")
 
 
 @dataclass(frozen=True)
@@ -386,7 +389,8 @@ def load_sweep(root: Path) -> SweepResults:
     resolved_path = root / "sweep.resolved.yaml"
     resolved = read_yaml(resolved_path) if resolved_path.is_file() else {}
     fields = swept_fields(table, resolved)
-    baseline = resolved.get("baseline")
+    scenario = resolved.get("scenario")
+    baseline = scenario.get("baseline") if isinstance(scenario, Mapping) else None
     if "is_baseline" in table:
         flagged = table["label"][table["is_baseline"].astype(bool)]
         baseline = str(flagged[0]) if len(flagged) else baseline
@@ -395,15 +399,16 @@ def load_sweep(root: Path) -> SweepResults:
 
 
 def swept_fields(table: Table, resolved: Mapping[str, Any]) -> tuple[str, ...]:
-    """The swept fields: columns named in the resolved sweep block, else dotted result-free ones."""
+    """The swept fields: columns named in the resolved ``sweep:`` block's grid and zip groups,
+    else the dotted columns that are not results."""
     block = resolved.get("sweep")
     named: set[str] = set()
     if isinstance(block, Mapping):
-        for key in ("grid", "zip"):
-            part = block.get(key)
-            if isinstance(part, Mapping):
-                named |= {str(k) for k in part}
-        named |= {str(k) for k in block if "." in str(k)}
+        grid, zips = block.get("grid"), block.get("zip")
+        groups = [grid, *(zips if isinstance(zips, list) else [zips])]
+        for group in groups:
+            if isinstance(group, Mapping):
+                named |= {str(k) for k in group}
     if named & set(table.names):
         return tuple(c for c in table.names if c in named)
     return tuple(c for c in table.names if "." in c and c not in SWEEP_RESULT_COLUMNS)
@@ -438,6 +443,13 @@ def load_stats(root: Path) -> StatsResults:
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     return StatsResults(root, gating, meta)
+
+
+def bound_labels(table: Table) -> set[str]:
+    """Labels flagged ``is_bound`` (offline bounds) in a summary or sweep table."""
+    if "is_bound" not in table:
+        return set()
+    return {str(x) for x in table["label"][table["is_bound"].astype(bool)]}
 
 
 def find_key(data: Any, key: str) -> Any:

@@ -623,6 +623,15 @@ def load_scenario_trace(scenario: Scenario) -> RoutingTrace:
             num_experts=spec.num_experts,
             k=spec.k,
         )
+    try:
+        return _checked_trace(scenario, trace)
+    except UserError as err:
+        raise UserError(f"{err} ({scenario.source})" if scenario.source else str(err)) from None
+
+
+def _checked_trace(scenario: Scenario, trace: RoutingTrace) -> RoutingTrace:
+    """The sequence selection applied; model and top-k checked against the trace."""
+    spec = scenario.trace
     if spec.seqs is not None:
         bad = [s for s in spec.seqs if s >= trace.num_seqs]
         if bad:

@@ -28,6 +28,7 @@ import sim
 from sim import atomic
 from sim.engine.results import PER_LAYER_COLUMNS, PER_STEP_COLUMNS, RunResult
 from sim.errors import UserError
+from sim.policies.bounds import gap_closed
 from sim.scenario.build import Scenario, load_scenario_trace
 from sim.trace.routing import RoutingTrace
 
@@ -161,22 +162,6 @@ def _extra(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k not in SUMMARY_COLUMNS}
 
 
-def gap_closed(baseline: float, value: float, best_bound: float) -> float | None:
-    """Share of the baseline-to-best-bound gap that ``value`` closes; None when the gap is 0.
-
-    Uses `sim.policies.bounds.gap_closed` when it exists (the policies' definition wins)."""
-    try:
-        from sim.policies.bounds import gap_closed as bounds_gap_closed
-    except ImportError:
-        bounds_gap_closed = None
-    if bounds_gap_closed is not None:
-        return bounds_gap_closed(baseline, value, best_bound)
-    gap = baseline - best_bound
-    if not gap > 0:
-        return None
-    return (baseline - value) / gap
-
-
 def _scalar(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -293,7 +278,12 @@ def _write_files(
     if any(r.timeline for r in results):
         from sim.engine.timeline import write_chrome_trace
 
-        write_chrome_trace(root / "timeline.json", results)
+        many_k = len({getattr(r, "topk", 0) for r in results}) > 1
+        runs = [
+            dataclasses.replace(r, label=f"{r.label} top-{getattr(r, 'topk', '')}") if many_k else r
+            for r in results
+        ]
+        write_chrome_trace(root / "timeline.json", runs)
     for path in root.iterdir():
         os.chmod(path, 0o644)  # atomic temp files are private; results are ordinary files
 

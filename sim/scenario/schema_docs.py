@@ -84,6 +84,7 @@ moesim presets hardware                                # the named hardware pres
   its own `preset` starts afresh from that preset. `model` defaults to the `flame-moe-290m`
   preset; fields given under `model` override it.
 - **Shorthands:** `trace: embedded` or `trace: /path/to/dump`; `hardware: notebook-gbps`;
+  `model: mixtral-8x7b`;
   a link or GPU as a bare preset name (`pcie: pcie5-x16`); a policy as a bare name
   (`- lru`); `routing: {topk: 6}`.
 - **Baseline.** `baseline` is a policy *label*; when it is the default `seed-split` and no
@@ -116,8 +117,8 @@ Times are seconds, sizes bytes, in full float precision.
 EXAMPLE_TITLE = "## Worked example: `scenarios/default.yaml`"
 
 
-def _type_name(annotation: Any) -> str:
-    unit = unit_of(annotation)
+def _type_name(annotation: Any, metadata: Any = ()) -> str:
+    unit = unit_of(annotation, metadata)
     if unit is not None:
         example = QUANTITIES[unit.kind].example
         text = f"{unit.kind} (`{example}`)"
@@ -168,7 +169,7 @@ def schema_markdown(example: str = "") -> str:
         for name, info in model.model_fields.items():
             meaning = (info.description or "").replace("|", "\\|")
             parts.append(
-                f"| `{name}` | {_type_name(info.annotation)} | {_default(info)} | {meaning} |"
+                f"| `{name}` | {_type_name(info.annotation, info.metadata)} | {_default(info)} | {meaning} |"
             )
         parts.append("")
     if example:

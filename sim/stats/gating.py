@@ -61,8 +61,10 @@ def gpu_share(
     """
     _check_constants(bw_pcie, bw_md, alpha, rounding)
     activ = np.asarray(expert_activ)
-    if activ.dtype.kind not in "iu" or (activ.size and activ.min() < 0):
-        raise fail("expert_activ", "non-negative integers", activ.dtype if activ.size else activ)
+    if activ.dtype.kind not in "iu":
+        raise fail("expert_activ", "integers", f"dtype {activ.dtype}")
+    if activ.size and activ.min() < 0:
+        raise fail("expert_activ", "non-negative integers", int(activ.min()))
     # The notebook's expression, ratio first, in Python scalars: (BW_PCIe / (BW_MD + BW_PCIe)).
     ratio = bw_pcie / (bw_md + bw_pcie)
     share = ratio * activ.astype(np.float64)

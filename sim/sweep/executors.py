@@ -115,7 +115,7 @@ def _run_dask(
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
+                dashboard_address=":0",  # any free port: never clash with another cluster
                 silence_logs=logging.ERROR,
             )
             client = distributed.Client(cluster)

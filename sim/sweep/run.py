@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -70,7 +70,6 @@ class SweepReport:
     ran: int  # run in this call
     rows: int  # rows of the table
     elapsed: float
-    failures: tuple[tuple[str, str], ...] = field(default=())  # (point id, message)
 
 
 # --- the point function (runs in workers) -------------------------------------------------
@@ -127,7 +126,9 @@ def run_sweep(
     base, _ = _validate_points(spec, points, validate, set_dotted)
     out = Path(out_dir)
     _prepare_dir(out, spec, resume)
-    write_text(out / MANIFEST, _manifest(spec, base, points))
+    manifest = _manifest(spec, base, points)
+    if resume:
+        write_text(out / MANIFEST, manifest)  # the grid may have grown
 
     finished = _finished_ids(out, points) if resume else set()
     todo = [p for p in points if p.point_id not in finished]
@@ -136,10 +137,14 @@ def run_sweep(
     with _progress_bar(len(points), len(points) - len(todo), progress) as bar:
         for outcome in execute(tasks, point_fn, executor=executor, jobs=jobs, scheduler=scheduler):
             if outcome.error is None:
+                if not (out / MANIFEST).exists():  # written with the first result, so a sweep
+                    write_text(out / MANIFEST, manifest)  # that never started leaves nothing
                 _write_point(out, outcome)
             else:
                 failures.append((outcome.point_id, outcome.error))
             bar.update(1)
+    if not (out / MANIFEST).exists():
+        write_text(out / MANIFEST, manifest)
     if failures:
         by_id = {p.point_id: p for p in points}
         point_id, message = failures[0]
@@ -185,11 +190,14 @@ def _prepare_dir(out: Path, spec: SweepSpec, resume: bool) -> None:
                 f"'sweep:' or --set changed"
             )
         return
-    if out.exists() and (manifest.exists() or (out / POINTS_DIR).exists()):
+    if manifest.exists():
         raise UserError(
-            f"--out {out}: expected a new directory, got an existing sweep "
+            f"--out {out}: expected a new or empty directory, got an existing sweep "
             f"(continue it with --resume {out})"
         )
+    from sim.scenario.run import check_out_dir
+
+    check_out_dir(out, "--out")
 
 
 def _finished_ids(out: Path, points: Sequence[SweepPoint]) -> set[str]:

@@ -115,16 +115,11 @@ def load_sweep(
     if not isinstance(doc, dict):
         raise UserError(f"{file}: expected a mapping with a 'sweep:' block, got {_kind(doc)}")
     if sets:
+        from sim.scenario.build import parse_override
+
         setter = set_dotted or _scenario_set_dotted()
         for item in sets:
-            key, sep, text = item.partition("=")
-            if not sep or not key.strip():
-                raise UserError(f"--set {item!r}: expected key=value, got no '='")
-            try:
-                value = yaml.safe_load(text)
-            except yaml.YAMLError:
-                value = text
-            doc = setter(doc, key.strip(), value)
+            doc = setter(doc, *parse_override(item))
     return sweep_from_dict(doc, str(file))
 
 

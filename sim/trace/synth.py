@@ -1,30 +1,37 @@
 """Synthetic MoE routing traces that behave like real router outputs.
 
 Policy results depend on the routing's structure (skew, locality, cross-layer correlation,
-token determinism), so the generator models *why* real routing has that structure rather
-than sampling experts independently:
+token determinism), so the generator models *why* real routing has that structure instead of
+drawing experts independently. For sequence position ``t`` and MoE layer ``l``:
 
-* token ids are drawn per sequence from a Zipf law over the vocabulary (id = frequency rank);
-* every (position, layer) of a sequence has a hidden vector, like a residual stream::
+* token ids are drawn from a Zipf law over the vocabulary (id = frequency rank);
+* a hidden vector, like a residual stream::
 
-      h[t, l] = token_weight[l] * emb[token_t] + context_weight[l] * ctx[t, l] + noise[t, l]
+      h[t, l] = token_weight[l] * emb_l[token_t] + context_weight[l] * ctx[t, l]
+                + topic_weight[l] * topic[t, l] + noise[t, l]
 
-  ``emb`` is a fixed random embedding per token id (same id -> same push: knob d);
-  ``ctx[t, l]`` is a unit-variance AR(1) process along positions with coefficient
-  ``temporal_locality[l]`` (knob b), mixed across layers as
-  ``ctx[t, l] = c * ctx[t, l-1] + sqrt(1 - c^2) * fresh[t, l]`` with ``c = layer_correlation``
-  (knob c); ``noise`` is fresh per (position, layer);
-* each layer has its own random router matrix ``W_l`` ``[experts, hidden]`` and a fixed
-  popularity bias ``popularity_skew[l] * g_l`` (``g_l ~ N(0, 1)`` per expert, knob a):
-  ``logits = W_l h / norm + bias``, unit variance before the bias;
+  ``emb_l`` is a random vector per token id (knob d: the same id pushes to the same experts);
+  ``ctx`` is a fading memory of the previous tokens' vectors,
+  ``ctx[t] = rho ctx[t-1] + sqrt(1 - rho^2) emb_l[token_{t-1}]`` with ``rho =
+  temporal_locality[l]`` (knob b: neighbouring positions share context); ``noise`` is fresh
+  per position; a per-sequence ``topic`` (weight ``topic_weight``) drifts slowly along
+  positions (AR(1) with ``topic_memory``). All four drift from layer to layer as
+  ``x_l = c x_{l-1} + sqrt(1 - c^2) fresh`` with ``c = layer_correlation[l]`` (knob c);
+* each layer has a router matrix ``W_l`` ``[experts, hidden_dim]`` with equal row norms; a share
+  ``router_affinity[l]`` of each row is inherited from one expert of the previous layer (ids
+  shuffled), so experts pair up across layers (knob c, second lever);
+* ``logits = W_l h / norm`` (unit variance), minus ``balance`` times each expert's mean logit
+  over the trace (what a load-balanced router learns), plus a fixed popularity bias
+  ``popularity_skew[l] * g_l`` with ``g_l ~ N(0, 1)`` per expert (knob a);
 * the top-k experts of the logits are chosen; their scores are ``softmax(sharpness[l] * logits)``
   over *all* experts, gathered for the chosen ones, descending, not renormalised (like the real
   dump). ``sharpness`` only shapes the scores, never which experts are chosen.
 
-Per-layer knobs (:class:`PerLayer`) take one value, a linear ramp ``first:last`` over the
-layers, or one value per layer. Everything is drawn from one ``numpy`` seed: the same
+Per-layer knobs (:class:`PerLayer`) take one value, a ramp ``first:last`` or a list of points
+over depth. Everything is drawn from ``numpy`` generators seeded by ``seed``: the same
 :class:`SynthConfig` always gives the same trace. The defaults are calibrated against the real
-FLAME-MoE-290M rows (see ``docs/synthetic-traces.md``).
+FLAME-MoE-290M rows (``docs/synthetic-traces.md``). Vectorised over positions and sequences:
+64 sequences x 2048 steps x 8 layers take a few seconds.
 """
 
 from __future__ import annotations
@@ -91,12 +98,13 @@ class PerLayer:
 
 # Calibrated against the real FLAME-MoE-290M rows, layers 2..9 (docs/synthetic-traces.md).
 _DEFAULT_SKEW = "0"
-_DEFAULT_LOCALITY = "0.7:0.85"
-_DEFAULT_LAYER_CORR = "0.3:0.97"
+_DEFAULT_LOCALITY = "0.5"
+_DEFAULT_LAYER_CORR = "0.30,0.40,0.73,0.84,0.89,0.95,0.99,0.99"
 _DEFAULT_AFFINITY = "0.3:0.6"
-_DEFAULT_TOKEN = "2.2:5.5"
-_DEFAULT_CONTEXT = "1.5:3.5"
-_DEFAULT_SHARPNESS = "0.42,1.10,1.35,1.49,1.63,1.79,1.74,1.88"
+_DEFAULT_TOKEN = "1.33,2.60,3.16,4.12,8.66,23.14,62.85,51.78"
+_DEFAULT_CONTEXT = "0.29,0.40,0.53,1.10,1.88,4.24,9.12,5.99"
+_DEFAULT_TOPIC = "0.18,0.75,0.94,1.35,2.88,7.38,19.69,20.26"
+_DEFAULT_SHARPNESS = "0.42,1.13,1.36,1.48,1.56,1.72,1.77,1.92"
 
 
 @dataclass(frozen=True)
@@ -106,19 +114,27 @@ class SynthConfig:
     Shape: ``num_seqs`` sequences of ``seq_len`` decode steps, MoE layers ``layer_ids``,
     top-``topk`` of ``num_experts`` experts, token ids in ``[0, vocab)``.
 
-    Knobs (per layer: :class:`PerLayer`):
-      zipf_exponent      token-id frequency ~ 1 / rank**s (higher: fewer distinct tokens).
-      popularity_skew    (a) std of the fixed per-expert logit bias: higher -> more skewed
-                         expert popularity (lower entropy, higher Gini).
-      temporal_locality  (b) AR(1) coefficient of the context along positions, in [0, 1]:
-                         higher -> consecutive steps of a sequence share more experts.
-      layer_correlation  (c) how much of the context carries over to the next layer, in [0, 1]:
-                         higher -> more mutual information between consecutive layers' experts.
-      token_weight       (d) weight of the token-id embedding in the hidden vector: higher ->
-                         the same token id picks the same experts more often.
-      context_weight     weight of the drifting context (the noise has weight 1).
-      sharpness          softmax inverse temperature: only shapes the scores.
-      hidden_dim         size of the hidden vector.
+    Knobs (per layer, :class:`PerLayer`, unless noted):
+      zipf_exponent      (scalar) token-id frequency ~ 1 / rank**s.
+      popularity_skew    (a) std of a fixed per-expert logit bias: higher -> more skewed
+                         expert popularity (lower entropy, higher Gini). Real: ~0.
+      balance            share of each expert's mean logit removed, in [0, 1]: 1 cancels the
+                         popularity that frequent tokens would otherwise create.
+      temporal_locality  (b) fading-memory coefficient of the context, in [0, 1]: higher ->
+                         the experts of consecutive steps of a sequence overlap more, longer.
+      context_weight     (b) weight of the context in the hidden vector (noise has weight 1).
+      topic_weight       (b) weight of a per-sequence topic, an AR(1) process along positions
+                         with coefficient ``topic_memory`` (scalar, close to 1): overlap that
+                         lasts tens of steps, as in one document.
+      layer_correlation  (c) share of the hidden state carried to the next layer, in [0, 1]
+                         (the first layer's value is unused): higher -> more mutual
+                         information between consecutive layers' experts.
+      router_affinity    (c) share of a router row inherited from the previous layer, [0, 1].
+      token_weight       (d) weight of the token-id vector: higher -> two positions with the
+                         same token id share more experts.
+      sharpness          softmax inverse temperature: shapes the scores only.
+      hidden_dim         (scalar) size of the hidden vector: smaller -> coarser, more
+                         correlated routing.
     """
 
     num_seqs: int = 32
@@ -137,6 +153,8 @@ class SynthConfig:
     router_affinity: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_AFFINITY))
     token_weight: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_TOKEN))
     context_weight: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_CONTEXT))
+    topic_weight: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_TOPIC))
+    topic_memory: float = 0.98
     sharpness: PerLayer = field(default_factory=lambda: PerLayer(_DEFAULT_SHARPNESS))
 
     def settings(self) -> dict[str, object]:
@@ -161,6 +179,7 @@ _PER_LAYER_KNOBS = (
     "balance",
     "token_weight",
     "context_weight",
+    "topic_weight",
     "sharpness",
 )
 
@@ -189,7 +208,9 @@ def validate(cfg: SynthConfig) -> dict[str, np.ndarray]:
     for name in ("temporal_locality", "layer_correlation", "router_affinity", "balance"):
         if np.any((knobs[name] < 0) | (knobs[name] > 1)):
             raise UserError(f"synth {name}: expected values in [0, 1], got {knobs[name].tolist()}")
-    for name in ("popularity_skew", "token_weight", "context_weight", "sharpness"):
+    if not 0.0 <= cfg.topic_memory <= 1.0:
+        raise UserError(f"synth topic_memory: expected a number in [0, 1], got {cfg.topic_memory}")
+    for name in ("popularity_skew", "token_weight", "context_weight", "topic_weight", "sharpness"):
         if np.any(knobs[name] < 0):
             raise UserError(f"synth {name}: expected values >= 0, got {knobs[name].tolist()}")
     return knobs
@@ -227,7 +248,8 @@ def generate(
     knobs = validate(cfg)
     steps, seqs, dim, experts = cfg.seq_len, cfg.num_seqs, cfg.hidden_dim, cfg.num_experts
     num_layers = len(cfg.layer_ids)
-    token_ss, emb_ss, router_ss, ctx_ss, noise_ss = np.random.SeedSequence(cfg.seed).spawn(5)
+    seeds = np.random.SeedSequence(cfg.seed).spawn(6)
+    token_ss, emb_ss, router_ss, ctx_ss, noise_ss, topic_ss = seeds
 
     tokens = zipf_tokens(
         np.random.default_rng(token_ss), cfg.vocab, cfg.zipf_exponent, (steps, seqs)
@@ -240,34 +262,30 @@ def generate(
     bias_dirs = router_rng.standard_normal((num_layers, experts))
     ctx_rng = np.random.default_rng(ctx_ss)
     noise_rng = np.random.default_rng(noise_ss)
+    topic_rng = np.random.default_rng(topic_ss)
 
     out_experts = np.empty((steps, num_layers, seqs, cfg.topk), dtype=np.int16)
     out_scores = np.empty((steps, num_layers, seqs, cfg.topk), dtype=np.float32)
-    carry = knobs["layer_correlation"]
-    table = context = noise = None
+    table = context = noise = topic = None
     for li in range(num_layers):
-        # Rows of a seeded [vocab, dim] table: an id's embedding does not depend on the others drawn.
-        fresh_table = emb_rng.standard_normal((cfg.vocab, dim), dtype=np.float32)[uniq]
-        fresh_noise = noise_rng.standard_normal((steps, seqs, dim), dtype=np.float32)
-        if table is None or noise is None:
-            table, noise = fresh_table, fresh_noise
-        else:
-            keep, renew = carry[li], np.sqrt(1.0 - carry[li] ** 2)
-            table = keep * table + renew * fresh_table
-            noise = keep * noise + renew * fresh_noise
-        # The context remembers the previous tokens (their embeddings at this layer), fading
-        # with temporal_locality: ctx[t] = rho ctx[t-1] + sqrt(1 - rho^2) emb[token_{t-1}].
+        keep = float(knobs["layer_correlation"][li])
+        # Rows of a seeded [vocab, dim] table: an id's vector does not depend on the others drawn.
+        table = _carry(
+            table, emb_rng.standard_normal((cfg.vocab, dim), dtype=np.float32)[uniq], keep
+        )
+        noise = _carry(noise, noise_rng.standard_normal((steps, seqs, dim), dtype=np.float32), keep)
+        # The context is a fading memory of the previous tokens' vectors at this layer:
+        # ctx[t] = rho ctx[t-1] + sqrt(1 - rho^2) emb[token_{t-1}].
         innovations = np.empty((steps, seqs, dim), dtype=np.float32)
         innovations[0] = ctx_rng.standard_normal((seqs, dim), dtype=np.float32)
         innovations[1:] = table[inverse[:-1]]
-        fresh_ctx = ar1(innovations, knobs["temporal_locality"][li])
-        if context is None:
-            context = fresh_ctx
-        else:
-            context = keep * context + renew * fresh_ctx
+        context = _carry(context, ar1(innovations, knobs["temporal_locality"][li]), keep)
+        topic_innovations = topic_rng.standard_normal((steps, seqs, dim), dtype=np.float32)
+        topic = _carry(topic, ar1(topic_innovations, cfg.topic_memory), keep)
         a, b = knobs["token_weight"][li], knobs["context_weight"][li]
-        hidden = a * table[inverse] + b * context + noise
-        norm = np.sqrt(dim * (a * a + b * b + 1.0))
+        w = knobs["topic_weight"][li]
+        hidden = a * table[inverse] + b * context + w * topic + noise
+        norm = np.sqrt(dim * (a * a + b * b + w * w + 1.0))
         logits = (hidden @ routers[li].T) / norm
         # Load balancing (what a router trained with a balance loss learns): remove the share
         # `balance` of each expert's mean logit, so frequent tokens do not crown fixed experts.
@@ -296,6 +314,13 @@ def generate(
             micro_batch_size=micro_batch_size,
         ),
     )
+
+
+def _carry(previous: np.ndarray | None, fresh: np.ndarray, keep: float) -> np.ndarray:
+    """Residual-stream drift across layers: ``keep * previous + sqrt(1 - keep^2) * fresh``."""
+    if previous is None:
+        return fresh
+    return keep * previous + np.float32(np.sqrt(1.0 - keep * keep)) * fresh
 
 
 def _routers(

@@ -1,0 +1,231 @@
+"""``moesim costs neupims DIR``: the four NPU/PIM modes on per-expert cycle tables, and the engine.
+
+Prints every cell's cycles under NPU-only, PIM-only, MoNDE and DynaNDE (the formulas of the
+data's README, docs/cost-tables.md), the per-mode totals, and with ``--scenario`` runs that
+scenario's policies in the engine with the tables as cost model (roofline fallback) and checks
+the four mode policies against the formulas cell by cell. Defects in the data (missing or
+mismatched tables) are printed as warnings and recorded in the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from sim import atomic
+from sim.costs.compare import (
+    ModeCheck,
+    PolicyRun,
+    check_modes,
+    npu_only_readme_gap,
+    run_policies,
+)
+from sim.costs.modes import MODES, ModeResult, compute_modes
+from sim.costs.neupims import NeupimsData, load_neupims
+from sim.errors import UserError
+
+MODE_COLUMNS = ("step", "position", "layer_id", "active", *MODES, "monde_npu", "dynande_npu")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser("costs", help="per-expert cost tables: import, modes, engine")
+    sub = group.add_subparsers(dest="costs_command", metavar="COSTS_COMMAND")
+    group.set_defaults(func=lambda _args: group.print_help() or 2)
+    p = sub.add_parser(
+        "neupims",
+        help="NPU-only / PIM-only / MoNDE / DynaNDE cycles of a NeuPIMs table directory",
+        description=__doc__,
+    )
+    p.add_argument("dir", type=Path, help="NeuPIMs directory ({pos}/layer{L}.txt, npu/, pim/)")
+    p.add_argument(
+        "--scenario",
+        type=Path,
+        metavar="FILE",
+        help="also run this scenario's policies in the engine on the tables "
+        "(e.g. scenarios/neupims-decoder-bs16.yaml; its trace section is ignored)",
+    )
+    p.add_argument(
+        "--clock-hz",
+        type=float,
+        default=1e9,
+        help="clock of the tables' cycles, to convert to the engine's seconds (default 1e9)",
+    )
+    p.add_argument("--num-experts", type=int, default=64, help="experts per layer (default 64)")
+    p.add_argument("--out", type=Path, metavar="DIR", help="write modes.csv, costs.json, engine/")
+    p.add_argument("--no-cells", action="store_true", help="print totals only")
+    p.set_defaults(func=neupims_command)
+
+
+def neupims_command(args: argparse.Namespace) -> int:
+    if not args.clock_hz > 0:
+        raise UserError(f"--clock-hz: expected a frequency > 0, got {args.clock_hz}")
+    if args.out is not None:
+        from sim.scenario.run import check_out_dir
+
+        check_out_dir(args.out)
+    data = load_neupims(args.dir, num_experts=args.num_experts)
+    for line in data.defects:
+        print(f"warning: {line}", file=sys.stderr)
+    literal = compute_modes(data)
+    consistent = compute_modes(data, consistent_only=True)
+    steps, layers = data.shape
+    print(
+        f"NeuPIMs tables {data.root}: {steps} steps x {layers} layers "
+        f"{list(data.layer_ids)}, {data.tokens} tokens, top-{data.topk}"
+    )
+    if not args.no_cells:
+        print()
+        print(_cells_text(data, literal))
+    print()
+    print("Mode totals, cycles (the README's formulas as written; defective files: see warnings)")
+    print(_totals_text(literal, consistent))
+    scenario = runs = checks = None
+    if args.scenario is not None:
+        from sim.scenario import load_scenario
+
+        scenario = load_scenario(args.scenario)
+        runs = run_policies(data, scenario, args.clock_hz)
+        checks = check_modes(data, consistent, runs)
+        print()
+        print(f"Engine ({scenario.name}, table costs at {args.clock_hz:g} Hz, roofline fallback)")
+        print(_engine_text(runs, checks, data))
+    if args.out is not None:
+        _write(args.out, data, literal, consistent, scenario, runs, checks, args.clock_hz)
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+# -- text ---------------------------------------------------------------------------------------
+def _cells_text(data: NeupimsData, modes: dict[str, ModeResult]) -> str:
+    steps, layers = data.shape
+    head = f"{'cell':<12} {'|A|':>3} " + " ".join(f"{m:>11}" for m in MODES)
+    lines = [head + f" {'MoNDE n':>7} {'DynaNDE k':>9}"]
+    for s in range(steps):
+        for layer in range(layers):
+            values = [modes[m].cycles[s, layer] for m in MODES]
+            shown = " ".join(f"{v:>11}" if v >= 0 else f"{'-':>11}" for v in values)
+            n = modes["monde"].npu_experts[s, layer]
+            k = modes["dynande"].npu_experts[s, layer]
+            lines.append(
+                f"{data.cell_name(s, layer):<12} {data.active[s, layer]:>3} {shown} "
+                f"{_dash(n):>7} {_dash(k):>9}"
+            )
+    return "\n".join(lines)
+
+
+def _dash(value: int) -> str:
+    return str(int(value)) if value >= 0 else "-"
+
+
+def _totals_text(literal: dict[str, ModeResult], consistent: dict[str, ModeResult]) -> str:
+    best = consistent["dynande"].total
+    lines = [
+        f"{'mode':<9} {'cells':>5} {'total':>13}   {'consistent':>5} {'total':>13} "
+        f"{'x DynaNDE':>9} {'NPU experts':>11}"
+    ]
+    for mode in MODES:
+        lit, con = literal[mode], consistent[mode]
+        same_cells = (con.computed == consistent["dynande"].computed).all()
+        ratio = f"{con.total / best:9.3f}" if best and same_cells else f"{'':>9}"
+        npu = int(con.npu_experts[con.computed].sum())
+        lines.append(
+            f"{mode:<9} {lit.cells:>5} {lit.total:>13}   {con.cells:>5} {con.total:>13} "
+            f"{ratio} {npu:>11}"
+        )
+    lines.append(
+        "(consistent: only cells whose tables list exactly the active experts; "
+        "NPU experts: summed over those cells)"
+    )
+    return "\n".join(lines)
+
+
+def _engine_text(runs: list[PolicyRun], checks: list[ModeCheck], data: NeupimsData) -> str:
+    lines = [f"{'label':<28} {'policy':<20} {'total cycles':>13} {'hits':>6}  mode"]
+    for run in runs:
+        hits = int(run.result.totals.get("hits", 0))
+        mode = run.mode or f"- ({run.mode_note})"
+        lines.append(f"{run.label:<28} {run.policy:<20} {run.total:>13} {hits:>6}  {mode}")
+    lines.append("(totals over all cells; cells without table values use the roofline fallback)")
+    lines.append("")
+    lines.append(
+        f"{'mode':<9} {'label':<12} {'cells':>5} {'formula':>13} {'engine':>13} {'diff':>7}  exact"
+    )
+    for c in checks:
+        diff = c.engine_total - c.formula_total
+        lines.append(
+            f"{c.mode:<9} {c.label:<12} {c.cells:>5} {c.formula_total:>13} {c.engine_total:>13} "
+            f"{diff:>7}  {'yes' if c.exact else f'no ({c.cells_differing} cells)'}"
+        )
+        if c.mode == "npu-only" and not c.exact:
+            gap = npu_only_readme_gap(data)
+            lines.append(
+                f"  npu-only: the engine adds the compute of the last expert loaded (most tokens "
+                f"first); the README adds expert 63's, 0 when inactive: "
+                f"{gap['cells_without_63']} cells without 63 ({gap['cycles_without_63']:+d}), "
+                f"{gap['cells_63_not_last']} with 63 not last ({gap['cycles_63_not_last']:+d}); "
+                f"predicted difference {c.explained}"
+            )
+    return "\n".join(lines)
+
+
+# -- files --------------------------------------------------------------------------------------
+def _write(
+    out: Path,
+    data: NeupimsData,
+    literal: dict[str, ModeResult],
+    consistent: dict[str, ModeResult],
+    scenario: Any,
+    runs: list[PolicyRun] | None,
+    checks: list[ModeCheck] | None,
+    clock_hz: float,
+) -> None:
+    steps, layers = data.shape
+    rows = []
+    for s in range(steps):
+        for layer in range(layers):
+            cycles = [_blank(literal[m].cycles[s, layer]) for m in MODES]
+            rows.append(
+                [s, data.positions[s], data.layer_ids[layer], int(data.active[s, layer]), *cycles]
+                + [_blank(literal[m].npu_experts[s, layer]) for m in ("monde", "dynande")]
+            )
+    atomic.write_csv(out / "modes.csv", MODE_COLUMNS, rows)
+    doc: dict[str, Any] = {
+        "source": str(data.root),
+        "shape": {"steps": steps, "layers": layers, "tokens": data.tokens, "topk": data.topk},
+        "defects": list(data.defects),
+        "modes": {m: {"cells": literal[m].cells, "total": literal[m].total} for m in MODES},
+        "modes_consistent_cells": {
+            m: {"cells": consistent[m].cells, "total": consistent[m].total} for m in MODES
+        },
+        "npu_only_readme_gap": npu_only_readme_gap(data),
+        "clock_hz": clock_hz,
+    }
+    if scenario is not None and runs is not None and checks is not None:
+        from sim.scenario.run import ScenarioRunResult, write_results
+
+        doc["engine"] = {
+            run.label: {
+                "policy": run.policy,
+                "total_cycles": run.total,
+                "mode": run.mode,
+                "costs": run.costs,
+            }
+            for run in runs
+        }
+        doc["checks"] = [c.to_dict() for c in checks]
+        results = [
+            ScenarioRunResult(
+                **{f: getattr(run.result, f) for f in run.result.__dataclass_fields__},
+                topk=data.topk,
+                is_baseline=run.label == scenario.baseline,
+            )
+            for run in runs
+        ]
+        write_results(out / "engine", scenario, data.routing_trace(), results)
+    atomic.write_json(out / "costs.json", doc)
+
+
+def _blank(value: int) -> int | str:
+    return int(value) if value >= 0 else ""

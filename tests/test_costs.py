@@ -1,0 +1,424 @@
+"""Cost tables: the NeuPIMs importer, the four modes by hand, the engine with TableCost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from sim.cli import main
+from sim.costs.compare import check_modes, npu_only_schedule, run_policies
+from sim.costs.modes import MODES, compute_modes, monde_npu_count
+from sim.costs.neupims import load_neupims
+from sim.costs.table import CostTable, TableCost
+from sim.engine.cost import RooflineCost
+from sim.errors import UserError
+from sim.scenario import load_scenario, scenario_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = Path("/work/shared/data/neupims-decoder-bs16")
+SCENARIO = ROOT / "scenarios" / "neupims-decoder-bs16.yaml"
+
+# -- a hand-made directory ------------------------------------------------------------------------
+# One step ("1st"), layers 2 and 3, 2 tokens x top-2. Per expert: NPU (param_load, fc1, gelu,
+# fc2) and PIM (fc1, gelu, fc2); activation movements (1, 2) per layer.
+CELLS = {
+    2: {
+        "routing": [(5, 2), (7, 1), (63, 1)],
+        "npu": {5: (1000, 5, 1, 4), 7: (1001, 6, 1, 5), 63: (1000, 7, 2, 6)},
+        "pim": {5: (30, 2, 28), 7: (35, 3, 32), 63: (40, 4, 36)},
+        "act": (7, 8),
+    },
+    3: {
+        "routing": [(2, 2), (9, 1), (63, 1)],
+        "npu": {2: (100, 3, 1, 2), 9: (100, 4, 1, 3), 63: (100, 2, 1, 2)},
+        "pim": {2: (100, 10, 90), 9: (60, 5, 55), 63: (50, 5, 45)},
+        "act": (10, 11),
+    },
+}
+# By hand (docs/cost-tables.md formulas):
+# layer 2: NPU-only 1000+1001+1000 + 15 (expert 63) = 3016; PIM-only 60+70+80 + 15 = 225;
+#   MoNDE n = ceil(0.05882*3) = 1, T = [5]: max(1000+10, 70+80+15) = 1010;
+#   DynaNDE k=0: 225, k=1: max(1010, 165), k=2: max(2013, 95), k=3: 3016 -> 225 (k = 0).
+# layer 3: NPU-only 300 + 5 = 305; PIM-only 420 + 21 = 441; MoNDE T = [2]: max(106, 241) = 241;
+#   DynaNDE k=0: 441, k=1: 241, k=2: max(200+8, 100+21) = 208, k=3: 305 -> 208 (k = 2).
+HAND = {"npu-only": 3016 + 305, "pim-only": 225 + 441, "monde": 1010 + 241, "dynande": 225 + 208}
+HAND_CELLS = {
+    "npu-only": [3016, 305],
+    "pim-only": [225, 441],
+    "monde": [1010, 241],
+    "dynande": [225, 208],
+}
+
+
+def routing_text(rows: list[tuple[int, int]], tokens: int, k: int) -> str:
+    lines = [
+        "=" * 60,
+        f"TOP {k} EXPERT TOKEN DISTRIBUTION (1St token)",
+        "=" * 60,
+        f"Total tokens: {tokens}",
+        f"Expected total (tokens × {k}): {tokens * k}",
+        "=" * 60,
+        "Expert ID    Token Count     Percentage",
+        "-" * 60,
+    ]
+    lines += [f"Expert {e:<4} {c:<16} {100 * c / tokens:5.2f}%" for e, c in rows]
+    return "\n".join(lines) + "\n"
+
+
+def npu_text(rows: dict[int, tuple[int, ...]]) -> str:
+    lines = ["NPU Expert Operations - Total Cycles", "Decoder-BS64/1st/npu/2", "=" * 80]
+    lines.append(" Expert Number  param_load  fc1  gelu  fc2  total compute")
+    for e, (load, a, b, c) in sorted(rows.items()):
+        lines.append(f"{e:>14} {load:>11} {a:>4} {b:>5} {c:>4} {a + b + c:>14}")
+    return "\n".join(lines)  # no final newline, like the shipped files
+
+
+def pim_text(rows: dict[int, tuple[int, ...]], act: tuple[int, int]) -> str:
+    lines = [
+        "PIM Expert Operations - Total Cycles",
+        "Decoder-BS64/1st/pim/2",
+        "--- Activation Movements ---",
+        f"layer0.ffn.activation_movement_2: {act[1]} cycles",
+        f"layer0.ffn.activation_movement_1: {act[0]} cycles",
+        f"Total activation movement cycles: {act[0] + act[1]}",
+        "=" * 80,
+        " Expert Number  fc1  gelu  fc2  total compute",
+    ]
+    for e, (a, b, c) in sorted(rows.items()):
+        lines.append(f"{e:>14} {a:>4} {b:>5} {c:>4} {a + b + c:>14}")
+    return "\n".join(lines)
+
+
+def write_dir(root: Path, cells: dict = CELLS, tokens: int = 2, k: int = 2) -> Path:
+    pos = root / "1st"
+    for lid, cell in cells.items():
+        (pos / "npu" / str(lid)).mkdir(parents=True, exist_ok=True)
+        (pos / "pim" / str(lid)).mkdir(parents=True, exist_ok=True)
+        (pos / f"layer{lid}.txt").write_text(routing_text(cell["routing"], tokens, k), "utf-8")
+        (pos / "npu" / str(lid) / "SA_stage_E.txt").write_text(npu_text(cell["npu"]))
+        (pos / "pim" / str(lid) / "SA_stage_E.txt").write_text(pim_text(cell["pim"], cell["act"]))
+    return root
+
+
+def scenario(exhaustive_limit: int = 0, extra: list | None = None):
+    return scenario_from_dict(scenario_dict(exhaustive_limit, extra), "test")
+
+
+def scenario_dict(exhaustive_limit: int = 0, extra: list | None = None) -> dict:
+    """The four mode policies on near-data hardware (figures only matter for the fallback)."""
+    return {
+        "trace": "embedded",
+        "model": {"preset": "flame-moe-290m"},
+        "hardware": {
+            "gpu": {"preset": "h100-sxm", "non_expert_time": "0 s"},
+            "links": {
+                "pcie": {"bandwidth": "12 GB/s", "latency": "0 s", "channels": 1},
+                "md_link": {"bandwidth": "64 GB/s", "latency": "0 s", "channels": 1},
+            },
+            "md_mode": "near-data",
+            "md_compute": {"memory_bandwidth": "750 GB/s", "peak_flops": "10 TFLOP/s"},
+        },
+        "baseline": "monde",
+        "policies": [
+            {"name": "gpu-only", "label": "npu-only"},
+            {"name": "md-only", "label": "pim-only"},
+            {
+                "name": "seed-split",
+                "label": "monde",
+                "params": {"rounding": "ceil", "bw_pcie": 32, "bw_md": 512},
+            },
+            {
+                "name": "balanced-split",
+                "label": "dynande",
+                "params": {"exhaustive_limit": exhaustive_limit},
+            },
+            *(extra or []),
+        ],
+    }
+
+
+# -- the four modes by hand -----------------------------------------------------------------------
+def test_modes_equal_the_hand_computed_totals(tmp_path):
+    data = load_neupims(write_dir(tmp_path))
+    assert data.defects == ()
+    modes = compute_modes(data)
+    for mode in MODES:
+        assert modes[mode].cycles[0].tolist() == HAND_CELLS[mode], mode
+        assert modes[mode].total == HAND[mode], mode
+    assert modes["monde"].npu_experts[0].tolist() == [1, 1]
+    assert modes["dynande"].npu_experts[0].tolist() == [0, 2]
+
+
+def test_monde_count_is_the_readme_rule_and_the_seed_split_ceil():
+    from sim.stats.gating import gpu_share
+
+    for active in range(1, 65):
+        _gpu, _md, h = gpu_share(active, 32, 512, 1.0, "ceil")
+        assert monde_npu_count(active) == h
+    assert monde_npu_count(0) == 0
+    assert [monde_npu_count(a) for a in (1, 17, 18, 34, 35)] == [1, 1, 2, 2, 3]
+
+
+def test_npu_only_adds_zero_when_expert_63_is_inactive(tmp_path):
+    cells = {2: {**CELLS[2], "routing": [(5, 2), (7, 2)], "npu": {5: CELLS[2]["npu"][5]}}}
+    cells[2]["npu"] = {5: (1000, 5, 1, 4), 7: (1001, 6, 1, 5)}
+    cells[2]["pim"] = {5: (30, 2, 28), 7: (35, 3, 32)}
+    data = load_neupims(write_dir(tmp_path, cells))
+    modes = compute_modes(data)
+    assert modes["npu-only"].total == 2001  # the README: + 0 without expert 63
+    assert npu_only_schedule(data)[0, 0] == 2001 + 12  # the engine: + the last loaded (7)
+
+
+# -- the engine reproduces them -------------------------------------------------------------------
+@pytest.mark.parametrize("clock_hz", [1.0, 1e9])
+def test_engine_reproduces_the_four_modes_on_hand_made_tables(tmp_path, clock_hz):
+    data = load_neupims(write_dir(tmp_path))
+    runs = run_policies(data, scenario(), clock_hz)
+    by_label = {r.label: r for r in runs}
+    for mode in MODES:
+        assert by_label[mode].cycles[0].tolist() == HAND_CELLS[mode], mode
+    checks = check_modes(data, compute_modes(data, consistent_only=True), runs)
+    assert [c.mode for c in checks] == list(MODES)
+    assert all(c.exact for c in checks)
+    monde = by_label["monde"].result.per_layer
+    assert monde["pcie"].tolist() == [1, 1] and monde["md_near"].tolist() == [2, 2]
+    assert by_label["dynande"].result.per_layer["pcie"].tolist() == [0, 2]
+    used = by_label["pim-only"].costs["used"]
+    assert used["near_compute"] == {**used["near_compute"], "table_cells": 6, "fallback_cells": 0}
+    assert used["activation"]["table_cells"] == 2
+
+
+def test_balanced_split_with_exhaustive_search_beats_the_prefix_rule(tmp_path):
+    """DynaNDE only tries prefixes of A; balanced-split may search all subsets of a small
+    gate: layer 3's best split is {2, 63} on the NPU (max(205, 141) = 205 < 208)."""
+    data = load_neupims(write_dir(tmp_path))
+    runs = run_policies(data, scenario(exhaustive_limit=12), 1.0)
+    assert next(r for r in runs if r.label == "dynande").cycles[0].tolist() == [225, 205]
+
+
+def test_cache_and_prefetch_policies_run_on_the_tables(tmp_path):
+    data = load_neupims(write_dir(tmp_path))
+    extra = [{"name": "lru", "params": {"miss_path": "balanced"}}, "prefetch-oracle"]
+    sc = scenario(extra=extra)
+    sc = type(sc)(**{**sc.__dict__, "hardware": _with_cache(sc.hardware, 2)})
+    runs = run_policies(data, sc, 1.0)
+    assert {r.label for r in runs} >= {"lru", "prefetch-oracle"}
+    assert all(r.total > 0 for r in runs)
+
+
+def _with_cache(hardware, experts: int):
+    from dataclasses import replace
+
+    return replace(hardware, hbm=replace(hardware.hbm, capacity=experts * 4325376.0))
+
+
+# -- TableCost ------------------------------------------------------------------------------------
+def test_table_cost_uses_the_table_and_falls_back_elsewhere():
+    sc = scenario()
+    nan = np.nan
+    table = CostTable(
+        transfer=np.array([[[100.0, nan]]]),
+        gpu_compute=np.array([[[10.0, 20.0]]]),
+        near_compute=np.array([[[nan, nan]]]),
+        activation=np.array([[30.0]]),
+        unit="cycles",
+        clock_hz=100.0,
+    )
+    roof = RooflineCost(sc.hardware, sc.model)
+    cost = TableCost(table, roof)
+    experts, tokens = np.array([0, 1]), np.array([3, 1])
+    got = cost.transfer_time("pcie", 0, 0, experts)
+    assert got[0] == 1.0 and got[1] == roof.uniform_transfer_time("pcie")
+    assert (
+        cost.transfer_time("md_link", 0, 0, experts).tolist()
+        == [roof.uniform_transfer_time("md_link")] * 2
+    )
+    assert cost.gpu_compute_time(0, 0, experts, tokens).tolist() == [0.1, 0.2]
+    near = cost.near_compute_time(0, 0, experts, tokens)
+    np.testing.assert_array_equal(near, roof.near_compute_time(0, 0, experts, tokens))
+    assert cost.activation_time("md_link", 0, 0, experts, tokens) == 0.3
+    assert (
+        cost.gpu_compute_time(5, 0, experts, tokens).tolist()
+        == roof.gpu_time_from_tokens(tokens).tolist()
+    )  # step outside the table
+    d = cost.describe()["used"]
+    assert d["transfer"]["table_cells"] == 1 and d["transfer"]["fallback_cells"] == 1
+    assert d["transfer"]["fallback_other_links"] == {"md_link": 1}
+    assert d["near_compute"]["fallback_cells"] == 2
+    assert d["gpu_compute"]["fallback_outside_table"] == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"unit": "cycles", "clock_hz": None}, "clock"),
+        ({"unit": "minutes"}, "unit"),
+        ({"activation": np.zeros((2, 1))}, "activation"),
+        ({"gpu_compute": np.full((1, 1, 2), -1.0)}, ">= 0"),
+    ],
+)
+def test_cost_table_rejects_bad_input(kwargs, message):
+    base = {
+        "transfer": np.zeros((1, 1, 2)),
+        "gpu_compute": np.zeros((1, 1, 2)),
+        "near_compute": np.zeros((1, 1, 2)),
+        "activation": np.zeros((1, 1)),
+        "unit": "seconds",
+    }
+    with pytest.raises(UserError, match=message):
+        CostTable(**{**base, **kwargs})
+
+
+# -- the importer ---------------------------------------------------------------------------------
+def test_routing_trace_has_the_files_counts(tmp_path):
+    data = load_neupims(write_dir(tmp_path))
+    trace = data.routing_trace()
+    np.testing.assert_array_equal(trace.expert_token_counts(2), data.counts)
+    assert trace.num_seqs == 2 and trace.k == 2 and trace.layer_ids == (2, 3)
+    for token in trace.topk(2).reshape(-1, 2):
+        assert token[0] != token[1]
+    assert "reconstructed" in trace.meta.provenance
+
+
+def test_missing_table_is_reported_and_skipped_by_the_modes_that_need_it(tmp_path):
+    root = write_dir(tmp_path)
+    (root / "1st" / "pim" / "3" / "SA_stage_E.txt").unlink()
+    data = load_neupims(root)
+    assert data.defects == ("1st/pim/3/SA_stage_E.txt: missing; cell 1st/layer3 has no pim costs",)
+    modes = compute_modes(data)
+    assert modes["npu-only"].total == HAND["npu-only"]
+    for mode in ("pim-only", "monde", "dynande"):
+        assert modes[mode].cells == 1 and modes[mode].total == HAND_CELLS[mode][0]
+    assert np.isnan(data.cost_table(1.0).near_compute[0, 1]).all()
+
+
+def test_table_for_other_experts_is_reported_and_left_out_of_the_cost_table(tmp_path):
+    root = write_dir(tmp_path)
+    text = (root / "1st" / "pim" / "2" / "SA_stage_E.txt").read_text()
+    (root / "1st" / "pim" / "3" / "SA_stage_E.txt").write_text(text)  # a copy, like 1st/pim/4
+    data = load_neupims(root)
+    assert len(data.defects) == 1
+    assert data.defects[0].startswith("1st/pim/3/SA_stage_E.txt: expert rows do not match")
+    assert "identical to 1st/pim/2/SA_stage_E.txt" in data.defects[0]
+    assert not data.pim_ok[0, 1] and data.npu_ok[0, 1]
+    literal = compute_modes(data)
+    assert literal["pim-only"].cycles[0, 1] == 210 + 15  # the README's formula, as written
+    assert literal["dynande"].cycles[0, 1] == -1  # needs PIM rows for A
+    assert compute_modes(data, consistent_only=True)["pim-only"].cycles[0, 1] == -1
+    assert np.isnan(data.cost_table(1.0).activation[0, 1])
+
+
+def _edit(root: Path, rel: str, old: str, new: str) -> None:
+    path = root / rel
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize(
+    ("rel", "old", "new", "message"),
+    [
+        ("1st/npu/2/SA_stage_E.txt", "param_load", "param_lod", "expected columns"),
+        (
+            "1st/npu/2/SA_stage_E.txt",
+            " 1001 ",
+            " 10x1 ",
+            r"SA_stage_E.txt:\d+: expected 6 integers",
+        ),
+        ("1st/npu/2/SA_stage_E.txt", "             12", "             13", "fc1 \\+ gelu \\+ fc2"),
+        ("1st/pim/2/SA_stage_E.txt", "Expert Number", "Expert", "header line"),
+        ("1st/pim/2/SA_stage_E.txt", "activation_movement_1", "activation_movement_3", "_1 and"),
+        ("1st/pim/2/SA_stage_E.txt", "cycles: 15", "cycles: 16", "Total activation movement"),
+        ("1st/layer2.txt", "Expert 7 ", "Expert 5 ", "once"),
+        ("1st/layer2.txt", "Expert 7 ", "Expert 99", "0..63"),
+        ("1st/layer2.txt", "Total tokens: 2", "Total tokens: 3", "summing to tokens x k"),
+        ("1st/layer3.txt", "Expert 9 ", "Expert 64", "0..63"),
+        ("1st/layer3.txt", "Expert 2    2", "Expert 2    0", "summing"),
+        ("1st/layer2.txt", "Total tokens: 2\n", "", "'Total tokens: N'"),
+    ],
+)
+def test_malformed_files_are_one_line_user_errors(tmp_path, rel, old, new, message):
+    root = write_dir(tmp_path)
+    _edit(root, rel, old, new)
+    with pytest.raises(UserError, match=message) as err:
+        load_neupims(root)
+    assert "\n" not in str(err.value) and rel in str(err.value)
+
+
+def test_unsorted_routing_is_an_error(tmp_path):
+    cells = {2: {**CELLS[2], "routing": [(7, 1), (5, 2), (63, 1)]}}
+    with pytest.raises(UserError, match="sorted by token count"):
+        load_neupims(write_dir(tmp_path, cells))
+
+
+def test_missing_routing_file_and_empty_directory_are_errors(tmp_path):
+    with pytest.raises(UserError, match="position directories"):
+        load_neupims(tmp_path)
+    root = write_dir(tmp_path / "d")
+    write_dir(tmp_path / "d2")
+    (root / "2nd").mkdir()
+    (root / "2nd" / "layer2.txt").write_text((root / "1st" / "layer2.txt").read_text())
+    with pytest.raises(UserError, match=r"expected layer files for layers \[2, 3\]"):
+        load_neupims(root)
+
+
+# -- the command ----------------------------------------------------------------------------------
+def test_costs_neupims_command_prints_totals_and_writes_files(tmp_path, capsys):
+    root = write_dir(tmp_path / "data")
+    out = tmp_path / "out"
+    file = tmp_path / "scenario.yaml"
+    file.write_text(yaml.safe_dump(scenario_dict()))
+    code = main(
+        [
+            "costs",
+            "neupims",
+            str(root),
+            "--scenario",
+            str(file),
+            "--clock-hz",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    text = capsys.readouterr().out
+    for mode in MODES:
+        assert any(line.split()[:3] == [mode, "2", str(HAND[mode])] for line in text.splitlines())
+    assert (out / "modes.csv").is_file() and (out / "engine" / "summary.csv").is_file()
+    import json
+
+    doc = json.loads((out / "costs.json").read_text())
+    assert {c["mode"]: c["exact"] for c in doc["checks"]} == dict.fromkeys(MODES, True)
+
+
+def test_costs_neupims_command_errors_are_one_line(tmp_path, capsys):
+    assert main(["costs", "neupims", str(tmp_path / "nothing")]) == 2
+    assert "expected a NeuPIMs cost-table directory" in capsys.readouterr().err
+
+
+# -- the shipped data -----------------------------------------------------------------------------
+@pytest.mark.skipif(not SHIPPED.is_dir(), reason="NeuPIMs tables not available")
+def test_shipped_data_totals_and_engine_reproduction():
+    data = load_neupims(SHIPPED)
+    assert len(data.defects) == 2
+    assert data.defects[0].startswith("2nd/pim/5/SA_stage_E.txt: missing")
+    assert data.defects[1].startswith("1st/pim/4/SA_stage_E.txt: expert rows do not match")
+    literal = compute_modes(data)
+    assert {m: (literal[m].cells, literal[m].total) for m in MODES} == {
+        "npu-only": (80, 1386604822),
+        "pim-only": (79, 23424859),
+        "monde": (79, 88399108),
+        "dynande": (78, 23124817),
+    }
+    consistent = compute_modes(data, consistent_only=True)
+    runs = run_policies(data, load_scenario(SCENARIO), 1e9)
+    checks = {c.mode: c for c in check_modes(data, consistent, runs)}
+    for mode in ("pim-only", "monde", "dynande"):
+        assert checks[mode].exact and checks[mode].cells == 78, mode
+    npu = checks["npu-only"]
+    assert npu.cells == 80 and not npu.exact
+    assert npu.engine_total - npu.formula_total == npu.explained == 3664
