@@ -208,6 +208,8 @@ def test_profile_cli_writes_everything(tmp_path: Path, capsys) -> None:
     assert not list(out.glob(".*tmp"))
 
 
-def test_profile_cli_bad_seqs(capsys) -> None:
+def test_profile_cli_bad_options(capsys) -> None:
     assert main(["trace", "profile", "embedded", "--seqs", "9"]) == 2
     assert "--seqs: expected at most 8 sequences" in capsys.readouterr().err
+    assert main(["trace", "profile", "embedded", "--topk", "7"]) == 2
+    assert "--topk: expected at most the trace's k (6" in capsys.readouterr().err

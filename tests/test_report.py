@@ -365,7 +365,7 @@ def test_latency_cdf_lines_are_sorted_per_step_latency(run_dir: Path) -> None:
     fig = F.step_latency_cdf(run, _colours(run), 2)
     assert_png(fig)
     ax = fig.axes[0]
-    lines = {ln.get_label().split(":")[0]: ln for ln in ax.lines if ln.get_xdata().size > 1}
+    lines = {ln.get_label().split(":")[0]: ln for ln in ax.lines if len(ln.get_xdata()) > 1}
     assert set(lines) == {"seed-split", "lru", "belady (offline bound)"}
     lines["belady"] = lines["belady (offline bound)"]
     for label in ("seed-split", "lru", "belady"):

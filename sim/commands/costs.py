@@ -142,12 +142,21 @@ def _totals_text(literal: dict[str, ModeResult], consistent: dict[str, ModeResul
 
 
 def _engine_text(runs: list[PolicyRun], checks: list[ModeCheck], data: NeupimsData) -> str:
-    lines = [f"{'label':<28} {'policy':<20} {'total cycles':>13} {'hits':>6}  mode"]
+    clean = data.npu_ok & data.pim_ok
+    lines = [
+        f"{'label':<28} {'policy':<20} {'all cells':>13} {'table cells':>13} {'hits':>6}  mode"
+    ]
     for run in runs:
         hits = int(run.result.totals.get("hits", 0))
         mode = run.mode or f"- ({run.mode_note})"
-        lines.append(f"{run.label:<28} {run.policy:<20} {run.total:>13} {hits:>6}  {mode}")
-    lines.append("(totals over all cells; cells without table values use the roofline fallback)")
+        lines.append(
+            f"{run.label:<28} {run.policy:<20} {run.total:>13} "
+            f"{int(run.cycles[clean].sum()):>13} {hits:>6}  {mode}"
+        )
+    lines.append(
+        f"(cycles; all cells: {clean.size}, some with roofline-fallback costs; table cells: the "
+        f"{int(clean.sum())} whose NPU and PIM tables both match the routing)"
+    )
     lines.append("")
     lines.append(
         f"{'mode':<9} {'label':<12} {'cells':>5} {'formula':>13} {'engine':>13} {'diff':>7}  exact"

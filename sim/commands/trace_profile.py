@@ -46,8 +46,11 @@ def _run(args: argparse.Namespace) -> int:
         if args.seqs > trace.num_seqs:
             raise UserError(f"--seqs: expected at most {trace.num_seqs} sequences, got {args.seqs}")
         trace = trace.select(seqs=slice(0, args.seqs))
-    if args.topk is not None and args.topk > trace.num_experts:
-        raise UserError(f"--topk: expected at most {trace.num_experts} experts, got {args.topk}")
+    if args.topk is not None and args.topk > trace.k:
+        raise UserError(
+            f"--topk: expected at most the trace's k ({trace.k}; more would invent experts), "
+            f"got {args.topk}"
+        )
     profile = profile_trace(trace, args.topk)
     console = Console(highlight=False, soft_wrap=False)
     console.width = max(console.width, 150)  # the table is wide; never squash it into "…"

@@ -245,7 +245,7 @@ class NeupimsData:
             notes=self.defects,
         )
 
-    def routing_trace(self) -> RoutingTrace:
+    def routing_trace(self, model: str = "flame-moe-290m") -> RoutingTrace:
         """A `RoutingTrace` whose top-k token counts are exactly the routing files' counts.
 
         The files give counts per expert, not which token chose which experts, so the
@@ -265,7 +265,7 @@ class NeupimsData:
         ranks = np.arange(k, 0, -1, dtype=np.float32) / np.float32(k * (k + 1) / 2)
         scores = np.broadcast_to(ranks, experts.shape).astype(np.float32)
         meta = TraceMeta(
-            model="flame-moe-290m",
+            model=model,
             runid="neupims",
             epoch="neupims",
             layout="megatron",
@@ -303,97 +303,123 @@ def load_neupims(root: Path, num_experts: int = 64) -> NeupimsData:
     dirs = ordinal_dirs(root)
     if not dirs:
         raise UserError(f"{root}: expected position directories 1st, 2nd, ..., got none")
-    positions = tuple(dirs)
-    names = tuple(d.name for d in dirs.values())
-    layer_ids = _layer_ids(dirs[positions[0]])
-    steps, layers = len(positions), len(layer_ids)
-    shape = (steps, layers, num_experts)
-    counts = np.zeros(shape, dtype=np.int64)
-    order = np.zeros(shape, dtype=np.int64)
-    active = np.zeros((steps, layers), dtype=np.int64)
-    arrays = {name: np.full(shape, -1, dtype=np.int64) for name in ("load", "npu", "pim")}
-    act1 = np.full((steps, layers), -1, dtype=np.int64)
-    act2 = np.full((steps, layers), -1, dtype=np.int64)
-    rows = {side: np.zeros(shape, dtype=bool) for side in SIDES}
-    ok = {side: np.zeros((steps, layers), dtype=bool) for side in SIDES}
+    pdirs = list(dirs.values())
+    layer_ids = _layer_ids(pdirs[0])
+    routings: dict[tuple[int, int], Routing] = {}
     tables: dict[str, dict[tuple[int, int], Table]] = {side: {} for side in SIDES}
-    defects: list[str] = []
-    tokens = topk = None
-    for s, pdir in enumerate(dirs.values()):
-        found = _layer_ids(pdir)
-        if found != layer_ids:
+    missing: list[str] = []
+    for s, pdir in enumerate(pdirs):
+        if _layer_ids(pdir) != layer_ids:
             raise UserError(
                 f"{pdir}: expected layer files for layers {list(layer_ids)} like "
-                f"{dirs[positions[0]].name}/, got {list(found)}"
+                f"{pdirs[0].name}/, got {list(_layer_ids(pdir))}"
             )
         for li, lid in enumerate(layer_ids):
-            routing = read_routing(pdir / f"layer{lid}.txt", num_experts)
-            if tokens is None:
-                tokens, topk = routing.tokens, routing.topk
-            elif (routing.tokens, routing.topk) != (tokens, topk):
-                raise UserError(
-                    f"{pdir / f'layer{lid}.txt'}: expected {tokens} tokens x top-{topk} like the "
-                    f"other files, got {routing.tokens} x top-{routing.topk}"
-                )
-            counts[s, li, routing.experts] = routing.counts
-            a = routing.active
-            listed = np.concatenate([a, np.setdiff1d(np.arange(num_experts), a)])
-            order[s, li] = listed
-            active[s, li] = a.size
+            routings[s, li] = _same_batch(
+                read_routing(pdir / f"layer{lid}.txt", num_experts),
+                routings,
+                pdir / f"layer{lid}.txt",
+            )
             for side, columns in (("npu", NPU_COLUMNS), ("pim", PIM_COLUMNS)):
                 path = pdir / side / str(lid) / TABLE_FILE
-                rel = path.relative_to(root)
-                if not path.is_file():
-                    defects.append(
-                        f"{rel}: missing; cell {pdir.name}/layer{lid} has no {side} costs"
-                    )
-                    continue
-                table = read_table(path, columns, num_experts)
-                tables[side][(s, li)] = table
-                rows[side][s, li, table.experts] = True
-                if side == "npu":
-                    arrays["load"][s, li, table.experts] = table.columns["param_load"]
-                    arrays["npu"][s, li, table.experts] = table.columns["total compute"]
+                if path.is_file():
+                    tables[side][s, li] = read_table(path, columns, num_experts)
                 else:
-                    arrays["pim"][s, li, table.experts] = table.columns["total compute"]
-                    assert table.activation is not None
-                    act1[s, li], act2[s, li] = table.activation
-    for side in SIDES:
-        for (s, li), table in tables[side].items():
-            rel = (dirs[positions[s]] / side / str(layer_ids[li]) / TABLE_FILE).relative_to(root)
-            active_ids = order[s, li, : active[s, li]]
-            mismatch = _mismatch(table.experts, active_ids, f"layer{layer_ids[li]}.txt")
-            if not mismatch:
-                ok[side][s, li] = True
-                continue
-            twin = _identical_table(table, tables[side], (s, li))
-            if twin is not None:
-                name = f"{names[twin[0]]}/{side}/{layer_ids[twin[1]]}/{TABLE_FILE}"
-                mismatch += f" (its rows are identical to {name}'s)"
-            defects.append(f"{rel}: {mismatch}")
-    assert tokens is not None and topk is not None
+                    missing.append(
+                        f"{path.relative_to(root)}: missing; cell {pdir.name}/layer{lid} has no "
+                        f"{side} costs"
+                    )
+    names = tuple(p.name for p in pdirs)
+    grid = _Grid(len(pdirs), layer_ids, num_experts)
+    grid.add_routing(routings)
+    mismatched = grid.add_tables(tables, names)
+    first = routings[0, 0]
     return NeupimsData(
         root=root,
         position_names=names,
-        positions=positions,
+        positions=tuple(dirs),
         layer_ids=layer_ids,
         num_experts=num_experts,
-        tokens=tokens,
-        topk=topk,
-        counts=counts,
-        order=order,
-        active=active,
-        param_load=arrays["load"],
-        npu_compute=arrays["npu"],
-        pim_compute=arrays["pim"],
-        activation_1=act1,
-        activation_2=act2,
-        npu_rows=rows["npu"],
-        pim_rows=rows["pim"],
-        npu_ok=ok["npu"],
-        pim_ok=ok["pim"],
-        defects=tuple(defects),
+        tokens=first.tokens,
+        topk=first.topk,
+        defects=tuple(missing + mismatched),
+        **grid.arrays,
     )
+
+
+def _same_batch(routing: Routing, seen: dict[tuple[int, int], Routing], path: Path) -> Routing:
+    """Every routing file must describe the same batch (tokens and k) as the first one."""
+    if seen:
+        first = seen[0, 0]
+        if (routing.tokens, routing.topk) != (first.tokens, first.topk):
+            raise UserError(
+                f"{path}: expected {first.tokens} tokens x top-{first.topk} like the other "
+                f"files, got {routing.tokens} x top-{routing.topk}"
+            )
+    return routing
+
+
+class _Grid:
+    """Builds `NeupimsData`'s arrays from the parsed files, cell by cell."""
+
+    def __init__(self, steps: int, layer_ids: tuple[int, ...], num_experts: int) -> None:
+        self.layer_ids = layer_ids
+        shape = (steps, len(layer_ids), num_experts)
+        cells = shape[:2]
+        self.arrays: dict[str, np.ndarray] = {
+            "counts": np.zeros(shape, dtype=np.int64),
+            "order": np.zeros(shape, dtype=np.int64),
+            "active": np.zeros(cells, dtype=np.int64),
+            "param_load": np.full(shape, -1, dtype=np.int64),
+            "npu_compute": np.full(shape, -1, dtype=np.int64),
+            "pim_compute": np.full(shape, -1, dtype=np.int64),
+            "activation_1": np.full(cells, -1, dtype=np.int64),
+            "activation_2": np.full(cells, -1, dtype=np.int64),
+            "npu_rows": np.zeros(shape, dtype=bool),
+            "pim_rows": np.zeros(shape, dtype=bool),
+            "npu_ok": np.zeros(cells, dtype=bool),
+            "pim_ok": np.zeros(cells, dtype=bool),
+        }
+
+    def add_routing(self, routings: dict[tuple[int, int], Routing]) -> None:
+        a = self.arrays
+        everyone = np.arange(a["counts"].shape[2])
+        for (s, li), routing in routings.items():
+            a["counts"][s, li, routing.experts] = routing.counts
+            active = routing.active
+            a["order"][s, li] = np.concatenate([active, np.setdiff1d(everyone, active)])
+            a["active"][s, li] = active.size
+
+    def add_tables(
+        self, tables: dict[str, dict[tuple[int, int], Table]], names: tuple[str, ...]
+    ) -> list[str]:
+        """Store every table; returns a defect line for each whose experts are not the cell's
+        active experts (and marks only the others ``*_ok``)."""
+        a = self.arrays
+        defects = []
+        for side, by_cell in tables.items():
+            for (s, li), table in by_cell.items():
+                e = table.experts
+                a[f"{side}_rows"][s, li, e] = True
+                if side == "npu":
+                    a["param_load"][s, li, e] = table.columns["param_load"]
+                    a["npu_compute"][s, li, e] = table.columns["total compute"]
+                else:
+                    a["pim_compute"][s, li, e] = table.columns["total compute"]
+                    assert table.activation is not None
+                    a["activation_1"][s, li], a["activation_2"][s, li] = table.activation
+                lid = self.layer_ids[li]
+                active = a["order"][s, li, : a["active"][s, li]]
+                mismatch = _mismatch(e, active, f"layer{lid}.txt")
+                if not mismatch:
+                    a[f"{side}_ok"][s, li] = True
+                    continue
+                twin = _identical_table(table, by_cell, (s, li))
+                if twin is not None:
+                    other = f"{names[twin[0]]}/{side}/{self.layer_ids[twin[1]]}/{TABLE_FILE}"
+                    mismatch += f" (its rows are identical to {other}'s)"
+                defects.append(f"{names[s]}/{side}/{lid}/{TABLE_FILE}: {mismatch}")
+        return defects
 
 
 def _layer_ids(pdir: Path) -> tuple[int, ...]:

@@ -302,8 +302,11 @@ def _merged_ends(
         last_md = np.where(k[:, 0] < n, a_md[n - k[:, 0] - 1], 0.0)
         return np.maximum(np.maximum(last_pcie, last_md), 0.0) + busy + total, rank_pcie
     rank_md = i + np.minimum(np.searchsorted(a_pcie, a_md, side="right")[None, :], k)
-    late_pcie = np.where(i < k, a_pcie[None, :] - ce[rank_pcie], -np.inf).max(axis=1)
-    late_md = np.where(i < n - k, a_md[None, :] - ce[rank_md], -np.inf).max(axis=1)
+    # (ranks of the masked-out entries may run past n: clipped, then ignored)
+    before_pcie = np.take(ce, rank_pcie, mode="clip")
+    before_md = np.take(ce, rank_md, mode="clip")
+    late_pcie = np.where(i < k, a_pcie[None, :] - before_pcie, -np.inf).max(axis=1)
+    late_md = np.where(i < n - k, a_md[None, :] - before_md, -np.inf).max(axis=1)
     return total + np.maximum(np.maximum(late_pcie, late_md), busy), rank_pcie
 
 

@@ -22,7 +22,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator, NullLocator
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullLocator
 
 from sim.errors import UserError
 from sim.report.load import (
@@ -353,6 +353,9 @@ def step_latency_cdf(
     _figure_legend(fig, ax, "policy", columns=2)
     if low > 0 and high / low >= 10:  # policies an order of magnitude apart: log axis
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
         ax.set_xlabel("step latency (ms, log scale)")
     else:
         ax.set_xlabel("step latency (ms)")

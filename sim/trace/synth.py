@@ -216,7 +216,9 @@ def validate(cfg: SynthConfig) -> dict[str, np.ndarray]:
     return knobs
 
 
-def zipf_tokens(rng: np.random.Generator, vocab: int, exponent: float, shape: tuple[int, ...]):
+def zipf_tokens(
+    rng: np.random.Generator, vocab: int, exponent: float, shape: tuple[int, ...]
+) -> np.ndarray:
     """Token ids with P(id) ~ 1 / (id + 1) ** exponent (id 0 is the most frequent)."""
     weights = np.arange(1, vocab + 1, dtype=np.float64) ** -exponent
     cdf = np.cumsum(weights)
