@@ -1,0 +1,78 @@
+"""A scenario's cost-table source: what `moesim run` needs to run on per-expert cost tables.
+
+One object gives the scenario loader both halves of a cost-table run: the routing the tables
+were made on (`trace`) and, per policy run, a fresh `TableCost` over the roofline
+(`cost_model`), whose ``describe()`` goes into the resolved scenario's provenance. Only the
+NeuPIMs layout exists so far (``kind = "neupims"``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from sim.costs.neupims import NeupimsData, load_neupims
+from sim.costs.table import TableCost
+from sim.errors import UserError
+from sim.hardware import Hardware, ModelSpec
+from sim.trace.routing import RoutingTrace
+
+KINDS = ("neupims",)
+_CLOCK = re.compile(r"^\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*(Hz|kHz|MHz|GHz)\s*$")
+_SCALE = {"Hz": 1.0, "kHz": 1e3, "MHz": 1e6, "GHz": 1e9}
+
+
+def parse_clock(value: object, where: str) -> float:
+    """A clock frequency in Hz from a number (Hz) or a string such as ``1 GHz``/``800 MHz``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        hz = float(value)
+    else:
+        match = _CLOCK.match(str(value))
+        if not match:
+            raise UserError(f"{where}: expected a frequency such as '1 GHz', got {value!r}")
+        hz = float(match[1]) * _SCALE[match[2]]
+    if not hz > 0 or hz == float("inf"):
+        raise UserError(f"{where}: expected a frequency > 0, got {value!r}")
+    return hz
+
+
+@dataclass(frozen=True)
+class CostSource:
+    """Cost tables for a scenario: ``kind`` (``neupims``), the directory, the cycles' clock."""
+
+    path: Path
+    clock_hz: float
+    kind: str = "neupims"
+    num_experts: int = 64
+    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserError(f"costs.kind: expected one of {', '.join(KINDS)}, got {self.kind!r}")
+
+    @cached_property
+    def data(self) -> NeupimsData:
+        """The imported tables (read once)."""
+        return load_neupims(self.path, num_experts=self.num_experts)
+
+    def trace(self, model: str = "flame-moe-290m") -> RoutingTrace:
+        """The routing the tables were made on."""
+        return self.data.routing_trace(model)
+
+    def cost_model(self, hardware: Hardware, model: ModelSpec) -> TableCost:
+        """A fresh cost model for one policy run (its usage record starts empty)."""
+        from sim.engine.cost import RooflineCost
+
+        return TableCost(self.data.cost_table(self.clock_hz), RooflineCost(hardware, model))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``costs:`` section that reproduces this source (absolute path), plus defects."""
+        return {
+            "kind": self.kind,
+            "path": str(self.path),
+            "clock_hz": self.clock_hz,
+            "defects": list(self.data.defects),
+        }
