@@ -113,6 +113,10 @@ def test_compute_near_moves_small_misses_to_the_host() -> None:
     plain = simulate(trace, hw, m, make_policy("lru", {"miss_path": "pcie"}))
     assert plain.per_layer["host"].sum() == 0
     assert near.totals["mean_step"] < plain.totals["mean_step"]
+    # near-data mode: a miss the rule sends over PCIe may run next to the MD pool instead
+    near_hw = hardware(pcie_bw=1e9, md_mode="near-data", md_compute=fast, capacity=2 * MB)
+    md_run = simulate(trace, near_hw, m, make_policy("lru", params))
+    assert md_run.per_layer["md_near"].tolist() == [4, 4]
     slow = ComputeUnit(memory_bandwidth=1e6, peak_flops=1e6)  # 1 s per expert: fetch instead
     hw_slow = hardware(pcie_bw=1e9, placement="host", host_compute=slow, capacity=2 * MB)
     assert simulate(trace, hw_slow, m, make_policy("lru", params)).per_layer["host"].sum() == 0

@@ -9,7 +9,7 @@ NeuPIMs layout exists so far (``kind = "neupims"``).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -47,7 +47,6 @@ class CostSource:
     clock_hz: float
     kind: str = "neupims"
     num_experts: int = 64
-    _cache: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -115,9 +115,12 @@ class FifoLink:
                 arr.flags.writeable = False
             self._idle[d] = table
         start, end, slot = table[0][:n], table[1][:n], table[2][:n]
-        last = min(n, self.channels)  # the last c transfers are each the last on their slot
-        self.free_at[slot[n - last :]] = t + end[n - last :]
         last = float(end[n - 1])
+        if self.channels == 1:
+            self.free_at[0] = t + last
+        else:  # the last c transfers are each the last on their slot
+            tail = n - min(n, self.channels)
+            self.free_at[slot[tail:]] = t + end[tail:]
         self.latest = t + last
         return Placed(start, end, slot, last)
 

@@ -175,6 +175,7 @@ class _Engine:
         self.public_ready_at = self.ready_at.view()
         self.public_ready_at.flags.writeable = False
         self.cached_count = 0
+        self.max_ready = 0.0  # latest ready time ever given to a cached expert
         self.links = {name: FifoLink(hw.link(name)) for name in LINK_NAMES}
         self.public_free_at = {name: link.public_free_at for name, link in self.links.items()}
         self.not_allowed = allowed_paths(hw)
@@ -343,6 +344,9 @@ class _Engine:
             self._event("gpu", "non_expert", t_start, t_gate, s, layer, -1)
         return view, rel_end
 
+    def _where(self, view: GateView) -> str:
+        return f"policy {self.policy.name!r} at step {view.step} layer {view.layer}"
+
     def _groups(self, eff: np.ndarray, by_path: list[int], n: int) -> list[np.ndarray | None]:
         """Indices (into the gate's experts, in gate order) of each path's experts."""
         groups: list[np.ndarray | None] = [None] * _NUM_PATHS
@@ -362,9 +366,8 @@ class _Engine:
     ) -> tuple[np.ndarray, list[int], int]:
         """The decision's paths with cached experts forced to HIT, the count per path, hits."""
         eff = np.asarray(decision.paths)
-        where = f"policy {self.policy.name!r} at step {view.step} layer {view.layer}"
         if eff.shape != (n,) or eff.dtype.kind not in "iu":
-            raise PolicyError(f"{where}: paths must be {n} Path values, got {eff!r}")
+            raise PolicyError(f"{self._where(view)}: paths must be {n} Path values, got {eff!r}")
         hits = 0
         if self.cached_count:
             hits = int(np.count_nonzero(cached))
@@ -375,15 +378,17 @@ class _Engine:
         except ValueError:  # negative entries
             by_path = [0] * (_NUM_PATHS + 1)
         if len(by_path) > _NUM_PATHS:
-            raise PolicyError(f"{where}: paths must be Path values, got {eff!r}")
+            raise PolicyError(f"{self._where(view)}: paths must be Path values, got {eff!r}")
         for path, reason in self.blocked:
             if by_path[path]:
                 raise PolicyError(
-                    f"{where} chose {path.name} for {by_path[path]} expert(s), impossible: {reason}"
+                    f"{self._where(view)} chose {path.name} for {by_path[path]} expert(s), "
+                    f"impossible: {reason}"
                 )
         if by_path[_HIT] != hits:
             raise PolicyError(
-                f"{where} chose HIT for {by_path[_HIT] - hits} expert(s) that are not cached"
+                f"{self._where(view)} chose HIT for {by_path[_HIT] - hits} expert(s) that are "
+                "not cached"
             )
         return eff, by_path, hits
 
@@ -503,6 +508,7 @@ class _Engine:
             if kept:
                 self.ready_at[layer, experts[idx[keep]]] = t_gate + placed.end[keep]
                 self.cached_count += kept
+                self.max_ready = max(self.max_ready, t_gate + placed.last)
 
     def _prefetch(
         self, decision: GateDecision, s: int, layer: int, t_gate: float
@@ -536,6 +542,7 @@ class _Engine:
             arr = np.asarray(keys, dtype=np.intp)
             placed = self._fetch(link_name, s, layer, arr[:, 1], t_gate)
             self.ready_at[arr[:, 0], arr[:, 1]] = t_gate + placed.end
+            self.max_ready = max(self.max_ready, t_gate + placed.last)
             if self.timeline is not None:
                 for (lyr, e), a, b, k in zip(
                     keys, placed.start, placed.end, placed.slot, strict=True
@@ -559,11 +566,14 @@ class _Engine:
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         busy = 0.0  # compute of the hits already in HBM at the gate: they run first
         if hit_idx is not None:
-            ready_hit = self.ready_at[layer, experts[hit_idx]] - t_gate
-            if self.timeline is None and float(ready_hit.max()) <= 0.0:
+            if self.timeline is None and self.max_ready <= t_gate:  # every cached one is in
                 busy = float(c_all[hit_idx].sum())
             else:
-                parts.append((hit_idx, np.maximum(ready_hit, 0.0)))
+                ready_hit = self.ready_at[layer, experts[hit_idx]] - t_gate
+                if self.timeline is None and float(ready_hit.max()) <= 0.0:
+                    busy = float(c_all[hit_idx].sum())
+                else:
+                    parts.append((hit_idx, np.maximum(ready_hit, 0.0)))
         parts.extend((idx, placed.end) for idx, placed, _link in fetched)
         if self.timeline is not None:
             self._fetch_events(s, layer, t_gate, experts, fetched)

@@ -113,6 +113,8 @@ class PrefetchPolicy(CachePolicy):
         evict = self.make_room(view, resident, layer, need.size, [(layer, predicted)])
         free = self.partition_slots - self.occupancy(resident, layer)
         need = need[: max(0, free)]
+        if need.size == 0:
+            return [], evict
         resident[layer, need] = True
         self.last_use[layer, need] = self.gate  # fresh: not the next victims
         self.prefetched += int(need.size)

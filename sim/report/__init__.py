@@ -9,7 +9,6 @@ A figure whose input is missing is replaced by a note saying how to get it.
 from __future__ import annotations
 
 import io
-import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -82,22 +81,15 @@ def write_report(
     written: dict[str, Path] = {}
     if "png" in chosen:
         for fig, png in zip(content.figures, pngs):
-            _publish(out / "figures" / f"{fig.name}.png", png)
+            atomic.write_bytes(out / "figures" / f"{fig.name}.png", png)
         written["png"] = out / "figures"
     if "pdf" in chosen:
-        written["pdf"] = _publish(out / "report.pdf", _pdf(content.figures))
+        written["pdf"] = atomic.write_bytes(out / "report.pdf", _pdf(content.figures))
     if "html" in chosen:
         blocks = [H.FigureBlock(f.title, f.caption, png) for f, png in zip(content.figures, pngs)]
         html_text = render_html(content, blocks).encode("utf-8")
-        written["html"] = _publish(out / "report.html", html_text)
+        written["html"] = atomic.write_bytes(out / "report.html", html_text)
     return written.get("html") or written.get("pdf") or written["png"]
-
-
-def _publish(path: Path, data: bytes) -> Path:
-    """Atomic write, then ordinary read permissions (atomic temp files are private)."""
-    atomic.write_bytes(path, data)
-    os.chmod(path, 0o644)
-    return path
 
 
 def check_formats(formats: Sequence[str] | str) -> tuple[str, ...]:
