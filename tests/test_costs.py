@@ -185,7 +185,7 @@ def test_engine_reproduces_the_four_modes_on_hand_made_tables(tmp_path, clock_hz
         assert by_label[mode].cycles[0].tolist() == HAND_CELLS[mode], mode
     checks = check_modes(data, compute_modes(data, consistent_only=True), runs)
     assert [c.mode for c in checks] == list(MODES)
-    assert all(c.exact for c in checks)
+    assert all(c.exact and c.split_differing == 0 for c in checks)
     monde = by_label["monde"].result.per_layer
     assert monde["pcie"].tolist() == [1, 1] and monde["md_near"].tolist() == [2, 2]
     assert by_label["dynande"].result.per_layer["pcie"].tolist() == [0, 2]
@@ -381,8 +381,8 @@ def test_costs_neupims_command_prints_totals_and_writes_files(tmp_path, capsys):
             str(root),
             "--scenario",
             str(file),
-            "--clock-hz",
-            "1",
+            "--clock",
+            "1 Hz",
             "--out",
             str(out),
         ]
@@ -401,6 +401,8 @@ def test_costs_neupims_command_prints_totals_and_writes_files(tmp_path, capsys):
 def test_costs_neupims_command_errors_are_one_line(tmp_path, capsys):
     assert main(["costs", "neupims", str(tmp_path / "nothing")]) == 2
     assert "expected a NeuPIMs cost-table directory" in capsys.readouterr().err
+    assert main(["costs", "neupims", str(write_dir(tmp_path)), "--clock", "fast"]) == 2
+    assert "--clock: expected a frequency" in capsys.readouterr().err
 
 
 # -- the shipped data -----------------------------------------------------------------------------
@@ -422,6 +424,7 @@ def test_shipped_data_totals_and_engine_reproduction():
     checks = {c.mode: c for c in check_modes(data, consistent, runs)}
     for mode in ("pim-only", "monde", "dynande"):
         assert checks[mode].exact and checks[mode].cells == 78, mode
+        assert checks[mode].split_differing == 0, mode
     npu = checks["npu-only"]
     assert npu.cells == 80 and not npu.exact
     assert npu.engine_total - npu.formula_total == npu.explained == 3664

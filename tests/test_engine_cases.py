@@ -298,3 +298,13 @@ def test_a_custom_cost_model_is_used_not_the_roofline_fast_path():
     # slot 1 runs e1 then e3 (ends 2/16 + 4/16)
     assert r.per_layer["transfer_window"][0] == pytest.approx(6 / 16, rel=1e-15)
     assert r.links["pcie"]["busy"] == pytest.approx(10 / 16 / 2)
+
+
+def test_label_params_and_summary_row():
+    r = simulate(FOUR, hardware(), ONE_GB, make_policy("seed-split", {"alpha": 0.5}), label="s")
+    assert (r.policy, r.label, r.params["alpha"]) == ("seed-split", "s", 0.5)
+    row = r.summary_row()
+    assert row["label"] == "s" and row["total_time"] == r.totals["total_time"]
+    assert {"util_pcie", "util_md_link", "hit_rate", "p99_step"} <= set(row)
+    with pytest.raises(UserError, match="expert_bytes"):
+        run("gpu-only", hardware(), mdl=model(8, 1, 0.0))

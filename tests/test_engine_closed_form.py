@@ -92,9 +92,12 @@ def test_engine_equals_closed_form(scenario, policy_name):
     md = Path.MD_NEAR if hw.md_mode == "near-data" else Path.MD_FETCH
     if policy_name == "seed-split":
         params = SeedSplitParams(
-            alpha=float(rng.choice([0.5, 1.0, 3.0])), rounding=str(rng.choice(["nearest", "ceil"]))
+            alpha=float(rng.choice([0.5, 1.0, 3.0])),
+            rounding=str(rng.choice(["nearest", "ceil"])),
+            order=str(rng.choice(["tokens", "id"])),
         )
-        policy = make_policy("seed-split", {"alpha": params.alpha, "rounding": params.rounding})
+        chosen = {"alpha": params.alpha, "rounding": params.rounding, "order": params.order}
+        policy = make_policy("seed-split", chosen)
         plan = seed_split_plan(counts, hw, params)
     elif policy_name == "gpu-only":
         policy, plan = make_policy("gpu-only"), single_path_plan(counts, Path.PCIE)

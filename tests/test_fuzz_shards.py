@@ -197,6 +197,9 @@ class Pristine:
     root: Path
     objects: dict[str, Any]
 
+    def __repr__(self) -> str:
+        return f"Pristine({self.root})"
+
 
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
@@ -445,6 +448,10 @@ BAD_IDS = (-1, E, E + 1, 32_767, -32_768, 2**31 - 1, 2**40)
 
 def poke(part: str, row: int, col: int, value: float) -> Mutation:
     def build(orig: Any) -> Any:
+        if isinstance(orig, torch.Tensor):  # samples: token ids take the value (floats as floats)
+            tokens = orig.clone() if part != "scores" else orig.to(torch.float64)
+            tokens[row] = value if part == "scores" else int(value)
+            return tokens
         scores, ids = (t.clone() for t in orig)
         if part == "scores":
             scores[row, col] = value

@@ -43,7 +43,9 @@ class ReplayPlan:
 
     @property
     def max_tokens(self) -> int:
-        most = [int(lp.compute[:, 1].max()) for step in self.steps for lp in step if lp.compute.size]
+        most = [
+            int(lp.compute[:, 1].max()) for step in self.steps for lp in step if lp.compute.size
+        ]
         return max(most, default=1)
 
 
@@ -100,7 +102,9 @@ class FakeBackend:
     def copy_time(self, memory: str, nbytes: float, streams: int) -> float:
         m = self.machine
         latency, bandwidth = (
-            (m.latency, m.bandwidth) if memory == "pinned" else (m.pageable_latency, m.pageable_bandwidth)
+            (m.latency, m.bandwidth)
+            if memory == "pinned"
+            else (m.pageable_latency, m.pageable_bandwidth)
         )
         return latency + streams * nbytes / bandwidth
 
@@ -111,7 +115,9 @@ class FakeBackend:
     def expert_time(self, shape: ExpertShape, tokens: np.ndarray | float) -> np.ndarray:
         m = self.machine
         t = np.asarray(tokens, dtype=np.float64)
-        return np.maximum(shape.nbytes / m.memory_bandwidth, t * shape.flops_per_token / m.peak_flops)
+        return np.maximum(
+            shape.nbytes / m.memory_bandwidth, t * shape.flops_per_token / m.peak_flops
+        )
 
     def expert_seconds(self, shape: ExpertShape, tokens: int, repeats: int) -> list[float]:
         return self._jitter(np.full(repeats, float(self.expert_time(shape, tokens)))).tolist()
@@ -129,7 +135,10 @@ class FakeBackend:
             for lp in layers:
                 arrive = _fifo_arrivals(free, lp.fetch[:, 1], now, copy)
                 compute = self.expert_time(plan.shape, lp.compute[:, 1])
-                ready = np.where(lp.compute[:, 2] >= 0, arrive[np.maximum(lp.compute[:, 2], 0)], now)
+                fetched = lp.compute[:, 2]
+                ready = np.full(fetched.size, now)
+                if arrive.size:
+                    ready = np.where(fetched >= 0, arrive[np.maximum(fetched, 0)], now)
                 if not plan.per_expert_start and ready.size:
                     ready = np.full_like(ready, max(now, float(arrive.max(initial=now))))
                 for r, c in zip(ready.tolist(), compute.tolist(), strict=True):
@@ -139,7 +148,9 @@ class FakeBackend:
         return self._jitter(out)
 
 
-def _fifo_arrivals(free: np.ndarray, streams: Sequence[int], now: float, duration: float) -> np.ndarray:
+def _fifo_arrivals(
+    free: np.ndarray, streams: Sequence[int], now: float, duration: float
+) -> np.ndarray:
     """Arrival times of copies issued at ``now`` on the given streams (FIFO per stream);
     updates ``free`` (each stream's busy-until time) in place."""
     arrive = np.empty(len(streams))

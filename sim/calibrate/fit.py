@@ -60,7 +60,9 @@ class ExpertFit:
 
     def seconds(self, tokens: np.ndarray | float) -> np.ndarray:
         t = np.asarray(tokens, dtype=np.float64)
-        return np.maximum(self.nbytes / self.memory_bandwidth, t * self.flops_per_token / self.peak_flops)
+        return np.maximum(
+            self.nbytes / self.memory_bandwidth, t * self.flops_per_token / self.peak_flops
+        )
 
 
 def representative(seconds: Sequence[float]) -> float:

@@ -24,7 +24,7 @@ from sim.costs.compare import (
 )
 from sim.costs.modes import MODES, ModeResult, compute_modes
 from sim.costs.neupims import NeupimsData, load_neupims
-from sim.errors import UserError
+from sim.costs.source import parse_clock
 
 MODE_COLUMNS = ("step", "position", "layer_id", "active", *MODES, "monde_npu", "dynande_npu")
 
@@ -47,10 +47,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(e.g. scenarios/neupims-decoder-bs16.yaml; its trace section is ignored)",
     )
     p.add_argument(
-        "--clock-hz",
-        type=float,
-        default=1e9,
-        help="clock of the tables' cycles, to convert to the engine's seconds (default 1e9)",
+        "--clock",
+        default="1 GHz",
+        help="clock of the tables' cycles, to convert to the engine's seconds: '1 GHz', "
+        "'800 MHz' or Hz (default 1 GHz)",
     )
     p.add_argument("--num-experts", type=int, default=64, help="experts per layer (default 64)")
     p.add_argument("--out", type=Path, metavar="DIR", help="write modes.csv, costs.json, engine/")
@@ -59,8 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def neupims_command(args: argparse.Namespace) -> int:
-    if not args.clock_hz > 0:
-        raise UserError(f"--clock-hz: expected a frequency > 0, got {args.clock_hz}")
+    clock_hz = parse_clock(_number_or_text(args.clock), "--clock")
     if args.out is not None:
         from sim.scenario.run import check_out_dir
 
@@ -86,15 +85,22 @@ def neupims_command(args: argparse.Namespace) -> int:
         from sim.scenario import load_scenario
 
         scenario = load_scenario(args.scenario)
-        runs = run_policies(data, scenario, args.clock_hz)
+        runs = run_policies(data, scenario, clock_hz)
         checks = check_modes(data, consistent, runs)
         print()
-        print(f"Engine ({scenario.name}, table costs at {args.clock_hz:g} Hz, roofline fallback)")
+        print(f"Engine ({scenario.name}, table costs at {clock_hz:g} Hz, roofline fallback)")
         print(_engine_text(runs, checks, data))
     if args.out is not None:
-        _write(args.out, data, literal, consistent, scenario, runs, checks, args.clock_hz)
+        _write(args.out, data, literal, consistent, scenario, runs, checks, clock_hz)
         print(f"\nwrote {args.out}")
     return 0
+
+
+def _number_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 # -- text ---------------------------------------------------------------------------------------
@@ -166,6 +172,7 @@ def _engine_text(runs: list[PolicyRun], checks: list[ModeCheck], data: NeupimsDa
         lines.append(
             f"{c.mode:<9} {c.label:<12} {c.cells:>5} {c.formula_total:>13} {c.engine_total:>13} "
             f"{diff:>7}  {'yes' if c.exact else f'no ({c.cells_differing} cells)'}"
+            + ("" if not c.split_differing else f"; other split in {c.split_differing} cells")
         )
         if c.mode == "npu-only" and not c.exact:
             gap = npu_only_readme_gap(data)

@@ -64,6 +64,7 @@ class ModeCheck:
     formula_total: int
     engine_total: int
     cells_differing: int
+    split_differing: int  # cells where the engine put another number of experts on the NPU
     explained: int | None = None  # NPU-only: the difference the schedules predict
 
     @property
@@ -79,6 +80,7 @@ class ModeCheck:
             "engine_total": self.engine_total,
             "difference": self.engine_total - self.formula_total,
             "cells_differing": self.cells_differing,
+            "split_differing": self.split_differing,
             "exact": self.exact,
             "explained_difference": self.explained,
         }
@@ -200,6 +202,7 @@ def check_modes(
         ref = consistent[run.mode]
         cells = ref.computed
         diff = run.cycles[cells] - ref.cycles[cells]
+        on_npu = run.result.per_layer["pcie"].reshape(ref.cycles.shape)
         explained = None
         if run.mode == "npu-only":
             explained = int((engine_npu[cells] - ref.cycles[cells]).sum())
@@ -211,6 +214,7 @@ def check_modes(
                 formula_total=int(ref.cycles[cells].sum()),
                 engine_total=int(run.cycles[cells].sum()),
                 cells_differing=int(np.count_nonzero(diff)),
+                split_differing=int(np.count_nonzero(on_npu[cells] != ref.npu_experts[cells])),
                 explained=explained,
             )
         )

@@ -131,6 +131,8 @@ def simulate(
         )
     if not 1 <= k <= trace.num_experts:
         raise UserError(f"topk: expected 1..{trace.num_experts}, got {k}")
+    if not model.expert_bytes > 0:
+        raise UserError(f"model.expert_bytes: expected a size > 0, got {model.expert_bytes}")
     counts = trace.expert_token_counts(k)
     cost = cost if cost is not None else RooflineCost(hardware, model)
     ctx = PolicyContext(

@@ -5,9 +5,8 @@
 * ``balanced-split``: the split minimising the layer's finish time (DynaNDE-style).
 
 The path choices are also exposed as functions (`seed_split_paths`, `single_path`,
-`balanced_split_paths`) so cache
-policies can use them as their miss-path rule, and as whole-trace plans (`*_plan`) for the
-numpy closed form (`sim.engine.closed_form`).
+`balanced_split_paths`) so cache policies can use them as their miss-path rule, and as
+whole-trace plans (`*_plan`) for the numpy closed form (`sim.engine.closed_form`).
 """
 
 from __future__ import annotations

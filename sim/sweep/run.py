@@ -58,8 +58,9 @@ class PointOutcome:
 
     point_id: str
     rows: tuple[dict[str, Any], ...]
-    elapsed: float
+    elapsed: float  # wall seconds in the worker
     error: str | None = None
+    cpu: float = 0.0  # CPU seconds of the worker process on this point
 
 
 @dataclass(frozen=True)
@@ -82,14 +83,16 @@ def run_point(task: PointTask) -> PointOutcome:
     from sim.scenario import run_scenario, scenario_from_dict
     from sim.scenario.run import summary_rows
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         scenario = scenario_from_dict(task.document, task.source)
         results = run_scenario(scenario, _cached_trace(scenario), progress=False)
         rows = tuple(summary_rows(scenario, results))
     except UserError as err:
         return PointOutcome(task.point.point_id, (), time.perf_counter() - start, str(err))
-    return PointOutcome(task.point.point_id, rows, time.perf_counter() - start)
+    return PointOutcome(
+        task.point.point_id, rows, time.perf_counter() - start, cpu=time.process_time() - cpu
+    )
 
 
 def _cached_trace(scenario: Any) -> Any:
@@ -218,7 +221,12 @@ def _finished_ids(out: Path, points: Sequence[SweepPoint]) -> set[str]:
 def _write_point(out: Path, outcome: PointOutcome) -> None:
     write_json(
         out / POINTS_DIR / f"{outcome.point_id}.json",
-        {"point_id": outcome.point_id, "elapsed_s": outcome.elapsed, "rows": list(outcome.rows)},
+        {
+            "point_id": outcome.point_id,
+            "elapsed_s": outcome.elapsed,
+            "cpu_s": outcome.cpu,
+            "rows": list(outcome.rows),
+        },
     )
 
 
