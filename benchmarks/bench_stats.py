@@ -5,11 +5,13 @@ routing with a skewed expert popularity) in the FLAME-MoE dump layout under a te
 directory, then times as whole processes, from the same shards:
 
 (a) the notebook's method on its 80 cells (positions 0-9 x layers 2-9): per cell it loads the
-    shards, writes the dense 64-column CSV, reads it back and loops over its rows once per top-k
-    (1, 2, 6) with ``np.argsort(row)``, then writes its ``_top{k}_stats`` files. pandas is not
-    installed, so ``pd.read_csv`` + ``iterrows`` is replaced by the ``csv`` module and a loop
-    over its rows (pandas' ``iterrows`` is slower, so this favours the notebook). The ``.pt``
-    and ``.txt`` tensor dumps are left out (they belong to ``--notebook-tree``).
+    shards, writes the dense 64-column CSV, reads it back with ``pd.read_csv`` and loops over
+    ``df.iterrows()`` once per top-k (1, 2, 6) with ``np.argsort(row[expert_columns].values
+    .astype(float))``, then writes its ``_top{k}_stats`` files, exactly as the notebook does.
+    Without pandas (not a dependency of moesim; ``pip install pandas``) it falls back to the
+    ``csv`` module and a loop over its rows (faster than ``iterrows``, so it favours the
+    notebook) and says so. The ``.pt`` and ``.txt`` tensor dumps are left out (they belong to
+    ``--notebook-tree``).
 (b) ``moesim trace stats ROOT --layout seed --positions all`` on 4,096 cells (512 x 8).
 
 It prints cells/s of each and their ratio (target >= 100x), checks that both give the same
@@ -37,6 +39,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+try:  # the notebook's own reader; optional (not a moesim dependency)
+    import pandas as pd
+except ImportError:
+    pd = None
+
 from sim.atomic import write_text
 
 MODEL, RUNID, EPOCH = "flame-moe-290m", 31066, 5473
@@ -47,6 +54,11 @@ SEQ_LEN, SEQS_PER_SHARD = 512, 32
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
 SECTION = "## stats (issue 3)"
+METHOD = (
+    f"pandas {pd.__version__} read_csv + iterrows (the notebook's own method)"
+    if pd is not None
+    else "csv module + a loop over its rows (pandas not installed; its iterrows is slower)"
+)
 
 
 # -- input ------------------------------------------------------------------------------------------
@@ -104,12 +116,10 @@ def notebook_method(root: Path, out: Path) -> None:
                         expert_id = int(indices_all[token_idx][i].item())
                         expert_scores[expert_id] = float(scores_all[token_idx][i].item())
                     writer.writerow([0, token_idx, *(f"{s:.6f}" for s in expert_scores)])
-            with open(f"{base}.csv", newline="") as handle:
-                df = list(csv.DictReader(handle))
+            df = read_back(f"{base}.csv")
             for k in (1, 2, 6):
                 counts = {i: 0 for i in range(E)}
-                for row in df:  # iterrows
-                    expert_scores = np.array([row[c] for c in expert_columns]).astype(float)
+                for expert_scores in row_scores(df, expert_columns):
                     for expert_id in np.argsort(expert_scores)[-k:][::-1]:
                         counts[int(expert_id)] += 1
                 ranked = sorted(counts.items(), key=lambda x: x[1], reverse=True)
@@ -126,6 +136,25 @@ def notebook_method(root: Path, out: Path) -> None:
                     writer.writerow(["Expert_ID", "Token_Count", "Percentage", "Rank"])
                     for rank, (expert_id, count) in enumerate(ranked, 1):
                         writer.writerow([expert_id, count, f"{count / n * 100:.2f}", rank])
+
+
+def read_back(path: str) -> object:
+    """The notebook's ``pd.read_csv(csv_filename)`` (the csv module without pandas)."""
+    if pd is not None:
+        return pd.read_csv(path)
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def row_scores(df: object, expert_columns: list[str]):
+    """Each row's 64 scores as the notebook gets them: ``for idx, row in df.iterrows():
+    expert_scores = row[expert_columns].values.astype(float)``."""
+    if pd is not None:
+        for _idx, row in df.iterrows():
+            yield row[expert_columns].values.astype(float)
+    else:
+        for row in df:
+            yield np.array([row[c] for c in expert_columns]).astype(float)
 
 
 def notebook_gating(out: Path) -> dict[tuple[int, int, int], tuple[int, int, int, int]]:
@@ -203,6 +232,7 @@ def main() -> int:
         notebook_method(Path(args.notebook_method[0]), Path(args.notebook_method[1]))
         return 0
 
+    print(f"notebook method: {METHOD}")
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_stats_") as tmp:
         root, work = Path(tmp) / "dump", Path(tmp)
@@ -235,9 +265,8 @@ def main() -> int:
         f"load average at start {load:.2f} (the box is shared: CPU time is the steadier measure)",
         f"- input: 2 shards x T={T} rows, top-{K} of {E} experts, layers 2-9 (seeded, skewed)",
         f"- (a) notebook method, 80 cells (positions 0-9 x 8 layers): wall {nb_wall:.2f} s "
-        f"({80 / nb_wall:.1f} cells/s), CPU {nb_cpu:.2f} s ({80 / nb_cpu:.1f} cells/s); csv "
-        "module + per-row numpy argsort (pandas is not installed; its iterrows is slower), "
-        ".pt/.txt dumps excluded",
+        f"({80 / nb_wall:.1f} cells/s), CPU {nb_cpu:.2f} s ({80 / nb_cpu:.1f} cells/s); "
+        f"{METHOD}, per-row numpy argsort, .pt/.txt dumps excluded",
         f"- (b) `moesim trace stats --layout seed --positions all`, 4096 cells (512 x 8): wall "
         f"{ours_wall:.2f} s ({4096 / ours_wall:.0f} cells/s), CPU {ours_cpu:.2f} s "
         f"({4096 / ours_cpu:.0f} cells/s)",

@@ -517,3 +517,15 @@ def _pad(routing: list[tuple[int, int]], tokens: int) -> list[tuple[int, int]]:
         if rows[-1][1] == 0:
             rows.pop()
     return sorted(((e, c) for e, c in rows), key=lambda ec: (-ec[1], ec[0]))
+
+
+def test_prefetches_are_costed_at_the_gate_they_are_for(tmp_path):
+    """The engine looks a prefetched expert's transfer up at its own (step, layer) cell: every
+    prefetch here is for layer 3's experts (9 is active only there), so no transfer falls back."""
+    data = load_neupims(write_dir(tmp_path))
+    sc = scenario(extra=[{"name": "prefetch-oracle", "params": {"miss_path": "pcie"}}])
+    sc = type(sc)(**{**sc.__dict__, "hardware": _with_cache(sc.hardware, 4)})
+    run = next(r for r in run_policies(data, sc, 1.0) if r.label == "prefetch-oracle")
+    assert run.result.per_layer["prefetch_pcie"].sum() > 0
+    used = run.costs["used"]["transfer"]
+    assert used["fallback_cells"] == 0 and used["table_cells"] == 6

@@ -542,7 +542,7 @@ class _Engine:
             if not keys:
                 continue
             arr = np.asarray(keys, dtype=np.intp)
-            placed = self._fetch(link_name, s, layer, arr[:, 1], t_gate)
+            placed = self._fetch_prefetch(link_name, s, layer, arr, t_gate)
             self.ready_at[arr[:, 0], arr[:, 1]] = t_gate + placed.end
             self.max_ready = max(self.max_ready, t_gate + placed.last)
             if self.timeline is not None:
@@ -551,6 +551,22 @@ class _Engine:
                 ):
                     self._event(f"{link_name}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
         return len(by_link["pcie"]), len(by_link["md_link"])
+
+    def _fetch_prefetch(
+        self, link_name: str, s: int, layer: int, keys: np.ndarray, t_gate: float
+    ) -> Placed:
+        """`_fetch` for prefetches (``keys``: rows of (layer, expert)): with a per-expert cost
+        model (a cost table), each transfer is costed at the gate it is for, layer ``lyr`` later
+        in this step or, for a layer not after this one, in the next step."""
+        if self.transfer_d is not None:
+            return self._fetch(link_name, s, layer, keys[:, 1], t_gate)
+        target = np.where(keys[:, 0] > layer, s, min(s + 1, self.steps - 1))
+        durations = np.empty(len(keys))
+        for ts, lyr in sorted(set(zip(target.tolist(), keys[:, 0].tolist(), strict=True))):
+            mask = (target == ts) & (keys[:, 0] == lyr)
+            durations[mask] = self.cost.transfer_time(link_name, ts, lyr, keys[mask, 1])
+        nbytes = len(keys) * self.expert_bytes
+        return self.links[link_name].place(t_gate, durations, len(keys), nbytes)
 
     # -- GPU ---------------------------------------------------------------------------------------
     def _gpu_part(

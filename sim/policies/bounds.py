@@ -178,8 +178,8 @@ class OptimalPolicy(Policy):
     class Params:
         slots: int | None = None  # cache size in experts (None: all of hbm.capacity)
         capacity_bytes: float | None = None  # or in bytes
-        max_uses: int = 4000  # refuse instances with more active (step, layer, expert) uses
-        time_limit: float = 60.0  # s for HiGHS; not proven optimal in time -> error
+        max_uses: int = 10_000  # refuse instances with more active (step, layer, expert) uses
+        time_limit: float = 120.0  # s for HiGHS; not proven optimal in time -> error
 
         def __post_init__(self) -> None:
             CacheParams(slots=self.slots, capacity_bytes=self.capacity_bytes)  # same checks

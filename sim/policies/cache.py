@@ -276,16 +276,17 @@ class StaticPopularPolicy(CachePolicy):
 
     @dataclass(frozen=True)
     class Params(CacheParams):
-        warmup_steps: int = 32  # steps whose routing chooses the pinned experts
+        warmup_steps: int | None = None  # steps choosing the pins (None: a quarter of the trace)
 
         def __post_init__(self) -> None:
             super().__post_init__()
-            if self.warmup_steps < 1:
+            if self.warmup_steps is not None and self.warmup_steps < 1:
                 raise ValueError(f"warmup_steps: expected >= 1, got {self.warmup_steps}")
 
     def bind(self, ctx: PolicyContext) -> None:
         super().bind(ctx)
         warm = self.params.warmup_steps
+        warm = max(1, ctx.num_steps // 4) if warm is None else warm
         if warm > ctx.num_steps:
             raise UserError(
                 f"policy {self.name}: warmup_steps: expected at most the trace's "

@@ -16,7 +16,6 @@ resumed sweep gives the same table as an uninterrupted one.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -29,17 +28,21 @@ import numpy as np
 import yaml
 
 import sim
-from sim.atomic import write_bytes, write_csv, write_json, write_text
+from sim.atomic import write_json, write_text
 from sim.errors import UserError
 from sim.sweep.executors import execute
-from sim.sweep.spec import POLICIES_PATH, SweepPoint, SweepSpec, expand, point_document
-from sim.sweep.spec import validate_points as _validate_points
+from sim.sweep.spec import (
+    SweepPoint,
+    SweepSpec,
+    canonical_json,
+    expand,
+    point_document,
+    validate_points,
+)
+from sim.sweep.table import write_table
 
 POINTS_DIR = "points"
 MANIFEST = "sweep.resolved.yaml"
-TABLE_CSV = "sweep.csv"
-TABLE_PARQUET = "sweep.parquet"
-POINT_COLUMNS = ("point_id", "point", "repeat", "seed")
 _TRACE_CACHE_SIZE = 4
 
 
@@ -98,7 +101,7 @@ def run_point(task: PointTask) -> PointOutcome:
 def _cached_trace(scenario: Any) -> Any:
     from sim.scenario import load_scenario_trace
 
-    key = _canonical(scenario.trace.to_dict())
+    key = canonical_json(scenario.trace.to_dict())
     trace = _TRACES.get(key)
     if trace is None:
         if len(_TRACES) >= _TRACE_CACHE_SIZE:
@@ -126,7 +129,7 @@ def run_sweep(
     """Validate every point, run the unfinished ones, write the table; see the module doc."""
     start = time.perf_counter()
     points = expand(spec)
-    base, _ = _validate_points(spec, points, validate, set_dotted)
+    base, _ = validate_points(spec, points, validate, set_dotted)
     out = Path(out_dir)
     _prepare_dir(out, spec, resume)
     manifest = _manifest(spec, base, points)
@@ -156,7 +159,9 @@ def run_sweep(
             f"{by_id[point_id].index} ({point_id}): {message}; finished points are kept in "
             f"{out}, fix and rerun with --resume {out}"
         )
-    rows = write_table(out, spec, points, _baseline_label(spec, base))
+    rows = write_table(
+        out, spec, [(p, _read_rows(out, p)) for p in points], _baseline_label(spec, base)
+    )
     return SweepReport(
         out_dir=out,
         total=len(points),
@@ -239,96 +244,6 @@ def _read_rows(out: Path, point: SweepPoint) -> list[dict[str, Any]]:
     return list(record["rows"])
 
 
-# --- the tidy table ---------------------------------------------------------------------
-
-
-def write_table(out: Path, spec: SweepSpec, points: Sequence[SweepPoint], baseline: str) -> int:
-    """sweep.csv (and sweep.parquet) from the point files, in point order; returns #rows."""
-    swept = list(spec.swept_paths)
-    rows: list[dict[str, Any]] = []
-    for point in points:
-        values = point.swept()
-        for row in _read_rows(out, point):
-            record: dict[str, Any] = {
-                "point_id": point.point_id,
-                "point": point.index,
-                "repeat": point.repeat,
-                "seed": point.seed,
-            }
-            record.update({path: _cell(values[path]) for path in swept})
-            record.update(row)
-            rows.append(record)
-    _add_relative(rows, swept, baseline)
-    columns = _columns(rows, swept)
-    write_csv(out / TABLE_CSV, columns, ([_csv_cell(row.get(c)) for c in columns] for row in rows))
-    _write_parquet(out / TABLE_PARQUET, columns, rows)
-    return len(rows)
-
-
-def _add_relative(rows: list[dict[str, Any]], swept: list[str], baseline: str) -> None:
-    """``is_baseline``, ``speedup`` and ``gap_closed`` within each sweep cell, as summary.csv.
-
-    A cell is one combination of every swept field except ``policies``, one seed and one top-k.
-    Without a ``policies`` axis a cell is one point's top-k (exactly summary.csv's numbers);
-    with one, each policy is compared with the baseline and bounds of its sibling points.
-    """
-    from sim.scenario.run import gap_closed
-
-    others = [p for p in swept if p != POLICIES_PATH]
-    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
-    for row in rows:
-        row["is_baseline"] = row.get("label") == baseline
-        cells.setdefault(_cell_key(row, others), []).append(row)
-    for cell in cells.values():
-        base = next((r["mean_step"] for r in cell if r["is_baseline"]), None)
-        bounds = [r["mean_step"] for r in cell if r.get("is_bound")]
-        for row in cell:
-            mean = row.get("mean_step")
-            row["speedup"] = base / mean if base is not None and mean else None
-            row["gap_closed"] = (
-                gap_closed(base, mean, min(bounds)) if base is not None and bounds else None
-            )
-
-
-def _cell_key(row: dict[str, Any], others: list[str]) -> tuple[Any, ...]:
-    return (*(json.dumps(row[p], sort_keys=True) for p in others), row["seed"], row.get("topk"))
-
-
-def _columns(rows: list[dict[str, Any]], swept: list[str]) -> list[str]:
-    """Point columns, swept fields, then summary.csv's columns in its order, then the rest."""
-    from sim.scenario.run import SUMMARY_COLUMNS
-
-    present = {c for row in rows for c in row}
-    known = [c for c in SUMMARY_COLUMNS if c in present]
-    rest = sorted(present - set(known) - set(POINT_COLUMNS) - set(swept))
-    return list(dict.fromkeys([*POINT_COLUMNS, *swept, *known, *rest]))
-
-
-def _write_parquet(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> bool:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        return False
-    arrays = {c: pa.array(_arrow_column([row.get(c) for row in rows])) for c in columns}
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.table(arrays), sink)
-    write_bytes(path, sink.getvalue().to_pybytes())
-    return True
-
-
-def _arrow_column(values: list[Any]) -> list[Any]:
-    """One type per column: numbers stay numbers, anything mixed becomes text."""
-    present = [v for v in values if v is not None]
-    if all(isinstance(v, bool) for v in present):
-        return values
-    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
-        if any(isinstance(v, float) for v in present):
-            return [None if v is None else float(v) for v in values]
-        return values
-    return [None if v is None else (v if isinstance(v, str) else _canonical(v)) for v in values]
-
-
 # --- helpers ----------------------------------------------------------------------------
 
 
@@ -364,22 +279,6 @@ def _baseline_label(spec: SweepSpec, base: Any) -> str:
     return str(spec.base.get("baseline", DEFAULT_BASELINE))
 
 
-def _cell(value: Any) -> Any:
-    """A swept value as a table cell: scalars as written, structures as compact JSON."""
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return ",".join(value)
-    return _canonical(value)
-
-
-def _csv_cell(value: Any) -> Any:
-    """As summary.csv: blank for None/NaN, repr for floats (exact and deterministic)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    return repr(value) if isinstance(value, float) else value
-
-
 def _plain(obj: Any) -> Any:
     """Dataclasses, tuples, numpy scalars and Paths to plain YAML/JSON-safe values."""
     import dataclasses
@@ -395,10 +294,6 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     return obj
-
-
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 class _NoBar:

@@ -395,7 +395,7 @@ def _value_list(values: Any, where: str, source: str) -> list[Any]:
 def _check_unique(rows: list[tuple[Any, ...]], where: str, source: str) -> None:
     seen: dict[str, int] = {}
     for pos, row in enumerate(rows):
-        key = _canonical(list(row))
+        key = canonical_json(list(row))
         if key in seen:
             raise UserError(
                 f"{source}: {where}[{pos}]: expected distinct values, got {_show(row)} "
@@ -423,16 +423,17 @@ def _describe(point: SweepPoint) -> str:
 
 
 def _show(values: tuple[Any, ...]) -> str:
-    shown = [v if isinstance(v, str) else _canonical(v) for v in values]
+    shown = [v if isinstance(v, str) else canonical_json(v) for v in values]
     return shown[0] if len(shown) == 1 else "(" + ", ".join(shown) + ")"
 
 
-def _canonical(obj: Any) -> str:
+def canonical_json(obj: Any) -> str:
+    """Compact, key-sorted JSON: the stable text that ids and cache keys are hashed from."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(_canonical(obj).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
 
 
 def _kind(value: Any) -> str:
