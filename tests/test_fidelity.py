@@ -19,7 +19,7 @@ from sim.calibrate.fidelity import (
     select_policies,
 )
 from sim.calibrate.fit import build_preset
-from sim.calibrate.measure import MeasureConfig, measure
+from sim.calibrate.measure import ExpertShape, MeasureConfig, measure
 from sim.cli import main
 from sim.engine.simulate import simulate
 from sim.errors import UserError
@@ -169,3 +169,105 @@ def test_cli_dry_run_writes_the_table(tmp_path, capsys: pytest.CaptureFixture[st
         assert err.startswith("moesim: error: no CUDA GPU: ") and err.count("\n") == 1
     assert main([*argv, "--dry-run"]) == 2
     assert "expected a new or empty directory" in capsys.readouterr().err
+
+
+def test_preset_file_must_hold_a_hardware_mapping(tmp_path) -> None:
+    from sim.calibrate.fidelity import load_preset
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("links: {}\n")
+    with pytest.raises(
+        UserError, match=r"bad.yaml: expected a calibrated preset with a 'hardware'"
+    ):
+        load_preset(bad)
+    with pytest.raises(UserError, match="expected a calibrated preset YAML"):
+        load_preset(tmp_path / "missing.yaml")
+
+
+def test_replayed_weights_must_match_the_model() -> None:
+    from sim.calibrate.fidelity import expert_shape
+
+    scenario = scenario_from_dict(
+        {**SCENARIO, "model": {"preset": "flame-moe-290m", "expert_bytes": "5 MB"}}, "x"
+    )
+    with pytest.raises(UserError, match=r"model\.expert_bytes: expected 4325376 B"):
+        expert_shape(scenario.model)
+
+
+class _EmulatedEvent:
+    """A CPU stand-in for torch.cuda.Event: records wall time (the GPU code runs on the CPU)."""
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        self.t = 0.0
+
+    def record(self, stream: object = None) -> None:
+        import time
+
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: _EmulatedEvent) -> float:
+        return (end.t - self.t) * 1e3
+
+
+class _EmulatedStream:
+    def __init__(self, device: object = None) -> None:
+        pass
+
+    def wait_event(self, event: _EmulatedEvent) -> None:
+        pass
+
+
+def test_cuda_backend_code_runs_on_an_emulated_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: run CudaBackend's own code with torch.cuda's calls stubbed onto the CPU, so
+    every torch call it makes (copies, views, the SwiGLU matmuls, the replay loop) executes.
+    This checks the code, not any timing."""
+    import contextlib
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a real GPU is present: use it instead")
+    from sim.calibrate import cuda as cuda_mod
+
+    empty = torch.empty
+
+    def cpu_empty(*args: object, pin_memory: bool = False, device: object = None, **kw: object):
+        return empty(*args, **kw)
+
+    cuda = torch.cuda
+    for name, value in {
+        "is_available": lambda: True,
+        "device_count": lambda: 1,
+        "set_device": lambda device: None,
+        "get_device_name": lambda device=None: "emulated",
+        "get_device_properties": lambda device=None: type("P", (), {"total_memory": 2**30}),
+        "mem_get_info": lambda device=None: (2**34, 2**34),
+        "synchronize": lambda device=None: None,
+        "Event": _EmulatedEvent,
+        "Stream": _EmulatedStream,
+        "current_stream": lambda device=None: _EmulatedStream(),
+        "stream": lambda s: contextlib.nullcontext(),
+    }.items():
+        monkeypatch.setattr(cuda, name, value, raising=False)
+    monkeypatch.setattr(torch, "empty", cpu_empty)
+    monkeypatch.setattr(torch, "randn", lambda *a, device=None, **kw: torch.ones(*a, **kw))
+
+    backend = cuda_mod.CudaBackend()
+    assert backend.device_name() == "emulated"
+    copies = backend.copy_seconds("pinned", 4096, 2, repeats=2)
+    assert len(copies) == 2 and all(t >= 0 for t in copies)
+    shape = ExpertShape(hidden_size=64, ffn_size=32)
+    assert len(backend.expert_seconds(shape, 8, repeats=2)) == 2
+    x = torch.ones(3, 64, dtype=torch.bfloat16)
+    weights = torch.full((shape.params,), 0.01, dtype=torch.bfloat16)
+    assert tuple(cuda_mod.expert_ffn(torch, x, weights, shape).shape) == (3, 64)
+
+    scenario = scenario_with(true_overlay(TRUE, 2))
+    hw = replay_hardware(scenario.hardware)
+    spec = select_policies(scenario, ["lru"])[0]
+    small = trace().select(steps=slice(0, 2), layers=[2, 3])
+    result = simulate(small, hw, scenario.model, spec.build(), topk=6, timeline=True)
+    from sim.calibrate.fidelity import expert_shape
+
+    plan = replay_plan(result, small.expert_token_counts(6), expert_shape(scenario.model), hw)
+    times = backend.replay(dataclasses.replace(plan, shape=shape), repeats=1)  # small weights
+    assert times.shape == (2,) and np.all(times > 0)

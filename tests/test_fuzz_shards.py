@@ -112,14 +112,14 @@ def time_limit(seconds: float) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_cli(argv: Sequence[str], timeout: float = TIMEOUT_S) -> CliOutcome:
+def run_cli(argv: Sequence[str], timeout: float | None = None) -> CliOutcome:
     """``moesim ARGV`` as ``python -m sim`` runs it; a traceback or a hang fails the test."""
     out, err = io.StringIO(), io.StringIO()
     with (
         warnings.catch_warnings(record=True) as caught,
         contextlib.redirect_stdout(out),
         contextlib.redirect_stderr(err),
-        time_limit(timeout),
+        time_limit(timeout or TIMEOUT_S),
     ):
         warnings.simplefilter("always")
         try:
@@ -614,13 +614,12 @@ MUTATIONS = st.one_of(
     st.builds(
         exotic,
         st.sampled_from(
-            ["legacy", "view-of-bigger", "non-contiguous", "parameter", "requires-grad", "sparse", "meta"]
+            ["legacy", "view-of-bigger", "non-contiguous", "parameter", "requires-grad"]
         ),
     ),
     st.builds(code_pickle, st.sampled_from(["object", "inside-tuple", "raw-pickle"])),
     st.builds(to_directory, st.booleans()),
     st.just(delete()),
-    st.just(fifo()),
     st.builds(symlink, st.sampled_from(["self", "dangling", "valid"])),
 )
 TARGETS = st.sampled_from(
@@ -684,7 +683,6 @@ FUZZ_SETTINGS = {
 @given(rel=TARGETS, mutation=MUTATIONS)
 @example(rel=f"actives/{MODEL}/{RUN}/{EPOCH}/2/0-0.pt", mutation=code_pickle("object"))
 @example(rel=f"samples/{MODEL}/{RUN}/0-1.pt", mutation=to_directory(False))
-@example(rel=f"actives/{MODEL}/{RUN}/{EPOCH}/3/0-1.pt", mutation=fifo())
 @example(rel=f"actives/{MODEL}/{RUN}/{EPOCH}/3/0-0.pt", mutation=other_object("dense-2d"))
 @example(rel=f"actives/{MODEL}/{RUN}/{EPOCH}/2/0-1.pt", mutation=exotic("legacy"))
 def test_fuzzed_shard_files(pristine: Pristine, rel: str, mutation: Mutation) -> None:
@@ -695,6 +693,32 @@ def test_fuzzed_shard_files(pristine: Pristine, rel: str, mutation: Mutation) ->
 @settings(max_examples=3000, **FUZZ_SETTINGS)
 @given(rel=TARGETS, mutation=MUTATIONS)
 def test_fuzzed_shard_files_long(pristine: Pristine, rel: str, mutation: Mutation) -> None:
+    check_case(pristine, rel, mutation)
+
+
+KNOWN_BUGS = {  # reported in /work/helpers/BUGS.md; kept out of the random cases until fixed
+    "sparse": "J1: a sparse tensor in a shard ends in a TypeError traceback (sim/trace/dump.py)",
+    "meta": "J1: a meta-device tensor in a shard ends in a TypeError traceback (sim/trace/dump.py)",
+    "fifo": "J2: a FIFO in place of a shard hangs in torch.load (sim/trace/dump.py load_pt)",
+}
+
+
+@pytest.mark.parametrize(
+    "rel",
+    [f"samples/{MODEL}/{RUN}/0-0.pt", f"actives/{MODEL}/{RUN}/{EPOCH}/3/0-1.pt"],
+    ids=["samples", "actives"],
+)
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        pytest.param(exotic("sparse"), marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["sparse"])),
+        pytest.param(exotic("meta"), marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["meta"])),
+        pytest.param(fifo(), marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["fifo"])),
+    ],
+    ids=["sparse", "meta", "fifo"],
+)
+def test_unusual_files(pristine: Pristine, rel: str, mutation: Mutation, monkeypatch) -> None:
+    monkeypatch.setattr(f"{__name__}.TIMEOUT_S", 5.0)
     check_case(pristine, rel, mutation)
 
 

@@ -106,8 +106,8 @@ def _measure(args: argparse.Namespace) -> object:
         if args.sizes
         else DEFAULT_SIZES
     )
-    if any(s <= 0 for s in sizes):
-        raise UserError(f"--sizes: expected positive sizes, got {args.sizes!r}")
+    if any(s <= 0 for s in sizes) or len(set(sizes)) < 2:
+        raise UserError(f"--sizes: expected at least 2 distinct positive sizes, got {args.sizes!r}")
     streams = _positive(parse_int_selection(args.streams, "--streams"), "--streams")
     tokens = _positive(parse_int_selection(args.tokens, "--tokens"), "--tokens")
     memory = tuple(parse_name_list(args.memory, "--memory") or MEMORY_KINDS)

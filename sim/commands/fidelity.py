@@ -62,6 +62,7 @@ def fidelity_command(args: argparse.Namespace) -> int:
         base_dir=Path(args.scenario).parent,
     )
     out = check_out_dir(args.out)
+    _warn_on_shape(preset, scenario.model)
     if args.steps < 1 or args.repeats < 1:
         raise UserError(f"--steps, --repeats: expected >= 1, got {args.steps}, {args.repeats}")
     topk = args.topk if args.topk is not None else scenario.topk[0]
@@ -115,3 +116,16 @@ def fidelity_command(args: argparse.Namespace) -> int:
     sys.stdout.write(fid.markdown_table(results))
     print(f"results: {path}")
     return 0
+
+
+def _warn_on_shape(preset: dict, model: object) -> None:
+    """The roofline was fitted on one expert shape; say so when the scenario's differs."""
+    expert = (preset.get("measurements") or {}).get("expert") or {}
+    measured = (expert.get("hidden_size"), expert.get("ffn_size"))
+    wanted = (model.hidden_size, model.expert_ffn_size)  # type: ignore[attr-defined]
+    if expert.get("points") and measured != wanted:
+        print(
+            f"warning: the preset's expert roofline was measured on a {measured[0]} x "
+            f"{measured[1]} expert, the scenario's model has {wanted[0]} x {wanted[1]}",
+            file=sys.stderr,
+        )

@@ -28,6 +28,7 @@ from sim.hardware import ComputeUnit, GpuConfig, Hardware, HbmConfig, LinkConfig
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.scenario.schema import (
     ComputeSection,
+    CostsSection,
     GpuSection,
     HardwareSection,
     LinkSection,
@@ -42,15 +43,20 @@ from sim.scenario.schema import (
 from sim.trace.routing import RoutingTrace
 from sim.units import format_exact
 
+if typing.TYPE_CHECKING:
+    from sim.costs.source import CostSource
+
 DEFAULT_MODEL_PRESET = "flame-moe-290m"
 DEFAULT_GPU_PRESET = "h100-sxm"
 DEFAULT_BASELINE = "seed-split"
+COSTS_TRACE = "costs"  # trace.path naming the routing of the costs section's tables
 
 
 # -- the resolved scenario -----------------------------------------------------------------------
 @dataclass(frozen=True)
 class TraceSpec:
-    """Where the routing comes from. ``kind``: ``embedded``, ``dump`` or ``synthetic``."""
+    """Where the routing comes from. ``kind``: ``embedded``, ``dump``, ``synthetic`` or
+    ``costs`` (the routing of the scenario's cost tables)."""
 
     kind: str
     path: Path | None = None  # dump directory (kind "dump")
@@ -72,6 +78,8 @@ class TraceSpec:
             settings = dict(self.synthetic.settings())
             settings.pop("generator_version", None)
             return {"synthetic": settings, "seqs": _sel(self.seqs)}
+        if self.kind == "costs":
+            return {"path": COSTS_TRACE}
         return {
             "path": "embedded" if self.kind == "embedded" else str(self.path),
             "model": self.model,
@@ -131,6 +139,12 @@ class Scenario:
     source: str = ""
     model_doc: dict[str, Any] = field(default_factory=dict)
     hardware_doc: dict[str, Any] = field(default_factory=dict)
+    costs: CostSource | None = None  # per-expert cost tables (the `costs:` section)
+
+    @property
+    def clock_hz(self) -> float | None:
+        """The cost tables' clock: results are also given in cycles when it is set."""
+        return None if self.costs is None else self.costs.clock_hz
 
     def resolved_dict(self) -> dict[str, Any]:
         """The scenario with every default filled in; it validates back to the same scenario."""
@@ -138,6 +152,7 @@ class Scenario:
             "name": self.name,
             "description": self.description,
             "trace": self.trace.to_dict(),
+            **({} if self.costs is None else {"costs": _costs_doc(self.costs)}),
             "routing": {"topk": list(self.topk)},
             "model": copy.deepcopy(self.model_doc),
             "hardware": copy.deepcopy(self.hardware_doc),
@@ -253,10 +268,11 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
     name = schema.name or (Path(source).stem if source else "scenario")
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
         raise UserError(f"name: expected letters, digits and . _ + - only, got {name!r}")
+    costs = build_costs(schema.costs, base)
     return Scenario(
         name=name,
         description=schema.description,
-        trace=build_trace_spec(schema.trace, base, schema.seed),
+        trace=build_trace_spec(schema.trace, base, schema.seed, costs=costs is not None),
         topk=topk,
         model=model,
         hardware=hardware,
@@ -268,6 +284,7 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
         source=source,
         model_doc=model_doc,
         hardware_doc=hardware_doc,
+        costs=costs,
     )
 
 
@@ -544,8 +561,13 @@ def _plain(value: Any) -> Any:
 
 
 # -- trace -------------------------------------------------------------------------------------
-def build_trace_spec(section: TraceSection, base: Path, seed: int) -> TraceSpec:
-    """Selections parsed, the dump path checked (it must exist: no run starts on a typo)."""
+def build_trace_spec(
+    section: TraceSection, base: Path, seed: int, *, costs: bool = False
+) -> TraceSpec:
+    """Selections parsed, the dump path checked (it must exist: no run starts on a typo).
+    With cost tables (``costs``) the routing is theirs: ``trace`` must be absent or ``costs``."""
+    if costs or section.path == COSTS_TRACE:
+        return _costs_trace_spec(section, costs)
     seqs = _tuple(parse_int_selection(section.seqs, "trace.seqs"))
     if section.synthetic is not None:
         return TraceSpec(
@@ -576,6 +598,55 @@ def build_trace_spec(section: TraceSection, base: Path, seed: int) -> TraceSpec:
     return TraceSpec(kind="dump", path=path, **common)
 
 
+def _costs_trace_spec(section: TraceSection, costs: bool) -> TraceSpec:
+    """``trace: costs`` (or no trace section) with a costs section; anything else is an error."""
+    if not costs:
+        raise UserError(
+            f"trace.path: expected a costs: section when the trace is {COSTS_TRACE!r}, got none"
+        )
+    given = {k: v for k, v in section.model_dump(exclude_unset=True).items() if v is not None}
+    if given.get("path", COSTS_TRACE) != COSTS_TRACE:
+        raise UserError(
+            f"trace.path: expected {COSTS_TRACE!r} or no trace section with a costs: section "
+            f"(the tables give the routing), got {given['path']!r}"
+        )
+    given.pop("path", None)
+    if given:
+        key = next(iter(given))
+        raise UserError(
+            f"trace.{key}: expected nothing with trace {COSTS_TRACE!r} (the tables give the "
+            f"routing), got {given[key]!r}"
+        )
+    return TraceSpec(kind="costs")
+
+
+def build_costs(section: CostsSection | None, base: Path) -> CostSource | None:
+    """The cost-table source; its directory must exist (tables are read on first use)."""
+    if section is None:
+        return None
+    from sim.costs.source import CostSource, parse_clock
+
+    clock_hz = parse_clock(section.clock, "costs.clock")
+    path = (base / os.path.expanduser(section.path)).resolve()
+    if not path.is_dir():
+        what = "a file" if path.exists() else "nothing there"
+        raise UserError(
+            f"costs.path: expected an existing cost-table directory, got {section.path!r} "
+            f"({path}: {what})"
+        )
+    return CostSource(path, clock_hz, kind=section.kind, num_experts=section.num_experts)
+
+
+def _costs_doc(source: CostSource) -> dict[str, Any]:
+    """The ``costs:`` section that reproduces ``source`` (absolute path, clock in Hz)."""
+    return {
+        "kind": source.kind,
+        "path": str(source.path),
+        "clock": source.clock_hz,
+        "num_experts": source.num_experts,
+    }
+
+
 def _tuple(values: list[Any] | None) -> tuple[Any, ...] | None:
     return None if values is None else tuple(values)
 
@@ -604,7 +675,9 @@ def _synth_config(values: dict[str, Any], seed: int) -> Any:
 def load_scenario_trace(scenario: Scenario) -> RoutingTrace:
     """The scenario's routing, checked against its model and top-k."""
     spec = scenario.trace
-    if spec.kind == "synthetic":
+    if spec.kind == "costs" and scenario.costs is not None:
+        trace = _costs_trace(scenario)
+    elif spec.kind == "synthetic":
         from sim.trace.synth import generate
 
         trace = generate(spec.synthetic, model=scenario.model.name)
@@ -627,6 +700,15 @@ def load_scenario_trace(scenario: Scenario) -> RoutingTrace:
         return _checked_trace(scenario, trace)
     except UserError as err:
         raise UserError(f"{err} ({scenario.source})" if scenario.source else str(err)) from None
+
+
+def _costs_trace(scenario: Scenario) -> RoutingTrace:
+    """The routing of the cost tables (read here: malformed tables are one-line errors)."""
+    assert scenario.costs is not None
+    try:
+        return scenario.costs.trace(scenario.model.name)
+    except UserError as err:
+        raise UserError(f"costs.path: {err}") from None
 
 
 def _checked_trace(scenario: Scenario, trace: RoutingTrace) -> RoutingTrace:

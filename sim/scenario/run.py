@@ -70,6 +70,8 @@ class ScenarioRunResult(RunResult):
     topk: int = 0
     is_bound: bool = False
     is_baseline: bool = False
+    policy_stats: dict[str, Any] | None = None  # the policy's stats() after the run, if any
+    costs: dict[str, Any] | None = None  # TableCost.describe(): where each cost came from
 
     def summary_row(self) -> dict[str, Any]:
         row = super().summary_row()
@@ -107,12 +109,18 @@ def run_scenario(
             for spec in scenario.policies:
                 bar.set_description(f"top-{k} {spec.label}")
                 policy = spec.build()
+                cost = (
+                    None
+                    if scenario.costs is None
+                    else scenario.costs.cost_model(scenario.hardware, scenario.model)
+                )
                 result = simulate(
                     trace,
                     scenario.hardware,
                     scenario.model,
                     policy,
                     topk=k,
+                    cost=cost,
                     timeline=timeline or scenario.output.timeline,
                     progress=bar.update,
                     seed=scenario.seed,
@@ -126,9 +134,35 @@ def run_scenario(
                         topk=k,
                         is_bound=spec.is_bound or bool(getattr(policy, "is_bound", False)),
                         is_baseline=spec.label == scenario.baseline,
+                        policy_stats=_policy_stats(policy),
+                        costs=None if cost is None else cost.describe(),
                     )
                 )
     return results
+
+
+def _policy_stats(policy: Any) -> dict[str, Any] | None:
+    """The policy's ``stats()`` (prefetch predictors, MILP bounds) as plain JSON values."""
+    stats = getattr(policy, "stats", None)
+    return None if stats is None else _plain(stats())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    return _scalar(value)
+
+
+def cycles(seconds: float, clock_hz: float) -> float | int:
+    """``seconds`` in cycles of ``clock_hz``: an integer when within 1e-6 of one (cost tables
+    give integer cycles; the engine's sums of them come back as floats)."""
+    value = seconds * clock_hz
+    nearest = round(value)
+    return int(nearest) if abs(value - nearest) <= 1e-6 else value
 
 
 # -- the comparison ------------------------------------------------------------------------------
@@ -147,6 +181,8 @@ def summary_rows(scenario: Scenario, results: Sequence[RunResult]) -> list[dict[
             if base and bounds
             else None
         )
+        if scenario.clock_hz is not None:
+            row["cycles"] = cycles(row["total_time"], scenario.clock_hz)
     return [{**{c: row.get(c) for c in SUMMARY_COLUMNS}, **_extra(row)} for row in rows]
 
 
@@ -212,8 +248,11 @@ def trace_record(trace: RoutingTrace) -> dict[str, Any]:
     }
 
 
-def resolved_document(scenario: Scenario, trace: RoutingTrace) -> dict[str, Any]:
-    """scenario.resolved.yaml: every default filled in, plus what produced the results."""
+def resolved_document(
+    scenario: Scenario, trace: RoutingTrace, results: Sequence[RunResult] = ()
+) -> dict[str, Any]:
+    """scenario.resolved.yaml: every default filled in, plus what produced the results (with
+    cost tables: the source, its defects, and per run which costs came from the table)."""
     doc = scenario.resolved_dict()
     doc["provenance"] = {
         "tool": f"moesim {sim.__version__}",
@@ -223,7 +262,22 @@ def resolved_document(scenario: Scenario, trace: RoutingTrace) -> dict[str, Any]
         "trace_checksum": trace_checksum(trace),
         "trace": trace.meta.to_dict(),
     }
+    if scenario.costs is not None:
+        doc["provenance"]["costs"] = {
+            **scenario.costs.to_dict(),
+            "runs": [
+                {"label": r.label, "topk": getattr(r, "topk", None), **r.costs}
+                for r in results
+                if getattr(r, "costs", None) is not None
+            ],
+        }
     return doc
+
+
+def stat_columns(stats: dict[str, Any] | None) -> dict[str, Any]:
+    """summary.csv's flat ``stat_<name>`` cells: the scalar values of a policy's stats()."""
+    scalar = (bool, int, float, str, type(None))
+    return {f"stat_{k}": v for k, v in (stats or {}).items() if isinstance(v, scalar)}
 
 
 def write_results(
@@ -259,15 +313,19 @@ def _write_files(
         "# `moesim run` accepts this file as it is (the provenance section is ignored).\n"
     )
     body = yaml.safe_dump(
-        resolved_document(scenario, trace), sort_keys=False, allow_unicode=True, width=100
+        resolved_document(scenario, trace, results), sort_keys=False, allow_unicode=True, width=100
     )
     atomic.write_text(root / "scenario.resolved.yaml", header + body)
     rows = summary_rows(scenario, results)
-    columns = list(SUMMARY_COLUMNS) + sorted({k for r in rows for k in _extra(r)})
+    stats = [getattr(r, "policy_stats", None) for r in results]
+    csv_rows = [{**row, **stat_columns(s)} for row, s in zip(rows, stats)]
+    columns = list(SUMMARY_COLUMNS) + sorted({k for r in csv_rows for k in _extra(r)})
     atomic.write_csv(
-        root / "summary.csv", columns, ([_cell(r.get(c)) for c in columns] for r in rows)
+        root / "summary.csv", columns, ([_cell(r.get(c)) for c in columns] for r in csv_rows)
     )
-    atomic.write_json(root / "summary.json", rows)
+    atomic.write_json(
+        root / "summary.json", [{**row, "policy_stats": s} for row, s in zip(rows, stats)]
+    )
     atomic.write_csv(
         root / "per_layer.csv", KEY_COLUMNS + PER_LAYER_COLUMNS, _table(results, "per_layer")
     )

@@ -103,8 +103,9 @@ class TraceSection(_Section):
 
     path: str = Field(
         "embedded",
-        description="`embedded` (the real FLAME-MoE-290M rows shipped with moesim) or a dump "
-        "directory holding samples/ and actives/; relative paths are relative to the scenario file",
+        description="`embedded` (the real FLAME-MoE-290M rows shipped with moesim), `costs` (the "
+        "routing of the `costs` section's tables) or a dump directory holding samples/ and "
+        "actives/; relative paths are relative to the scenario file",
     )
     model: str | None = Field(None, description="model name in the dump's paths")
     runid: str | int | None = Field(None, description="training run id in the dump's paths")
@@ -148,6 +149,26 @@ class TraceSection(_Section):
                 "trace_source", "expected either path or synthetic, got both", {}
             )
         return self
+
+
+# -- costs ---------------------------------------------------------------------------------------
+class CostsSection(_Section):
+    """Per-expert cost tables (docs/cost-tables.md): the engine takes each cost from the table
+    where it has a value and from the roofline (the hardware's figures) elsewhere. The routing
+    then comes from the tables too: leave ``trace`` out or write ``trace: costs``."""
+
+    kind: Literal["neupims"] = Field(
+        "neupims", description="table layout: `neupims` ({pos}/layer{L}.txt, npu/, pim/)"
+    )
+    path: str = Field(
+        description="the tables' directory; relative paths are relative to the scenario file"
+    )
+    clock: str | float = Field(
+        "1 GHz",
+        description="clock of the tables' cycles, e.g. `1 GHz`, `800 MHz` or a number in Hz; "
+        "results gain a `cycles` column (total_time x clock)",
+    )
+    num_experts: PositiveInt = Field(64, description="experts per layer in the tables")
 
 
 # -- routing -------------------------------------------------------------------------------------
@@ -322,7 +343,13 @@ class ScenarioSection(_Section):
         None, pattern=NAME_PATTERN, description="names the results directory; default file stem"
     )
     description: str = Field("", description="free text, shown in reports")
-    trace: TraceSection = Field(default_factory=TraceSection, description="the routing")
+    trace: TraceSection = Field(
+        default_factory=TraceSection,
+        description="the routing (`costs` when a costs section gives it)",
+    )
+    costs: CostsSection | None = Field(
+        None, description="per-expert cost tables instead of the roofline (below)"
+    )
     routing: RoutingSection = Field(default_factory=RoutingSection, description="top-k")
     model: ModelSection | None = Field(
         None, description="model preset or figures; default preset `flame-moe-290m`"

@@ -14,6 +14,7 @@ from pydantic_core import PydanticUndefined
 from sim.scenario.build import unit_of
 from sim.scenario.schema import (
     ComputeSection,
+    CostsSection,
     GpuSection,
     HardwareSection,
     HbmSection,
@@ -31,6 +32,7 @@ from sim.units import QUANTITIES
 SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("(top level)", ScenarioSection),
     ("trace", TraceSection),
+    ("costs", CostsSection),
     ("routing", RoutingSection),
     ("model", ModelSection),
     ("hardware", HardwareSection),

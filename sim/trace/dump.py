@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,12 +145,9 @@ def list_subdirs(directory: Path) -> tuple[str, ...]:
 # -- safe loading ---------------------------------------------------------------------------------
 def load_pt(path: Path, *, mmap: bool = False) -> Any:
     """``torch.load`` restricted to tensors and plain containers; every failure is a UserError."""
-    if path.is_dir():
-        raise UserError(f"{path}: expected a .pt file, got a directory")
-    if not path.exists():
-        raise UserError(f"{path}: expected a file, got nothing (missing)")
+    _require_regular_file(path)
     try:
-        return torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except pickle.UnpicklingError as err:
         text = str(err)
         named = _unsupported_global(text)
@@ -166,6 +164,41 @@ def load_pt(path: Path, *, mmap: bool = False) -> Any:
         raise UserError(
             f"{path}: expected a torch.save file, got unreadable data ({_first_line(err)})"
         ) from None
+    _require_dense_cpu(path, obj)
+    return obj
+
+
+def _require_regular_file(path: Path) -> None:
+    """Only regular files are opened: a FIFO or device would block ``open`` forever."""
+    if path.is_dir():
+        raise UserError(f"{path}: expected a .pt file, got a directory")
+    if not path.exists():
+        raise UserError(f"{path}: expected a file, got nothing (missing)")
+    if not path.is_file():
+        mode = path.stat().st_mode
+        kind = (
+            "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "not a regular file"
+        )
+        raise UserError(f"{path}: expected a .pt file, got {kind}")
+
+
+def _require_dense_cpu(path: Path, obj: Any) -> None:
+    """Sparse, quantised or meta tensors load but cannot become numpy arrays: refuse them."""
+    items = (
+        obj if isinstance(obj, list | tuple) else obj.values() if isinstance(obj, dict) else [obj]
+    )
+    for item in items:
+        if isinstance(item, torch.Tensor) and (
+            item.layout != torch.strided or item.device.type != "cpu" or item.is_quantized
+        ):
+            where = item.device.type if item.device.type != "cpu" else str(item.layout)
+            raise UserError(f"{path}: expected dense CPU tensors, got a {where} tensor")
 
 
 def _first_line(err: BaseException) -> str:
@@ -587,8 +620,7 @@ def _check_paths_exist(
         for path in paths:
             if not path.exists():
                 raise UserError(f"{path}: expected shard {shard}, got nothing (missing)")
-            if path.is_dir():
-                raise UserError(f"{path}: expected a .pt file, got a directory")
+            _require_regular_file(path)
 
 
 # -- inventory (for `moesim trace info`) ----------------------------------------------------------
