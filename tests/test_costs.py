@@ -529,3 +529,93 @@ def test_prefetches_are_costed_at_the_gate_they_are_for(tmp_path):
     assert run.result.per_layer["prefetch_pcie"].sum() > 0
     used = run.costs["used"]["transfer"]
     assert used["fallback_cells"] == 0 and used["table_cells"] == 6
+
+
+# -- `moesim run` with a costs: section ------------------------------------------------------------
+def costs_scenario_file(tmp_path: Path, clock: str = "1 GHz", **extra) -> Path:
+    """The four mode policies with ``costs:`` naming a hand-made directory (relative path)."""
+    write_dir(tmp_path / "tables")
+    doc = {k: v for k, v in scenario_dict().items() if k != "trace"}
+    doc.update(costs={"kind": "neupims", "path": "tables", "clock": clock}, routing={"topk": 2})
+    doc.update(extra)
+    file = tmp_path / "scenario.yaml"
+    file.write_text(yaml.safe_dump(doc))
+    return file
+
+
+def read_summary(out: Path) -> dict[str, dict]:
+    import csv
+
+    with (out / "summary.csv").open(newline="") as handle:
+        return {row["label"]: row for row in csv.DictReader(handle)}
+
+
+@pytest.mark.parametrize("clock", ["1 GHz", "800 MHz", "1 Hz"])
+def test_moesim_run_on_cost_tables_gives_the_readme_totals_in_cycles(tmp_path, capsys, clock):
+    out = tmp_path / "out"
+    assert main(["run", str(costs_scenario_file(tmp_path, clock)), "--out", str(out)]) == 0
+    rows = read_summary(out)
+    for mode in ("pim-only", "monde", "dynande"):  # md-only, seed-split ceil, balanced-split 0
+        assert rows[mode]["cycles"] == str(HAND[mode]), mode
+    # NPU-only: the engine computes the last expert loaded (docs/cost-tables.md), by hand:
+    # layer 2 loads 5, 7, 63 (3001 cycles) + expert 63's 15; layer 3 loads 2, 9, 63 + 5.
+    assert rows["npu-only"]["cycles"] == str(3001 + 15 + 300 + 5)
+    printed = capsys.readouterr().out
+    assert "cycles" in printed and f"{HAND['monde']:,}" in printed
+    resolved = yaml.safe_load((out / "scenario.resolved.yaml").read_text())
+    assert resolved["trace"] == {"path": "costs"}
+    assert resolved["costs"]["path"] == str(tmp_path / "tables")
+    runs = {r["label"]: r for r in resolved["provenance"]["costs"]["runs"]}
+    used = runs["pim-only"]["used"]
+    assert used["near_compute"]["table_cells"] == 6 and used["near_compute"]["fallback_cells"] == 0
+    assert runs["npu-only"]["used"]["transfer"]["table_cells"] == 6
+    again = load_scenario(out / "scenario.resolved.yaml")  # the resolved file runs as it is
+    assert again.costs is not None and again.costs.clock_hz == parse_clock(clock, "clock")
+
+
+def test_costs_section_runs_fresh_cost_models_per_policy(tmp_path):
+    from sim.scenario import load_scenario_trace, run_scenario
+
+    sc = load_scenario(costs_scenario_file(tmp_path, "1 Hz"))
+    results = run_scenario(sc, load_scenario_trace(sc), progress=False)
+    # each run's record starts empty (pim-only reads no transfer after npu-only read all 6;
+    # monde loads 1 expert per layer; balanced-split prices every candidate split)
+    assert [r.costs["used"]["transfer"]["table_cells"] for r in results] == [6, 0, 2, 6]
+    assert {r.label: round(r.totals["total_time"]) for r in results} == {
+        "npu-only": 3321,
+        "pim-only": HAND["pim-only"],
+        "monde": HAND["monde"],
+        "dynande": HAND["dynande"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"costs": {"path": "nowhere"}}, r"^costs\.path: expected an existing cost-table dir"),
+        ({"costs": {"path": "tables", "clock": "fast"}}, r"^costs\.clock: expected a frequency"),
+        ({"costs": {"path": "tables", "kind": "x"}}, r"^costs\.kind: expected one of 'neupims'"),
+        ({"trace": "embedded"}, r"^trace\.path: expected 'costs' or no trace section"),
+        ({"trace": {"path": "costs", "layers": "2"}}, r"^trace\.layers: expected nothing"),
+        ({"costs": None, "trace": "costs"}, r"^trace\.path: expected a costs: section"),
+    ],
+)
+def test_costs_section_errors_are_one_line(tmp_path, change, message):
+    file = costs_scenario_file(tmp_path)
+    doc = {**yaml.safe_load(file.read_text()), **change}
+    if doc["costs"] is None:
+        del doc["costs"]
+    file.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError, match=message) as err:
+        load_scenario(file)
+    assert "\n" not in str(err.value) and str(file) in str(err.value)
+    assert main(["validate", "--no-trace", str(file)]) == 2
+
+
+def test_malformed_cost_tables_fail_the_run_before_anything_is_written(tmp_path, capsys):
+    file = costs_scenario_file(tmp_path)
+    (tmp_path / "tables" / "1st" / "layer3.txt").unlink()
+    assert main(["run", str(file), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "costs.path:" in err and "layer3.txt" in err
+    assert not (tmp_path / "out").exists()

@@ -266,12 +266,17 @@ def resolved_document(
         doc["provenance"]["costs"] = {
             **scenario.costs.to_dict(),
             "runs": [
-                {"label": r.label, "topk": getattr(r, "topk", None), **r.costs}
+                {"label": r.label, "topk": getattr(r, "topk", None), **_run_costs(r.costs)}
                 for r in results
                 if getattr(r, "costs", None) is not None
             ],
         }
     return doc
+
+
+def _run_costs(describe: dict[str, Any]) -> dict[str, Any]:
+    """A run's cost provenance without what the source already says (path, notes)."""
+    return {k: v for k, v in describe.items() if k not in ("source", "notes")}
 
 
 def stat_columns(stats: dict[str, Any] | None) -> dict[str, Any]:

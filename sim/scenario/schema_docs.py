@@ -92,8 +92,16 @@ moesim presets hardware                                # the named hardware pres
 - **Baseline.** `baseline` is a policy *label*; when it is the default `seed-split` and no
   policy has that label, the seed's split is added first. Speedups and "gap closed" are
   relative to it, per top-k.
-- **Relative trace paths** are relative to the scenario file. `output.dir` is relative to the
-  working directory.
+- **Relative trace paths** (and `costs.path`) are relative to the scenario file. `output.dir`
+  is relative to the working directory.
+- **Cost tables.** A `costs:` section (`{kind: neupims, path: DIR, clock: 1 GHz}`,
+  docs/cost-tables.md) makes the engine take each expert's transfer, GPU compute, near-data
+  compute and activation costs from the tables, with the roofline of the `hardware` figures
+  wherever a table has no value; every policy run gets a fresh cost model. The routing is then
+  the tables' own: leave `trace` out or write `trace: costs` (any other trace setting is an
+  error, and so is `trace: costs` without a `costs:` section). Results gain a `cycles` column
+  (`total_time` x clock), printed too, and `scenario.resolved.yaml` records the source, its
+  defects and, per run, how many costs came from the table and how many from the fallback.
 - `--set key=value` (repeatable) overrides any field before validation; the value is read as
   YAML: `--set routing.topk='[1,2,6]'`, `--set policies[1].params.slots=16`,
   `--set hardware.links.pcie=pcie4-x16`.
@@ -106,8 +114,9 @@ killed run leaves nothing partial. The same scenario and seed give byte-identica
 
 | file | content |
 |---|---|
-| `scenario.resolved.yaml` | the scenario with every default and preset filled in, plus `provenance` (tool and numpy versions, trace checksum and provenance); `moesim run` accepts it as it is |
-| `summary.csv`, `summary.json` | one row per (top-k, policy label): `policy` (registry name), `label`, `topk`, `is_bound`, `is_baseline`, `total_time`, `mean_step`, `p50_step`, `p99_step`, `transfer_time`, `bytes_pcie`, `bytes_md`, `hits`, `misses`, `hit_rate`, `stall`, `speedup`, `gap_closed` (blank when no bound ran or the gap is 0), then extra engine totals |
+| `scenario.resolved.yaml` | the scenario with every default and preset filled in, plus `provenance` (tool and numpy versions, trace checksum and provenance; with cost tables `provenance.costs`: source, defects and per run where each cost came from); `moesim run` accepts it as it is |
+| `summary.csv`, `summary.json` | one row per (top-k, policy label): `policy` (registry name), `label`, `topk`, `is_bound`, `is_baseline`, `total_time`, `mean_step`, `p50_step`, `p99_step`, `transfer_time`, `bytes_pcie`, `bytes_md`, `hits`, `misses`, `hit_rate`, `stall`, `speedup`, `gap_closed` (blank when no bound ran or the gap is 0), then extra engine totals and, with cost tables, `cycles` (`total_time` x clock; an integer when within 1e-6 of one) |
+| policy statistics | policies that report statistics (the prefetch policies: predictor `precision`, `recall`, `true_positives`, `false_positives`, `false_negatives`, `prefetched`, `train_steps`; `optimal`: the MILP's `objective` and size) add them after the run: `summary.json` as a nested `policy_stats` mapping per row (`null` for other policies), `summary.csv` as flat `stat_<name>` columns (scalar values only, blank for other policies). The printed table has a footnote per run with the predictor's precision and recall |
 | `per_layer.csv` | `label`, `policy`, `topk` + the engine's per (step, layer) columns (docs/engine.md) |
 | `per_step.csv` | `label`, `policy`, `topk` + `step`, `position`, `latency`, `compute_only` |
 | `trace.json` | the trace's provenance, shape and checksum |

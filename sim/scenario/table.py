@@ -19,11 +19,13 @@ from sim.units import format_duration, format_size
 
 def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[Table]:
     rows = summary_rows(scenario, results)
+    with_cycles = scenario.clock_hz is not None
     tables = []
     for k in scenario.topk:
         table = Table(title=f"{scenario.name}: top-{k}, baseline {scenario.baseline}")
         for name in (
             "policy",
+            *(("cycles",) if with_cycles else ()),
             "mean step",
             "p50",
             "p99",
@@ -34,18 +36,52 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
             "speedup",
             "gap closed",
         ):
-            table.add_column(name, justify="left" if name == "policy" else "right")
+            if name == "policy":
+                table.add_column(name, no_wrap=True, min_width=_label_width(rows))
+            else:
+                table.add_column(name, justify="right", no_wrap=name == "cycles")
         for row in (r for r in rows if r["topk"] == k):
-            table.add_row(*(Text(cell) for cell in _cells(row)))
+            table.add_row(*(Text(cell) for cell in _cells(row, with_cycles)))
         tables.append(table)
     return tables
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
+def predictor_notes(results: Sequence[RunResult]) -> list[str]:
+    """One footnote per run whose policy reports a predictor's precision and recall."""
+    many_k = len({getattr(r, "topk", None) for r in results}) > 1
+    notes = []
+    for result in results:
+        stats = getattr(result, "policy_stats", None) or {}
+        if "precision" not in stats or "recall" not in stats:
+            continue
+        where = f"{result.label} (top-{getattr(result, 'topk', '')})" if many_k else result.label
+        notes.append(
+            f"{where}: predictor precision {_share(stats['precision'])}, recall "
+            f"{_share(stats['recall'])}, {stats.get('prefetched', 0)} prefetches"
+        )
+    return notes
+
+
+def _label_width(rows: list[dict[str, Any]]) -> int:
+    """Room for the longest label and its marks: labels are never cut."""
+    return max((len(_cells(r)[0]) for r in rows), default=6)
+
+
+def _cycles_cell(value: float | int) -> str:
+    """Whole cycles (summary.csv keeps the fraction a roofline-fallback cost may leave)."""
+    return f"{round(value):,}"
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _cells(row: dict[str, Any], with_cycles: bool = False) -> list[str]:
     label = row["label"] + (" (bound)" if row["is_bound"] else "")
     label += " (baseline)" if row["is_baseline"] else ""
     return [
         label,
+        *((_cycles_cell(row["cycles"]),) if with_cycles else ()),
         format_duration(row["mean_step"]),
         format_duration(row["p50_step"]),
         format_duration(row["p99_step"]),
@@ -61,10 +97,12 @@ def _cells(row: dict[str, Any]) -> list[str]:
 def print_comparison(
     scenario: Scenario, results: Sequence[RunResult], trace: RoutingTrace, file: Any = None
 ) -> None:
-    console = Console(file=file or sys.stdout, width=140)
+    console = Console(file=file or sys.stdout, width=140 if scenario.clock_hz is None else 160)
     console.print(trace.describe(), highlight=False, markup=False)
     for table in comparison_tables(scenario, results):
         console.print(table)
+    for note in predictor_notes(results):
+        console.print(note, highlight=False, markup=False)
     console.print(
         "(bound) = offline bound (sees the future); speedup = baseline mean step / mean step; "
         "gap closed = share of the baseline-to-best-bound gap",
