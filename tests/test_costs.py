@@ -614,8 +614,9 @@ def test_costs_section_errors_are_one_line(tmp_path, change, message):
 
 def test_malformed_cost_tables_fail_the_run_before_anything_is_written(tmp_path, capsys):
     file = costs_scenario_file(tmp_path)
-    (tmp_path / "tables" / "1st" / "layer3.txt").unlink()
+    table = tmp_path / "tables" / "1st" / "npu" / "3" / "SA_stage_E.txt"
+    table.write_text(table.read_text() + "\n            11 x 1 1 1 3")
     assert main(["run", str(file), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "costs.path:" in err and "layer3.txt" in err
+    assert err.count("\n") == 0 and "costs.path:" in err and "npu/3/SA_stage_E.txt" in err
     assert not (tmp_path / "out").exists()

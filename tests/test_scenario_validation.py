@@ -131,6 +131,18 @@ def test_set_overrides_and_dotted_paths() -> None:
     assert GOOD["policies"][1] == "lru"  # set_dotted copies
 
 
+def test_setting_inside_a_string_shorthand_keeps_what_it_names() -> None:
+    """`links.md_link: NAME` is `{preset: NAME}`: setting one field inside it must keep the
+    preset's other fields (latency, channels), and `policies[i]: NAME` is `{name: NAME}`."""
+    data = set_dotted(GOOD, "hardware.links.md_link", "rdma-400g-ndr")
+    data = set_dotted(data, "hardware.links.md_link.bandwidth", "64 GB/s")
+    data = set_dotted(data, "policies[1].params.slots", 8)
+    s = scenario_from_dict(data, "x")
+    assert s.hardware.md_link.bandwidth == 64e9
+    assert s.hardware.md_link.latency == 3e-6  # from the rdma-400g-ndr preset, not lost
+    assert s.policy("lru").params == {"slots": 8}
+
+
 def test_presets_merge_and_capacity_in_experts() -> None:
     s = scenario_from_dict(set_dotted(GOOD, "hardware.links.md_link", "rdma-400g-ndr"), "x")
     assert s.hardware.md_link.bandwidth == 46e9 and s.hardware.md_link.latency == 3e-6

@@ -226,17 +226,34 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
             if last:
                 node[int(part)] = value
             else:
+                if isinstance(node[int(part)], str):
+                    node[int(part)] = {_shorthand_key(parts[: i + 1]): node[int(part)]}
                 node = node[int(part)]
         elif isinstance(node, dict):
             if last:
                 node[part] = value
             else:
-                if not isinstance(node.get(part), dict | list):
-                    node[part] = {}
-                node = node[part]
+                child = node.get(part)
+                if isinstance(child, str):  # a shorthand ("lru", "notebook-gbps", a path)
+                    child = {_shorthand_key(parts[: i + 1]): child}
+                elif not isinstance(child, dict | list):
+                    child = {}
+                node[part] = child
+                node = child
         else:
             raise UserError(f"{where}: expected a mapping to set a key in, got {node!r}")
     return out
+
+
+def _shorthand_key(path: list[str]) -> str:
+    """The mapping key a bare string stands for at ``path`` (as the schema's shorthands):
+    ``trace: DIR`` is ``{path: DIR}``, ``policies[i]: NAME`` is ``{name: NAME}``, and a
+    string anywhere else (model, hardware, gpu, links) names a ``preset``."""
+    if path == ["trace"]:
+        return "path"
+    if len(path) == 2 and path[0] == "policies":
+        return "name"
+    return "preset"
 
 
 def scenario_from_dict(
