@@ -143,12 +143,9 @@ def test_timeline_is_written_to_results_and_file(scenario_file, tmp_path) -> Non
     args = ["run", str(scenario_file), "--out", str(out), "--quiet", "--timeline", str(extra)]
     assert main([*args, "--set", "routing.topk=4"]) == 0
     events = json.loads((out / "timeline.json").read_text())["traceEvents"]
-    assert {e["args"]["name"] for e in events if e["name"] == "process_name"} == {
-        "seed-split",
-        "gpu-only",
-        "md-only",
-        "lru-all",
-    }
+    names = [e["args"] for e in events if e["name"] == "process_name"]
+    assert {a["label"] for a in names} == {"seed-split", "gpu-only", "md-only", "lru-all"}
+    assert {a["name"] for a in names} == {f"{a['label']} top-4" for a in names}
     assert extra.read_bytes() == (out / "timeline.json").read_bytes()
 
 

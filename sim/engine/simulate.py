@@ -175,6 +175,10 @@ class _Engine:
         # HBM cache: when each cached (layer, expert) is / was in HBM; +inf = not cached.
         self.ready_at = np.full((layers, num_experts), np.inf)
         self.public_ready_at = self.ready_at.view()
+        self.flat_ready_at = self.ready_at.reshape(-1)  # a view: eviction by flat index
+        self.key_bounds = np.array([layers, num_experts], dtype=np.uint64)
+        self.key_scratch = np.empty(layers * num_experts, dtype=np.intp)
+        self.arange_keys = np.arange(layers * num_experts, dtype=np.intp)
         self.public_ready_at.flags.writeable = False
         self.cached_count = 0
         self.max_ready = 0.0  # latest ready time ever given to a cached expert
@@ -464,6 +468,44 @@ class _Engine:
 
     # -- cache -------------------------------------------------------------------------------------
     def _apply_evictions(self, decision: GateDecision, s: int, layer: int) -> None:
+        """Drop the evicted experts from the cache, all at once when every eviction is valid
+        (global-scope caches evict ~60 experts a gate); otherwise item by item, which raises
+        the first invalid one's error exactly as policies are told."""
+        keys = self._eviction_keys(decision.evict, s, layer)
+        if keys is None:
+            self._apply_evictions_one_by_one(decision, s, layer)
+            return
+        self.flat_ready_at[keys] = np.inf
+        self.cached_count -= len(keys)
+
+    def _eviction_keys(self, evict: list, s: int, layer: int) -> np.ndarray | None:
+        """Flat ``layer * num_experts + expert`` indices of ``evict`` if every one is in range,
+        cached, distinct and not used by this gate; None otherwise (or for a shape the fast
+        path does not read)."""
+        try:
+            keys = np.asarray(evict)
+        except ValueError:  # ragged
+            return None
+        if keys.ndim != 2 or keys.shape[1] != 2 or keys.dtype.kind not in "iu":
+            return None
+        if len(keys) > self.key_scratch.size:  # more evictions than experts: a repeat
+            return None
+        # negative values wrap to huge unsigned ones: one comparison checks both bounds
+        if not (keys.astype(np.uint64, copy=False) < self.key_bounds).all():
+            return None
+        lyr, e = keys[:, 0], keys[:, 1]
+        flat = lyr * self.num_experts + e
+        if not (self.flat_ready_at[flat] < np.inf).all():
+            return None
+        if ((self.ctx.counts[s, layer, e] > 0) & (lyr == layer)).any():
+            return None
+        order = self.arange_keys[: len(flat)]
+        self.key_scratch[flat] = order  # a repeated key keeps only its last position
+        if not (self.key_scratch[flat] == order).all():
+            return None
+        return flat
+
+    def _apply_evictions_one_by_one(self, decision: GateDecision, s: int, layer: int) -> None:
         active_row = self.ctx.counts[s, layer]
         for item in decision.evict:
             lyr, e = self._check_key(item, "evict", s, layer)
@@ -516,8 +558,58 @@ class _Engine:
         self, decision: GateDecision, s: int, layer: int, t_gate: float
     ) -> tuple[int, int]:
         """Queue prefetches behind the gate's demand transfers; they enter the cache at once
-        (bytes reserved at issue) and are ready when they arrive. Already cached: ignored.
-        Returns how many were issued on (pcie, md_link)."""
+        (bytes reserved at issue) and are ready when they arrive. Already cached (or listed
+        before): ignored. Returns how many were issued on (pcie, md_link)."""
+        by_link = self._reserve_prefetches(decision.prefetch)
+        if by_link is None:
+            by_link = self._reserve_prefetches_one_by_one(decision, s, layer)
+        for link_name, arr in by_link.items():
+            if not len(arr):
+                continue
+            placed = self._fetch_prefetch(link_name, s, layer, arr, t_gate)
+            self.ready_at[arr[:, 0], arr[:, 1]] = t_gate + placed.end
+            self.max_ready = max(self.max_ready, t_gate + placed.last)
+            if self.timeline is not None:
+                for (lyr, e), a, b, k in zip(
+                    arr.tolist(), placed.start, placed.end, placed.slot, strict=True
+                ):
+                    self._event(f"{link_name}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
+        return len(by_link["pcie"]), len(by_link["md_link"])
+
+    def _reserve_prefetches(self, prefetch: list) -> dict[str, np.ndarray] | None:
+        """Reserve cache room for ``prefetch`` at once (global-scope prefetchers issue ~60 a
+        gate): per link, the (layer, expert) rows to fetch, in the policy's order. None, with
+        nothing reserved, unless every item is a valid key on a usable link."""
+        try:
+            layers, experts, links = zip(*prefetch, strict=False)
+            usable = all(
+                name in _PREFETCH_PATH and not self.not_allowed[_PREFETCH_PATH[name]]
+                for name in set(links)
+            )
+        except (TypeError, ValueError):  # not (layer, expert, link) triples, unhashable link
+            return None
+        keys = np.array([layers, experts]).T
+        if not usable or keys.dtype.kind not in "iu":
+            return None
+        if not (keys.astype(np.uint64, copy=False) < self.key_bounds).all():
+            return None
+        flat = keys[:, 0] * self.num_experts + keys[:, 1]
+        issue = self.flat_ready_at[flat] == np.inf
+        if len(flat) > 1:  # a repeated key counts once, at its first position
+            first = np.zeros(len(flat), dtype=bool)
+            first[np.unique(flat, return_index=True)[1]] = True
+            issue &= first
+        self.flat_ready_at[flat[issue]] = -1.0  # reserved (real ready time set by the caller)
+        self.cached_count += int(np.count_nonzero(issue))
+        link_of = np.array(links, dtype=object)
+        return {
+            name: keys[issue & (link_of == name)].astype(np.intp, copy=False) for name in LINK_NAMES
+        }
+
+    def _reserve_prefetches_one_by_one(
+        self, decision: GateDecision, s: int, layer: int
+    ) -> dict[str, np.ndarray]:
+        """`_reserve_prefetches` item by item: raises the first invalid item's error."""
         by_link: dict[str, list[tuple[int, int]]] = {name: [] for name in LINK_NAMES}
         for item in decision.prefetch:
             lyr, e = self._check_key(item, "prefetch", s, layer)
@@ -538,19 +630,9 @@ class _Engine:
             self.ready_at[lyr, e] = -1.0  # reserved (real ready time set below)
             self.cached_count += 1
             by_link[link_name].append((lyr, e))
-        for link_name, keys in by_link.items():
-            if not keys:
-                continue
-            arr = np.asarray(keys, dtype=np.intp)
-            placed = self._fetch_prefetch(link_name, s, layer, arr, t_gate)
-            self.ready_at[arr[:, 0], arr[:, 1]] = t_gate + placed.end
-            self.max_ready = max(self.max_ready, t_gate + placed.last)
-            if self.timeline is not None:
-                for (lyr, e), a, b, k in zip(
-                    keys, placed.start, placed.end, placed.slot, strict=True
-                ):
-                    self._event(f"{link_name}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
-        return len(by_link["pcie"]), len(by_link["md_link"])
+        return {
+            name: np.asarray(keys, dtype=np.intp).reshape(-1, 2) for name, keys in by_link.items()
+        }
 
     def _fetch_prefetch(
         self, link_name: str, s: int, layer: int, keys: np.ndarray, t_gate: float

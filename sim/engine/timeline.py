@@ -1,9 +1,12 @@
 """Export engine timelines as Chrome trace-event JSON (open in https://ui.perfetto.dev or
 chrome://tracing).
 
-One "process" per run (its policy label), one "thread" per resource (``gpu``, ``md``,
-``host``, ``pcie[0]``, ``md_link[1]``, ...); every `TimelineEvent` becomes a complete event
-(``"ph": "X"``) with ``ts``/``dur`` in microseconds.
+One "process" per run (its policy label, plus ``top-k`` when the run says which top-k it
+simulated, as a scenario run's `ScenarioRunResult` does), one "thread" per resource (``gpu``,
+``md``, ``host``, ``pcie[0]``, ``md_link[1]``, ...); every `TimelineEvent` becomes a complete
+event (``"ph": "X"``) with ``ts``/``dur`` in microseconds and ``args`` step, layer, expert and
+(when known) topk. The process_name event's args also carry the plain ``label`` and ``topk``,
+so readers (`sim.report.load`) match processes to summary rows without parsing names.
 """
 
 from __future__ import annotations
@@ -33,14 +36,23 @@ def trace_events(results: Iterable[RunResult]) -> list[dict[str, Any]]:
     for pid, result in enumerate(results, start=1):
         if result.timeline is None:
             continue
-        events.append(_meta("process_name", pid, 0, {"name": result.label}))
+        topk = _topk(result)
+        name = result.label if topk is None else f"{result.label} top-{topk}"
+        extra = {} if topk is None else {"topk": topk}
+        events.append(_meta("process_name", pid, 0, {"name": name, "label": result.label, **extra}))
         resources = sorted({ev.resource for ev in result.timeline}, key=_resource_rank)
         tids = {name: tid for tid, name in enumerate(resources, start=1)}
         for name, tid in tids.items():
             events.append(_meta("thread_name", pid, tid, {"name": name}))
             events.append(_meta("thread_sort_index", pid, tid, {"sort_index": tid}))
-        events.extend(_event(ev, pid, tids[ev.resource]) for ev in result.timeline)
+        events.extend(_event(ev, pid, tids[ev.resource], extra) for ev in result.timeline)
     return events
+
+
+def _topk(result: RunResult) -> int | None:
+    """The run's top-k: scenario runs carry it; a plain `RunResult` does not."""
+    topk = getattr(result, "topk", None)
+    return int(topk) if isinstance(topk, int) and topk > 0 else None
 
 
 def write_chrome_trace(path: str | os.PathLike[str], results: Iterable[RunResult]) -> Path:
@@ -54,7 +66,7 @@ def _meta(name: str, pid: int, tid: int, args: dict[str, Any]) -> dict[str, Any]
     return {"name": name, "ph": "M", "pid": pid, "tid": tid, "args": args}
 
 
-def _event(ev: TimelineEvent, pid: int, tid: int) -> dict[str, Any]:
+def _event(ev: TimelineEvent, pid: int, tid: int, extra: dict[str, Any]) -> dict[str, Any]:
     label = ev.kind if ev.expert < 0 else f"{ev.kind} e{ev.expert}"
     return {
         "name": label,
@@ -62,7 +74,8 @@ def _event(ev: TimelineEvent, pid: int, tid: int) -> dict[str, Any]:
         "ph": "X",
         "pid": pid,
         "tid": tid,
-        "ts": round(ev.start * _US, 4),  # 0.1 ns resolution keeps the file small
-        "dur": round((ev.end - ev.start) * _US, 4),
-        "args": {"step": ev.step, "layer": ev.layer, "expert": ev.expert},
+        # 1 ps resolution: small files, and events stay inside their layer's interval to 1e-12 s
+        "ts": round(ev.start * _US, 6),
+        "dur": round((ev.end - ev.start) * _US, 6),
+        "args": {"step": ev.step, "layer": ev.layer, "expert": ev.expert, **extra},
     }

@@ -279,7 +279,8 @@ def read_timeline(path: Path) -> TimelineEvents:
         phase = event.get("ph")
         name = (event.get("args") or {}).get("name")
         if phase == "M" and event.get("name") == "process_name" and name is not None:
-            process_names[event.get("pid")] = str(name)
+            # moesim names a process "label top-k" and gives the plain label in args.label
+            process_names[event.get("pid")] = str(event["args"].get("label", name))
         elif phase == "M" and event.get("name") == "thread_name" and name is not None:
             thread_names[(event.get("pid"), event.get("tid"))] = str(name)
         elif phase == "X":

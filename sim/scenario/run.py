@@ -341,12 +341,7 @@ def _write_files(
     if any(r.timeline for r in results):
         from sim.engine.timeline import write_chrome_trace
 
-        many_k = len({getattr(r, "topk", 0) for r in results}) > 1
-        runs = [
-            dataclasses.replace(r, label=f"{r.label} top-{getattr(r, 'topk', '')}") if many_k else r
-            for r in results
-        ]
-        write_chrome_trace(root / "timeline.json", runs)
+        write_chrome_trace(root / "timeline.json", results)  # processes named "label top-k"
     for path in root.iterdir():
         os.chmod(path, 0o644)  # atomic temp files are private; results are ordinary files
 

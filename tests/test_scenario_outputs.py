@@ -1,0 +1,143 @@
+"""What `moesim run` adds beyond the engine's totals: policy statistics (summary.json's nested
+``policy_stats``, summary.csv's ``stat_<name>`` columns, the printed predictor footnote) and
+timeline events that say their top-k."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sim.cli import main
+from sim.engine.timeline import trace_events
+from sim.report.load import load_results
+from sim.scenario import load_scenario, load_scenario_trace, run_scenario
+from sim.scenario.run import stat_columns
+
+SCENARIO = {
+    "name": "stats",
+    "trace": {
+        "synthetic": {
+            "num_seqs": 4,
+            "seq_len": 16,
+            "layer_ids": "2-4",
+            "num_experts": 16,
+            "topk": 4,
+            "seed": 5,
+        },
+    },
+    "routing": {"topk": [2, 4]},
+    "model": {"preset": "flame-moe-290m", "num_experts": 16, "top_k": 4},
+    "hardware": {"preset": "notebook-gbps", "hbm": {"capacity": "6 experts"}},
+    "policies": [
+        "seed-split",
+        "lru",
+        {"name": "prefetch-predicted", "params": {"train_steps": 4}},
+        "prefetch-oracle",
+    ],
+}
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path, capsys) -> tuple[Path, str]:
+    file = tmp_path / "stats.yaml"
+    file.write_text(yaml.safe_dump(SCENARIO), encoding="utf-8")
+    out = tmp_path / "out"
+    timeline = tmp_path / "timeline.json"
+    assert main(["run", str(file), "--out", str(out), "--timeline", str(timeline)]) == 0
+    return out, capsys.readouterr().out
+
+
+def test_policy_stats_in_summary_json_and_csv(run_dir) -> None:
+    out, _ = run_dir
+    rows = json.loads((out / "summary.json").read_text())
+    by_key = {(r["topk"], r["label"]): r for r in rows}
+    assert by_key[(2, "lru")]["policy_stats"] is None
+    assert by_key[(2, "seed-split")]["policy_stats"] is None
+    predicted = by_key[(4, "prefetch-predicted")]["policy_stats"]
+    assert predicted["train_steps"] == 4
+    tp, fp, fn = (predicted[k] for k in ("true_positives", "false_positives", "false_negatives"))
+    assert predicted["precision"] == tp / (tp + fp) and predicted["recall"] == tp / (tp + fn)
+    oracle = by_key[(4, "prefetch-oracle")]["policy_stats"]
+    assert oracle["precision"] == 1.0 and oracle["recall"] == 1.0 and oracle["prefetched"] > 0
+    with (out / "summary.csv").open(newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert "stat_precision" in table[0] and "policy_stats" not in table[0]
+    for row in table:
+        stats = by_key[(int(row["topk"]), row["label"])]["policy_stats"]
+        if stats is None:
+            assert row["stat_precision"] == "" and row["stat_prefetched"] == ""
+        else:
+            assert float(row["stat_recall"]) == stats["recall"]
+            assert int(row["stat_prefetched"]) == stats["prefetched"]
+
+
+def test_printed_table_has_the_predictor_footnote(run_dir) -> None:
+    out, printed = run_dir
+    rows = json.loads((out / "summary.json").read_text())
+    for k in (2, 4):
+        stats = next(
+            r["policy_stats"] for r in rows if r["topk"] == k and r["label"] == "prefetch-predicted"
+        )
+        line = next(
+            x for x in printed.splitlines() if x.startswith(f"prefetch-predicted (top-{k})")
+        )
+        assert f"precision {100 * stats['precision']:.1f}%" in line
+        assert f"recall {100 * stats['recall']:.1f}%" in line
+    assert "lru (top-2):" not in printed  # only policies with a predictor get a footnote
+
+
+def test_stat_columns_keep_scalars_only() -> None:
+    stats = {"objective": 1.5, "ok": True, "name": "x", "none": None, "sizes": [1, 2], "d": {}}
+    assert stat_columns(stats) == {
+        "stat_objective": 1.5,
+        "stat_ok": True,
+        "stat_name": "x",
+        "stat_none": None,
+    }
+    assert stat_columns(None) == {}
+
+
+def test_optimal_reports_its_milp_stats(tmp_path: Path) -> None:
+    doc = {
+        **SCENARIO,
+        "routing": {"topk": [1]},
+        "trace": {"synthetic": {**SCENARIO["trace"]["synthetic"], "seq_len": 3, "num_seqs": 2}},
+        "policies": ["seed-split", {"name": "optimal", "params": {"slots": 2}}],
+    }
+    file = tmp_path / "opt.yaml"
+    file.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    scenario = load_scenario(file)
+    results = run_scenario(scenario, load_scenario_trace(scenario), progress=False)
+    stats = results[1].policy_stats
+    assert stats is not None and stats["objective"] >= 0 and results[0].policy_stats is None
+
+
+def test_timeline_events_carry_their_topk(run_dir) -> None:
+    out, _ = run_dir
+    events = json.loads((out / "timeline.json").read_text())["traceEvents"]
+    names = {e["pid"]: e["args"] for e in events if e.get("name") == "process_name"}
+    assert {a["name"] for a in names.values()} >= {"lru top-2", "lru top-4"}
+    for event in (e for e in events if e["ph"] == "X"):
+        assert event["args"]["topk"] == names[event["pid"]]["topk"]
+    loaded = load_results(out).timeline  # the report matches processes to summary labels
+    assert set(loaded.label) == {"seed-split", "lru", "prefetch-predicted", "prefetch-oracle"}
+    assert set(loaded.topk) == {2, 4}
+
+
+def test_plain_run_result_timeline_has_no_topk() -> None:
+    scenario_doc = {**SCENARIO, "routing": {"topk": [2]}, "policies": ["seed-split"]}
+    from sim.engine.simulate import simulate
+    from sim.scenario import scenario_from_dict
+
+    scenario = scenario_from_dict(scenario_doc, "x")
+    trace = load_scenario_trace(scenario)
+    plain = simulate(
+        trace, scenario.hardware, scenario.model, scenario.policies[0].build(), timeline=True
+    )
+    events = trace_events([plain])
+    assert events[0]["args"] == {"name": plain.label, "label": plain.label}
+    assert all("topk" not in e["args"] for e in events if e["ph"] == "X")
