@@ -101,7 +101,9 @@ def run_point(task: PointTask) -> PointOutcome:
 def _cached_trace(scenario: Any) -> Any:
     from sim.scenario import load_scenario_trace
 
-    key = canonical_json(scenario.trace.to_dict())
+    # The routing of a cost-table scenario comes from its tables: key on their source too.
+    costs = scenario.costs.to_dict() if getattr(scenario, "costs", None) is not None else None
+    key = canonical_json({"trace": scenario.trace.to_dict(), "costs": costs})
     trace = _TRACES.get(key)
     if trace is None:
         if len(_TRACES) >= _TRACE_CACHE_SIZE:
