@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +54,12 @@ class Inputs:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory) -> Inputs:
-    """A synthetic dump (8 sequences x 96 steps x 4 layers, top-6 of 64), a scenario of five
+    """A synthetic dump (8 sequences x 256 steps x 4 layers, top-6 of 64), a scenario of five
     policies over it and a 12-point sweep (HBM budget x policy)."""
     base = tmp_path_factory.mktemp("crash-inputs")
     dump = base / "dump"
     argv = ["trace", "synth", "--out", str(dump), "--layers", "2-5", "--num-shards", "1"]
-    argv += ["--micro-batch-size", "8", "--seq-len", "96", "--experts", "64", "--topk", "6"]
+    argv += ["--micro-batch-size", "8", "--seq-len", "256", "--experts", "64", "--topk", "6"]
     assert run_cli(argv).code == 0
     document = {
         "name": "crash",
@@ -101,9 +101,13 @@ def run_to_end(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def kill_when(
-    argv: list[str], cwd: Path, sig: signal.Signals, delay: float, started: Path | None = None
+    argv: list[str],
+    cwd: Path,
+    sig: signal.Signals,
+    delay: float,
+    started: Callable[[], bool] | None = None,
 ) -> int | None:
-    """Start ``argv``; once ``started`` exists (if given) wait ``delay`` s and send ``sig``.
+    """Start ``argv``; once ``started()`` is true (if given) wait ``delay`` s and send ``sig``.
 
     Returns the exit code, or None when the process finished before the signal. Waits until
     every process of its session is gone (sweep workers must not outlive their parent)."""
@@ -116,7 +120,7 @@ def kill_when(
         start_new_session=True,
     )
     deadline = time.monotonic() + PROCESS_TIMEOUT_S
-    while started is not None and not started.exists() and proc.poll() is None:
+    while started is not None and not started() and proc.poll() is None:
         assert time.monotonic() < deadline, "the command never started its work"
         time.sleep(0.02)
     time.sleep(delay)
@@ -195,21 +199,38 @@ def temporaries_next_to(target: Path) -> list[Path]:
 # -- moesim run -------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def run_reference(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    work = tmp_path_factory.mktemp("run-reference")
-    out = work / "ref"
+    """The files of an uninterrupted run (in this process: the same code, byte-identical)."""
+    out = tmp_path_factory.mktemp("run-reference") / "ref"
     start = time.perf_counter()
-    proc = run_to_end(moesim("run", str(inputs.scenario), "--out", str(out), "--quiet"), work)
-    assert proc.returncode == 0, proc.stderr
-    CRASH_COUNTS["run wall s (reference)"] = round(time.perf_counter() - start, 2)
+    assert run_cli(["run", str(inputs.scenario), "--out", str(out), "--quiet"]).code == 0
+    CRASH_COUNTS["run work s (reference, in-process)"] = round(time.perf_counter() - start, 2)
     return {p.name: p.read_bytes() for p in out.iterdir()}
 
 
+@pytest.fixture(scope="module")
+def process_start_s() -> float:
+    """Wall seconds for ``python -m sim`` to start (imports): the kill window's offset."""
+    start = time.perf_counter()
+    subprocess.run(moesim("--version"), capture_output=True, check=True, timeout=120)
+    CRASH_COUNTS["process start s"] = round(time.perf_counter() - start, 2)
+    return time.perf_counter() - start
+
+
 def kill_run_once(
-    inputs: Inputs, reference: dict[str, bytes], work: Path, sig: signal.Signals, delay: float
+    inputs: Inputs,
+    reference: dict[str, bytes],
+    work: Path,
+    sig: signal.Signals,
+    delay: float,
+    *,
+    while_writing: bool = False,
+    rerun: bool = True,
 ) -> None:
+    """Kill one run ``delay`` s after its start (or after it starts writing its results)."""
     out = work / "out"
     argv = moesim("run", str(inputs.scenario), "--out", str(out), "--quiet")
-    code = kill_when(argv, work, sig, delay)
+    writing = (lambda: bool(temporaries_next_to(out))) if while_writing else None
+    code = kill_when(argv, work, sig, delay, writing)
     results_exist = out.exists()
     if code is not None:
         assert code != 0
@@ -219,6 +240,8 @@ def kill_run_once(
         CRASH_COUNTS["run killed after its results were complete"] += 1
         assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
         return
+    if not rerun:
+        return
     proc = run_to_end(argv, work)  # the same command again completes normally
     assert proc.returncode == 0, proc.stderr
     assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
@@ -227,18 +250,24 @@ def kill_run_once(
 def test_killed_run_leaves_no_partial_results(
     inputs: Inputs, run_reference: dict[str, bytes], tmp_path: Path
 ) -> None:
-    rng = random.Random(SEED)
-    span = CRASH_COUNTS["run wall s (reference)"]
-    kill_run_once(inputs, run_reference, tmp_path, signal.SIGKILL, rng.uniform(0.3, 1.0) * span)
+    """SIGKILL while the results are being written: the moment a partial result could exist."""
+    kill_run_once(
+        inputs, run_reference, tmp_path, signal.SIGKILL, 0.0, while_writing=True, rerun=False
+    )
+    assert not (tmp_path / "out").exists() or CRASH_COUNTS["finished before the signal"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_run_killed_at_random_moments(
-    inputs: Inputs, run_reference: dict[str, bytes], tmp_path: Path, sig: signal.Signals
+    inputs: Inputs,
+    run_reference: dict[str, bytes],
+    process_start_s: float,
+    tmp_path: Path,
+    sig: signal.Signals,
 ) -> None:
     rng = random.Random(SEED + sig.value)
-    span = CRASH_COUNTS["run wall s (reference)"] * 1.2
+    span = (process_start_s + CRASH_COUNTS["run work s (reference, in-process)"]) * 1.2
     for attempt in range(8):
         work = tmp_path / f"attempt-{attempt}"
         work.mkdir()
@@ -248,13 +277,13 @@ def test_run_killed_at_random_moments(
 # -- moesim sweep -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sweep_reference(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("sweep-reference")
-    out = work / "ref"
+    """An uninterrupted sweep (in this process, one job)."""
+    out = tmp_path_factory.mktemp("sweep-reference") / "ref"
     start = time.perf_counter()
-    argv = moesim("sweep", str(inputs.sweep), "--out", str(out), "--jobs", "1", "--no-progress")
-    proc = run_to_end(argv, work)
-    assert proc.returncode == 0, proc.stderr
-    CRASH_COUNTS["sweep wall s (reference)"] = round(time.perf_counter() - start, 2)
+    argv = ["sweep", str(inputs.sweep), "--out", str(out), "--jobs", "1", "--no-progress"]
+    outcome = run_cli(argv, timeout=PROCESS_TIMEOUT_S)
+    assert outcome.code == 0, outcome
+    CRASH_COUNTS["sweep work s (reference, in-process)"] = round(time.perf_counter() - start, 2)
     return out
 
 
@@ -270,7 +299,8 @@ def kill_sweep_once(
 ) -> None:
     out = work / "out"
     common = ["--jobs", str(jobs), "--no-progress"]
-    started = out / "points" if after_first_point else None
+    points = out / "points"
+    started = points.exists if after_first_point else None
     code = kill_when(
         moesim("sweep", str(inputs.sweep), "--out", str(out), *common), work, sig, delay, started
     )
@@ -306,17 +336,23 @@ def test_killed_sweep_resumes_to_the_identical_table(
     inputs: Inputs, sweep_reference: Path, tmp_path: Path
 ) -> None:
     rng = random.Random(SEED)
-    kill_sweep_once(inputs, sweep_reference, tmp_path, signal.SIGKILL, rng.uniform(0.0, 1.0))
+    span = CRASH_COUNTS["sweep work s (reference, in-process)"]
+    kill_sweep_once(inputs, sweep_reference, tmp_path, signal.SIGKILL, rng.uniform(0, 0.6) * span)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("jobs", [1, 2])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
 def test_sweep_killed_at_random_moments(
-    inputs: Inputs, sweep_reference: Path, tmp_path: Path, sig: signal.Signals, jobs: int
+    inputs: Inputs,
+    sweep_reference: Path,
+    process_start_s: float,
+    tmp_path: Path,
+    sig: signal.Signals,
+    jobs: int,
 ) -> None:
     rng = random.Random(SEED + 10 * jobs + sig.value)
-    span = CRASH_COUNTS["sweep wall s (reference)"] * 1.1
+    span = (process_start_s + CRASH_COUNTS["sweep work s (reference, in-process)"]) * 1.1
     for attempt in range(5):
         work = tmp_path / f"attempt-{attempt}"
         work.mkdir()

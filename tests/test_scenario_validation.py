@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from sim.cli import main
+from sim.errors import UserError
 from sim.scenario import load_scenario, scenario_from_dict, set_dotted
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -208,3 +209,18 @@ def test_docs_scenarios_md_is_up_to_date() -> None:
     expected = schema_markdown(example)
     actual = (ROOT / "docs" / "scenarios.md").read_text(encoding="utf-8")
     assert actual == expected, "run: moesim schema --markdown --out docs/scenarios.md"
+
+
+def test_trace_batch_keeps_the_first_sequences_and_embedded_names() -> None:
+    from sim.scenario import load_scenario_trace
+
+    data = set_dotted(GOOD, "trace", {"path": "embedded:flame-moe-290m-real", "batch": 3})
+    scenario = scenario_from_dict(data, "x")
+    assert scenario.trace.seqs == (0, 1, 2)
+    trace = load_scenario_trace(scenario)
+    assert trace.num_seqs == 3 and trace.meta.model == "flame-moe-290m"
+    both = set_dotted(data, "trace.seqs", "0-1")
+    with pytest.raises(UserError, match=r"^trace.batch: expected either"):
+        scenario_from_dict(both, "x")
+    with pytest.raises(UserError, match="embedded:no-such-trace"):
+        scenario_from_dict(set_dotted(GOOD, "trace", "embedded:no-such-trace"), "x")

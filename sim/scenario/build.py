@@ -71,6 +71,7 @@ class TraceSpec:
     num_experts: int | None = None
     k: int | None = None
     synthetic: Any = None  # sim.trace.synth.SynthConfig (kind "synthetic")
+    embedded: str = "embedded"  # `embedded` or `embedded:NAME` (kind "embedded")
 
     def to_dict(self) -> dict[str, Any]:
         """The ``trace:`` section that reproduces this spec (absolute path, selections)."""
@@ -81,7 +82,7 @@ class TraceSpec:
         if self.kind == "costs":
             return {"path": COSTS_TRACE}
         return {
-            "path": "embedded" if self.kind == "embedded" else str(self.path),
+            "path": self.embedded if self.kind == "embedded" else str(self.path),
             "model": self.model,
             "runid": self.runid,
             "epoch": self.epoch,
@@ -586,6 +587,10 @@ def build_trace_spec(
     if costs or section.path == COSTS_TRACE:
         return _costs_trace_spec(section, costs)
     seqs = _tuple(parse_int_selection(section.seqs, "trace.seqs"))
+    if section.batch is not None:  # the first N sequences: the batch-size knob of sweeps
+        if seqs is not None:
+            raise UserError("trace.batch: expected either trace.seqs or trace.batch, got both")
+        seqs = tuple(range(section.batch))
     if section.synthetic is not None:
         return TraceSpec(
             kind="synthetic", synthetic=_synth_config(section.synthetic, seed), seqs=seqs
@@ -602,8 +607,11 @@ def build_trace_spec(
         num_experts=section.num_experts,
         k=section.k,
     )
-    if section.path == "embedded":
-        return TraceSpec(kind="embedded", **common)
+    if section.path == "embedded" or section.path.startswith("embedded:"):
+        from sim.trace.open import embedded_root
+
+        embedded_root(section.path)  # UserError now, before any run, if it is not shipped
+        return TraceSpec(kind="embedded", embedded=section.path, **common)
     path = (base / os.path.expanduser(section.path)).resolve()
     if not path.is_dir():
         what = "a file" if path.exists() else "nothing there"
@@ -702,7 +710,7 @@ def load_scenario_trace(scenario: Scenario) -> RoutingTrace:
         from sim.trace.open import open_trace
 
         trace = open_trace(
-            "embedded" if spec.kind == "embedded" else spec.path,
+            spec.embedded if spec.kind == "embedded" else spec.path,
             layout=spec.layout,
             shards=spec.shards,
             layers=spec.layers,

@@ -127,6 +127,11 @@ class TraceSection(_Section):
     seqs: str | int | list[int] | None = Field(
         None, description="sequence indices of the batch to keep, e.g. `0-3`; default all"
     )
+    batch: PositiveInt | None = Field(
+        None,
+        description="keep the first N sequences of the batch (the batch-size axis of sweeps); "
+        "instead of `seqs`",
+    )
     num_experts: PositiveInt | None = Field(
         None, description="experts per layer, if the dump can't say"
     )
