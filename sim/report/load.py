@@ -31,32 +31,6 @@ PER_LAYER_REQUIRED = ("label", "policy", "topk", "step", "layer", "active")
 PER_STEP_REQUIRED = ("label", "policy", "topk", "step", "latency")
 GATING_COLUMNS = ("position", "layer", "topk", "expert_activ", "expert_gpu", "expert_md", "h")
 SWEEP_REQUIRED = ("label", "topk")
-#: Columns of a sweep table that are results, not swept fields.
-SWEEP_RESULT_COLUMNS = frozenset(
-    {
-        "point",
-        "policy",
-        "label",
-        "topk",
-        "is_bound",
-        "is_baseline",
-        "total_time",
-        "mean_step",
-        "p50_step",
-        "p99_step",
-        "transfer_time",
-        "bytes_pcie",
-        "bytes_md",
-        "hits",
-        "misses",
-        "hit_rate",
-        "stall",
-        "speedup",
-        "gap_closed",
-        "repeat",
-        "seed",
-    }
-)
 _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE"})
 
@@ -412,7 +386,7 @@ def swept_fields(table: Table, resolved: Mapping[str, Any]) -> tuple[str, ...]:
                 named |= {str(k) for k in group}
     if named & set(table.names):
         return tuple(c for c in table.names if c in named)
-    return tuple(c for c in table.names if "." in c and c not in SWEEP_RESULT_COLUMNS)
+    return tuple(c for c in table.names if "." in c)  # swept fields are dotted paths; results not
 
 
 def _with_speedup(table: Table, baseline: Any, where: Path) -> Table:
