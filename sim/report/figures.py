@@ -553,7 +553,7 @@ def seed_view(gating: Table, source: str) -> Figure:
     topks = sorted(int(k) for k in gating.unique("topk"))
     if not topks:
         raise NoData(f"{source} has no rows")
-    fig = _figure(max(5.0, 3.2 * len(topks) + 1.5), 4.0)
+    fig = _figure(max(6.5, 3.2 * len(topks) + 1.5), 4.0)
     axes = fig.subplots(1, len(topks), squeeze=False, sharey=True)[0]
     for ax, k in zip(axes, topks):
         rows = gating.where(topk=k)
@@ -567,7 +567,7 @@ def seed_view(gating: Table, source: str) -> Figure:
         ax.set_xlabel("MoE layer")
     axes[0].set_ylabel("experts per step (mean over positions)")
     _figure_legend(fig, axes[0], None)
-    fig.suptitle(f"The seed's view: active experts and their split by path (source: {source})")
+    fig.suptitle(f"The seed's view: active experts and their split by path\n(source: {source})")
     return fig
 
 
