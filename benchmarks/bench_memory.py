@@ -124,7 +124,9 @@ def measure(label: str, argv: Sequence[str], cwd: Path) -> Measured:
         proc.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         text = err.read().decode("utf-8", "replace")
-    return Measured(label, time.perf_counter() - start, usage.ru_maxrss * 1024, proc.returncode, text)
+    return Measured(
+        label, time.perf_counter() - start, usage.ru_maxrss * 1024, proc.returncode, text
+    )
 
 
 def moesim(*args: str) -> list[str]:
@@ -201,7 +203,9 @@ def machine() -> str:
 
 
 def report_lines(
-    cases: Sequence[DumpCase], measured: dict[str, list[Measured]], sizes: dict[str, tuple[int, int]]
+    cases: Sequence[DumpCase],
+    measured: dict[str, list[Measured]],
+    sizes: dict[str, tuple[int, int]],
 ) -> list[str]:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
@@ -242,7 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--cases", default="290m,1.7b", help="which dumps (default 290m,1.7b)")
     parser.add_argument("--policies", default=",".join(POLICIES), help="scenario policies")
-    parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir)")
+    parser.add_argument(
+        "--keep", metavar="DIR", help="work in DIR and keep it (default: a temp dir)"
+    )
     parser.add_argument("--no-record", action="store_true", help="do not update RESULTS.md")
     args = parser.parse_args(argv)
     names = [c for c in args.cases.split(",") if c]
@@ -260,8 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             measured[case.name] = run_case(case, work, policies)
             sizes[case.name] = dump_size(work / f"dump-{case.name}")
             for m in measured[case.name]:
-                print(f"{m.label:55s} wall {m.wall_s:7.1f} s  peak RSS {m.peak_gib:5.2f} GiB"
-                      f"{'' if m.code == 0 else f'  EXIT {m.code}: ' + m.stderr.strip()[-300:]}")
+                print(
+                    f"{m.label:55s} wall {m.wall_s:7.1f} s  peak RSS {m.peak_gib:5.2f} GiB"
+                    f"{'' if m.code == 0 else f'  EXIT {m.code}: ' + m.stderr.strip()[-300:]}"
+                )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

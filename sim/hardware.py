@@ -16,12 +16,7 @@ Memory model (see docs/engine.md):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
-
-PLACEMENTS = ("host", "md", "both")
-MD_MODES = ("fetch", "near-data")
-EXPERT_START = ("per-expert", "layer")
 
 
 @dataclass(frozen=True)
@@ -117,8 +112,3 @@ class ModelSpec:
     def activation_bytes_per_token(self) -> float:
         """Bytes of one token's hidden state crossing a link (one direction)."""
         return self.hidden_size * self.bytes_per_activation
-
-
-def roofline_time(nbytes: float, flops: float, bandwidth: float, peak_flops: float) -> float:
-    """max(weight read time, arithmetic time): the usual roofline for a memory-bound FFN."""
-    return max(nbytes / bandwidth, flops / peak_flops) if peak_flops > 0 else math.inf

@@ -12,6 +12,8 @@ Grammar: ``<number> <unit>``, with or without a space. Prefixes: SI ones are dec
 * size: ``B``, ``kB``/``KB``, ``MB``, ``GB``, ``TB``, ``KiB``, ``MiB``, ``GiB``, ``TiB``.
 * duration: ``s``, ``ms``, ``us``/``µs``, ``ns``.
 * compute: ``FLOP/s`` or ``FLOPS`` with a prefix (``989 TFLOP/s``).
+* clock (`parse_clock`, for cost tables' cycles): ``Hz``/``kHz``/``MHz``/``GHz``, or a plain
+  number in Hz.
 
 Plain numbers are accepted in one documented case only: ``0`` for a size or a duration
 (no cache, no latency), where the unit cannot change the meaning.
@@ -131,6 +133,24 @@ def parse_duration(value: object, where: str) -> float:
 def parse_flops(value: object, where: str) -> float:
     """FLOP per second (> 0)."""
     return COMPUTE.parse(value, where)
+
+
+_CLOCK_RE = re.compile(r"^\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*(Hz|kHz|MHz|GHz)\s*$")
+_CLOCK_UNITS = {"Hz": 1.0, "kHz": 1e3, "MHz": 1e6, "GHz": 1e9}
+
+
+def parse_clock(value: object, where: str) -> float:
+    """A clock frequency in Hz from a number (Hz) or a string such as ``1 GHz``/``800 MHz``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        hz = float(value)
+    else:
+        match = _CLOCK_RE.match(str(value))
+        if not match:
+            raise UserError(f"{where}: expected a frequency such as '1 GHz', got {value!r}")
+        hz = float(match[1]) * _CLOCK_UNITS[match[2]]
+    if not hz > 0 or hz == float("inf"):
+        raise UserError(f"{where}: expected a frequency > 0, got {value!r}")
+    return hz
 
 
 # -- printing ----------------------------------------------------------------------------------

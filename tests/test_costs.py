@@ -14,11 +14,12 @@ from sim.cli import main
 from sim.costs.compare import check_modes, npu_only_schedule, run_policies
 from sim.costs.modes import MODES, compute_modes, monde_npu_count
 from sim.costs.neupims import load_neupims
-from sim.costs.source import CostSource, parse_clock
+from sim.costs.source import CostSource
 from sim.costs.table import CostTable, TableCost
 from sim.engine.cost import RooflineCost
 from sim.errors import UserError
 from sim.scenario import load_scenario, scenario_from_dict
+from sim.units import parse_clock
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = Path("/work/shared/data/neupims-decoder-bs16")

@@ -1,6 +1,6 @@
-"""The engine applies a gate's evictions and reserves its prefetches at once (numpy) when all
-are valid, and item by item otherwise: both ways must give the same cache state, results and
-error messages."""
+"""The engine's HBM cache (`HbmCache`) applies a gate's evictions and reserves its prefetches
+at once (numpy) when all are valid, and item by item otherwise: both ways must give the same
+cache state, results and error messages."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.engine import simulate
-from sim.engine.simulate import _Engine
+from sim.engine.cache import HbmCache
 from sim.policies import GateDecision, GateView, Path, Policy, PolicyError
 
 # 2 layers x 3 steps, 2 sequences top-1, 4 experts: (step, layer) -> experts in use
@@ -55,8 +55,8 @@ def outcome(evict: dict, *, one_by_one: bool, monkeypatch, prefetch=None, hw=HW)
     """Per-layer cache bytes, hits, prefetches and timings, or the PolicyError message."""
     with monkeypatch.context() as patch:
         if one_by_one:
-            patch.setattr(_Engine, "_eviction_keys", lambda self, *a: None)
-            patch.setattr(_Engine, "_reserve_prefetches", lambda self, *a: None)
+            patch.setattr(HbmCache, "_eviction_keys", lambda self, *a: None)
+            patch.setattr(HbmCache, "_reserve_all", lambda self, *a: None)
         try:
             r = simulate(TRACE, hw, M4, EvictScripted(evict, prefetch), timeline=True)
         except PolicyError as err:

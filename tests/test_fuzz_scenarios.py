@@ -36,7 +36,19 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from test_fuzz_shards import CliOutcome, assert_one_line_error, record_event, run_cli
+from test_fuzz_shards import (
+    EPOCH,
+    MODEL,
+    RUN,
+    B,
+    CliOutcome,
+    Pristine,
+    S,
+    assert_one_line_error,
+    record_event,
+    run_cli,
+    write_pristine,
+)
 
 from sim.atomic import write_json
 from sim.scenario.run import RESULT_FILES
@@ -110,14 +122,17 @@ scalars = st.one_of(
     st.sampled_from([0, -1, 1, 2**31, 2**63, -(2**63), 10**30]),
     st.floats(allow_nan=True, allow_infinity=True),
     TEXTS,
-    st.builds(lambda n, sep, u: f"{n}{sep}{u}", st.sampled_from(NUMBERS), st.sampled_from(["", " ", "  "]), st.sampled_from(UNITS)),
+    st.builds(
+        lambda n, sep, u: f"{n}{sep}{u}",
+        st.sampled_from(NUMBERS),
+        st.sampled_from(["", " ", "  "]),
+        st.sampled_from(UNITS),
+    ),
     st.sampled_from(NAMES),
 )
 values = st.recursive(
     scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(TEXTS, inner, max_size=3)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(TEXTS, inner, max_size=3)),
     max_leaves=8,
 )
 
@@ -194,7 +209,10 @@ doc_edits = st.one_of(
     ),
     st.builds(DocEdit, st.just("replace"), picks, values),
     st.builds(
-        DocEdit, st.just("scale"), picks, st.sampled_from(["0", "-1", "1e30", "1e-30", "nan", "inf"])
+        DocEdit,
+        st.just("scale"),
+        picks,
+        st.sampled_from(["0", "-1", "1e30", "1e-30", "nan", "inf"]),
     ),
     st.builds(DocEdit, st.just("insert"), picks, TEXTS),
     st.builds(DocEdit, st.just("wrap"), picks, st.booleans()),
@@ -244,7 +262,9 @@ class TextEdit:
 
 text_edits = st.builds(
     TextEdit,
-    op=st.sampled_from(["insert", "delete", "truncate", "swap-lines", "indent", "crlf", "bom", "anchor"]),
+    op=st.sampled_from(
+        ["insert", "delete", "truncate", "swap-lines", "indent", "crlf", "bom", "anchor"]
+    ),
     pick=st.floats(0, 1, exclude_max=True),
     text=st.text(alphabet=st.sampled_from(YAML_NOISE), max_size=4),
 )
@@ -380,7 +400,7 @@ FUZZ_SETTINGS = {
 }
 
 
-@settings(max_examples=300, **FUZZ_SETTINGS)
+@settings(max_examples=200, **FUZZ_SETTINGS)
 @given(case=cases)
 def test_fuzzed_scenarios(tiny_dump: Path, case: Case) -> None:
     check_case(case, tiny_dump)
@@ -439,7 +459,9 @@ def test_raw_documents(tiny_dump: Path, tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize(
     "edit",
     [
-        pytest.param(_deep(5000), marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["nesting-5000"])),
+        pytest.param(
+            _deep(5000), marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["nesting-5000"])
+        ),
         pytest.param(
             lambda t: t.replace("seed: 0", "seed: " + "9" * 5000),
             marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["int-5000-digits"]),
@@ -473,6 +495,110 @@ def test_set_with_bad_values_is_one_line(tiny_dump: Path, tmp_path: Path) -> Non
     for item in ("seed", "=3", "a..b=1", "policies[99].name=lru", "seed=[1, 2", "routing.topk=0"):
         outcome = run_cli(["validate", str(scenario), "--set", item])
         assert_one_line_error(CliOutcome(outcome.code, outcome.out, outcome.err))
+
+
+# -- trace.yaml: the other YAML a user hands us (next to a dump) ------------------------------------
+@pytest.fixture(scope="module")
+def raw_dump(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
+    return write_pristine(tmp_path_factory.mktemp("raw-dump"))
+
+
+TRACE_YAML = {
+    "model": MODEL,
+    "runid": RUN,
+    "epoch": EPOCH,
+    "layout": "megatron",
+    "seq_len": S,
+    "micro_batch_size": B,
+    "num_experts": 64,
+    "k": 6,
+    "provenance": "fuzz",
+    "synthetic": True,
+    "synthetic_layers": [3],
+    "tokens_known": "all",
+    "notes": "",
+}
+
+
+def check_trace_yaml(
+    pristine: Pristine, edits: tuple[DocEdit, ...], t_edits: tuple[TextEdit, ...]
+) -> None:
+    """A damaged trace.yaml: exit 2 with one line, or exit 0 with complete outputs."""
+    work = Path(tempfile.mkdtemp(prefix="fuzz-trace-yaml-"))
+    try:
+        root = work / "dump"
+        shutil.copytree(pristine.root, root)
+        doc: Any = json.loads(json.dumps(TRACE_YAML))
+        for edit in edits:
+            doc = edit.apply(doc)
+        text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+        for t_edit in t_edits:
+            text = t_edit.apply(text)
+        (root / "trace.yaml").write_bytes(text.encode("utf-8", errors="surrogatepass"))
+        out = work / "out"
+        outcome = run_cli(
+            [
+                "trace",
+                "stats",
+                str(root),
+                "--positions",
+                "all",
+                "--layers",
+                "all",
+                "--out",
+                str(out),
+            ]
+        )
+        kind = f"trace.yaml: exit {outcome.code}"
+        FUZZ_COUNTS[kind] += 1
+        record_event(kind)
+        assert "Traceback" not in outcome.err, outcome.err
+        if outcome.code != 0:
+            assert_one_line_error(outcome)
+            assert not out.exists()
+        else:
+            assert outcome.err == "", outcome.err
+            assert_complete_results_stats(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def assert_complete_results_stats(out: Path) -> None:
+    for name in ("gating.csv", "counts.csv", "meta.json"):
+        text = (out / name).read_text(encoding="utf-8")
+        if name.endswith(".csv"):
+            rows = list(csv.reader(text.splitlines()))
+            assert len(rows) >= 2 and all(len(r) == len(rows[0]) for r in rows)
+        else:
+            json.loads(text)
+
+
+@settings(max_examples=60, **FUZZ_SETTINGS)
+@given(
+    edits=st.lists(doc_edits, min_size=1, max_size=3).map(tuple),
+    t_edits=st.lists(text_edits, max_size=1).map(tuple),
+)
+def test_fuzzed_trace_yaml(
+    raw_dump: Pristine, edits: tuple[DocEdit, ...], t_edits: tuple[TextEdit, ...]
+) -> None:
+    check_trace_yaml(raw_dump, edits, t_edits)
+
+
+@pytest.mark.slow
+@settings(max_examples=1000, **FUZZ_SETTINGS)
+@given(
+    edits=st.lists(doc_edits, min_size=1, max_size=3).map(tuple),
+    t_edits=st.lists(text_edits, max_size=1).map(tuple),
+)
+def test_fuzzed_trace_yaml_long(
+    raw_dump: Pristine, edits: tuple[DocEdit, ...], t_edits: tuple[TextEdit, ...]
+) -> None:
+    check_trace_yaml(raw_dump, edits, t_edits)
+
+
+def test_the_fuzzed_trace_yaml_starts_valid(raw_dump: Pristine) -> None:
+    check_trace_yaml(raw_dump, (), ())
+    assert FUZZ_COUNTS["trace.yaml: exit 0"] >= 1
 
 
 @pytest.fixture(scope="module", autouse=True)

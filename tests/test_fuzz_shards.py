@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import pickle
 import shutil
@@ -209,13 +208,17 @@ class Pristine:
         return f"Pristine({self.root})"
 
 
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
-    root = tmp_path_factory.mktemp("pristine")
+def write_pristine(root: Path) -> Pristine:
+    """The valid raw dump (no trace.yaml) under ``root``."""
     objects = pristine_objects()
     for rel, obj in objects.items():
         save(root / rel, obj)
     return Pristine(root=root, objects=objects)
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
+    return write_pristine(tmp_path_factory.mktemp("pristine"))
 
 
 def stats_outputs(root: Path, work: Path, name: str) -> dict[str, bytes]:
@@ -258,7 +261,7 @@ def judge(kind: str, path: Path) -> Verdict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's protocol notice is not a verdict
             obj = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception:  # noqa: BLE001 - any failure to load means the file is unusable
+    except Exception:
         return Verdict("reject", why="torch.load fails")
     return judge_samples(obj) if kind == "samples" else judge_actives(obj)
 
@@ -276,7 +279,9 @@ def judge_actives(obj: Any) -> Verdict:
     if isinstance(obj, torch.Tensor):
         return _judge_dense(obj)
     if not (
-        isinstance(obj, tuple | list) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj)
+        isinstance(obj, tuple | list)
+        and len(obj) == 2
+        and all(isinstance(t, torch.Tensor) for t in obj)
     ):
         return Verdict("reject", why="not a (scores, indices) pair")
     scores, ids = (_plain_tensor(t) for t in obj)
@@ -428,7 +433,9 @@ def symlink(target: str) -> Mutation:
             if other == path:
                 other = path.parent.parent / str(LAYERS[1]) / path.name
             if "samples" in path.parts:
-                other = path.with_name(SHARDS[1] + ".pt" if path.stem == SHARDS[0] else SHARDS[0] + ".pt")
+                other = path.with_name(
+                    SHARDS[1] + ".pt" if path.stem == SHARDS[0] else SHARDS[0] + ".pt"
+                )
             path.symlink_to(other)
 
     return Mutation(f"symlink({target})", apply)

@@ -17,34 +17,13 @@ import yaml
 
 from sim.cli import main
 from sim.commands.report import parse_window
+from sim.engine.results import PER_LAYER_COLUMNS, PER_STEP_COLUMNS
 from sim.errors import UserError
 from sim.report import build_content, write_report
 from sim.report import figures as F
 from sim.report.load import load_results, read_table, read_timeline
+from sim.scenario.run import SUMMARY_COLUMNS
 
-PER_LAYER = [
-    "step",
-    "position",
-    "layer",
-    "layer_id",
-    "active",
-    "hits",
-    "pcie",
-    "md_fetch",
-    "md_near",
-    "host",
-    "prefetch_pcie",
-    "prefetch_md",
-    "bytes_pcie",
-    "bytes_md",
-    "t_start",
-    "t_gate",
-    "t_end",
-    "transfer_window",
-    "stall",
-    "layer_time",
-    "cache_bytes",
-]
 LABELS = (("seed-split", "seed-split", False), ("lru", "lru", False), ("belady", "belady", True))
 STEPS, LAYERS, LAYER_IDS, EXPERT_BYTES = 4, 3, (2, 3, 4), 1_000_000
 BW = {"pcie": 32e9, "md_link": 64e9}
@@ -132,34 +111,15 @@ def make_run(
     base = {r[2]: r[6] for r in summary if r[4]}
     for r in summary:
         r[16] = base[r[2]] / r[6]
-    _write_csv(root / "per_layer.csv", ["label", "policy", "topk", *PER_LAYER], layer_rows)
+    _write_csv(root / "per_layer.csv", ["label", "policy", "topk", *PER_LAYER_COLUMNS], layer_rows)
     _write_csv(
         root / "per_step.csv",
-        ["label", "policy", "topk", "step", "position", "latency", "compute_only"],
+        ["label", "policy", "topk", *PER_STEP_COLUMNS],
         step_rows,
     )
     _write_csv(
         root / "summary.csv",
-        [
-            "policy",
-            "label",
-            "topk",
-            "is_bound",
-            "is_baseline",
-            "total_time",
-            "mean_step",
-            "p50_step",
-            "p99_step",
-            "transfer_time",
-            "bytes_pcie",
-            "bytes_md",
-            "hits",
-            "misses",
-            "hit_rate",
-            "stall",
-            "speedup",
-            "gap_closed",
-        ],
+        list(SUMMARY_COLUMNS),
         summary,
     )
     scenario = {

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from pt_files import save
 
 from sim.cli import main
 
 MODEL, RUN = "flame-moe-290m", "31066"
-
-
-def save(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    path.write_bytes(buf.getvalue())
 
 
 def make_dump(root: Path, rows: int = 8, epochs=("540", "5473"), shards=("0-0", "0-1", "1-0")):

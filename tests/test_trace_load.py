@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pt_files import save
 
 from sim.commands._trace_args import add_trace_selection_args, trace_from_args
 from sim.errors import UserError
@@ -49,13 +49,6 @@ def random_trace(
         positions=tuple(range(steps)),
         meta=meta,
     )
-
-
-def save(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    path.write_bytes(buf.getvalue())
 
 
 def assert_same_routing(got: RoutingTrace, want: RoutingTrace) -> None:

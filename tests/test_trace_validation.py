@@ -7,12 +7,12 @@ the whole selection).
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from pt_files import save
 
 from sim.cli import main
 from sim.errors import UserError
@@ -21,13 +21,6 @@ from sim.trace.cuts import load_decoder_cuts, load_prefill_cut
 MODEL, RUN, EPOCH = "flame-moe-290m", "31066", "5473"
 B, S, K = 2, 4, 3
 T = B * S
-
-
-def save(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    path.write_bytes(buf.getvalue())
 
 
 def samples_path(root: Path, shard: str = "0-0") -> Path:

@@ -8,7 +8,6 @@ NeuPIMs layout exists so far (``kind = "neupims"``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -19,24 +18,11 @@ from sim.costs.table import TableCost
 from sim.errors import UserError
 from sim.hardware import Hardware, ModelSpec
 from sim.trace.routing import RoutingTrace
+from sim.units import parse_clock
+
+__all__ = ["KINDS", "CostSource", "parse_clock"]  # parse_clock lives in sim.units
 
 KINDS = ("neupims",)
-_CLOCK = re.compile(r"^\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*(Hz|kHz|MHz|GHz)\s*$")
-_SCALE = {"Hz": 1.0, "kHz": 1e3, "MHz": 1e6, "GHz": 1e9}
-
-
-def parse_clock(value: object, where: str) -> float:
-    """A clock frequency in Hz from a number (Hz) or a string such as ``1 GHz``/``800 MHz``."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        hz = float(value)
-    else:
-        match = _CLOCK.match(str(value))
-        if not match:
-            raise UserError(f"{where}: expected a frequency such as '1 GHz', got {value!r}")
-        hz = float(match[1]) * _SCALE[match[2]]
-    if not hz > 0 or hz == float("inf"):
-        raise UserError(f"{where}: expected a frequency > 0, got {value!r}")
-    return hz
 
 
 @dataclass(frozen=True)

@@ -62,10 +62,6 @@ class RooflineCost:
         total = np.asarray(total_tokens, dtype=np.float64)
         return cfg.latency + total * self._act_bytes / cfg.channel_rate
 
-    def activation_bytes(self, total_tokens: float) -> float:
-        """Bytes one direction of a batch's activations moves."""
-        return float(total_tokens) * self._act_bytes
-
     # -- CostModel protocol ---------------------------------------------------------------------
     def transfer_time(self, link: str, step: int, layer: int, experts: np.ndarray) -> np.ndarray:
         return np.full(len(experts), self.uniform_transfer_time(link))
@@ -95,7 +91,7 @@ class RooflineCost:
 def _roofline(
     tokens: np.ndarray, nbytes: float, flops_per_token: float, bandwidth: float, peak: float
 ) -> np.ndarray:
-    """max(weight read, arithmetic) per expert; vectorised ``sim.hardware.roofline_time``."""
+    """max(weight read, arithmetic) per expert: the usual roofline of a memory-bound FFN."""
     if peak <= 0 or bandwidth <= 0:
         return np.full(np.shape(tokens), np.inf)
     t = np.asarray(tokens, dtype=np.float64)

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-PER_LAYER_COLUMNS = (
+# per-(step, layer) counts (integers), then bytes and times (floats)
+_COUNT_COLUMNS = (
     "step",
     "position",
     "layer",
@@ -24,6 +25,9 @@ PER_LAYER_COLUMNS = (
     "host",
     "prefetch_pcie",
     "prefetch_md",
+)
+PER_LAYER_COLUMNS = (
+    *_COUNT_COLUMNS,
     "bytes_pcie",
     "bytes_md",
     "t_start",
@@ -35,22 +39,7 @@ PER_LAYER_COLUMNS = (
     "cache_bytes",
 )
 PER_STEP_COLUMNS = ("step", "position", "latency", "compute_only")
-INT_COLUMNS = frozenset(
-    (
-        "step",
-        "position",
-        "layer",
-        "layer_id",
-        "active",
-        "hits",
-        "pcie",
-        "md_fetch",
-        "md_near",
-        "host",
-        "prefetch_pcie",
-        "prefetch_md",
-    )
-)
+INT_COLUMNS = frozenset(_COUNT_COLUMNS)
 LINK_NAMES = ("pcie", "md_link")
 TOTAL_KEYS = (
     "total_time",

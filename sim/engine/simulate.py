@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from sim.engine.cache import HbmCache
 from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
 from sim.engine.results import (
@@ -36,6 +37,7 @@ from sim.policies.base import (
     Policy,
     PolicyContext,
     PolicyError,
+    allowed_paths,
 )
 from sim.trace.routing import RoutingTrace
 
@@ -43,7 +45,6 @@ _COL = {name: i for i, name in enumerate(PER_LAYER_COLUMNS)}
 # plain ints for the hot loop (enum attribute lookups are slow)
 _HIT, _PCIE, _MD_FETCH, _MD_NEAR, _HOST = (int(p) for p in Path)
 _NUM_PATHS = len(Path)
-_NO_EVENTS: tuple[TimelineEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,40 +69,6 @@ class GateOrder:
         for arr in (order, tokens, active):
             arr.flags.writeable = False
         return cls(order, tokens, active)
-
-
-def allowed_paths(hardware: Hardware) -> dict[Path, str]:
-    """Each non-hit path mapped to '' when the scenario allows it, else the reason it does not.
-
-    * PCIE and HOST need the experts in host DRAM (placement "host" or "both"); HOST also
-      needs ``host_compute``.
-    * MD_FETCH needs them in the MD pool (placement "md" or "both") and md_mode "fetch".
-    * MD_NEAR needs them in the MD pool, md_mode "near-data" and ``md_compute``.
-    """
-    in_host = hardware.placement in ("host", "both")
-    in_md = hardware.placement in ("md", "both")
-    place = f"placement is {hardware.placement!r}"
-    mode = f"md_mode is {hardware.md_mode!r}"
-    reasons = {
-        Path.PCIE: "" if in_host else f"{place} (no experts in host memory)",
-        Path.HOST: ""
-        if in_host and hardware.host_compute is not None
-        else (f"{place} (no experts in host memory)" if not in_host else "no host_compute"),
-        Path.MD_FETCH: ""
-        if in_md and hardware.md_mode == "fetch"
-        else (place if not in_md else mode),
-        Path.MD_NEAR: ""
-        if in_md and hardware.md_mode == "near-data" and hardware.md_compute is not None
-        else (
-            place
-            if not in_md
-            else (mode if hardware.md_mode != "near-data" else "no md_compute in the scenario")
-        ),
-    }
-    return reasons
-
-
-_PREFETCH_PATH = {"pcie": Path.PCIE, "md_link": Path.MD_FETCH}
 
 
 def simulate(
@@ -153,7 +120,7 @@ def simulate(
 
 
 class _Engine:
-    """State of one run: HBM cache (ready times per expert), link slots, metric rows."""
+    """State of one run: the HBM cache (`HbmCache`), link slots, metric rows."""
 
     def __init__(
         self, trace: RoutingTrace, ctx: PolicyContext, policy: Policy, *, timeline: bool
@@ -171,21 +138,19 @@ class _Engine:
         self.per_expert_start = hw.gpu.expert_start == "per-expert"
         self.expert_bytes = float(model.expert_bytes)
         self.act_bytes = float(model.activation_bytes_per_token)
-        self.capacity = float(hw.hbm.capacity)
-        # HBM cache: when each cached (layer, expert) is / was in HBM; +inf = not cached.
-        self.ready_at = np.full((layers, num_experts), np.inf)
-        self.public_ready_at = self.ready_at.view()
-        self.flat_ready_at = self.ready_at.reshape(-1)  # a view: eviction by flat index
-        self.key_bounds = np.array([layers, num_experts], dtype=np.uint64)
-        self.key_scratch = np.empty(layers * num_experts, dtype=np.intp)
-        self.arange_keys = np.arange(layers * num_experts, dtype=np.intp)
-        self.public_ready_at.flags.writeable = False
-        self.cached_count = 0
-        self.max_ready = 0.0  # latest ready time ever given to a cached expert
         self.links = {name: FifoLink(hw.link(name)) for name in LINK_NAMES}
         self.public_free_at = {name: link.public_free_at for name, link in self.links.items()}
-        self.not_allowed = allowed_paths(hw)
-        self.blocked = [(path, why) for path, why in self.not_allowed.items() if why]
+        not_allowed = allowed_paths(hw)
+        self.blocked = [(path, why) for path, why in not_allowed.items() if why]
+        self.cache = HbmCache(
+            layers,
+            num_experts,
+            ctx.counts,
+            not_allowed,
+            self.expert_bytes,
+            float(hw.hbm.capacity),
+            f"policy {policy.name!r}",
+        )
         self.positions = tuple(int(p) for p in trace.positions)
         self.layer_ids = tuple(int(lid) for lid in trace.layer_ids)
         self.arange = np.arange(num_experts)
@@ -232,8 +197,9 @@ class _Engine:
         n = int(g.active[s, layer])
         experts = g.experts[s, layer, :n]
         tokens = g.tokens[s, layer, :n]
-        if self.cached_count:
-            cached = np.isfinite(self.ready_at[layer, experts])
+        cache = self.cache
+        if cache.count:
+            cached = np.isfinite(cache.ready_at[layer, experts])
             cached.flags.writeable = False
         else:
             cached = self.not_cached[:n]
@@ -244,8 +210,8 @@ class _Engine:
             experts=experts,
             tokens=tokens,
             cached=cached,
-            ready_at=self.public_ready_at,
-            cache_bytes=self.cached_count * self.expert_bytes,
+            ready_at=cache.public_ready_at,
+            cache_bytes=cache.count * self.expert_bytes,
             link_free_at=self.public_free_at,
         )
         decision = self.policy.decide(view)
@@ -257,7 +223,7 @@ class _Engine:
             c_all = np.asarray(self.cost.gpu_compute_time(s, layer, experts, tokens), dtype=float)
             ref = float(c_all.sum())
         if decision.evict:
-            self._apply_evictions(decision, s, layer)
+            cache.evict(decision.evict, s, layer)
         groups = self._groups(eff, by_path, n)
 
         # Per link at the gate: near-compute activations out first, then the demand fetches,
@@ -289,20 +255,13 @@ class _Engine:
             window = max(window, placed.last)
             bytes_md = idx.size * self.expert_bytes
         if decision.admit is not None and fetched:
-            self._admit(decision, experts, n, fetched, layer, t_gate)
+            cache.admit(decision.admit, experts, n, fetched, layer, t_gate)
         prefetched = (0, 0)
         if decision.prefetch:
             prefetched = self._prefetch(decision, s, layer, t_gate)
             bytes_pcie += prefetched[0] * self.expert_bytes
             bytes_md += prefetched[1] * self.expert_bytes
-        if self.cached_count and self.cached_count * self.expert_bytes > self.capacity * (
-            1 + 1e-12
-        ):
-            raise PolicyError(
-                f"policy {self.policy.name!r} at step {s} layer {layer}: cache holds "
-                f"{self.cached_count} experts = {self.cached_count * self.expert_bytes:.6g} B, "
-                f"above hbm.capacity {self.capacity:.6g} B"
-            )
+        cache.check_capacity(s, layer)
 
         rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, groups[_HIT], fetched)
         if near_out is not None:
@@ -342,7 +301,7 @@ class _Engine:
                 window,
                 rel_end - ref,
                 self.non_expert + rel_end,
-                self.cached_count * self.expert_bytes,
+                cache.count * self.expert_bytes,
                 ref,
             )
         )
@@ -375,7 +334,7 @@ class _Engine:
         if eff.shape != (n,) or eff.dtype.kind not in "iu":
             raise PolicyError(f"{self._where(view)}: paths must be {n} Path values, got {eff!r}")
         hits = 0
-        if self.cached_count:
+        if self.cache.count:
             hits = int(np.count_nonzero(cached))
             if hits:
                 eff = np.where(cached, _HIT, eff)
@@ -466,173 +425,24 @@ class _Engine:
             )
         return done + b_end, 2.0 * nbytes
 
-    # -- cache -------------------------------------------------------------------------------------
-    def _apply_evictions(self, decision: GateDecision, s: int, layer: int) -> None:
-        """Drop the evicted experts from the cache, all at once when every eviction is valid
-        (global-scope caches evict ~60 experts a gate); otherwise item by item, which raises
-        the first invalid one's error exactly as policies are told."""
-        keys = self._eviction_keys(decision.evict, s, layer)
-        if keys is None:
-            self._apply_evictions_one_by_one(decision, s, layer)
-            return
-        self.flat_ready_at[keys] = np.inf
-        self.cached_count -= len(keys)
-
-    def _eviction_keys(self, evict: list, s: int, layer: int) -> np.ndarray | None:
-        """Flat ``layer * num_experts + expert`` indices of ``evict`` if every one is in range,
-        cached, distinct and not used by this gate; None otherwise (or for a shape the fast
-        path does not read)."""
-        try:
-            keys = np.asarray(evict)
-        except ValueError:  # ragged
-            return None
-        if keys.ndim != 2 or keys.shape[1] != 2 or keys.dtype.kind not in "iu":
-            return None
-        if len(keys) > self.key_scratch.size:  # more evictions than experts: a repeat
-            return None
-        # negative values wrap to huge unsigned ones: one comparison checks both bounds
-        if not (keys.astype(np.uint64, copy=False) < self.key_bounds).all():
-            return None
-        lyr, e = keys[:, 0], keys[:, 1]
-        flat = lyr * self.num_experts + e
-        if not (self.flat_ready_at[flat] < np.inf).all():
-            return None
-        if ((self.ctx.counts[s, layer, e] > 0) & (lyr == layer)).any():
-            return None
-        order = self.arange_keys[: len(flat)]
-        self.key_scratch[flat] = order  # a repeated key keeps only its last position
-        if not (self.key_scratch[flat] == order).all():
-            return None
-        return flat
-
-    def _apply_evictions_one_by_one(self, decision: GateDecision, s: int, layer: int) -> None:
-        active_row = self.ctx.counts[s, layer]
-        for item in decision.evict:
-            lyr, e = self._check_key(item, "evict", s, layer)
-            if not np.isfinite(self.ready_at[lyr, e]):
-                raise PolicyError(
-                    f"policy {self.policy.name!r} at step {s} layer {layer} evicts "
-                    f"(layer {lyr}, expert {e}), which is not cached"
-                )
-            if lyr == layer and active_row[e] > 0:
-                raise PolicyError(
-                    f"policy {self.policy.name!r} at step {s} layer {layer} evicts expert {e}, "
-                    "which this layer is using"
-                )
-            self.ready_at[lyr, e] = np.inf
-            self.cached_count -= 1
-
-    def _check_key(self, item: tuple, what: str, s: int, layer: int) -> tuple[int, int]:
-        lyr, e = int(item[0]), int(item[1])
-        if not (0 <= lyr < self.layers and 0 <= e < self.num_experts):
-            raise PolicyError(
-                f"policy {self.policy.name!r} at step {s} layer {layer}: {what} "
-                f"(layer {lyr}, expert {e}) out of range"
-            )
-        return lyr, e
-
-    def _admit(
-        self,
-        decision: GateDecision,
-        experts: np.ndarray,
-        n: int,
-        fetched: list[tuple[np.ndarray, Placed, str]],
-        layer: int,
-        t_gate: float,
-    ) -> None:
-        """Fetched experts the policy admits stay in the cache, ready when they arrive."""
-        admit = np.asarray(decision.admit, dtype=bool)
-        if admit.shape != (n,):
-            raise PolicyError(
-                f"policy {self.policy.name!r}: admit has shape {admit.shape}, expected ({n},)"
-            )
-        for idx, placed, _link in fetched:
-            keep = admit[idx]
-            kept = int(np.count_nonzero(keep))
-            if kept:
-                self.ready_at[layer, experts[idx[keep]]] = t_gate + placed.end[keep]
-                self.cached_count += kept
-                self.max_ready = max(self.max_ready, t_gate + placed.last)
-
     def _prefetch(
         self, decision: GateDecision, s: int, layer: int, t_gate: float
     ) -> tuple[int, int]:
         """Queue prefetches behind the gate's demand transfers; they enter the cache at once
         (bytes reserved at issue) and are ready when they arrive. Already cached (or listed
         before): ignored. Returns how many were issued on (pcie, md_link)."""
-        by_link = self._reserve_prefetches(decision.prefetch)
-        if by_link is None:
-            by_link = self._reserve_prefetches_one_by_one(decision, s, layer)
+        by_link = self.cache.reserve_prefetches(decision.prefetch, s, layer)
         for link_name, arr in by_link.items():
             if not len(arr):
                 continue
             placed = self._fetch_prefetch(link_name, s, layer, arr, t_gate)
-            self.ready_at[arr[:, 0], arr[:, 1]] = t_gate + placed.end
-            self.max_ready = max(self.max_ready, t_gate + placed.last)
+            self.cache.arrived(arr, placed, t_gate)
             if self.timeline is not None:
                 for (lyr, e), a, b, k in zip(
                     arr.tolist(), placed.start, placed.end, placed.slot, strict=True
                 ):
                     self._event(f"{link_name}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
         return len(by_link["pcie"]), len(by_link["md_link"])
-
-    def _reserve_prefetches(self, prefetch: list) -> dict[str, np.ndarray] | None:
-        """Reserve cache room for ``prefetch`` at once (global-scope prefetchers issue ~60 a
-        gate): per link, the (layer, expert) rows to fetch, in the policy's order. None, with
-        nothing reserved, unless every item is a valid key on a usable link."""
-        try:
-            layers, experts, links = zip(*prefetch, strict=False)
-            usable = all(
-                name in _PREFETCH_PATH and not self.not_allowed[_PREFETCH_PATH[name]]
-                for name in set(links)
-            )
-        except (TypeError, ValueError):  # not (layer, expert, link) triples, unhashable link
-            return None
-        keys = np.array([layers, experts]).T
-        if not usable or keys.dtype.kind not in "iu":
-            return None
-        if not (keys.astype(np.uint64, copy=False) < self.key_bounds).all():
-            return None
-        flat = keys[:, 0] * self.num_experts + keys[:, 1]
-        issue = self.flat_ready_at[flat] == np.inf
-        if len(flat) > 1:  # a repeated key counts once, at its first position
-            first = np.zeros(len(flat), dtype=bool)
-            first[np.unique(flat, return_index=True)[1]] = True
-            issue &= first
-        self.flat_ready_at[flat[issue]] = -1.0  # reserved (real ready time set by the caller)
-        self.cached_count += int(np.count_nonzero(issue))
-        link_of = np.array(links, dtype=object)
-        return {
-            name: keys[issue & (link_of == name)].astype(np.intp, copy=False) for name in LINK_NAMES
-        }
-
-    def _reserve_prefetches_one_by_one(
-        self, decision: GateDecision, s: int, layer: int
-    ) -> dict[str, np.ndarray]:
-        """`_reserve_prefetches` item by item: raises the first invalid item's error."""
-        by_link: dict[str, list[tuple[int, int]]] = {name: [] for name in LINK_NAMES}
-        for item in decision.prefetch:
-            lyr, e = self._check_key(item, "prefetch", s, layer)
-            link_name = item[2]
-            if link_name not in _PREFETCH_PATH:
-                raise PolicyError(
-                    f"policy {self.policy.name!r}: prefetch link must be 'pcie' or 'md_link', "
-                    f"got {link_name!r}"
-                )
-            reason = self.not_allowed[_PREFETCH_PATH[link_name]]
-            if reason:
-                raise PolicyError(
-                    f"policy {self.policy.name!r} at step {s} layer {layer} prefetches over "
-                    f"{link_name}, impossible: {reason}"
-                )
-            if self.ready_at[lyr, e] != np.inf:
-                continue
-            self.ready_at[lyr, e] = -1.0  # reserved (real ready time set below)
-            self.cached_count += 1
-            by_link[link_name].append((lyr, e))
-        return {
-            name: np.asarray(keys, dtype=np.intp).reshape(-1, 2) for name, keys in by_link.items()
-        }
 
     def _fetch_prefetch(
         self, link_name: str, s: int, layer: int, keys: np.ndarray, t_gate: float
@@ -666,10 +476,10 @@ class _Engine:
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         busy = 0.0  # compute of the hits already in HBM at the gate: they run first
         if hit_idx is not None:
-            if self.timeline is None and self.max_ready <= t_gate:  # every cached one is in
+            if self.timeline is None and self.cache.max_ready <= t_gate:  # every one is in
                 busy = float(c_all[hit_idx].sum())
             else:
-                ready_hit = self.ready_at[layer, experts[hit_idx]] - t_gate
+                ready_hit = self.cache.ready_at[layer, experts[hit_idx]] - t_gate
                 if self.timeline is None and float(ready_hit.max()) <= 0.0:
                     busy = float(c_all[hit_idx].sum())
                 else:

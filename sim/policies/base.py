@@ -43,7 +43,48 @@ class Path(enum.IntEnum):
     HOST = 4  # computed on the host CPU; activations cross PCIe both ways (Fiddler-style)
 
 
-GPU_FETCH_PATHS = (Path.PCIE, Path.MD_FETCH)
+GPU_FETCH_PATHS = (Path.PCIE, Path.MD_FETCH)  # weights come to the GPU
+IN_PLACE_PATHS = (Path.HOST, Path.MD_NEAR)  # computed where the weights are
+# the link each non-hit path uses: weights for a fetch, activations for in-place compute
+LINK_OF_PATH = {
+    Path.PCIE: "pcie",
+    Path.MD_FETCH: "md_link",
+    Path.HOST: "pcie",
+    Path.MD_NEAR: "md_link",
+}
+# the path of a weight fetch (demand or prefetch) over each link
+FETCH_PATH_OF_LINK = {LINK_OF_PATH[p]: p for p in GPU_FETCH_PATHS}
+
+
+def allowed_paths(hardware: Hardware) -> dict[Path, str]:
+    """Each non-hit path mapped to '' when the scenario allows it, else the reason it does not.
+
+    * PCIE and HOST need the experts in host DRAM (placement "host" or "both"); HOST also
+      needs ``host_compute``.
+    * MD_FETCH needs them in the MD pool (placement "md" or "both") and md_mode "fetch".
+    * MD_NEAR needs them in the MD pool, md_mode "near-data" and ``md_compute``.
+    """
+    in_host = hardware.placement in ("host", "both")
+    in_md = hardware.placement in ("md", "both")
+    place = f"placement is {hardware.placement!r}"
+    mode = f"md_mode is {hardware.md_mode!r}"
+    reasons = {
+        Path.PCIE: "" if in_host else f"{place} (no experts in host memory)",
+        Path.HOST: ""
+        if in_host and hardware.host_compute is not None
+        else (f"{place} (no experts in host memory)" if not in_host else "no host_compute"),
+        Path.MD_FETCH: ""
+        if in_md and hardware.md_mode == "fetch"
+        else (place if not in_md else mode),
+        Path.MD_NEAR: ""
+        if in_md and hardware.md_mode == "near-data" and hardware.md_compute is not None
+        else (
+            place
+            if not in_md
+            else (mode if hardware.md_mode != "near-data" else "no md_compute in the scenario")
+        ),
+    }
+    return reasons
 
 
 class PolicyError(RuntimeError):

@@ -28,11 +28,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.optimize
-import scipy.sparse
 
 from sim.errors import UserError
-from sim.policies.base import GateDecision, GateView, Path, Policy, PolicyContext, register_policy
+from sim.policies.base import (
+    GPU_FETCH_PATHS,
+    IN_PLACE_PATHS,
+    LINK_OF_PATH,
+    GateDecision,
+    GateView,
+    Path,
+    Policy,
+    PolicyContext,
+    allowed_paths,
+    register_policy,
+)
 from sim.policies.cache import CacheParams, CachePolicy, cache_slots
 
 
@@ -80,10 +89,8 @@ class BeladyPolicy(CachePolicy):
     def bind(self, ctx: PolicyContext) -> None:
         super().bind(ctx)
         self.next_step = next_use_table(ctx.counts)
-        from sim.engine.simulate import allowed_paths  # the engine's rule, one place
-
         reasons = allowed_paths(ctx.hardware)
-        fetch = [p for p in (Path.PCIE, Path.MD_FETCH) if not reasons[p]]
+        fetch = [p for p in GPU_FETCH_PATHS if not reasons[p]]
         self.fetch_path = fetch[0] if fetch else None
 
     def next_use(self, view: GateView) -> np.ndarray:
@@ -220,10 +227,6 @@ class LinkTimePlan:
     size: dict[str, int]
 
 
-_NEAR_LINK = {Path.HOST: "pcie", Path.MD_NEAR: "md_link"}
-_FETCH_LINK = {Path.PCIE: "pcie", Path.MD_FETCH: "md_link"}
-
-
 def solve_min_link_time(
     ctx: PolicyContext, slots: int, max_uses: int, time_limit: float, name: str
 ) -> LinkTimePlan:
@@ -235,7 +238,8 @@ def solve_min_link_time(
     per use, ``w`` in [0, 1] = its HBM slot at its own gate (max of the kept flags around it:
     the engine never evicts an expert at the gate that uses it). Capacity: at every gate, kept
     intervals spanning it plus the gate's ``w`` fit in ``slots``."""
-    from sim.engine.simulate import allowed_paths  # the engine's rule, one place
+    import scipy.optimize  # heavy: only the MILP needs it, not every import of the policies
+    import scipy.sparse
 
     counts, cost = ctx.counts, ctx.cost
     if not hasattr(cost, "uniform_transfer_time"):
@@ -255,7 +259,7 @@ def solve_min_link_time(
     gate = s_idx * layers + l_idx
     tokens = counts[s_idx, l_idx, e_idx].astype(np.float64)
     reasons = allowed_paths(ctx.hardware)
-    paths = [p for p in (Path.PCIE, Path.MD_FETCH, Path.HOST, Path.MD_NEAR) if not reasons[p]]
+    paths = [p for p in (*GPU_FETCH_PATHS, *IN_PLACE_PATHS) if not reasons[p]]
     if not paths:
         raise UserError(f"policy {name}: hardware: expected at least one allowed path, got none")
 
@@ -268,7 +272,7 @@ def solve_min_link_time(
 
     # variable layout: [x (uses x paths) | z (intervals) | b (gates x in-place paths) | w (uses)]
     n_gates = steps * layers
-    near = [p for p in paths if p in _NEAR_LINK]
+    near = [p for p in paths if p in IN_PLACE_PATHS]
     n_x = n_uses * len(paths)
     x0, z0, b0 = 0, n_x, n_x + n_iv
     w0 = b0 + n_gates * len(near)
@@ -276,11 +280,11 @@ def solve_min_link_time(
     x_of = {p: x0 + np.arange(n_uses) * len(paths) + i for i, p in enumerate(paths)}
     c = np.zeros(n_var)
     for p in paths:
-        channels = ctx.hardware.link(_FETCH_LINK.get(p) or _NEAR_LINK[p]).channels
-        if p in _FETCH_LINK:
-            c[x_of[p]] = cost.uniform_transfer_time(_FETCH_LINK[p]) / channels
+        link = LINK_OF_PATH[p]
+        channels = ctx.hardware.link(link).channels
+        if p in GPU_FETCH_PATHS:
+            c[x_of[p]] = cost.uniform_transfer_time(link) / channels
         else:
-            link = _NEAR_LINK[p]
             empty = np.zeros(0, dtype=np.int64)
             for u in range(n_uses):
                 c[x_of[p][u]] = (
@@ -290,7 +294,7 @@ def solve_min_link_time(
                     - cost.activation_time(link, s_idx[u], l_idx[u], empty, empty[:0].astype(float))
                 ) / channels
     for k, p in enumerate(near):
-        link = _NEAR_LINK[p]
+        link = LINK_OF_PATH[p]
         channels = ctx.hardware.link(link).channels
         empty = np.zeros(0, dtype=np.int64)
         for g in range(n_gates):
@@ -340,7 +344,7 @@ def solve_min_link_time(
     cc.append(z_before[u_a][hb])
     v.append(-np.ones(int(hb.sum())))
     for p in paths:
-        if p in _FETCH_LINK:
+        if p in GPU_FETCH_PATHS:
             r.append(np.arange(u_a.size))
             cc.append(x_of[p][u_a])
             v.append(-np.ones(u_a.size))

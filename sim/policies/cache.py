@@ -25,13 +25,21 @@ from typing import ClassVar
 import numpy as np
 
 from sim.errors import UserError
-from sim.policies.base import GateDecision, GateView, Path, Policy, PolicyContext, register_policy
+from sim.policies.base import (
+    GPU_FETCH_PATHS,
+    GateDecision,
+    GateView,
+    Path,
+    Policy,
+    PolicyContext,
+    register_policy,
+)
 from sim.policies.compute_placement import ComputePlacement
 from sim.policies.miss_path import MissPathRule, check_rule
 
 SCOPES = ("layer", "global")
 _GPU_FETCH = np.zeros(len(Path), dtype=bool)  # by Path value: fetched to the GPU
-_GPU_FETCH[[Path.PCIE, Path.MD_FETCH]] = True
+_GPU_FETCH[list(GPU_FETCH_PATHS)] = True
 
 
 @dataclass(frozen=True)

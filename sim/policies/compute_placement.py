@@ -18,10 +18,15 @@ from __future__ import annotations
 import numpy as np
 
 from sim.errors import UserError
-from sim.policies.base import GateView, Path, PolicyContext
-
-_LINK = {Path.PCIE: "pcie", Path.MD_FETCH: "md_link", Path.HOST: "pcie", Path.MD_NEAR: "md_link"}
-_FETCHES = (Path.PCIE, Path.MD_FETCH)
+from sim.policies.base import (
+    GPU_FETCH_PATHS,
+    IN_PLACE_PATHS,
+    LINK_OF_PATH,
+    GateView,
+    Path,
+    PolicyContext,
+    allowed_paths,
+)
 
 
 class SlotEstimate:
@@ -44,10 +49,8 @@ class SlotEstimate:
 
 def in_place_options(ctx: PolicyContext) -> tuple[Path, ...]:
     """The compute-where-the-weights-are paths this scenario allows (engine's rules)."""
-    from sim.engine.simulate import allowed_paths  # the engine's rule, one place
-
     reasons = allowed_paths(ctx.hardware)
-    return tuple(p for p in (Path.HOST, Path.MD_NEAR) if not reasons[p])
+    return tuple(p for p in IN_PLACE_PATHS if not reasons[p])
 
 
 class ComputePlacement:
@@ -80,27 +83,27 @@ class ComputePlacement:
             gpu = float(self.ctx.cost.gpu_compute_time(view.step, view.layer, e, t)[0])
             best, best_end, best_start = (
                 fetch_path,
-                links[_LINK[fetch_path]].peek(transfer) + gpu,
+                links[LINK_OF_PATH[fetch_path]].peek(transfer) + gpu,
                 0.0,
             )
             for option in self.options:
                 act = float(
-                    self.ctx.cost.activation_time(_LINK[option], view.step, view.layer, e, t)
+                    self.ctx.cost.activation_time(LINK_OF_PATH[option], view.step, view.layer, e, t)
                 )
                 run = self._compute(view, option, e, t)
                 start = max(unit_free[option], view.now + act / 2)  # activations in, then run
                 end = start + run + act / 2  # and results back
                 if end < best_end:
                     best, best_end, best_start = option, end, start + run
-            if best in _FETCHES:
-                links[_LINK[best]].push(transfer)
+            if best in GPU_FETCH_PATHS:
+                links[LINK_OF_PATH[best]].push(transfer)
             else:
                 out[i] = int(best)
                 unit_free[best] = best_start
         return out
 
     def _transfer(self, view: GateView, path: Path, e: np.ndarray) -> float:
-        return float(self.ctx.cost.transfer_time(_LINK[path], view.step, view.layer, e)[0])
+        return float(self.ctx.cost.transfer_time(LINK_OF_PATH[path], view.step, view.layer, e)[0])
 
     def _compute(self, view: GateView, path: Path, e: np.ndarray, t: np.ndarray) -> float:
         cost = self.ctx.cost

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from sim.errors import UserError
-from sim.policies.base import GateView, Path, PolicyContext
+from sim.policies.base import GateView, Path, PolicyContext, allowed_paths
 from sim.policies.split import (
     BalancedSplitParams,
     SeedSplitParams,
@@ -46,8 +46,6 @@ class MissPathRule:
 
     def bind(self, ctx: PolicyContext, where: str) -> None:
         """Prepare for a run; a rule needing a path this scenario lacks is a UserError."""
-        from sim.engine.simulate import allowed_paths  # the engine's rule, one place
-
         self._md = md_path(ctx.hardware)
         needs = {"seed": (Path.PCIE, self._md), "pcie": (Path.PCIE,), "md": (self._md,)}
         reasons = allowed_paths(ctx.hardware)

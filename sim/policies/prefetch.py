@@ -26,11 +26,16 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sim.errors import UserError
-from sim.policies.base import GateView, Path, PolicyContext, register_policy
+from sim.policies.base import (
+    FETCH_PATH_OF_LINK,
+    GateView,
+    PolicyContext,
+    allowed_paths,
+    register_policy,
+)
 from sim.policies.cache import EVICTION_KEYS, CacheParams, CachePolicy
 
 PREFETCH_LINKS = ("auto", "pcie", "md_link")
-_LINK_PATH = {"pcie": Path.PCIE, "md_link": Path.MD_FETCH}
 
 
 @dataclass(frozen=True)
@@ -70,10 +75,8 @@ class PrefetchPolicy(CachePolicy):
         self.prefetched = 0
 
     def _allowed_links(self, ctx: PolicyContext) -> tuple[str, ...]:
-        from sim.engine.simulate import allowed_paths  # the engine's rule, one place
-
         reasons = allowed_paths(ctx.hardware)
-        ok = tuple(name for name, path in _LINK_PATH.items() if not reasons[path])
+        ok = tuple(name for name, path in FETCH_PATH_OF_LINK.items() if not reasons[path])
         wanted = ok if self.params.link == "auto" else (self.params.link,)
         bad = [name for name in wanted if name not in ok]
         if bad or not wanted:
@@ -132,7 +135,7 @@ class PrefetchPolicy(CachePolicy):
         else:
             ends = []
             for name in self.links:
-                demand = int(np.count_nonzero(~view.cached & (paths == _LINK_PATH[name])))
+                demand = int(np.count_nonzero(~view.cached & (paths == FETCH_PATH_OF_LINK[name])))
                 duration = float(np.mean(cost.transfer_time(name, step, layer, experts)))
                 free = np.maximum(np.asarray(view.link_free_at[name], dtype=float), view.now)
                 ends.append(fifo_ends(free, duration, demand, n))

@@ -35,10 +35,6 @@ def presets(kind: str) -> dict[str, dict[str, Any]]:
     return {name: dict(entry) for name, entry in _load(kind).items()}
 
 
-def preset_names(kind: str) -> tuple[str, ...]:
-    return tuple(_load(kind)) if kind in KINDS else ()
-
-
 def get_preset(kind: str, name: str, where: str) -> dict[str, Any]:
     """One preset's raw entry; a one-line UserError naming ``where`` when there is none."""
     table = presets(kind)

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from sim.errors import UserError
+from sim.yamlio import read_yaml as load_yaml_file
 
 SUMMARY_REQUIRED = ("label", "policy", "topk", "mean_step")
 PER_LAYER_REQUIRED = ("label", "policy", "topk", "step", "layer", "active")
@@ -220,12 +220,7 @@ def read_json(path: Path) -> Any:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise UserError(f"{path}: expected a readable YAML file, got {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{path}: expected YAML, got {' '.join(str(err).split())}") from None
+    data = load_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

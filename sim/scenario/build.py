@@ -41,7 +41,8 @@ from sim.scenario.schema import (
     validation_error_line,
 )
 from sim.trace.routing import RoutingTrace
-from sim.units import format_exact
+from sim.units import format_exact, parse_clock
+from sim.yamlio import read_yaml
 
 if typing.TYPE_CHECKING:
     from sim.costs.source import CostSource
@@ -174,14 +175,7 @@ class Scenario:
 def load_scenario(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Scenario:
     """Read, override (``a.b.c=value``, value parsed as YAML) and validate a scenario file."""
     file = Path(path)
-    if not file.is_file():
-        what = "a directory" if file.is_dir() else "no such file"
-        raise UserError(f"{file}: expected a scenario YAML file, got {what}")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        first = " ".join(str(err).split()) or type(err).__name__
-        raise UserError(f"{file}: expected readable YAML, got {first}") from None
+    data = read_yaml(file, "a scenario YAML file")
     data = {} if data is None else data
     for item in overrides:
         key, value = parse_override(item)
@@ -197,7 +191,12 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(text) if text.strip() else ""
     except yaml.YAMLError:
-        value = text
+        value = text  # not YAML: take the text as written
+    except (RecursionError, ValueError):  # nesting or an integer beyond what Python reads
+        raise UserError(
+            f"--set {key.strip()}: expected a YAML value, got one too deeply nested or too long "
+            f"to read ({text[:40]!r}...)"
+        ) from None
     return key.strip(), value
 
 
@@ -612,15 +611,21 @@ def build_trace_spec(
 
         embedded_root(section.path)  # UserError now, before any run, if it is not shipped
         return TraceSpec(kind="embedded", embedded=section.path, **common)
-    path = (base / os.path.expanduser(section.path)).resolve()
+    hint = "; set it to your FLAME-MoE dump (the one holding samples/ and actives/)"
+    path = _existing_dir(base, section.path, "trace.path", "trace directory", hint)
+    return TraceSpec(kind="dump", path=path, **common)
+
+
+def _existing_dir(base: Path, value: str, field: str, what_dir: str, hint: str = "") -> Path:
+    """``value`` (``~`` expanded) resolved against ``base``; a UserError naming ``field``
+    unless it is a directory."""
+    path = (base / os.path.expanduser(value)).resolve()
     if not path.is_dir():
         what = "a file" if path.exists() else "nothing there"
         raise UserError(
-            f"trace.path: expected an existing trace directory, got {section.path!r} "
-            f"({path}: {what}); set it to your FLAME-MoE dump (the one holding samples/ and "
-            "actives/)"
+            f"{field}: expected an existing {what_dir}, got {value!r} ({path}: {what}){hint}"
         )
-    return TraceSpec(kind="dump", path=path, **common)
+    return path
 
 
 def _costs_trace_spec(section: TraceSection, costs: bool) -> TraceSpec:
@@ -649,16 +654,10 @@ def build_costs(section: CostsSection | None, base: Path) -> CostSource | None:
     """The cost-table source; its directory must exist (tables are read on first use)."""
     if section is None:
         return None
-    from sim.costs.source import CostSource, parse_clock
+    from sim.costs.source import CostSource
 
     clock_hz = parse_clock(section.clock, "costs.clock")
-    path = (base / os.path.expanduser(section.path)).resolve()
-    if not path.is_dir():
-        what = "a file" if path.exists() else "nothing there"
-        raise UserError(
-            f"costs.path: expected an existing cost-table directory, got {section.path!r} "
-            f"({path}: {what})"
-        )
+    path = _existing_dir(base, section.path, "costs.path", "cost-table directory")
     return CostSource(path, clock_hz, kind=section.kind, num_experts=section.num_experts)
 
 

@@ -26,7 +26,7 @@ import yaml
 
 import sim
 from sim import atomic
-from sim.engine.results import PER_LAYER_COLUMNS, PER_STEP_COLUMNS, RunResult
+from sim.engine.results import PER_LAYER_COLUMNS, PER_STEP_COLUMNS, TOTAL_KEYS, RunResult
 from sim.errors import UserError
 from sim.policies.bounds import gap_closed
 from sim.scenario.build import Scenario, load_scenario_trace
@@ -38,17 +38,7 @@ SUMMARY_COLUMNS = (
     "topk",
     "is_bound",
     "is_baseline",
-    "total_time",
-    "mean_step",
-    "p50_step",
-    "p99_step",
-    "transfer_time",
-    "bytes_pcie",
-    "bytes_md",
-    "hits",
-    "misses",
-    "hit_rate",
-    "stall",
+    *TOTAL_KEYS,
     "speedup",
     "gap_closed",
 )

@@ -40,6 +40,7 @@ from sim.sweep.spec import (
     validate_points,
 )
 from sim.sweep.table import write_table
+from sim.yamlio import read_yaml
 
 POINTS_DIR = "points"
 MANIFEST = "sweep.resolved.yaml"
@@ -188,10 +189,7 @@ def _prepare_dir(out: Path, spec: SweepSpec, resume: bool) -> None:
             raise UserError(
                 f"--resume {out}: expected a sweep results directory, got no {MANIFEST}"
             )
-        try:
-            previous = yaml.safe_load(manifest.read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise UserError(f"{manifest}: expected a readable sweep manifest, got {err}") from None
+        previous = read_yaml(manifest, "a readable sweep manifest") or {}
         found = previous.get("fingerprint") if isinstance(previous, dict) else None
         if found != spec.fingerprint():
             raise UserError(

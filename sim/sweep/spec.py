@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sim.errors import UserError
+from sim.yamlio import read_yaml
 
 SWEEP_KEYS = ("grid", "zip", "repeats", "seed_fields")
 POLICIES_PATH = "policies"
@@ -104,14 +103,7 @@ def load_sweep(
 ) -> SweepSpec:
     """Read a sweep YAML; ``sets`` ("a.b=value", value YAML-parsed) apply to the whole file."""
     file = Path(path)
-    try:
-        doc = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{file}: expected a sweep YAML file, got no such file") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{file}: expected a readable YAML file, got {err}") from None
-    except yaml.YAMLError as err:
-        raise UserError(f"{file}: expected valid YAML, got {_one_line(err)}") from None
+    doc = read_yaml(file, "a sweep YAML file")
     if not isinstance(doc, dict):
         raise UserError(f"{file}: expected a mapping with a 'sweep:' block, got {_kind(doc)}")
     if sets:
@@ -445,9 +437,6 @@ def _kind(value: Any) -> str:
         return type(value).__name__
     return repr(value)
 
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
 
 
 def _scenario_set_dotted() -> Callable[[dict, str, Any], dict]:

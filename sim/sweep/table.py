@@ -56,7 +56,7 @@ def _add_relative(rows: list[dict[str, Any]], swept: list[str], baseline: str) -
     Without a ``policies`` axis a cell is one point's top-k (exactly summary.csv's numbers);
     with one, each policy is compared with the baseline and bounds of its sibling points.
     """
-    from sim.scenario.run import gap_closed
+    from sim.policies.bounds import gap_closed
 
     others = [p for p in swept if p != POLICIES_PATH]
     cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}

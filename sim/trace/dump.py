@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 import stat
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,7 +148,9 @@ def load_pt(path: Path, *, mmap: bool = False) -> Any:
     """``torch.load`` restricted to tensors and plain containers; every failure is a UserError."""
     _require_regular_file(path)
     try:
-        obj = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the result is validated
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
     except pickle.UnpicklingError as err:
         text = str(err)
         named = _unsupported_global(text)
@@ -449,7 +452,7 @@ def load_trace(sel: DumpSelection) -> RoutingTrace:
     expert_parts: list[np.ndarray] = []
     score_parts: list[np.ndarray] = []
     token_parts: list[np.ndarray] = []
-    k_seen: list[int | None] = [None]
+    k_seen: list[Any] = [None, None]  # k of the first actives file read, and that file
     for shard in shards:
         spath = sdir / f"{shard}.pt"
         tokens = read_samples(spath)
@@ -509,7 +512,7 @@ def _layer_rows(
     num_rows: int,
     act_rows: np.ndarray,
     facts: _LayoutFacts,
-    k_seen: list[int | None],
+    k_seen: list[Any],
 ) -> tuple[np.ndarray, np.ndarray]:
     actives = read_actives(apath, facts.num_experts)
     if actives.rows != num_rows:
@@ -528,9 +531,9 @@ def _layer_rows(
                 f"{apath}: expected top-{facts.k_declared} rows (trace.yaml), got top-{k}"
             )
     if k_seen[0] is None:
-        k_seen[0] = k
+        k_seen[0], k_seen[1] = k, apath
     elif k != k_seen[0]:
-        raise UserError(f"{apath}: expected top-{k_seen[0]} like the files before, got top-{k}")
+        raise UserError(f"{apath}: expected top-{k_seen[0]} like {k_seen[1]}, got top-{k}")
     experts, scores = actives.take(act_rows.ravel(), k, facts.num_experts)
     shape = (*act_rows.shape, k)
     return experts.reshape(shape), scores.reshape(shape)

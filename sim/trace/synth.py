@@ -40,7 +40,6 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from scipy.signal import lfilter
 
 from sim.errors import UserError
 from sim.trace.routing import RoutingTrace, TraceMeta
@@ -231,6 +230,8 @@ def ar1(innovations: np.ndarray, rho: float) -> np.ndarray:
     """Stationary unit-variance AR(1) along axis 0: x_t = rho x_{t-1} + sqrt(1-rho^2) e_t."""
     drive = innovations * np.sqrt(max(0.0, 1.0 - rho * rho))
     drive[0] = innovations[0]
+    from scipy.signal import lfilter  # ~1.5 s to import: not for every CLI start
+
     return lfilter([1.0], [1.0, -rho], drive, axis=0).astype(np.float32)
 
 

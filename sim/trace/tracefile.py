@@ -17,6 +17,7 @@ import yaml
 from sim.atomic import write_text
 from sim.errors import UserError
 from sim.trace.routing import LAYOUTS
+from sim.yamlio import read_yaml
 
 TRACE_YAML = "trace.yaml"
 
@@ -57,13 +58,7 @@ def read_trace_yaml(root: str | os.PathLike[str]) -> TraceFile | None:
     path = trace_yaml_path(root)
     if not path.exists():
         return None
-    if not path.is_file():
-        raise UserError(f"{path}: expected a YAML file, got a directory")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{path}: expected readable YAML, got {first}") from None
+    data = read_yaml(path, "a trace.yaml file")
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a mapping of trace facts, got {type(data).__name__}")
     return _from_mapping(path, data)
