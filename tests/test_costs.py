@@ -22,7 +22,7 @@ from sim.scenario import load_scenario, scenario_from_dict
 from sim.units import parse_clock
 
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = Path("/work/shared/data/neupims-decoder-bs16")
+SHIPPED = ROOT / "traces" / "neupims-decoder-bs16"
 SCENARIO = ROOT / "scenarios" / "neupims-decoder-bs16.yaml"
 
 # -- a hand-made directory ------------------------------------------------------------------------
@@ -407,7 +407,6 @@ def test_costs_neupims_command_errors_are_one_line(tmp_path, capsys):
 
 
 # -- the shipped data -----------------------------------------------------------------------------
-@pytest.mark.skipif(not SHIPPED.is_dir(), reason="NeuPIMs tables not available")
 def test_shipped_data_totals_and_engine_reproduction():
     data = load_neupims(SHIPPED)
     assert len(data.defects) == 2

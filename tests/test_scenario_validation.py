@@ -170,9 +170,6 @@ def test_resolved_dict_validates_back_to_the_same_scenario() -> None:
     assert again.resolved_dict() == s.resolved_dict()
 
 
-NEUPIMS_DATA = ROOT.parent / "shared" / "data" / "neupims-decoder-bs16"  # its costs.path
-
-
 def _scenario_files() -> list[Path]:
     files = sorted((ROOT / "scenarios").glob("*.yaml"))
     return [f for f in files if "sweep" not in (yaml.safe_load(f.read_text()) or {})]
@@ -189,8 +186,6 @@ def test_shipped_scenarios_validate(path: Path, tmp_path: Path) -> None:
         assert scenario.trace.shards == ("1-2", "1-3")
         assert scenario.trace.positions == tuple(range(10))
         assert scenario.hardware.pcie.bandwidth * 16 == scenario.hardware.md_link.bandwidth
-    elif path.name == "neupims-decoder-bs16.yaml" and not NEUPIMS_DATA.is_dir():
-        pytest.skip(f"NeuPIMs cost tables not available ({NEUPIMS_DATA})")
     else:
         assert main(["validate", "--no-trace", str(path)]) == 0
 
