@@ -141,3 +141,19 @@ def test_plain_run_result_timeline_has_no_topk() -> None:
     events = trace_events([plain])
     assert events[0]["args"] == {"name": plain.label, "label": plain.label}
     assert all("topk" not in e["args"] for e in events if e["ph"] == "X")
+
+
+def test_identical_runs_are_noted_once() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sim.scenario.table import identical_run_notes
+
+    def run(label: str, hits: list[int], topk: int = 6) -> SimpleNamespace:
+        return SimpleNamespace(label=label, topk=topk, per_layer={"hits": np.array(hits)})
+
+    notes = identical_run_notes(
+        [run("lru", [1, 2]), run("lfu", [1, 2]), run("belady", [2, 2]), run("x", [1, 2], 2)]
+    )
+    assert len(notes) == 1 and notes[0].startswith("lfu = lru: identical")

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -62,6 +63,30 @@ def predictor_notes(results: Sequence[RunResult]) -> list[str]:
     return notes
 
 
+def identical_run_notes(results: Sequence[RunResult]) -> list[str]:
+    """Say so when two policies' runs are identical in every per-layer number: a reader should
+    not take that for a bug (typically the cache holds fewer experts than one gate's active
+    set, so every gate evicts every other cached expert and the eviction order never matters)."""
+    notes = []
+    seen: dict[tuple[Any, bytes], str] = {}
+    for result in results:
+        key = (
+            getattr(result, "topk", None),
+            b"".join(
+                np.ascontiguousarray(v).tobytes() for _, v in sorted(result.per_layer.items())
+            ),
+        )
+        if key in seen:
+            notes.append(
+                f"{result.label} = {seen[key]}: identical in every step and layer (e.g. a cache "
+                "smaller than a gate's active set evicts every other expert at each gate, so the "
+                "eviction order never matters)"
+            )
+        else:
+            seen[key] = result.label
+    return notes
+
+
 def _label_width(rows: list[dict[str, Any]]) -> int:
     """Room for the longest label and its marks: labels are never cut."""
     return max((len(_cells(r)[0]) for r in rows), default=6)
@@ -101,7 +126,7 @@ def print_comparison(
     console.print(trace.describe(), highlight=False, markup=False)
     for table in comparison_tables(scenario, results):
         console.print(table)
-    for note in predictor_notes(results):
+    for note in [*predictor_notes(results), *identical_run_notes(results)]:
         console.print(note, highlight=False, markup=False)
     console.print(
         "(bound) = offline bound (sees the future); speedup = baseline mean step / mean step; "
