@@ -281,7 +281,8 @@ def test_transfer_figure_bars_match_per_layer_bytes(run_dir: Path) -> None:
             rows = table.where(label=label)
             want = [rows[column][rows["layer"] == i].mean() / bw * 1e3 for i in range(LAYERS)]
             np.testing.assert_allclose(heights, want)
-        assert "bytes / link bandwidth" in ax.get_ylabel()
+        assert "transfer time per step (ms" in ax.get_ylabel()
+        assert "bytes / link bandwidth" in fig._suptitle.get_text()
     for label, heights in _bars(window_ax).items():
         rows = table.where(label=label)
         want = [rows["transfer_window"][rows["layer"] == i].mean() * 1e3 for i in range(LAYERS)]

@@ -192,7 +192,12 @@ def link_time_by_layer(
         mean_bytes = _mean_by(per_layer["layer"], per_layer[column], layers)
         values[link] = mean_bytes / bandwidths[link] * MS if bandwidths else mean_bytes * MB
     if bandwidths:
-        return layers, values, "bytes / link bandwidth per step (ms)", "per_layer.csv bytes"
+        return (
+            layers,
+            values,
+            "transfer time per step (ms)",
+            "bytes / link bandwidth, without latency or queueing; --timeline gives the engine's",
+        )
     return layers, values, "MB moved per step", "per_layer.csv bytes, no link bandwidth known"
 
 
@@ -269,11 +274,25 @@ def _timeline_rows(events: TimelineEvents, label: str, topk: int | None) -> Time
     return events.rows(mask)
 
 
-def _grouped_bars(ax: Any, x: np.ndarray, series: Sequence[tuple[str, np.ndarray, str]]) -> None:
-    """Bars for each (name, heights, colour) side by side around each x."""
+def _grouped_bars(
+    ax: Any,
+    x: np.ndarray,
+    series: Sequence[tuple[str, np.ndarray, str]],
+    log_if_wide: bool = False,
+) -> None:
+    """Bars for each (name, heights, colour) side by side around each x. With ``log_if_wide``,
+    when the positive heights span more than 10x (one slow policy), the y axis (whose label
+    must already be set) turns logarithmic so the others stay readable."""
     width = 0.8 / len(series)
     for i, (name, heights, colour) in enumerate(series):
         ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, color=colour, label=name)
+    if not log_if_wide:
+        return
+    positive = np.concatenate([np.asarray(h, dtype=float).ravel() for _, h, _ in series])
+    positive = positive[positive > 0]
+    if positive.size and positive.max() > 10 * positive.min():
+        ax.set_yscale("log")
+        ax.set_ylabel(ax.get_ylabel() + ", log")
 
 
 @_styled
@@ -290,27 +309,28 @@ def transfer_time_by_layer(
     data = {label: link_time_by_layer(run, label, topk) for label in labels}
     _, _, ylabel, source = data[labels[0]]
     with_window = "transfer_window" in rows
-    fig = _figure(4.0 * (len(LINKS) + with_window), 4.2)
+    fig = _figure(4.6 * (len(LINKS) + with_window), 4.4)
     axes = fig.subplots(1, len(LINKS) + with_window, squeeze=False)[0]
     x = np.arange(len(layers))
     for ax, (link, name, _) in zip(axes, LINKS):
-        _grouped_bars(ax, x, [(lb, data[lb][1][link], _colour(colours, lb)) for lb in labels])
-        ax.set_title(name)
         ax.set_ylabel(ylabel)
+        bars = [(lb, data[lb][1][link], _colour(colours, lb)) for lb in labels]
+        _grouped_bars(ax, x, bars, log_if_wide=True)
+        ax.set_title(name)
     if with_window:
         series = []
         for label in labels:
             mine = rows.where(label=label)
             window = _mean_by(mine["layer"], mine["transfer_window"], layers) * MS
             series.append((label, window, _colour(colours, label)))
-        _grouped_bars(axes[-1], x, series)
-        axes[-1].set_title("Layer transfer window (both links)")
         axes[-1].set_ylabel("transfer window per step (ms)")
+        _grouped_bars(axes[-1], x, series, log_if_wide=True)
+        axes[-1].set_title("Layer transfer window (both links)")
     for ax in axes:
         ax.set_xticks(x, ticks)
         ax.set_xlabel("MoE layer")
     _figure_legend(fig, axes[0], "policy")
-    fig.suptitle(f"Per-layer transfer time by policy{_topk_title(topk)} (links: {source})")
+    fig.suptitle(f"Per-layer transfer time by policy{_topk_title(topk)}\n(links: {source})")
     return fig
 
 
