@@ -118,7 +118,8 @@ def check_invariants(result, hw, mdl) -> None:
         np.testing.assert_allclose(pl[col][~remote], weights[~remote], rtol=1e-12)
         # with remote compute, at least one token's hidden state goes out and back
         activation = 2 * mdl.activation_bytes_per_token
-        assert np.all(pl[col][remote] >= weights[remote] + activation * (1 - 1e-12))
+        # (relative float tolerance on the whole sum: the engine adds the terms in another order)
+        assert np.all(pl[col][remote] >= (weights[remote] + activation) * (1 - 1e-12))
     for name, col in (("pcie", "bytes_pcie"), ("md_link", "bytes_md")):
         np.testing.assert_allclose(result.links[name]["bytes"], pl[col].sum(), rtol=1e-12)
         assert 0.0 <= result.links[name]["utilisation"] <= 1.0 + 1e-9
