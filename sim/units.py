@@ -145,9 +145,12 @@ def parse_clock(value: object, where: str) -> float:
         hz = float(value)
     else:
         match = _CLOCK_RE.match(str(value))
-        if not match:
+        try:
+            hz = float(match[1]) * _CLOCK_UNITS[match[2]] if match else None
+        except ValueError:  # the pattern admits a malformed number such as '1.2.3'
+            hz = None
+        if hz is None:
             raise UserError(f"{where}: expected a frequency such as '1 GHz', got {value!r}")
-        hz = float(match[1]) * _CLOCK_UNITS[match[2]]
     if not hz > 0 or hz == float("inf"):
         raise UserError(f"{where}: expected a frequency > 0, got {value!r}")
     return hz

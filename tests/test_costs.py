@@ -438,7 +438,7 @@ def test_parse_clock(value, hz):
     assert parse_clock(value, "costs.clock") == hz
 
 
-@pytest.mark.parametrize("value", ["fast", "0 GHz", -1, True, "1 THz"])
+@pytest.mark.parametrize("value", ["fast", "0 GHz", -1, True, "1 THz", "1.2.3 GHz"])
 def test_parse_clock_rejects(value):
     with pytest.raises(UserError, match=r"costs\.clock: expected a frequency"):
         parse_clock(value, "costs.clock")
