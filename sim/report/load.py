@@ -24,12 +24,12 @@ from typing import Any
 import numpy as np
 
 from sim.errors import UserError
+from sim.stats.counts import GATING_COLUMNS
 from sim.yamlio import read_yaml as load_yaml_file
 
 SUMMARY_REQUIRED = ("label", "policy", "topk", "mean_step")
 PER_LAYER_REQUIRED = ("label", "policy", "topk", "step", "layer", "active")
 PER_STEP_REQUIRED = ("label", "policy", "topk", "step", "latency")
-GATING_COLUMNS = ("position", "layer", "topk", "expert_activ", "expert_gpu", "expert_md", "h")
 SWEEP_REQUIRED = ("label", "topk")
 _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE"})
