@@ -115,18 +115,37 @@ class Measured:
         return self.peak_rss / 1024**3
 
 
+# Linux counts the RSS a process had before exec in ru_maxrss, so a child forked from a big
+# parent (a test process with torch loaded) reports at least the parent's size. A small
+# launcher process starts the command and reports that grandchild's own figure.
+_LAUNCHER = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as handle:
+    handle.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def measure(label: str, argv: Sequence[str], cwd: Path) -> Measured:
-    """Run ``argv`` and read its own peak RSS (``ru_maxrss`` of this child only, via wait4)."""
+    """Run ``argv`` and read its own peak RSS (``ru_maxrss`` of that process only)."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(list(argv), cwd=cwd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        text = err.read().decode("utf-8", "replace")
-    return Measured(
-        label, time.perf_counter() - start, usage.ru_maxrss * 1024, proc.returncode, text
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "maxrss"
+        err_path = Path(tmp) / "stderr"
+        with err_path.open("wb") as err:
+            proc = subprocess.run(
+                [sys.executable, "-c", _LAUNCHER, str(report), *argv],
+                cwd=cwd,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                check=False,
+            )
+        wall = time.perf_counter() - start
+        peak_kib = int(report.read_text()) if report.exists() else 0
+        text = err_path.read_text(encoding="utf-8", errors="replace")
+    return Measured(label, wall, peak_kib * 1024, proc.returncode, text)
 
 
 def moesim(*args: str) -> list[str]:

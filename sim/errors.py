@@ -21,3 +21,16 @@ class UserError(Exception):
 def fail(where: object, expected: str, found: object) -> UserError:
     """Build the standard message ``WHERE: expected EXPECTED, got FOUND``."""
     return UserError(f"{where}: expected {expected}, got {found}")
+
+
+class SelectionError(UserError):
+    """A selection (positions, layers, ...) outside what the trace holds. ``field`` names the
+    selection so a caller can say where the user wrote it (``trace.positions`` in a scenario)."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = " ".join(str(detail).split())
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across worker processes
+        return (type(self), (self.field, self.detail))

@@ -47,6 +47,14 @@ def parse_int_selection(text: str | int | list[int] | None, what: str) -> list[i
     return _unique(values, what)
 
 
+def format_int_selection(values: tuple[int, ...] | list[int]) -> str:
+    """The text `parse_int_selection` reads back: ``2-9`` for a contiguous run, else ``1,2,6``."""
+    ordered = sorted(values)
+    if len(ordered) > 1 and ordered == list(range(ordered[0], ordered[-1] + 1)):
+        return f"{ordered[0]}-{ordered[-1]}"
+    return ",".join(map(str, ordered))
+
+
 def parse_name_list(text: str | list[str] | None, what: str) -> list[str] | None:
     """Parse a comma list of names (e.g. shard names ``0-0,0-1``); ``None``/``all`` means all."""
     if text is None:

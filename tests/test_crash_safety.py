@@ -106,10 +106,10 @@ def kill_when(
     sig: signal.Signals,
     delay: float,
     started: Callable[[], bool] | None = None,
-) -> int | None:
+) -> bool:
     """Start ``argv``; once ``started()`` is true (if given) wait ``delay`` s and send ``sig``.
 
-    Returns the exit code, or None when the process finished before the signal. Waits until
+    Returns whether the signal ended the process (False: it had finished first). Waits until
     every process of its session is gone (sweep workers must not outlive their parent)."""
     proc = subprocess.Popen(
         argv,
@@ -132,10 +132,10 @@ def kill_when(
     if finished_first or proc.returncode == 0:  # it may end just before the signal lands
         assert proc.returncode == 0, err
         CRASH_COUNTS["finished before the signal"] += 1
-        return None
+        return False
     assert "Traceback" not in err, err
     CRASH_COUNTS[f"killed by {sig.name}"] += 1
-    return proc.returncode
+    return True
 
 
 def _wait_for_session_end(pgid: int, timeout: float = 20.0) -> None:
@@ -234,6 +234,8 @@ def kill_run_once(
     results_exist = out.exists()
     leftovers = assert_only_complete_files(out) + temporaries_next_to(out)
     CRASH_COUNTS[f"run leftovers after {sig.name}"] += len(leftovers)
+    if sig == signal.SIGTERM:  # SIGTERM unwinds and cleans up (BUGS.md J7, fixed)
+        assert leftovers == [], leftovers
     if results_exist:  # renamed into place in one step: all files or none
         CRASH_COUNTS["run killed after its results were complete"] += 1
         assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
@@ -302,8 +304,10 @@ def kill_sweep_once(
     kill_when(
         moesim("sweep", str(inputs.sweep), "--out", str(out), *common), work, sig, delay, started
     )
-    leftovers = assert_only_complete_files(out)
+    leftovers = assert_only_complete_files(out) + temporaries_next_to(out)
     CRASH_COUNTS[f"sweep leftovers after {sig.name}"] += len(leftovers)
+    if sig == signal.SIGTERM:
+        assert leftovers == [], leftovers
     finished = len(list((out / "points").glob("*.json"))) if out.exists() else 0
     CRASH_COUNTS["sweep points finished before the kill"] += finished
     if (out / "sweep.resolved.yaml").exists():

@@ -428,15 +428,9 @@ def symlink(target: str) -> Mutation:
             path.symlink_to(path.name)
         elif target == "dangling":
             path.symlink_to(path.name + ".nowhere")
-        else:  # the same shard of the other layer / the other shard: a valid file
-            other = path.parent.parent / str(LAYERS[0]) / path.name
-            if other == path:
-                other = path.parent.parent / str(LAYERS[1]) / path.name
-            if "samples" in path.parts:
-                other = path.with_name(
-                    SHARDS[1] + ".pt" if path.stem == SHARDS[0] else SHARDS[0] + ".pt"
-                )
-            path.symlink_to(other)
+        else:  # the other shard's file in the same directory: valid, other values
+            other = SHARDS[1] if path.stem == SHARDS[0] else SHARDS[0]
+            path.symlink_to(f"{other}.pt")
 
     return Mutation(f"symlink({target})", apply)
 
@@ -640,6 +634,7 @@ MUTATIONS = st.one_of(
                 "parameter",
                 "requires-grad",
                 "protocol-2",
+                "protocol-4",
                 "sparse",
                 "meta",
             ]
@@ -658,16 +653,7 @@ TARGETS = st.sampled_from(
 
 
 # -- the property -----------------------------------------------------------------------------------
-def _without_j6_warning(outcome: CliOutcome) -> CliOutcome:
-    record_event("J6 warning seen (BUGS.md)")
-    FUZZ_COUNTS["J6-warning-seen"] += 1
-    kept = [line for line in outcome.err_lines if J6_WARNING not in line]
-    return CliOutcome(outcome.code, outcome.out, "".join(f"{line}\n" for line in kept))
-
-
-def check_case(
-    pristine: Pristine, rel: str, mutation: Mutation, *, known_bug: bool = False
-) -> None:
+def check_case(pristine: Pristine, rel: str, mutation: Mutation) -> None:
     """Break ``rel`` with ``mutation``, run the CLI, compare with the independent verdict."""
     kind = "samples" if rel.startswith("samples/") else "actives"
     work = Path(tempfile.mkdtemp(prefix="fuzz-shard-"))
@@ -681,8 +667,6 @@ def check_case(
         verdict = judge(kind, path)
         out = work / "out"
         outcome = run_cli(stats_argv(root, out))
-        if J6_WARNING in outcome.err and not known_bug:  # a byte flip made the pickle protocol 3+
-            outcome = _without_j6_warning(outcome)
         assert not sentinel.exists(), "a pickle ran code while loading"
         assert "Traceback" not in outcome.err, outcome.err
         label = mutation.name.split("(")[0]
@@ -692,11 +676,8 @@ def check_case(
             assert verdict.kind in ("reject", "either"), (
                 f"valid input rejected: {outcome.err.strip()}"
             )
-            line = assert_one_line_error(outcome)
-            # A file whose k differs from the files read before it can only be told apart by
-            # comparison: the message then names the first file that disagrees (see BUGS.md J5).
-            sibling = "like the files before" in line and str(root) in line
-            assert str(path) in line or sibling, f"{path} not named in: {line}"
+            # A k that differs from the first file's names both files (BUGS.md J5, fixed).
+            assert_one_line_error(outcome, naming=str(path))
             assert not out.exists(), "output written for a rejected input"
             return
         assert outcome.code == 0
@@ -741,12 +722,6 @@ def test_fuzzed_shard_files_long(pristine: Pristine, rel: str, mutation: Mutatio
     check_case(pristine, rel, mutation)
 
 
-KNOWN_BUGS = {  # reported in /work/helpers/BUGS.md; kept out of the random cases until fixed
-    "protocol-4": "J6: torch.load's UserWarning about pickle protocol 3+ reaches stderr (load_pt)",
-}
-J6_WARNING = "Detected pickle protocol"
-
-
 @pytest.mark.parametrize(
     "rel",
     [f"samples/{MODEL}/{RUN}/0-0.pt", f"actives/{MODEL}/{RUN}/{EPOCH}/3/0-1.pt"],
@@ -754,20 +729,17 @@ J6_WARNING = "Detected pickle protocol"
 )
 @pytest.mark.parametrize(
     "mutation",
-    [
-        exotic("sparse"),  # J1 (fixed): was a TypeError traceback
-        exotic("meta"),  # J1 (fixed)
-        fifo(),  # J2 (fixed): was a hang
-        pytest.param(
-            exotic("protocol-4"),
-            marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["protocol-4"]),
-        ),
+    [exotic("sparse"), exotic("meta"), fifo(), exotic("protocol-4")],
+    ids=[
+        "sparse",  # BUGS.md J1 (fixed): was a TypeError traceback
+        "meta",  # J1 (fixed)
+        "fifo",  # J2 (fixed): was a hang
+        "protocol-4",  # J6 (fixed): torch's UserWarning reached stderr
     ],
-    ids=["sparse", "meta", "fifo", "protocol-4"],
 )
 def test_unusual_files(pristine: Pristine, rel: str, mutation: Mutation, monkeypatch) -> None:
     monkeypatch.setattr(f"{__name__}.TIMEOUT_S", 5.0)
-    check_case(pristine, rel, mutation, known_bug=True)
+    check_case(pristine, rel, mutation)
 
 
 def test_the_pristine_dump_is_valid_and_its_own_oracle(pristine: Pristine, tmp_path: Path) -> None:

@@ -86,3 +86,20 @@ def test_docs_presets_md_is_up_to_date() -> None:
     assert path.read_text(encoding="utf-8") == presets_markdown(), (
         "run: moesim presets --markdown --out docs/presets.md"
     )
+
+
+def test_survey_citations_point_to_a_shipped_page() -> None:
+    """Preset sources cite hardware.md, which is not shipped: presets.md says so and points to
+    docs/hardware-sources.md, which lists every link, GPU and model preset's sources."""
+    from pathlib import Path
+
+    from sim.presets import presets
+    from sim.scenario.presets_view import presets_markdown
+
+    text = presets_markdown()
+    assert "not included" in text and "(hardware-sources.md)" in text
+    sources = Path(__file__).resolve().parents[1] / "docs" / "hardware-sources.md"
+    page = sources.read_text(encoding="utf-8")
+    for kind in ("links", "gpus", "models"):
+        for name in presets(kind):
+            assert f"`{name}`" in page, f"{name} ({kind}) missing from {sources}"

@@ -592,3 +592,70 @@ def test_end_to_end_run_timeline_matches_per_layer_and_reports(tmp_path: Path) -
     text = path.read_text()
     assert _external_refs(text) == [] and text.count("<img") == 5
     assert "Not drawn" not in text
+
+
+def _tiny_run(tmp_path: Path, name: str, overrides: list[str]) -> Path:
+    from sim.scenario import load_scenario, load_scenario_trace, run_scenario, write_results
+
+    source = tmp_path / "tiny.yaml"
+    source.write_text(TINY_SCENARIO)
+    scenario = load_scenario(
+        source, ["trace.positions=0-1", "policies=[seed-split, lru]", *overrides]
+    )
+    trace = load_scenario_trace(scenario)
+    results = run_scenario(scenario, trace, progress=False, timeline=True)
+    return write_results(tmp_path / name, scenario, trace, results)
+
+
+def test_report_refuses_another_runs_timeline(tmp_path: Path, capsys) -> None:
+    """Same policy labels, other hardware: only the fingerprint in otherData tells them apart."""
+    ours = _tiny_run(tmp_path, "ours", [])
+    theirs = _tiny_run(tmp_path, "theirs", ["hardware.hbm.capacity=16 experts"])
+    other = json.loads((theirs / "timeline.json").read_text())["otherData"]
+    assert other["scenario"] == "tiny-report" and other["scenario_sha256"].startswith("sha256:")
+    assert load_results(ours, timeline=ours / "timeline.json").timeline is not None
+    with pytest.raises(UserError) as err:
+        load_results(ours, timeline=theirs / "timeline.json")
+    message = str(err.value)
+    assert str(theirs / "timeline.json") in message
+    assert str(ours / "scenario.resolved.yaml") in message
+    assert main(["report", str(ours), "--timeline", str(theirs / "timeline.json")]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_report_checks_labels_of_a_timeline_without_fingerprint(run_dir: Path) -> None:
+    path = make_timeline(run_dir)  # no otherData, as older moesim wrote: labels must match
+    assert load_results(run_dir).timeline is not None
+    data = json.loads(path.read_text())
+    data["traceEvents"][0]["args"]["name"] = "lfu"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"timeline\.json: expected timelines of the policies in "):
+        load_results(run_dir)
+
+
+def test_timeline_legend_lists_kinds_drawn_in_either_panel(run_dir: Path) -> None:
+    path = make_timeline(run_dir)
+    data = json.loads(path.read_text())
+    lru = next(e["pid"] for e in data["traceEvents"] if e["args"].get("name") == "lru")
+    first = next(e for e in data["traceEvents"] if e["ph"] == "X" and e["pid"] == lru)
+    first["name"] = first["args"]["kind"] = "prefetch"  # only the right panel has a prefetch
+    path.write_text(json.dumps(data))
+    run = load_results(run_dir)
+    fig = F.link_timeline(run, _colours(run), 2, window=(0, 1))
+    left, right = fig.axes[:2]
+    assert "lru" in right.get_title()
+    assert "prefetch" not in {c.get_label() for c in left.collections}
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert sorted(legend) == ["compute", "fetch", "prefetch"]
+
+
+def test_scenario_table_gives_the_cache_in_experts(run_dir: Path) -> None:
+    path = run_dir / "scenario.resolved.yaml"
+    scenario = yaml.safe_load(path.read_text())
+    scenario["model"] = {"expert_bytes": "4.325376 MB"}
+    scenario["hardware"]["hbm"] = {"capacity": "553.648128 MB"}  # what `128 experts` resolves to
+    path.write_text(yaml.safe_dump(scenario))
+    text = "".join(build_content(load_results(run_dir)).sections)
+    assert (
+        '<th class="text">hardware.hbm.capacity</th><td class="text">128 experts (553.6 MB)' in text
+    )

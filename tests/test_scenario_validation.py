@@ -219,3 +219,62 @@ def test_trace_batch_keeps_the_first_sequences_and_embedded_names() -> None:
         scenario_from_dict(both, "x")
     with pytest.raises(UserError, match="embedded:no-such-trace"):
         scenario_from_dict(set_dotted(GOOD, "trace", "embedded:no-such-trace"), "x")
+
+
+SELECTIONS_OUTSIDE_THE_TRACE = [
+    # (--set, expected start of the message); the embedded trace: 8 seqs, 256 steps, layers 2-9
+    ("trace.positions=250-260", "trace.positions: expected values in 0..255"),
+    ("trace.layers=1-3", "trace.layers: expected ids among 2-9 (the trace's layers), got [1] ("),
+    ("trace.batch=9", "trace.batch: expected at most 8 (the trace's sequences), got 9"),
+    ("trace.seqs=7-8", "trace.seqs: expected indices below 8"),
+]
+
+
+@pytest.mark.parametrize(
+    ("override", "start"),
+    SELECTIONS_OUTSIDE_THE_TRACE,
+    ids=[c[0].partition("=")[0] for c in SELECTIONS_OUTSIDE_THE_TRACE],
+)
+def test_selection_outside_the_trace_names_its_yaml_path_and_file(
+    tmp_path, capsys, override, start
+) -> None:
+    path = _write(tmp_path, GOOD)
+    assert main(["validate", str(path), "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"moesim: error: {start}"), err
+    assert err.rstrip().endswith(f"({path})"), err
+
+
+@pytest.mark.parametrize("dotted", ["policies[9].name", "policies.9.name"])
+def test_set_index_out_of_range_is_named_as_the_schema_names_it(dotted) -> None:
+    with pytest.raises(UserError, match=r"^policies\[9\]: expected an index below 2, got '9'$"):
+        set_dotted(GOOD, dotted, "lru")
+
+
+def test_policy_cache_above_the_hbm_budget_names_both_fields(tmp_path, capsys) -> None:
+    lru16 = {"name": "lru", "label": "lru-16", "params": {"slots": 16}}
+    data = {**GOOD, "hardware": "notebook-gbps", "policies": ["seed-split", lru16]}
+    path = _write(tmp_path, data)
+    assert main(["validate", "--no-trace", str(path)]) == 2  # before any run starts
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(
+        "moesim: error: policies[1].params.slots (lru-16): expected at most 0 experts "
+        "(hardware.hbm.capacity is 0 B, from preset notebook-gbps; set hardware.hbm.capacity), "
+        "got 16"
+    ), err
+    fits = set_dotted(
+        data, "hardware", {"preset": "notebook-gbps", "hbm": {"capacity": "16 experts"}}
+    )
+    assert scenario_from_dict(fits, "x").policy("lru-16").params == {"slots": 16}
+    with pytest.raises(UserError, match=r"^policies\[1\]\.params\.capacity_bytes \(lru-16\): "):
+        scenario_from_dict(set_dotted(fits, "policies[1].params", {"capacity_bytes": 1e11}), "x")
+
+
+def test_schema_docs_name_the_embedded_traces_by_name() -> None:
+    from sim.scenario.schema_docs import schema_markdown
+
+    text = schema_markdown("")
+    assert "`embedded:NAME`" in text and "`embedded:flame-moe-290m-synth`" in text
+    assert (ROOT / "traces" / "flame-moe-290m-synth").is_dir()  # the example is shipped

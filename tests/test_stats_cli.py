@@ -41,7 +41,9 @@ def test_megatron_layout_counts_true_decode_steps(tmp_path, capsys):
     shards = _write_megatron_shards(tmp_path / "dump")
     rc, out = _stats(tmp_path, "--positions", "0-15", "--micro-batch-size", "8")
     assert rc == 0
-    assert "layout: megatron" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "layout: megatron" in printed
+    assert "docs/trace-format.md" in printed and "DESIGN.md" not in printed  # a shipped page
     gating = _rows(out / "gating.csv")
     assert list(gating[0]) == [
         "position",

@@ -55,10 +55,17 @@ def _topk(result: RunResult) -> int | None:
     return int(topk) if isinstance(topk, int) and topk > 0 else None
 
 
-def write_chrome_trace(path: str | os.PathLike[str], results: Iterable[RunResult]) -> Path:
+def write_chrome_trace(
+    path: str | os.PathLike[str],
+    results: Iterable[RunResult],
+    metadata: dict[str, Any] | None = None,
+) -> Path:
     """Write the runs' timelines as one Chrome trace-event JSON file (atomically; compact,
-    since a full run has millions of events)."""
-    payload = {"traceEvents": trace_events(results), "displayTimeUnit": "ms"}
+    since a full run has millions of events). ``metadata`` goes to the format's ``otherData``
+    (a scenario run puts its fingerprint there, so a report can tell whose timeline it is)."""
+    payload: dict[str, Any] = {"traceEvents": trace_events(results), "displayTimeUnit": "ms"}
+    if metadata:
+        payload["otherData"] = metadata
     return write_text(path, json.dumps(payload, separators=(",", ":")) + "\n")
 
 

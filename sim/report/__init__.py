@@ -35,6 +35,7 @@ from sim.report.load import (
     plain_value,
     read_json,
 )
+from sim.units import format_size, parse_size
 
 FORMATS = ("html", "png", "pdf")
 
@@ -424,6 +425,8 @@ def _scenario_section(scenario: dict[str, Any], source: str) -> str:
     hardware = find_key(scenario, "hardware")
     for path in SCENARIO_HARDWARE_FACTS:
         value = _dotted(hardware, path)
+        if path == "hbm.capacity":
+            value = _capacity_in_experts(value, _dotted(scenario, "model.expert_bytes"))
         if value is not None and not isinstance(value, dict | list):
             facts.append((f"hardware.{path}", value))
     return H.section(
@@ -441,6 +444,20 @@ SCENARIO_HARDWARE_FACTS = (
     "links.md_link.latency",
     "links.md_link.channels",
 )
+
+
+def _capacity_in_experts(capacity: Any, expert_bytes: Any) -> Any:
+    """``16 experts (69.21 MB)``: scenarios give the cache in experts; the resolved file keeps
+    only its exact size. Anything that does not divide into whole experts is shown as it is."""
+    try:
+        nbytes = parse_size(capacity, "hardware.hbm.capacity")
+        per_expert = parse_size(expert_bytes, "model.expert_bytes")
+    except UserError:
+        return capacity
+    experts = nbytes / per_expert if per_expert > 0 else 0.0
+    if nbytes <= 0 or experts != round(experts):
+        return capacity
+    return f"{round(experts)} experts ({format_size(nbytes)})"
 
 
 def _dotted(data: Any, path: str) -> Any:

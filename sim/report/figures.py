@@ -129,9 +129,16 @@ def policy_colours(labels: Iterable[str], baseline: str | None) -> dict[str, str
     return colours
 
 
-def _figure_legend(fig: Figure, ax: Any, title: str | None, columns: int = 6) -> None:
-    """One legend for all panels, below them, so that it never hides data."""
-    handles, names = ax.get_legend_handles_labels()
+def _figure_legend(
+    fig: Figure, ax: Any, title: str | None, columns: int = 6, *, more: Sequence[Any] = ()
+) -> None:
+    """One legend for all panels, below them, so that it never hides data. ``more``: other
+    panels whose entries ``ax`` may lack (each name listed once, first panel first)."""
+    entries: dict[str, Any] = {}
+    for panel in (ax, *more):
+        for handle, name in zip(*panel.get_legend_handles_labels()):
+            entries.setdefault(name, handle)
+    handles, names = list(entries.values()), list(entries)
     fig.legend(
         handles, names, title=title, loc="outside lower center", ncols=min(len(names), columns)
     )
@@ -477,7 +484,7 @@ def link_timeline(
         raise NoData(f"the timeline has no events in steps {lo}..{hi - 1} (it has {have})")
     for ax in axes:
         ax.autoscale_view()
-    _figure_legend(fig, axes[0], "event")
+    _figure_legend(fig, axes[0], "event", more=axes[1:])  # kinds in either panel
     axes[0].set_yticks(range(len(resources)), resources)
     axes[0].set_ylim(len(resources) - 0.5, -0.5)
     axes[0].set_ylabel("resource")

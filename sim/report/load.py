@@ -235,7 +235,11 @@ def read_timeline(path: Path) -> TimelineEvents:
     thread ids may be names already, or numbers named by ``process_name``/``thread_name``
     metadata events, as Perfetto expects.
     """
-    data = read_json(path)
+    return timeline_events(path, read_json(path))
+
+
+def timeline_events(path: Path, data: Any) -> TimelineEvents:
+    """`read_timeline` on JSON already read from ``path`` (named in errors)."""
     events = data.get("traceEvents") if isinstance(data, dict) else data
     if not isinstance(events, list):
         raise UserError(f"{path}: expected a trace-event list or {{'traceEvents': [...]}}")
@@ -324,10 +328,41 @@ def load_run(root: Path, *, timeline: str | Path | None = None) -> RunResults:
     timeline_path = Path(timeline) if timeline is not None else root / "timeline.json"
     if timeline is not None and not timeline_path.is_file():
         raise UserError(f"{timeline_path}: expected a timeline JSON file, got no such file")
-    events = read_timeline(timeline_path) if timeline_path.is_file() else None
-    if events is not None:
+    events = None
+    if timeline_path.is_file():
+        data = read_json(timeline_path)
+        events = timeline_events(timeline_path, data)
+        check_timeline_belongs(root, timeline_path, data, events, summary)
         events = _with_topk(events, [int(k) for k in summary.unique("topk")])
     return RunResults(root, summary, per_layer, per_step, scenario, trace, events, timeline_path)
+
+
+def check_timeline_belongs(
+    root: Path, timeline_path: Path, data: Any, events: TimelineEvents, summary: Table
+) -> None:
+    """Refuse another run's timeline: its fingerprint (``otherData.scenario_sha256``, written
+    by ``moesim run``) must be that of ``root``'s scenario.resolved.yaml; a timeline without
+    one (older moesim, other tools) must at least hold only the summary's policy labels."""
+    from sim.scenario.run import resolved_sha256
+
+    other = data.get("otherData") if isinstance(data, dict) else None
+    wanted = other.get("scenario_sha256") if isinstance(other, dict) else None
+    resolved = root / "scenario.resolved.yaml"
+    if isinstance(wanted, str) and resolved.is_file():
+        if resolved_sha256(resolved.read_bytes()) != wanted:
+            raise UserError(
+                f"{timeline_path}: expected the timeline of the run in {resolved}, got one "
+                f"written by another run (scenario {other.get('scenario', '?')!r}, "
+                f"{wanted[:19]}...); pass the timeline that run wrote"
+            )
+        return
+    labels = {str(x) for x in summary.unique("label")}
+    foreign = sorted({str(x) for x in events.label} - labels)
+    if foreign:
+        raise UserError(
+            f"{timeline_path}: expected timelines of the policies in {summary.source or root} "
+            f"({', '.join(sorted(labels))}), got other runs too ({', '.join(foreign)})"
+        )
 
 
 def _with_topk(events: TimelineEvents, run_order: list[int]) -> TimelineEvents:

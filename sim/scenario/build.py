@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from sim import presets as preset_data
-from sim.errors import UserError
+from sim.errors import SelectionError, UserError
 from sim.hardware import ComputeUnit, GpuConfig, Hardware, HbmConfig, LinkConfig, ModelSpec
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.scenario.schema import (
@@ -37,6 +37,7 @@ from sim.scenario.schema import (
     ScenarioSection,
     TraceSection,
     UnitDoc,
+    dotted_path,
     validate_scenario_dict,
     validation_error_line,
 )
@@ -69,6 +70,7 @@ class TraceSpec:
     layers: tuple[int, ...] | None = None
     positions: tuple[int, ...] | None = None
     seqs: tuple[int, ...] | None = None
+    batch: int | None = None  # trace.batch as written (``seqs`` holds its first N sequences)
     num_experts: int | None = None
     k: int | None = None
     synthetic: Any = None  # sim.trace.synth.SynthConfig (kind "synthetic")
@@ -217,9 +219,11 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
         )
     out = copy.deepcopy(data)
     node: Any = out
+    loc: list[str | int] = []  # for errors, written as the schema's are: policies[1].params
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        where = ".".join(parts[: i + 1])
+        loc.append(int(part) if isinstance(node, list) and part.isdigit() else part)
+        where = dotted_path(tuple(loc))
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise UserError(f"{where}: expected an index below {len(node)}, got {part!r}")
@@ -282,6 +286,7 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
     if len(set(topk)) != len(topk):
         raise UserError(f"routing.topk: expected distinct values, got {topk}")
     policies = build_policies(schema.policies, schema.baseline)
+    check_cache_sizes(policies, hardware, model, _capacity_origin(schema.hardware))
     name = schema.name or (Path(source).stem if source else "scenario")
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
         raise UserError(f"name: expected letters, digits and . _ + - only, got {name!r}")
@@ -566,6 +571,39 @@ def build_policies(entries: list[PolicyEntry], baseline: str) -> list[PolicySpec
     return specs
 
 
+def check_cache_sizes(
+    policies: list[PolicySpec], hardware: Hardware, model: ModelSpec, origin: str
+) -> None:
+    """A policy's own cache size (``slots``/``capacity_bytes``) must fit the HBM budget: said
+    now, naming the policy's field and the one to change, not when its run starts."""
+    available = int(hardware.hbm.capacity // model.expert_bytes)
+    for spec in policies:
+        slots = spec.resolved_params.get("slots")
+        nbytes = spec.resolved_params.get("capacity_bytes")
+        if slots is not None:
+            field_name, wanted = "slots", slots
+        elif nbytes is not None:
+            field_name, wanted = "capacity_bytes", nbytes // model.expert_bytes
+        else:
+            continue
+        if wanted > available:
+            raise UserError(
+                f"{spec.where}.params.{field_name} ({spec.label}): expected at most {available} "
+                f"experts (hardware.hbm.capacity is "
+                f"{format_exact('size', hardware.hbm.capacity)}, {origin}; set "
+                f"hardware.hbm.capacity), got {int(wanted)}"
+            )
+
+
+def _capacity_origin(section: HardwareSection) -> str:
+    """Where hardware.hbm.capacity came from, for the error that asks to change it."""
+    if section.hbm is not None and "capacity" in section.hbm.model_fields_set:
+        return "as the scenario sets it"
+    if section.preset:
+        return f"from preset {section.preset}"
+    return "the default"
+
+
 def _plain(value: Any) -> Any:
     """YAML/JSON-ready copy: tuples as lists, other objects as their string form."""
     if isinstance(value, dict):
@@ -586,13 +624,17 @@ def build_trace_spec(
     if costs or section.path == COSTS_TRACE:
         return _costs_trace_spec(section, costs)
     seqs = _tuple(parse_int_selection(section.seqs, "trace.seqs"))
-    if section.batch is not None:  # the first N sequences: the batch-size knob of sweeps
+    batch = section.batch
+    if batch is not None:  # the first N sequences: the batch-size knob of sweeps
         if seqs is not None:
             raise UserError("trace.batch: expected either trace.seqs or trace.batch, got both")
-        seqs = tuple(range(section.batch))
+        seqs = tuple(range(batch))
     if section.synthetic is not None:
         return TraceSpec(
-            kind="synthetic", synthetic=_synth_config(section.synthetic, seed), seqs=seqs
+            kind="synthetic",
+            synthetic=_synth_config(section.synthetic, seed),
+            seqs=seqs,
+            batch=batch,
         )
     common = dict(
         model=section.model,
@@ -603,6 +645,7 @@ def build_trace_spec(
         layers=_tuple(parse_int_selection(section.layers, "trace.layers")),
         positions=_tuple(parse_int_selection(section.positions, "trace.positions")),
         seqs=seqs,
+        batch=batch,
         num_experts=section.num_experts,
         k=section.k,
     )
@@ -708,22 +751,30 @@ def load_scenario_trace(scenario: Scenario) -> RoutingTrace:
     else:
         from sim.trace.open import open_trace
 
-        trace = open_trace(
-            spec.embedded if spec.kind == "embedded" else spec.path,
-            layout=spec.layout,
-            shards=spec.shards,
-            layers=spec.layers,
-            positions=spec.positions,
-            model=spec.model,
-            runid=spec.runid,
-            epoch=spec.epoch,
-            num_experts=spec.num_experts,
-            k=spec.k,
-        )
+        try:
+            trace = open_trace(
+                spec.embedded if spec.kind == "embedded" else spec.path,
+                layout=spec.layout,
+                shards=spec.shards,
+                layers=spec.layers,
+                positions=spec.positions,
+                model=spec.model,
+                runid=spec.runid,
+                epoch=spec.epoch,
+                num_experts=spec.num_experts,
+                k=spec.k,
+            )
+        except SelectionError as err:  # the loader names the selection; here it is trace.X
+            raise _in_file(scenario, f"trace.{err.field}: {err.detail}") from None
     try:
         return _checked_trace(scenario, trace)
     except UserError as err:
-        raise UserError(f"{err} ({scenario.source})" if scenario.source else str(err)) from None
+        raise _in_file(scenario, str(err)) from None
+
+
+def _in_file(scenario: Scenario, message: str) -> UserError:
+    """A scenario field's error, with the scenario file named as every scenario error does."""
+    return UserError(f"{message} ({scenario.source})" if scenario.source else message)
 
 
 def _costs_trace(scenario: Scenario) -> RoutingTrace:
@@ -738,6 +789,11 @@ def _costs_trace(scenario: Scenario) -> RoutingTrace:
 def _checked_trace(scenario: Scenario, trace: RoutingTrace) -> RoutingTrace:
     """The sequence selection applied; model and top-k checked against the trace."""
     spec = scenario.trace
+    if spec.batch is not None and spec.batch > trace.num_seqs:
+        raise UserError(
+            f"trace.batch: expected at most {trace.num_seqs} (the trace's sequences), "
+            f"got {spec.batch}"
+        )
     if spec.seqs is not None:
         bad = [s for s in spec.seqs if s >= trace.num_seqs]
         if bad:

@@ -51,8 +51,10 @@ any field (docs/scenarios.md). `moesim presets [links|gpus|models|hardware]` lis
 Every figure carries its source. Tags: **[S]** the number is in the cited source, **[D]**
 derived arithmetically from [S] values, **[M]** general knowledge not checked against a source
 (verify before relying on it). Nothing here was measured by this project: `moesim calibrate`
-on a real GPU is meant to replace the link and compute figures. The full notes, with every
-source, are in the project's hardware survey (`hardware.md`, sections referenced as "s.N").
+on a real GPU is meant to replace the link and compute figures. The figures come from the
+project's hardware survey (`hardware.md`, cited as "hardware.md s.N"), which is not included
+in this repository: [hardware-sources.md](hardware-sources.md) says what the cited sections
+cover and lists the original source (URL or paper) of every preset.
 
 ## How links are modelled
 

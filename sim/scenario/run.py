@@ -310,7 +310,8 @@ def _write_files(
     body = yaml.safe_dump(
         resolved_document(scenario, trace, results), sort_keys=False, allow_unicode=True, width=100
     )
-    atomic.write_text(root / "scenario.resolved.yaml", header + body)
+    resolved_text = header + body
+    atomic.write_text(root / "scenario.resolved.yaml", resolved_text)
     rows = summary_rows(scenario, results)
     stats = [getattr(r, "policy_stats", None) for r in results]
     csv_rows = [{**row, **stat_columns(s)} for row, s in zip(rows, stats)]
@@ -331,9 +332,28 @@ def _write_files(
     if any(r.timeline for r in results):
         from sim.engine.timeline import write_chrome_trace
 
-        write_chrome_trace(root / "timeline.json", results)  # processes named "label top-k"
+        fingerprint = timeline_fingerprint(scenario, trace, resolved_text)
+        write_chrome_trace(root / "timeline.json", results, fingerprint)  # processes "label top-k"
     for path in root.iterdir():
         os.chmod(path, 0o644)  # atomic temp files are private; results are ordinary files
+
+
+def timeline_fingerprint(
+    scenario: Scenario, trace: RoutingTrace, resolved_text: str
+) -> dict[str, str]:
+    """timeline.json's ``otherData``: which results directory it belongs to. The report refuses
+    a timeline whose ``scenario_sha256`` is not that of the directory's scenario.resolved.yaml."""
+    return {
+        "moesim": sim.__version__,
+        "scenario": scenario.name,
+        "trace_checksum": trace_checksum(trace),
+        "scenario_sha256": resolved_sha256(resolved_text.encode("utf-8")),
+    }
+
+
+def resolved_sha256(data: bytes) -> str:
+    """The fingerprint of a scenario.resolved.yaml (the exact bytes written)."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _cell(value: Any) -> Any:

@@ -98,12 +98,14 @@ class _Section(BaseModel):
 
 # -- trace ---------------------------------------------------------------------------------------
 class TraceSection(_Section):
-    """Which routing drives the run. Give ``path`` (``embedded`` or a FLAME-MoE dump / trace
-    directory) or ``synthetic`` (generator settings), not both."""
+    """Which routing drives the run. Give ``path`` (``embedded``, ``embedded:NAME`` or a
+    FLAME-MoE dump / trace directory) or ``synthetic`` (generator settings), not both."""
 
     path: str = Field(
         "embedded",
-        description="`embedded` (the real FLAME-MoE-290M rows shipped with moesim), `costs` (the "
+        description="`embedded` (the real FLAME-MoE-290M rows shipped with moesim), "
+        "`embedded:NAME` (a trace directory under the repository's traces/, e.g. "
+        "`embedded:flame-moe-290m-synth`: 64 sequences x 512 steps, synthetic), `costs` (the "
         "routing of the `costs` section's tables) or a dump directory holding samples/ and "
         "actives/; relative paths are relative to the scenario file",
     )

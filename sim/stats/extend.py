@@ -18,6 +18,7 @@ import torch
 
 from sim.atomic import write_bytes
 from sim.errors import UserError
+from sim.ranges import format_int_selection
 from sim.stats.notebook_tree import write_extended_manifest
 from sim.trace.dump import load_pt
 from sim.trace.routing import RoutingTrace
@@ -62,7 +63,10 @@ def extend_layers(
     take = np.array([trace.layer_ids.index(copies.get(lid, lid)) for lid in new_ids], np.intp)
     m = trace.meta
     old_copies = {int(k): int(v) for k, v in m.extra.get("layer_copies", {}).items()}
-    note = f"layers {_span(tuple(copies))} copied from {_span(tuple(sources))} (seed cell 2)"
+    note = (
+        f"layers {format_int_selection(tuple(copies))} copied from "
+        f"{format_int_selection(tuple(sources))} (seed cell 2)"
+    )
     meta = replace(
         m,
         synthetic_layers=tuple(sorted({*m.synthetic_layers, *copies})),
@@ -166,11 +170,3 @@ def _read_text(path: Path) -> str:
             return handle.read()
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: expected a UTF-8 text file, got {err}") from None
-
-
-def _span(layers: tuple[int, ...]) -> str:
-    ordered = sorted(layers)
-    contiguous = ordered == list(range(ordered[0], ordered[-1] + 1))
-    if contiguous and len(ordered) > 1:
-        return f"{ordered[0]}-{ordered[-1]}"
-    return ",".join(map(str, ordered))

@@ -26,7 +26,7 @@ GATING_CSV = "gating.csv"
 COUNTS_CSV = "counts.csv"
 META_JSON = "meta.json"
 LAYOUT_NOTES = {
-    "megatron": "positions are true decode steps of the batch, DESIGN.md section 2",
+    "megatron": "positions are true decode steps of the batch (docs/trace-format.md, Row layouts)",
     "seed": "the notebook's reading (rows seq*L+pos, L=512): reproduces its numbers; "
     "positions are not decode steps",
 }

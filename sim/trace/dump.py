@@ -1,6 +1,6 @@
 """Read a FLAME-MoE routing dump into a `RoutingTrace`, validating every file it touches.
 
-Dump layout (DESIGN.md section 2, ``docs/trace-format.md``)::
+Dump layout (``docs/trace-format.md``)::
 
     samples/{model}/{runid}/{c}-{r}.pt                  1-D token ids, length T
     actives/{model}/{runid}/{epoch}/{layer}/{c}-{r}.pt  (scores [T, k], indices [T, k])
@@ -32,8 +32,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from sim.errors import UserError
+from sim.errors import SelectionError, UserError
 from sim.presets import presets
+from sim.ranges import format_int_selection
 from sim.topk import select_topk
 from sim.trace.routing import LAYOUTS, RoutingTrace, TraceMeta
 from sim.trace.tracefile import TraceFile, read_trace_yaml
@@ -165,7 +166,7 @@ def load_pt(path: Path, *, mmap: bool = False) -> Any:
         if mmap and "mmap" in str(err):
             return load_pt(path, mmap=False)  # legacy (non-zip) files cannot be memory-mapped
         raise UserError(
-            f"{path}: expected a torch.save file, got unreadable data ({_first_line(err)})"
+            f"{path}: expected a torch.save file, got unreadable data ({_first_sentence(err)})"
         ) from None
     _require_dense_cpu(path, obj)
     return obj
@@ -204,9 +205,13 @@ def _require_dense_cpu(path: Path, obj: Any) -> None:
             raise UserError(f"{path}: expected dense CPU tensors, got a {where} tensor")
 
 
-def _first_line(err: BaseException) -> str:
+def _first_sentence(err: BaseException) -> str:
+    """Torch's first sentence only: the rest is advice about checkpoints, cut mid-word at 160."""
     text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    sentence = re.split(r"(?<=\S)\.(?:\s|$)", text.splitlines()[0], maxsplit=1)[0]
+    return f"{type(err).__name__}: {sentence[:160]}"
 
 
 def _unsupported_global(text: str) -> str | None:
@@ -580,7 +585,15 @@ def _selected_layers(sel: DumpSelection, edir: Path) -> tuple[int, ...]:
         )
     if sel.layers is not None:
         if not sel.layers:
-            raise UserError("layers: expected at least one layer, got an empty list")
+            raise SelectionError("layers", "expected at least one layer, got an empty list")
+        have = list_layers(edir)
+        absent = [int(x) for x in sel.layers if int(x) not in have]
+        if absent and have:  # no layer directories at all: _check_paths_exist names the path
+            raise SelectionError(
+                "layers",
+                f"expected ids among {format_int_selection(have)} (the trace's layers), "
+                f"got {absent} ({edir / str(absent[0])}: no directory for layer {absent[0]})",
+            )
         return tuple(int(x) for x in sel.layers)
     found = list_layers(edir)
     if not found:
@@ -592,14 +605,15 @@ def _selected_positions(sel: DumpSelection, facts: _LayoutFacts) -> np.ndarray:
     if sel.positions is None:
         return np.arange(facts.seq_len, dtype=np.int64)
     if not sel.positions:
-        raise UserError("positions: expected at least one position, got an empty list")
+        raise SelectionError("positions", "expected at least one position, got an empty list")
     pos = np.asarray(sel.positions, dtype=np.int64)
     bad = pos[(pos < 0) | (pos >= facts.seq_len)]
     if bad.size:
         name = "sequence length S" if facts.layout == "megatron" else "seed sequence length L"
-        raise UserError(
-            f"positions: expected values in 0..{facts.seq_len - 1} ({name}={facts.seq_len}), "
-            f"got {bad[:5].tolist()}"
+        raise SelectionError(
+            "positions",
+            f"expected values in 0..{facts.seq_len - 1} ({name}={facts.seq_len}), "
+            f"got {bad[:5].tolist()}",
         )
     return pos
 

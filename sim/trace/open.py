@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import sim
-from sim.errors import UserError
+from sim.errors import SelectionError, UserError
 from sim.trace.cuts import is_decoder_dir, is_prefill_dir, load_decoder_cuts, load_prefill_cut
 from sim.trace.dump import (
     MEGATRON_MICRO_BATCH,
@@ -185,16 +185,19 @@ def _select_from_cuts(
     if positions is not None:
         missing = [p for p in positions if p not in trace.positions]
         if missing:
-            raise UserError(
-                f"{source}: positions: expected values among {_span(trace.positions)}, "
-                f"got {missing[:5]}"
+            raise SelectionError(
+                "positions",
+                f"expected values among {_span(trace.positions)} (the positions of {source}), "
+                f"got {missing[:5]}",
             )
         step_idx = np.array([trace.positions.index(p) for p in positions], dtype=np.intp)
     if layers is not None:
         missing_l = [x for x in layers if x not in trace.layer_ids]
         if missing_l:
-            raise UserError(
-                f"{source}: layers: expected ids among {list(trace.layer_ids)}, got {missing_l}"
+            raise SelectionError(
+                "layers",
+                f"expected ids among {list(trace.layer_ids)} (the layers of {source}), "
+                f"got {missing_l}",
             )
     if step_idx is None and layers is None:
         return trace
