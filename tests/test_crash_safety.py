@@ -208,12 +208,21 @@ def run_reference(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 @pytest.fixture(scope="module")
-def process_start_s() -> float:
-    """Wall seconds for ``python -m sim`` to start (imports): the kill window's offset."""
+def run_wall_s(
+    inputs: Inputs, run_reference: dict[str, bytes], tmp_path_factory: pytest.TempPathFactory
+) -> float:
+    """Wall seconds of an uninterrupted ``python -m sim run`` (the window of random kills);
+    its files are byte-identical to the in-process reference."""
+    work = tmp_path_factory.mktemp("run-subprocess")
     start = time.perf_counter()
-    subprocess.run(moesim("--version"), capture_output=True, check=True, timeout=120)
-    CRASH_COUNTS["process start s"] = round(time.perf_counter() - start, 2)
-    return time.perf_counter() - start
+    proc = run_to_end(
+        moesim("run", str(inputs.scenario), "--out", str(work / "o"), "--quiet"), work
+    )
+    wall = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    assert {p.name: p.read_bytes() for p in (work / "o").iterdir()} == run_reference
+    CRASH_COUNTS["run wall s (subprocess)"] = round(wall, 2)
+    return wall
 
 
 def kill_run_once(
@@ -262,12 +271,12 @@ def test_killed_run_leaves_no_partial_results(
 def test_run_killed_at_random_moments(
     inputs: Inputs,
     run_reference: dict[str, bytes],
-    process_start_s: float,
+    run_wall_s: float,
     tmp_path: Path,
     sig: signal.Signals,
 ) -> None:
     rng = random.Random(SEED + sig.value)
-    span = (process_start_s + CRASH_COUNTS["run work s (reference, in-process)"]) * 1.2
+    span = run_wall_s
     for attempt in range(8):
         work = tmp_path / f"attempt-{attempt}"
         work.mkdir()
@@ -285,6 +294,22 @@ def sweep_reference(inputs: Inputs, tmp_path_factory: pytest.TempPathFactory) ->
     assert outcome.code == 0, outcome
     CRASH_COUNTS["sweep work s (reference, in-process)"] = round(time.perf_counter() - start, 2)
     return out
+
+
+@pytest.fixture(scope="module")
+def sweep_wall_s(
+    inputs: Inputs, sweep_reference: Path, tmp_path_factory: pytest.TempPathFactory
+) -> float:
+    """Wall seconds of an uninterrupted ``python -m sim sweep`` (the window of random kills)."""
+    work = tmp_path_factory.mktemp("sweep-subprocess")
+    argv = moesim("sweep", str(inputs.sweep), "--out", str(work / "o"), "--jobs", "1")
+    start = time.perf_counter()
+    proc = run_to_end([*argv, "--no-progress"], work)
+    wall = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "o" / "sweep.csv").read_bytes() == (sweep_reference / "sweep.csv").read_bytes()
+    CRASH_COUNTS["sweep wall s (subprocess)"] = round(wall, 2)
+    return wall
 
 
 def kill_sweep_once(
@@ -346,13 +371,13 @@ def test_killed_sweep_resumes_to_the_identical_table(
 def test_sweep_killed_at_random_moments(
     inputs: Inputs,
     sweep_reference: Path,
-    process_start_s: float,
+    sweep_wall_s: float,
     tmp_path: Path,
     sig: signal.Signals,
     jobs: int,
 ) -> None:
     rng = random.Random(SEED + 10 * jobs + sig.value)
-    span = (process_start_s + CRASH_COUNTS["sweep work s (reference, in-process)"]) * 1.1
+    span = sweep_wall_s
     for attempt in range(5):
         work = tmp_path / f"attempt-{attempt}"
         work.mkdir()

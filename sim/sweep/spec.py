@@ -438,7 +438,6 @@ def _kind(value: Any) -> str:
     return repr(value)
 
 
-
 def _scenario_set_dotted() -> Callable[[dict, str, Any], dict]:
     from sim.scenario import set_dotted
 
