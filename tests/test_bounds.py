@@ -189,3 +189,20 @@ def test_gap_closed() -> None:
     assert gap_closed(5.0, 5.0, 5.0) is None
     assert gap_closed(float("nan"), 1.0, 0.0) is None
     assert gap_closed(10.0, 1.0, float("inf")) is None
+    # A "bound" slower than the baseline (belady bounds misses, not latency): no gap to close.
+    assert gap_closed(1.88, 1.5, 2.04) is None
+    assert gap_closed(1.88, 1.88, 2.04) is None
+    # The baseline's own share is +0.0, never -0.0.
+    assert str(gap_closed(10.0, 10.0, 4.0)) == "0.0"
+
+
+def test_sweep_gap_closed_blank_when_the_bound_is_slower() -> None:
+    from sim.sweep.table import _add_relative
+
+    def row(label: str, mean: float, bound: bool = False) -> dict:
+        return {"label": label, "mean_step": mean, "is_bound": bound, "seed": 0, "topk": 2}
+
+    rows = [row("seed-split", 1.88), row("lru", 1.5), row("belady", 2.04, bound=True)]
+    _add_relative(rows, [], "seed-split")
+    assert [r["gap_closed"] for r in rows] == [None, None, None]
+    assert rows[1]["speedup"] == pytest.approx(1.88 / 1.5)

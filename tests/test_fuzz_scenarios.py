@@ -15,8 +15,10 @@ overrides, and runs both commands in this process under a timeout. Every case mu
 * ``validate`` and ``run`` agree: a file validate rejects is rejected by run with the same line;
 * never a traceback or a hang.
 
-Counts per mutation kind and outcome are kept in ``FUZZ_COUNTS`` (``MOESIM_FUZZ_STATS=FILE``
-writes them as JSON; docs/reliability.md reports a long run: ``pytest -m slow`` on this file).
+The same document and text mutations are applied to a dump's ``trace.yaml`` and run through
+``moesim trace stats``. Counts per mutation kind and outcome are kept in ``FUZZ_COUNTS``
+(``MOESIM_FUZZ_STATS=FILE`` writes them as JSON; docs/reliability.md reports a long run:
+``pytest -m slow`` on this file).
 """
 
 from __future__ import annotations
@@ -545,7 +547,7 @@ def test_set_with_bad_values_is_one_line(tiny_dump: Path, tmp_path: Path) -> Non
     scenario.write_text(yaml.safe_dump(doc), encoding="utf-8")
     for item in ("seed", "=3", "a..b=1", "policies[99].name=lru", "seed=[1, 2", "routing.topk=0"):
         outcome = run_cli(["validate", str(scenario), "--set", item])
-        assert_one_line_error(CliOutcome(outcome.code, outcome.out, outcome.err))
+        assert_one_line_error(outcome)
 
 
 # -- trace.yaml: the other YAML a user hands us (next to a dump) ------------------------------------

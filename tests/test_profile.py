@@ -192,6 +192,7 @@ def test_profile_cli_writes_everything(tmp_path: Path, capsys) -> None:
     assert main(["trace", "profile", "embedded", "--out", str(out), "--layers", "2-3"]) == 0
     text = capsys.readouterr().out
     assert "miss@32" in text
+    assert "epoch 5473 [megatron layout]: 256 steps" in text  # not read as rich markup
     data = json.loads((out / "profile.json").read_text())
     assert [lp["layer"] for lp in data["layers"]] == [2, 3]
     assert math.isclose(data["layers"][0]["active_mean"], 33.75, abs_tol=0.01)
@@ -206,6 +207,25 @@ def test_profile_cli_writes_everything(tmp_path: Path, capsys) -> None:
     ):
         assert (out / name).stat().st_size > 0
     assert not list(out.glob(".*tmp"))
+
+
+def test_every_profile_figure_names_the_trace_and_topk(tmp_path: Path, monkeypatch) -> None:
+    import sim.trace.profile_output as output
+
+    titles: dict[str, str] = {}
+    save = output._save
+
+    def recording_save(fig, path: Path) -> Path:
+        titles[path.name] = fig._suptitle.get_text() if fig._suptitle else ""
+        return save(fig, path)
+
+    monkeypatch.setattr(output, "_save", recording_save)
+    trace = _tiny_trace()
+    written = output.write_figures(profile_trace(trace, k=1), tmp_path)
+    assert sorted(titles) == sorted(p.name for p in written) and len(titles) == 5
+    for name, title in titles.items():
+        assert "profiled at top-1" in title and "m run 1 epoch 1 [megatron layout]" in title, name
+    assert titles["miss_ratio.png"].startswith("Miss ratio by cache size")
 
 
 def test_profile_cli_bad_options(capsys) -> None:

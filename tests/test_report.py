@@ -351,6 +351,43 @@ def test_hit_rate_lines_match_hits_over_active(run_dir: Path) -> None:
         for s in range(STEPS)
     ]
     np.testing.assert_allclose(lines["lru"].get_ydata(), want)
+    # The legend sits outside the axes (a figure legend below them), never over a curve.
+    assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
+    names = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert names == ["belady (offline bound)", "lru"]
+    fig.canvas.draw()
+    legend_box = fig.legends[0].get_window_extent()
+    assert legend_box.y1 <= fig.axes[0].get_window_extent().y0
+
+
+def _bars_yscale(series: dict[str, list[float]]) -> tuple[str, float]:
+    fig = F._figure(4, 3)
+    ax = fig.subplots()
+    ax.set_ylabel("time (ms)")
+    x = np.arange(len(next(iter(series.values()))))
+    F._grouped_bars(ax, x, [(k, np.array(v), "#000000") for k, v in series.items()], True)
+    return ax.get_yscale(), ax.get_ylim()[0]
+
+
+def test_transfer_bars_turn_log_only_when_one_policy_dwarfs_the_rest() -> None:
+    # Near-data run: belady moves next to nothing over md_link in some layers (1e-6 ms bars),
+    # every policy's tallest bar is ~3e-3 ms: a log axis would only magnify noise.
+    noise = {
+        "seed-split": [3e-3, 2.9e-3, 3.1e-3],
+        "lru": [2.8e-3, 3e-3, 3e-3],
+        "belady": [1e-6, 2.9e-3, 1e-6],
+    }
+    assert _bars_yscale(noise)[0] == "linear"
+    # gpu-only moves every expert over PCIe: its bars dwarf every other policy's.
+    wide = {
+        "gpu-only": [40.0, 42.0, 41.0],
+        "seed-split": [2.0, 2.5, 1.9],
+        "lru": [1.5, 1.8, 1e-5],  # a noise bar: does not stretch the log axis to 1e-5
+    }
+    scale, bottom = _bars_yscale(wide)
+    assert scale == "log" and bottom == pytest.approx(1.5 / 2)
+    # 10x is not enough: the tallest must exceed every other policy's tallest by more.
+    assert _bars_yscale({"a": [10.0, 1.0], "b": [1.0, 1.0]})[0] == "linear"
 
 
 def test_timeline_gantt_shows_baseline_and_best_in_window(run_dir: Path) -> None:
@@ -444,6 +481,37 @@ def test_sweep_figures_match_table(tmp_path: Path) -> None:
     np.testing.assert_allclose(grid, [[1.2, 2.4, 4.8], [2.0, 4.0, 8.0]])
     texts = [t.get_text() for t in heat.axes[0].texts]
     assert "2.00×\nlru" in texts and "1.20×\nbalanced-split" in texts
+
+
+def test_sweep_scenario_box_shows_swept_values(tmp_path: Path) -> None:
+    """The key facts of a sweep's base scenario show each swept field's values, not the base
+    value no point ran with; fields the sweep leaves alone keep their value."""
+    root = make_sweep(tmp_path)
+    resolved = yaml.safe_load((root / "sweep.resolved.yaml").read_text())
+    resolved["scenario"].update(
+        routing={"topk": [2]},
+        policies=["seed-split"],
+        hardware={"links": {"md_link": {"bandwidth": "64 GB/s"}, "pcie": {"bandwidth": 3e10}}},
+    )
+    resolved["sweep"]["grid"]["policies"] = ["seed-split", "lru", {"name": "balanced-split"}]
+    (root / "sweep.resolved.yaml").write_text(yaml.safe_dump(resolved))
+    table = read_table(root / "sweep.csv")  # a policies sweep has a policies column
+    names = [*table.names, "policies"]
+    rows = [[*(table[c][i] for c in table.names), table["label"][i]] for i in range(len(table))]
+    _write_csv(root / "sweep.csv", names, rows)
+    facts = dict(
+        re.findall(
+            r'<th class="text">([^<]*)</th><td class="text">([^<]*)</td>',
+            "".join(build_content(load_results(root)).sections),
+        )
+    )
+    assert facts["hardware.links.md_link.bandwidth"] == (
+        "swept: 64 GB/s, 128 GB/s, 256 GB/s (3 values)"
+    )
+    assert facts["policies"] == "swept: seed-split, lru, balanced-split (3 values)"
+    assert facts["routing.sequences"] == "swept: 1, 2 (2 values)"  # no fact of its own
+    assert facts["hardware.links.pcie.bandwidth"] == "30000000000.0"
+    assert facts["topk"] == "2"
 
 
 def test_sweep_summary_and_missing_speedup(tmp_path: Path) -> None:

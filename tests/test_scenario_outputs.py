@@ -156,4 +156,126 @@ def test_identical_runs_are_noted_once() -> None:
     notes = identical_run_notes(
         [run("lru", [1, 2]), run("lfu", [1, 2]), run("belady", [2, 2]), run("x", [1, 2], 2)]
     )
-    assert len(notes) == 1 and notes[0].startswith("lfu = lru: identical")
+    assert len(notes) == 1 and notes[0].startswith("top-6: lfu = lru: identical")
+    assert "cache" not in notes[0]  # the runs do not say they are cache policies
+
+    # One line per group and top-k; the cache reason only when every member is a cache policy
+    # whose cache is smaller than a gate's active set (here ~5 active experts per gate).
+    def policy_run(label: str, policy: str, slots: int | None, topk: int = 2) -> SimpleNamespace:
+        per_layer = {"hits": np.zeros(3), "active": np.array([4, 5, 6])}
+        return SimpleNamespace(
+            label=label, policy=policy, topk=topk, per_layer=per_layer, cache_slots=slots
+        )
+
+    near = [
+        policy_run("balanced-split", "balanced-split", None),
+        policy_run("md-only", "md-only", None),
+        policy_run("lru-near", "lru", 2),
+        policy_run("lru-big", "lru", 64, topk=6),
+        policy_run("lfu-big", "lfu", 64, topk=6),
+        policy_run("lru-small", "lru", 2, topk=4),
+        policy_run("lfu-small", "lfu", 2, topk=4),
+    ]
+    assert identical_run_notes(near) == [
+        "top-2: balanced-split = lru-near = md-only: identical in every step and layer",
+        "top-6: lfu-big = lru-big: identical in every step and layer",
+        "top-4: lfu-small = lru-small: identical in every step and layer (each cache is smaller "
+        "than a gate's active set: every gate evicts every other cached expert, so the eviction "
+        "order never matters)",
+    ]
+
+
+def test_cache_policies_without_hits_are_noted() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from sim.scenario.table import no_hit_notes
+
+    def run(
+        label: str, policy: str, slots: int | None, hits: int, scope: str = "global"
+    ) -> SimpleNamespace:
+        per_layer = {"hits": np.array([0, hits]), "active": np.array([34, 36])}
+        params = {"scope": scope} if slots is not None else {}
+        return SimpleNamespace(
+            label=label,
+            policy=policy,
+            topk=6,
+            per_layer=per_layer,
+            cache_slots=slots,
+            params=params,
+        )
+
+    notes = no_hit_notes(
+        [
+            run("seed-split", "seed-split", None, 0),  # no cache: nothing to say
+            run("lru", "lru", 16, 3),  # hits
+            run("least-stale", "least-stale", 16, 0),
+            run("lfu-big", "lfu", 64, 0),
+            run("lru-layer", "lru", 2, 0, scope="layer"),
+        ]
+    )
+    assert notes == [
+        "top-6: least-stale: no hits: its cache (16 experts) is smaller than one gate's active "
+        "set (~35)",
+        "top-6: lfu-big: no hits",
+        "top-6: lru-layer: no hits: its cache (2 experts per layer) is smaller than one gate's "
+        "active set (~35)",
+    ]
+
+
+def test_run_result_knows_its_cache_size() -> None:
+    scenario = load_scenario_from(SCENARIO, policies=["seed-split", "lru"], topk=[2])
+    results = run_scenario(scenario, progress=False)
+    by_label = {r.label: r for r in results}
+    assert by_label["seed-split"].cache_slots is None
+    assert by_label["lru"].cache_slots == 6 // 3  # "6 experts", per-layer scope over 3 layers
+
+
+def load_scenario_from(doc: dict, **changes) -> object:
+    from sim.scenario import scenario_from_dict
+
+    data = {**doc, "policies": changes.get("policies", doc["policies"])}
+    data["routing"] = {"topk": changes.get("topk", doc["routing"]["topk"])}
+    return scenario_from_dict(data, "test")
+
+
+def test_gap_closed_is_blank_when_no_bound_beats_the_baseline() -> None:
+    """belady bounds demand misses, not latency: when it is slower than the baseline there is
+    no gap to close, so every row's gap_closed is blank and the table says why."""
+    from types import SimpleNamespace
+
+    from sim.scenario.run import summary_rows
+    from sim.scenario.table import bound_notes
+
+    def fake(label: str, policy: str, mean: float, topk: int, bound: bool = False):
+        row = {
+            "policy": policy,
+            "label": label,
+            "topk": topk,
+            "is_bound": bound,
+            "is_baseline": label == "seed-split",
+            "mean_step": mean,
+            "total_time": mean,
+        }
+        return SimpleNamespace(label=label, policy=policy, topk=topk, summary_row=lambda: row)
+
+    scenario = SimpleNamespace(baseline="seed-split", clock_hz=None, topk=[2, 6])
+    results = [
+        fake("seed-split", "seed-split", 1.88e-3, 2),
+        fake("balanced-split", "balanced-split", 1.5e-3, 2),
+        fake("belady", "belady", 2.04e-3, 2, bound=True),
+        fake("seed-split", "seed-split", 4e-3, 6),
+        fake("lru", "lru", 3e-3, 6),
+        fake("belady", "belady", 2e-3, 6, bound=True),
+    ]
+    rows = {(r["topk"], r["label"]): r for r in summary_rows(scenario, results)}
+    assert all(rows[(2, label)]["gap_closed"] is None for label in ("seed-split", "belady"))
+    assert rows[(2, "balanced-split")]["gap_closed"] is None
+    baseline_gap = rows[(6, "seed-split")]["gap_closed"]
+    assert baseline_gap == 0.0 and str(baseline_gap) == "0.0"  # never -0.0
+    assert rows[(6, "lru")]["gap_closed"] == pytest.approx(0.5)
+    assert bound_notes(scenario, results) == [
+        "top-2: gap closed blank: no bound beats the baseline here (belady 2.04 ms vs "
+        "seed-split 1.88 ms mean step): belady bounds demand misses, not latency"
+    ]

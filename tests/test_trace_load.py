@@ -322,6 +322,33 @@ def test_embedded_trace_loads_without_the_cuts() -> None:
         open_trace("embedded:no-such-trace")
 
 
+def test_embedded_names_list_only_routing_traces(tmp_path: Path, monkeypatch) -> None:
+    """traces/ also ships cost tables (neupims-decoder-bs16/): errors list only what
+    ``embedded:NAME`` can open, and opening a non-trace directory says it is not one."""
+    import sim.trace.open as trace_open
+
+    (tmp_path / "with-yaml").mkdir()
+    (tmp_path / "with-yaml" / "trace.yaml").write_text("model: m\nrunid: 1\nepoch: 2\n")
+    for part in ("samples", "actives"):
+        (tmp_path / "dump" / part).mkdir(parents=True)
+    (tmp_path / "cost-tables" / "1st").mkdir(parents=True)
+    monkeypatch.setattr(trace_open, "traces_dir", lambda: tmp_path)
+    assert trace_open.embedded_trace_names() == ("dump", "with-yaml")
+    with pytest.raises(UserError, match=r"have \['dump', 'with-yaml'\]\)$"):
+        open_trace("embedded:nope")
+    with pytest.raises(UserError, match=r"routing trace directory .*cost-tables/ without them"):
+        open_trace("embedded:cost-tables")
+
+
+def test_shipped_cost_tables_are_not_an_embedded_trace() -> None:
+    from sim.trace.open import embedded_trace_names
+
+    names = embedded_trace_names()
+    assert "flame-moe-290m-real" in names and "neupims-decoder-bs16" not in names
+    with pytest.raises(UserError, match=r"traces/README\.md"):
+        open_trace("embedded:neupims-decoder-bs16")
+
+
 # -- import-cuts ----------------------------------------------------------------------------------
 def _write_prefill_cut(root: Path, rng: np.random.Generator, rows: int = 32) -> None:
     for layer in (2, 3):

@@ -48,14 +48,16 @@ from sim.policies.cache import CacheParams, CachePolicy, cache_slots
 def gap_closed(baseline: float, policy: float, bound: float) -> float | None:
     """Share of the baseline-to-bound gap a policy closes: 0 = no better than the baseline,
     1 = reaches the bound (above 1 only if the "bound" does not bound this metric; negative
-    when worse than the baseline). None when the gap is zero or a value is not finite."""
+    when worse than the baseline). None when a value is not finite or the bound is not below
+    the baseline: belady bounds demand misses, not latency, so it can be the slower one, and a
+    "gap" to a slower bound would turn every improvement into a negative share."""
     values = (baseline, policy, bound)
     if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
         return None
     gap = baseline - bound
-    if gap == 0:
+    if gap <= 0:
         return None
-    return (baseline - policy) / gap
+    return (baseline - policy) / gap + 0.0  # + 0.0: never -0.0
 
 
 # -- belady ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -278,7 +278,7 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
     trace_path = sweep.path / "trace.json"
     trace = _maybe_json(trace_path)
     sections = (
-        _scenario_section(sweep.resolved, "sweep.resolved.yaml"),
+        _scenario_section(sweep.resolved, "sweep.resolved.yaml", swept_values(sweep)),
         _provenance_section(trace, "trace.json") if trace is not None else "",
         H.section(
             "Comparison",
@@ -411,10 +411,14 @@ def _stats_content(stats: StatsResults) -> ReportContent:
 
 
 # -- shared sections ---------------------------------------------------------------------------
-def _scenario_section(scenario: dict[str, Any], source: str) -> str:
+def _scenario_section(
+    scenario: dict[str, Any], source: str, swept: Mapping[str, list[Any]] | None = None
+) -> str:
+    """Key facts of the (base) scenario; a sweep's swept fields show their values instead of
+    the base scenario's, which no point of the sweep ran with."""
     if not scenario:
         return H.section("Scenario", H.note(f"No {source} in the results directory."))
-    facts = [
+    facts: list[tuple[str, Any]] = [
         (key, value)
         for key in ("name", "baseline", "seed", "topk", "layout", "md_mode", "placement")
         if (value := find_key(scenario, key)) is not None and not isinstance(value, dict)
@@ -429,9 +433,63 @@ def _scenario_section(scenario: dict[str, Any], source: str) -> str:
             value = _capacity_in_experts(value, _dotted(scenario, "model.expert_bytes"))
         if value is not None and not isinstance(value, dict | list):
             facts.append((f"hardware.{path}", value))
+    if swept:
+        facts = _with_swept(facts, swept)
     return H.section(
         "Scenario", H.key_values(facts), H.yaml_block(scenario, f"Full {source} (every default)")
     )
+
+
+def swept_values(sweep: SweepResults) -> dict[str, list[Any]]:
+    """Each swept field's values: as the resolved ``sweep:`` block writes them (``8 experts``),
+    else the distinct values of its sweep.csv column."""
+    block = sweep.resolved.get("sweep") if isinstance(sweep.resolved, dict) else None
+    written: dict[str, list[Any]] = {}
+    if isinstance(block, dict):
+        zips = block.get("zip")
+        for group in [block.get("grid"), *(zips if isinstance(zips, list) else [zips])]:
+            if isinstance(group, dict):
+                written.update({str(k): list(v) for k, v in group.items() if isinstance(v, list)})
+    values = {}
+    for field in sweep.fields:
+        if field in written:
+            values[field] = written[field]
+        elif field in sweep.table:
+            values[field] = F.axis_order(field, sweep.table.unique(field))
+    return values
+
+
+def _with_swept(
+    facts: list[tuple[str, Any]], swept: Mapping[str, list[Any]]
+) -> list[tuple[str, Any]]:
+    """``facts`` with each swept field's value replaced by ``swept: v1, v2, ... (n values)``
+    (``FACT_FIELDS``: the fact ``topk`` is the field ``routing.topk``); swept fields without a
+    fact are added at the end."""
+    out, done = [], set()
+    for key, value in facts:
+        field = FACT_FIELDS.get(key, key)
+        if field not in swept:
+            out.append((key, value))
+        else:
+            out.append((key, _swept_text(swept[field])))
+            done.add(field)
+    out += [(f, _swept_text(v)) for f, v in swept.items() if f not in done]
+    return out
+
+
+FACT_FIELDS = {  # key facts found by key name, and the scenario field each one is
+    "topk": "routing.topk",
+    "layout": "trace.layout",
+    "md_mode": "hardware.md_mode",
+    "placement": "hardware.placement",
+}
+
+
+def _swept_text(values: Sequence[Any], shown: int = 8) -> str:
+    names = [_policy_name(v) if isinstance(v, dict) else str(v) for v in values]
+    if len(names) > shown:
+        names = [*names[: shown - 1], "...", names[-1]]
+    return f"swept: {', '.join(names)} ({len(values)} values)"
 
 
 SCENARIO_HARDWARE_FACTS = (

@@ -288,18 +288,38 @@ def _grouped_bars(
     log_if_wide: bool = False,
 ) -> None:
     """Bars for each (name, heights, colour) side by side around each x. With ``log_if_wide``,
-    when the positive heights span more than 10x (one slow policy), the y axis (whose label
-    must already be set) turns logarithmic so the others stay readable."""
+    when one policy dwarfs the rest (see ``_dwarfs_the_rest``), the y axis (whose label must
+    already be set) turns logarithmic so the others stay readable."""
     width = 0.8 / len(series)
     for i, (name, heights, colour) in enumerate(series):
         ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, color=colour, label=name)
     if not log_if_wide:
         return
-    positive = np.concatenate([np.asarray(h, dtype=float).ravel() for _, h, _ in series])
-    positive = positive[positive > 0]
-    if positive.size and positive.max() > 10 * positive.min():
+    kept = _dwarfs_the_rest([np.asarray(h, dtype=float).ravel() for _, h, _ in series])
+    if kept is not None:
         ax.set_yscale("log")
+        ax.set_ylim(bottom=kept / 2)  # noise bars (below NOISE_SHARE) do not stretch the axis
         ax.set_ylabel(ax.get_ylabel() + ", log")
+
+
+NOISE_SHARE = 0.01  # bars below this share of the tallest one are noise for the log rule
+WIDE_RATIO = 10.0  # the tallest policy must exceed every other policy's tallest bar this much
+
+
+def _dwarfs_the_rest(heights: Sequence[np.ndarray]) -> float | None:
+    """The smallest bar worth showing when one policy's tallest bar is more than WIDE_RATIO x
+    every other policy's tallest (a log axis then keeps the rest readable), else None. Bars
+    below NOISE_SHARE of the overall maximum are ignored: a policy that moves next to nothing
+    in some layer must not turn the axis logarithmic over noise."""
+    finite = [h[np.isfinite(h)] for h in heights]
+    top = max((float(h.max()) for h in finite if h.size), default=0.0)
+    if top <= 0:
+        return None
+    kept = [h[h >= NOISE_SHARE * top] for h in finite]
+    maxima = sorted((float(h.max()) for h in kept if h.size), reverse=True)
+    if len(maxima) < 2 or maxima[0] <= WIDE_RATIO * maxima[1]:
+        return None
+    return float(min(h.min() for h in kept if h.size))
 
 
 @_styled
@@ -536,7 +556,7 @@ def hit_rate_over_steps(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("HBM hits / active experts (%)")
     ax.set_ylim(0, 102)
-    ax.legend(title="policy", loc="best")
+    _figure_legend(fig, ax, "policy", columns=4)  # below the axes: never over a curve
     ax.set_title(f"HBM hit rate over steps{_topk_title(topk)}")
     return fig
 

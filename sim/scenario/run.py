@@ -62,6 +62,7 @@ class ScenarioRunResult(RunResult):
     is_baseline: bool = False
     policy_stats: dict[str, Any] | None = None  # the policy's stats() after the run, if any
     costs: dict[str, Any] | None = None  # TableCost.describe(): where each cost came from
+    cache_slots: int | None = None  # a cache policy's slots for one gate's layer (its partition)
 
     def summary_row(self) -> dict[str, Any]:
         row = super().summary_row()
@@ -126,6 +127,7 @@ def run_scenario(
                         is_baseline=spec.label == scenario.baseline,
                         policy_stats=_policy_stats(policy),
                         costs=None if cost is None else cost.describe(),
+                        cache_slots=getattr(policy, "partition_slots", None),
                     )
                 )
     return results

@@ -17,6 +17,11 @@ from sim.scenario.run import summary_rows
 from sim.trace.routing import RoutingTrace
 from sim.units import format_duration, format_size
 
+BOUND_METRICS = {  # what each offline bound bounds (docs/policies.md): never latency
+    "belady": "belady bounds demand misses, not latency",
+    "optimal": "optimal bounds link busy time, not latency",
+}
+
 
 def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[Table]:
     rows = summary_rows(scenario, results)
@@ -64,11 +69,11 @@ def predictor_notes(results: Sequence[RunResult]) -> list[str]:
 
 
 def identical_run_notes(results: Sequence[RunResult]) -> list[str]:
-    """Say so when two policies' runs are identical in every per-layer number: a reader should
-    not take that for a bug (typically the cache holds fewer experts than one gate's active
-    set, so every gate evicts every other cached expert and the eviction order never matters)."""
-    notes = []
-    seen: dict[tuple[Any, bytes], str] = {}
+    """One line per group of runs (per top-k) identical in every per-layer number: a reader
+    should not take that for a bug. The cache reason is given only when it is the reason:
+    every member is a cache policy whose cache holds fewer experts than one gate's active set,
+    so every gate evicts every other cached expert and the eviction order never matters."""
+    groups: dict[tuple[Any, bytes], list[RunResult]] = {}
     for result in results:
         key = (
             getattr(result, "topk", None),
@@ -76,15 +81,86 @@ def identical_run_notes(results: Sequence[RunResult]) -> list[str]:
                 np.ascontiguousarray(v).tobytes() for _, v in sorted(result.per_layer.items())
             ),
         )
-        if key in seen:
-            notes.append(
-                f"{result.label} = {seen[key]}: identical in every step and layer (e.g. a cache "
-                "smaller than a gate's active set evicts every other expert at each gate, so the "
-                "eviction order never matters)"
+        groups.setdefault(key, []).append(result)
+    notes = []
+    for (topk, _), group in groups.items():
+        if len(group) < 2:
+            continue
+        labels = " = ".join(sorted(r.label for r in group))
+        note = f"{_topk_prefix(topk)}{labels}: identical in every step and layer"
+        if all(_cache_smaller_than_gate(r) for r in group):
+            note += (
+                " (each cache is smaller than a gate's active set: every gate evicts every "
+                "other cached expert, so the eviction order never matters)"
             )
-        else:
-            seen[key] = result.label
+        notes.append(note)
     return notes
+
+
+def no_hit_notes(results: Sequence[RunResult]) -> list[str]:
+    """A caching policy that never hits runs like a cacheless one: say so, and why when the
+    cause is a cache smaller than one gate's active set."""
+    notes = []
+    for result in results:
+        if not _is_cache_policy(result) or float(np.sum(result.per_layer["hits"])) > 0:
+            continue
+        note = f"{_topk_prefix(getattr(result, 'topk', None))}{result.label}: no hits"
+        if _cache_smaller_than_gate(result):
+            note += (
+                f": its cache ({_cache_size(result)}) is smaller than one gate's active set "
+                f"(~{_mean_active(result):.0f})"
+            )
+        notes.append(note)
+    return notes
+
+
+def bound_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
+    """Why ``gap closed`` is blank at a top-k where bounds ran but none beats the baseline."""
+    rows = summary_rows(scenario, results)
+    notes = []
+    for k in scenario.topk:
+        same_k = [r for r in rows if r["topk"] == k]
+        base = next((r for r in same_k if r["is_baseline"]), None)
+        bounds = [r for r in same_k if r["is_bound"]]
+        if base is None or not bounds:
+            continue
+        best = min(bounds, key=lambda r: r["mean_step"])
+        if best["mean_step"] < base["mean_step"]:
+            continue
+        notes.append(
+            f"top-{k}: gap closed blank: no bound beats the baseline here ({best['label']} "
+            f"{format_duration(best['mean_step'])} vs {base['label']} "
+            f"{format_duration(base['mean_step'])} mean step): "
+            f"{BOUND_METRICS.get(best['policy'], 'offline bounds do not bound latency')}"
+        )
+    return notes
+
+
+def _topk_prefix(topk: Any) -> str:
+    return "" if topk is None else f"top-{topk}: "
+
+
+def _is_cache_policy(result: RunResult) -> bool:
+    from sim.policies.base import available_policies
+    from sim.policies.cache import CachePolicy
+
+    cls = available_policies().get(getattr(result, "policy", None) or "")
+    return cls is not None and issubclass(cls, CachePolicy)
+
+
+def _mean_active(result: RunResult) -> float:
+    active = np.asarray(result.per_layer.get("active", ()), dtype=float)
+    return float(active.mean()) if active.size else 0.0
+
+
+def _cache_smaller_than_gate(result: RunResult) -> bool:
+    slots = getattr(result, "cache_slots", None)
+    return _is_cache_policy(result) and slots is not None and slots < _mean_active(result)
+
+
+def _cache_size(result: RunResult) -> str:
+    per_layer = (getattr(result, "params", None) or {}).get("scope") == "layer"
+    return f"{getattr(result, 'cache_slots', None)} experts{' per layer' if per_layer else ''}"
 
 
 def _label_width(rows: list[dict[str, Any]]) -> int:
@@ -126,7 +202,13 @@ def print_comparison(
     console.print(trace.describe(), highlight=False, markup=False)
     for table in comparison_tables(scenario, results):
         console.print(table)
-    for note in [*predictor_notes(results), *identical_run_notes(results)]:
+    notes = [
+        *predictor_notes(results),
+        *identical_run_notes(results),
+        *no_hit_notes(results),
+        *bound_notes(scenario, results),
+    ]
+    for note in notes:
         console.print(note, highlight=False, markup=False)
     console.print(
         "(bound) = offline bound (sees the future); speedup = baseline mean step / mean step; "

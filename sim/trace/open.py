@@ -24,7 +24,7 @@ from sim.trace.dump import (
     load_trace,
 )
 from sim.trace.routing import LAYOUTS, RoutingTrace
-from sim.trace.tracefile import read_trace_yaml
+from sim.trace.tracefile import TRACE_YAML, read_trace_yaml
 
 EMBEDDED_PREFIX = "embedded"
 DEFAULT_EMBEDDED = "flame-moe-290m-real"
@@ -41,13 +41,29 @@ def embedded_root(spec: str) -> Path:
     name = name or DEFAULT_EMBEDDED
     root = traces_dir() / name
     if not root.is_dir():
-        have = list_subdirs(traces_dir())
         raise UserError(
             f"{spec}: expected an embedded trace at {root}, got nothing (embedded traces live in "
             "the repository's traces/ directory, which an installed wheel lacks; "
-            f"have {list(have)})"
+            f"have {list(embedded_trace_names())})"
+        )
+    if not is_routing_trace_dir(root):
+        raise UserError(
+            f"{spec}: expected a routing trace directory (trace.yaml, or samples/ and actives/), "
+            f"got {root.name}/ without them (traces/README.md says what it is; routing traces: "
+            f"{list(embedded_trace_names())})"
         )
     return root
+
+
+def embedded_trace_names() -> tuple[str, ...]:
+    """The routing traces under traces/ (other directories there, such as cost tables, are
+    not names ``embedded:NAME`` can open)."""
+    return tuple(n for n in list_subdirs(traces_dir()) if is_routing_trace_dir(traces_dir() / n))
+
+
+def is_routing_trace_dir(path: Path) -> bool:
+    """A trace directory (``trace.yaml``) or a raw dump root (``samples/`` + ``actives/``)."""
+    return (path / TRACE_YAML).is_file() or is_dump_root(path)
 
 
 def is_dump_root(path: Path) -> bool:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rich.table import Table
+from rich.text import Text
 
 from sim.atomic import write_bytes, write_csv, write_json
 from sim.trace.profile import TraceProfile
@@ -84,7 +86,8 @@ def profile_to_dict(p: TraceProfile) -> dict[str, Any]:
 def summary_table(p: TraceProfile) -> Table:
     """One row per layer: the numbers that decide whether caching can help."""
     sizes = summary_cache_sizes(p.num_experts)
-    table = Table(title=f"profile (top-{p.k}): {p.description}", title_justify="left")
+    # A Text title: the description's "[megatron layout]" must not be read as rich markup.
+    table = Table(title=Text(f"profile (top-{p.k}): {p.description}"), title_justify="left")
     for name in (
         "layer",
         "H bits",
@@ -264,6 +267,7 @@ def write_figures(p: TraceProfile, out: Path) -> list[Path]:
     ax.axhline(1 / p.num_experts, color="grey", ls=":", label="uniform")
     ax.set(xlabel="expert rank", ylabel="share of tokens", title="Expert popularity")
     ax.legend(fontsize=7, ncol=2)
+    _context(fig, p)
     written.append(_save(fig, out / "popularity.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -280,6 +284,7 @@ def write_figures(p: TraceProfile, out: Path) -> list[Path]:
         title="Reuse distance (batch-level)",
     )
     ax.legend(fontsize=7, ncol=2)
+    _context(fig, p)
     written.append(_save(fig, out / "reuse_distance.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -291,6 +296,7 @@ def write_figures(p: TraceProfile, out: Path) -> list[Path]:
     ax.axhline(p.num_experts, color="grey", ls=":")
     ax.set(xscale="log", xlabel="window (steps)", ylabel="distinct experts", title="Working set")
     ax.legend(fontsize=7, ncol=2)
+    _context(fig, p)
     written.append(_save(fig, out / "working_set.png"))
 
     cols = min(4, len(p.layers))
@@ -309,6 +315,7 @@ def write_figures(p: TraceProfile, out: Path) -> list[Path]:
     axes[0, 0].legend(fontsize=7)
     fig.supxlabel("cache size (experts per layer)")
     fig.supylabel("miss ratio")
+    _context(fig, p, "Miss ratio by cache size (per layer)")
     written.append(_save(fig, out / "miss_ratio.png"))
 
     if p.coactivation:
@@ -323,8 +330,20 @@ def write_figures(p: TraceProfile, out: Path) -> list[Path]:
         )
         ax.set(ylabel="bits", title="Inter-layer co-activation (mutual information)")
         ax.legend(fontsize=8)
+        _context(fig, p)
         written.append(_save(fig, out / "coactivation.png"))
     return written
+
+
+def figure_context(p: TraceProfile, what: str | None = None) -> str:
+    """The line(s) every profile figure carries, so that two profiles side by side can be told
+    apart: which trace, and the top-k it was profiled at (may differ from the trace's own k)."""
+    head = f"{what}, profiled at top-{p.k}" if what else f"profiled at top-{p.k}"
+    return f"{head}\n{textwrap.fill(p.description, 110)}"
+
+
+def _context(fig: Any, p: TraceProfile, what: str | None = None) -> None:
+    fig.suptitle(figure_context(p, what), fontsize=8)
 
 
 def _save(fig: Any, path: Path) -> Path:
