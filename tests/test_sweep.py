@@ -579,3 +579,17 @@ def test_shipped_sweeps_validate(name: str) -> None:
     assert len(scenarios) == len(points) > 20
     assert "policies" in spec.swept_paths and base.baseline == "seed-split"
     assert all(len(s.policies) == 1 for s in scenarios)  # one simulation per point
+
+
+def test_validate_checks_every_point_of_a_sweep_file(tmp_path: Path, capsys) -> None:
+    from sim.cli import main
+
+    shipped = Path(__file__).resolve().parents[1] / "scenarios" / "sweep-hbm.yaml"
+    assert main(["validate", "--no-trace", str(shipped)]) == 0
+    assert "ok (sweep: 42 points" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    text = shipped.read_text().replace("[8 experts, 16 experts", "[8 experts, lots")
+    bad.write_text(text)
+    assert main(["validate", "--no-trace", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sweep.grid.hardware.hbm.capacity[1]" in err[0]

@@ -33,6 +33,9 @@ def validate_command(args: argparse.Namespace) -> int:
     from sim.scenario import load_scenario, load_scenario_trace
 
     for file in args.files:
+        if _is_sweep_file(file):
+            _validate_sweep(file, args.overrides)
+            continue
         scenario = load_scenario(file, args.overrides)
         detail = ""
         if not args.no_trace:
@@ -44,3 +47,21 @@ def validate_command(args: argparse.Namespace) -> int:
             f"baseline {scenario.baseline}{detail})"
         )
     return 0
+
+
+def _is_sweep_file(file: str) -> bool:
+    """A sweep file is a scenario with a top-level ``sweep:`` block."""
+    from sim.yamlio import read_yaml
+
+    data = read_yaml(file, "a scenario YAML file")
+    return isinstance(data, dict) and "sweep" in data
+
+
+def _validate_sweep(file: str, overrides: list[str]) -> None:
+    """Check the base scenario and every point of a sweep, as `moesim sweep` does first."""
+    from sim.sweep.spec import expand, load_sweep, validate_points
+
+    spec = load_sweep(file, overrides)
+    points = expand(spec)
+    validate_points(spec, points)
+    print(f"{file}: ok (sweep: {len(points)} points, each a valid scenario)")
