@@ -230,7 +230,7 @@ def report_lines(
     lines = [
         f"- date: {stamp}; machine: {machine()}",
         f"- scenario policies: {', '.join(POLICIES)}; HBM cache 128 experts; peak RSS is each "
-        "process's own `ru_maxrss` (os.wait4); target < 4 GiB",
+        "process's own `ru_maxrss` (os.wait4 in a small launcher process); target < 4 GiB",
         "",
         "| dump | files, size on disk | process | wall s | peak RSS |",
         "|---|---|---|---|---|",

@@ -59,7 +59,7 @@ BENCHMARKS = (
         ("--record",),
         ("--record", "--target", "0", "--no-dask"),
         "## sweep",
-        r"^(Target \(.*|\| --jobs 2 \|.*)",
+        r"^Target \(.*",
     ),
     Benchmark("bench_memory.py", (), (), "## memory", r"^- highest peak.*"),
 )
@@ -221,7 +221,7 @@ def write_results(header: list[str], summary: list[str]) -> None:
     from sim.atomic import write_text
 
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else ""
-    body = "".join(sections_of(text).values())
+    body = "\n".join(sections_of(text).values())
     doc = "\n".join(
         [
             "# Benchmark results",

@@ -6,6 +6,7 @@ import copy
 import csv
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -593,3 +594,20 @@ def test_validate_checks_every_point_of_a_sweep_file(tmp_path: Path, capsys) -> 
     assert main(["validate", "--no-trace", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sweep.grid.hardware.hbm.capacity[1]" in err[0]
+
+
+def test_default_directory_is_named_like_a_run_and_report_is_written(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    from sim.cli import main
+
+    shipped = Path(__file__).resolve().parents[1] / "scenarios" / "sweep-hbm.yaml"
+    monkeypatch.chdir(tmp_path)
+    args = ["sweep", str(shipped), "--jobs", "1", "--no-progress", "--report"]
+    sets = ["--set", "trace.positions=0-1", "--set", "sweep.grid.policies=[seed-split, lru]"]
+    assert main(args + sets) == 0
+    out = capsys.readouterr().out
+    (run_dir,) = (tmp_path / "results").iterdir()
+    assert re.fullmatch(r"sweep-hbm-\d{8}T\d{6}Z", run_dir.name)  # no doubled "-sweep"
+    assert f"report: {Path('results') / run_dir.name / 'report.html'}" in out
+    assert (run_dir / "report.html").is_file()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from sim.errors import UserError
@@ -43,11 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from sim.scenario import load_scenario, load_scenario_trace, run_scenario, write_results
-    from sim.scenario.run import check_out_dir
+    from sim.scenario.run import check_out_dir, new_results_dir
     from sim.scenario.table import print_comparison
 
     scenario = load_scenario(args.file, args.overrides)
-    out = Path(args.out) if args.out else default_out_dir(scenario.output.dir, scenario.name)
+    out = Path(args.out) if args.out else new_results_dir(scenario.output.dir, scenario.name)
     check_out_dir(out)
     if args.timeline and not Path(args.timeline).parent.is_dir():
         raise UserError(
@@ -63,27 +61,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"{len(results)} runs in {elapsed:.2f} s wall time")
     print(f"results: {path}")
     if args.report:
-        report = _report(path)
-        if report is not None:
-            print(f"report: {report}")
-    return 0
-
-
-def default_out_dir(parent: str, name: str) -> Path:
-    """``<parent>/<name>-<UTC time>``, with a counter if that second is taken."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    base = Path(parent) / f"{name}-{stamp}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def _report(results_dir: Path) -> Path | None:
-    try:
         from sim.report import write_report
-    except ImportError:
-        print("moesim: --report: the report module (sim.report) is not available", file=sys.stderr)
-        return None
-    return write_report(results_dir)
+
+        print(f"report: {write_report(path)}")
+    return 0

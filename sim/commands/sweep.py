@@ -55,6 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="override a field of the file by dotted path (repeatable)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--report", action="store_true", help="write the HTML report of the sweep afterwards"
+    )
     parser.set_defaults(func=_run)
 
 
@@ -80,6 +83,10 @@ def _run(args: argparse.Namespace) -> int:
         f"in {report.elapsed:.1f} s ({rate:.2f} points/s); {report.rows} rows"
     )
     print(f"results: {report.out_dir}/sweep.csv")
+    if args.report:
+        from sim.report import write_report
+
+        print(f"report: {write_report(report.out_dir)}")
     return 0
 
 

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -374,3 +375,15 @@ def _table(results: Sequence[RunResult], which: str):
         key = (result.label, result.policy, getattr(result, "topk", ""))
         for row in zip(*values):
             yield key + tuple(_cell(v) for v in row)
+
+
+def new_results_dir(parent: str | os.PathLike[str], name: str) -> Path:
+    """``<parent>/<name>-<UTC time>``, with a counter if that second is taken: the one naming
+    rule of results directories (runs and sweeps)."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = Path(parent) / f"{name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path

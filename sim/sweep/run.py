@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -176,10 +175,14 @@ def run_sweep(
 
 
 def default_out_dir(spec: SweepSpec) -> Path:
-    """``results/<name>-sweep-<UTC timestamp>/`` (name from the scenario or the file)."""
-    name = spec.base.get("name") or Path(spec.source).stem
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    return Path("results") / f"{name}-sweep-{stamp}"
+    """``<output.dir>/<name>[-sweep]-<UTC time>`` named like a run's results directory
+    (``-sweep`` added unless the name already says so)."""
+    from sim.scenario.run import new_results_dir
+
+    name = str(spec.base.get("name") or Path(spec.source).stem)
+    output = spec.base.get("output")
+    parent = output.get("dir", "results") if isinstance(output, dict) else "results"
+    return new_results_dir(parent, name if "sweep" in name else f"{name}-sweep")
 
 
 def _prepare_dir(out: Path, spec: SweepSpec, resume: bool) -> None:
