@@ -192,3 +192,12 @@ def trace_from_args(args: argparse.Namespace) -> RoutingTrace:
         seq_len=args.seq_len,
         micro_batch_size=args.micro_batch_size,
     )
+
+
+def require_new_output_dir(out: Path, force: bool) -> None:
+    """Trace writers refuse to mix their files into an existing directory unless --force."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise UserError(
+            f"{out}: expected an empty or new directory, got existing content "
+            "(pass --force to write into it)"
+        )

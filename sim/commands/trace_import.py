@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from sim.commands._trace_args import non_negative_int, positive_int
+from sim.commands._trace_args import non_negative_int, positive_int, require_new_output_dir
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
 from sim.ranges import parse_int_selection
@@ -122,8 +122,7 @@ def import_trace(args: argparse.Namespace) -> RoutingTrace:
 
 def _run(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise UserError(f"{out}: expected an empty or new directory, got existing content")
+    require_new_output_dir(out, args.force)
     trace = import_trace(args)
     compact = {"score_dtype": torch.float16, "index_dtype": torch.int16} if args.compact else {}
     write_dump(trace, out, **compact)

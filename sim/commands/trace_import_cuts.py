@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sim.commands._trace_args import positive_int
+from sim.commands._trace_args import positive_int, require_new_output_dir
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
 from sim.trace.cuts import is_decoder_dir, is_prefill_dir, load_prefill_cut
@@ -52,10 +52,7 @@ def import_cuts(
             f"{src}: expected a prefill cut, got decoder cuts (ragged in true order: read them "
             "directly with --layout seed instead of importing)"
         )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise UserError(
-            f"{out}: expected an empty or new directory, got existing content (use --force)"
-        )
+    require_new_output_dir(out, force)
     trace = load_prefill_cut(src, micro_batch_size=micro_batch_size)
     notes = (
         "Tokens are known for sequence 0 only (the cut holds samples rows 0..N-1, i.e. sequence "

@@ -107,8 +107,8 @@ def _print_inventory(console: Console, inv: DumpInventory) -> None:
         else "defaults; override with --seq-len/--micro-batch-size"
     )
     console.print(
-        f"  megatron layout: B={inv.micro_batch_size} sequences/shard, S={inv.seq_len} "
-        f"(T should be {inv.micro_batch_size * inv.seq_len}; {source})"
+        f"  megatron layout: B={inv.micro_batch_size} sequences/shard x S={inv.seq_len} steps = "
+        f"T {inv.micro_batch_size * inv.seq_len} rows per shard (from {source})"
     )
     console.print(
         f"  experts: {_or_unknown(inv.num_experts)}   dense-format k: {_or_unknown(inv.k_dense)}"

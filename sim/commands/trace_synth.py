@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from sim.commands._trace_args import non_negative_int, positive_int
+from sim.commands._trace_args import non_negative_int, positive_int, require_new_output_dir
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
 from sim.ranges import parse_int_selection
@@ -114,8 +114,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 
 def _run(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise UserError(f"{out}: expected an empty or new directory, got existing content")
+    require_new_output_dir(out, args.force)
     cfg = config_from_args(args)
     start = time.perf_counter()
     trace = generate(
