@@ -7,6 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sim.commands._options import add_set_option
 from sim.errors import UserError
 
 
@@ -31,14 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, help="routing top-k (default the scenario's first)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes, median (default 3)")
     p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a scenario field (repeatable)",
-    )
+    add_set_option(p)
     p.add_argument(
         "--dry-run",
         action="store_true",

@@ -6,6 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
+from sim.commands._options import add_set_option
 from sim.errors import UserError
 
 
@@ -21,14 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="results directory (must be new or empty); default <output.dir>/<name>-<UTC time>",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a field, e.g. --set hardware.hbm.capacity='32 experts' (repeatable)",
-    )
+    add_set_option(p)
     p.add_argument(
         "--timeline",
         metavar="FILE.json",

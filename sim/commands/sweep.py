@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sim.commands._options import add_set_option
 from sim.errors import UserError
 
 
@@ -46,14 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="continue the sweep in DIR: finished points are kept, the others run",
     )
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a field of the file by dotted path (repeatable)",
-    )
+    add_set_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
         "--report", action="store_true", help="write the HTML report of the sweep afterwards"
@@ -66,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.scheduler is not None and args.executor != "dask":
         raise UserError("--scheduler: expected --executor dask with it, got --executor local")
-    spec = load_sweep(args.file, args.sets)
+    spec = load_sweep(args.file, args.overrides)
     out = args.resume or args.out or default_out_dir(spec)
     report = run_sweep(
         spec,

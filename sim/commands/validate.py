@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from sim.commands._options import add_set_option
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -13,14 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "and exit code 2. Nothing is written.",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="scenario YAML files")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="override a field as `moesim run --set` does (repeatable)",
-    )
+    add_set_option(p)
     p.add_argument(
         "--no-trace",
         action="store_true",
