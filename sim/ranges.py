@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from sim.errors import UserError
 
+# Selections index steps, layers, sequences and shards: far below these in any real dump.
+MAX_SELECTION = 1_000_000
+MAX_INDEX = 2**31 - 1
+
 
 def parse_int_selection(text: str | int | list[int] | None, what: str) -> list[int] | None:
     """Parse ``'0-9'``, ``'1,2,6'``, ``'all'``, an int or a list of ints; ``None`` means all."""
@@ -16,7 +20,7 @@ def parse_int_selection(text: str | int | list[int] | None, what: str) -> list[i
     if isinstance(text, bool):
         raise UserError(f"{what}: expected a range like '0-9' or a list like '1,2,6', got {text!r}")
     if isinstance(text, int):
-        return [text]
+        return _unique([text], what)
     if isinstance(text, list):
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in text):
             raise UserError(f"{what}: expected a list of integers, got {text!r}")
@@ -37,6 +41,10 @@ def parse_int_selection(text: str | int | list[int] | None, what: str) -> list[i
                 a, b = int(lo), int(hi)
                 if b < a:
                     raise UserError(f"{what}: range {part!r} ends before it starts")
+                if b - a + 1 + len(values) > MAX_SELECTION:
+                    raise UserError(
+                        f"{what}: expected at most {MAX_SELECTION:,} values, got range {part!r}"
+                    )
                 values.extend(range(a, b + 1))
             else:
                 values.append(int(part))
@@ -71,8 +79,18 @@ def parse_name_list(text: str | list[str] | None, what: str) -> list[str] | None
 
 
 def _unique(values: list[int], what: str) -> list[int]:
+    if len(values) > MAX_SELECTION or any(v > MAX_INDEX for v in values):
+        raise UserError(
+            f"{what}: expected at most {MAX_SELECTION:,} values, each at most {MAX_INDEX:,}, "
+            f"got {_preview(values)}"
+        )
     if len(set(values)) != len(values):
         raise UserError(f"{what}: values repeat in {values!r}")
     if any(v < 0 for v in values):
         raise UserError(f"{what}: expected non-negative integers, got {values!r}")
     return values
+
+
+def _preview(values: list[int]) -> str:
+    head = ", ".join(str(v)[:24] for v in values[:3])
+    return f"[{head}{', ...' if len(values) > 3 else ''}] ({len(values):,} values)"

@@ -359,12 +359,10 @@ def write_case(case: Case, tiny: Path, path: Path) -> None:
     path.write_bytes(text.encode("utf-8", errors="surrogatepass"))
 
 
-# Tracebacks already reported (BUGS.md J8, J9, each with an xfail test below): counted, not
-# failed, in the random cases until they are fixed; delete an entry once its xfail turns XPASS.
-KNOWN_TRACEBACKS = {
-    "J8": (OverflowError, "too large to convert"),
-    "J9": (ValueError, "Maximum allowed dimension"),
-}
+# Tracebacks already reported and not yet fixed: counted, not failed, in the random cases.
+# Empty: J8-J10 (huge selections, huge channel counts, explicit nulls) are fixed and tested in
+# test_odd_overrides.
+KNOWN_TRACEBACKS: dict[str, tuple[type[BaseException], str]] = {}
 
 
 def known_traceback(err: BaseException) -> str | None:
@@ -386,7 +384,7 @@ def check_case(case: Case, tiny: Path) -> None:
         try:
             checked = run_cli(["validate", str(scenario), *sets])
             ran = run_cli(["run", str(scenario), "--out", str(out), "--quiet", *sets])
-        except (OverflowError, ValueError, MemoryError) as err:
+        except (OverflowError, ValueError, TypeError) as err:
             known = known_traceback(err)
             if known is None:
                 raise
@@ -472,11 +470,6 @@ RAW_CASES: dict[str, Callable[[str], str]] = {
     "nesting-5000": _deep(5000),  # BUGS.md J3 (fixed): was a RecursionError traceback
     "int-5000-digits": lambda t: t.replace("seed: 0", "seed: " + "9" * 5000),  # J4 (fixed)
 }
-KNOWN_BUGS = {  # reported in /work/helpers/BUGS.md
-    "huge-position": "J8: a position beyond int64 is an OverflowError traceback (dump.py)",
-    "huge-range": "J8: a range like 0-10^20 is an OverflowError traceback (sim/ranges.py)",
-    "huge-channels": "J9: channels=10^20 is a ValueError traceback (sim/engine/links.py)",
-}
 HUGE = "99999999999999999999"
 
 
@@ -488,18 +481,15 @@ def test_raw_documents(tiny_dump: Path, tmp_path: Path, name: str) -> None:
 @pytest.mark.parametrize(
     "override",
     [
-        pytest.param(
-            f"trace.positions={HUGE}",
-            marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["huge-position"]),
-        ),
-        pytest.param(
-            f"trace.positions=0-{HUGE}",
-            marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["huge-range"]),
-        ),
-        pytest.param(
-            f"hardware.links.pcie.channels={HUGE}",
-            marks=pytest.mark.xfail(strict=True, reason=KNOWN_BUGS["huge-channels"]),
-        ),
+        f"trace.positions={HUGE}",
+        f"trace.positions=0-{HUGE}",
+        f"hardware.links.pcie.channels={HUGE}",
+        "hardware.links.md_link.latency=null",
+        "hardware.links.md_link.channels=null",
+        "hardware.gpu.peak_flops=null",
+        "hardware.links.pcie.bandwidth=null",
+        "hardware.hbm.capacity=null",
+        "model.expert_bytes=null",
         f"trace.layers={HUGE}",
         f"trace.seqs={HUGE}",
         f"routing.topk={HUGE}",
@@ -509,8 +499,9 @@ def test_raw_documents(tiny_dump: Path, tmp_path: Path, name: str) -> None:
         f"policies[0].params.bw_pcie={HUGE}",
     ],
 )
-def test_huge_numbers(tiny_dump: Path, tmp_path: Path, override: str) -> None:
-    """Found by the fuzzer (`--set trace.positions=99999999999999999999`): huge integers."""
+def test_odd_overrides(tiny_dump: Path, tmp_path: Path, override: str) -> None:
+    """Cases the fuzzers found (`--set trace.positions=99999999999999999999`, a swept null;
+    BUGS.md J8-J10, fixed), and their neighbours: huge integers and explicit nulls."""
     doc = base_document(REPO / "scenarios" / "default.yaml", tiny_dump)
     doc["policies"] = ["seed-split"]
     scenario = tmp_path / "s.yaml"
@@ -548,6 +539,117 @@ def test_set_with_bad_values_is_one_line(tiny_dump: Path, tmp_path: Path) -> Non
     for item in ("seed", "=3", "a..b=1", "policies[99].name=lru", "seed=[1, 2", "routing.topk=0"):
         outcome = run_cli(["validate", str(scenario), "--set", item])
         assert_one_line_error(outcome)
+
+
+# -- sweep files: the scenario plus a `sweep:` block ----------------------------------------------
+def sweep_document(tiny: Path) -> dict[str, Any]:
+    """A small sweep (2 x 2 grid x 2 zipped = 8 points) over the tiny dump."""
+    return {
+        "name": "fuzz-sweep",
+        "trace": str(tiny),
+        "routing": {"topk": 6},
+        "hardware": {"preset": "notebook-gbytes", "hbm": {"capacity": "8 experts"}},
+        "policies": ["seed-split"],
+        "baseline": "seed-split",
+        "sweep": {
+            "grid": {
+                "hardware.hbm.capacity": ["0 B", "8 experts"],
+                "policies": ["seed-split", "lru"],
+            },
+            "zip": {
+                "hardware.links.md_link.latency": ["1 us", "5 us"],
+                "hardware.links.md_link.channels": [1, 4],
+            },
+            "repeats": 1,
+        },
+    }
+
+
+def _has_sweep_block(text: str) -> bool:
+    try:
+        parsed = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return False
+    return isinstance(parsed, dict) and "sweep" in parsed
+
+
+def check_sweep_case(tiny: Path, edits: tuple[DocEdit, ...], t_edits: tuple[TextEdit, ...]) -> None:
+    """``moesim validate`` and ``moesim sweep`` agree; errors are one line; outputs complete."""
+    from test_crash_safety import assert_only_complete_files
+
+    work = Path(tempfile.mkdtemp(prefix="fuzz-sweep-"))
+    cwd = Path.cwd()
+    try:
+        os.chdir(work)
+        doc: Any = sweep_document(tiny)
+        for edit in edits:
+            doc = edit.apply(doc)
+        text = yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+        for t_edit in t_edits:
+            text = t_edit.apply(text)
+        path = work / "sweep.yaml"
+        path.write_bytes(text.encode("utf-8", errors="surrogatepass"))
+        out = work / "sweep-out"
+        checked = run_cli(["validate", str(path)])
+        try:
+            swept = run_cli(["sweep", str(path), "--out", str(out), "--jobs", "1", "--no-progress"])
+        except (OverflowError, ValueError, TypeError) as err:
+            known = known_traceback(err)
+            if known is None:
+                raise
+            FUZZ_COUNTS[f"known bug {known} (traceback)"] += 1
+            record_event(f"known bug {known}")
+            return
+        kind = f"sweep file: validate {checked.code}, sweep {swept.code}"
+        FUZZ_COUNTS[kind] += 1
+        record_event(kind)
+        for outcome in (checked, swept):
+            assert "Traceback" not in outcome.err, outcome.err
+            assert outcome.code in (0, 2), outcome
+        if checked.code == 2:
+            assert_one_line_error(checked)
+            if _has_sweep_block(text):  # without one, validate checks it as a plain scenario
+                assert swept.code == 2, f"sweep ran what validate rejected: {checked.err}"
+        if swept.code == 2:
+            assert_one_line_error(swept)
+            if checked.code == 2:
+                assert not out.exists(), "a rejected sweep wrote its directory"
+        else:
+            assert (out / "sweep.csv").is_file()
+        assert_only_complete_files(out)
+        leftovers = sorted(p.name for p in work.iterdir() if p.name not in (path.name, out.name))
+        assert leftovers == [], f"files left behind: {leftovers}"
+    finally:
+        os.chdir(cwd)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@settings(max_examples=30, **FUZZ_SETTINGS)
+@given(
+    edits=st.lists(doc_edits, min_size=1, max_size=3).map(tuple),
+    t_edits=st.lists(text_edits, max_size=1).map(tuple),
+)
+def test_fuzzed_sweep_files(
+    tiny_dump: Path, edits: tuple[DocEdit, ...], t_edits: tuple[TextEdit, ...]
+) -> None:
+    check_sweep_case(tiny_dump, edits, t_edits)
+
+
+@pytest.mark.slow
+@settings(max_examples=600, **FUZZ_SETTINGS)
+@given(
+    edits=st.lists(doc_edits, min_size=1, max_size=3).map(tuple),
+    t_edits=st.lists(text_edits, max_size=1).map(tuple),
+)
+def test_fuzzed_sweep_files_long(
+    tiny_dump: Path, edits: tuple[DocEdit, ...], t_edits: tuple[TextEdit, ...]
+) -> None:
+    check_sweep_case(tiny_dump, edits, t_edits)
+
+
+def test_the_fuzzed_sweep_starts_valid(tiny_dump: Path) -> None:
+    check_sweep_case(tiny_dump, (), ())
+    assert FUZZ_COUNTS["sweep file: validate 0, sweep 0"] >= 1
 
 
 # -- trace.yaml: the other YAML a user hands us (next to a dump) ------------------------------------

@@ -327,7 +327,7 @@ def _values(section: BaseModel | None, where: str) -> dict[str, Any]:
     """A section's given fields, on top of the preset it names (if any)."""
     if section is None:
         return {}
-    own = section.model_dump(exclude_unset=True)
+    own = section.model_dump(exclude_unset=True, exclude_none=True)  # null = not given
     name = getattr(section, "preset", None)
     if not name:
         return own

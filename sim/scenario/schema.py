@@ -80,6 +80,7 @@ def _capacity(value: Any) -> float | str:
 
 Capacity = Annotated[float | str, BeforeValidator(_capacity), UnitDoc(SIZE.kind)]
 PositiveInt = Annotated[int, Field(gt=0)]
+MAX_CHANNELS = 1024  # copy engines / queue pairs per link: real links have a handful
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 
 
@@ -239,8 +240,10 @@ class LinkSection(_Section):
         None, description="total one-direction bandwidth, e.g. `25 GB/s`"
     )
     latency: Duration | None = Field(None, description="fixed cost per transfer, e.g. `10 us`")
-    channels: PositiveInt | None = Field(
-        None, description="concurrent transfer slots sharing the bandwidth (copy engines, QPs)"
+    channels: Annotated[int, Field(gt=0, le=MAX_CHANNELS)] | None = Field(
+        None,
+        description=f"concurrent transfer slots sharing the bandwidth (copy engines, QPs; at most "
+        f"{MAX_CHANNELS})",
     )
     channel_bandwidth: Bandwidth | None = Field(None, description="cap per slot (default none)")
     theoretical: Bandwidth | None = Field(None, description="line rate, informative")
