@@ -8,7 +8,7 @@ directory, then times as whole processes, from the same shards:
     shards, writes the dense 64-column CSV, reads it back with ``pd.read_csv`` and loops over
     ``df.iterrows()`` once per top-k (1, 2, 6) with ``np.argsort(row[expert_columns].values
     .astype(float))``, then writes its ``_top{k}_stats`` files, exactly as the notebook does.
-    Without pandas (not a dependency of moesim; ``pip install pandas``) it falls back to the
+    Without pandas (not a dependency of moesim: ``pip install -e '.[bench]'``) it falls back to the
     ``csv`` module and a loop over its rows (faster than ``iterrows``, so it favours the
     notebook) and says so. The ``.pt`` and ``.txt`` tensor dumps are left out (they belong to
     ``--notebook-tree``).
