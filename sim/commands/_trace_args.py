@@ -18,7 +18,6 @@ from pathlib import Path
 from sim.errors import UserError
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.trace.dump import shard_range
-from sim.trace.open import EMBEDDED_PREFIX, embedded_root, is_dump_root, open_trace
 from sim.trace.routing import LAYOUTS, RoutingTrace
 from sim.trace.tracefile import trace_yaml_path
 
@@ -141,6 +140,8 @@ def add_trace_selection_args(
 
 def is_raw_dump(root: str) -> bool:
     """A dump root without ``trace.yaml`` (a FLAME-MoE dump as written by Megatron)."""
+    from sim.trace.open import EMBEDDED_PREFIX, is_dump_root  # loads torch: not at --help
+
     if root == EMBEDDED_PREFIX or root.startswith(EMBEDDED_PREFIX + ":"):
         return False
     path = Path(root)
@@ -171,6 +172,8 @@ def selected_shards(args: argparse.Namespace, raw_dump: bool) -> tuple[str, ...]
 
 def trace_from_args(args: argparse.Namespace) -> RoutingTrace:
     """Open the trace the parsed options describe."""
+    from sim.trace.open import EMBEDDED_PREFIX, embedded_root, open_trace
+
     root = os.fspath(args.root)
     if root == EMBEDDED_PREFIX or root.startswith(EMBEDDED_PREFIX + ":"):
         embedded_root(root)  # a clear error when the trace is not shipped

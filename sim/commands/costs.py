@@ -12,21 +12,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sim import atomic
-from sim.costs.compare import (
-    ModeCheck,
-    PolicyRun,
-    check_modes,
-    npu_only_readme_gap,
-    run_policies,
-)
-from sim.costs.modes import MODES, ModeResult, compute_modes
-from sim.costs.neupims import NeupimsData, load_neupims
-from sim.costs.source import parse_clock
+if TYPE_CHECKING:  # the cost modules load torch: imported by the handler, not at --help
+    from sim.costs.compare import ModeCheck, PolicyRun
+    from sim.costs.modes import ModeResult
+    from sim.costs.neupims import NeupimsData
 
-MODE_COLUMNS = ("step", "position", "layer_id", "active", *MODES, "monde_npu", "dynande_npu")
+
+def mode_columns() -> tuple[str, ...]:
+    from sim.costs.modes import MODES
+
+    return ("step", "position", "layer_id", "active", *MODES, "monde_npu", "dynande_npu")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def neupims_command(args: argparse.Namespace) -> int:
+    from sim.costs.compare import check_modes, run_policies
+    from sim.costs.modes import compute_modes
+    from sim.costs.neupims import load_neupims
+    from sim.costs.source import parse_clock
+
     clock_hz = parse_clock(_number_or_text(args.clock), "--clock")
     if args.out is not None:
         from sim.scenario.run import check_out_dir
@@ -105,6 +107,8 @@ def _number_or_text(text: str) -> float | str:
 
 # -- text ---------------------------------------------------------------------------------------
 def _cells_text(data: NeupimsData, modes: dict[str, ModeResult]) -> str:
+    from sim.costs.modes import MODES
+
     steps, layers = data.shape
     head = f"{'cell':<12} {'|A|':>3} " + " ".join(f"{m:>11}" for m in MODES)
     lines = [head + f" {'MoNDE n':>7} {'DynaNDE k':>9}"]
@@ -126,6 +130,8 @@ def _dash(value: int) -> str:
 
 
 def _totals_text(literal: dict[str, ModeResult], consistent: dict[str, ModeResult]) -> str:
+    from sim.costs.modes import MODES
+
     best = consistent["dynande"].total
     lines = [
         f"{'mode':<9} {'cells':>5} {'total':>13}   {'consistent':>5} {'total':>13} "
@@ -148,6 +154,8 @@ def _totals_text(literal: dict[str, ModeResult], consistent: dict[str, ModeResul
 
 
 def _engine_text(runs: list[PolicyRun], checks: list[ModeCheck], data: NeupimsData) -> str:
+    from sim.costs.compare import npu_only_readme_gap
+
     clean = data.npu_ok & data.pim_ok
     lines = [
         f"{'label':<28} {'policy':<20} {'all cells':>13} {'table cells':>13} {'hits':>6}  mode"
@@ -197,6 +205,10 @@ def _write(
     checks: list[ModeCheck] | None,
     clock_hz: float,
 ) -> None:
+    from sim import atomic
+    from sim.costs.compare import npu_only_readme_gap
+    from sim.costs.modes import MODES
+
     steps, layers = data.shape
     rows = []
     for s in range(steps):
@@ -206,7 +218,7 @@ def _write(
                 [s, data.positions[s], data.layer_ids[layer], int(data.active[s, layer]), *cycles]
                 + [_blank(literal[m].npu_experts[s, layer]) for m in ("monde", "dynande")]
             )
-    atomic.write_csv(out / "modes.csv", MODE_COLUMNS, rows)
+    atomic.write_csv(out / "modes.csv", mode_columns(), rows)
     doc: dict[str, Any] = {
         "source": str(data.root),
         "shape": {"steps": steps, "layers": layers, "tokens": data.tokens, "topk": data.topk},

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from sim.commands._trace_args import non_negative_int, positive_int, require_new_output_dir
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
@@ -27,7 +25,6 @@ from sim.trace.importers import (
     trace_from_rows,
 )
 from sim.trace.routing import RoutingTrace
-from sim.trace.writer import write_dump
 
 FORMATS = ("parquet", "numpy", "jsonl")
 
@@ -121,6 +118,10 @@ def import_trace(args: argparse.Namespace) -> RoutingTrace:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sim.trace.writer import write_dump
+
     out: Path = args.out
     require_new_output_dir(out, args.force)
     trace = import_trace(args)

@@ -10,17 +10,17 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from sim.commands._trace_args import positive_int, require_new_output_dir
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
-from sim.trace.cuts import is_decoder_dir, is_prefill_dir, load_prefill_cut
 from sim.trace.routing import RoutingTrace
-from sim.trace.writer import write_dump
 
-_INDEX_DTYPES = {"int16": torch.int16, "int32": torch.int32, "int64": torch.int64}
+if TYPE_CHECKING:
+    import torch
+
+_INDEX_DTYPES = ("int16", "int32", "int64")  # torch dtype names
 
 
 def default_provenance(trace: RoutingTrace) -> str:
@@ -43,10 +43,16 @@ def import_cuts(
     *,
     micro_batch_size: int = 8,
     provenance: str | None = None,
-    index_dtype: torch.dtype = torch.int16,
+    index_dtype: torch.dtype | None = None,  # default torch.int16
     force: bool = False,
 ) -> RoutingTrace:
     """Convert the prefill cut at ``src`` into a dump + trace.yaml at ``out``."""
+    import torch
+
+    from sim.trace.cuts import is_decoder_dir, is_prefill_dir, load_prefill_cut
+    from sim.trace.writer import write_dump
+
+    index_dtype = torch.int16 if index_dtype is None else index_dtype
     if is_decoder_dir(src) and not is_prefill_dir(src):
         raise UserError(
             f"{src}: expected a prefill cut, got decoder cuts (ragged in true order: read them "
@@ -91,13 +97,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
     src = Path(args.src)
     trace = import_cuts(
         src,
         args.out,
         micro_batch_size=args.micro_batch_size,
         provenance=args.provenance,
-        index_dtype=_INDEX_DTYPES[args.index_dtype],
+        index_dtype=getattr(torch, args.index_dtype),
         force=args.force,
     )
     print(f"wrote {args.out}: {trace.describe()}")

@@ -22,7 +22,6 @@ from sim.commands._trace_args import add_trace_selection_args, trace_from_args
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
 from sim.trace.dump import DumpInventory, EpochInventory, scan_dump
-from sim.trace.open import EMBEDDED_PREFIX, embedded_root, is_dump_root
 from sim.trace.routing import RoutingTrace
 
 
@@ -42,6 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from sim.trace.open import EMBEDDED_PREFIX, embedded_root, is_dump_root  # loads torch
+
     text = str(args.root)
     is_embedded = text == EMBEDDED_PREFIX or text.startswith(EMBEDDED_PREFIX + ":")
     root = embedded_root(text) if is_embedded else Path(text)

@@ -13,14 +13,11 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from sim.commands._trace_args import non_negative_int, positive_int, require_new_output_dir
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
 from sim.ranges import parse_int_selection
 from sim.trace.synth import PerLayer, SynthConfig, generate
-from sim.trace.writer import write_dump
 
 _KNOB_HELP = {
     "popularity_skew": "(a) std of the per-expert logit bias: higher = more skewed popularity",
@@ -113,6 +110,10 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from sim.trace.writer import write_dump
+
     out: Path = args.out
     require_new_output_dir(out, args.force)
     cfg = config_from_args(args)

@@ -27,10 +27,9 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from sim.errors import SelectionError, UserError
 from sim.presets import presets
@@ -39,14 +38,39 @@ from sim.topk import select_topk
 from sim.trace.routing import LAYOUTS, RoutingTrace, TraceMeta
 from sim.trace.tracefile import TraceFile, read_trace_yaml
 
+if TYPE_CHECKING:
+    import torch
+
 MEGATRON_SEQ_LEN = 2048  # S of the FLAME-MoE evaluation dumps
 MEGATRON_MICRO_BATCH = 8  # B of the FLAME-MoE evaluation dumps
 SEED_SEQ_LEN = 512  # the notebook's L
 SEED_SEQS_PER_SHARD = 32  # the notebook's sequences per shard
 
-SCORE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-INDEX_DTYPES = (torch.int64, torch.int32, torch.int16)
-TOKEN_DTYPES = (torch.int64, torch.int32)
+_DTYPE_NAMES = {
+    "SCORE_DTYPES": ("float32", "bfloat16", "float16"),
+    "INDEX_DTYPES": ("int64", "int32", "int16"),
+    "TOKEN_DTYPES": ("int64", "int32"),
+}
+
+
+def _torch() -> Any:
+    """torch, imported on first use: building the CLI parser must not pay for it (~1 s)."""
+    import torch
+
+    return torch
+
+
+def _dtypes(kind: str) -> tuple[Any, ...]:
+    torch = _torch()
+    return tuple(getattr(torch, name) for name in _DTYPE_NAMES[kind])
+
+
+def __getattr__(name: str) -> Any:
+    """``SCORE_DTYPES``, ``INDEX_DTYPES``, ``TOKEN_DTYPES``: torch dtypes, built on first use."""
+    if name in _DTYPE_NAMES:
+        return _dtypes(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _SHARD_RE = re.compile(r"^(\d+)-(\d+)$")
 _MAX_EXPERTS = int(np.iinfo(np.int16).max)
@@ -147,6 +171,7 @@ def list_subdirs(directory: Path) -> tuple[str, ...]:
 # -- safe loading ---------------------------------------------------------------------------------
 def load_pt(path: Path, *, mmap: bool = False) -> Any:
     """``torch.load`` restricted to tensors and plain containers; every failure is a UserError."""
+    torch = _torch()
     _require_regular_file(path)
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the result is validated
@@ -194,6 +219,7 @@ def _require_regular_file(path: Path) -> None:
 
 def _require_dense_cpu(path: Path, obj: Any) -> None:
     """Sparse, quantised or meta tensors load but cannot become numpy arrays: refuse them."""
+    torch = _torch()
     items = (
         obj if isinstance(obj, list | tuple) else obj.values() if isinstance(obj, dict) else [obj]
     )
@@ -231,12 +257,14 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def tensor_numpy(tensor: torch.Tensor) -> np.ndarray:
     """A CPU numpy view/copy; half-precision floats become float32 (numpy has no bfloat16)."""
+    torch = _torch()
     if tensor.dtype in (torch.bfloat16, torch.float16):
         tensor = tensor.to(torch.float32)
     return tensor.detach().cpu().numpy()
 
 
 def _describe(obj: Any) -> str:
+    torch = _torch()
     if isinstance(obj, torch.Tensor):
         return f"a {_dtype_name(obj.dtype)} tensor of shape {list(obj.shape)}"
     if isinstance(obj, tuple | list):
@@ -248,10 +276,11 @@ def _describe(obj: Any) -> str:
 # -- one file -------------------------------------------------------------------------------------
 def read_samples(path: Path) -> np.ndarray:
     """Token ids of a samples file: 1-D int64 (int32 accepted)."""
+    torch = _torch()
     obj = load_pt(path)
     if not isinstance(obj, torch.Tensor):
         raise UserError(f"{path}: expected a 1-D tensor of token ids, got {_describe(obj)}")
-    if obj.ndim != 1 or obj.dtype not in TOKEN_DTYPES:
+    if obj.ndim != 1 or obj.dtype not in _dtypes("TOKEN_DTYPES"):
         raise UserError(f"{path}: expected a 1-D int64 tensor of token ids, got {_describe(obj)}")
     return obj.numpy().astype(np.int64, copy=False)
 
@@ -285,6 +314,7 @@ class Actives:
 
 def read_actives(path: Path, num_experts: int) -> Actives:
     """Load and validate one actives file (both formats), vectorised over all its rows."""
+    torch = _torch()
     obj = load_pt(path)
     if isinstance(obj, torch.Tensor):
         return _dense_actives(path, obj, num_experts)
@@ -298,12 +328,12 @@ def read_actives(path: Path, num_experts: int) -> Actives:
             f"tensor, got {_describe(obj)}"
         )
     scores_t, ids_t = obj
-    if scores_t.dtype not in SCORE_DTYPES:
+    if scores_t.dtype not in _dtypes("SCORE_DTYPES"):
         raise UserError(
             f"{path}: expected scores of dtype float32/bfloat16/float16, "
             f"got {_dtype_name(scores_t.dtype)}"
         )
-    if ids_t.dtype not in INDEX_DTYPES:
+    if ids_t.dtype not in _dtypes("INDEX_DTYPES"):
         raise UserError(
             f"{path}: expected indices of dtype int64/int32/int16, got {_dtype_name(ids_t.dtype)}"
         )
@@ -348,7 +378,7 @@ def _check_finite(where: object, scores: np.ndarray) -> None:
 
 
 def _dense_actives(path: Path, tensor: torch.Tensor, num_experts: int) -> Actives:
-    if tensor.dtype not in SCORE_DTYPES or tensor.ndim != 2:
+    if tensor.dtype not in _dtypes("SCORE_DTYPES") or tensor.ndim != 2:
         raise UserError(
             f"{path}: expected a (scores, indices) tuple or a dense float [T, {num_experts}] "
             f"tensor, got {_describe(tensor)}"
@@ -776,6 +806,7 @@ def _pick(directory: Path, wanted: str | None, what: str, problems: list[str]) -
 def _scan_run(
     root: Path, model: str, runid: str, epoch: str | None, t_expected: int, problems: list[str]
 ) -> RunInventory:
+    torch = _torch()
     sdir = samples_dir(root, model, runid)
     shards = list_shards(sdir)
     if not shards:
@@ -790,7 +821,11 @@ def _scan_run(
         except UserError as err:
             problems.append(str(err))
             continue
-        if not isinstance(obj, torch.Tensor) or obj.ndim != 1 or obj.dtype not in TOKEN_DTYPES:
+        if (
+            not isinstance(obj, torch.Tensor)
+            or obj.ndim != 1
+            or obj.dtype not in _dtypes("TOKEN_DTYPES")
+        ):
             problems.append(
                 f"{path}: expected a 1-D int64 tensor of token ids, got {_describe(obj)}"
             )
@@ -878,8 +913,9 @@ def _actives_header(
     problems: list[str],
 ) -> int | None:
     """Record format/shape/dtype facts of one actives object; None (and a problem) if malformed."""
+    torch = _torch()
     if isinstance(obj, torch.Tensor):
-        if obj.ndim != 2 or obj.dtype not in SCORE_DTYPES:
+        if obj.ndim != 2 or obj.dtype not in _dtypes("SCORE_DTYPES"):
             problems.append(
                 f"{path}: expected a dense float [T, experts] tensor, got {_describe(obj)}"
             )
@@ -901,7 +937,7 @@ def _actives_header(
     if scores.ndim != 2 or scores.shape != ids.shape:
         problems.append(f"{path}: scores {list(scores.shape)} and indices {list(ids.shape)} differ")
         return None
-    if scores.dtype not in SCORE_DTYPES or ids.dtype not in INDEX_DTYPES:
+    if scores.dtype not in _dtypes("SCORE_DTYPES") or ids.dtype not in _dtypes("INDEX_DTYPES"):
         problems.append(
             f"{path}: unsupported dtypes scores={_dtype_name(scores.dtype)} "
             f"indices={_dtype_name(ids.dtype)}"
