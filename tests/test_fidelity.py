@@ -161,6 +161,14 @@ def test_cli_dry_run_writes_the_table(tmp_path, capsys: pytest.CaptureFixture[st
     assert all(abs(float(r["error_pct"])) < 1e-6 for r in rows)
     info = yaml.safe_load((out / "fidelity.json").read_text())
     assert info["measured"] is False and info["backend"] == "fake"
+    # a dry run can never pass for measurements: its table says so first, its summary too
+    assert (out / "table.md").read_text().startswith("**DRY RUN on a synthetic machine")
+    assert table.startswith("**DRY RUN")
+    with open(out / "summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert {r["measured"] for r in summary} == {"False"}
+    assert all(r["error_of_means_pct"] != "-0.0" for r in summary)
+    assert "-0.0" not in (out / "table.md").read_text()
     # the real thing needs a GPU: one line, exit 2 (and a non-empty --out is refused first)
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():

@@ -52,8 +52,12 @@ CSV_COLUMNS = (
 )
 SUMMARY_COLUMNS = (
     "label", "policy", "topk", "steps", "predicted_mean_s", "measured_mean_s",
-    "mean_abs_error_pct", "max_abs_error_pct", "error_of_means_pct", "within_target",
+    "mean_abs_error_pct", "max_abs_error_pct", "error_of_means_pct", "within_target", "measured",
 )  # fmt: skip
+DRY_RUN_TITLE = (
+    "**DRY RUN on a synthetic machine (FakeBackend): not measurements. Do not paste into "
+    "docs/fidelity.md.**"
+)
 
 
 # -- the calibrated preset -----------------------------------------------------------------------
@@ -208,7 +212,8 @@ class PolicyFidelity:
             "max_abs_error_pct": float(err.max()),
             "error_of_means_pct": float(
                 (self.predicted.mean() - self.measured.mean()) / self.measured.mean() * 100.0
-            ),
+            )
+            + 0.0,  # never -0.0
             "within_target": mean_abs <= TARGET_ERROR_PCT,
         }
 
@@ -277,9 +282,10 @@ def run_fidelity(
     return out
 
 
-def markdown_table(results: Sequence[PolicyFidelity]) -> str:
-    """The docs/fidelity.md table: one row per policy."""
-    lines = [
+def markdown_table(results: Sequence[PolicyFidelity], measured: bool = True) -> str:
+    """The docs/fidelity.md table: one row per policy; a dry run says so in its first line."""
+    lines = [] if measured else [DRY_RUN_TITLE, ""]
+    lines += [
         "| policy | steps | predicted mean step (ms) | measured mean step (ms) | "
         "mean abs error per step (%) | max abs error (%) | error of the means (%) |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -289,9 +295,15 @@ def markdown_table(results: Sequence[PolicyFidelity]) -> str:
         lines.append(
             f"| {s['label']} | {s['steps']} | {s['predicted_mean_s'] * 1e3:.3f} | "
             f"{s['measured_mean_s'] * 1e3:.3f} | {s['mean_abs_error_pct']:.1f} | "
-            f"{s['max_abs_error_pct']:.1f} | {s['error_of_means_pct']:+.1f} |"
+            f"{s['max_abs_error_pct']:.1f} | {_signed(s['error_of_means_pct'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _signed(pct: float) -> str:
+    """``+1.2`` / ``-0.4``, and ``0.0`` rather than ``-0.0`` or ``+0.0``."""
+    text = f"{pct:+.1f}"
+    return "0.0" if text in ("+0.0", "-0.0") else text
 
 
 def write_fidelity(
@@ -310,10 +322,11 @@ def write_fidelity(
                  f"{r.measured[i]:.9g}", f"{r.error_pct[i]:.4f}")
             )  # fmt: skip
     atomic.write_csv(out / "fidelity.csv", CSV_COLUMNS, rows)
-    summaries = [r.summary() for r in results]
+    measured = bool(info.get("measured", True))
+    summaries = [{**r.summary(), "measured": measured} for r in results]
     atomic.write_csv(
         out / "summary.csv", SUMMARY_COLUMNS, [[s[c] for c in SUMMARY_COLUMNS] for s in summaries]
     )
-    atomic.write_text(out / "table.md", markdown_table(results))
+    atomic.write_text(out / "table.md", markdown_table(results, measured))
     atomic.write_json(out / "fidelity.json", {**info, "summary": summaries})
     return out

@@ -107,7 +107,7 @@ def fidelity_command(args: argparse.Namespace) -> int:
         "note": "md_link ideal and non_expert_time 0 on both sides (docs/fidelity.md)",
     }
     path = fid.write_fidelity(out, results, info)
-    sys.stdout.write(fid.markdown_table(results))
+    sys.stdout.write(fid.markdown_table(results, measured=not args.dry_run))
     print(f"results: {path}")
     return 0
 
