@@ -15,6 +15,7 @@ import argparse
 import os
 from pathlib import Path
 
+from sim.commands._options import non_negative_int, positive_int
 from sim.errors import UserError
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.trace.dump import shard_range
@@ -24,26 +25,6 @@ from sim.trace.tracefile import trace_yaml_path
 NOTEBOOK_SHARDS = (1, 2, 2)  # --shard-prefix, --first-shard, --num-shards of the seed
 NOTEBOOK_POSITIONS = "0-9"
 NOTEBOOK_LAYERS = "2-9"
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def add_trace_selection_args(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sim.commands._options import add_set_option
+from sim.commands._options import add_set_option, positive_int
 from sim.errors import UserError
 
 
@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("file", metavar="FILE", help="scenario YAML with a 'sweep:' block")
     parser.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="worker processes (default: one per core; 1 runs in this process)",
     )
@@ -82,13 +82,3 @@ def _run(args: argparse.Namespace) -> int:
 
         print(f"report: {write_report(report.out_dir)}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
