@@ -24,6 +24,7 @@ from seed_notebook import (
     tricky_rows,
     write_raw_shard,
 )
+from shared_data import CUTS, NEUPIMS
 
 from sim.cli import main
 from sim.stats.counts import count_cells, count_rows, gating_table
@@ -32,9 +33,7 @@ from sim.stats.notebook_tree import ordinal
 from sim.trace.open import open_trace
 from sim.trace.routing import RoutingTrace, TraceMeta
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-DECODER = DATA / "flame-moe-290m-cuts" / "decoder"
-NEUPIMS = DATA / "neupims-decoder-bs16"
+DECODER = CUTS / "decoder"
 
 
 # -- the gating rule ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from pt_files import save
+from shared_data import CUTS
 
 from sim.cli import main
 
@@ -84,11 +85,9 @@ def test_embedded_trace_info(capsys) -> None:
     assert info["runs"][0]["rows"] == [2048] and info["problems"] == []
 
 
-@pytest.mark.skipif(
-    not Path("/work/shared/data/flame-moe-290m-cuts").is_dir(), reason="cuts not available"
-)
+@pytest.mark.skipif(not CUTS.is_dir(), reason="cuts not available")
 def test_info_on_decoder_cuts(capsys) -> None:
-    info = info_json(Path("/work/shared/data/flame-moe-290m-cuts/decoder"), capsys)
+    info = info_json(CUTS / "decoder", capsys)
     assert (
         info["kind"] == "notebook cuts" and info["seqs"] == 64 and info["meta"]["layout"] == "seed"
     )

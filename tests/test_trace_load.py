@@ -11,6 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pt_files import save
+from shared_data import CUTS
 
 from sim.commands._trace_args import add_trace_selection_args, trace_from_args
 from sim.errors import UserError
@@ -21,7 +22,6 @@ from sim.trace.routing import RoutingTrace, TraceMeta
 from sim.trace.tracefile import TraceFile, read_trace_yaml, write_trace_yaml
 from sim.trace.writer import write_dump
 
-CUTS = Path("/work/shared/data/flame-moe-290m-cuts")
 needs_cuts = pytest.mark.skipif(not CUTS.is_dir(), reason="notebook cuts not available")
 
 MODEL, RUN, EPOCH = "flame-moe-290m", "31066", "5473"
