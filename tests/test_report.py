@@ -727,3 +727,18 @@ def test_scenario_table_gives_the_cache_in_experts(run_dir: Path) -> None:
     assert (
         '<th class="text">hardware.hbm.capacity</th><td class="text">128 experts (553.6 MB)' in text
     )
+
+
+def test_run_notes_reach_the_report(tmp_path: Path) -> None:
+    """The notes `moesim run` prints under its table (here lfu = lru) are in notes.txt and
+    in report.html's comparison section."""
+    from sim.cli import main
+
+    scenario = Path(__file__).resolve().parents[1] / "scenarios" / "default.yaml"
+    out = tmp_path / "run"
+    argv = ["run", str(scenario), "--out", str(out), "--quiet", "--set", "trace.positions=0-3"]
+    assert main([*argv, "--set", "policies=[seed-split, lru, lfu]"]) == 0
+    notes = (out / "notes.txt").read_text().splitlines()
+    assert any(n.startswith("top-6: lfu = lru: identical") for n in notes)
+    assert main(["report", str(out), "--format", "html"]) == 0
+    assert "lfu = lru: identical" in (out / "report.html").read_text()

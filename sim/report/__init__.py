@@ -237,11 +237,13 @@ def _summary_table(run: RunResults) -> str:
 
 
 def _comparison_note(run: RunResults) -> str:
+    notes_file = run.path / "notes.txt"
+    notes = notes_file.read_text(encoding="utf-8").splitlines() if notes_file.is_file() else []
     return H.note(
         f"One row per (top-k, policy) from summary.csv. Baseline: {run.baseline or 'unknown'} "
         "(bold); best online policy per top-k shaded green; offline bounds in italics. "
         "Speedup = baseline mean step / this mean step."
-    )
+    ) + "".join(H.note(line) for line in notes if line.strip())
 
 
 # -- sweep -------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ RESULT_FILES = (
     "per_layer.csv",
     "per_step.csv",
     "trace.json",
+    "notes.txt",  # the lines printed under the comparison table (may be empty)
 )
 
 
@@ -332,6 +333,11 @@ def _write_files(
         root / "per_step.csv", KEY_COLUMNS + PER_STEP_COLUMNS, _table(results, "per_step")
     )
     atomic.write_json(root / "trace.json", trace_record(trace))
+    from sim.scenario.table import comparison_notes  # table builds on this module
+
+    atomic.write_text(
+        root / "notes.txt", "".join(f"{n}\n" for n in comparison_notes(scenario, results))
+    )
     if any(r.timeline for r in results):
         from sim.engine.timeline import write_chrome_trace
 

@@ -120,6 +120,7 @@ killed run leaves nothing partial. The same scenario and seed give byte-identica
 | `per_layer.csv` | `label`, `policy`, `topk` + the engine's per (step, layer) columns (docs/engine.md) |
 | `per_step.csv` | `label`, `policy`, `topk` + `step`, `position`, `latency`, `compute_only` |
 | `trace.json` | the trace's provenance, shape and checksum |
+| `notes.txt` | the notes printed under the comparison table (identical runs, caches without hits, predictor accuracy, why gap closed is blank); may be empty |
 | `timeline.json` | with `--timeline FILE.json` or `output.timeline: true`: Chrome trace events |
 
 Times are seconds, sizes bytes, in full float precision.

@@ -195,6 +195,17 @@ def _cells(row: dict[str, Any], with_cycles: bool = False) -> list[str]:
     ]
 
 
+def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
+    """The lines under the comparison table: predictor accuracy, identical runs, caches that
+    never hit, and why gap closed is blank. Printed by `moesim run`, written to notes.txt."""
+    return [
+        *predictor_notes(results),
+        *identical_run_notes(results),
+        *no_hit_notes(results),
+        *bound_notes(scenario, results),
+    ]
+
+
 def print_comparison(
     scenario: Scenario, results: Sequence[RunResult], trace: RoutingTrace, file: Any = None
 ) -> None:
@@ -202,13 +213,7 @@ def print_comparison(
     console.print(trace.describe(), highlight=False, markup=False)
     for table in comparison_tables(scenario, results):
         console.print(table)
-    notes = [
-        *predictor_notes(results),
-        *identical_run_notes(results),
-        *no_hit_notes(results),
-        *bound_notes(scenario, results),
-    ]
-    for note in notes:
+    for note in comparison_notes(scenario, results):
         console.print(note, highlight=False, markup=False)
     console.print(
         "(bound) = offline bound (sees the future); speedup = baseline mean step / mean step; "
