@@ -20,7 +20,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results_md import record_section
 
-from sim.atomic import write_text
 from sim.engine import simulate
 from sim.engine.closed_form import stateless_layer_times
 from sim.hardware import GpuConfig, Hardware, HbmConfig, LinkConfig, ModelSpec
@@ -116,13 +115,7 @@ def machine() -> str:
 
 def record(text: str) -> None:
     """Replace (or add) this benchmark's section of RESULTS.md, keeping the others."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = f"{SECTION}\n\n{text.strip()}\n\n"
-    new = (
-        pattern.sub(lambda _m: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block
-    )
-    write_text(RESULTS, new.rstrip() + "\n")
+    record_section(SECTION, text, RESULTS)
 
 
 def main() -> int:

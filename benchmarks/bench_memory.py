@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -33,8 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-
-from sim.atomic import write_text
+from results_md import record_section
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -251,14 +249,7 @@ def report_lines(
 
 def record(lines: list[str]) -> None:
     """Replace (or add) this benchmark's section of RESULTS.md, keeping the others."""
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    section = SECTION + "\n\n" + "\n".join(lines).rstrip() + "\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    write_text(RESULTS, text)
+    record_section(SECTION, "\n".join(lines), RESULTS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

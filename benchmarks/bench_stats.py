@@ -44,7 +44,7 @@ try:  # the notebook's own reader; optional (not a moesim dependency)
 except ImportError:
     pd = None
 
-from sim.atomic import write_text
+from results_md import record_section
 
 MODEL, RUNID, EPOCH = "flame-moe-290m", 31066, 5473
 SHARDS = ("1-2", "1-3")
@@ -211,13 +211,7 @@ def machine() -> str:
 
 def record(text: str) -> None:
     """Replace (or add) this benchmark's section of RESULTS.md, keeping the others."""
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    block = f"{SECTION}\n\n{text.strip()}\n\n"
-    new = (
-        pattern.sub(lambda _m: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block
-    )
-    write_text(RESULTS, new.rstrip() + "\n")
+    record_section(SECTION, text, RESULTS)
 
 
 def main() -> int:

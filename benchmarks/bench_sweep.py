@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -25,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from results_md import record_section
 
-from sim.atomic import write_text
 from sim.policies.base import available_policies
 from sim.sweep import SweepSpec, run_sweep, sweep_from_dict
 
@@ -131,14 +130,7 @@ def machine() -> str:
 
 def record(lines: list[str]) -> None:
     """Replace (or add) this benchmark's section of RESULTS.md, keeping the others."""
-    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
-    section = SECTION + "\n\n" + "\n".join(lines).rstrip() + "\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: section + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    write_text(RESULTS, text)
+    record_section(SECTION, "\n".join(lines), RESULTS)
 
 
 def main(argv: list[str] | None = None) -> int:

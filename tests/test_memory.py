@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def bench_memory() -> ModuleType:
+    benchmarks = str(REPO / "benchmarks")
+    if benchmarks not in sys.path:  # its sibling results_md, as when run as a script
+        sys.path.insert(0, benchmarks)
     spec = importlib.util.spec_from_file_location(
         "bench_memory", REPO / "benchmarks/bench_memory.py"
     )
