@@ -624,11 +624,15 @@ def check_sweep_case(tiny: Path, edits: tuple[DocEdit, ...], t_edits: tuple[Text
         shutil.rmtree(work, ignore_errors=True)
 
 
+# 1-3 document edits and at most one text edit: the mutations of sweep files and trace.yaml.
+SMALL_EDITS = {
+    "edits": st.lists(doc_edits, min_size=1, max_size=3).map(tuple),
+    "t_edits": st.lists(text_edits, max_size=1).map(tuple),
+}
+
+
 @settings(max_examples=30, **FUZZ_SETTINGS)
-@given(
-    edits=st.lists(doc_edits, min_size=1, max_size=3).map(tuple),
-    t_edits=st.lists(text_edits, max_size=1).map(tuple),
-)
+@given(**SMALL_EDITS)
 def test_fuzzed_sweep_files(
     tiny_dump: Path, edits: tuple[DocEdit, ...], t_edits: tuple[TextEdit, ...]
 ) -> None:
@@ -637,10 +641,7 @@ def test_fuzzed_sweep_files(
 
 @pytest.mark.slow
 @settings(max_examples=600, **FUZZ_SETTINGS)
-@given(
-    edits=st.lists(doc_edits, min_size=1, max_size=3).map(tuple),
-    t_edits=st.lists(text_edits, max_size=1).map(tuple),
-)
+@given(**SMALL_EDITS)
 def test_fuzzed_sweep_files_long(
     tiny_dump: Path, edits: tuple[DocEdit, ...], t_edits: tuple[TextEdit, ...]
 ) -> None:
@@ -729,10 +730,7 @@ def assert_complete_results_stats(out: Path) -> None:
 
 
 @settings(max_examples=60, **FUZZ_SETTINGS)
-@given(
-    edits=st.lists(doc_edits, min_size=1, max_size=3).map(tuple),
-    t_edits=st.lists(text_edits, max_size=1).map(tuple),
-)
+@given(**SMALL_EDITS)
 def test_fuzzed_trace_yaml(
     raw_dump: Pristine, edits: tuple[DocEdit, ...], t_edits: tuple[TextEdit, ...]
 ) -> None:
@@ -741,10 +739,7 @@ def test_fuzzed_trace_yaml(
 
 @pytest.mark.slow
 @settings(max_examples=1000, **FUZZ_SETTINGS)
-@given(
-    edits=st.lists(doc_edits, min_size=1, max_size=3).map(tuple),
-    t_edits=st.lists(text_edits, max_size=1).map(tuple),
-)
+@given(**SMALL_EDITS)
 def test_fuzzed_trace_yaml_long(
     raw_dump: Pristine, edits: tuple[DocEdit, ...], t_edits: tuple[TextEdit, ...]
 ) -> None:
