@@ -97,6 +97,15 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class _PresetSection(_Section):
+    """A section that names a preset: a bare string ``s`` stands for ``{preset: s}``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _as_mapping("preset")(value)
+
+
 # -- trace ---------------------------------------------------------------------------------------
 class TraceSection(_Section):
     """Which routing drives the run. Give ``path`` (``embedded``, ``embedded:NAME`` or a
@@ -203,7 +212,7 @@ class RoutingSection(_Section):
 
 
 # -- model ---------------------------------------------------------------------------------------
-class ModelSection(_Section):
+class ModelSection(_PresetSection):
     """A model preset (`moesim presets models`), explicit figures, or a preset plus overrides."""
 
     preset: str | None = Field(None, description="model preset name, e.g. `flame-moe-290m`")
@@ -225,14 +234,9 @@ class ModelSection(_Section):
     source: str | None = Field(None, description="where the figures come from")
     notes: str | None = Field(None, description="free text")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return _as_mapping("preset")(value)
-
 
 # -- hardware ------------------------------------------------------------------------------------
-class LinkSection(_Section):
+class LinkSection(_PresetSection):
     """A link towards the GPU: a link preset name, or fields (a preset plus overrides)."""
 
     preset: str | None = Field(None, description="link preset name, e.g. `pcie5-x16`")
@@ -250,18 +254,13 @@ class LinkSection(_Section):
     source: str | None = Field(None, description="where the figures come from")
     notes: str | None = Field(None, description="free text")
 
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return _as_mapping("preset")(value)
-
 
 class LinksSection(_Section):
     pcie: LinkSection | None = Field(None, description="host DRAM -> GPU")
     md_link: LinkSection | None = Field(None, description="memory-disaggregated pool -> GPU")
 
 
-class GpuSection(_Section):
+class GpuSection(_PresetSection):
     """The GPU: a GPU preset name, or fields (a preset plus overrides)."""
 
     preset: str | None = Field(None, description="GPU preset name, e.g. `h100-sxm`")
@@ -280,11 +279,6 @@ class GpuSection(_Section):
         "all of the layer's",
     )
     source: str | None = Field(None, description="where the figures come from")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return _as_mapping("preset")(value)
 
 
 class HbmSection(_Section):
