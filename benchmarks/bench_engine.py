@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from results_md import record_section
+from results_md import cpu_model, record_section
 
 from sim.engine import simulate
 from sim.engine.closed_form import stateless_layer_times
@@ -103,13 +103,7 @@ def run_policy(trace: RoutingTrace, hw: Hardware, name: str):
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            names = [ln.split(":", 1)[1].strip() for ln in handle if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    cpu = cpu_model()
     return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from results_md import record_section
+from results_md import cpu_model, record_section
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -204,14 +204,7 @@ def dump_size(root: Path) -> tuple[int, int]:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
     return (
         f"{os.cpu_count()} cores ({cpu}, {platform.machine()}), Python "

@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from results_md import record_section
+from results_md import cpu_model, record_section
 
 from sim.policies.base import available_policies
 from sim.sweep import SweepSpec, run_sweep, sweep_from_dict
@@ -113,14 +113,7 @@ def breakdown(spec: SweepSpec, per_policy: int = 2) -> dict[str, float]:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     return (
         f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, "

@@ -1,7 +1,9 @@
-"""benchmarks/RESULTS.md: each benchmark owns one ``## ...`` section and replaces only that."""
+"""benchmarks/RESULTS.md: each benchmark owns one ``## ...`` section and replaces only that,
+and says which machine it ran on."""
 
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
 
@@ -20,3 +22,14 @@ def record_section(section: str, text: str, path: Path = RESULTS) -> None:
     else:
         new = old.rstrip() + "\n\n" + block
     write_text(path, new.rstrip() + "\n")
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (else what platform knows)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
