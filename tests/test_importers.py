@@ -154,52 +154,20 @@ def test_jsonl_not_json_is_one_line_error(tmp_path: Path, capsys) -> None:
 
 
 def test_numpy_bad_inputs(tmp_path: Path, capsys) -> None:
+    def import_numpy(name: str, *flags: str) -> str:
+        """Run `trace import numpy` on tmp_path/name; it must fail with exit 2: its stderr."""
+        argv = ["trace", "import", "numpy", str(tmp_path / name), "--out", str(tmp_path / "o")]
+        assert main([*argv, *flags]) == 2
+        return capsys.readouterr().err
+
     np.save(tmp_path / "flat.npy", np.zeros((4, 6), dtype=np.int64))
-    assert (
-        main(["trace", "import", "numpy", str(tmp_path / "flat.npy"), "--out", str(tmp_path / "o")])
-        == 2
-    )
-    assert "expected expert ids of shape [tokens, layers, k]" in capsys.readouterr().err
+    assert "expected expert ids of shape [tokens, layers, k]" in import_numpy("flat.npy")
     ids, _ = _routing(tokens=5, layers=1, k=2, experts=8)
     np.save(tmp_path / "ids.npy", ids)
-    assert (
-        main(
-            [
-                "trace",
-                "import",
-                "numpy",
-                str(tmp_path / "ids.npy"),
-                "--out",
-                str(tmp_path / "o"),
-                "--num-seqs",
-                "2",
-            ]
-        )
-        == 2
-    )
-    assert "multiple of --num-seqs 2" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "trace",
-                "import",
-                "numpy",
-                str(tmp_path / "ids.npy"),
-                "--out",
-                str(tmp_path / "o"),
-                "--num-experts",
-                "4",
-            ]
-        )
-        == 2
-    )
-    assert "expected expert ids in [0, 4)" in capsys.readouterr().err
+    assert "multiple of --num-seqs 2" in import_numpy("ids.npy", "--num-seqs", "2")
+    assert "expected expert ids in [0, 4)" in import_numpy("ids.npy", "--num-experts", "4")
     (tmp_path / "junk.npy").write_bytes(b"not an array")
-    assert (
-        main(["trace", "import", "numpy", str(tmp_path / "junk.npy"), "--out", str(tmp_path / "o")])
-        == 2
-    )
-    assert "expected a readable .npy/.npz array" in capsys.readouterr().err
+    assert "expected a readable .npy/.npz array" in import_numpy("junk.npy")
 
 
 def _write_flame_parquet(root: Path, trace, b: int, rows_per_group: int) -> None:
