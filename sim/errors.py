@@ -18,6 +18,13 @@ class UserError(Exception):
         super().__init__(one_line)
 
 
+def one_line(err: BaseException, limit: int | None = None) -> str:
+    """An exception's text on one line (its type when it has none), cut at ``limit`` chars:
+    for quoting a library's error inside a UserError."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if limit is None else text[:limit]
+
+
 def fail(where: object, expected: str, found: object) -> UserError:
     """Build the standard message ``WHERE: expected EXPECTED, got FOUND``."""
     return UserError(f"{where}: expected {expected}, got {found}")

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from sim.errors import UserError
+from sim.errors import UserError, one_line
 
 
 def parse_yaml(text: str, where: str) -> Any:
@@ -21,13 +21,13 @@ def parse_yaml(text: str, where: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise UserError(f"{where}: expected readable YAML, got {_one_line(err)}") from None
+        raise UserError(f"{where}: expected readable YAML, got {one_line(err, 300)}") from None
     except RecursionError:
         raise UserError(
             f"{where}: expected readable YAML, got nesting deeper than Python's recursion limit"
         ) from None
     except ValueError as err:  # e.g. an integer literal beyond Python's digit limit
-        raise UserError(f"{where}: expected readable YAML, got {_one_line(err)}") from None
+        raise UserError(f"{where}: expected readable YAML, got {one_line(err, 300)}") from None
 
 
 def read_yaml(path: str | os.PathLike[str], what: str = "a YAML file") -> Any:
@@ -44,8 +44,3 @@ def read_yaml(path: str | os.PathLike[str], what: str = "a YAML file") -> Any:
     except OSError as err:
         raise UserError(f"{file}: expected {what}, got {err.strerror or err}") from None
     return parse_yaml(text, str(file))
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split())
-    return text[:300] if text else type(err).__name__

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, TypeVar
 
-from sim.errors import UserError
+from sim.errors import UserError, one_line
 
 EXECUTORS = ("local", "dask")
 _PARENT_POLL_S = 0.5
@@ -127,7 +127,7 @@ def _run_dask(
         if cluster is not None:
             cluster.close()
         raise UserError(
-            f"--executor dask: expected a running cluster, got {_one_line(err)}"
+            f"--executor dask: expected a running cluster, got {one_line(err)}"
         ) from None
     try:
         futures = [client.submit(fn, task, pure=False) for task in tasks]
@@ -148,12 +148,12 @@ def _connect(distributed: Any, scheduler: str) -> Any:
     except (OSError, TimeoutError) as err:
         raise UserError(
             f"--scheduler: expected a reachable Dask scheduler like tcp://host:8786, "
-            f"got {scheduler!r} ({_one_line(err)})"
+            f"got {scheduler!r} ({one_line(err)})"
         ) from None
     except ValueError as err:
         raise UserError(
             f"--scheduler: expected an address like tcp://host:8786, got {scheduler!r} "
-            f"({_one_line(err)})"
+            f"({one_line(err)})"
         ) from None
 
 
@@ -166,7 +166,3 @@ def _import_distributed() -> Any:
             "(pip install 'moe-offload-sim[dask]'), got no module dask.distributed"
         ) from None
     return distributed
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
