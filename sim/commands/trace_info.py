@@ -21,7 +21,7 @@ from rich.table import Table
 from sim.commands._trace_args import add_trace_selection_args, trace_from_args
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
-from sim.trace.dump import DumpInventory, EpochInventory, scan_dump
+from sim.trace.dump import DumpInventory, EpochInventory, missing_or_file, scan_dump
 from sim.trace.routing import RoutingTrace
 
 
@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
     root = embedded_root(text) if is_embedded else Path(text)
     console = Console(highlight=False, soft_wrap=True, markup=False)
     if not root.is_dir():
-        raise UserError(f"{root}: expected a trace directory, got {_missing_or_file(root)}")
+        raise UserError(f"{root}: expected a trace directory, got {missing_or_file(root)}")
     if not is_dump_root(root):
         return _print_cuts(console, root, trace_from_args(args), args.json)
     inv = scan_dump(
@@ -68,10 +68,6 @@ def _run(args: argparse.Namespace) -> int:
     if checked:
         console.print(f"checked {checked.describe()}: all values valid")
     return 0
-
-
-def _missing_or_file(path: Path) -> str:
-    return "a file" if path.exists() else "nothing (missing)"
 
 
 def _print_cuts(console: Console, root: Path, trace: RoutingTrace, as_json: bool) -> int:

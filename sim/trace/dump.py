@@ -601,7 +601,7 @@ def _selected_shards(sel: DumpSelection, sdir: Path) -> tuple[str, ...]:
             raise UserError(f"shards: expected distinct names, got {list(sel.shards)}")
         return tuple(sel.shards)
     if not sdir.is_dir():
-        raise UserError(f"{sdir}: expected a samples directory, got {_missing_or_file(sdir)}")
+        raise UserError(f"{sdir}: expected a samples directory, got {missing_or_file(sdir)}")
     found = list_shards(sdir)
     if not found:
         raise UserError(f"{sdir}: expected shard files like 0-0.pt, got none")
@@ -610,9 +610,7 @@ def _selected_shards(sel: DumpSelection, sdir: Path) -> tuple[str, ...]:
 
 def _selected_layers(sel: DumpSelection, edir: Path) -> tuple[int, ...]:
     if not edir.is_dir():
-        raise UserError(
-            f"{edir}: expected an actives epoch directory, got {_missing_or_file(edir)}"
-        )
+        raise UserError(f"{edir}: expected an actives epoch directory, got {missing_or_file(edir)}")
     if sel.layers is not None:
         if not sel.layers:
             raise SelectionError("layers", "expected at least one layer, got an empty list")
@@ -648,7 +646,8 @@ def _selected_positions(sel: DumpSelection, facts: _LayoutFacts) -> np.ndarray:
     return pos
 
 
-def _missing_or_file(path: Path) -> str:
+def missing_or_file(path: Path) -> str:
+    """What stands where a directory was expected: for 'expected ..., got X' messages."""
     return "a file" if path.exists() else "nothing (missing)"
 
 
@@ -660,7 +659,7 @@ def _check_paths_exist(
         ldir = edir / str(layer)
         if not ldir.is_dir():
             raise UserError(
-                f"{ldir}: expected the directory of layer {layer}, got {_missing_or_file(ldir)}"
+                f"{ldir}: expected the directory of layer {layer}, got {missing_or_file(ldir)}"
             )
     for shard in shards:
         paths = [sdir / f"{shard}.pt", *(edir / str(layer) / f"{shard}.pt" for layer in layers)]
