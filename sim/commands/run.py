@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 from sim.commands._options import add_set_option
-from sim.errors import UserError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,16 +34,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from sim.scenario import load_scenario, load_scenario_trace, run_scenario, write_results
-    from sim.scenario.run import check_out_dir, new_results_dir
+    from sim.scenario.run import check_out_dir, check_timeline_file, new_results_dir
     from sim.scenario.table import print_comparison
 
     scenario = load_scenario(args.file, args.overrides)
     out = Path(args.out) if args.out else new_results_dir(scenario.output.dir, scenario.name)
     check_out_dir(out)
-    if args.timeline and not Path(args.timeline).parent.is_dir():
-        raise UserError(
-            f"--timeline: expected a file in an existing directory, got {args.timeline!r}"
-        )
+    if args.timeline:
+        check_timeline_file(args.timeline)
     trace = load_scenario_trace(scenario)  # everything is validated before anything is written
     start = time.perf_counter()
     results = run_scenario(scenario, trace, progress=not args.quiet, timeline=bool(args.timeline))

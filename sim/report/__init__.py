@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from sim import atomic
+from sim import atomic, opener
 from sim.errors import UserError
 from sim.report import figures as F
 from sim.report import html as H
@@ -238,7 +238,9 @@ def _summary_table(run: RunResults) -> str:
 
 def _comparison_note(run: RunResults) -> str:
     notes_file = run.path / "notes.txt"
-    notes = notes_file.read_text(encoding="utf-8").splitlines() if notes_file.is_file() else []
+    notes = (
+        opener.read_text(notes_file, "a notes file").splitlines() if notes_file.is_file() else []
+    )
     return H.note(
         f"One row per (top-k, policy) from summary.csv. Baseline: {run.baseline or 'unknown'} "
         "(bold); best online policy per top-k shaded green; offline bounds in italics. "

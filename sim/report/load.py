@@ -15,6 +15,7 @@ one-line ``UserError`` naming the file.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -23,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import UserError
+from sim import opener
+from sim.errors import UserError, one_line
 from sim.stats.counts import GATING_COLUMNS
 from sim.yamlio import read_yaml as load_yaml_file
 
@@ -31,6 +33,7 @@ SUMMARY_REQUIRED = ("label", "policy", "topk", "mean_step")
 PER_LAYER_REQUIRED = ("label", "policy", "topk", "step", "layer", "active")
 PER_STEP_REQUIRED = ("label", "policy", "topk", "step", "latency")
 SWEEP_REQUIRED = ("label", "topk")
+MAX_RESULTS_BYTES = 2**31  # one results file read back (per_step.csv of a long run: ~100 MB)
 _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE"})
 
@@ -174,14 +177,12 @@ Results = RunResults | SweepResults | StatsResults
 
 def read_table(path: Path, required: Sequence[str] = ()) -> Table:
     """Read a CSV file into a ``Table``; ``required`` columns must be present."""
+    text = opener.read_text(path, "a CSV table", limit=MAX_RESULTS_BYTES)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            rows = list(reader)
-    except OSError as err:
-        raise UserError(f"{path}: expected a readable CSV file, got {err.strerror}") from None
-    except (csv.Error, UnicodeDecodeError) as err:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        rows = list(reader)
+    except csv.Error as err:
         raise UserError(f"{path}: expected a CSV table, got {err}") from None
     if not header:
         raise UserError(f"{path}: expected a CSV header row, got an empty file")
@@ -211,12 +212,11 @@ def _column(values: Sequence[str]) -> np.ndarray:
 
 
 def read_json(path: Path) -> Any:
+    text = opener.read_text(path, "a JSON file", limit=MAX_RESULTS_BYTES)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise UserError(f"{path}: expected a readable JSON file, got {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: expected JSON, got {err}") from None
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as err:
+        raise UserError(f"{path}: expected JSON, got {one_line(err, 200)}") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -349,7 +349,7 @@ def check_timeline_belongs(
     wanted = other.get("scenario_sha256") if isinstance(other, dict) else None
     resolved = root / "scenario.resolved.yaml"
     if isinstance(wanted, str) and resolved.is_file():
-        if resolved_sha256(resolved.read_bytes()) != wanted:
+        if resolved_sha256(opener.read_bytes(resolved, "a resolved scenario")) != wanted:
             raise UserError(
                 f"{timeline_path}: expected the timeline of the run in {resolved}, got one "
                 f"written by another run (scenario {other.get('scenario', '?')!r}, "

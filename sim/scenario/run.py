@@ -13,9 +13,7 @@ import hashlib
 import math
 import os
 import platform
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -287,21 +285,30 @@ def write_results(
     *,
     timeline_file: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Write the results directory (see CONTRACTS.md) atomically; returns its path."""
+    """Write the results directory (see CONTRACTS.md) atomically; returns its path. With
+    ``timeline_file``, timeline.json is also copied there: the copy and the directory appear
+    together or not at all."""
+    after: list[atomic.StagedFile] = []
     target = check_out_dir(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        _write_files(tmp, scenario, trace, results)
-        os.chmod(tmp, 0o755)
-        check_out_dir(target)  # still new or empty (nothing raced us)
-        os.rename(tmp, target)  # replaces an empty directory on POSIX
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if timeline_file is not None and (target / "timeline.json").is_file():
-        atomic.write_bytes(timeline_file, (target / "timeline.json").read_bytes())
+    if timeline_file is not None:
+        check_timeline_file(timeline_file)
+    with atomic.staged_dir(target, "new", after=after) as staging:
+        _write_files(staging, scenario, trace, results)
+        timeline = staging / "timeline.json"
+        if timeline_file is not None and timeline.is_file():
+            # staged now, renamed right after the directory: both appear or neither does
+            after.append(atomic.stage_bytes(timeline_file, timeline.read_bytes()))
     return target
+
+
+def check_timeline_file(path: str | os.PathLike[str]) -> Path:
+    """``--timeline FILE``: a file path in an existing directory (checked before running)."""
+    file = Path(path)
+    if file.is_dir():
+        raise UserError(f"--timeline: expected a file name, got a directory {str(path)!r}")
+    if not file.parent.is_dir():
+        raise UserError(f"--timeline: expected a file in an existing directory, got {str(path)!r}")
+    return file
 
 
 def _write_files(

@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 
 import sim
+from sim import opener
 from sim.atomic import write_json, write_text
 from sim.errors import UserError
 from sim.sweep.executors import execute
@@ -216,10 +217,10 @@ def _finished_ids(out: Path, points: Sequence[SweepPoint]) -> set[str]:
     done = set()
     for point in points:
         path = out / POINTS_DIR / f"{point.point_id}.json"
-        if path.is_file():
+        if opener.is_file(path):
             try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                record = json.loads(opener.read_text(path, "a sweep point file"))
+            except (UserError, ValueError, RecursionError):
                 continue  # unreadable: run it again
             if isinstance(record, dict) and record.get("point_id") == point.point_id:
                 done.add(point.point_id)
@@ -240,11 +241,15 @@ def _write_point(out: Path, outcome: PointOutcome) -> None:
 
 def _read_rows(out: Path, point: SweepPoint) -> list[dict[str, Any]]:
     path = out / POINTS_DIR / f"{point.point_id}.json"
+    text = opener.read_text(path, "a finished sweep point")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as err:
         raise UserError(f"{path}: expected a finished sweep point, got {err}") from None
-    return list(record["rows"])
+    rows = record.get("rows") if isinstance(record, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"{path}: expected a finished sweep point with its rows, got none")
+    return rows
 
 
 # --- helpers ----------------------------------------------------------------------------
