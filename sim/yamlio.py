@@ -97,7 +97,9 @@ def parse_yaml(text: str, where: str) -> Any:
     try:
         loader = _Loader(text)  # the reader refuses control characters here already
     except yaml.YAMLError as err:
-        raise YamlSyntaxError(f"{where}: expected readable YAML, got {one_line(err, 300)}") from None
+        raise YamlSyntaxError(
+            f"{where}: expected readable YAML, got {one_line(err, 300)}"
+        ) from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -309,7 +309,16 @@ def write_fidelity(
     from sim import atomic
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic.staged_dir(out, "merge") as staging:  # the four files appear together
+        _write_fidelity_files(staging, results, info)
+    return out
+
+
+def _write_fidelity_files(
+    out: Path, results: Sequence[PolicyFidelity], info: dict[str, Any]
+) -> None:
+    from sim import atomic
+
     rows = []
     for r in results:
         for i in range(r.predicted.size):
@@ -325,4 +334,3 @@ def write_fidelity(
     )
     atomic.write_text(out / "table.md", markdown_table(results, measured))
     atomic.write_json(out / "fidelity.json", {**info, "summary": summaries})
-    return out

@@ -93,7 +93,10 @@ def neupims_command(args: argparse.Namespace) -> int:
         print(f"Engine ({scenario.name}, table costs at {clock_hz:g} Hz, roofline fallback)")
         print(_engine_text(runs, checks, data))
     if args.out is not None:
-        _write(args.out, data, literal, consistent, scenario, runs, checks, clock_hz)
+        from sim import atomic
+
+        with atomic.staged_dir(args.out, "new") as staging:  # all files appear, or none
+            _write(staging, data, literal, consistent, scenario, runs, checks, clock_hz)
         print(f"\nwrote {args.out}")
     return 0
 

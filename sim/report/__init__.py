@@ -80,16 +80,20 @@ def write_report(
     needs_png = {"html", "png"} & set(chosen)
     pngs = [F.render(f.figure, "png", dpi) for f in content.figures] if needs_png else []
     written: dict[str, Path] = {}
-    if "png" in chosen:
-        for fig, png in zip(content.figures, pngs):
-            atomic.write_bytes(out / "figures" / f"{fig.name}.png", png)
-        written["png"] = out / "figures"
-    if "pdf" in chosen:
-        written["pdf"] = atomic.write_bytes(out / "report.pdf", _pdf(content.figures))
-    if "html" in chosen:
-        blocks = [H.FigureBlock(f.title, f.caption, png) for f, png in zip(content.figures, pngs)]
-        html_text = render_html(content, blocks).encode("utf-8")
-        written["html"] = atomic.write_bytes(out / "report.html", html_text)
+    with atomic.staged_dir(out, "merge") as staging:  # every file appears, or none
+        if "png" in chosen:
+            for fig, png in zip(content.figures, pngs):
+                atomic.write_bytes(staging / "figures" / f"{fig.name}.png", png)
+            written["png"] = out / "figures"
+        if "pdf" in chosen:
+            atomic.write_bytes(staging / "report.pdf", _pdf(content.figures))
+            written["pdf"] = out / "report.pdf"
+        if "html" in chosen:
+            blocks = [
+                H.FigureBlock(f.title, f.caption, png) for f, png in zip(content.figures, pngs)
+            ]
+            atomic.write_bytes(staging / "report.html", render_html(content, blocks).encode())
+            written["html"] = out / "report.html"
     return written.get("html") or written.get("pdf") or written["png"]
 
 
