@@ -62,10 +62,12 @@ def _code(code: int | None) -> str:
 
 def describe(path: StrPath) -> str:
     """What stands at ``path`` (symlinks followed): ``a file``, ``a directory``, ``a FIFO``,
-    ``nothing (missing)``, ``a symlink loop``, ..."""
+    ``nothing (missing)``, ``a dangling symlink``, ``a symlink loop``, ..."""
     try:
         return kind_of_mode(os.stat(path).st_mode)
     except OSError as err:
+        if err.errno == errno.ENOENT and os.path.islink(path):
+            return "a dangling symlink"
         return describe_error(err)
     except ValueError:  # an embedded NUL byte
         return "an invalid path (NUL byte)"
@@ -92,6 +94,12 @@ def is_file(path: StrPath) -> bool:
     return describe(path) == "a file"
 
 
+def exists(path: StrPath) -> bool:
+    """True when anything at all stands at ``path`` (a dangling symlink or a loop included):
+    a results file that is there but unreadable must be an error, not skipped as absent."""
+    return describe(path) != "nothing (missing)"
+
+
 def is_dir(path: StrPath) -> bool:
     """True for a directory (after symlinks); never raises."""
     return describe(path) == "a directory"
@@ -116,7 +124,8 @@ def open_file(path: StrPath, what: str = "a file") -> BinaryIO:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
-        raise UserError(f"{path}: expected {what}, got {describe_error(err)}") from None
+        kind = describe(path) if err.errno == errno.ENOENT else describe_error(err)
+        raise UserError(f"{path}: expected {what}, got {kind}") from None
     except ValueError:
         raise UserError(f"{path}: expected {what}, got an invalid path (NUL byte)") from None
     try:

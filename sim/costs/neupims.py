@@ -20,6 +20,7 @@ it skip the cell, the engine's cost model falls back to the roofline there).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,6 +234,19 @@ class NeupimsData:
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.positions), len(self.layer_ids)
+
+    def checksum(self) -> str:
+        """sha256 of every value read from the tables (routing counts, costs, which cells are
+        usable): names the exact cost input of a run, as `trace_checksum` names its routing."""
+        digest = hashlib.sha256()
+        for name in sorted(self.__dataclass_fields__):
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                digest.update(f"{name}{value.dtype.str}{value.shape}".encode())
+                digest.update(np.ascontiguousarray(value).tobytes())
+            elif name != "root":
+                digest.update(f"{name}={value!r}".encode())
+        return "sha256:" + digest.hexdigest()
 
     def cell_name(self, s: int, layer: int) -> str:
         return f"{self.position_names[s]}/layer{self.layer_ids[layer]}"

@@ -243,7 +243,9 @@ def _summary_table(run: RunResults) -> str:
 def _comparison_note(run: RunResults) -> str:
     notes_file = run.path / "notes.txt"
     notes = (
-        opener.read_text(notes_file, "a notes file").splitlines() if notes_file.is_file() else []
+        opener.read_text(notes_file, "a notes file").splitlines()
+        if opener.exists(notes_file)
+        else []
     )
     return H.note(
         f"One row per (top-k, policy) from summary.csv. Baseline: {run.baseline or 'unknown'} "
@@ -360,7 +362,7 @@ def _stem(field: str) -> str:
 
 
 def _maybe_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
+    if not opener.exists(path):
         return None
     data = read_json(path)
     return data if isinstance(data, dict) else None

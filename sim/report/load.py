@@ -301,13 +301,12 @@ def _events_to_columns(
 def load_results(path: str | Path, *, timeline: str | Path | None = None) -> Results:
     """Read a run, sweep or stats directory, recognised by the files it holds."""
     root = Path(path)
-    if not root.is_dir():
-        raise UserError(f"{root}: expected a results directory, got no such directory")
-    if (root / "summary.csv").is_file():
+    opener.check_dir(root, "a results directory")
+    if opener.exists(root / "summary.csv"):
         return load_run(root, timeline=timeline)
-    if (root / "sweep.csv").is_file():
+    if opener.exists(root / "sweep.csv"):
         return load_sweep(root)
-    if (root / "gating.csv").is_file():
+    if opener.exists(root / "gating.csv"):
         return load_stats(root)
     raise UserError(
         f"{root}: expected a results directory with summary.csv (run), sweep.csv (sweep) "
@@ -318,18 +317,19 @@ def load_results(path: str | Path, *, timeline: str | Path | None = None) -> Res
 def load_run(root: Path, *, timeline: str | Path | None = None) -> RunResults:
     summary = read_table(root / "summary.csv", SUMMARY_REQUIRED)
     per_layer_path, per_step_path = root / "per_layer.csv", root / "per_step.csv"
-    per_layer = read_table(per_layer_path, PER_LAYER_REQUIRED) if per_layer_path.is_file() else None
-    per_step = read_table(per_step_path, PER_STEP_REQUIRED) if per_step_path.is_file() else None
+    present = opener.exists
+    per_layer = read_table(per_layer_path, PER_LAYER_REQUIRED) if present(per_layer_path) else None
+    per_step = read_table(per_step_path, PER_STEP_REQUIRED) if present(per_step_path) else None
     scenario_path, trace_path = root / "scenario.resolved.yaml", root / "trace.json"
-    scenario = read_yaml(scenario_path) if scenario_path.is_file() else {}
-    trace = read_json(trace_path) if trace_path.is_file() else None
+    scenario = read_yaml(scenario_path) if present(scenario_path) else {}
+    trace = read_json(trace_path) if present(trace_path) else None
     if trace is not None and not isinstance(trace, dict):
         raise UserError(f"{trace_path}: expected a JSON object, got {type(trace).__name__}")
     timeline_path = Path(timeline) if timeline is not None else root / "timeline.json"
-    if timeline is not None and not timeline_path.is_file():
-        raise UserError(f"{timeline_path}: expected a timeline JSON file, got no such file")
+    if timeline is not None:
+        opener.check_file(timeline_path, "a timeline JSON file")
     events = None
-    if timeline_path.is_file():
+    if opener.exists(timeline_path):
         data = read_json(timeline_path)
         events = timeline_events(timeline_path, data)
         check_timeline_belongs(root, timeline_path, data, events, summary)
@@ -348,7 +348,7 @@ def check_timeline_belongs(
     other = data.get("otherData") if isinstance(data, dict) else None
     wanted = other.get("scenario_sha256") if isinstance(other, dict) else None
     resolved = root / "scenario.resolved.yaml"
-    if isinstance(wanted, str) and resolved.is_file():
+    if isinstance(wanted, str) and opener.exists(resolved):
         if resolved_sha256(opener.read_bytes(resolved, "a resolved scenario")) != wanted:
             raise UserError(
                 f"{timeline_path}: expected the timeline of the run in {resolved}, got one "
@@ -392,7 +392,7 @@ def _pid_order(pid: str) -> tuple[int, str]:
 def load_sweep(root: Path) -> SweepResults:
     table = read_table(root / "sweep.csv", SWEEP_REQUIRED)
     resolved_path = root / "sweep.resolved.yaml"
-    resolved = read_yaml(resolved_path) if resolved_path.is_file() else {}
+    resolved = read_yaml(resolved_path) if opener.exists(resolved_path) else {}
     fields = swept_fields(table, resolved)
     scenario = resolved.get("scenario")
     baseline = scenario.get("baseline") if isinstance(scenario, Mapping) else None
@@ -444,7 +444,7 @@ def _with_speedup(table: Table, baseline: Any, where: Path) -> Table:
 def load_stats(root: Path) -> StatsResults:
     gating = read_table(root / "gating.csv", GATING_COLUMNS)
     meta_path = root / "meta.json"
-    meta = read_json(meta_path) if meta_path.is_file() else {}
+    meta = read_json(meta_path) if opener.exists(meta_path) else {}
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     return StatsResults(root, gating, meta)

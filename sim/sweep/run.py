@@ -11,6 +11,12 @@ Results directory::
 ``--resume DIR`` reads which points have a file and runs only the others, so a killed sweep
 never repeats or loses a finished point. The table is built from the point files, so a
 resumed sweep gives the same table as an uninterrupted one.
+
+Inputs are pinned by content: before anything runs, every distinct trace (and cost-table
+directory) of the sweep is loaded once and its checksum recorded in the manifest and in every
+point file. A resume whose trace or tables no longer have the recorded checksum (the same
+relative ``trace:`` path now holding another trace, say) is refused, naming what changed, so
+one sweep.csv never mixes two inputs; so is a worker that finds its input changed mid-sweep.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +55,13 @@ _TRACE_CACHE_SIZE = 4
 
 @dataclass(frozen=True)
 class PointTask:
-    """What a worker needs for one point: the point and its (already validated) scenario."""
+    """What a worker needs for one point: the point, its (already validated) scenario, and
+    the checksums of its inputs as the driver found them (``{}``: not pinned)."""
 
     point: SweepPoint
     document: dict[str, Any]
     source: str
+    inputs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class PointOutcome:
     elapsed: float  # wall seconds in the worker
     error: str | None = None
     cpu: float = 0.0  # CPU seconds of the worker process on this point
+    inputs: dict[str, str] = field(default_factory=dict)  # checksums of the inputs it ran on
 
 
 @dataclass(frozen=True)
@@ -90,21 +99,68 @@ def run_point(task: PointTask) -> PointOutcome:
     start, cpu = time.perf_counter(), time.process_time()
     try:
         scenario = scenario_from_dict(task.document, task.source)
+        inputs = scenario_inputs(scenario)
+        if task.inputs and inputs != task.inputs:
+            raise UserError(
+                f"{_changed(task.inputs, inputs)} changed while the sweep ran; rerun the sweep"
+            )
         results = run_scenario(scenario, _cached_trace(scenario), progress=False)
         rows = tuple(summary_rows(scenario, results))
     except UserError as err:
         return PointOutcome(task.point.point_id, (), time.perf_counter() - start, str(err))
     return PointOutcome(
-        task.point.point_id, rows, time.perf_counter() - start, cpu=time.process_time() - cpu
+        task.point.point_id,
+        rows,
+        time.perf_counter() - start,
+        cpu=time.process_time() - cpu,
+        inputs=inputs,
     )
+
+
+_INPUTS: dict[str, dict[str, str]] = {}  # per process: trace key -> checksums of its inputs
+
+
+def scenario_inputs(scenario: Any) -> dict[str, str]:
+    """``{"trace": sha256, "costs": sha256}`` of a scenario's inputs (loaded once per process;
+    ``{}`` for objects that are not scenarios, as test doubles are)."""
+    if not hasattr(getattr(scenario, "trace", None), "to_dict"):
+        return {}
+    key = _trace_key(scenario)
+    found = _INPUTS.get(key)
+    if found is None:
+        from sim.scenario.run import trace_checksum
+
+        found = {"trace": trace_checksum(_cached_trace(scenario))}
+        if getattr(scenario, "costs", None) is not None:
+            found["costs"] = scenario.costs.checksum()
+        _INPUTS[key] = found
+    return dict(found)
+
+
+def _changed(before: dict[str, str], now: dict[str, str]) -> str:
+    """Which input differs, for messages: ``the trace (sha256:1a2b3c4d... -> sha256:...)``."""
+    names = [k for k in sorted({*before, *now}) if before.get(k) != now.get(k)]
+    return ", ".join(
+        f"the {'cost tables' if n == 'costs' else n} ({_short(before.get(n))} -> "
+        f"{_short(now.get(n))})"
+        for n in names
+    )
+
+
+def _short(checksum: str | None) -> str:
+    return "not recorded" if checksum is None else checksum[:19] + "..."
+
+
+def _trace_key(scenario: Any) -> str:
+    # The routing of a cost-table scenario comes from its tables: key on their source too.
+    costs = scenario.costs.to_dict() if getattr(scenario, "costs", None) is not None else None
+    return canonical_json({"trace": scenario.trace.to_dict(), "costs": costs})
 
 
 def _cached_trace(scenario: Any) -> Any:
     from sim.scenario import load_scenario_trace
 
-    # The routing of a cost-table scenario comes from its tables: key on their source too.
-    costs = scenario.costs.to_dict() if getattr(scenario, "costs", None) is not None else None
-    key = canonical_json({"trace": scenario.trace.to_dict(), "costs": costs})
+    key = _trace_key(scenario)
     trace = _TRACES.get(key)
     if trace is None:
         if len(_TRACES) >= _TRACE_CACHE_SIZE:
@@ -132,16 +188,21 @@ def run_sweep(
     """Validate every point, run the unfinished ones, write the table; see the module doc."""
     start = time.perf_counter()
     points = expand(spec)
-    base, _ = validate_points(spec, points, validate, set_dotted)
+    base, scenarios = validate_points(spec, points, validate, set_dotted)
     out = Path(out_dir)
     _prepare_dir(out, spec, resume)
-    manifest = _manifest(spec, base, points)
+    inputs = _pin_inputs(scenarios, in_process=executor == "local" and jobs == 1)
+    manifest = _manifest(spec, base, points, inputs)
+    finished = _finished_ids(out, points) if resume else set()
     if resume:
+        _check_resumed_inputs(out, points, finished, inputs)
         write_text(out / MANIFEST, manifest)  # the grid may have grown
 
-    finished = _finished_ids(out, points) if resume else set()
     todo = [p for p in points if p.point_id not in finished]
-    tasks = [PointTask(p, point_document(spec, p, set_dotted), spec.source) for p in todo]
+    tasks = [
+        PointTask(p, point_document(spec, p, set_dotted), spec.source, inputs[p.index])
+        for p in todo
+    ]
     failures: list[tuple[str, str]] = []
     with _progress_bar(len(points), len(points) - len(todo), progress) as bar:
         for outcome in execute(tasks, point_fn, executor=executor, jobs=jobs, scheduler=scheduler):
@@ -175,6 +236,39 @@ def run_sweep(
     )
 
 
+def _pin_inputs(scenarios: Sequence[Any], in_process: bool) -> list[dict[str, str]]:
+    """The input checksums of every point (each distinct trace loaded once, here, before
+    anything is written: a trace that cannot be read is one line now, not N failed points).
+    Workers in other processes load their own copy, so this one is dropped then."""
+    try:
+        return [scenario_inputs(s) for s in scenarios]
+    finally:
+        if not in_process:
+            _TRACES.clear()
+
+
+def _check_resumed_inputs(
+    out: Path, points: Sequence[SweepPoint], finished: set[str], inputs: list[dict[str, str]]
+) -> None:
+    """Refuse to resume when a finished point ran on other inputs than its point would now."""
+    for point in points:
+        if point.point_id not in finished:
+            continue
+        recorded = _recorded_inputs(out, point)
+        if recorded != inputs[point.index]:
+            raise UserError(
+                f"--resume {out}: expected the inputs point {point.index} ran on, got "
+                f"{_changed(recorded, inputs[point.index])}: resuming would mix two inputs in "
+                f"one sweep.csv; restore them or run the sweep into a new --out"
+            )
+
+
+def _recorded_inputs(out: Path, point: SweepPoint) -> dict[str, str]:
+    record = json.loads(opener.read_text(out / POINTS_DIR / f"{point.point_id}.json"))
+    found = record.get("inputs") if isinstance(record, dict) else None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
 def default_out_dir(spec: SweepSpec) -> Path:
     """``<output.dir>/<name>[-sweep]-<UTC time>`` named like a run's results directory
     (``-sweep`` added unless the name already says so)."""
@@ -189,7 +283,7 @@ def default_out_dir(spec: SweepSpec) -> Path:
 def _prepare_dir(out: Path, spec: SweepSpec, resume: bool) -> None:
     manifest = out / MANIFEST
     if resume:
-        if not manifest.is_file():
+        if not opener.exists(manifest):
             raise UserError(
                 f"--resume {out}: expected a sweep results directory, got no {MANIFEST}"
             )
@@ -234,6 +328,7 @@ def _write_point(out: Path, outcome: PointOutcome) -> None:
             "point_id": outcome.point_id,
             "elapsed_s": outcome.elapsed,
             "cpu_s": outcome.cpu,
+            "inputs": outcome.inputs,
             "rows": list(outcome.rows),
         },
     )
@@ -255,7 +350,9 @@ def _read_rows(out: Path, point: SweepPoint) -> list[dict[str, Any]]:
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _manifest(spec: SweepSpec, base: Any, points: Sequence[SweepPoint]) -> str:
+def _manifest(
+    spec: SweepSpec, base: Any, points: Sequence[SweepPoint], inputs: Sequence[dict[str, str]]
+) -> str:
     # The base alone may be incomplete (e.g. policies only in the sweep): keep it as written.
     resolved = base.resolved_dict() if hasattr(base, "resolved_dict") else spec.base
     document = {
@@ -271,6 +368,7 @@ def _manifest(spec: SweepSpec, base: Any, points: Sequence[SweepPoint]) -> str:
                 "repeat": p.repeat,
                 "seed": p.seed,
                 "overrides": dict(p.overrides),
+                **({"inputs": inputs[p.index]} if inputs[p.index] else {}),
             }
             for p in points
         ],

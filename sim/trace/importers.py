@@ -451,12 +451,33 @@ def _read_rows(pq: Any, files: list[Path], start: int, stop: int, columns: list[
     pieces = []
     offset = 0
     for path in files:
-        try:
-            pf = pq.ParquetFile(opener.open_file(path, "a parquet file"))
-        except (OSError, pa.ArrowException) as err:
-            raise UserError(
-                f"{path}: expected a readable parquet file, got {_first_line(err)}"
-            ) from None
+        with opener.open_file(path, "a parquet file") as handle:
+            offset = _read_file_rows(pq, path, handle, start, stop, columns, offset, pieces)
+        if offset >= stop:
+            break
+    have = sum(p.num_rows for p in pieces)
+    if have != stop - start:
+        raise UserError(
+            f"{files[0].parent}: expected rows {start}..{stop - 1}, got only {offset} rows"
+        )
+    return pa.concat_tables(pieces)
+
+
+def _read_file_rows(
+    pq: Any,
+    path: Path,
+    handle: Any,
+    start: int,
+    stop: int,
+    columns: list[str],
+    offset: int,
+    pieces: list[Any],
+) -> int:
+    """Append the wanted rows of one parquet file to ``pieces``; returns the rows seen so far."""
+    import pyarrow as pa
+
+    try:
+        pf = pq.ParquetFile(handle)
         names = pf.schema_arrow.names
         absent = [c for c in columns if c not in names]
         if absent:
@@ -470,14 +491,11 @@ def _read_rows(pq: Any, files: list[Path], start: int, stop: int, columns: list[
             offset += n
             if offset >= stop:
                 break
-        if offset >= stop:
-            break
-    have = sum(p.num_rows for p in pieces)
-    if have != stop - start:
+    except (OSError, pa.ArrowException) as err:
         raise UserError(
-            f"{files[0].parent}: expected rows {start}..{stop - 1}, got only {offset} rows"
-        )
-    return pa.concat_tables(pieces)
+            f"{path}: expected a readable parquet file, got {_first_line(err)}"
+        ) from None
+    return offset
 
 
 def _list_column(path: Path, table: Any, name: str, dtype: type) -> np.ndarray:
