@@ -37,11 +37,16 @@ StrPath = str | os.PathLike[str]
 DirMode = Literal["new", "replace", "merge"]
 
 
-def write_error(path: StrPath, err: OSError, doing: str = "write") -> UserError:
+class WriteError(UserError):
+    """An output could not be written (the operating system refused): nothing partial is
+    visible; callers with incremental outputs (sweeps) add how to continue."""
+
+
+def write_error(path: StrPath, err: OSError, doing: str = "write") -> WriteError:
     """``PATH: could not write (Read-only file system, EROFS)``: one line for an OS error."""
     name = errno.errorcode.get(err.errno or 0, "")
     reason = err.strerror or str(err) or type(err).__name__
-    return UserError(f"{path}: could not {doing} ({reason}{', ' + name if name else ''})")
+    return WriteError(f"{path}: could not {doing} ({reason}{', ' + name if name else ''})")
 
 
 @contextlib.contextmanager
@@ -173,13 +178,14 @@ def staged_dir(
         yield tmp
         with os_errors(dest):
             os.chmod(tmp, 0o777 & ~_umask())
-        undo = _commit_dir(tmp, dest, mode)
+        undo, finish = _commit_dir(tmp, dest, mode)
         try:
             for staged in after:
                 staged.commit()
         except BaseException:
             undo()
             raise
+        finish()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         for staged in after:
@@ -193,43 +199,73 @@ def _umask() -> int:
     return umask
 
 
-def _commit_dir(tmp: Path, dest: Path, mode: DirMode) -> Any:
-    """Move ``tmp`` into place; returns a function that undoes it (best effort)."""
+def _commit_dir(tmp: Path, dest: Path, mode: DirMode) -> tuple[Any, Any]:
+    """Move ``tmp`` into place; returns ``(undo, finish)``: ``undo`` puts things back as they
+    were (best effort), ``finish`` removes what the commit set aside."""
     if mode == "merge" and dest.is_dir():
-        with os_errors(dest):
-            for entry in sorted(tmp.iterdir()):
-                _merge_entry(entry, dest / entry.name)
-        shutil.rmtree(tmp, ignore_errors=True)
-        return lambda: None  # files replaced in place cannot be put back; none is partial
+        return _merge(tmp, dest)
     if dest.exists() and not dest.is_dir():
         raise UserError(f"{dest}: expected a directory to write, got a file")
     if mode == "replace" and dest.is_dir() and any(dest.iterdir()):
         with os_errors(dest):
             _exchange(tmp, dest)  # tmp now holds the old directory
-        shutil.rmtree(tmp, ignore_errors=True)
-        return lambda: None
+
+        def undo_exchange() -> None:
+            with contextlib.suppress(OSError):
+                _exchange(tmp, dest)
+
+        return undo_exchange, lambda: shutil.rmtree(tmp, ignore_errors=True)
     if dest.is_dir() and any(dest.iterdir()):
         raise UserError(f"{dest}: expected a new or empty directory, got one that holds files")
     with os_errors(dest):
         os.rename(tmp, dest)  # replaces an empty directory on POSIX
+    return lambda: shutil.rmtree(dest, ignore_errors=True), lambda: None
+
+
+def _merge(tmp: Path, dest: Path) -> tuple[Any, Any]:
+    """Rename every staged file into ``dest``, setting aside the files it replaces; if a
+    rename fails, everything done so far is undone, so ``dest`` is as it was."""
+    aside = tmp / ".replaced"
+    done: list[tuple[Path, Path | None]] = []  # (file put in place, the older file set aside)
+    made: list[Path] = []  # directories created in dest
 
     def undo() -> None:
-        shutil.rmtree(dest, ignore_errors=True)
+        for placed, older in reversed(done):
+            with contextlib.suppress(OSError):
+                os.unlink(placed)
+            if older is not None:
+                with contextlib.suppress(OSError):
+                    os.rename(older, placed)
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
 
-    return undo
-
-
-def _merge_entry(src: Path, dst: Path) -> None:
-    if src.is_dir() and not src.is_symlink():
-        if dst.is_dir():
-            for child in sorted(src.iterdir()):
-                _merge_entry(child, dst / child.name)
-            return
-        if dst.exists():
-            raise UserError(f"{dst}: expected a directory to write into, got a file")
-    elif dst.is_dir():
-        raise UserError(f"{dst}: expected a file path to write, got a directory")
-    os.replace(src, dst)
+    staged = sorted(p for p in tmp.rglob("*") if not p.is_dir())
+    try:
+        with os_errors(dest):
+            for src in staged:
+                rel = src.relative_to(tmp)
+                for parent in reversed(rel.parents[:-1]):
+                    directory = dest / parent
+                    if not directory.is_dir():
+                        if directory.exists():
+                            raise UserError(f"{directory}: expected a directory, got a file")
+                        os.mkdir(directory)
+                        made.append(directory)
+                target = dest / rel
+                if target.is_dir():
+                    raise UserError(f"{target}: expected a file path to write, got a directory")
+                older = None
+                if target.exists() or target.is_symlink():
+                    older = aside / rel
+                    older.parent.mkdir(parents=True, exist_ok=True)
+                    os.rename(target, older)
+                done.append((target, older))
+                os.rename(src, target)
+    except BaseException:
+        undo()
+        raise
+    return undo, lambda: shutil.rmtree(tmp, ignore_errors=True)
 
 
 _RENAME_EXCHANGE = 2

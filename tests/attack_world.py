@@ -115,7 +115,7 @@ def write_parquet(root: Path, ids: np.ndarray, weights: np.ndarray) -> None:
 
 QUIET = ["--jobs", "1", "--no-progress"]
 
-# command -> (argv given the world W and an output path O, input roots it reads under W)
+# command -> (argv given the world W and an output path O, the parts of W it reads)
 Argv = Callable[[Path, Path], list[str]]
 COMMANDS: dict[str, tuple[Argv, tuple[str, ...]]] = {
     "validate": (lambda w, o: ["validate", str(w / "scenario.yaml")], ("scenario.yaml", "dump")),
@@ -129,7 +129,7 @@ COMMANDS: dict[str, tuple[Argv, tuple[str, ...]]] = {
     ),
     "resume": (
         lambda w, o: ["sweep", str(w / "sweep.yaml"), "--resume", str(w / "sweep-out"), *QUIET],
-        ("sweep.yaml", "sweep-out"),
+        ("sweep.yaml", "sweep-out", "dump"),
     ),
     "stats": (
         lambda w, o: (
@@ -187,7 +187,7 @@ def world_copy(world: Path, *parts: str) -> Iterator[Path]:
 
 
 def files_under(work: Path, roots: tuple[str, ...]) -> list[Path]:
-    """Every regular file under the given roots of a world copy, sorted."""
+    """Every regular file under the given parts of a world (or of a copy), sorted."""
     found: list[Path] = []
     for root in roots:
         path = work / root
@@ -320,8 +320,10 @@ def write_faults(code: int, at: int) -> Iterator[WriteFaults]:
         handle = saved[(os, "fdopen")](fd, mode, *args, **kwargs)
         return _FailingFile(handle, faults) if "w" in mode or "a" in mode else handle
 
-    def wrap(func: Any) -> Any:
+    def wrap(func: Any, name: str) -> Any:
         def guarded(*args: Any, **kwargs: Any) -> Any:
+            if name == "mkdir" and os.path.lexists(args[0]):
+                return func(*args, **kwargs)  # EEXIST comes first, on any file system
             faults.hit(args[-1] if args else kwargs.get("dir", "?"))
             return func(*args, **kwargs)
 
@@ -330,7 +332,7 @@ def write_faults(code: int, at: int) -> Iterator[WriteFaults]:
     os.fdopen = fdopen  # type: ignore[assignment]
     for (module, name), func in saved.items():
         if name != "fdopen":
-            setattr(module, name, wrap(func))
+            setattr(module, name, wrap(func, name))
     try:
         yield faults
     finally:

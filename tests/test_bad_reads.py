@@ -58,7 +58,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def attack(world: Path, command: str, rel: str, kind: str) -> tuple[int, str]:
     """Replace ``rel`` by ``kind`` in a copy of the world and run ``command``; returns the
     exit code and the error line (checked to be one line when the code is 2)."""
-    with world_copy(world) as work:
+    _, parts = COMMANDS[command]
+    with world_copy(world, *parts) as work:
         target = work / rel
         make_bad(target, kind)
         out = work / "out"
@@ -130,9 +131,8 @@ def attacks(draw: st.DrawFn) -> tuple[str, float, str]:
 
 
 def check_random_attack(world: Path, command: str, pick: float, kind: str) -> None:
-    _, roots = COMMANDS[command]
-    with world_copy(world) as probe:
-        files = [p.relative_to(probe) for p in files_under(probe, roots)]
+    _, parts = COMMANDS[command]
+    files = [p.relative_to(world) for p in files_under(world, parts)]
     rel = str(files[int(pick * len(files))])
     code, line = attack(world, command, rel, kind)
     if rel in MUST_READ.get(command, ()):
@@ -140,7 +140,7 @@ def check_random_attack(world: Path, command: str, pick: float, kind: str) -> No
 
 
 @settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],

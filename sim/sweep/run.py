@@ -34,7 +34,7 @@ import yaml
 
 import sim
 from sim import opener
-from sim.atomic import write_json, write_text
+from sim.atomic import WriteError, write_json, write_text
 from sim.errors import UserError
 from sim.sweep.executors import execute
 from sim.sweep.spec import (
@@ -204,28 +204,37 @@ def run_sweep(
         for p in todo
     ]
     failures: list[tuple[str, str]] = []
-    with _progress_bar(len(points), len(points) - len(todo), progress) as bar:
-        for outcome in execute(tasks, point_fn, executor=executor, jobs=jobs, scheduler=scheduler):
-            if outcome.error is None:
-                if not (out / MANIFEST).exists():  # written with the first result, so a sweep
-                    write_text(out / MANIFEST, manifest)  # that never started leaves nothing
-                _write_point(out, outcome)
-            else:
-                failures.append((outcome.point_id, outcome.error))
-            bar.update(1)
-    if not (out / MANIFEST).exists():
-        write_text(out / MANIFEST, manifest)
-    if failures:
-        by_id = {p.point_id: p for p in points}
-        point_id, message = failures[0]
-        raise UserError(
-            f"{spec.source}: {len(failures)} of {len(todo)} points failed, first point "
-            f"{by_id[point_id].index} ({point_id}): {message}; finished points are kept in "
-            f"{out}, fix and rerun with --resume {out}"
+    try:
+        with _progress_bar(len(points), len(points) - len(todo), progress) as bar:
+            for outcome in execute(
+                tasks, point_fn, executor=executor, jobs=jobs, scheduler=scheduler
+            ):
+                if outcome.error is None:
+                    if not (out / MANIFEST).exists():  # written with the first result, so a sweep
+                        write_text(out / MANIFEST, manifest)  # that never started leaves nothing
+                    _write_point(out, outcome)
+                else:
+                    failures.append((outcome.point_id, outcome.error))
+                bar.update(1)
+        if not (out / MANIFEST).exists():
+            write_text(out / MANIFEST, manifest)
+        if failures:
+            by_id = {p.point_id: p for p in points}
+            point_id, message = failures[0]
+            raise UserError(
+                f"{spec.source}: {len(failures)} of {len(todo)} points failed, first point "
+                f"{by_id[point_id].index} ({point_id}): {message}; finished points are kept in "
+                f"{out}, fix and rerun with --resume {out}"
+            )
+        rows = write_table(
+            out, spec, [(p, _read_rows(out, p)) for p in points], _baseline_label(spec, base)
         )
-    rows = write_table(
-        out, spec, [(p, _read_rows(out, p)) for p in points], _baseline_label(spec, base)
-    )
+    except WriteError as err:
+        if not opener.exists(out / MANIFEST):
+            raise
+        raise WriteError(
+            f"{err}; finished points are kept in {out}, continue with --resume {out}"
+        ) from None
     return SweepReport(
         out_dir=out,
         total=len(points),
