@@ -72,8 +72,10 @@ def bench_hardware(layers: int) -> Hardware:
     """PCIe 4 x16 (25 GB/s, 10 us, 2 copy engines) vs a 64 GB/s MD link; half the experts fit."""
     return Hardware(
         hbm=HbmConfig(capacity=0.5 * layers * E * 4.33e6, bandwidth=3.35e12),
-        pcie=LinkConfig("pcie", 25 * GB, latency=10e-6, channels=2),
-        md_link=LinkConfig("md_link", 64 * GB, latency=3e-6, channels=2),
+        links=(
+            LinkConfig("pcie", 25 * GB, latency=10e-6, channels=2),
+            LinkConfig("md_link", 64 * GB, latency=3e-6, channels=2),
+        ),
         gpu=GpuConfig(non_expert_time=150e-6),
     )
 

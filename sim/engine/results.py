@@ -7,7 +7,7 @@ and sweeps read them without knowing the engine. Definitions: docs/engine.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,7 +40,6 @@ PER_LAYER_COLUMNS = (
 )
 PER_STEP_COLUMNS = ("step", "position", "latency", "compute_only")
 INT_COLUMNS = frozenset(_COUNT_COLUMNS)
-LINK_NAMES = ("pcie", "md_link")
 TOTAL_KEYS = (
     "total_time",
     "mean_step",
@@ -54,6 +53,69 @@ TOTAL_KEYS = (
     "hit_rate",
     "stall",
 )
+
+
+class GateRecord(NamedTuple):
+    """What the engine records at one gate (one MoE layer of one iteration of one GPU): the
+    per_layer columns (`PER_LAYER_COLUMNS`, same names, same order) and what the per-step
+    columns are derived from. Definitions: docs/engine.md."""
+
+    step: int
+    position: int
+    layer: int
+    layer_id: int
+    active: int
+    hits: int
+    pcie: int
+    md_fetch: int
+    md_near: int
+    host: int
+    prefetch_pcie: int
+    prefetch_md: int
+    bytes_pcie: float
+    bytes_md: float
+    t_start: float
+    t_gate: float
+    t_end: float
+    transfer_window: float
+    stall: float
+    layer_time: float
+    cache_bytes: float
+    compute_ref: float  # GPU compute of all active experts as if all were in HBM, s
+    non_expert: float  # the layer's non-expert time, s
+    gpu: int
+
+
+assert GateRecord._fields[: len(PER_LAYER_COLUMNS)] == PER_LAYER_COLUMNS
+
+
+def collect_gates(records: list[GateRecord]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The per_layer columns of ``records`` (in their order) and the ``[rows, 3]`` float table
+    of (compute_ref, non_expert, gpu) that per-step columns need."""
+    width = len(GateRecord._fields)
+    table = np.array(records, dtype=np.float64).reshape(-1, width)
+    per_layer = {}
+    for i, name in enumerate(PER_LAYER_COLUMNS):
+        col = table[:, i]
+        per_layer[name] = col.astype(np.int64) if name in INT_COLUMNS else col.copy()
+    return per_layer, table[:, len(PER_LAYER_COLUMNS) :]
+
+
+def collect_steps(
+    per_layer: dict[str, np.ndarray], extra: np.ndarray, layers: int
+) -> dict[str, np.ndarray]:
+    """per_step columns from one GPU's per_layer rows (iteration-major, ``layers`` rows each):
+    latency = the iteration's layer times summed (time per output token); compute_only = its
+    non-expert time + all-in-HBM GPU compute, summed."""
+    layer_time = per_layer["layer_time"].reshape(-1, layers)
+    ref = extra[:, 0].reshape(-1, layers)
+    non_expert = extra[:, 1].reshape(-1, layers)
+    return {
+        "step": per_layer["step"][::layers].copy(),
+        "position": per_layer["position"][::layers].copy(),
+        "latency": layer_time.sum(axis=1),
+        "compute_only": (ref + non_expert).sum(axis=1),
+    }
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,19 @@ whole-trace plans (`*_plan`) for the numpy closed form (`sim.engine.closed_form`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
+from sim.contract import fifo_arrivals
 from sim.engine.cost import is_roofline
-from sim.engine.links import fifo_arrivals
 from sim.hardware import Hardware
 from sim.policies.base import GateDecision, GateView, Path, Policy, PolicyContext, register_policy
-from sim.stats.gating import ROUNDINGS, gpu_share
+from sim.stats.gating import gpu_share
 
-ORDERS = ("tokens", "id")
+Rounding = Literal["nearest", "ceil", "floor"]
+Order = Literal["tokens", "id"]
+ORDERS = get_args(Order)
 
 
 def md_path(hardware: Hardware) -> Path:
@@ -37,17 +40,11 @@ class SeedSplitParams:
     bw_pcie: float = 32.0
     bw_md: float = 512.0
     alpha: float = 1.0
-    rounding: str = "nearest"  # "nearest" (Python round, the seed), "ceil" (MoNDE), "floor"
-    order: str = "tokens"  # which experts take the GPU path: most tokens first, or lowest id
+    rounding: Rounding = "nearest"  # "nearest" (Python round, the seed), "ceil" (MoNDE), "floor"
+    order: Order = "tokens"  # which experts take the GPU path: most tokens first, or lowest id
     from_links: bool = False  # take bw_pcie/bw_md from the scenario's link bandwidths instead
 
     def __post_init__(self) -> None:
-        if self.rounding not in ROUNDINGS:
-            raise ValueError(
-                f"rounding: expected one of {', '.join(ROUNDINGS)}, got {self.rounding!r}"
-            )
-        if self.order not in ORDERS:
-            raise ValueError(f"order: expected one of {', '.join(ORDERS)}, got {self.order!r}")
         for name in ("bw_pcie", "bw_md", "alpha"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:

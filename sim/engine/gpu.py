@@ -1,0 +1,494 @@
+"""`GpuProcess`: one GPU of a run: its policy, its HBM cache, its routes, its records.
+
+The GPU's simpy process (`GpuProcess.run`) asks its iteration source for work and runs each
+iteration layer by layer: one timeout for the layer's non-expert time (the gate is at its end)
+and one for the rest of the layer. At the gate the policy decides; everything inside the layer
+is computed in closed form with numpy (FIFO route slots with ``free_at`` bookkeeping, serial
+compute streams), never with a simpy `Resource` per expert. The full model: docs/engine.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+
+import numpy as np
+import simpy
+
+from sim.contract import (
+    HOST_ROUTE,
+    MD_ROUTE,
+    GateDecision,
+    GatePolicy,
+    GateView,
+    Path,
+    PolicyContext,
+    PolicyError,
+    allowed_paths,
+    serial_ends,
+)
+from sim.engine.cache import HbmCache
+from sim.engine.cost import is_roofline
+from sim.engine.links import FifoLink, Placed
+from sim.engine.results import GateRecord, TimelineEvent
+from sim.engine.source import Idle, Iteration, IterationSource
+
+# plain ints for the hot loop (enum attribute lookups are slow)
+_HIT, _PCIE, _MD_FETCH, _MD_NEAR, _HOST = (int(p) for p in Path)
+_NUM_PATHS = len(Path)
+
+IterationEnd = Callable[[int, Iteration, float, float], None]
+
+
+class GpuProcess:
+    """One GPU: policy, HBM cache, routes (by route name, `sim.contract.ROUTES`), records."""
+
+    def __init__(
+        self,
+        index: int,
+        ctx: PolicyContext,
+        policy: GatePolicy,
+        routes: Mapping[str, FifoLink],
+        *,
+        timeline: bool,
+    ) -> None:
+        hw, model = ctx.hardware, ctx.model
+        self.index = index
+        self.ctx = ctx
+        self.policy = policy
+        self.cost = ctx.cost
+        self.layers, self.num_experts = ctx.num_layers, model.num_experts
+        self.per_expert_start = hw.gpu.expert_start == "per-expert"
+        self.expert_bytes = float(model.expert_bytes)
+        self.act_bytes = float(model.activation_bytes_per_token)
+        self.routes = dict(routes)
+        self.public_free_at = {name: link.public_free_at for name, link in self.routes.items()}
+        not_allowed = allowed_paths(hw)
+        self.blocked = [(path, why) for path, why in not_allowed.items() if why]
+        self.cache = HbmCache(
+            self.layers,
+            self.num_experts,
+            not_allowed,
+            self.expert_bytes,
+            float(hw.hbm.capacity),
+            f"policy {policy.name!r}",
+        )
+        self.layer_ids = tuple(int(lid) for lid in ctx.layer_ids)
+        self.arange = np.arange(self.num_experts)
+        self.arange.flags.writeable = False
+        self.not_cached = np.zeros(self.num_experts, dtype=bool)
+        self.not_cached.flags.writeable = False
+        # Fast paths for the default cost model: one transfer time per route, a compute table.
+        self.transfer_d = None
+        if is_roofline(self.cost, "transfer_time"):
+            self.transfer_d = {name: self.cost.uniform_transfer_time(name) for name in self.routes}
+        self.gpu_table = is_roofline(self.cost, "gpu_compute_time")
+        self.records: list[GateRecord] = []
+        self.timeline: list[TimelineEvent] | None = [] if timeline else None
+        self.iterations = 0  # run so far (GateView.step of the next one)
+        self.horizon = 0.0  # end of the last iteration
+
+    # -- the simpy process -----------------------------------------------------------------------
+    def run(
+        self, env: simpy.Environment, source: IterationSource, on_end: IterationEnd
+    ) -> Iterator:
+        """Ask ``source`` for iterations until it says None; run each, layer by layer."""
+        layers = self.layers
+        while True:
+            it = source.next_iteration(self.index, env.now)
+            if it is None:
+                return
+            if isinstance(it, Idle):
+                if not it.until > env.now:
+                    raise ValueError(
+                        f"iteration source: Idle(until={it.until!r}) at time {env.now!r} must "
+                        "wait for a later time"
+                    )
+                yield env.timeout(it.until - env.now)
+                continue
+            s = self.iterations
+            gates = _IterationGates(self, it, s)
+            start = env.now
+            non_expert = it.non_expert
+            for layer in range(layers):
+                t_start = env.now
+                ne = non_expert[layer]
+                if ne > 0.0:
+                    yield env.timeout(ne)
+                t_gate = env.now
+                view, rel_end = self._gate(gates, layer, t_start, t_gate, ne)
+                yield env.timeout(rel_end)
+                self.policy.on_layer_end(view, env.now)
+            self.iterations = s + 1
+            self.horizon = env.now
+            on_end(self.index, it, start, env.now)
+
+    # -- one gate ----------------------------------------------------------------------------------
+    def _gate(
+        self, g: _IterationGates, layer: int, t_start: float, t_gate: float, ne: float
+    ) -> tuple[GateView, float]:
+        s = g.step
+        n = int(g.active[layer])
+        experts = g.experts[layer, :n]
+        tokens = g.tokens[layer, :n]
+        cache = self.cache
+        if cache.count:
+            cached = np.isfinite(cache.ready_at[layer, experts])
+            cached.flags.writeable = False
+        else:
+            cached = self.not_cached[:n]
+        view = GateView(
+            step=s,
+            layer=layer,
+            now=t_gate,
+            experts=experts,
+            tokens=tokens,
+            cached=cached,
+            ready_at=cache.public_ready_at,
+            cache_bytes=cache.count * self.expert_bytes,
+            link_free_at=self.public_free_at,
+        )
+        decision = self.policy.decide(view)
+        eff, by_path, hits = self._effective_paths(decision, cached, n, view)
+        if g.gpu_table is not None:
+            c_all = g.gpu_table[layer, :n]
+            ref = float(g.ref_table[layer])
+        else:
+            c_all = np.asarray(self.cost.gpu_compute_time(s, layer, experts, tokens), dtype=float)
+            ref = float(c_all.sum())
+        if decision.evict:
+            cache.evict(decision.evict, s, layer, g.counts[layer])
+        groups = self._groups(eff, by_path, n)
+
+        # Per route at the gate: near-compute activations out first, then the demand fetches,
+        # then the prefetches (all FIFO behind whatever the route still carries).
+        window = 0.0
+        bytes_pcie = bytes_md = 0.0
+        host_out = near_out = None
+        if by_path[_HOST]:
+            host_out = self._activation_out(
+                HOST_ROUTE, s, layer, experts, tokens, groups[_HOST], t_gate
+            )
+            window = host_out[1]
+        if by_path[_MD_NEAR]:
+            near_out = self._activation_out(
+                MD_ROUTE, s, layer, experts, tokens, groups[_MD_NEAR], t_gate
+            )
+            window = max(window, near_out[1])
+        fetched: list[tuple[np.ndarray, Placed, str]] = []
+        if by_path[_PCIE]:
+            idx = groups[_PCIE]
+            placed = self._fetch(HOST_ROUTE, s, layer, experts[idx], t_gate)
+            fetched.append((idx, placed, HOST_ROUTE))
+            window = max(window, placed.last)
+            bytes_pcie = idx.size * self.expert_bytes
+        if by_path[_MD_FETCH]:
+            idx = groups[_MD_FETCH]
+            placed = self._fetch(MD_ROUTE, s, layer, experts[idx], t_gate)
+            fetched.append((idx, placed, MD_ROUTE))
+            window = max(window, placed.last)
+            bytes_md = idx.size * self.expert_bytes
+        if decision.admit is not None and fetched:
+            cache.admit(decision.admit, experts, n, fetched, layer, t_gate)
+        prefetched = (0, 0)
+        if decision.prefetch:
+            prefetched = self._prefetch(decision, s, layer, t_gate, g.steps)
+            bytes_pcie += prefetched[0] * self.expert_bytes
+            bytes_md += prefetched[1] * self.expert_bytes
+        cache.check_capacity(s, layer)
+
+        rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, groups[_HIT], fetched)
+        if near_out is not None:
+            end, nbytes = self._remote_part(
+                MD_ROUTE, _MD_NEAR, s, layer, t_gate, experts, tokens, near_out
+            )
+            bytes_md += nbytes
+            rel_end = max(rel_end, end)
+            window = max(window, end)
+        if host_out is not None:
+            end, nbytes = self._remote_part(
+                HOST_ROUTE, _HOST, s, layer, t_gate, experts, tokens, host_out
+            )
+            bytes_pcie += nbytes
+            rel_end = max(rel_end, end)
+            window = max(window, end)
+
+        self.records.append(
+            GateRecord(
+                s,
+                g.position,
+                layer,
+                self.layer_ids[layer],
+                n,
+                hits,
+                by_path[_PCIE],
+                by_path[_MD_FETCH],
+                by_path[_MD_NEAR],
+                by_path[_HOST],
+                prefetched[0],
+                prefetched[1],
+                bytes_pcie,
+                bytes_md,
+                t_start,
+                t_gate,
+                t_gate + rel_end,
+                window,
+                rel_end - ref,
+                ne + rel_end,
+                cache.count * self.expert_bytes,
+                ref,
+                ne,
+                self.index,
+            )
+        )
+        if self.timeline is not None and t_gate > t_start:
+            self._event("gpu", "non_expert", t_start, t_gate, s, layer, -1)
+        return view, rel_end
+
+    def _where(self, view: GateView) -> str:
+        return f"policy {self.policy.name!r} at step {view.step} layer {view.layer}"
+
+    def _groups(self, eff: np.ndarray, by_path: list[int], n: int) -> list[np.ndarray | None]:
+        """Indices (into the gate's experts, in gate order) of each path's experts."""
+        groups: list[np.ndarray | None] = [None] * _NUM_PATHS
+        used = [p for p in range(_NUM_PATHS) if by_path[p]]
+        if len(used) == 1:
+            groups[used[0]] = self.arange[:n]
+            return groups
+        order = np.argsort(eff, kind="stable")
+        pos = 0
+        for p in used:
+            groups[p] = order[pos : pos + by_path[p]]
+            pos += by_path[p]
+        return groups
+
+    def _effective_paths(
+        self, decision: GateDecision, cached: np.ndarray, n: int, view: GateView
+    ) -> tuple[np.ndarray, list[int], int]:
+        """The decision's paths with cached experts forced to HIT, the count per path, hits."""
+        eff = np.asarray(decision.paths)
+        if eff.shape != (n,) or eff.dtype.kind not in "iu":
+            raise PolicyError(f"{self._where(view)}: paths must be {n} Path values, got {eff!r}")
+        hits = 0
+        if self.cache.count:
+            hits = int(np.count_nonzero(cached))
+            if hits:
+                eff = np.where(cached, _HIT, eff)
+        try:
+            by_path = np.bincount(eff, minlength=_NUM_PATHS).tolist()
+        except ValueError:  # negative entries
+            by_path = [0] * (_NUM_PATHS + 1)
+        if len(by_path) > _NUM_PATHS:
+            raise PolicyError(f"{self._where(view)}: paths must be Path values, got {eff!r}")
+        for path, reason in self.blocked:
+            if by_path[path]:
+                raise PolicyError(
+                    f"{self._where(view)} chose {path.name} for {by_path[path]} expert(s), "
+                    f"impossible: {reason}"
+                )
+        if by_path[_HIT] != hits:
+            raise PolicyError(
+                f"{self._where(view)} chose HIT for {by_path[_HIT] - hits} expert(s) that are "
+                "not cached"
+            )
+        return eff, by_path, hits
+
+    # -- routes ------------------------------------------------------------------------------------
+    def _fetch(self, route: str, s: int, layer: int, experts: np.ndarray, t_gate: float) -> Placed:
+        link = self.routes[route]
+        nbytes = experts.size * self.expert_bytes
+        if self.transfer_d is not None:
+            return link.place(t_gate, self.transfer_d[route], experts.size, nbytes)
+        durations = np.asarray(self.cost.transfer_time(route, s, layer, experts), dtype=float)
+        return link.place(t_gate, durations, experts.size, nbytes)
+
+    def _activation_out(
+        self,
+        route: str,
+        s: int,
+        layer: int,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        idx: np.ndarray,
+        t_gate: float,
+    ) -> tuple[float, float, float, np.ndarray]:
+        """Send the tokens of the ``idx`` experts out; returns (start, end, half time, idx)."""
+        half = 0.5 * float(self.cost.activation_time(route, s, layer, experts[idx], tokens[idx]))
+        nbytes = float(tokens[idx].sum()) * self.act_bytes
+        start, end, slot = self.routes[route].place_one(t_gate, half, nbytes)
+        if self.timeline is not None:
+            self._event(f"{route}[{slot}]", "activation", t_gate + start, t_gate + end, s, layer)
+        return start, end, half, idx
+
+    def _remote_part(
+        self,
+        route: str,
+        path: int,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        out: tuple[float, float, float, np.ndarray],
+    ) -> tuple[float, float]:
+        """Serial compute next to the weights, then the results come back on the same route.
+
+        Returns (relative end, bytes moved both ways)."""
+        _start, arrived, half, idx = out
+        if path == _MD_NEAR:
+            c = self.cost.near_compute_time(s, layer, experts[idx], tokens[idx])
+            unit = "md"
+        else:
+            c = self.cost.host_compute_time(s, layer, experts[idx], tokens[idx])
+            unit = "host"
+        c = np.asarray(c, dtype=float)
+        done = arrived + float(c.sum())
+        nbytes = float(tokens[idx].sum()) * self.act_bytes
+        b_start, b_end, slot = self.routes[route].place_one(t_gate + done, half, nbytes)
+        if self.timeline is not None:
+            ends = arrived + np.cumsum(c)
+            for e, c_start, c_end in zip(experts[idx].tolist(), ends - c, ends, strict=True):
+                self._event(unit, "compute", t_gate + c_start, t_gate + c_end, s, layer, e)
+            t_back = t_gate + done
+            self._event(
+                f"{route}[{slot}]", "activation", t_back + b_start, t_back + b_end, s, layer
+            )
+        return done + b_end, 2.0 * nbytes
+
+    def _prefetch(
+        self, decision: GateDecision, s: int, layer: int, t_gate: float, steps: int
+    ) -> tuple[int, int]:
+        """Queue prefetches behind the gate's demand transfers; they enter the cache at once
+        (bytes reserved at issue) and are ready when they arrive. Already cached (or listed
+        before): ignored. Returns how many were issued on (host route, MD route)."""
+        by_route = self.cache.reserve_prefetches(decision.prefetch, s, layer)
+        for route, arr in by_route.items():
+            if not len(arr):
+                continue
+            placed = self._fetch_prefetch(route, s, layer, arr, t_gate, steps)
+            self.cache.arrived(arr, placed, t_gate)
+            if self.timeline is not None:
+                for (lyr, e), a, b, k in zip(
+                    arr.tolist(), placed.start, placed.end, placed.slot, strict=True
+                ):
+                    self._event(f"{route}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
+        return len(by_route[HOST_ROUTE]), len(by_route[MD_ROUTE])
+
+    def _fetch_prefetch(
+        self, route: str, s: int, layer: int, keys: np.ndarray, t_gate: float, steps: int
+    ) -> Placed:
+        """`_fetch` for prefetches (``keys``: rows of (layer, expert)): with a per-expert cost
+        model (a cost table), each transfer is costed at the gate it is for, layer ``lyr`` later
+        in this iteration or, for a layer not after this one, in the next (the last of the
+        source's planned ``steps`` at most)."""
+        if self.transfer_d is not None:
+            return self._fetch(route, s, layer, keys[:, 1], t_gate)
+        target = np.where(keys[:, 0] > layer, s, min(s + 1, steps - 1))
+        durations = np.empty(len(keys))
+        for ts, lyr in sorted(set(zip(target.tolist(), keys[:, 0].tolist(), strict=True))):
+            mask = (target == ts) & (keys[:, 0] == lyr)
+            durations[mask] = self.cost.transfer_time(route, ts, lyr, keys[mask, 1])
+        nbytes = len(keys) * self.expert_bytes
+        return self.routes[route].place(t_gate, durations, len(keys), nbytes)
+
+    # -- GPU ---------------------------------------------------------------------------------------
+    def _gpu_part(
+        self,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        c_all: np.ndarray,
+        hit_idx: np.ndarray | None,
+        fetched: list[tuple[np.ndarray, Placed, str]],
+    ) -> float:
+        """Serial expert compute on the GPU, hits first then in arrival order; returns its end
+        relative to the gate."""
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        busy = 0.0  # compute of the hits already in HBM at the gate: they run first
+        if hit_idx is not None:
+            if self.timeline is None and self.cache.max_ready <= t_gate:  # every one is in
+                busy = float(c_all[hit_idx].sum())
+            else:
+                ready_hit = self.cache.ready_at[layer, experts[hit_idx]] - t_gate
+                if self.timeline is None and float(ready_hit.max()) <= 0.0:
+                    busy = float(c_all[hit_idx].sum())
+                else:
+                    parts.append((hit_idx, np.maximum(ready_hit, 0.0)))
+        parts.extend((idx, placed.end) for idx, placed, _route in fetched)
+        if self.timeline is not None:
+            self._fetch_events(s, layer, t_gate, experts, fetched)
+        if not parts:
+            return busy
+        if len(parts) == 1 and parts[0][0] is not hit_idx:
+            idx, ready = parts[0]  # one FIFO batch: already in arrival order
+        else:
+            idx = np.concatenate([part[0] for part in parts])
+            ready = np.concatenate([part[1] for part in parts])
+            order = ready.argsort(kind="stable")
+            idx, ready = idx[order], ready[order]
+        c = c_all[idx]
+        cum = c.cumsum()
+        total = float(cum[-1])
+        if self.per_expert_start:
+            # f_i = max(f_{i-1}, r_i) + c_i  =>  f_last = C_last + max(0, max_i(r_i - C_{i-1})),
+            # and with `busy` s of work ahead of them: C_last + max(busy, max_i(...))
+            late = float((ready - (cum - c)).max())
+            end = total + (late if late > busy else busy)
+        else:
+            start0 = max(0.0, float(ready.max()))
+            end = start0 + busy + total
+        if self.timeline is not None:
+            ends = serial_ends(ready, c) if self.per_expert_start else start0 + cum
+            for e, a, b in zip(experts[idx].tolist(), ends - c, ends, strict=True):
+                self._event("gpu", "compute", t_gate + a, t_gate + b, s, layer, e)
+        return end
+
+    def _fetch_events(
+        self,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        fetched: list[tuple[np.ndarray, Placed, str]],
+    ) -> None:
+        for idx, placed, route in fetched:
+            for e, a, b, k in zip(
+                experts[idx].tolist(), placed.start, placed.end, placed.slot, strict=True
+            ):
+                self._event(f"{route}[{k}]", "fetch", t_gate + a, t_gate + b, s, layer, e)
+
+    def _event(
+        self, resource: str, kind: str, start: float, end: float, s: int, layer: int, e: int = -1
+    ) -> None:
+        assert self.timeline is not None
+        self.timeline.append(TimelineEvent(resource, kind, float(start), float(end), s, layer, e))
+
+
+class _IterationGates:
+    """One iteration's gates as the hot loop reads them: gate order, GPU compute table."""
+
+    __slots__ = (
+        "active",
+        "counts",
+        "experts",
+        "gpu_table",
+        "position",
+        "ref_table",
+        "step",
+        "steps",
+        "tokens",
+    )
+
+    def __init__(self, gpu: GpuProcess, it: Iteration, step: int) -> None:
+        order = it.gates()
+        self.step = step
+        self.steps = gpu.ctx.num_steps
+        self.position = int(it.position)
+        self.counts = it.counts
+        self.experts, self.tokens, self.active = order.experts, order.tokens, order.active
+        self.gpu_table = self.ref_table = None
+        if gpu.gpu_table:
+            table = np.asarray(gpu.cost.gpu_time_from_tokens(order.tokens), dtype=np.float64)
+            table[order.tokens == 0] = 0.0
+            self.gpu_table = table
+            self.ref_table = table.sum(axis=1)
