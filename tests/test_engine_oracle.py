@@ -9,6 +9,8 @@ identical floats, not merely close.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import oracle_engine
 import pytest
@@ -20,6 +22,7 @@ from test_engine_properties import ChaosCache
 from sim.engine import simulate
 from sim.hardware import ComputeUnit
 from sim.policies import make_policy
+from sim.policies.split import SeedSplit
 
 POLICIES = (
     ("seed-split", {}),
@@ -116,3 +119,48 @@ def test_engine_equals_the_pre_rewrite_engine(run):
         return
     new = simulate(trace, hw, mdl, _policy(name, params), timeline=timeline)
     assert_identical(new, old)
+
+
+@pytest.mark.parametrize(
+    ("name", "hw_kwargs"),
+    [
+        ("seed-split", {"pcie_channels": 2, "md_channels": 3, "md_latency": 2e-6}),
+        ("seed-split", {"expert_start": "layer", "non_expert": 1e-5}),
+        ("gpu-only", {"pcie_latency": 1e-5, "pcie_channels": 4}),
+        ("md-only", {}),
+        ("seed-split", {"md_mode": "near-data", "md_compute": ComputeUnit(500 * GB, 5e13)}),
+        ("seed-split", {"placement": "host"}),
+    ],
+)
+def test_long_runs_in_blocks_equal_the_pre_rewrite_engine(name, hw_kwargs):
+    """Stateless plans are timed many iterations at once (blocks of ~1024 gates): runs long
+    enough for several blocks, and cases the plan cannot take (near data, a blocked path)."""
+    trace = random_trace(np.random.default_rng(3), steps=300, layers=5, seqs=8, k=3, num_experts=24)
+    hw, mdl = hardware(**hw_kwargs), model(24, 3)
+    try:
+        old = oracle_engine.simulate(trace, hw, mdl, make_policy(name))
+    except Exception as err:
+        with pytest.raises(type(err), match=re.escape(str(err))):
+            simulate(trace, hw, mdl, make_policy(name))
+        return
+    assert_identical(simulate(trace, hw, mdl, make_policy(name)), old)
+
+
+class _PlanOnly(SeedSplit):
+    """seed-split that must never be asked gate by gate."""
+
+    def decide(self, view):
+        raise AssertionError("decide() called: the stateless plan was not used")
+
+
+def test_a_stateless_plan_replaces_decide_where_it_applies():
+    trace = random_trace(np.random.default_rng(4), steps=40, layers=3, seqs=6, k=2, num_experts=12)
+    mdl = model(12, 2)
+    simulate(trace, hardware(md_channels=2), mdl, _PlanOnly())  # fetch mode: the plan times it
+    for hw in (
+        hardware(md_mode="near-data", md_compute=ComputeUnit(500 * GB, 5e13)),  # near data
+        hardware(md_channels=2),
+    ):
+        timeline = hw.md_mode == "fetch"  # a timeline needs every transfer: gate by gate
+        with pytest.raises(AssertionError, match="decide"):
+            simulate(trace, hw, mdl, _PlanOnly(), timeline=timeline)

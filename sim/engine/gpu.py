@@ -9,10 +9,9 @@ compute streams), never with a simpy `Resource` per expert. The full model: docs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
-import simpy
 
 from sim.contract import (
     HOST_ROUTE,
@@ -27,16 +26,18 @@ from sim.contract import (
     serial_ends,
 )
 from sim.engine.cache import HbmCache
-from sim.engine.cost import is_roofline
+from sim.engine.clock import Clock
+from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
-from sim.engine.results import GateRecord, TimelineEvent
-from sim.engine.source import Idle, Iteration, IterationSource
+from sim.engine.results import GateBlock, GateRecord, TimelineEvent
+from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
 
 # plain ints for the hot loop (enum attribute lookups are slow)
 _HIT, _PCIE, _MD_FETCH, _MD_NEAR, _HOST = (int(p) for p in Path)
 _NUM_PATHS = len(Path)
 
 IterationEnd = Callable[[int, Iteration, float, float], None]
+BLOCK_GATES = 1024  # gates a stateless plan times at once (see GpuProcess.run)
 
 
 class GpuProcess:
@@ -50,6 +51,7 @@ class GpuProcess:
         routes: Mapping[str, FifoLink],
         *,
         timeline: bool,
+        alone: bool = True,
     ) -> None:
         hw, model = ctx.hardware, ctx.model
         self.index = index
@@ -73,6 +75,8 @@ class GpuProcess:
             f"policy {policy.name!r}",
         )
         self.layer_ids = tuple(int(lid) for lid in ctx.layer_ids)
+        self.layer_index = np.arange(self.layers)
+        self.layer_id_array = np.asarray(self.layer_ids, dtype=np.int64)
         self.arange = np.arange(self.num_experts)
         self.arange.flags.writeable = False
         self.not_cached = np.zeros(self.num_experts, dtype=bool)
@@ -82,45 +86,204 @@ class GpuProcess:
         if is_roofline(self.cost, "transfer_time"):
             self.transfer_d = {name: self.cost.uniform_transfer_time(name) for name in self.routes}
         self.gpu_table = is_roofline(self.cost, "gpu_compute_time")
-        self.records: list[GateRecord] = []
+        self._tables: dict[int, tuple[GateOrder, np.ndarray, np.ndarray]] = {}
+        self.host_blocked = bool(not_allowed[Path.PCIE])
+        self.md_blocked = bool(not_allowed[Path.MD_FETCH])
+        # a stateless plan in closed form (see _planned): FIFO routes, roofline, no timeline
+        plan = getattr(policy, "plan_gates", None)
+        closed = self.transfer_d is not None and not timeline and alone
+        self.plan = (
+            plan if closed and all(isinstance(r, FifoLink) for r in routes.values()) else None
+        )
+        self.records: list[GateRecord | GateBlock] = []
         self.timeline: list[TimelineEvent] | None = [] if timeline else None
         self.iterations = 0  # run so far (GateView.step of the next one)
         self.horizon = 0.0  # end of the last iteration
 
+    def compute_tables(self, order: GateOrder) -> tuple[np.ndarray, np.ndarray]:
+        """`roofline_tables` of an iteration's gates; for a row of a larger order (a lockstep
+        source's whole trace) computed once for the whole and sliced (the same values)."""
+        if order.parent is None:
+            return roofline_tables(self.cost, order)
+        whole, i = order.parent
+        table, ref = _whole_tables(self, whole)
+        return table[i], ref[i]
+
     # -- the simpy process -----------------------------------------------------------------------
-    def run(
-        self, env: simpy.Environment, source: IterationSource, on_end: IterationEnd
-    ) -> Iterator:
-        """Ask ``source`` for iterations until it says None; run each, layer by layer."""
-        layers = self.layers
-        while True:
-            it = source.next_iteration(self.index, env.now)
-            if it is None:
-                return
-            if isinstance(it, Idle):
-                if not it.until > env.now:
-                    raise ValueError(
-                        f"iteration source: Idle(until={it.until!r}) at time {env.now!r} must "
-                        "wait for a later time"
-                    )
-                yield env.timeout(it.until - env.now)
+    def run(self, env: Clock, source: IterationSource, on_end: IterationEnd) -> Iterator:
+        """Ask ``source`` for iterations until it says None; run each, layer by layer.
+
+        A GPU alone on its links has nothing to wait for inside an iteration: it runs the
+        iteration's layers in closed form (the same float operations simpy's clock would do:
+        ``now + non_expert``, then ``t_gate + rel_end``) and yields once, at its end. With a
+        stateless plan and a source whose answers do not depend on time (lockstep), it takes
+        several iterations at once (about `BLOCK_GATES` gates) and times them together."""
+        block = BLOCK_GATES // max(self.layers, 1) if self.plan is not None else 1
+        if not getattr(source, "time_independent", False):
+            block = 1
+        done = False
+        while not done:
+            its: list[Iteration] = []
+            while len(its) < max(block, 1):
+                it = source.next_iteration(self.index, env.now)
+                if it is None:
+                    done = True
+                    break
+                if isinstance(it, Idle):
+                    if its:
+                        raise ValueError(
+                            "iteration source: a time-independent source answered Idle"
+                        )
+                    if not it.until > env.now:
+                        raise ValueError(
+                            f"iteration source: Idle(until={it.until!r}) at time {env.now!r} "
+                            "must wait for a later time"
+                        )
+                    yield env.at(it.until)
+                    continue
+                its.append(it)
+            if not its:
                 continue
-            s = self.iterations
-            gates = _IterationGates(self, it, s)
             start = env.now
-            non_expert = it.non_expert
-            for layer in range(layers):
-                t_start = env.now
-                ne = non_expert[layer]
-                if ne > 0.0:
-                    yield env.timeout(ne)
-                t_gate = env.now
-                view, rel_end = self._gate(gates, layer, t_start, t_gate, ne)
-                yield env.timeout(rel_end)
-                self.policy.on_layer_end(view, env.now)
-            self.iterations = s + 1
-            self.horizon = env.now
-            on_end(self.index, it, start, env.now)
+            ends = self._planned(its, self.iterations, start)
+            if ends is None:
+                ends = []
+                now = start
+                for it in its:
+                    step = self.iterations + len(ends)
+                    end = self._planned([it], step, now)
+                    if end is None:
+                        end = [self._layers(_IterationGates(self, it, step), it.non_expert, now)]
+                    ends.append(end[0])
+                    now = end[0]
+            yield env.at(ends[-1])
+            for it, end in zip(its, ends, strict=True):
+                self.iterations += 1
+                self.horizon = end
+                on_end(self.index, it, start, end)
+                start = end
+
+    def _layers(self, g: _IterationGates, non_expert: Sequence[float], now: float) -> float:
+        """Run the iteration gate by gate from ``now``; returns its end."""
+        for layer in range(self.layers):
+            t_start = now
+            ne = non_expert[layer]
+            if ne > 0.0:
+                now = now + ne
+            t_gate = now
+            view, rel_end = self._gate(g, layer, t_start, t_gate, ne)
+            now = t_gate + rel_end
+            self.policy.on_layer_end(view, now)
+        return now
+
+    # -- stateless plans in closed form -----------------------------------------------------------
+    def _planned(self, its: list[Iteration], step: int, start: float) -> list[float] | None:
+        """Iterations ``its`` at once, for a policy that gives its paths as a plan
+        (`Policy.plan_gates`: stateless, every active expert fetched over the host or MD route) on a
+        GPU alone on idle FIFO routes, under the roofline cost model and without a timeline.
+
+        Every gate then starts with its routes idle (each transfer a layer issues ends before
+        the layer does, and rounding is monotonic), so each gate is the little schedule
+        `_gate` would compute, evaluated here for all gates with numpy and the very same
+        float operations in the same order: the results are identical, bit for bit
+        (tests/test_engine_oracle.py). ``step``: the first one's iteration index. Returns each
+        iteration's end, or None (not applicable: run them gate by gate)."""
+        plan = self.plan
+        if plan is None or not self.gpu_table:
+            return None
+        host, md = self.routes[HOST_ROUTE], self.routes[MD_ROUTE]
+        if host.latest > start or md.latest > start:
+            return None
+        g = _Block(self, its)
+        paths = plan(g.experts, g.tokens, g.active)
+        if paths is None:
+            return None
+        layers, rows = self.layers, len(g.active)
+        active = self.arange[None, :] < g.active[:, None]
+        p = np.asarray(paths)
+        on_host = active & (p == _PCIE)
+        on_md = active & (p == _MD_FETCH)
+        n_host = on_host.sum(axis=1)
+        n_md = on_md.sum(axis=1)
+        if not np.array_equal(n_host + n_md, g.active):
+            return None  # other paths: gate by gate
+        if (self.host_blocked and n_host.any()) or (self.md_blocked and n_md.any()):
+            return None  # the gate-by-gate run raises the policy's error
+        d_host, d_md = self.transfer_d[HOST_ROUTE], self.transfer_d[MD_ROUTE]
+        c_host, c_md = host.channels, md.channels
+        # FIFO arrivals on idle slots, as FifoLink._place_idle: start (j // c) d, end start + d
+        rank_host = np.cumsum(on_host, axis=1) - 1
+        rank_md = np.cumsum(on_md, axis=1) - 1
+        end_host = (rank_host // c_host).astype(np.float64) * d_host + d_host
+        end_md = (rank_md // c_md).astype(np.float64) * d_md + d_md
+        ready = np.where(on_host, end_host, np.where(on_md, end_md, np.inf))
+        last_host = np.where(on_host, end_host, 0.0).max(axis=1)
+        last_md = np.where(on_md, end_md, 0.0).max(axis=1)
+        # serial GPU compute in arrival order; ties: host route first, then gate order (the
+        # engine's stable sort of [host batch, MD batch])
+        row_index = np.arange(rows)[:, None]
+        order = np.lexsort((np.broadcast_to(self.arange, ready.shape), on_md, ready), axis=1)
+        r = ready[row_index, order]
+        c = g.gpu_table[row_index, order]
+        cum = np.cumsum(c, axis=1)
+        real = r < np.inf
+        total = cum[:, -1]
+        if self.per_expert_start:
+            late = np.where(real, r - (cum - c), -np.inf).max(axis=1)
+            gpu_end = np.where(late > 0.0, total + late, total + 0.0)
+        else:
+            start0 = np.maximum(0.0, np.where(real, r, -np.inf).max(axis=1))
+            gpu_end = (start0 + 0.0) + total
+        rel_end = np.where(g.active > 0, gpu_end, 0.0)
+        # the clock: now + non_expert, then t_gate + rel_end, layer after layer (a cumulative
+        # sum adds in that same order; adding a 0 s non-expert time changes nothing)
+        ne = g.non_expert
+        ticks = np.empty(2 * rows + 1)
+        ticks[0] = start
+        ticks[1::2] = ne
+        ticks[2::2] = rel_end
+        clock = np.cumsum(ticks)
+        t_start, t_gate, t_end = clock[0:-1:2], clock[1::2], clock[2::2]
+        eb = self.expert_bytes
+        n_host_f = n_host.astype(np.float64)
+        n_md_f = n_md.astype(np.float64)
+        bytes_host = n_host_f * eb
+        bytes_md = n_md_f * eb
+        _book_idle(host, t_gate, d_host, n_host, bytes_host, last_host)
+        _book_idle(md, t_gate, d_md, n_md, bytes_md, last_md)
+        ref = g.ref_table
+        zeros = np.zeros(rows, dtype=np.int64)
+        self.records.append(
+            GateBlock(
+                np.repeat(np.arange(step, step + len(its)), layers),
+                np.repeat(np.array([int(it.position) for it in its], dtype=np.int64), layers),
+                np.tile(self.layer_index, len(its)),
+                np.tile(self.layer_id_array, len(its)),
+                g.active,
+                zeros,
+                n_host,
+                n_md,
+                zeros,
+                zeros,
+                zeros,
+                zeros,
+                bytes_host,
+                bytes_md,
+                t_start,
+                t_gate,
+                t_end,
+                np.maximum(last_host, last_md),
+                rel_end - ref,
+                ne + rel_end,
+                np.zeros(rows),
+                ref,
+                ne,
+                np.full(rows, self.index),
+            )
+        )
+        if not layers:
+            return [start] * len(its)
+        return t_end[layers - 1 :: layers].tolist()
 
     # -- one gate ----------------------------------------------------------------------------------
     def _gate(
@@ -488,7 +651,87 @@ class _IterationGates:
         self.experts, self.tokens, self.active = order.experts, order.tokens, order.active
         self.gpu_table = self.ref_table = None
         if gpu.gpu_table:
-            table = np.asarray(gpu.cost.gpu_time_from_tokens(order.tokens), dtype=np.float64)
-            table[order.tokens == 0] = 0.0
-            self.gpu_table = table
-            self.ref_table = table.sum(axis=1)
+            self.gpu_table, self.ref_table = gpu.compute_tables(order)
+
+
+class _Block:
+    """Several iterations' gates stacked (rows = gates, iteration-major), for `_planned`: views
+    of a lockstep source's whole-trace arrays when the iterations are consecutive rows of it."""
+
+    def __init__(self, gpu: GpuProcess, its: list[Iteration]) -> None:
+        orders = [it.gates() for it in its]
+        first = orders[0].parent
+        e = gpu.num_experts
+        if first is not None and all(
+            o.parent is not None and o.parent[0] is first[0] and o.parent[1] == first[1] + i
+            for i, o in enumerate(orders)
+        ):
+            whole, i0 = first
+            rows = slice(i0, i0 + len(orders))
+            self.experts = whole.experts[rows].reshape(-1, e)
+            self.tokens = whole.tokens[rows].reshape(-1, e)
+            self.active = whole.active[rows].reshape(-1)
+            table, ref = _whole_tables(gpu, whole)
+            self.gpu_table = table[rows].reshape(-1, e)
+            self.ref_table = ref[rows].reshape(-1)
+        else:
+            self.experts = np.concatenate([o.experts for o in orders]).reshape(-1, e)
+            self.tokens = np.concatenate([o.tokens for o in orders]).reshape(-1, e)
+            self.active = np.concatenate([o.active for o in orders]).reshape(-1)
+            tables = [gpu.compute_tables(o) for o in orders]
+            self.gpu_table = np.concatenate([t for t, _ in tables]).reshape(-1, e)
+            self.ref_table = np.concatenate([r for _, r in tables]).reshape(-1)
+        self.non_expert = np.concatenate(
+            [np.asarray(it.non_expert, dtype=np.float64) for it in its]
+        )
+
+
+def _whole_tables(gpu: GpuProcess, whole: GateOrder) -> tuple[np.ndarray, np.ndarray]:
+    tables = gpu._tables.get(id(whole))
+    if tables is None or tables[0] is not whole:
+        tables = (whole, *roofline_tables(gpu.cost, whole))
+        gpu._tables = {id(whole): tables}
+    return tables[1], tables[2]
+
+
+def roofline_tables(cost: RooflineCost, order: GateOrder) -> tuple[np.ndarray, np.ndarray]:
+    """GPU compute time of each gate's experts (gate order, 0 past the active ones) and its
+    sum per gate: the all-in-HBM reference."""
+    table = np.asarray(cost.gpu_time_from_tokens(order.tokens), dtype=np.float64)
+    table[order.tokens == 0] = 0.0
+    return table, table.sum(axis=-1)
+
+
+def _book_idle(
+    link: FifoLink,
+    t_gate: np.ndarray,
+    d: float,
+    n: np.ndarray,
+    nbytes: np.ndarray,
+    last: np.ndarray,
+) -> None:
+    """`FifoLink.place`'s bookkeeping for one batch per gate (``n[l]`` transfers of ``d`` at
+    ``t_gate[l]`` on idle slots, last end ``last[l]``): the same sums in the same order (a
+    gate without transfers adds exact zeros) and each slot's ``free_at`` as the last batch
+    that used it left it (`FifoLink._place_idle`: transfer ``j`` on slot ``j % c`` ends at
+    ``(j // c) d + d``)."""
+    counts = n.tolist()
+    used = [i for i, m in enumerate(counts) if m]
+    if not used:
+        return
+    total_bytes, busy = link.bytes, link.busy
+    for add_bytes, add_busy in zip(nbytes[used].tolist(), (d * n[used]).tolist()):
+        total_bytes += add_bytes
+        busy += add_busy
+    link.bytes, link.busy = total_bytes, busy
+    link.transfers += sum(counts)
+    c = link.channels
+    t = t_gate.tolist()
+    for k in range(c):
+        lyr = next((i for i in reversed(used) if counts[i] > k), None)
+        if lyr is None:
+            continue
+        j = counts[lyr] - 1 - ((counts[lyr] - 1 - k) % c)
+        end = float(last[lyr]) if c == 1 else float(j // c) * d + d
+        link.free_at[k] = t[lyr] + end
+    link.latest = t[used[-1]] + float(last[used[-1]])

@@ -89,16 +89,67 @@ class GateRecord(NamedTuple):
 assert GateRecord._fields[: len(PER_LAYER_COLUMNS)] == PER_LAYER_COLUMNS
 
 
-def collect_gates(records: list[GateRecord]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The per_layer columns of ``records`` (in their order) and the ``[rows, 3]`` float table
-    of (compute_ref, non_expert, gpu) that per-step columns need."""
-    width = len(GateRecord._fields)
-    table = np.array(records, dtype=np.float64).reshape(-1, width)
-    per_layer = {}
-    for i, name in enumerate(PER_LAYER_COLUMNS):
-        col = table[:, i]
-        per_layer[name] = col.astype(np.int64) if name in INT_COLUMNS else col.copy()
-    return per_layer, table[:, len(PER_LAYER_COLUMNS) :]
+class GateBlock(NamedTuple):
+    """Consecutive gates' records as columns (`GateRecord`'s fields, one array each): what the
+    closed-form path records for a whole iteration at once."""
+
+    step: np.ndarray
+    position: np.ndarray
+    layer: np.ndarray
+    layer_id: np.ndarray
+    active: np.ndarray
+    hits: np.ndarray
+    pcie: np.ndarray
+    md_fetch: np.ndarray
+    md_near: np.ndarray
+    host: np.ndarray
+    prefetch_pcie: np.ndarray
+    prefetch_md: np.ndarray
+    bytes_pcie: np.ndarray
+    bytes_md: np.ndarray
+    t_start: np.ndarray
+    t_gate: np.ndarray
+    t_end: np.ndarray
+    transfer_window: np.ndarray
+    stall: np.ndarray
+    layer_time: np.ndarray
+    cache_bytes: np.ndarray
+    compute_ref: np.ndarray
+    non_expert: np.ndarray
+    gpu: np.ndarray
+
+
+assert GateBlock._fields == GateRecord._fields
+
+
+def collect_gates(
+    records: list[GateRecord | GateBlock],
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The per_layer columns of ``records`` (in their order; single gates and blocks of
+    gates) and the ``[rows, 3]`` float table of (compute_ref, non_expert, gpu) that per-step
+    columns need."""
+    chunks: list[list[np.ndarray]] = []
+    run: list[GateRecord] = []
+    for item in [*records, None]:
+        if isinstance(item, GateRecord):
+            run.append(item)
+            continue
+        if run:
+            chunks.append([np.asarray(col) for col in zip(*run)])
+            run = []
+        if item is not None:
+            chunks.append(list(item))
+    fields = GateRecord._fields
+    columns = [
+        np.concatenate([chunk[i] for chunk in chunks]) if chunks else np.empty(0)
+        for i in range(len(fields))
+    ]
+    per_layer = {
+        name: col.astype(np.int64 if name in INT_COLUMNS else np.float64)
+        for name, col in zip(PER_LAYER_COLUMNS, columns)
+    }
+    extra = np.stack([col.astype(np.float64) for col in columns[len(PER_LAYER_COLUMNS) :]], axis=1)
+    return per_layer, extra
 
 
 def collect_steps(

@@ -11,9 +11,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-import simpy
-
 from sim.contract import ROUTES, CostModel, GatePolicy, PolicyContext
+from sim.engine.clock import Clock
 from sim.engine.cost import RooflineCost
 from sim.engine.gpu import GpuProcess
 from sim.engine.links import FifoLink
@@ -111,7 +110,7 @@ def run_engine(
         if progress is not None:
             progress(iteration)
 
-    env = simpy.Environment()
+    env = Clock()
     for gpu in gpus:
         env.process(gpu.run(env, source, ended))
     env.run()

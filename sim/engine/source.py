@@ -34,6 +34,7 @@ class GateOrder:
     experts: np.ndarray  # [..., E] intp
     tokens: np.ndarray  # [..., E] int64, 0 past the active ones
     active: np.ndarray  # [...] int64
+    parent: tuple[GateOrder, int] | None = None  # (whole, i) when this is whole.row(i)
 
     @classmethod
     def from_counts(cls, counts: np.ndarray) -> GateOrder:
@@ -47,7 +48,7 @@ class GateOrder:
 
     def row(self, i: int) -> GateOrder:
         """The gates of the ``i``-th entry of the leading axis (views, no copies)."""
-        return GateOrder(self.experts[i], self.tokens[i], self.active[i])
+        return GateOrder(self.experts[i], self.tokens[i], self.active[i], (self, i))
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,10 @@ class LockstepSource:
         self._orders = [orders.setdefault(id(c), GateOrder.from_counts(c)) for c in per_gpu]
         self._next = [0] * num_gpus
         self.steps = steps
+
+    # its answers do not depend on the time asked or on iteration ends, and it never idles: a
+    # GPU alone may take several iterations at once (GpuProcess.run)
+    time_independent = True
 
     def planned_counts(self, gpu: int) -> np.ndarray:
         return self.counts[gpu]

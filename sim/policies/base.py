@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from sim.contract import (
@@ -62,6 +64,13 @@ class Policy:
     summary: ClassVar[str] = ""  # one line: the idea and where it comes from
     uses_future: ClassVar[bool] = False  # True for oracles and offline bounds
     is_bound: ClassVar[bool] = False  # True for offline bounds (reported as such)
+    # Stateless policies (no cache, no prefetch, paths depending only on the gate's routing)
+    # may define ``plan_gates(experts, tokens, active) -> paths``: for every layer of an iteration at
+    # once (rows of ``[layers, E]``, each in gate order as `GateView.experts`/``tokens``, the
+    # first ``active[layer]`` entries of a row active), the `Path` that ``decide`` would give
+    # each expert. The engine then times the iteration in closed form when it can
+    # (docs/engine.md, "Speed").
+    plan_gates: ClassVar[Callable[..., np.ndarray | None] | None] = None
 
     @dataclass(frozen=True)
     class Params:

@@ -102,9 +102,20 @@ class SeedSplit(Policy):
         super().bind(ctx)
         self._h = seed_h_table(self.params, ctx.hardware, ctx.model.num_experts)
         self._md = md_path(ctx.hardware)
+        self._columns = np.arange(ctx.model.num_experts)[None, :]
 
     def decide(self, view: GateView) -> GateDecision:
         return GateDecision(paths=seed_split_paths(view, self._h, self._md, self.params.order))
+
+    def plan_gates(self, experts: np.ndarray, tokens: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """`decide` for every gate of an iteration at once (`Policy.plan_gates`, gate order)."""
+        h = self._h[active]
+        if self.params.order == "tokens":  # gate order is most tokens first
+            rank = self._columns
+        else:  # lowest ids first among the active ones
+            ids = np.where(self._columns < active[:, None], experts, np.iinfo(np.int64).max)
+            rank = np.argsort(np.argsort(ids, axis=1, kind="stable"), axis=1, kind="stable")
+        return np.where(rank < h[:, None], Path.PCIE, self._md).astype(np.int8)
 
 
 def seed_split_plan(
@@ -145,6 +156,10 @@ class GpuOnly(Policy):
     def decide(self, view: GateView) -> GateDecision:
         return GateDecision(paths=single_path(view, Path.PCIE))
 
+    def plan_gates(self, experts: np.ndarray, tokens: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """`decide` for every gate of an iteration at once (`Policy.plan_gates`)."""
+        return np.full(experts.shape, Path.PCIE, dtype=np.int8)
+
 
 @register_policy
 class MdOnly(Policy):
@@ -160,6 +175,10 @@ class MdOnly(Policy):
 
     def decide(self, view: GateView) -> GateDecision:
         return GateDecision(paths=single_path(view, self._md))
+
+    def plan_gates(self, experts: np.ndarray, tokens: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """`decide` for every gate of an iteration at once (`Policy.plan_gates`)."""
+        return np.full(experts.shape, self._md, dtype=np.int8)
 
 
 def single_path_plan(counts: np.ndarray, path: Path) -> np.ndarray:
