@@ -261,6 +261,7 @@ class GpuProcess:
                 np.tile(self.layer_id_array, len(its)),
                 g.active,
                 zeros,
+                zeros,
                 n_host,
                 n_md,
                 zeros,
@@ -294,9 +295,13 @@ class GpuProcess:
         experts = g.experts[layer, :n]
         tokens = g.tokens[layer, :n]
         cache = self.cache
+        late = 0  # cached experts still in flight at the gate (prefetches not yet arrived)
         if cache.count:
-            cached = np.isfinite(cache.ready_at[layer, experts])
+            ready = cache.ready_at[layer, experts]
+            cached = np.isfinite(ready)
             cached.flags.writeable = False
+            if cache.max_ready > t_gate:
+                late = int(np.count_nonzero(ready[cached] > t_gate))
         else:
             cached = self.not_cached[:n]
         view = GateView(
@@ -382,7 +387,8 @@ class GpuProcess:
                 layer,
                 self.layer_ids[layer],
                 n,
-                hits,
+                hits - late,
+                late,
                 by_path[_PCIE],
                 by_path[_MD_FETCH],
                 by_path[_MD_NEAR],

@@ -19,6 +19,7 @@ _COUNT_COLUMNS = (
     "layer_id",
     "active",
     "hits",
+    "late_prefetches",
     "pcie",
     "md_fetch",
     "md_near",
@@ -38,7 +39,7 @@ PER_LAYER_COLUMNS = (
     "layer_time",
     "cache_bytes",
 )
-PER_STEP_COLUMNS = ("step", "position", "latency", "compute_only")
+PER_STEP_COLUMNS = ("step", "position", "latency", "compute_only", "non_expert")
 INT_COLUMNS = frozenset(_COUNT_COLUMNS)
 TOTAL_KEYS = (
     "total_time",
@@ -49,9 +50,13 @@ TOTAL_KEYS = (
     "bytes_pcie",
     "bytes_md",
     "hits",
+    "late_prefetches",
     "misses",
     "hit_rate",
     "stall",
+    "tokens_per_s",
+    "ms_per_token",
+    "non_expert_time",
 )
 
 
@@ -66,6 +71,7 @@ class GateRecord(NamedTuple):
     layer_id: int
     active: int
     hits: int
+    late_prefetches: int
     pcie: int
     md_fetch: int
     md_near: int
@@ -99,6 +105,7 @@ class GateBlock(NamedTuple):
     layer_id: np.ndarray
     active: np.ndarray
     hits: np.ndarray
+    late_prefetches: np.ndarray
     pcie: np.ndarray
     md_fetch: np.ndarray
     md_near: np.ndarray
@@ -157,7 +164,8 @@ def collect_steps(
 ) -> dict[str, np.ndarray]:
     """per_step columns from one GPU's per_layer rows (iteration-major, ``layers`` rows each):
     latency = the iteration's layer times summed (time per output token); compute_only = its
-    non-expert time + all-in-HBM GPU compute, summed."""
+    non-expert time + all-in-HBM GPU compute, summed; non_expert = its non-expert time per
+    layer (the mean over its layers when they differ)."""
     layer_time = per_layer["layer_time"].reshape(-1, layers)
     ref = extra[:, 0].reshape(-1, layers)
     non_expert = extra[:, 1].reshape(-1, layers)
@@ -166,6 +174,11 @@ def collect_steps(
         "position": per_layer["position"][::layers].copy(),
         "latency": layer_time.sum(axis=1),
         "compute_only": (ref + non_expert).sum(axis=1),
+        "non_expert": np.where(
+            non_expert.min(axis=1) == non_expert.max(axis=1),
+            non_expert[:, 0] if layers else 0.0,
+            non_expert.mean(axis=1),
+        ),
     }
 
 
@@ -205,24 +218,38 @@ class RunResult:
 
 
 def compute_totals(
-    per_layer: dict[str, np.ndarray], per_step: dict[str, np.ndarray]
+    per_layer: dict[str, np.ndarray], per_step: dict[str, np.ndarray], num_seqs: int = 1
 ) -> dict[str, float]:
-    """Totals over a run from its columns (so a result can be re-derived from its CSVs)."""
+    """Totals over a run from its columns (so a result can be re-derived from its CSVs).
+
+    ``hits`` counts only experts already in HBM at the gate; ``late_prefetches`` those still in
+    flight to it (served without a new transfer, but the GPU waits); ``misses`` the rest.
+    ``tokens_per_s``: the batch's ``num_seqs`` tokens per mean step; ``ms_per_token``: the
+    mean step in ms (each sequence gets one output token per step)."""
     latency = per_step["latency"]
     active = float(per_layer["active"].sum())
     hits = float(per_layer["hits"].sum())
+    late = float(per_layer["late_prefetches"].sum()) if "late_prefetches" in per_layer else 0.0
     t_end = per_layer["t_end"]
+    mean_step = float(latency.mean()) if latency.size else 0.0
+    non_expert = per_step.get("non_expert")
     return {
         "total_time": float(t_end[-1]) if t_end.size else 0.0,
-        "mean_step": float(latency.mean()) if latency.size else 0.0,
+        "mean_step": mean_step,
         "p50_step": float(np.percentile(latency, 50)) if latency.size else 0.0,
         "p99_step": float(np.percentile(latency, 99)) if latency.size else 0.0,
         "transfer_time": float(per_layer["transfer_window"].sum()),
         "bytes_pcie": float(per_layer["bytes_pcie"].sum()),
         "bytes_md": float(per_layer["bytes_md"].sum()),
         "hits": hits,
-        "misses": active - hits,
+        "late_prefetches": late,
+        "misses": active - hits - late,
         "hit_rate": hits / active if active else 0.0,
         "stall": float(per_layer["stall"].sum()),
+        "tokens_per_s": num_seqs / mean_step if mean_step > 0 else 0.0,
+        "ms_per_token": 1e3 * mean_step,
+        "non_expert_time": float(non_expert.mean())
+        if non_expert is not None and non_expert.size
+        else 0.0,
         "compute_only": float(per_step["compute_only"].sum()),
     }

@@ -20,6 +20,7 @@ from sim.engine.results import RunResult, collect_gates, collect_steps, compute_
 from sim.engine.source import Iteration, IterationSource, LockstepSource
 from sim.errors import UserError
 from sim.hardware import Hardware, ModelSpec
+from sim.roofline import step_non_expert_times
 from sim.trace.routing import RoutingTrace
 
 
@@ -51,7 +52,9 @@ def simulate(
     if not 1 <= k <= trace.num_experts:
         raise UserError(f"topk: expected 1..{trace.num_experts}, got {k}")
     counts = trace.expert_token_counts(k)
-    source = LockstepSource(counts, trace.positions, hardware.gpu.non_expert_time)
+    # per step: the constant gpu.non_expert_time, or the roofline (sim/roofline.py)
+    non_expert = step_non_expert_times(hardware, model, trace.num_seqs, trace.positions)
+    source = LockstepSource(counts, trace.positions, non_expert[:, None])
     return run_engine(
         source,
         hardware,
@@ -64,6 +67,7 @@ def simulate(
         progress=_per_iterations(progress, source.steps),
         seed=seed,
         label=label,
+        tokens_per_iteration=trace.num_seqs,
     )
 
 
@@ -80,10 +84,13 @@ def run_engine(
     progress: Callable[[Iteration], None] | None = None,
     seed: int = 0,
     label: str | None = None,
+    tokens_per_iteration: int = 1,
 ) -> RunResult:
     """Run ``source``'s iterations on one GPU per policy instance (``policies[g]`` serves GPU
     ``g``; each GPU has its own HBM cache). ``progress`` is called with each iteration that
-    ends. See docs/engine.md ("Iteration sources") for writing a source."""
+    ends. ``tokens_per_iteration``: output tokens an iteration produces (lockstep: the
+    batch's sequences), for tokens/s. See docs/engine.md ("Iteration sources") for writing a
+    source."""
     if not model.expert_bytes > 0:
         raise UserError(f"model.expert_bytes: expected a size > 0, got {model.expert_bytes}")
     if len(policies) != 1:
@@ -114,7 +121,7 @@ def run_engine(
     for gpu in gpus:
         env.process(gpu.run(env, source, ended))
     env.run()
-    return _result(gpus, routes, label or policies[0].name)
+    return _result(gpus, routes, label or policies[0].name, tokens_per_iteration)
 
 
 def _per_iterations(
@@ -136,11 +143,13 @@ def _per_iterations(
     return tick
 
 
-def _result(gpus: list[GpuProcess], routes: dict[str, FifoLink], label: str) -> RunResult:
+def _result(
+    gpus: list[GpuProcess], routes: dict[str, FifoLink], label: str, tokens: int
+) -> RunResult:
     gpu = gpus[0]
     per_layer, extra = collect_gates(gpu.records)
     per_step = collect_steps(per_layer, extra, gpu.layers)
-    totals = compute_totals(per_layer, per_step)
+    totals = compute_totals(per_layer, per_step, tokens)
     total_time = totals["total_time"]
     links = {}
     for link in routes.values():

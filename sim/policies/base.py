@@ -42,6 +42,7 @@ __all__ = [
     "GPU_FETCH_PATHS",
     "IN_PLACE_PATHS",
     "LINK_OF_PATH",
+    "RUN_KINDS",
     "CostModel",
     "GateDecision",
     "GateView",
@@ -55,6 +56,8 @@ __all__ = [
     "make_policy",
     "register_policy",
 ]
+
+RUN_KINDS = ("online", "oracle", "bound")  # what a run may know (Policy.run_kind)
 
 
 class Policy:
@@ -86,6 +89,15 @@ class Policy:
 
     def decide(self, view: GateView) -> GateDecision:
         raise NotImplementedError
+
+    def run_kind(self) -> str:
+        """What this run may know, for labelling its results (one of `RUN_KINDS`): ``bound``
+        (an offline bound), ``oracle`` (reads routing it could not know online) or
+        ``online``. A property of the run, not only of the class: a policy profiled on another
+        trace than the one it is judged on is online (static-popular overrides this)."""
+        if self.is_bound:
+            return "bound"
+        return "oracle" if self.uses_future else "online"
 
     def on_layer_end(self, view: GateView, end_time: float) -> None:
         """Called when the layer's experts are done (for bookkeeping such as recency)."""

@@ -39,6 +39,7 @@ from sim.policies.base import (
     PolicyError,
     allowed_paths,
 )
+from sim.roofline import step_non_expert_times
 from sim.trace.routing import RoutingTrace
 
 _COL = {name: i for i, name in enumerate(PER_LAYER_COLUMNS)}
@@ -79,7 +80,7 @@ def simulate(
     *,
     topk: int | None = None,
     cost: CostModel | None = None,
-    timeline: bool = False,
+    timeline: bool | tuple[int, int] = False,
     progress: Callable[[int], None] | None = None,
     seed: int = 0,
     label: str | None = None,
@@ -88,7 +89,9 @@ def simulate(
 
     ``topk`` cuts the trace's routing to k' experts per token (default ``model.top_k``) with
     the project's one top-k selection. ``progress`` is called with the number of steps newly
-    completed (tqdm's ``update``). ``label`` defaults to the policy's name.
+    completed (tqdm's ``update``). ``label`` defaults to the policy's name. ``timeline``: True
+    records every interval; ``(start, stop)`` only those of steps ``start .. stop-1`` (a window
+    costs what the recorded steps cost; the other steps take the fast path).
     """
     k = model.top_k if topk is None else int(topk)
     if trace.num_experts != model.num_experts:
@@ -123,7 +126,12 @@ class _Engine:
     """State of one run: the HBM cache (`HbmCache`), link slots, metric rows."""
 
     def __init__(
-        self, trace: RoutingTrace, ctx: PolicyContext, policy: Policy, *, timeline: bool
+        self,
+        trace: RoutingTrace,
+        ctx: PolicyContext,
+        policy: Policy,
+        *,
+        timeline: bool | tuple[int, int],
     ) -> None:
         hw, model = ctx.hardware, ctx.model
         self.trace = trace
@@ -134,7 +142,9 @@ class _Engine:
         self.gates = GateOrder.from_counts(ctx.counts)
         steps, layers, num_experts = ctx.counts.shape
         self.steps, self.layers, self.num_experts = steps, layers, num_experts
-        self.non_expert = float(hw.gpu.non_expert_time)
+        # per step: the constant gpu.non_expert_time, or the roofline (sim/roofline.py)
+        self.non_expert = step_non_expert_times(hw, model, trace.num_seqs, trace.positions)
+        self.non_expert_list = self.non_expert.tolist()
         self.per_expert_start = hw.gpu.expert_start == "per-expert"
         self.expert_bytes = float(model.expert_bytes)
         self.act_bytes = float(model.activation_bytes_per_token)
@@ -170,14 +180,19 @@ class _Engine:
             self.ref_table = table.sum(axis=2)
         # one tuple per gate: PER_LAYER_COLUMNS, then the all-in-HBM compute time
         self.rows: list[tuple] = []
-        self.timeline: list[TimelineEvent] | None = [] if timeline else None
+        # the recorded events; `timeline` is that list while a recorded step runs, else None
+        self.events: list[TimelineEvent] | None = [] if timeline is not False else None
+        self.window = (0, self.steps) if timeline is True else timeline or (0, 0)
+        self.timeline: list[TimelineEvent] | None = None
 
     # -- the simpy process -----------------------------------------------------------------------
     def run(self, env: simpy.Environment, progress: Callable[[int], None] | None) -> Iterator:
-        ne = self.non_expert
         report_every = max(1, self.steps // 100)
         done = 0
+        lo, hi = self.window
         for s in range(self.steps):
+            ne = self.non_expert_list[s]
+            self.timeline = self.events if lo <= s < hi else None
             for layer in range(self.layers):
                 t_start = env.now
                 if ne > 0.0:
@@ -198,9 +213,13 @@ class _Engine:
         experts = g.experts[s, layer, :n]
         tokens = g.tokens[s, layer, :n]
         cache = self.cache
+        late = 0  # cached experts still in flight at the gate (prefetches not yet arrived)
         if cache.count:
-            cached = np.isfinite(cache.ready_at[layer, experts])
+            ready = cache.ready_at[layer, experts]
+            cached = np.isfinite(ready)
             cached.flags.writeable = False
+            if cache.max_ready > t_gate:
+                late = int(np.count_nonzero(ready[cached] > t_gate))
         else:
             cached = self.not_cached[:n]
         view = GateView(
@@ -286,7 +305,8 @@ class _Engine:
                 layer,
                 self.layer_ids[layer],
                 n,
-                hits,
+                hits - late,
+                late,
                 by_path[_PCIE],
                 by_path[_MD_FETCH],
                 by_path[_MD_NEAR],
@@ -300,7 +320,7 @@ class _Engine:
                 t_gate + rel_end,
                 window,
                 rel_end - ref,
-                self.non_expert + rel_end,
+                self.non_expert_list[s] + rel_end,
                 cache.count * self.expert_bytes,
                 ref,
             )
@@ -546,9 +566,10 @@ class _Engine:
             "step": np.arange(self.steps, dtype=np.int64),
             "position": np.asarray(self.positions, dtype=np.int64),
             "latency": layer_time.sum(axis=1),
-            "compute_only": (ref + self.non_expert).sum(axis=1),
+            "compute_only": (ref + self.non_expert[:, None]).sum(axis=1),
+            "non_expert": self.non_expert.copy(),
         }
-        totals = compute_totals(per_layer, per_step)
+        totals = compute_totals(per_layer, per_step, self.trace.num_seqs)
         total_time = totals["total_time"]
         links = {}
         for name, link in self.links.items():
@@ -570,7 +591,7 @@ class _Engine:
             links=links,
             totals=totals,
             params=dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {},
-            timeline=tuple(self.timeline) if self.timeline is not None else None,
+            timeline=tuple(self.events) if self.events is not None else None,
         )
 
 
