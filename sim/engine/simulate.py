@@ -117,7 +117,7 @@ def run_engine(
         if progress is not None:
             progress(iteration)
 
-    env = Clock()
+    env = Clock(initial_time=0.0)
     for gpu in gpus:
         env.process(gpu.run(env, source, ended))
     env.run()
