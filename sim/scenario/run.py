@@ -187,8 +187,10 @@ def summary_rows(scenario: Scenario, results: Sequence[RunResult]) -> list[dict[
 def _row(result: RunResult) -> dict[str, Any]:
     row = dict(result.summary_row())
     row.setdefault("topk", getattr(result, "topk", None))
-    row.setdefault("kind", getattr(result, "kind", "online"))
     row.setdefault("is_bound", getattr(result, "is_bound", False))
+    row.setdefault(
+        "kind", getattr(result, "kind", None) or ("bound" if row["is_bound"] else "online")
+    )
     row.setdefault("is_baseline", getattr(result, "is_baseline", False))
     return {k: _scalar(v) for k, v in row.items()}
 
