@@ -22,7 +22,7 @@ BOUND_METRICS = {  # what each offline bound bounds (docs/policies.md): never la
     "optimal": "optimal bounds link busy time, not latency",
 }
 SEED_RATIO = (32.0, 512.0)  # the seed's BW_PCIe : BW_MD
-OVER, UNDER = "*", "-"  # gap closed footnote marks: above 100 %, below 0 %
+OVER, UNDER = "*", "!"  # gap closed footnote marks: above 100 %, below 0 %
 
 
 def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[Table]:
@@ -112,12 +112,15 @@ def no_hit_notes(results: Sequence[RunResult]) -> list[str]:
     cause when one of the known ones holds (checked in this order): a cache of 0 slots per
     layer, misses that never come to the GPU (so nothing can enter the cache), a cache
     smaller than one gate's active set."""
-    notes = []
+    groups: dict[tuple[Any, str], list[str]] = {}  # runs with the same cause: one line
     for result in results:
         if not _is_cache_policy(result) or float(np.sum(result.per_layer["hits"])) > 0:
             continue
-        note = f"{_topk_prefix(getattr(result, 'topk', None))}{result.label}: no hits"
-        reason = _no_hit_reason(result)
+        key = (getattr(result, "topk", None), _no_hit_reason(result))
+        groups.setdefault(key, []).append(result.label)
+    notes = []
+    for (topk, reason), labels in groups.items():
+        note = f"{_topk_prefix(topk)}{', '.join(labels)}: no hits"
         notes.append(f"{note}: {reason}" if reason else note)
     return notes
 
@@ -127,10 +130,11 @@ def _no_hit_reason(result: RunResult) -> str:
     params = getattr(result, "params", None) or {}
     if slots == 0:
         if params.get("scope") == "layer":
+            layers = result.per_layer.get("layer")
+            count = f"{int(np.max(layers)) + 1} " if layers is not None and len(layers) else ""
             return (
-                "its cache has 0 slots per layer (the per-layer scope divides the cache by the "
-                "trace's layers, rounding down): give it at least one expert per layer or use "
-                "scope: global"
+                f"0 cache slots per layer (scope: layer divides the cache by the trace's {count}"
+                "layers, rounding down): give at least one expert per layer, or scope: global"
             )
         return "its cache has 0 slots (hardware.hbm.capacity or its slots parameter)"
     layer = result.per_layer
@@ -316,7 +320,8 @@ def _cache_smaller_than_gate(result: RunResult) -> bool:
 
 def _cache_size(result: RunResult) -> str:
     per_layer = (getattr(result, "params", None) or {}).get("scope") == "layer"
-    return f"{getattr(result, 'cache_slots', None)} experts{' per layer' if per_layer else ''}"
+    slots = getattr(result, "cache_slots", None)
+    return f"{slots} expert{'' if slots == 1 else 's'}{' per layer' if per_layer else ''}"
 
 
 def _label_width(rows: list[dict[str, Any]]) -> int:
@@ -400,11 +405,11 @@ def print_comparison(
 ) -> None:
     console = Console(file=file or sys.stdout, width=200 if scenario.clock_hz is None else 215)
     console.print(trace.describe(), highlight=False, markup=False)
-    console.print(hardware_header(scenario, results), highlight=False, markup=False)
+    console.print(hardware_header(scenario, results), highlight=False, markup=False, soft_wrap=True)
     for table in comparison_tables(scenario, results):
         console.print(table)
     for note in comparison_notes(scenario, results):
-        console.print(note, highlight=False, markup=False)
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
     console.print(
         "kind: online (knows the routing up to the gate), oracle (reads routing an online "
         "policy cannot know), bound (offline bound, sees the whole trace); tokens/s = sequences "
