@@ -48,8 +48,7 @@ def run_dir(tmp_path: Path, capsys) -> tuple[Path, str]:
     file = tmp_path / "stats.yaml"
     file.write_text(yaml.safe_dump(SCENARIO), encoding="utf-8")
     out = tmp_path / "out"
-    timeline = tmp_path / "timeline.json"
-    assert main(["run", str(file), "--out", str(out), "--timeline", str(timeline)]) == 0
+    assert main(["run", str(file), "--out", str(out), "--timeline"]) == 0
     return out, capsys.readouterr().out
 
 
