@@ -99,7 +99,8 @@ def runs(draw):
     )
     mdl = model(num_experts, k, expert_bytes)
     name, params = draw(st.sampled_from(POLICIES))
-    return trace, hw, mdl, name, params, draw(st.booleans())
+    timeline = draw(st.sampled_from([False, False, True, (0, 1), (1, 3)]))
+    return trace, hw, mdl, name, params, timeline
 
 
 def _policy(name, params):

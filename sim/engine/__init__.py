@@ -17,11 +17,11 @@ from sim.engine.timeline import write_chrome_trace
 
 __all__ = [
     "PER_LAYER_COLUMNS",
+    "PER_STEP_COLUMNS",
     "Idle",
     "Iteration",
     "IterationSource",
     "LockstepSource",
-    "PER_STEP_COLUMNS",
     "RooflineCost",
     "RunResult",
     "StatelessTimes",

@@ -9,6 +9,7 @@ compute streams), never with a simpy `Resource` per expert. The full model: docs
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -50,7 +51,7 @@ class GpuProcess:
         policy: GatePolicy,
         routes: Mapping[str, FifoLink],
         *,
-        timeline: bool,
+        timeline: bool | tuple[int, int],
         alone: bool = True,
     ) -> None:
         hw, model = ctx.hardware, ctx.model
@@ -89,14 +90,17 @@ class GpuProcess:
         self._tables: dict[int, tuple[GateOrder, np.ndarray, np.ndarray]] = {}
         self.host_blocked = bool(not_allowed[Path.PCIE])
         self.md_blocked = bool(not_allowed[Path.MD_FETCH])
+        # the recorded events; `timeline` is that list while a recorded iteration runs
+        self.events: list[TimelineEvent] | None = [] if timeline is not False else None
+        self.window = (0, math.inf) if timeline is True else timeline or (0, 0)
+        self.timeline: list[TimelineEvent] | None = None
         # a stateless plan in closed form (see _planned): FIFO routes, roofline, no timeline
         plan = getattr(policy, "plan_gates", None)
-        closed = self.transfer_d is not None and not timeline and alone
+        closed = self.transfer_d is not None and timeline is not True and alone
         self.plan = (
             plan if closed and all(isinstance(r, FifoLink) for r in routes.values()) else None
         )
         self.records: list[GateRecord | GateBlock] = []
-        self.timeline: list[TimelineEvent] | None = [] if timeline else None
         self.iterations = 0  # run so far (GateView.step of the next one)
         self.horizon = 0.0  # end of the last iteration
 
@@ -149,11 +153,14 @@ class GpuProcess:
             if ends is None:
                 ends = []
                 now = start
+                lo, hi = self.window
                 for it in its:
                     step = self.iterations + len(ends)
                     end = self._planned([it], step, now)
                     if end is None:
+                        self.timeline = self.events if lo <= step < hi else None
                         end = [self._layers(_IterationGates(self, it, step), it.non_expert, now)]
+                        self.timeline = None
                     ends.append(end[0])
                     now = end[0]
             yield env.at(ends[-1])
@@ -191,6 +198,9 @@ class GpuProcess:
         plan = self.plan
         if plan is None or not self.gpu_table:
             return None
+        lo, hi = self.window
+        if lo < step + len(its) and step < hi:
+            return None  # a recorded iteration: gate by gate
         host, md = self.routes[HOST_ROUTE], self.routes[MD_ROUTE]
         if host.latest > start or md.latest > start:
             return None

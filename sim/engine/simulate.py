@@ -32,7 +32,7 @@ def simulate(
     *,
     topk: int | None = None,
     cost: CostModel | None = None,
-    timeline: bool = False,
+    timeline: bool | tuple[int, int] = False,
     progress: Callable[[int], None] | None = None,
     seed: int = 0,
     label: str | None = None,
@@ -41,7 +41,9 @@ def simulate(
 
     ``topk`` cuts the trace's routing to k' experts per token (default ``model.top_k``) with
     the project's one top-k selection. ``progress`` is called with the number of steps newly
-    completed (tqdm's ``update``). ``label`` defaults to the policy's name.
+    completed (tqdm's ``update``). ``label`` defaults to the policy's name. ``timeline``: True
+    records every interval; ``(start, stop)`` only those of steps ``start .. stop-1`` (a window
+    costs what the recorded steps cost; the other steps take the fast path).
     """
     k = model.top_k if topk is None else int(topk)
     if trace.num_experts != model.num_experts:
@@ -80,15 +82,16 @@ def run_engine(
     layer_ids: tuple[int, ...],
     topk: int,
     cost: CostModel | None = None,
-    timeline: bool = False,
+    timeline: bool | tuple[int, int] = False,
     progress: Callable[[Iteration], None] | None = None,
     seed: int = 0,
     label: str | None = None,
     tokens_per_iteration: int = 1,
 ) -> RunResult:
     """Run ``source``'s iterations on one GPU per policy instance (``policies[g]`` serves GPU
-    ``g``; each GPU has its own HBM cache). ``progress`` is called with each iteration that
-    ends. ``tokens_per_iteration``: output tokens an iteration produces (lockstep: the
+    ``g``; each GPU has its own HBM cache). ``timeline``: True, False or a window of
+    iterations ``(start, stop)`` to record (as `simulate`). ``progress`` is called with each
+    iteration that ends. ``tokens_per_iteration``: output tokens an iteration produces (lockstep: the
     batch's sequences), for tokens/s. See docs/engine.md ("Iteration sources") for writing a
     source."""
     if not model.expert_bytes > 0:
@@ -171,5 +174,5 @@ def _result(
         links=links,
         totals=totals,
         params=dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {},
-        timeline=tuple(gpu.timeline) if gpu.timeline is not None else None,
+        timeline=tuple(gpu.events) if gpu.events is not None else None,
     )
