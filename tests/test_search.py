@@ -8,6 +8,8 @@ import itertools
 import json
 import math
 import os
+import re
+import shlex
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -632,6 +634,7 @@ def test_two_field_report_draws_the_staircase(tmp_path: Path) -> None:
         ({"--tolerance": "0"}, "--tolerance"),
         ({"--range": "16 GB/s:5 TB/s"}, None),  # valid: a fast link
         ({"--set": "routing.topk=[1, 6]"}, "expected one top-k"),
+        ({"--vary": "trace.batch", "--range": "1:64"}, "trace.batch: expected at most 8"),
         (
             {"--range": "0 experts:99999 experts", "--vary": "hardware.hbm.capacity"},
             "at most the GPU",
@@ -695,3 +698,29 @@ def test_a_damaged_search_json_is_one_line(tmp_path: Path) -> None:
     answers.write_text("[]")
     with pytest.raises(UserError, match=r"search\.json: expected a mapping"):
         write_report(tmp_path / "out")
+
+
+def _doc_commands() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "search.md").read_text()
+    commands = []
+    for block in re.findall(r"```\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.startswith("moesim search "):
+                commands.append(line)
+    return commands
+
+
+def test_every_search_command_in_the_docs_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docs/search.md's commands as written (in a scratch directory, on 8 decode steps)."""
+    from sim.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    commands = _doc_commands()
+    assert len(commands) >= 8
+    monkeypatch.chdir(tmp_path)
+    for command in commands:
+        args = [str(repo / a) if a.startswith("scenarios/") else a for a in shlex.split(command)]
+        fast = ["--set", "trace.positions=0-7", "--no-report", "--no-progress", "--jobs", "1"]
+        assert main([*args[1:], *fast]) == 0, (command, capsys.readouterr().err)

@@ -223,7 +223,8 @@ def _describe(question: Question, label: str, pt: Point) -> str:
 
 def _validate_ends(question: Question, spec: SweepSpec) -> None:
     """Every corner of the range (and the first value above a 0) is a valid scenario for every
-    policy, before anything runs or is written."""
+    policy, and its trace loads and fits it, before anything runs or is written. The traces
+    stay loaded in this process: forked workers inherit them."""
     from sim.scenario import scenario_from_dict
 
     per_field = []
@@ -239,7 +240,7 @@ def _validate_ends(question: Question, spec: SweepSpec) -> None:
         for pt in corners:
             doc = point_document(spec, _point(question, spec, policy.label, pt))
             try:
-                scenario_from_dict(doc, question.source)
+                cached_trace(scenario_from_dict(doc, question.source))  # trace.batch too big...
             except UserError as err:
                 message = str(err).removeprefix(f"{question.source}: ")
                 message = message.removesuffix(f" ({question.source})")
@@ -272,9 +273,8 @@ def _probe(
     state: _State,
     point_fn: Callable[[PointTask], PointOutcome],
 ) -> None:
-    """The first policy's first point, in this process before anything is written: its row
-    says whether the target's metric exists (a column this version does not list), and the
-    trace it loads is inherited by forked workers."""
+    """For a metric this version does not list: the first policy's first point, simulated in
+    this process before anything is written, says whether its rows have that column."""
     label = question.policies[0].label
     pt = (0,) * len(question.fields)
     point = _point(question, spec, label, pt)
@@ -282,7 +282,6 @@ def _probe(
         state.rows[point.point_id] = read_rows(out, point)
         state.reused += 1
     elif known_metric(question.goal.metric):
-        _warm_trace(question, spec, point)
         return
     else:
         outcome = point_fn(PointTask(point, point_document(spec, point), spec.source))
@@ -291,13 +290,6 @@ def _probe(
         state.rows[point.point_id] = list(outcome.rows)
         state.ran += 1
     metric_of(_row(question, spec, state, label, pt), question.goal.metric)  # missing: error
-
-
-def _warm_trace(question: Question, spec: SweepSpec, point: SweepPoint) -> None:
-    """Load the trace in this process once (workers forked later share it)."""
-    from sim.scenario import scenario_from_dict
-
-    cached_trace(scenario_from_dict(point_document(spec, point), question.source))
 
 
 def _on_disk(out: Path, point: SweepPoint) -> bool:
