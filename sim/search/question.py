@@ -25,12 +25,21 @@ MAX_FIELDS = 2
 # Summary columns by what they hold (docs/engine.md); a column not listed here is accepted if
 # the first simulation has it (serving metrics, tokens/s, ...), its value a number or quantity.
 DURATION_METRICS = frozenset(
-    {"total_time", "mean_step", "p50_step", "p99_step", "transfer_time", "stall", "compute_only"}
+    {
+        "total_time",
+        "mean_step",
+        "p50_step",
+        "p99_step",
+        "transfer_time",
+        "stall",
+        "compute_only",
+        "non_expert_time",
+    }
 )
 SIZE_PREFIX = "bytes_"
 SHARE_METRICS = frozenset({"hit_rate"})  # shares: a number, or a percentage
 SHARE_PREFIX = "util_"
-NOT_METRICS = frozenset({"policy", "label", "topk", "is_bound", "is_baseline"})
+NOT_METRICS = frozenset({"policy", "label", "kind", "topk", "is_bound", "is_baseline"})
 COMPARISONS = frozenset({"speedup", "gap_closed"})  # relative to a baseline within one run
 ALIASES = {"tokens/s": "tokens_per_s"}
 UNIT_SUFFIXES = {"tokens_per_s": "tokens/s"}
@@ -210,7 +219,9 @@ def metric_value(metric: str, text: str) -> float:
     raise UserError(f"{where}: expected a number or a quantity like '10 ms', got {text!r}")
 
 
-KNOWN_PLAIN = frozenset({"hits", "misses", "cycles", "tokens_per_s"})
+KNOWN_PLAIN = frozenset(
+    {"hits", "misses", "late_prefetches", "cycles", "tokens_per_s", "ms_per_token"}
+)
 
 
 def known_metric(metric: str) -> bool:
