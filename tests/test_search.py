@@ -333,9 +333,10 @@ def _one_run(doc: dict[str, Any], overrides: dict[str, Any], policy: str) -> dic
 def test_boundary_equals_the_closed_form_of_a_stateless_policy(
     tmp_path: Path, policy: str, link: str
 ) -> None:
-    """With layer-start compute and one channel, a stateless policy's mean step is
-    a + b / bandwidth exactly (the closed form, sim.engine.closed_form): the bandwidth that
-    just meets T is b / (T - a); the search must land within one tolerance step above it."""
+    """With layer-start compute, one channel and a constant non-expert time, a stateless
+    policy's mean step is a + b / bandwidth exactly (the closed form, sim.engine.closed_form):
+    the bandwidth that just meets T is b / (T - a); the search must land within one tolerance
+    step above it."""
     from sim.engine.closed_form import stateless_layer_times
     from sim.policies.base import Path as Route
     from sim.scenario import load_scenario_trace, scenario_from_dict
@@ -347,7 +348,7 @@ def test_boundary_equals_the_closed_form_of_a_stateless_policy(
         "routing": {"topk": 6},
         "hardware": {
             "preset": "notebook-gbytes",
-            "gpu": {"expert_start": "layer"},
+            "gpu": {"expert_start": "layer", "non_expert_time": "20 us"},
             "links": {link: {"latency": "2 us", "channels": 1}},
         },
         "policies": [policy],
