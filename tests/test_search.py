@@ -535,15 +535,19 @@ def test_resume_after_a_kill_gives_the_same_files_and_reruns_nothing(
         run_search(question, tmp_path / "out", jobs=1)
 
 
-def test_results_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
-    path = _scenario(tmp_path)
-    question = load_question(
-        path,
+def _frontier_question(tmp_path: Path, **options: Any) -> Any:
+    return load_question(
+        _scenario(tmp_path),
         ["hardware.links.md_link.bandwidth", "hardware.hbm.capacity"],
         ["16 GB/s:256 GB/s", "0 experts:128 experts"],
         "mean_step <= 12 ms",
         grid=5,
+        **options,
     )
+
+
+def test_results_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
+    question = _frontier_question(tmp_path)
     one = run_search(question, tmp_path / "one", jobs=1)
     two = run_search(question, tmp_path / "two", jobs=2)
     for name in ("search.csv", "search.json"):
@@ -608,15 +612,7 @@ def test_cli_search_prints_the_table_and_writes_the_report(
 def test_two_field_report_draws_the_staircase(tmp_path: Path) -> None:
     from sim.report import write_report
 
-    path = _scenario(tmp_path)
-    question = load_question(
-        path,
-        ["hardware.links.md_link.bandwidth", "hardware.hbm.capacity"],
-        ["16 GB/s:256 GB/s", "0 experts:128 experts"],
-        "mean_step <= 12 ms",
-        policies=["lru"],
-        grid=5,
-    )
+    question = _frontier_question(tmp_path, policies=["lru"])
     run_search(question, tmp_path / "out", jobs=1)
     html = write_report(tmp_path / "out").read_text()
     assert "Pareto frontier" in html and "Not drawn" not in html

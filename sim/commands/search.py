@@ -7,8 +7,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from sim.commands._options import add_set_option, positive_int
-from sim.errors import UserError
+from sim.commands._options import (
+    add_executor_options,
+    add_out_or_resume,
+    add_set_option,
+    positive_int,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -70,34 +74,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="values per field of the fallback grid when the metric is not monotone, and of "
         "the first field on a two-field frontier (default 17)",
     )
-    parser.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=None,
-        help="worker processes (default: one per core; 1 runs in this process)",
-    )
-    parser.add_argument(
-        "--executor",
-        choices=("local", "dask"),
-        default="local",
-        help="local process pool (default) or Dask distributed",
-    )
-    parser.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        default=None,
-        help="Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster of --jobs workers)",
-    )
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument(
-        "--out", metavar="DIR", default=None, help="results directory (default: results/...)"
-    )
-    target.add_argument(
-        "--resume",
-        metavar="DIR",
-        default=None,
-        help="continue the search in DIR: finished simulations are read back, not rerun",
-    )
+    add_executor_options(parser)
+    add_out_or_resume(parser, "search", "simulations")
     add_set_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress counter")
     parser.add_argument(
@@ -113,8 +91,6 @@ def _run(args: argparse.Namespace) -> int:
     from sim.search.question import DEFAULT_GRID, load_question
     from sim.search.run import run_search
 
-    if args.scheduler is not None and args.executor != "dask":
-        raise UserError("--scheduler: expected --executor dask with it, got --executor local")
     question = load_question(
         args.file,
         args.vary,

@@ -231,8 +231,14 @@ def _answer_text(policy: Mapping[str, Any], step: Mapping[str, Any]) -> str:
     return str(status)
 
 
-def _labels(results: SearchResults) -> list[str]:
-    return [str(p["policy"]) for p in results.answers["policies"]]
+def _start(results: SearchResults, height: float) -> tuple[Table, dict[str, str], Figure, Any]:
+    """search.csv (it must have the target's metric), the policies' colours, a new figure."""
+    metric = results.answers["question"]["target"]["metric"]
+    if metric not in results.table:
+        raise F.NoData(f"search.csv has no column {metric!r}")
+    labels = [str(p["policy"]) for p in results.answers["policies"]]
+    fig = F._figure(7.5, height)
+    return results.table, F.policy_colours(labels, None), fig, fig.subplots()
 
 
 def _log_x(ax: Any, values: Sequence[float]) -> None:
@@ -254,14 +260,9 @@ def frontier_figure(results: SearchResults) -> Figure:
     (field,) = question["fields"]
     target = question["target"]
     metric, path = target["metric"], field["path"]
-    table = results.table
-    if metric not in table:
-        raise F.NoData(f"search.csv has no column {metric!r}")
+    table, colours, fig, ax = _start(results, 4.8)
     xs, xlabel = _field_scale(field)
     ys, ylabel = _metric_scale(metric)
-    colours = F.policy_colours(_labels(results), None)
-    fig = F._figure(7.5, 4.8)
-    ax = fig.subplots()
     every_x: list[float] = []
     for policy in results.answers["policies"]:
         label = str(policy["policy"])
@@ -332,15 +333,10 @@ def staircase_figure(results: SearchResults) -> Figure:
     question = results.answers["question"]
     first, second = question["fields"]
     target = question["target"]
-    table = results.table
     metric = target["metric"]
-    if metric not in table:
-        raise F.NoData(f"search.csv has no column {metric!r}")
+    table, colours, fig, ax = _start(results, 5.0)
     xs, xlabel = _field_scale(first)
     ys, ylabel = _field_scale(second)
-    colours = F.policy_colours(_labels(results), None)
-    fig = F._figure(7.5, 5.0)
-    ax = fig.subplots()
     every: list[float] = []
     for policy in results.answers["policies"]:
         label = str(policy["policy"])
