@@ -9,7 +9,7 @@ The world (built once per test process, copied per case):
 * ``scenario.yaml``: two policies over the dump; ``sweep.yaml``: 2 points over it;
 * ``costs/``: the shipped NeuPIMs cost tables (10 steps x 8 layers);
 * ``ids.npz``, ``rows.jsonl``, ``pq/``: the same routing for the three importers;
-* ``run/``: the results of ``moesim run scenario.yaml --timeline``;
+* ``run/``: the results of ``moesim run scenario.yaml --timeline`` (every step's events);
 * ``sweep-out/``: the results of ``moesim sweep sweep.yaml``.
 """
 
@@ -82,7 +82,7 @@ def build_world(root: Path) -> Path:
     ran = run_cli(
         [
             *["run", str(root / "scenario.yaml"), "--out", str(root / "run"), "--quiet"],
-            *["--timeline", str(root / "timeline.json")],
+            "--timeline",
         ]
     )
     assert ran.code == 0, ran

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +46,7 @@ def test_two_channels_share_the_bandwidth():
 
 def test_channel_bandwidth_cap():
     capped = LinkConfig("pcie", 32 * GB, latency=0.0, channels=4, channel_bandwidth=4 * GB)
-    r = run("gpu-only", dataclasses.replace(hardware(), pcie=capped))
+    r = run("gpu-only", hardware().with_links(pcie=capped))
     assert r.per_layer["transfer_window"][0] == pytest.approx(0.25, rel=1e-15)
 
 
@@ -203,13 +202,16 @@ def test_impossible_paths_are_policy_errors(path, hw, match):
         run(Scripted(admit=False, paths=path), hw, trace=TWO_STEPS, mdl=M4)
 
 
-def test_prefetch_arrives_behind_demand_and_counts_as_a_hit():
+def test_prefetch_arrives_behind_demand_and_counts_as_a_late_prefetch():
     # step 0 fetches {0, 1} (1/32 s each over PCIe) and prefetches expert 2 for step 1
     hw = hardware(capacity=4 * GB, pcie_bw=32 * GB, hbm_bw=1e18, non_expert=0.01)
     pol = Scripted(admit=False, prefetch={(0, 0): [(0, 2, "pcie")]})
     r = run(pol, hw, trace=TWO_STEPS, mdl=M4)
     assert list(r.per_layer["prefetch_pcie"]) == [1, 0]
-    assert list(r.per_layer["hits"]) == [0, 1]
+    # still in flight at step 1's gate: served without a transfer, but not a hit (not in HBM)
+    assert list(r.per_layer["hits"]) == [0, 0]
+    assert list(r.per_layer["late_prefetches"]) == [0, 1]
+    assert (r.totals["hits"], r.totals["late_prefetches"], r.totals["misses"]) == (0, 1, 3)
     assert r.per_layer["bytes_pcie"][0] == 3 * GB
     # the prefetch ends at 0.01 + 3/32 s, after step 1's gate: the hit waits for it, and
     # expert 0 (not admitted, fetched again) queues FIFO behind it on the one PCIe slot
@@ -265,7 +267,8 @@ def test_hits_in_flight_compute_in_arrival_order_not_gate_order():
     hw = hardware(capacity=4 * GB, pcie_bw=32 * GB, hbm_bw=1000 * GB)  # 1 ms per expert
     pol = Scripted(admit=False, prefetch={(0, 0): [(0, 3, "pcie"), (0, 2, "pcie")]})
     r = run(pol, hw, trace=trace, mdl=M4)
-    assert list(r.per_layer["hits"]) == [0, 2]
+    assert list(r.per_layer["late_prefetches"]) == [0, 2]  # both still in flight at the gate
+    assert list(r.per_layer["hits"]) == [0, 0]
     assert r.per_layer["t_end"][0] == pytest.approx(1 / 32 + 1e-3, rel=1e-12)
     # expert 3 (ready 2/32) runs while expert 2 is still arriving (3/32)
     assert r.per_layer["t_end"][1] == pytest.approx(3 / 32 + 1e-3, rel=1e-12)
@@ -308,3 +311,19 @@ def test_label_params_and_summary_row():
     assert {"util_pcie", "util_md_link", "hit_rate", "p99_step"} <= set(row)
     with pytest.raises(UserError, match="expert_bytes"):
         run("gpu-only", hardware(), mdl=model(8, 1, 0.0))
+
+
+def test_timeline_window_records_only_its_steps_and_changes_no_number():
+    trace = make_trace([[[[0], [1], [2]]], [[[2], [2], [3]]], [[[1], [0], [3]]]], num_experts=4)
+    hw = hardware(capacity=4 * GB, pcie_bw=32 * GB, hbm_bw=1000 * GB, non_expert=1e-3)
+    pol = Scripted(admit=True, prefetch={(0, 0): [(0, 3, "pcie")]})
+    plain = run(pol, hw, trace=trace, mdl=M4)
+    window = run(pol, hw, trace=trace, mdl=M4, timeline=(1, 2))
+    full = run(pol, hw, trace=trace, mdl=M4, timeline=True)
+    assert plain.timeline is None
+    assert {e.step for e in window.timeline} == {1}
+    assert {e.step for e in full.timeline} == {0, 1, 2}
+    assert [e for e in full.timeline if e.step == 1] == list(window.timeline)
+    for other in (window, full):
+        for name, column in plain.per_layer.items():
+            np.testing.assert_array_equal(other.per_layer[name], column, err_msg=name)

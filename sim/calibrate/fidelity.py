@@ -15,7 +15,7 @@ For each policy (by default the baseline and ``lru``):
 What one GPU cannot replay is left out on both sides, so the comparison stays like for like:
 there is no memory pool, so the MD path's experts are already in HBM at the gate (the simulator
 gets an ideal ``md_link``: infinite bandwidth, no latency); non-expert work (attention, router)
-is not run (the calibrated preset sets ``non_expert_time`` to 0). Policies that prefetch, run
+is not run (`replay_hardware` sets ``non_expert_time`` to 0 for the prediction). Policies that prefetch, run
 near data or on the host are refused. See docs/fidelity.md.
 """
 
@@ -96,7 +96,7 @@ def replay_hardware(hardware: Hardware) -> Hardware:
     gate, as in the replay) and there is no non-expert time (the replay runs none)."""
     ideal = LinkConfig(name="md_link", bandwidth=math.inf, latency=0.0, channels=1)
     gpu = dataclasses.replace(hardware.gpu, non_expert_time=0.0)
-    return dataclasses.replace(hardware, md_link=ideal, gpu=gpu)
+    return dataclasses.replace(hardware.with_links(md_link=ideal), gpu=gpu)
 
 
 def fake_machine(hardware: Hardware, device: str) -> FakeMachine:

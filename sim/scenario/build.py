@@ -24,9 +24,20 @@ from pydantic import BaseModel, ValidationError
 from sim import opener
 from sim import presets as preset_data
 from sim.errors import SelectionError, UserError
-from sim.hardware import ComputeUnit, GpuConfig, Hardware, HbmConfig, LinkConfig, ModelSpec
+from sim.hardware import (
+    HOST_LINK,
+    MD_LINK,
+    ComputeUnit,
+    GpuConfig,
+    Hardware,
+    HbmConfig,
+    LinkConfig,
+    ModelSpec,
+)
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.scenario.schema import (
+    LINK_ROLES,
+    ROOFLINE,
     ComputeSection,
     CostsSection,
     GpuSection,
@@ -280,6 +291,10 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
             )
     if len(set(topk)) != len(topk):
         raise UserError(f"routing.topk: expected distinct values, got {topk}")
+    if hardware.gpu.non_expert_time is None:  # the roofline: its model dimensions, now
+        from sim.roofline import layer_shape
+
+        layer_shape(model)
     policies = build_policies(schema.policies, schema.baseline)
     check_cache_sizes(policies, hardware, model, _capacity_origin(schema.hardware))
     name = schema.name or (Path(source).stem if source else "scenario")
@@ -397,8 +412,25 @@ def build_model(section: ModelSection | None) -> tuple[ModelSpec, dict[str, Any]
         bytes_per_param=bpp,
         gated=gated,
         bytes_per_activation=float(values["bytes_per_activation"]),
+        **{key: values.get(key) for key in _ROOFLINE_FIELDS},
+        shared_experts=int(values.get("shared_experts") or 0),
     )
     return spec, _doc(ModelSection, values)
+
+
+# model fields passed to ModelSpec as they are (None when not given): the roofline's dimensions
+_ROOFLINE_FIELDS = (
+    "num_layers",
+    "moe_layers",
+    "attention_heads",
+    "kv_heads",
+    "head_dim",
+    "attention_params",
+    "kv_cache_dim",
+    "dense_ffn_size",
+    "shared_expert_ffn_size",
+    "vocab_size",
+)
 
 
 # -- hardware ----------------------------------------------------------------------------------
@@ -411,15 +443,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
     if gpu_base is None and section.gpu is None:
         gpu_base = GpuSection(preset=DEFAULT_GPU_PRESET)
     gpu = _merged(gpu_base, section.gpu, "hardware.gpu")
-    links: dict[str, dict[str, Any]] = {}
-    for name in ("pcie", "md_link"):
-        lb = getattr(base.links, name) if base and base.links else None
-        lo = getattr(section.links, name) if section.links else None
-        links[name] = _merged(lb, lo, f"hardware.links.{name}")
-        if links[name].get("bandwidth") is None:
-            raise UserError(
-                f"hardware.links.{name}.bandwidth: required (give a bandwidth or a link preset)"
-            )
+    links = _link_values(base, section)
     top = {
         **(base.model_dump(exclude_unset=True) if base else {}),
         **section.model_dump(exclude_unset=True),
@@ -436,7 +460,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
     host_compute = _compute(top.get("host_compute"))
     if md_mode == "near-data" and md_compute is None:
         raise UserError("hardware.md_compute: required when hardware.md_mode is near-data")
-    gpu.setdefault("non_expert_time", 0.0)
+    gpu.setdefault("non_expert_time", ROOFLINE)
     gpu.setdefault("expert_start", GpuConfig().expert_start)
     gpu.setdefault("peak_flops", GpuConfig().peak_flops)
     for link in links.values():
@@ -444,11 +468,12 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         link.setdefault("channels", 1)
     hardware = Hardware(
         hbm=HbmConfig(capacity=capacity, bandwidth=hbm_bw),
-        pcie=_link("pcie", links["pcie"]),
-        md_link=_link("md_link", links["md_link"]),
+        links={name: _link(name, values) for name, values in links.items()},
         gpu=GpuConfig(
             peak_flops=gpu["peak_flops"],
-            non_expert_time=gpu["non_expert_time"],
+            non_expert_time=None
+            if gpu["non_expert_time"] == ROOFLINE
+            else float(gpu["non_expert_time"]),
             expert_start=gpu["expert_start"],
         ),
         md_mode=md_mode,
@@ -472,6 +497,36 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         "host_compute": _doc(ComputeSection, top["host_compute"]) if host_compute else None,
     }
     return hardware, {k: v for k, v in doc.items() if v is not None}
+
+
+def _link_values(
+    base: HardwareSection | None, section: HardwareSection
+) -> dict[str, dict[str, Any]]:
+    """Each link's fields by name: the preset's links, then the scenario's (merged field by
+    field with the preset's link of the same name; new names add links). The one-GPU
+    topology needs ``pcie`` and ``md_link`` and uses no other link."""
+    base_links = (base.links or {}) if base else {}
+    own_links = {k: v for k, v in (section.links or {}).items() if v is not None}  # null: not given
+    links: dict[str, dict[str, Any]] = {}
+    for name in (*base_links, *(n for n in own_links if n not in base_links)):
+        links[name] = _merged(base_links.get(name), own_links.get(name), f"hardware.links.{name}")
+    for name in (HOST_LINK, MD_LINK):
+        if name not in links:
+            raise UserError(
+                f"hardware.links.{name}: required, missing ({LINK_ROLES[name]}; give a link "
+                "preset name or a bandwidth)"
+            )
+    for name, values in links.items():
+        if name not in (HOST_LINK, MD_LINK):
+            raise UserError(
+                f"hardware.links.{name}: expected only links a path uses (the one-GPU topology "
+                f"uses {HOST_LINK} and {MD_LINK}), got an unused link {name!r}"
+            )
+        if values.get("bandwidth") is None:
+            raise UserError(
+                f"hardware.links.{name}.bandwidth: required (give a bandwidth or a link preset)"
+            )
+    return links
 
 
 def _link(name: str, values: dict[str, Any]) -> LinkConfig:

@@ -35,6 +35,7 @@ SUMMARY_COLUMNS = (
     "policy",
     "label",
     "topk",
+    "kind",
     "is_bound",
     "is_baseline",
     *TOTAL_KEYS,
@@ -58,6 +59,7 @@ class ScenarioRunResult(RunResult):
     """A `RunResult` that also says which top-k it ran and its role in the comparison."""
 
     topk: int = 0
+    kind: str = "online"  # online / oracle / bound: what the run may know (Policy.run_kind)
     is_bound: bool = False
     is_baseline: bool = False
     policy_stats: dict[str, Any] | None = None  # the policy's stats() after the run, if any
@@ -70,6 +72,7 @@ class ScenarioRunResult(RunResult):
             "policy": row.pop("policy"),
             "label": row.pop("label"),
             "topk": self.topk,
+            "kind": self.kind,
             "is_bound": self.is_bound,
             "is_baseline": self.is_baseline,
             **row,
@@ -82,10 +85,12 @@ def run_scenario(
     trace: RoutingTrace | None = None,
     *,
     progress: bool = True,
-    timeline: bool = False,
+    timeline: bool | tuple[int, int] = False,
 ) -> list[ScenarioRunResult]:
     """One result per (top-k, policy), in scenario order. ``progress``: a tqdm bar over steps
-    on stderr (only when stderr is a terminal)."""
+    on stderr (only when stderr is a terminal). ``timeline``: record every run's intervals,
+    of every step (True, or ``output.timeline`` in the scenario) or of steps ``[start, stop)``.
+    """
     from tqdm import tqdm
 
     from sim.engine.simulate import simulate
@@ -112,7 +117,7 @@ def run_scenario(
                     policy,
                     topk=k,
                     cost=cost,
-                    timeline=timeline or scenario.output.timeline,
+                    timeline=True if scenario.output.timeline else timeline,
                     progress=bar.update,
                     seed=scenario.seed,
                     label=spec.label,
@@ -123,7 +128,8 @@ def run_scenario(
                     ScenarioRunResult(
                         **values,
                         topk=k,
-                        is_bound=spec.is_bound or bool(getattr(policy, "is_bound", False)),
+                        kind=policy.run_kind(),
+                        is_bound=policy.run_kind() == "bound",
                         is_baseline=spec.label == scenario.baseline,
                         policy_stats=_policy_stats(policy),
                         costs=None if cost is None else cost.describe(),
@@ -178,10 +184,27 @@ def summary_rows(scenario: Scenario, results: Sequence[RunResult]) -> list[dict[
     return [{**{c: row.get(c) for c in SUMMARY_COLUMNS}, **_extra(row)} for row in rows]
 
 
+def best_online_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per top-k, the fastest (lowest mean step) run of kind ``online`` that is not the
+    baseline: what "best online policy" means in tables, timelines and reports. Oracles and
+    bounds never qualify."""
+    best: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("kind") != "online" or row.get("is_baseline") or row.get("is_bound"):
+            continue
+        current = best.get(row["topk"])
+        if current is None or row["mean_step"] < current["mean_step"]:
+            best[row["topk"]] = row
+    return list(best.values())
+
+
 def _row(result: RunResult) -> dict[str, Any]:
     row = dict(result.summary_row())
     row.setdefault("topk", getattr(result, "topk", None))
     row.setdefault("is_bound", getattr(result, "is_bound", False))
+    row.setdefault(
+        "kind", getattr(result, "kind", None) or ("bound" if row["is_bound"] else "online")
+    )
     row.setdefault("is_baseline", getattr(result, "is_baseline", False))
     return {k: _scalar(v) for k, v in row.items()}
 
@@ -283,36 +306,23 @@ def write_results(
     trace: RoutingTrace,
     results: Sequence[RunResult],
     *,
-    timeline_file: str | os.PathLike[str] | None = None,
+    timeline_runs: str = "all",
 ) -> Path:
-    """Write the results directory (see CONTRACTS.md) atomically; returns its path. With
-    ``timeline_file``, timeline.json is also copied there: the copy and the directory appear
-    together or not at all."""
-    after: list[atomic.StagedFile] = []
+    """Write the results directory (see CONTRACTS.md) atomically; returns its path.
+    ``timeline_runs``: which recorded timelines go into timeline.json: ``all``, or
+    ``compare`` (per top-k the baseline and the best online policy, as the report draws)."""
     target = check_out_dir(out_dir)
-    if timeline_file is not None:
-        check_timeline_file(timeline_file)
-    with atomic.staged_dir(target, "new", after=after) as staging:
-        _write_files(staging, scenario, trace, results)
-        timeline = staging / "timeline.json"
-        if timeline_file is not None and timeline.is_file():
-            # staged now, renamed right after the directory: both appear or neither does
-            after.append(atomic.stage_bytes(timeline_file, timeline.read_bytes()))
+    with atomic.staged_dir(target, "new") as staging:  # the directory appears complete or not
+        _write_files(staging, scenario, trace, results, timeline_runs)
     return target
 
 
-def check_timeline_file(path: str | os.PathLike[str]) -> Path:
-    """``--timeline FILE``: a file path in an existing directory (checked before running)."""
-    file = Path(path)
-    if file.is_dir():
-        raise UserError(f"--timeline: expected a file name, got a directory {str(path)!r}")
-    if not file.parent.is_dir():
-        raise UserError(f"--timeline: expected a file in an existing directory, got {str(path)!r}")
-    return file
-
-
 def _write_files(
-    root: Path, scenario: Scenario, trace: RoutingTrace, results: Sequence[RunResult]
+    root: Path,
+    scenario: Scenario,
+    trace: RoutingTrace,
+    results: Sequence[RunResult],
+    timeline_runs: str = "all",
 ) -> None:
     header = (
         f"# Resolved scenario written by moesim {sim.__version__}: every default filled in.\n"
@@ -345,11 +355,16 @@ def _write_files(
     atomic.write_text(
         root / "notes.txt", "".join(f"{n}\n" for n in comparison_notes(scenario, results))
     )
-    if any(r.timeline for r in results):
+    recorded = [r for r in results if r.timeline]
+    if timeline_runs == "compare":
+        chosen = [*best_online_rows(rows), *(row for row in rows if row["is_baseline"])]
+        keep = {(row["topk"], row["label"]) for row in chosen}
+        recorded = [r for r in recorded if (getattr(r, "topk", None), r.label) in keep]
+    if recorded:
         from sim.engine.timeline import write_chrome_trace
 
         fingerprint = timeline_fingerprint(scenario, trace, resolved_text)
-        write_chrome_trace(root / "timeline.json", results, fingerprint)  # processes "label top-k"
+        write_chrome_trace(root / "timeline.json", recorded, fingerprint)  # processes "label top-k"
     for path in root.iterdir():
         os.chmod(path, 0o644)  # atomic temp files are private; results are ordinary files
 

@@ -19,7 +19,6 @@ from sim.scenario.schema import (
     HardwareSection,
     HbmSection,
     LinkSection,
-    LinksSection,
     ModelSection,
     OutputSection,
     PolicyEntry,
@@ -38,8 +37,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("hardware", HardwareSection),
     ("hardware.gpu", GpuSection),
     ("hardware.hbm", HbmSection),
-    ("hardware.links", LinksSection),
-    ("hardware.links.pcie / hardware.links.md_link", LinkSection),
+    ("hardware.links.<name>", LinkSection),
     ("hardware.md_compute / hardware.host_compute", ComputeSection),
     ("policies[i]", PolicyEntry),
     ("output", OutputSection),
@@ -77,7 +75,7 @@ moesim presets hardware                                # the named hardware pres
   expert cache larger than 0 but smaller than one expert (or larger than the GPU's HBM), unknown
   policies or policy parameters, and a trace path that does not exist. Each error is one line
   naming the YAML path, e.g. `hardware.links.pcie.bandwidth: expected a bandwidth like
-  '32 GB/s', got 'fast'` or `policies[2].params.slots: expected int, got 'many'`; the exit
+  '32 GB/s', got 'fast'` or `policies[2].params.slots: expected an integer, got 'many'`; the exit
   code is 2 and nothing is written.
 - **Presets and overrides.** `hardware.preset` names a whole machine (`moesim presets
   hardware`); `hardware.gpu` and each link may name their own preset (`moesim presets gpus`,
@@ -115,10 +113,10 @@ killed run leaves nothing partial. The same scenario and seed give byte-identica
 | file | content |
 |---|---|
 | `scenario.resolved.yaml` | the scenario with every default and preset filled in, plus `provenance` (tool and numpy versions, trace checksum and provenance; with cost tables `provenance.costs`: source, defects and per run where each cost came from); `moesim run` accepts it as it is |
-| `summary.csv`, `summary.json` | one row per (top-k, policy label): `policy` (registry name), `label`, `topk`, `is_bound`, `is_baseline`, `total_time`, `mean_step`, `p50_step`, `p99_step`, `transfer_time`, `bytes_pcie`, `bytes_md`, `hits`, `misses`, `hit_rate`, `stall`, `speedup`, `gap_closed` (blank when no bound ran or no bound's mean step is below the baseline's), then extra engine totals and, with cost tables, `cycles` (`total_time` x clock; an integer when within 1e-6 of one) |
+| `summary.csv`, `summary.json` | one row per (top-k, policy label): `policy` (registry name), `label`, `topk`, `kind` (`online`, `oracle`: reads routing an online policy cannot know, or `bound`: an offline bound), `is_bound`, `is_baseline`, `total_time`, `mean_step`, `p50_step`, `p99_step`, `transfer_time`, `bytes_pcie`, `bytes_md`, `hits` (in HBM at the gate), `late_prefetches` (cached but still in flight at the gate), `misses`, `hit_rate` (hits / active), `stall`, `tokens_per_s` (sequences / mean step), `ms_per_token` (mean step in ms), `non_expert_time` (mean per layer), `speedup`, `gap_closed` (blank when no bound ran or no bound's mean step is below the baseline's), then extra engine totals and, with cost tables, `cycles` (`total_time` x clock; an integer when within 1e-6 of one) |
 | policy statistics | policies that report statistics (the prefetch policies: predictor `precision`, `recall`, `true_positives`, `false_positives`, `false_negatives`, `prefetched`, `train_steps`; `optimal`: the MILP's `objective` and size) add them after the run: `summary.json` as a nested `policy_stats` mapping per row (`null` for other policies), `summary.csv` as flat `stat_<name>` columns (scalar values only, blank for other policies). The printed table has a footnote per run with the predictor's precision and recall |
 | `per_layer.csv` | `label`, `policy`, `topk` + the engine's per (step, layer) columns (docs/engine.md) |
-| `per_step.csv` | `label`, `policy`, `topk` + `step`, `position`, `latency`, `compute_only` |
+| `per_step.csv` | `label`, `policy`, `topk` + `step`, `position`, `latency`, `compute_only`, `non_expert` |
 | `trace.json` | the trace's provenance, shape and checksum |
 | `notes.txt` | the notes printed under the comparison table (identical runs, caches without hits, predictor accuracy, why gap closed is blank); may be empty |
 | `timeline.json` | with `--timeline FILE.json` or `output.timeline: true`: Chrome trace events |
@@ -134,7 +132,7 @@ def _type_name(annotation: Any, metadata: Any = ()) -> str:
     if unit is not None:
         example = QUANTITIES[unit.kind].example
         text = f"{unit.kind} (`{example}`)"
-        if unit.kind == "size" and "str" in str(annotation):
+        if unit.experts:
             text += " or `N experts`"
         return text
     origin = typing.get_origin(annotation)
@@ -146,6 +144,9 @@ def _type_name(annotation: Any, metadata: Any = ()) -> str:
     if origin in (list,):
         return f"list of {_type_name(args[0])}"
     if origin is dict:
+        value = typing.get_args(annotation)[1]
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return "mapping of name to mapping (below)"
         return "mapping"
     if args and origin is not None:  # a union
         names = [_type_name(a) for a in args]

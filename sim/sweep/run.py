@@ -102,9 +102,9 @@ def run_point(task: PointTask) -> PointOutcome:
         inputs = scenario_inputs(scenario)
         if task.inputs and inputs != task.inputs:
             raise UserError(
-                f"{_changed(task.inputs, inputs)} changed while the sweep ran; rerun the sweep"
+                f"{changed_inputs(task.inputs, inputs)} changed while the sweep ran; rerun it"
             )
-        results = run_scenario(scenario, _cached_trace(scenario), progress=False)
+        results = run_scenario(scenario, cached_trace(scenario), progress=False)
         rows = tuple(summary_rows(scenario, results))
     except UserError as err:
         return PointOutcome(task.point.point_id, (), time.perf_counter() - start, str(err))
@@ -130,14 +130,14 @@ def scenario_inputs(scenario: Any) -> dict[str, str]:
     if found is None:
         from sim.scenario.run import trace_checksum
 
-        found = {"trace": trace_checksum(_cached_trace(scenario))}
+        found = {"trace": trace_checksum(cached_trace(scenario))}
         if getattr(scenario, "costs", None) is not None:
             found["costs"] = scenario.costs.checksum()
         _INPUTS[key] = found
     return dict(found)
 
 
-def _changed(before: dict[str, str], now: dict[str, str]) -> str:
+def changed_inputs(before: dict[str, str], now: dict[str, str]) -> str:
     """Which input differs, for messages: ``the trace (sha256:1a2b3c4d... -> sha256:...)``."""
     names = [k for k in sorted({*before, *now}) if before.get(k) != now.get(k)]
     return ", ".join(
@@ -157,7 +157,9 @@ def _trace_key(scenario: Any) -> str:
     return canonical_json({"trace": scenario.trace.to_dict(), "costs": costs})
 
 
-def _cached_trace(scenario: Any) -> Any:
+def cached_trace(scenario: Any) -> Any:
+    """The scenario's routing, loaded once per process (a forked worker inherits the
+    parent's loaded traces)."""
     from sim.scenario import load_scenario_trace
 
     key = _trace_key(scenario)
@@ -190,12 +192,14 @@ def run_sweep(
     points = expand(spec)
     base, scenarios = validate_points(spec, points, validate, set_dotted)
     out = Path(out_dir)
-    _prepare_dir(out, spec, resume)
-    inputs = _pin_inputs(scenarios, in_process=executor == "local" and jobs == 1)
+    prepare_dir(out, spec, resume)
+    # every distinct input loaded once, here, before anything is written: a trace that
+    # cannot be read is one line now, not N failed points (forked workers inherit it)
+    inputs = [scenario_inputs(s) for s in scenarios]
     manifest = _manifest(spec, base, points, inputs)
-    finished = _finished_ids(out, points) if resume else set()
+    finished = finished_ids(out, points) if resume else set()
     if resume:
-        _check_resumed_inputs(out, points, finished, inputs)
+        check_resumed_inputs(out, points, finished, inputs)
         write_text(out / MANIFEST, manifest)  # the grid may have grown
 
     todo = [p for p in points if p.point_id not in finished]
@@ -203,31 +207,19 @@ def run_sweep(
         PointTask(p, point_document(spec, p, set_dotted), spec.source, inputs[p.index])
         for p in todo
     ]
-    failures: list[tuple[str, str]] = []
     try:
-        with _progress_bar(len(points), len(points) - len(todo), progress) as bar:
-            for outcome in execute(
-                tasks, point_fn, executor=executor, jobs=jobs, scheduler=scheduler
-            ):
-                if outcome.error is None:
-                    if not (out / MANIFEST).exists():  # written with the first result, so a sweep
-                        write_text(out / MANIFEST, manifest)  # that never started leaves nothing
-                    _write_point(out, outcome)
-                else:
-                    failures.append((outcome.point_id, outcome.error))
-                bar.update(1)
-        if not (out / MANIFEST).exists():
-            write_text(out / MANIFEST, manifest)
-        if failures:
-            by_id = {p.point_id: p for p in points}
-            point_id, message = failures[0]
-            raise UserError(
-                f"{spec.source}: {len(failures)} of {len(todo)} points failed, first point "
-                f"{by_id[point_id].index} ({point_id}): {message}; finished points are kept in "
-                f"{out}, fix and rerun with --resume {out}"
-            )
-        rows = write_table(
-            out, spec, [(p, _read_rows(out, p)) for p in points], _baseline_label(spec, base)
+        rows = _run_and_tabulate(
+            spec,
+            base,
+            points,
+            todo,
+            tasks,
+            out,
+            manifest,
+            progress,
+            lambda batch: execute(
+                batch, point_fn, executor=executor, jobs=jobs, scheduler=scheduler
+            ),
         )
     except WriteError as err:
         if not opener.exists(out / MANIFEST):
@@ -245,37 +237,41 @@ def run_sweep(
     )
 
 
-def _pin_inputs(scenarios: Sequence[Any], in_process: bool) -> list[dict[str, str]]:
-    """The input checksums of every point (each distinct trace loaded once, here, before
-    anything is written: a trace that cannot be read is one line now, not N failed points).
-    Workers in other processes load their own copy, so this one is dropped then."""
-    try:
-        return [scenario_inputs(s) for s in scenarios]
-    finally:
-        if not in_process:
-            _TRACES.clear()
-
-
-def _check_resumed_inputs(
-    out: Path, points: Sequence[SweepPoint], finished: set[str], inputs: list[dict[str, str]]
-) -> None:
-    """Refuse to resume when a finished point ran on other inputs than its point would now."""
-    for point in points:
-        if point.point_id not in finished:
-            continue
-        recorded = _recorded_inputs(out, point)
-        if recorded != inputs[point.index]:
-            raise UserError(
-                f"--resume {out}: expected the inputs point {point.index} ran on, got "
-                f"{_changed(recorded, inputs[point.index])}: resuming would mix two inputs in "
-                f"one sweep.csv; restore them or run the sweep into a new --out"
-            )
-
-
-def _recorded_inputs(out: Path, point: SweepPoint) -> dict[str, str]:
-    record = json.loads(opener.read_text(out / POINTS_DIR / f"{point.point_id}.json"))
-    found = record.get("inputs") if isinstance(record, dict) else None
-    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+def _run_and_tabulate(
+    spec: SweepSpec,
+    base: Any,
+    points: Sequence[SweepPoint],
+    todo: Sequence[SweepPoint],
+    tasks: Sequence[PointTask],
+    out: Path,
+    manifest: str,
+    progress: bool,
+    run: Callable[[Sequence[PointTask]], Any],
+) -> int:
+    """Run the tasks, writing each finished point at once, then the table; returns its rows."""
+    failures: list[tuple[str, str]] = []
+    with progress_bar(len(points), len(points) - len(todo), progress) as bar:
+        for outcome in run(tasks):
+            if outcome.error is None:
+                if not (out / MANIFEST).exists():  # written with the first result, so a sweep
+                    write_text(out / MANIFEST, manifest)  # that never started leaves nothing
+                write_point(out, outcome)
+            else:
+                failures.append((outcome.point_id, outcome.error))
+            bar.update(1)
+    if not (out / MANIFEST).exists():
+        write_text(out / MANIFEST, manifest)
+    if failures:
+        by_id = {p.point_id: p for p in points}
+        point_id, message = failures[0]
+        raise UserError(
+            f"{spec.source}: {len(failures)} of {len(todo)} points failed, first point "
+            f"{by_id[point_id].index} ({point_id}): {message}; finished points are kept in "
+            f"{out}, fix and rerun with --resume {out}"
+        )
+    return write_table(
+        out, spec, [(p, read_rows(out, p)) for p in points], _baseline_label(spec, base)
+    )
 
 
 def default_out_dir(spec: SweepSpec) -> Path:
@@ -289,25 +285,29 @@ def default_out_dir(spec: SweepSpec) -> Path:
     return new_results_dir(parent, name if "sweep" in name else f"{name}-sweep")
 
 
-def _prepare_dir(out: Path, spec: SweepSpec, resume: bool) -> None:
-    manifest = out / MANIFEST
+def prepare_dir(
+    out: Path, spec: SweepSpec, resume: bool, manifest_name: str = MANIFEST, what: str = "sweep"
+) -> None:
+    """A new or empty ``out``, or with ``resume`` a ``what`` directory (its ``manifest_name``
+    present) of the same base scenario: the one resume check of sweeps and searches."""
+    manifest = out / manifest_name
     if resume:
         if not opener.exists(manifest):
             raise UserError(
-                f"--resume {out}: expected a sweep results directory, got no {MANIFEST}"
+                f"--resume {out}: expected a {what} results directory, got no {manifest_name}"
             )
-        previous = read_yaml(manifest, "a readable sweep manifest") or {}
+        previous = read_yaml(manifest, f"a readable {what} manifest") or {}
         found = previous.get("fingerprint") if isinstance(previous, dict) else None
         if found != spec.fingerprint():
             raise UserError(
-                f"--resume {out}: expected a sweep of the same base scenario (fingerprint "
+                f"--resume {out}: expected a {what} of the same base scenario (fingerprint "
                 f"{spec.fingerprint()[:12]}), got {str(found)[:12]}: the scenario outside "
                 f"'sweep:' or --set changed"
             )
         return
     if manifest.exists():
         raise UserError(
-            f"--out {out}: expected a new or empty directory, got an existing sweep "
+            f"--out {out}: expected a new or empty directory, got an existing {what} "
             f"(continue it with --resume {out})"
         )
     from sim.scenario.run import check_out_dir
@@ -315,8 +315,9 @@ def _prepare_dir(out: Path, spec: SweepSpec, resume: bool) -> None:
     check_out_dir(out, "--out")
 
 
-def _finished_ids(out: Path, points: Sequence[SweepPoint]) -> set[str]:
-    """Points with a complete result file (atomic writes: a file present is complete)."""
+def finished_ids(out: Path, points: Sequence[SweepPoint]) -> set[str]:
+    """Points with a complete result file under ``out/points`` (atomic writes: a file
+    present is complete)."""
     done = set()
     for point in points:
         path = out / POINTS_DIR / f"{point.point_id}.json"
@@ -330,7 +331,8 @@ def _finished_ids(out: Path, points: Sequence[SweepPoint]) -> set[str]:
     return done
 
 
-def _write_point(out: Path, outcome: PointOutcome) -> None:
+def write_point(out: Path, outcome: PointOutcome) -> None:
+    """``out/points/<id>.json``: a finished point's rows, written atomically."""
     write_json(
         out / POINTS_DIR / f"{outcome.point_id}.json",
         {
@@ -343,7 +345,8 @@ def _write_point(out: Path, outcome: PointOutcome) -> None:
     )
 
 
-def _read_rows(out: Path, point: SweepPoint) -> list[dict[str, Any]]:
+def read_rows(out: Path, point: SweepPoint) -> list[dict[str, Any]]:
+    """The rows of a finished point's file."""
     path = out / POINTS_DIR / f"{point.point_id}.json"
     text = opener.read_text(path, "a finished sweep point")
     try:
@@ -354,6 +357,26 @@ def _read_rows(out: Path, point: SweepPoint) -> list[dict[str, Any]]:
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError(f"{path}: expected a finished sweep point with its rows, got none")
     return rows
+
+
+def check_resumed_inputs(
+    out: Path, points: Sequence[SweepPoint], finished: set[str], inputs: Sequence[dict[str, str]]
+) -> None:
+    """Refuse to resume when a finished point ran on other inputs than its point would now
+    (``inputs`` aligned with ``points``)."""
+    for point in points:
+        if point.point_id not in finished:
+            continue
+        path = out / POINTS_DIR / f"{point.point_id}.json"
+        record = json.loads(opener.read_text(path, "a finished sweep point"))
+        found = record.get("inputs") if isinstance(record, dict) else None
+        recorded = {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        if recorded != inputs[point.index]:
+            raise UserError(
+                f"--resume {out}: expected the inputs point {point.index} ran on, got "
+                f"{changed_inputs(recorded, inputs[point.index])}: resuming would mix two "
+                f"inputs in one table; restore them or run into a new --out"
+            )
 
 
 # --- helpers ----------------------------------------------------------------------------
@@ -382,7 +405,7 @@ def _manifest(
             for p in points
         ],
     }
-    return yaml.safe_dump(_plain(document), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(plain(document), sort_keys=False, allow_unicode=True)
 
 
 def _baseline_label(spec: SweepSpec, base: Any) -> str:
@@ -394,16 +417,16 @@ def _baseline_label(spec: SweepSpec, base: Any) -> str:
     return str(spec.base.get("baseline", DEFAULT_BASELINE))
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """Dataclasses, tuples, numpy scalars and Paths to plain YAML/JSON-safe values."""
     import dataclasses
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, os.PathLike):
@@ -422,9 +445,12 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+def progress_bar(
+    total: int | None, initial: int, enabled: bool, unit: str = "point", desc: str = "sweep"
+) -> Any:
+    """A tqdm bar on stderr (``total`` None: a counter), or a no-op when not ``enabled``."""
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="point", desc="sweep", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True)
