@@ -184,11 +184,11 @@ def bound_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
             notes.append(
                 f"top-{k}: {', '.join(faster)} beat{'s' if len(faster) == 1 else ''} the best "
                 f"bound's mean step ({best['label']} {format_duration(best['mean_step'])}; gap "
-                f"closed over 100% is marked {OVER}): {what}, for its cache size"
+                f"closed over 100%, marked {OVER} in the printed table): {what}, for its cache size"
             )
         if any((r["gap_closed"] or 0.0) < -1e-9 for r in same_k):
             notes.append(
-                f"top-{k}: gap closed below 0% (marked {UNDER}): slower than the baseline "
+                f"top-{k}: gap closed below 0% (marked {UNDER} in the printed table): slower than the baseline "
                 f"{base['label']}"
             )
     return notes
