@@ -375,6 +375,15 @@ def _gap_cell(gap: float | None) -> str:
     return f"{100 * gap:.0f}%{mark}"
 
 
+def _synthetic_notes(scenario: Scenario) -> list[str]:
+    """A generated trace whose calibrated per-layer profiles were stretched over its depth."""
+    if scenario.trace.kind != "synthetic" or scenario.trace.synthetic is None:
+        return []
+    from sim.trace.synth import calibration_warnings
+
+    return calibration_warnings(scenario.trace.synthetic)
+
+
 def non_expert_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
     """A warning when the runs' non-expert time is 0: their step latency is expert work only."""
     if not results or any(r.totals.get("non_expert_time", 0.0) > 0 for r in results):
@@ -391,6 +400,7 @@ def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[s
     never hit, and why gap closed is blank. Printed by `moesim run`, written to notes.txt."""
     return [
         *non_expert_notes(scenario, results),
+        *_synthetic_notes(scenario),
         *seed_ratio_notes(scenario, results),
         *seed_md_only_notes(results),
         *predictor_notes(results),

@@ -127,6 +127,26 @@ def summary_table(p: TraceProfile) -> Table:
     return table
 
 
+def column_legend(p: TraceProfile) -> list[str]:
+    """What each column of `summary_table` means (printed under it; docs/trace-profile.md)."""
+    return [
+        "columns (per MoE layer; docs/trace-profile.md):",
+        f"  H bits    entropy of the tokens' expert popularity (uniform over {p.num_experts} "
+        f"experts = {math.log2(max(p.num_experts, 1)):.3g} bits)",
+        "  gini      Gini coefficient of popularity (0 = every expert equally used)",
+        "  max/mean  tokens of the most used expert / the mean expert's",
+        "  active    distinct experts the batch routes to per step (the seed's Expert_Activ)",
+        f"  ov t+1    experts one sequence shares between consecutive steps (of k = {p.k})",
+        "  xseq      experts two different sequences share at the same step (chance baseline)",
+        "  gap       mean steps between two steps where an expert is in the batch's active set",
+        "  same tok  experts shared by two rows of a sequence with the same token id",
+        "  diff tok  ... with different token ids",
+        "  MI>next   mutual information (bits) of a token's experts here and at the next layer, "
+        "above shuffled tokens",
+        "  miss@C LRU/OPT  miss ratio with C experts cached per layer, LRU / optimal (Belady)",
+    ]
+
+
 def _fmt(x: float, digits: int) -> str:
     return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
