@@ -236,8 +236,6 @@ def test_profile_cli_bad_options(capsys) -> None:
 
 
 def test_profile_table_columns_have_a_legend(capsys) -> None:
-    from sim.cli import main
-
     assert main(["trace", "profile", "embedded", "--positions", "0-3", "--layers", "2-3"]) == 0
     out = capsys.readouterr().out
     legend = out[out.index("columns (per MoE layer") :]
