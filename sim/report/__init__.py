@@ -26,6 +26,7 @@ from sim.report import html as H
 from sim.report.load import (
     Results,
     RunResults,
+    SearchResults,
     StatsResults,
     SweepResults,
     Table,
@@ -126,6 +127,10 @@ def build_content(results: Results, window: tuple[int, int] | None = None) -> Re
         return _run_content(results, window)
     if isinstance(results, SweepResults):
         return _sweep_content(results)
+    if isinstance(results, SearchResults):
+        from sim.report.search import search_content
+
+        return search_content(results)
     return _stats_content(results)
 
 

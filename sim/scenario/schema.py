@@ -39,6 +39,7 @@ class UnitDoc:
     """Marks a field as a physical quantity (for docs and for writing resolved values back)."""
 
     kind: str  # a key of sim.units.QUANTITIES: "bandwidth", "size", "duration", "compute"
+    experts: bool = False  # a size that may also be written ``N experts`` (HBM capacity)
 
 
 def _unit_validator(quantity: Quantity):
@@ -78,7 +79,7 @@ def _capacity(value: Any) -> float | str:
         raise PydanticCustomError("unit", "{detail}", {"detail": detail}) from None
 
 
-Capacity = Annotated[float | str, BeforeValidator(_capacity), UnitDoc(SIZE.kind)]
+Capacity = Annotated[float | str, BeforeValidator(_capacity), UnitDoc(SIZE.kind, experts=True)]
 ROOFLINE = "roofline"
 
 

@@ -134,7 +134,7 @@ def _type_name(annotation: Any, metadata: Any = ()) -> str:
     if unit is not None:
         example = QUANTITIES[unit.kind].example
         text = f"{unit.kind} (`{example}`)"
-        if unit.kind == "size" and "str" in str(annotation):
+        if unit.experts:
             text += " or `N experts`"
         return text
     origin = typing.get_origin(annotation)
