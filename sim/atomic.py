@@ -186,10 +186,12 @@ def staged_dir(
             undo()
             raise
         finish()
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
         for staged in after:
             staged.abort()
+        if isinstance(err, WriteError) and str(tmp) in str(err):  # name the output, not
+            raise WriteError(str(err).replace(str(tmp), str(dest))) from None  # its staging
         raise
 
 

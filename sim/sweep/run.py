@@ -194,7 +194,10 @@ def run_sweep(
     out = Path(out_dir)
     prepare_dir(out, spec, resume)
     # every distinct input loaded once, here, before anything is written: a trace that
-    # cannot be read is one line now, not N failed points (forked workers inherit it)
+    # cannot be read is one line now, not N failed points (forked workers inherit it); never
+    # from an earlier sweep of this process, whose files may have changed since
+    _TRACES.clear()
+    _INPUTS.clear()
     inputs = [scenario_inputs(s) for s in scenarios]
     manifest = _manifest(spec, base, points, inputs)
     finished = finished_ids(out, points) if resume else set()
