@@ -209,7 +209,7 @@ def test_field_kinds() -> None:
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("hardware.links.nvlink.bandwidth", "no field 'nvlink' in hardware.links; allowed: pcie"),
+        ("hardware.links.md_link.speed", "no field 'speed' in hardware.links.md_link; allowed"),
         ("hardware.hbm.size", "no field 'size' in hardware.hbm"),
         ("hardware.md_mode", "expected a field with a unit"),
         ("model.bytes_per_param", "expected a field with a unit"),
@@ -621,7 +621,8 @@ def test_two_field_report_draws_the_staircase(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"--vary": "hardware.links.nvlink.bandwidth"}, "no field 'nvlink'"),
+        ({"--vary": "hardware.links.md_link.speed"}, "no field 'speed'"),
+        ({"--vary": "hardware.links.nvlink.bandwidth"}, "got an unused link 'nvlink'"),
         ({"--vary": "hardware.md_mode"}, "expected a field with a unit"),
         ({"--range": "1 us:5 us"}, "expected a bandwidth"),
         ({"--range": "512 GB/s:16 GB/s"}, "expected LO < HI"),
