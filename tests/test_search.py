@@ -209,6 +209,7 @@ def test_field_kinds() -> None:
 @pytest.mark.parametrize(
     ("path", "message"),
     [
+        # links are a name-keyed mapping: a new link name is a field (the scenario must use it)
         ("hardware.links.md_link.speed", "no field 'speed' in hardware.links.md_link; allowed"),
         ("hardware.hbm.size", "no field 'size' in hardware.hbm"),
         ("hardware.md_mode", "expected a field with a unit"),
