@@ -33,6 +33,7 @@ import numpy as np
 
 from sim import opener
 from sim.errors import SelectionError, UserError
+from sim.limits import MAX_BATCH, MAX_SEQ_LEN, MAX_TRACE_ENTRIES, check_count
 from sim.presets import presets
 from sim.ranges import format_int_selection
 from sim.topk import select_topk
@@ -468,9 +469,12 @@ def resolve_facts(sel: DumpSelection, tf: TraceFile | None) -> _LayoutFacts:
     else:
         seq_len = _first_given(sel.seq_len, yaml_s, SEED_SEQ_LEN)
         per_shard = sel.seed_seqs_per_shard
-    for name, value in (("--seq-len", seq_len), ("sequences per shard", per_shard)):
-        if value < 1:
-            raise UserError(f"{name}: expected a positive integer, got {value}")
+    for name, value, limit in (
+        ("--seq-len", seq_len, MAX_SEQ_LEN),
+        ("sequences per shard", per_shard, MAX_BATCH),
+    ):
+        if not 1 <= value <= limit:
+            raise UserError(f"{name}: expected an integer in 1..{limit:,}, got {value}")
     return _LayoutFacts(
         layout=sel.layout,
         seq_len=seq_len,
@@ -500,6 +504,16 @@ def load_trace(sel: DumpSelection) -> RoutingTrace:
     layers = _selected_layers(sel, edir)
     positions = _selected_positions(sel, facts)
     _check_paths_exist(sdir, edir, shards, layers)
+    k_guess = facts.k_declared or facts.k_dense or 1
+    entries = len(shards) * facts.seqs_per_shard * len(positions) * len(layers) * k_guess
+    check_count(
+        entries,
+        MAX_TRACE_ENTRIES,
+        str(root),
+        "routing entries in memory",
+        f"{len(shards)} shards x {facts.seqs_per_shard} sequences x {len(positions)} positions "
+        f"x {len(layers)} layers x top-{k_guess}; select fewer shards, positions or layers",
+    )
 
     if facts.layout == "megatron":
         act_rows, smp_rows = megatron_rows(positions, facts.seqs_per_shard, facts.seq_len)

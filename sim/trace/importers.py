@@ -34,6 +34,15 @@ import numpy as np
 
 from sim import opener
 from sim.errors import UserError
+from sim.limits import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_EXPERTS,
+    MAX_TRACE_ENTRIES,
+    float_array,
+    int_array,
+)
+from sim.ranges import MAX_INDEX
 from sim.trace.routing import RoutingTrace, TraceMeta
 
 ORDERS = ("step-major", "seq-major")
@@ -102,19 +111,17 @@ def trace_from_rows(
         scores = np.broadcast_to(ranks, experts.shape).astype(np.float32)
         experts_sorted = experts
     else:
-        weights = np.asarray(weights, dtype=np.float32)
+        weights = float_array(weights, f"{where}: gate weights", dtype=np.float32)
         if weights.shape != experts.shape:
             raise UserError(
                 f"{where}: expected gate weights of shape {experts.shape}, got {weights.shape}"
             )
-        if not np.isfinite(weights).all():
-            raise UserError(f"{where}: expected finite gate weights, got NaN or inf")
         order = np.argsort(-weights, axis=-1, kind="stable")  # trace order: score descending
         scores = np.take_along_axis(weights, order, axis=-1)
         experts_sorted = np.take_along_axis(experts, order, axis=-1)
     if token_ids is None:
         token_ids = np.full(tokens, -1, dtype=np.int64)
-    token_ids = np.asarray(token_ids)
+    token_ids = int_array(token_ids, f"{where}: token ids")
     if token_ids.shape != (tokens,):
         raise UserError(f"{where}: expected {tokens} token ids, got shape {token_ids.shape}")
     steps = tokens // seqs
@@ -233,9 +240,14 @@ def read_jsonl(
                 if key not in obj:
                     raise UserError(f"{where}: expected field '{key}', got {sorted(obj)}")
             layer, token = obj["layer"], obj["token"]
-            if not _is_int(layer) or not _is_int(token) or token < 0:
+            if not (_is_int(layer) and _is_int(token) and 0 <= layer <= MAX_INDEX):
                 raise UserError(
-                    f"{where}: expected integer 'layer' and 'token' >= 0, got {layer!r}, {token!r}"
+                    f"{where}: expected integer 'layer' in 0..{MAX_INDEX:,} and 'token' >= 0, "
+                    f"got {layer!r}, {token!r}"
+                )
+            if not 0 <= token < MAX_TRACE_ENTRIES:
+                raise UserError(
+                    f"{where}: expected 'token' in 0..{MAX_TRACE_ENTRIES - 1:,}, got {token!r}"
                 )
             experts = obj["expert_ids"]
             if not isinstance(experts, list) or not experts or not all(map(_is_int, experts)):
@@ -252,7 +264,7 @@ def read_jsonl(
                     f"{where}: 'gate_weights': expected {len(experts)} numbers, got {gate!r}"
                 )
             if "token_id" in obj:
-                if not _is_int(obj["token_id"]):
+                if not _is_int(obj["token_id"]) or not INT64_MIN <= obj["token_id"] <= INT64_MAX:
                     raise UserError(
                         f"{where}: 'token_id': expected an integer, got {obj['token_id']!r}"
                     )
@@ -271,6 +283,12 @@ def read_jsonl(
         raise UserError(f"{path}: expected 'gate_weights' on every line or on none")
     layer_ids = tuple(sorted(set(layers)))
     num_tokens = max(tokens) + 1
+    if num_tokens * len(layer_ids) > len(ids):  # counted before a cell array is allocated
+        raise UserError(
+            f"{path}: expected one record for every (layer, token) of tokens 0..{num_tokens - 1} "
+            f"x {len(layer_ids)} layers = {num_tokens * len(layer_ids):,}, got {len(ids):,} "
+            "records"
+        )
     layer_index = {lid: i for i, lid in enumerate(layer_ids)}
     li = np.array([layer_index[x] for x in layers], dtype=np.int64)
     ti = np.array(tokens, dtype=np.int64)
@@ -290,11 +308,12 @@ def read_jsonl(
             f"{layer_ids[bad % len(layer_ids)]} token {bad // len(layer_ids)}"
         )
     experts_arr = np.empty((num_tokens, len(layer_ids), k), dtype=np.int64)
-    experts_arr[ti, li] = np.array(ids, dtype=np.int64)
+    experts_arr[ti, li] = int_array(ids, f"{path}: 'expert_ids'", lo=0, hi=MAX_EXPERTS)
     weights_arr = None
     if all(with_weights):
         weights_arr = np.empty((num_tokens, len(layer_ids), k), dtype=np.float32)
-        weights_arr[ti, li] = np.array(weights, dtype=np.float32)
+        where = f"{path}: 'gate_weights'"
+        weights_arr[ti, li] = float_array(weights, where, dtype=np.float32)
     tok = None
     if token_ids:
         tok = np.full(num_tokens, -1, dtype=np.int64)
@@ -409,7 +428,9 @@ def read_flame_parquet(
     if not sample_files:
         raise UserError(f"{root / 'samples'}: expected NNN.parquet files, got none")
     samples_tab = _read_rows(pq, sample_files, start, stop, ["token_id"])
-    samples = np.asarray(samples_tab.column("token_id").to_numpy(), dtype=np.int64)
+    samples = int_array(
+        samples_tab.column("token_id").to_numpy(zero_copy_only=False), f"{root}: token_id"
+    )
 
     k = per_layer[0][0].shape[1]
     indices = np.stack([p[0] for p in per_layer], axis=1)  # [rows, layers, k]
@@ -502,11 +523,16 @@ def _list_column(path: Path, table: Any, name: str, dtype: type) -> np.ndarray:
     """A fixed-size list column as a ``[rows, k]`` array."""
     column = table.column(name).combine_chunks()
     try:
-        flat = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+        values = column.flatten().to_numpy(zero_copy_only=False)
     except (AttributeError, ValueError, TypeError) as err:
         raise UserError(
             f"{path}: column '{name}': expected lists of numbers, got {_first_line(err)}"
         ) from None
+    where = f"{path}: column '{name}'"
+    if np.issubdtype(dtype, np.integer):  # dtype and range checked before the cast
+        flat = int_array(values, where, lo=0, hi=MAX_EXPERTS).astype(dtype)
+    else:
+        flat = float_array(values, where, dtype=dtype)
     rows = table.num_rows
     if rows == 0 or flat.size % rows:
         raise UserError(

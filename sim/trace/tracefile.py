@@ -17,12 +17,20 @@ import yaml
 from sim import opener
 from sim.atomic import write_text
 from sim.errors import UserError
+from sim.limits import MAX_BATCH, MAX_EXPERTS, MAX_SEQ_LEN
+from sim.ranges import MAX_INDEX
 from sim.trace.routing import LAYOUTS
 from sim.yamlio import read_yaml
 
 TRACE_YAML = "trace.yaml"
 
 _INT_FIELDS = ("seq_len", "micro_batch_size", "num_experts", "k")
+_INT_LIMITS = {
+    "seq_len": MAX_SEQ_LEN,
+    "micro_batch_size": MAX_BATCH,
+    "num_experts": MAX_EXPERTS,
+    "k": MAX_EXPERTS,
+}
 _STR_FIELDS = ("model", "runid", "epoch", "layout", "provenance", "tokens_known", "notes")
 
 
@@ -90,8 +98,11 @@ def _from_mapping(path: Path, data: dict[str, Any]) -> TraceFile:
         value = data.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise UserError(f"{path}: field '{name}': expected a positive integer, got {value!r}")
+        limit = _INT_LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+            raise UserError(
+                f"{path}: field '{name}': expected an integer in 1..{limit:,}, got {value!r}"
+            )
         values[name] = value
     if "synthetic" in data:
         if not isinstance(data["synthetic"], bool):
@@ -101,7 +112,7 @@ def _from_mapping(path: Path, data: dict[str, Any]) -> TraceFile:
         values["synthetic"] = data["synthetic"]
     layers = data.get("synthetic_layers") or []
     if not isinstance(layers, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in layers
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_INDEX for v in layers
     ):
         raise UserError(
             f"{path}: field 'synthetic_layers': expected a list of layer ids, got {layers!r}"
