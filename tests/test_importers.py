@@ -129,7 +129,7 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
         ),
         (
             [{"layer": 2, "token": 1, "expert_ids": [1, 2]}],
-            r"a record for every \(layer, token\) of tokens 0..1",
+            r"record for every \(layer, token\) of tokens 0..1",
         ),
         (
             [{"layer": 2, "token": 0, "expert_ids": [1, 2], "gate_weights": [0.5]}],
