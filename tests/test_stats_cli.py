@@ -139,7 +139,7 @@ def test_extend_layers_marks_copies_synthetic(tmp_path, capsys):
     [
         (["--topk", "0"], "--topk"),
         (["--topk", "65"], "--topk"),
-        (["--bw-pcie", "-1"], "bw_pcie"),
+        (["--bw-pcie", "-1"], "--bw-pcie"),
         (["--layers", "2-4"], "4"),
         (["--extend-layers", "3", "--extend-from", "2"], "--to"),
     ],
