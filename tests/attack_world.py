@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 from test_fuzz_shards import CliOutcome, assert_one_line_error, run_cli
 
@@ -34,6 +35,12 @@ REPO = Path(__file__).resolve().parents[1]
 COSTS_SRC = REPO / "traces" / "neupims-decoder-bs16"
 STEPS, SEQS, K, EXPERTS = 4, 2, 2, 8
 LAYERS = (2, 3)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The world, built once per test process (import this fixture into a test module)."""
+    return build_world(tmp_path_factory.mktemp("world"))
 
 
 def build_world(root: Path) -> Path:

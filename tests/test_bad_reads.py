@@ -20,7 +20,6 @@ from attack_world import (
     COMMANDS,
     KINDS,
     assert_refused,
-    build_world,
     files_under,
     make_bad,
     run_command,
@@ -48,11 +47,6 @@ MUST_READ = {
     "report-sweep": ("sweep-out/sweep.csv",),
 }
 CASES = [(cmd, rel) for cmd, files in MUST_READ.items() for rel in files]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_world(tmp_path_factory.mktemp("world"))
 
 
 def attack(world: Path, command: str, rel: str, kind: str) -> tuple[int, str]:

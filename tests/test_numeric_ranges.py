@@ -25,7 +25,7 @@ from typing import Any
 import annotated_types
 import numpy as np
 import pytest
-from attack_world import assert_refused, build_world, world_copy
+from attack_world import assert_refused, world_copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -39,11 +39,6 @@ from sim.scenario.build import unit_of
 from sim.scenario.schema import ScenarioSection
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_world(tmp_path_factory.mktemp("world"))
 
 
 # -- the schema's numeric fields ---------------------------------------------------------------------

@@ -14,20 +14,14 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
-from attack_world import QUIET, assert_refused, build_world, world_copy
+from attack_world import QUIET, assert_refused, world_copy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fuzz_shards import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_world(tmp_path_factory.mktemp("world"))
 
 
 def resume(work: Path, *extra: str) -> object:

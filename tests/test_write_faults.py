@@ -28,7 +28,6 @@ from attack_world import (
     QUIET,
     WRITE_ERRNOS,
     assert_refused,
-    build_world,
     hidden_leftovers,
     world_copy,
     write_faults,
@@ -91,11 +90,6 @@ PARTS: dict[str, tuple[str, ...]] = {
     "costs": ("costs",),
     "schema": ("ids.npz",),
 }
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_world(tmp_path_factory.mktemp("world"))
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
