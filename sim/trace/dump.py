@@ -864,12 +864,12 @@ def trace_yaml_disagreements(root: Path, tf: TraceFile, runs: Iterable[RunInvent
             f"{format_int_selection(tf.layers)}, the directory holds "
             f"{format_int_selection(epoch.layers) if epoch.layers else 'none'})"
         )
-    if tf.shards:  # each layer's files against samples/ is reported by the scan already
-        if set(run.shards) != set(tf.shards):
-            found.append(
-                f"{where}: shards {_diff(tf.shards, run.shards)} (trace.yaml lists "
-                f"{len(tf.shards)}, samples/ holds {len(run.shards)})"
-            )
+    # each layer's files against samples/ is reported by the scan already
+    if tf.shards and set(run.shards) != set(tf.shards):
+        found.append(
+            f"{where}: shards {_diff(tf.shards, run.shards)} (trace.yaml lists "
+            f"{len(tf.shards)}, samples/ holds {len(run.shards)})"
+        )
     if tf.k and epoch.k and set(epoch.k) != {tf.k}:
         found.append(f"{where}: k is {tf.k}, the actives files hold top-{_join_ints(epoch.k)}")
     stray = [x for x in tf.synthetic_layers if x not in epoch.layers]
