@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from sim import opener
 from sim.errors import UserError
 
 StrPath = str | os.PathLike[str]
@@ -96,8 +97,10 @@ def stage_bytes(path: StrPath, data: bytes) -> StagedFile:
     """Write ``data`` into a hidden temporary file next to ``path``; `StagedFile.commit`
     renames it into place. Nothing is left behind when writing fails."""
     target = Path(path)
-    if target.is_dir():
-        raise UserError(f"{target}: expected a file path to write, got a directory")
+    kind = opener.describe(target)
+    if kind not in ("a file", "nothing (missing)", "a dangling symlink"):
+        # never rename over a directory, a FIFO or a device (--out /dev/null would replace it)
+        raise UserError(f"{target}: expected a file path to write, got {kind}")
     make_dirs(target.parent)
     with os_errors(target):
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

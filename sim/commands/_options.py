@@ -79,7 +79,8 @@ class NumberRange:
             if len(cleaned) > 40:  # Python converts up to 4300 digits, then fails
                 raise ValueError(text)
             value: int | float = int(cleaned) if self.kind is int else float(cleaned)
-            if self.kind is None and value == int(value) and "." not in cleaned:
+            integral = math.isfinite(value) and float(value).is_integer()
+            if self.kind is None and integral and cleaned.lstrip("+-").isdigit():
                 value = int(cleaned)  # written as an integer: kept one (the notebook's `32`)
         except ValueError:
             raise argparse.ArgumentTypeError(
