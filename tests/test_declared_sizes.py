@@ -180,3 +180,20 @@ def test_json_lines_declaring_a_huge_token_index(tmp_path: Path) -> None:
     )
     assert "100,000,001" in line and "got 2 records" in line
     assert time.perf_counter() - start < 5
+
+
+def test_an_npz_declaring_a_huge_array_is_refused_before_loading(tmp_path: Path) -> None:
+    """A few bytes whose .npy header declares 2^31 entries (np.load would allocate 16 GiB)."""
+    header = io.BytesIO()
+    import numpy as np
+
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<i8", "fortran_order": False, "shape": (2**29, 2, 2)}
+    )
+    path = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("expert_ids.npy", header.getvalue() + b"\0" * 64)
+    out = tmp_path / "o"
+    line = assert_refused(run_cli(["trace", "import", "numpy", str(path), "--out", str(out)]))
+    assert "expert_ids.npy" in line and "2,147,483,648" in line
+    assert not out.exists()

@@ -192,3 +192,18 @@ def test_fuzzed_write_faults(world: Path, writer: str, code: int, at: int) -> No
 )
 def test_fuzzed_write_faults_long(world: Path, writer: str, code: int, at: int) -> None:
     attack(world, writer, code, at)
+
+
+def test_an_output_naming_a_device_is_refused_not_replaced(tmp_path: Path) -> None:
+    """``--out /dev/null`` renamed a file over the device node (as root, that replaces it)."""
+    import os
+    import stat
+
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating a device node needs root")
+    line = assert_refused(run_cli(["schema", "--out", str(device)]), naming="a device")
+    assert str(device) in line
+    assert stat.S_ISCHR(os.stat(device).st_mode)  # still the device

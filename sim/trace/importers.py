@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import re
 import zipfile
 from collections.abc import Iterator
@@ -39,6 +41,7 @@ from sim.limits import (
     INT64_MIN,
     MAX_EXPERTS,
     MAX_TRACE_ENTRIES,
+    check_count,
     float_array,
     int_array,
 )
@@ -190,6 +193,7 @@ def _load_npy(path: Path) -> Any:
     """A .npy array or a .npz's arrays, read through the one opener with pickles refused
     (``allow_pickle=False``: an object array is an error, never code)."""
     with opener.open_file(path, "a .npy/.npz file") as handle:
+        check_declared_arrays(path, handle)
         try:
             loaded = np.load(handle, allow_pickle=False)
             if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -200,6 +204,42 @@ def _load_npy(path: Path) -> Any:
             raise UserError(
                 f"{path}: expected a readable .npy/.npz array, got {_first_line(err)}"
             ) from None
+
+
+def check_declared_arrays(path: Path, handle: Any) -> None:
+    """Read the header of every array in a .npy or .npz before any array is loaded: at most
+    `MAX_TRACE_ENTRIES` entries each, and a .npy's data no larger than the file (a small
+    compressed .npz can declare gigabytes; np.load would allocate them first)."""
+    size = os.fstat(handle.fileno()).st_size
+    magic = handle.read(6)
+    handle.seek(0)
+    try:
+        if magic.startswith(b"PK"):
+            with zipfile.ZipFile(handle) as archive:
+                for info in archive.infolist():
+                    with archive.open(info) as member:
+                        _check_npy_header(path, member, info.file_size, info.filename)
+        elif magic == b"\x93NUMPY":
+            _check_npy_header(path, handle, size, None)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile):
+        pass  # np.load says what is wrong with it
+    finally:
+        handle.seek(0)
+
+
+def _check_npy_header(path: Path, stream: Any, size: int, member: str | None) -> None:
+    fmt = np.lib.format
+    version = fmt.read_magic(stream)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(stream)
+    entries = math.prod(shape)
+    where = f"{path}" + (f" ({member})" if member else "")
+    check_count(entries, MAX_TRACE_ENTRIES, where, "array entries", f"shape {list(shape)}")
+    if dtype.itemsize and entries * dtype.itemsize > size:
+        raise UserError(
+            f"{where}: expected array data within the file's {size:,} bytes, got shape "
+            f"{list(shape)} of {dtype} declaring {entries * dtype.itemsize:,} bytes"
+        )
 
 
 def _pick(
@@ -418,6 +458,13 @@ def read_flame_parquet(
     rows_per_shard = micro_batch_size * seq_len
     start = first_shard * rows_per_shard
     stop = start + num_shards * rows_per_shard
+    check_count(  # rows x layers, before a row is read (x k once the files say k)
+        (stop - start) * len(chosen),
+        MAX_TRACE_ENTRIES,
+        f"{root}",
+        "routing rows x layers to import",
+        f"{num_shards} shards x B={micro_batch_size} x S={seq_len} x {len(chosen)} layers",
+    )
     per_layer = []
     for layer in chosen:
         table = _read_rows(pq, [layer_files[layer]], start, stop, ["scores", "indices"])
@@ -504,9 +551,12 @@ def _read_file_rows(
         if absent:
             raise UserError(f"{path}: expected columns {columns}, got {names}")
         for rg in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(rg).num_rows
+            group = pf.metadata.row_group(rg)
+            n = group.num_rows
             lo, hi = max(start, offset), min(stop, offset + n)
-            if lo < hi:
+            if lo < hi:  # what the row group declares, before it is decompressed
+                where = f"{path}: row group {rg}"
+                check_count(group.total_byte_size, 8 * MAX_TRACE_ENTRIES, where, "bytes")
                 table = pf.read_row_group(rg, columns=columns)
                 pieces.append(table.slice(lo - offset, hi - lo))
             offset += n
