@@ -181,12 +181,18 @@ class GateView:
 @dataclass
 class GateDecision:
     """A policy's answer at one gate. ``paths`` and ``admit`` are aligned with
-    ``GateView.experts``; entries for cached experts are ignored (they are hits)."""
+    ``GateView.experts``; entries for cached experts are ignored (they are hits).
+
+    ``writeback``: the evicted experts are copied back to host DRAM over the host route, each
+    one transfer of the expert's size queued behind the gate's demand fetches (exclusive
+    caching: the only copy of an expert moves between HBM and host memory, as
+    mixtral-offloading swaps them). False: host memory keeps a copy and eviction is free."""
 
     paths: np.ndarray
     admit: np.ndarray | None = None  # bool: keep this fetched expert in the cache
     evict: list[tuple[int, int]] = field(default_factory=list)  # (layer index, expert id)
     prefetch: list[tuple[int, int, str]] = field(default_factory=list)  # (layer, expert, route)
+    writeback: bool = False
 
 
 class GatePolicy(Protocol):
@@ -196,6 +202,13 @@ class GatePolicy(Protocol):
     params: Any
 
     def bind(self, ctx: PolicyContext) -> None: ...
+
+    def initial_cache(self) -> np.ndarray | None:
+        """Called once after ``bind``: bool ``[layers, num_experts]`` of the experts already in
+        HBM when the run starts (a static placement loads them before serving; they are never
+        transferred during the run), or None for an empty cache. The engine checks the
+        capacity."""
+        ...
 
     def decide(self, view: GateView) -> GateDecision: ...
 

@@ -326,7 +326,12 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
 
 
 # -- presets -----------------------------------------------------------------------------------
-_PRESET_KIND = {LinkSection: "links", GpuSection: "gpus", ModelSection: "models"}
+_PRESET_KIND = {
+    LinkSection: "links",
+    GpuSection: "gpus",
+    ModelSection: "models",
+    ComputeSection: "cpus",
+}
 
 
 def validated_preset(section_cls: type[BaseModel], kind: str, name: str, where: str) -> BaseModel:
@@ -461,8 +466,14 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
     hbm_bw = hbm.get("bandwidth") or gpu.get("hbm_bandwidth") or HbmConfig().bandwidth
     md_mode = top.get("md_mode") or "fetch"
     placement = top.get("placement") or "both"
-    md_compute = _compute(top.get("md_compute"))
-    host_compute = _compute(top.get("host_compute"))
+    units = {
+        name: _merged(
+            getattr(base, name) if base else None, getattr(section, name), f"hardware.{name}"
+        )
+        for name in ("md_compute", "host_compute")
+    }
+    md_compute = _compute(units["md_compute"], "hardware.md_compute")
+    host_compute = _compute(units["host_compute"], "hardware.host_compute")
     if md_mode == "near-data" and md_compute is None:
         raise UserError("hardware.md_compute: required when hardware.md_mode is near-data")
     gpu.setdefault("non_expert_time", ROOFLINE)
@@ -480,6 +491,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
             if gpu["non_expert_time"] == ROOFLINE
             else float(gpu["non_expert_time"]),
             expert_start=gpu["expert_start"],
+            layer_overhead=float(gpu.get("layer_overhead") or 0.0),
         ),
         md_mode=md_mode,
         placement=placement,
@@ -498,8 +510,8 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         "links": {name: _doc(LinkSection, values) for name, values in links.items()},
         "md_mode": md_mode,
         "placement": placement,
-        "md_compute": _doc(ComputeSection, top["md_compute"]) if md_compute else None,
-        "host_compute": _doc(ComputeSection, top["host_compute"]) if host_compute else None,
+        "md_compute": _doc(ComputeSection, units["md_compute"]) if md_compute else None,
+        "host_compute": _doc(ComputeSection, units["host_compute"]) if host_compute else None,
     }
     return hardware, {k: v for k, v in doc.items() if v is not None}
 
@@ -544,9 +556,14 @@ def _link(name: str, values: dict[str, Any]) -> LinkConfig:
     )
 
 
-def _compute(values: dict[str, Any] | None) -> ComputeUnit | None:
+def _compute(values: dict[str, Any], where: str) -> ComputeUnit | None:
+    """The compute unit (None when the scenario gives none); both figures are required, from
+    its preset or its own fields."""
     if not values:
         return None
+    for key in ("memory_bandwidth", "peak_flops"):
+        if values.get(key) is None:
+            raise UserError(f"{where}.{key}: required, missing (give it or a CPU preset)")
     return ComputeUnit(memory_bandwidth=values["memory_bandwidth"], peak_flops=values["peak_flops"])
 
 

@@ -335,6 +335,11 @@ class GpuSection(_PresetSection):
         description="`per-expert`: an expert computes once its weights are in; `layer`: after "
         "all of the layer's",
     )
+    layer_overhead: Duration | None = Field(
+        None,
+        description="fixed software time per transformer layer and iteration (kernel launches, "
+        "framework dispatch, synchronisation), added to the non-expert time; default 0 s",
+    )
     source: str | None = Field(None, description="where the figures come from")
 
 
@@ -347,10 +352,25 @@ class HbmSection(_Section):
     bandwidth: Bandwidth | None = Field(None, description="default: the GPU's hbm_bandwidth")
 
 
-class ComputeSection(_Section):
-    memory_bandwidth: Bandwidth = Field(description="bandwidth the unit reads weights at")
-    peak_flops: Compute = Field(description="its throughput")
+class ComputeSection(_PresetSection):
+    """A compute unit next to a memory: a CPU preset name (`moesim presets cpus`), or fields (a
+    preset plus overrides)."""
+
+    preset: str | None = Field(None, description="CPU preset name, e.g. `i9-10900x-ddr4-3200`")
+    memory_bandwidth: Bandwidth | None = Field(
+        None,
+        description="bandwidth the unit reads expert weights at (achieved, e.g. `80 GB/s`); "
+        "required, from the preset or here",
+    )
+    peak_flops: Compute | None = Field(
+        None, description="its throughput, e.g. `2 TFLOP/s`; required, from the preset or here"
+    )
+    theoretical_bandwidth: Bandwidth | None = Field(
+        None, description="the DRAM line rate (channels x transfer rate x 8 B), informative"
+    )
+    cores: PositiveInt | None = Field(None, description="physical cores, informative")
     source: str | None = Field(None, description="where the figures come from")
+    notes: str | None = Field(None, description="free text")
 
 
 class HardwareSection(_Section):
@@ -374,8 +394,12 @@ class HardwareSection(_Section):
     placement: Literal["host", "md", "both"] | None = Field(
         None, description="where experts live outside HBM; default both"
     )
-    md_compute: ComputeSection | None = Field(None, description="near-data engine of the MD pool")
-    host_compute: ComputeSection | None = Field(None, description="host CPU, for host compute")
+    md_compute: ComputeSection | None = Field(
+        None, description="near-data engine of the MD pool: a CPU preset name or fields"
+    )
+    host_compute: ComputeSection | None = Field(
+        None, description="host CPU, for host compute (the HOST path): a CPU preset name or fields"
+    )
 
 
 # -- policies and output -------------------------------------------------------------------------
