@@ -13,9 +13,7 @@ import hashlib
 import math
 import os
 import platform
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,7 +50,7 @@ RESULT_FILES = (
     "per_layer.csv",
     "per_step.csv",
     "trace.json",
-    "notes.txt",  # the lines printed under the comparison table (may be empty)
+    "notes.txt",  # the hardware line and the notes printed around the comparison table
 )
 
 
@@ -314,16 +312,8 @@ def write_results(
     ``timeline_runs``: which recorded timelines go into timeline.json: ``all``, or
     ``compare`` (per top-k the baseline and the best online policy, as the report draws)."""
     target = check_out_dir(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        _write_files(tmp, scenario, trace, results, timeline_runs)
-        os.chmod(tmp, 0o755)
-        check_out_dir(target)  # still new or empty (nothing raced us)
-        os.rename(tmp, target)  # replaces an empty directory on POSIX
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic.staged_dir(target, "new") as staging:  # the directory appears complete or not
+        _write_files(staging, scenario, trace, results, timeline_runs)
     return target
 
 
@@ -360,11 +350,10 @@ def _write_files(
         root / "per_step.csv", KEY_COLUMNS + PER_STEP_COLUMNS, _table(results, "per_step")
     )
     atomic.write_json(root / "trace.json", trace_record(trace))
-    from sim.scenario.table import comparison_notes  # table builds on this module
+    from sim.scenario.table import comparison_notes, hardware_header  # table builds on us
 
-    atomic.write_text(
-        root / "notes.txt", "".join(f"{n}\n" for n in comparison_notes(scenario, results))
-    )
+    lines = [hardware_header(scenario, results), *comparison_notes(scenario, results)]
+    atomic.write_text(root / "notes.txt", "".join(f"{n}\n" for n in lines))
     recorded = [r for r in results if r.timeline]
     if timeline_runs == "compare":
         chosen = [*best_online_rows(rows), *(row for row in rows if row["is_baseline"])]
