@@ -139,7 +139,7 @@ def test_costs_and_serving_are_refused_together(tmp_path):
         "costs": {"path": str(tmp_path / "tables")},
         "workload": SERVING,
     }
-    with pytest.raises(UserError, match="workload.kind: expected lockstep with a costs: section"):
+    with pytest.raises(UserError, match=r"workload\.kind: expected lockstep with a costs: section"):
         scenario_from_dict(doc)
 
 
@@ -230,9 +230,9 @@ def test_a_csv_scenario_takes_its_first_requests(tmp_path):
     assert first.prompt.tolist() == [5, 6, 7, 8]
     early = make_requests(_scenario({**workload, "duration": "0.35 s"}, tmp_path).workload)
     assert len(early) == 4
-    with pytest.raises(UserError, match="workload.requests: expected at most the 10 requests"):
+    with pytest.raises(UserError, match=r"workload\.requests: expected at most the 10 requests"):
         make_requests(_scenario({**workload, "requests": 11}, tmp_path).workload)
-    with pytest.raises(UserError, match="workload.arrivals.path: expected a CSV file"):
+    with pytest.raises(UserError, match=r"workload\.arrivals\.path: expected a CSV file"):
         _scenario({**workload, "arrivals": {"process": "csv", "path": "gone.csv"}}, tmp_path)
 
 

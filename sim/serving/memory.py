@@ -115,9 +115,8 @@ def plan_hbm(
     else:
         staging = float(spec.staging)
     fixed_parts = weights + staging + (cache if spec.mode == "fixed" else 0.0)
-    parts = (
-        f"non-expert weights {format_size(weights)} + staging {format_size(staging)}"
-        + (f" + expert cache {format_size(cache)}" if spec.mode == "fixed" else "")
+    parts = f"non-expert weights {format_size(weights)} + staging {format_size(staging)}" + (
+        f" + expert cache {format_size(cache)}" if spec.mode == "fixed" else ""
     )
     if spec.mode == "shared":
         if spec.kv_capacity is not None:
