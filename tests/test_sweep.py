@@ -378,6 +378,26 @@ def test_local_executor_returns_every_result(jobs: int) -> None:
     assert sorted(execute(list(range(7)), _square, jobs=jobs)) == [x * x for x in range(7)]
 
 
+def _pid(_: int) -> int:
+    import time
+
+    time.sleep(0.05)  # long enough that both workers take tasks
+    return os.getpid()
+
+
+def test_a_session_keeps_its_workers_across_batches() -> None:
+    from sim.sweep import Session
+
+    with Session(jobs=2) as session:
+        first = set(session.run(list(range(4)), _pid))
+        second = set(session.run(list(range(4)), _pid))
+        assert session.run([], _pid) is not None and list(session.run([], _pid)) == []
+    assert os.getpid() not in first
+    assert len(first) == 2 and second == first  # the same two processes, not a new pool
+    with Session(jobs=2) as session:
+        assert set(session.run([1], _pid)) == {os.getpid()}  # one task: in this process
+
+
 def test_executor_argument_errors() -> None:
     with pytest.raises(UserError, match="--executor"):
         execute([1], _square, executor="ray")

@@ -5,14 +5,19 @@ point's scenario before anything runs, and ``run_sweep`` runs them (in-process, 
 pool or Dask), writing each finished point at once and one tidy table at the end.
 """
 
-from sim.sweep.executors import EXECUTORS, default_jobs, execute
+from sim.sweep.executors import EXECUTORS, Session, default_jobs, execute
 from sim.sweep.run import (
     PointOutcome,
     PointTask,
     SweepReport,
+    cached_trace,
     default_out_dir,
+    finished_ids,
+    prepare_dir,
+    read_rows,
     run_point,
     run_sweep,
+    write_point,
 )
 from sim.sweep.spec import (
     SweepAxis,
@@ -30,19 +35,25 @@ __all__ = [
     "EXECUTORS",
     "PointOutcome",
     "PointTask",
+    "Session",
     "SweepAxis",
     "SweepPoint",
     "SweepReport",
     "SweepSpec",
+    "cached_trace",
     "default_jobs",
     "default_out_dir",
     "execute",
     "expand",
+    "finished_ids",
     "load_sweep",
     "point_document",
     "point_id",
+    "prepare_dir",
+    "read_rows",
     "run_point",
     "run_sweep",
     "sweep_from_dict",
     "validate_points",
+    "write_point",
 ]

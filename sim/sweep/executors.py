@@ -4,6 +4,10 @@ Every executor takes the same tasks and point function and yields each outcome a
 its point finishes (completion order, not submission order), so the driver can write it to
 disk at once: a killed sweep loses at most the points that were still running.
 Parallelism is across points only; one point is one single-threaded simulation.
+
+``execute`` runs one batch. A ``Session`` keeps its workers (the process pool, the Dask
+cluster and client) for several batches: ``moesim search`` runs one small batch per round of
+its bisections and would otherwise start a pool or a cluster every round.
 """
 
 from __future__ import annotations
@@ -43,27 +47,104 @@ def execute(
     ``fn`` must be a module-level function (it is pickled to worker processes). An exception
     raised by ``fn`` stops the sweep: pending points are cancelled and the error propagates.
     """
-    if executor not in EXECUTORS:
-        raise UserError(f"--executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
-    workers = default_jobs() if jobs is None else jobs
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UserError(f"--jobs: expected a positive integer, got {jobs!r}")
-    if scheduler is not None and executor != "dask":
-        raise UserError(f"--scheduler: expected --executor dask with it, got --executor {executor}")
+    session = Session(executor=executor, jobs=jobs, scheduler=scheduler)
     if not tasks:
         return iter(())
-    if executor == "dask":
-        return _run_dask(tasks, fn, workers, scheduler)
-    if workers == 1 or len(tasks) == 1:
+    if session.in_process(len(tasks)):
         return (fn(task) for task in tasks)
-    return _run_pool(tasks, fn, min(workers, len(tasks)))
+    if executor == "local":  # no more workers than tasks
+        session = Session(jobs=min(session.workers, len(tasks)))
+    return _one_batch(session, tasks, fn)
 
 
-def _run_pool(tasks: Sequence[T], fn: Callable[[T], R], workers: int) -> Iterator[R]:
+def _one_batch(session: Session, tasks: Sequence[T], fn: Callable[[T], R]) -> Iterator[R]:
+    with session:
+        yield from session.run(tasks, fn)
+
+
+class Session:
+    """An executor's workers, started on the first batch that needs them and kept until
+    ``close`` (or the end of a ``with`` block) for every later batch.
+
+    Arguments are checked at construction (a bad ``--jobs`` or ``--scheduler`` is a
+    ``UserError`` before anything starts). A batch of one task, or any batch with ``--jobs 1``
+    and the local executor, runs in this process.
+    """
+
+    def __init__(
+        self, *, executor: str = "local", jobs: int | None = None, scheduler: str | None = None
+    ) -> None:
+        if executor not in EXECUTORS:
+            raise UserError(f"--executor: expected one of {', '.join(EXECUTORS)}, got {executor!r}")
+        workers = default_jobs() if jobs is None else jobs
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise UserError(f"--jobs: expected a positive integer, got {jobs!r}")
+        if scheduler is not None and executor != "dask":
+            raise UserError(
+                f"--scheduler: expected --executor dask with it, got --executor {executor}"
+            )
+        self.executor = executor
+        self.workers = workers
+        self.scheduler = scheduler
+        self._pool: ProcessPoolExecutor | None = None
+        self._dask: tuple[Any, Any, Any] | None = None  # (distributed module, client, cluster)
+
+    def in_process(self, count: int) -> bool:
+        """Whether a batch of ``count`` tasks runs in this process."""
+        return self.executor == "local" and (self.workers == 1 or count == 1)
+
+    def run(self, tasks: Sequence[T], fn: Callable[[T], R]) -> Iterator[R]:
+        """Yield ``fn(task)`` for every task as each completes (see ``execute``)."""
+        if not tasks:
+            return
+        if self.in_process(len(tasks)):
+            for task in tasks:
+                yield fn(task)
+        elif self.executor == "dask":
+            yield from self._run_dask(tasks, fn)
+        else:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    initializer=_exit_with_parent,
+                    initargs=(os.getpid(),),
+                )
+            yield from _run_pool(self._pool, tasks, fn, self.workers)
+
+    def close(self) -> None:
+        """Stop the workers (cancelling anything still queued)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        dask, self._dask = self._dask, None
+        if dask is not None:
+            _, client, cluster = dask
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run_dask(self, tasks: Sequence[T], fn: Callable[[T], R]) -> Iterator[R]:
+        if self._dask is None:
+            self._dask = _start_dask(self.workers, self.scheduler)
+        distributed, client, _ = self._dask
+        futures = [client.submit(fn, task, pure=False) for task in tasks]
+        try:
+            for future in distributed.as_completed(futures):
+                yield future.result()
+        finally:
+            client.cancel(futures)
+
+
+def _run_pool(
+    pool: ProcessPoolExecutor, tasks: Sequence[T], fn: Callable[[T], R], workers: int
+) -> Iterator[R]:
     """A local process pool; at most 2 tasks per worker are in flight so an interrupt is quick."""
-    pool = ProcessPoolExecutor(
-        max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)
-    )
     pending: set[Future[R]] = set()
     queue = iter(tasks)
     try:
@@ -74,7 +155,8 @@ def _run_pool(tasks: Sequence[T], fn: Callable[[T], R], workers: int) -> Iterato
                 yield future.result()
             _top_up(pool, fn, queue, pending, 2 * workers)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for future in pending:
+            future.cancel()
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -103,9 +185,7 @@ def _top_up(
         pending.add(pool.submit(fn, task))
 
 
-def _run_dask(
-    tasks: Sequence[T], fn: Callable[[T], R], workers: int, scheduler: str | None
-) -> Iterator[R]:
+def _start_dask(workers: int, scheduler: str | None) -> tuple[Any, Any, Any]:
     """Dask distributed: an existing scheduler, or a LocalCluster of ``workers`` processes."""
     distributed = _import_distributed()
     cluster = None
@@ -129,17 +209,7 @@ def _run_dask(
         raise UserError(
             f"--executor dask: expected a running cluster, got {one_line(err)}"
         ) from None
-    try:
-        futures = [client.submit(fn, task, pure=False) for task in tasks]
-        try:
-            for future in distributed.as_completed(futures):
-                yield future.result()
-        finally:
-            client.cancel(futures)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    return distributed, client, cluster
 
 
 def _connect(distributed: Any, scheduler: str) -> Any:

@@ -89,7 +89,7 @@ def run_point(task: PointTask) -> PointOutcome:
     start, cpu = time.perf_counter(), time.process_time()
     try:
         scenario = scenario_from_dict(task.document, task.source)
-        results = run_scenario(scenario, _cached_trace(scenario), progress=False)
+        results = run_scenario(scenario, cached_trace(scenario), progress=False)
         rows = tuple(summary_rows(scenario, results))
     except UserError as err:
         return PointOutcome(task.point.point_id, (), time.perf_counter() - start, str(err))
@@ -98,7 +98,9 @@ def run_point(task: PointTask) -> PointOutcome:
     )
 
 
-def _cached_trace(scenario: Any) -> Any:
+def cached_trace(scenario: Any) -> Any:
+    """The scenario's routing, loaded once per process (a forked worker inherits the
+    parent's loaded traces)."""
     from sim.scenario import load_scenario_trace
 
     # The routing of a cost-table scenario comes from its tables: key on their source too.
@@ -133,12 +135,12 @@ def run_sweep(
     points = expand(spec)
     base, _ = validate_points(spec, points, validate, set_dotted)
     out = Path(out_dir)
-    _prepare_dir(out, spec, resume)
+    prepare_dir(out, spec, resume)
     manifest = _manifest(spec, base, points)
     if resume:
         write_text(out / MANIFEST, manifest)  # the grid may have grown
 
-    finished = _finished_ids(out, points) if resume else set()
+    finished = finished_ids(out, points) if resume else set()
     todo = [p for p in points if p.point_id not in finished]
     tasks = [PointTask(p, point_document(spec, p, set_dotted), spec.source) for p in todo]
     failures: list[tuple[str, str]] = []
@@ -147,7 +149,7 @@ def run_sweep(
             if outcome.error is None:
                 if not (out / MANIFEST).exists():  # written with the first result, so a sweep
                     write_text(out / MANIFEST, manifest)  # that never started leaves nothing
-                _write_point(out, outcome)
+                write_point(out, outcome)
             else:
                 failures.append((outcome.point_id, outcome.error))
             bar.update(1)
@@ -162,7 +164,7 @@ def run_sweep(
             f"{out}, fix and rerun with --resume {out}"
         )
     rows = write_table(
-        out, spec, [(p, _read_rows(out, p)) for p in points], _baseline_label(spec, base)
+        out, spec, [(p, read_rows(out, p)) for p in points], _baseline_label(spec, base)
     )
     return SweepReport(
         out_dir=out,
@@ -185,25 +187,29 @@ def default_out_dir(spec: SweepSpec) -> Path:
     return new_results_dir(parent, name if "sweep" in name else f"{name}-sweep")
 
 
-def _prepare_dir(out: Path, spec: SweepSpec, resume: bool) -> None:
-    manifest = out / MANIFEST
+def prepare_dir(
+    out: Path, spec: SweepSpec, resume: bool, manifest_name: str = MANIFEST, what: str = "sweep"
+) -> None:
+    """A new or empty ``out``, or with ``resume`` a ``what`` directory (its ``manifest_name``
+    present) of the same base scenario: the one resume check of sweeps and searches."""
+    manifest = out / manifest_name
     if resume:
         if not manifest.is_file():
             raise UserError(
-                f"--resume {out}: expected a sweep results directory, got no {MANIFEST}"
+                f"--resume {out}: expected a {what} results directory, got no {manifest_name}"
             )
-        previous = read_yaml(manifest, "a readable sweep manifest") or {}
+        previous = read_yaml(manifest, f"a readable {what} manifest") or {}
         found = previous.get("fingerprint") if isinstance(previous, dict) else None
         if found != spec.fingerprint():
             raise UserError(
-                f"--resume {out}: expected a sweep of the same base scenario (fingerprint "
+                f"--resume {out}: expected a {what} of the same base scenario (fingerprint "
                 f"{spec.fingerprint()[:12]}), got {str(found)[:12]}: the scenario outside "
                 f"'sweep:' or --set changed"
             )
         return
     if manifest.exists():
         raise UserError(
-            f"--out {out}: expected a new or empty directory, got an existing sweep "
+            f"--out {out}: expected a new or empty directory, got an existing {what} "
             f"(continue it with --resume {out})"
         )
     from sim.scenario.run import check_out_dir
@@ -211,8 +217,9 @@ def _prepare_dir(out: Path, spec: SweepSpec, resume: bool) -> None:
     check_out_dir(out, "--out")
 
 
-def _finished_ids(out: Path, points: Sequence[SweepPoint]) -> set[str]:
-    """Points with a complete result file (atomic writes: a file present is complete)."""
+def finished_ids(out: Path, points: Sequence[SweepPoint]) -> set[str]:
+    """Points with a complete result file under ``out/points`` (atomic writes: a file
+    present is complete)."""
     done = set()
     for point in points:
         path = out / POINTS_DIR / f"{point.point_id}.json"
@@ -226,7 +233,8 @@ def _finished_ids(out: Path, points: Sequence[SweepPoint]) -> set[str]:
     return done
 
 
-def _write_point(out: Path, outcome: PointOutcome) -> None:
+def write_point(out: Path, outcome: PointOutcome) -> None:
+    """``out/points/<id>.json``: a finished point's rows, written atomically."""
     write_json(
         out / POINTS_DIR / f"{outcome.point_id}.json",
         {
@@ -238,7 +246,8 @@ def _write_point(out: Path, outcome: PointOutcome) -> None:
     )
 
 
-def _read_rows(out: Path, point: SweepPoint) -> list[dict[str, Any]]:
+def read_rows(out: Path, point: SweepPoint) -> list[dict[str, Any]]:
+    """The rows of a finished point's file."""
     path = out / POINTS_DIR / f"{point.point_id}.json"
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
