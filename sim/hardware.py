@@ -53,7 +53,9 @@ class HbmConfig:
 @dataclass(frozen=True)
 class GpuConfig:
     peak_flops: float = 989e12  # FLOP/s (dense bf16)
-    non_expert_time: float = 0.0  # s per MoE layer: attention, router, shared expert, ...
+    # s per MoE layer: attention, router, shared experts, this layer's share of the dense layers
+    # and LM head; None = the roofline of `sim.roofline` per step (what scenarios default to)
+    non_expert_time: float | None = 0.0
     expert_start: str = "per-expert"  # "per-expert": an expert starts once its weights are in;
     #                                   "layer": expert compute waits for all of the layer's weights
 
@@ -97,7 +99,19 @@ class ModelSpec:
     expert_ffn_size: int = 704
     bytes_per_param: float = 2.0  # bf16
     gated: bool = True  # SwiGLU (3 matrices) vs plain FFN (2)
-    bytes_per_activation: float = 2.0
+    bytes_per_activation: float = 2.0  # hidden states and KV-cache entries (2 = bf16)
+    # Dimensions of the non-expert part, for `sim.roofline` (None: not known)
+    num_layers: int | None = None  # transformer layers, dense and MoE
+    moe_layers: int | None = None  # of which MoE layers
+    attention_heads: int | None = None
+    kv_heads: int | None = None  # key/value heads (GQA); = attention_heads for plain MHA
+    head_dim: int | None = None
+    attention_params: float | None = None  # per layer; None: 2*h*(heads + kv_heads)*head_dim
+    kv_cache_dim: float | None = None  # KV-cache elements per token per layer; None: 2*kv*hd
+    dense_ffn_size: int | None = None  # FFN width of the dense (non-MoE) layers
+    shared_experts: int = 0  # always-on shared experts per MoE layer
+    shared_expert_ffn_size: int | None = None  # their total FFN width; None: n * expert ffn
+    vocab_size: int | None = None  # LM head rows
 
     @property
     def matrices(self) -> int:

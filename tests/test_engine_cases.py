@@ -203,13 +203,16 @@ def test_impossible_paths_are_policy_errors(path, hw, match):
         run(Scripted(admit=False, paths=path), hw, trace=TWO_STEPS, mdl=M4)
 
 
-def test_prefetch_arrives_behind_demand_and_counts_as_a_hit():
+def test_prefetch_arrives_behind_demand_and_counts_as_a_late_prefetch():
     # step 0 fetches {0, 1} (1/32 s each over PCIe) and prefetches expert 2 for step 1
     hw = hardware(capacity=4 * GB, pcie_bw=32 * GB, hbm_bw=1e18, non_expert=0.01)
     pol = Scripted(admit=False, prefetch={(0, 0): [(0, 2, "pcie")]})
     r = run(pol, hw, trace=TWO_STEPS, mdl=M4)
     assert list(r.per_layer["prefetch_pcie"]) == [1, 0]
-    assert list(r.per_layer["hits"]) == [0, 1]
+    # still in flight at step 1's gate: served without a transfer, but not a hit (not in HBM)
+    assert list(r.per_layer["hits"]) == [0, 0]
+    assert list(r.per_layer["late_prefetches"]) == [0, 1]
+    assert (r.totals["hits"], r.totals["late_prefetches"], r.totals["misses"]) == (0, 1, 3)
     assert r.per_layer["bytes_pcie"][0] == 3 * GB
     # the prefetch ends at 0.01 + 3/32 s, after step 1's gate: the hit waits for it, and
     # expert 0 (not admitted, fetched again) queues FIFO behind it on the one PCIe slot
@@ -265,7 +268,8 @@ def test_hits_in_flight_compute_in_arrival_order_not_gate_order():
     hw = hardware(capacity=4 * GB, pcie_bw=32 * GB, hbm_bw=1000 * GB)  # 1 ms per expert
     pol = Scripted(admit=False, prefetch={(0, 0): [(0, 3, "pcie"), (0, 2, "pcie")]})
     r = run(pol, hw, trace=trace, mdl=M4)
-    assert list(r.per_layer["hits"]) == [0, 2]
+    assert list(r.per_layer["late_prefetches"]) == [0, 2]  # both still in flight at the gate
+    assert list(r.per_layer["hits"]) == [0, 0]
     assert r.per_layer["t_end"][0] == pytest.approx(1 / 32 + 1e-3, rel=1e-12)
     # expert 3 (ready 2/32) runs while expert 2 is still arriving (3/32)
     assert r.per_layer["t_end"][1] == pytest.approx(3 / 32 + 1e-3, rel=1e-12)

@@ -103,7 +103,8 @@ def check_invariants(result, hw, mdl) -> None:
     pl = result.per_layer
     eb = mdl.expert_bytes
     # every active expert is served exactly once
-    served = pl["hits"] + pl["pcie"] + pl["md_fetch"] + pl["md_near"] + pl["host"]
+    served = pl["hits"] + pl["late_prefetches"] + pl["pcie"] + pl["md_fetch"] + pl["md_near"]
+    served = served + pl["host"]
     np.testing.assert_array_equal(served, pl["active"])
     # time never decreases, layers follow each other
     assert np.all(pl["t_start"] <= pl["t_gate"]) and np.all(pl["t_gate"] <= pl["t_end"])
@@ -125,6 +126,8 @@ def check_invariants(result, hw, mdl) -> None:
         assert 0.0 <= result.links[name]["utilisation"] <= 1.0 + 1e-9
     # totals agree with the columns
     assert result.totals["hits"] == pl["hits"].sum()
+    assert result.totals["late_prefetches"] == pl["late_prefetches"].sum()
+    assert pl["late_prefetches"][0] == 0  # nothing can be in flight at the first gate
     assert result.totals["total_time"] == pl["t_end"][-1]
     if not (pl["host"].any() or pl["md_near"].any()):
         # all compute on the GPU: a step can never beat the all-in-HBM compute

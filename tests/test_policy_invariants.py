@@ -22,7 +22,7 @@ from sim.policies.base import _REGISTRY
 
 DOC = FsPath(__file__).resolve().parents[1] / "docs" / "policies.md"
 MB = 1e6
-PATH_COLUMNS = ("hits", "pcie", "md_fetch", "md_near", "host")
+PATH_COLUMNS = ("hits", "late_prefetches", "pcie", "md_fetch", "md_near", "host")
 
 
 def doc_examples() -> list[str]:

@@ -37,6 +37,11 @@ def _write_csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
     path.write_text(buf.getvalue())
 
 
+def _rows(columns: tuple[str, ...], rows: list[dict[str, object]]) -> list[list[object]]:
+    """Rows given by column name, in ``columns`` order (unnamed cells 0)."""
+    return [[row.get(c, 0) for c in columns] for row in rows]
+
+
 def make_run(
     root: Path, topks: tuple[int, ...] = (2,), synthetic_layers: tuple[int, ...] = ()
 ) -> Path:
@@ -55,73 +60,78 @@ def make_run(
                     md = active - hits - pcie
                     window = float(rng.uniform(1e-5, 1e-4)) * (n + 1)
                     layer_rows.append(
-                        [
-                            label,
-                            policy,
-                            k,
-                            step,
-                            step,
-                            layer,
-                            LAYER_IDS[layer],
-                            active,
-                            hits,
-                            pcie,
-                            md,
-                            0,
-                            0,
-                            0,
-                            0,
-                            pcie * EXPERT_BYTES,
-                            md * EXPERT_BYTES,
-                            t,
-                            t,
-                            t + 2e-4,
-                            window,
-                            0.0,
-                            2e-4,
-                            0,
-                        ]
+                        {
+                            "label": label,
+                            "policy": policy,
+                            "topk": k,
+                            "step": step,
+                            "position": step,
+                            "layer": layer,
+                            "layer_id": LAYER_IDS[layer],
+                            "active": active,
+                            "hits": hits,
+                            "pcie": pcie,
+                            "md_fetch": md,
+                            "bytes_pcie": pcie * EXPERT_BYTES,
+                            "bytes_md": md * EXPERT_BYTES,
+                            "t_start": t,
+                            "t_gate": t,
+                            "t_end": t + 2e-4,
+                            "transfer_window": window,
+                            "stall": 0.0,
+                            "layer_time": 2e-4,
+                        }
                     )
                     t += 2e-4
                 latencies.append(float(rng.uniform(0.5e-3, 2e-3)) * (3 - n))
-                step_rows.append([label, policy, k, step, step, latencies[-1], 0.3e-3])
+                step_rows.append(
+                    {
+                        "label": label,
+                        "policy": policy,
+                        "topk": k,
+                        "step": step,
+                        "position": step,
+                        "latency": latencies[-1],
+                        "compute_only": 0.3e-3,
+                    }
+                )
             mean = float(np.mean(latencies))
             summary.append(
-                [
-                    policy,
-                    label,
-                    k,
-                    bound,
-                    label == "seed-split",
-                    mean * STEPS,
-                    mean,
-                    float(np.percentile(latencies, 50)),
-                    float(np.percentile(latencies, 99)),
-                    0.0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    "",
-                ]
+                {
+                    "policy": policy,
+                    "label": label,
+                    "topk": k,
+                    "kind": "bound" if bound else "online",
+                    "is_bound": bound,
+                    "is_baseline": label == "seed-split",
+                    "total_time": mean * STEPS,
+                    "mean_step": mean,
+                    "p50_step": float(np.percentile(latencies, 50)),
+                    "p99_step": float(np.percentile(latencies, 99)),
+                    "transfer_time": 0.0,
+                    "bytes_pcie": 0.0,
+                    "bytes_md": 0.0,
+                    "hit_rate": 0.0,
+                    "stall": 0.0,
+                    "tokens_per_s": 8 / mean,
+                    "ms_per_token": 1e3 * mean,
+                    "gap_closed": "",
+                }
             )
-    base = {r[2]: r[6] for r in summary if r[4]}
+    base = {r["topk"]: r["mean_step"] for r in summary if r["is_baseline"]}
     for r in summary:
-        r[16] = base[r[2]] / r[6]
-    _write_csv(root / "per_layer.csv", ["label", "policy", "topk", *PER_LAYER_COLUMNS], layer_rows)
+        r["speedup"] = base[r["topk"]] / r["mean_step"]
+    _write_csv(
+        root / "per_layer.csv",
+        ["label", "policy", "topk", *PER_LAYER_COLUMNS],
+        _rows(("label", "policy", "topk", *PER_LAYER_COLUMNS), layer_rows),
+    )
     _write_csv(
         root / "per_step.csv",
         ["label", "policy", "topk", *PER_STEP_COLUMNS],
-        step_rows,
+        _rows(("label", "policy", "topk", *PER_STEP_COLUMNS), step_rows),
     )
-    _write_csv(
-        root / "summary.csv",
-        list(SUMMARY_COLUMNS),
-        summary,
-    )
+    _write_csv(root / "summary.csv", list(SUMMARY_COLUMNS), _rows(SUMMARY_COLUMNS, summary))
     scenario = {
         "name": "tiny",
         "baseline": "seed-split",

@@ -15,7 +15,7 @@ For each policy (by default the baseline and ``lru``):
 What one GPU cannot replay is left out on both sides, so the comparison stays like for like:
 there is no memory pool, so the MD path's experts are already in HBM at the gate (the simulator
 gets an ideal ``md_link``: infinite bandwidth, no latency); non-expert work (attention, router)
-is not run (the calibrated preset sets ``non_expert_time`` to 0). Policies that prefetch, run
+is not run (`replay_hardware` sets ``non_expert_time`` to 0 for the prediction). Policies that prefetch, run
 near data or on the host are refused. See docs/fidelity.md.
 """
 

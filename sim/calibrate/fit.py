@@ -217,7 +217,6 @@ def build_preset(measurements: Measurements) -> dict[str, Any]:
         gpu = {
             "hbm_bandwidth": format_bandwidth(expert.memory_bandwidth, 4),
             "peak_flops": format_flops(expert.peak_flops, 4),
-            "non_expert_time": "0 s",
             "source": f"{source} (effective roofline of one {shape.hidden_size} x "
             f"{shape.ffn_size} {'SwiGLU' if shape.gated else 'FFN'} expert in {shape.dtype}, "
             f"max error {expert.max_error:.1%}; not the datasheet peak)",

@@ -53,12 +53,15 @@ def stateless_layer_times(
     hardware: Hardware,
     model: ModelSpec,
     cost: RooflineCost | None = None,
+    non_expert: np.ndarray | None = None,
 ) -> StatelessTimes:
     """Timings of a stateless policy's run.
 
     ``counts``: ``[steps, layers, E]`` tokens per expert (``RoutingTrace.expert_token_counts``).
     ``paths``: ``[steps, layers, E]`` the `Path` of each active expert (by expert id; ignored
-    where the count is 0): PCIE, MD_FETCH or MD_NEAR.
+    where the count is 0): PCIE, MD_FETCH or MD_NEAR. ``non_expert``: per step, the
+    non-expert time of each layer (`sim.roofline.step_non_expert_times`); default the constant
+    ``hardware.gpu.non_expert_time``.
     """
     cost = cost or RooflineCost(hardware, model)
     counts = np.asarray(counts)
@@ -97,12 +100,16 @@ def stateless_layer_times(
     md_end = np.where(near.any(axis=2), (half + near_c.sum(axis=2)) + half, 0.0)
 
     rel_end = np.maximum(gpu_end, md_end)
-    ne = float(hardware.gpu.non_expert_time)
     steps, layers = rel_end.shape
+    if non_expert is None:
+        if hardware.gpu.non_expert_time is None:
+            raise ValueError("gpu.non_expert_time is the roofline: pass non_expert per step")
+        non_expert = np.full(steps, float(hardware.gpu.non_expert_time))
+    ne = np.asarray(non_expert, dtype=np.float64)[:, None]
     # The engine's clock: now += non_expert; now += rel_end; ... (a sequential sum, like cumsum)
     ticks = np.empty(2 * steps * layers + 1)
     ticks[0] = 0.0
-    ticks[1::2] = ne
+    ticks[1::2] = np.broadcast_to(ne, (steps, layers)).ravel()
     ticks[2::2] = rel_end.ravel()
     clock = np.cumsum(ticks)
     t_start = clock[0:-1:2].reshape(steps, layers)

@@ -19,6 +19,7 @@ _COUNT_COLUMNS = (
     "layer_id",
     "active",
     "hits",
+    "late_prefetches",
     "pcie",
     "md_fetch",
     "md_near",
@@ -38,7 +39,7 @@ PER_LAYER_COLUMNS = (
     "layer_time",
     "cache_bytes",
 )
-PER_STEP_COLUMNS = ("step", "position", "latency", "compute_only")
+PER_STEP_COLUMNS = ("step", "position", "latency", "compute_only", "non_expert")
 INT_COLUMNS = frozenset(_COUNT_COLUMNS)
 LINK_NAMES = ("pcie", "md_link")
 TOTAL_KEYS = (
@@ -50,9 +51,13 @@ TOTAL_KEYS = (
     "bytes_pcie",
     "bytes_md",
     "hits",
+    "late_prefetches",
     "misses",
     "hit_rate",
     "stall",
+    "tokens_per_s",
+    "ms_per_token",
+    "non_expert_time",
 )
 
 
@@ -92,24 +97,38 @@ class RunResult:
 
 
 def compute_totals(
-    per_layer: dict[str, np.ndarray], per_step: dict[str, np.ndarray]
+    per_layer: dict[str, np.ndarray], per_step: dict[str, np.ndarray], num_seqs: int = 1
 ) -> dict[str, float]:
-    """Totals over a run from its columns (so a result can be re-derived from its CSVs)."""
+    """Totals over a run from its columns (so a result can be re-derived from its CSVs).
+
+    ``hits`` counts only experts already in HBM at the gate; ``late_prefetches`` those still in
+    flight to it (served without a new transfer, but the GPU waits); ``misses`` the rest.
+    ``tokens_per_s``: the batch's ``num_seqs`` tokens per mean step; ``ms_per_token``: the
+    mean step in ms (each sequence gets one output token per step)."""
     latency = per_step["latency"]
     active = float(per_layer["active"].sum())
     hits = float(per_layer["hits"].sum())
+    late = float(per_layer["late_prefetches"].sum()) if "late_prefetches" in per_layer else 0.0
     t_end = per_layer["t_end"]
+    mean_step = float(latency.mean()) if latency.size else 0.0
+    non_expert = per_step.get("non_expert")
     return {
         "total_time": float(t_end[-1]) if t_end.size else 0.0,
-        "mean_step": float(latency.mean()) if latency.size else 0.0,
+        "mean_step": mean_step,
         "p50_step": float(np.percentile(latency, 50)) if latency.size else 0.0,
         "p99_step": float(np.percentile(latency, 99)) if latency.size else 0.0,
         "transfer_time": float(per_layer["transfer_window"].sum()),
         "bytes_pcie": float(per_layer["bytes_pcie"].sum()),
         "bytes_md": float(per_layer["bytes_md"].sum()),
         "hits": hits,
-        "misses": active - hits,
+        "late_prefetches": late,
+        "misses": active - hits - late,
         "hit_rate": hits / active if active else 0.0,
         "stall": float(per_layer["stall"].sum()),
+        "tokens_per_s": num_seqs / mean_step if mean_step > 0 else 0.0,
+        "ms_per_token": 1e3 * mean_step,
+        "non_expert_time": float(non_expert.mean())
+        if non_expert is not None and non_expert.size
+        else 0.0,
         "compute_only": float(per_step["compute_only"].sum()),
     }

@@ -39,6 +39,7 @@ from sim.policies.base import (
     PolicyError,
     allowed_paths,
 )
+from sim.roofline import step_non_expert_times
 from sim.trace.routing import RoutingTrace
 
 _COL = {name: i for i, name in enumerate(PER_LAYER_COLUMNS)}
@@ -134,7 +135,9 @@ class _Engine:
         self.gates = GateOrder.from_counts(ctx.counts)
         steps, layers, num_experts = ctx.counts.shape
         self.steps, self.layers, self.num_experts = steps, layers, num_experts
-        self.non_expert = float(hw.gpu.non_expert_time)
+        # per step: the constant gpu.non_expert_time, or the roofline (sim/roofline.py)
+        self.non_expert = step_non_expert_times(hw, model, trace.num_seqs, trace.positions)
+        self.non_expert_list = self.non_expert.tolist()
         self.per_expert_start = hw.gpu.expert_start == "per-expert"
         self.expert_bytes = float(model.expert_bytes)
         self.act_bytes = float(model.activation_bytes_per_token)
@@ -174,10 +177,10 @@ class _Engine:
 
     # -- the simpy process -----------------------------------------------------------------------
     def run(self, env: simpy.Environment, progress: Callable[[int], None] | None) -> Iterator:
-        ne = self.non_expert
         report_every = max(1, self.steps // 100)
         done = 0
         for s in range(self.steps):
+            ne = self.non_expert_list[s]
             for layer in range(self.layers):
                 t_start = env.now
                 if ne > 0.0:
@@ -198,9 +201,13 @@ class _Engine:
         experts = g.experts[s, layer, :n]
         tokens = g.tokens[s, layer, :n]
         cache = self.cache
+        late = 0  # cached experts still in flight at the gate (prefetches not yet arrived)
         if cache.count:
-            cached = np.isfinite(cache.ready_at[layer, experts])
+            ready = cache.ready_at[layer, experts]
+            cached = np.isfinite(ready)
             cached.flags.writeable = False
+            if cache.max_ready > t_gate:
+                late = int(np.count_nonzero(ready[cached] > t_gate))
         else:
             cached = self.not_cached[:n]
         view = GateView(
@@ -286,7 +293,8 @@ class _Engine:
                 layer,
                 self.layer_ids[layer],
                 n,
-                hits,
+                hits - late,
+                late,
                 by_path[_PCIE],
                 by_path[_MD_FETCH],
                 by_path[_MD_NEAR],
@@ -300,7 +308,7 @@ class _Engine:
                 t_gate + rel_end,
                 window,
                 rel_end - ref,
-                self.non_expert + rel_end,
+                self.non_expert_list[s] + rel_end,
                 cache.count * self.expert_bytes,
                 ref,
             )
@@ -546,9 +554,10 @@ class _Engine:
             "step": np.arange(self.steps, dtype=np.int64),
             "position": np.asarray(self.positions, dtype=np.int64),
             "latency": layer_time.sum(axis=1),
-            "compute_only": (ref + self.non_expert).sum(axis=1),
+            "compute_only": (ref + self.non_expert[:, None]).sum(axis=1),
+            "non_expert": self.non_expert.copy(),
         }
-        totals = compute_totals(per_layer, per_step)
+        totals = compute_totals(per_layer, per_step, self.trace.num_seqs)
         total_time = totals["total_time"]
         links = {}
         for name, link in self.links.items():

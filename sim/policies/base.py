@@ -87,6 +87,9 @@ def allowed_paths(hardware: Hardware) -> dict[Path, str]:
     return reasons
 
 
+RUN_KINDS = ("online", "oracle", "bound")
+
+
 class PolicyError(RuntimeError):
     """A policy broke the engine's rules (over capacity, impossible path, ...): a policy bug."""
 
@@ -197,6 +200,15 @@ class Policy:
 
     def decide(self, view: GateView) -> GateDecision:
         raise NotImplementedError
+
+    def run_kind(self) -> str:
+        """What this run may know, for labelling its results (one of `RUN_KINDS`): ``bound``
+        (an offline bound), ``oracle`` (reads routing it could not know online) or
+        ``online``. A property of the run, not only of the class: a policy profiled on another
+        trace than the one it is judged on is online (static-popular overrides this)."""
+        if self.is_bound:
+            return "bound"
+        return "oracle" if self.uses_future else "online"
 
     def on_layer_end(self, view: GateView, end_time: float) -> None:
         """Called when the layer's experts are done (for bookkeeping such as recency)."""

@@ -580,6 +580,8 @@ def gating_from_run(run: RunResults) -> Table:
     if missing:
         raise NoData(f"per_layer.csv lacks {missing}: cannot split experts by path")
     gpu = rows["hits"] + rows["pcie"]
+    if "late_prefetches" in rows:  # served on the GPU too (arriving over a link)
+        gpu = gpu + rows["late_prefetches"]
     return Table(
         {
             "position": rows["step"],

@@ -27,6 +27,7 @@ from sim.errors import SelectionError, UserError
 from sim.hardware import ComputeUnit, GpuConfig, Hardware, HbmConfig, LinkConfig, ModelSpec
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.scenario.schema import (
+    ROOFLINE,
     ComputeSection,
     CostsSection,
     GpuSection,
@@ -293,6 +294,10 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
             )
     if len(set(topk)) != len(topk):
         raise UserError(f"routing.topk: expected distinct values, got {topk}")
+    if hardware.gpu.non_expert_time is None:  # the roofline: its model dimensions, now
+        from sim.roofline import layer_shape
+
+        layer_shape(model)
     policies = build_policies(schema.policies, schema.baseline)
     check_cache_sizes(policies, hardware, model, _capacity_origin(schema.hardware))
     name = schema.name or (Path(source).stem if source else "scenario")
@@ -426,8 +431,25 @@ def build_model(section: ModelSection | None) -> tuple[ModelSpec, dict[str, Any]
         bytes_per_param=bpp,
         gated=gated,
         bytes_per_activation=float(values["bytes_per_activation"]),
+        **{key: values.get(key) for key in _ROOFLINE_FIELDS},
+        shared_experts=int(values.get("shared_experts") or 0),
     )
     return spec, _doc(ModelSection, values)
+
+
+# model fields passed to ModelSpec as they are (None when not given): the roofline's dimensions
+_ROOFLINE_FIELDS = (
+    "num_layers",
+    "moe_layers",
+    "attention_heads",
+    "kv_heads",
+    "head_dim",
+    "attention_params",
+    "kv_cache_dim",
+    "dense_ffn_size",
+    "shared_expert_ffn_size",
+    "vocab_size",
+)
 
 
 # -- hardware ----------------------------------------------------------------------------------
@@ -465,7 +487,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
     host_compute = _compute(top.get("host_compute"))
     if md_mode == "near-data" and md_compute is None:
         raise UserError("hardware.md_compute: required when hardware.md_mode is near-data")
-    gpu.setdefault("non_expert_time", 0.0)
+    gpu.setdefault("non_expert_time", ROOFLINE)
     gpu.setdefault("expert_start", GpuConfig().expert_start)
     gpu.setdefault("peak_flops", GpuConfig().peak_flops)
     for link in links.values():
@@ -477,7 +499,9 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         md_link=_link("md_link", links["md_link"]),
         gpu=GpuConfig(
             peak_flops=gpu["peak_flops"],
-            non_expert_time=gpu["non_expert_time"],
+            non_expert_time=None
+            if gpu["non_expert_time"] == ROOFLINE
+            else float(gpu["non_expert_time"]),
             expert_start=gpu["expert_start"],
         ),
         md_mode=md_mode,

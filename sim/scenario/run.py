@@ -37,6 +37,7 @@ SUMMARY_COLUMNS = (
     "policy",
     "label",
     "topk",
+    "kind",
     "is_bound",
     "is_baseline",
     *TOTAL_KEYS,
@@ -61,6 +62,7 @@ class ScenarioRunResult(RunResult):
     """A `RunResult` that also says which top-k it ran and its role in the comparison."""
 
     topk: int = 0
+    kind: str = "online"  # online / oracle / bound: what the run may know (Policy.run_kind)
     is_bound: bool = False
     is_baseline: bool = False
     policy_stats: dict[str, Any] | None = None  # the policy's stats() after the run, if any
@@ -74,6 +76,7 @@ class ScenarioRunResult(RunResult):
             "policy": row.pop("policy"),
             "label": row.pop("label"),
             "topk": self.topk,
+            "kind": self.kind,
             "is_bound": self.is_bound,
             "is_baseline": self.is_baseline,
             **row,
@@ -142,7 +145,8 @@ def run_scenario(
                     ScenarioRunResult(
                         **values,
                         topk=k,
-                        is_bound=spec.is_bound or bool(getattr(policy, "is_bound", False)),
+                        kind=policy.run_kind(),
+                        is_bound=policy.run_kind() == "bound",
                         is_baseline=spec.label == scenario.baseline,
                         policy_stats=_policy_stats(policy),
                         costs=None if cost is None else cost.describe(),
@@ -201,6 +205,7 @@ def summary_rows(scenario: Scenario, results: Sequence[RunResult]) -> list[dict[
 def _row(result: RunResult) -> dict[str, Any]:
     row = dict(result.summary_row())
     row.setdefault("topk", getattr(result, "topk", None))
+    row.setdefault("kind", getattr(result, "kind", "online"))
     row.setdefault("is_bound", getattr(result, "is_bound", False))
     row.setdefault("is_baseline", getattr(result, "is_baseline", False))
     return {k: _scalar(v) for k, v in row.items()}

@@ -79,6 +79,23 @@ def _capacity(value: Any) -> float | str:
 
 
 Capacity = Annotated[float | str, BeforeValidator(_capacity), UnitDoc(SIZE.kind)]
+ROOFLINE = "roofline"
+
+
+def _non_expert(value: Any) -> float | str:
+    """A duration, or ``roofline`` (per step, from the model's dimensions: sim/roofline.py)."""
+    if isinstance(value, str) and value.strip() == ROOFLINE:
+        return ROOFLINE
+    try:
+        return DURATION.check(value)
+    except ValueError as err:
+        detail = str(err).replace(
+            "expected a duration like", "expected 'roofline' or a duration like"
+        )
+        raise PydanticCustomError("unit", "{detail}", {"detail": detail}) from None
+
+
+NonExpertTime = Annotated[float | str, BeforeValidator(_non_expert), UnitDoc(DURATION.kind)]
 PositiveInt = Annotated[int, Field(gt=0)]
 MAX_CHANNELS = 1024  # copy engines / queue pairs per link: real links have a handful
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
@@ -229,8 +246,33 @@ class ModelSection(_PresetSection):
     bytes_per_param: float | None = Field(None, gt=0, description="2 for bf16")
     gated: bool | None = Field(None, description="SwiGLU (3 matrices) or plain FFN (2)")
     bytes_per_activation: float | None = Field(None, gt=0, description="2 for bf16")
-    moe_layers: PositiveInt | None = Field(None, description="informative")
-    shared_experts: int | None = Field(None, ge=0, description="informative")
+    num_layers: PositiveInt | None = Field(
+        None, description="transformer layers, dense and MoE (non-expert roofline)"
+    )
+    moe_layers: PositiveInt | None = Field(None, description="of which MoE layers")
+    attention_heads: PositiveInt | None = Field(None, description="query heads")
+    kv_heads: PositiveInt | None = Field(None, description="key/value heads (GQA)")
+    head_dim: PositiveInt | None = Field(None, description="dimension per head")
+    attention_params: float | None = Field(
+        None,
+        gt=0,
+        description="attention parameters per layer (default 2 x hidden x (heads + kv_heads) "
+        "x head_dim; set for MLA)",
+    )
+    kv_cache_dim: float | None = Field(
+        None,
+        gt=0,
+        description="KV-cache elements per token per layer (default 2 x kv_heads x head_dim; "
+        "set for MLA)",
+    )
+    dense_ffn_size: PositiveInt | None = Field(
+        None, description="FFN width of the dense (non-MoE) layers"
+    )
+    shared_experts: int | None = Field(None, ge=0, description="always-on shared experts")
+    shared_expert_ffn_size: int | None = Field(
+        None, ge=0, description="their total FFN width (default shared_experts x expert_ffn_size)"
+    )
+    vocab_size: PositiveInt | None = Field(None, description="vocabulary (LM head rows)")
     source: str | None = Field(None, description="where the figures come from")
     notes: str | None = Field(None, description="free text")
 
@@ -270,8 +312,11 @@ class GpuSection(_PresetSection):
     hbm_bandwidth: Bandwidth | None = Field(None, description="HBM bandwidth, e.g. `3.35 TB/s`")
     hbm_capacity: Size | None = Field(None, description="total HBM (caps hbm.capacity)")
     copy_engines: PositiveInt | None = Field(None, description="informative")
-    non_expert_time: Duration | None = Field(
-        None, description="per MoE layer: attention, router, shared expert (default 0 s)"
+    non_expert_time: NonExpertTime | None = Field(
+        None,
+        description="per MoE layer: attention, router, shared experts, its share of the dense "
+        "layers and LM head; `roofline` (default: per step from the model's dimensions, "
+        "docs/engine.md) or a constant duration",
     )
     expert_start: Literal["per-expert", "layer"] | None = Field(
         None,

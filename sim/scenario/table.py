@@ -251,7 +251,8 @@ def _share(value: float | None) -> str:
 
 
 def _cells(row: dict[str, Any], with_cycles: bool = False) -> list[str]:
-    label = row["label"] + (" (bound)" if row["is_bound"] else "")
+    kind = row.get("kind") or ("bound" if row["is_bound"] else "online")
+    label = row["label"] + ("" if kind == "online" else f" ({kind})")
     label += " (baseline)" if row["is_baseline"] else ""
     return [
         label,
@@ -268,10 +269,22 @@ def _cells(row: dict[str, Any], with_cycles: bool = False) -> list[str]:
     ]
 
 
+def non_expert_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
+    """A warning when the runs' non-expert time is 0: their step latency is expert work only."""
+    if not results or any(r.totals.get("non_expert_time", 0.0) > 0 for r in results):
+        return []
+    return [
+        "warning: non-expert time is 0 s (hardware.gpu.non_expert_time): step latency counts "
+        "expert work only, without attention, router, shared experts and dense layers; "
+        "remove the setting to use the roofline (docs/engine.md)"
+    ]
+
+
 def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
     """The lines under the comparison table: predictor accuracy, identical runs, caches that
     never hit, and why gap closed is blank. Printed by `moesim run`, written to notes.txt."""
     return [
+        *non_expert_notes(scenario, results),
         *predictor_notes(results),
         *identical_run_notes(results),
         *no_hit_notes(results),
@@ -298,7 +311,7 @@ def print_comparison(
         )
         return
     console.print(
-        "(bound) = offline bound (sees the future); speedup = baseline mean step / mean step; "
+        "(bound) = offline bound, (oracle) = reads routing an online policy cannot know; speedup = baseline mean step / mean step; "
         "gap closed = share of the baseline-to-best-bound gap",
         highlight=False,
         markup=False,
