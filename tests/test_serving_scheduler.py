@@ -27,7 +27,9 @@ def _requests(n: int, gap: float, prompt: tuple[int, int], output: tuple[int, in
 
 
 def _drive(
-    sched: Scheduler, time_of: Callable[[Batch], float], check: Callable[[Batch], None] = None
+    sched: Scheduler,
+    time_of: Callable[[Batch], float],
+    check: Callable[[Batch], None] | None = None,
 ) -> list[Batch]:
     now, batches = 0.0, []
     while True:

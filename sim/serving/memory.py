@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from sim.errors import UserError
 from sim.hardware import Hardware, ModelSpec
+from sim.roofline import layer_shape, missing_dimensions
 from sim.serving.spec import MemorySpec
 from sim.units import format_size
 
@@ -68,33 +69,36 @@ class HbmPlan:
 def kv_bytes_per_token(model: ModelSpec) -> float:
     """KV cache bytes per token: layers x (2 x kv_heads x head_dim, or the model's
     kv_cache_dim) x bytes_per_activation."""
-    layers = getattr(model, "num_layers", None)
-    dim = getattr(model, "kv_cache_dim", None)
+    _check_dimensions(model)
+    dim = model.kv_cache_dim
     if dim is None:
-        kv_heads, head_dim = getattr(model, "kv_heads", None), getattr(model, "head_dim", None)
-        if kv_heads is not None and head_dim is not None:
-            dim = 2 * kv_heads * head_dim
-    if layers is None or dim is None:
-        missing = "num_layers" if layers is None else "kv_heads"
-        raise UserError(
-            f"model.{missing}: required for the KV cache of a serving workload (bytes per token "
-            f"= num_layers x 2 x kv_heads x head_dim x bytes_per_activation), model "
-            f"{model.name} lacks it"
-        )
-    return float(layers) * float(dim) * float(model.bytes_per_activation)
+        assert model.kv_heads is not None and model.head_dim is not None
+        dim = 2 * model.kv_heads * model.head_dim
+    assert model.num_layers is not None
+    return float(model.num_layers) * float(dim) * float(model.bytes_per_activation)
 
 
 def non_expert_weight_bytes(model: ModelSpec) -> float:
     """Bytes of every weight that is not a routed expert: per MoE layer attention, router and
     shared experts; per dense layer attention and FFN; the embedding and the LM head (two
     vocab x hidden tables)."""
-    from sim.roofline import layer_shape
-
+    _check_dimensions(model)
     shape = layer_shape(model)
-    moe = float(model.moe_layers)  # type: ignore[attr-defined]
-    dense = float(model.num_layers) - moe  # type: ignore[attr-defined]
+    assert model.num_layers is not None and model.moe_layers is not None
+    moe = float(model.moe_layers)
+    dense = float(model.num_layers) - moe
     params = moe * shape.moe_params + dense * shape.dense_params + 2.0 * shape.head_params
     return params * float(model.bytes_per_param)
+
+
+def _check_dimensions(model: ModelSpec) -> None:
+    missing = missing_dimensions(model)
+    if missing:
+        raise UserError(
+            f"model.{missing[0]}: required by a serving workload (the KV cache per token and "
+            f"the non-expert weights in HBM come from the model's dimensions), model "
+            f"{model.name} lacks {', '.join(missing)}"
+        )
 
 
 def plan_hbm(
