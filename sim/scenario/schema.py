@@ -527,7 +527,6 @@ WORKLOAD_SERVING_FIELDS = (
     "scheduler",
     "memory",
     "slo",
-    "router",
 )
 
 
@@ -566,12 +565,6 @@ class WorkloadSection(_Section):
     scheduler: SchedulerSection | None = Field(None, description="serving: batching limits")
     memory: MemorySection | None = Field(None, description="serving: HBM split")
     slo: SloSection | None = Field(None, description="serving: the SLO of goodput")
-    router: Literal["round-robin", "least-outstanding"] | None = Field(
-        None,
-        description="serving on several GPUs: `round-robin` or `least-outstanding` (fewest "
-        "tokens left to process); default round-robin",
-    )
-
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
