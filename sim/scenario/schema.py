@@ -565,6 +565,7 @@ class WorkloadSection(_Section):
     scheduler: SchedulerSection | None = Field(None, description="serving: batching limits")
     memory: MemorySection | None = Field(None, description="serving: HBM split")
     slo: SloSection | None = Field(None, description="serving: the SLO of goodput")
+
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
