@@ -312,3 +312,19 @@ def test_label_params_and_summary_row():
     assert {"util_pcie", "util_md_link", "hit_rate", "p99_step"} <= set(row)
     with pytest.raises(UserError, match="expert_bytes"):
         run("gpu-only", hardware(), mdl=model(8, 1, 0.0))
+
+
+def test_timeline_window_records_only_its_steps_and_changes_no_number():
+    trace = make_trace([[[[0], [1], [2]]], [[[2], [2], [3]]], [[[1], [0], [3]]]], num_experts=4)
+    hw = hardware(capacity=4 * GB, pcie_bw=32 * GB, hbm_bw=1000 * GB, non_expert=1e-3)
+    pol = Scripted(admit=True, prefetch={(0, 0): [(0, 3, "pcie")]})
+    plain = run(pol, hw, trace=trace, mdl=M4)
+    window = run(pol, hw, trace=trace, mdl=M4, timeline=(1, 2))
+    full = run(pol, hw, trace=trace, mdl=M4, timeline=True)
+    assert plain.timeline is None
+    assert {e.step for e in window.timeline} == {1}
+    assert {e.step for e in full.timeline} == {0, 1, 2}
+    assert [e for e in full.timeline if e.step == 1] == list(window.timeline)
+    for other in (window, full):
+        for name, column in plain.per_layer.items():
+            np.testing.assert_array_equal(other.per_layer[name], column, err_msg=name)

@@ -52,7 +52,8 @@ def test_run_writes_contract_files_and_prints_path(scenario_file, tmp_path, caps
     printed = capsys.readouterr().out
     assert printed.rstrip().splitlines()[-1] == f"results: {out}"
     assert "tiny: top-4, baseline seed-split" in printed
-    assert {p.name for p in out.iterdir()} == set(RESULT_FILES)
+    # timeline.json: moesim run records a short window by default (for the report's Gantt)
+    assert {p.name for p in out.iterdir()} == {*RESULT_FILES, "timeline.json"}
     assert tuple(_header(out / "summary.csv"))[: len(SUMMARY_COLUMNS)] == SUMMARY_COLUMNS
     assert tuple(_header(out / "per_layer.csv")) == ("label", "policy", "topk", *PER_LAYER_COLUMNS)
     assert tuple(_header(out / "per_step.csv")) == ("label", "policy", "topk", *PER_STEP_COLUMNS)
@@ -76,7 +77,7 @@ def test_run_writes_contract_files_and_prints_path(scenario_file, tmp_path, caps
 def test_same_scenario_and_seed_are_byte_identical(scenario_file, tmp_path) -> None:
     for name in ("a", "b"):
         assert main(["run", str(scenario_file), "--out", str(tmp_path / name), "--quiet"]) == 0
-    for file in RESULT_FILES:
+    for file in (*RESULT_FILES, "timeline.json"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes(), file
 
 
@@ -138,15 +139,46 @@ def test_embedded_trace_window_runs(tmp_path) -> None:
     assert all(r.per_step["latency"].shape == (8,) for r in results)
 
 
-def test_timeline_is_written_to_results_and_file(scenario_file, tmp_path) -> None:
-    out, extra = tmp_path / "t", tmp_path / "tl.json"
-    args = ["run", str(scenario_file), "--out", str(out), "--quiet", "--timeline", str(extra)]
-    assert main([*args, "--set", "routing.topk=4"]) == 0
+def _timeline(out: Path) -> tuple[set[str], set[int]]:
     events = json.loads((out / "timeline.json").read_text())["traceEvents"]
     names = [e["args"] for e in events if e["name"] == "process_name"]
-    assert {a["label"] for a in names} == {"seed-split", "gpu-only", "md-only", "lru-all"}
     assert {a["name"] for a in names} == {f"{a['label']} top-4" for a in names}
-    assert extra.read_bytes() == (out / "timeline.json").read_bytes()
+    steps = {e["args"]["step"] for e in events if e.get("ph") == "X"}
+    return {a["label"] for a in names}, steps
+
+
+def test_timeline_is_written_once_to_the_results(scenario_file, tmp_path) -> None:
+    out = tmp_path / "t"
+    args = ["run", str(scenario_file), "--quiet", "--set", "routing.topk=4"]
+    assert main([*args, "--out", str(out), "--timeline"]) == 0
+    labels, steps = _timeline(out)
+    assert labels == {"seed-split", "gpu-only", "md-only", "lru-all"}
+    assert steps == set(range(12))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t", "tiny.yaml"]  # no second copy
+    assert main([*args, "--out", str(tmp_path / "w"), "--timeline", "3:5"]) == 0
+    assert _timeline(tmp_path / "w") == (labels, {3, 4})
+    assert main([*args, "--out", str(tmp_path / "bad"), "--timeline", "12:14"]) == 2
+    assert main([*args, "--out", str(tmp_path / "bad"), "--timeline", "x.json"]) == 2
+
+
+def test_default_run_records_a_short_window_of_baseline_and_best_online(
+    scenario_file, tmp_path
+) -> None:
+    out = tmp_path / "d"
+    assert main(["run", str(scenario_file), "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    best = {}
+    for r in rows:
+        if r["kind"] == "online" and r["is_baseline"] == "False":
+            k = int(r["topk"])
+            if k not in best or float(r["mean_step"]) < float(best[k]["mean_step"]):
+                best[k] = r
+    events = json.loads((out / "timeline.json").read_text())["traceEvents"]
+    names = {e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert names == {f"seed-split top-{k}" for k in (1, 4)} | {
+        f"{r['label']} top-{k}" for k, r in best.items()
+    }
+    assert {e["args"]["step"] for e in events if e.get("ph") == "X"} == {6, 7}  # 12 steps
 
 
 def test_trace_mismatch_is_a_user_error(tmp_path, capsys) -> None:

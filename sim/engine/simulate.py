@@ -80,7 +80,7 @@ def simulate(
     *,
     topk: int | None = None,
     cost: CostModel | None = None,
-    timeline: bool = False,
+    timeline: bool | tuple[int, int] = False,
     progress: Callable[[int], None] | None = None,
     seed: int = 0,
     label: str | None = None,
@@ -89,7 +89,9 @@ def simulate(
 
     ``topk`` cuts the trace's routing to k' experts per token (default ``model.top_k``) with
     the project's one top-k selection. ``progress`` is called with the number of steps newly
-    completed (tqdm's ``update``). ``label`` defaults to the policy's name.
+    completed (tqdm's ``update``). ``label`` defaults to the policy's name. ``timeline``: True
+    records every interval; ``(start, stop)`` only those of steps ``start .. stop-1`` (a window
+    costs what the recorded steps cost; the other steps take the fast path).
     """
     k = model.top_k if topk is None else int(topk)
     if trace.num_experts != model.num_experts:
@@ -124,7 +126,12 @@ class _Engine:
     """State of one run: the HBM cache (`HbmCache`), link slots, metric rows."""
 
     def __init__(
-        self, trace: RoutingTrace, ctx: PolicyContext, policy: Policy, *, timeline: bool
+        self,
+        trace: RoutingTrace,
+        ctx: PolicyContext,
+        policy: Policy,
+        *,
+        timeline: bool | tuple[int, int],
     ) -> None:
         hw, model = ctx.hardware, ctx.model
         self.trace = trace
@@ -173,14 +180,19 @@ class _Engine:
             self.ref_table = table.sum(axis=2)
         # one tuple per gate: PER_LAYER_COLUMNS, then the all-in-HBM compute time
         self.rows: list[tuple] = []
-        self.timeline: list[TimelineEvent] | None = [] if timeline else None
+        # the recorded events; `timeline` is that list while a recorded step runs, else None
+        self.events: list[TimelineEvent] | None = [] if timeline is not False else None
+        self.window = (0, self.steps) if timeline is True else timeline or (0, 0)
+        self.timeline: list[TimelineEvent] | None = None
 
     # -- the simpy process -----------------------------------------------------------------------
     def run(self, env: simpy.Environment, progress: Callable[[int], None] | None) -> Iterator:
         report_every = max(1, self.steps // 100)
         done = 0
+        lo, hi = self.window
         for s in range(self.steps):
             ne = self.non_expert_list[s]
+            self.timeline = self.events if lo <= s < hi else None
             for layer in range(self.layers):
                 t_start = env.now
                 if ne > 0.0:
@@ -579,7 +591,7 @@ class _Engine:
             links=links,
             totals=totals,
             params=dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {},
-            timeline=tuple(self.timeline) if self.timeline is not None else None,
+            timeline=tuple(self.events) if self.events is not None else None,
         )
 
 

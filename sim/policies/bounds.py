@@ -86,6 +86,9 @@ class BeladyPolicy(CachePolicy):
 
     @dataclass(frozen=True)
     class Params(CacheParams):
+        # misses take the latency-minimising split by default, so that the bound is run with
+        # the best miss path there is (with `seed` ordinary policies beat its latency)
+        miss_path: str = "balanced"
         bypass: bool = True  # False: every GPU-fetched miss is admitted (textbook demand paging)
 
     def bind(self, ctx: PolicyContext) -> None:

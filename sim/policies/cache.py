@@ -276,7 +276,9 @@ class StaticPopularPolicy(CachePolicy):
     """Pin the experts most active in the first ``warmup_steps`` steps; keep nothing else.
 
     It reads the warm-up window before running it (so ``uses_future``): on those steps its hit
-    rate is optimistic; from then on it is an online policy."""
+    rate is optimistic, and the run is labelled ``oracle``. With ``profile`` (another trace,
+    e.g. a calibration set, as Fiddler profiles) it chooses the pins there, and a run judged
+    on a different trace is ``online``."""
 
     name: ClassVar[str] = "static-popular"
     summary: ClassVar[str] = "pin the experts most used in a warm-up window (popularity caching)"
@@ -285,6 +287,9 @@ class StaticPopularPolicy(CachePolicy):
     @dataclass(frozen=True)
     class Params(CacheParams):
         warmup_steps: int | None = None  # steps choosing the pins (None: a quarter of the trace)
+        # another trace to choose the pins on (embedded:NAME or a trace directory; relative to
+        # the working directory); None: the warm-up window of the trace it is judged on
+        profile: str | None = None
 
         def __post_init__(self) -> None:
             super().__post_init__()
@@ -293,14 +298,23 @@ class StaticPopularPolicy(CachePolicy):
 
     def bind(self, ctx: PolicyContext) -> None:
         super().bind(ctx)
+        counts = ctx.counts if self.params.profile is None else self._profile_counts(ctx)
         warm = self.params.warmup_steps
-        warm = max(1, ctx.num_steps // 4) if warm is None else warm
-        if warm > ctx.num_steps:
+        if warm is None:  # a quarter of the judged trace, or all of a separate profile
+            warm = max(1, ctx.num_steps // 4) if self.params.profile is None else len(counts)
+        if warm > len(counts):
+            what = "trace's" if self.params.profile is None else "profile trace's"
             raise UserError(
-                f"policy {self.name}: warmup_steps: expected at most the trace's "
-                f"{ctx.num_steps} steps, got {warm}"
+                f"policy {self.name}: warmup_steps: expected at most the {what} "
+                f"{len(counts)} steps, got {warm}"
             )
-        window = ctx.counts[:warm]
+        window = counts[:warm]
+        # profiled on the routing it is judged on (a window of it, or the same rows) = oracle
+        self.oracle = self.params.profile is None or (
+            window.shape[1:] == ctx.counts.shape[1:]
+            and len(window) <= ctx.num_steps
+            and np.array_equal(window, ctx.counts[: len(window)])
+        )
         # most gates active first, then most tokens, then lower layer/expert id
         popularity = (window > 0).sum(axis=0) * (window.sum(axis=0).max() + 1.0) + window.sum(0)
         self.pinned_set = np.zeros_like(popularity, dtype=bool)
@@ -310,6 +324,28 @@ class StaticPopularPolicy(CachePolicy):
         else:
             order = np.argsort(-popularity, axis=1, kind="stable")[:, : self.partition_slots]
             np.put_along_axis(self.pinned_set, order, True, axis=1)
+
+    def _profile_counts(self, ctx: PolicyContext) -> np.ndarray:
+        """Tokens per expert of the ``profile`` trace under the run's top-k."""
+        from sim.trace.open import open_trace
+
+        where = f"policy {self.name}: profile"
+        try:
+            trace = open_trace(self.params.profile)
+        except UserError as err:
+            raise UserError(f"{where}: {err}") from None
+        shape = (trace.num_layers, trace.num_experts)
+        if shape != (ctx.num_layers, ctx.model.num_experts):
+            raise UserError(
+                f"{where}: expected a trace of {ctx.num_layers} layers x "
+                f"{ctx.model.num_experts} experts (the run's), got {shape[0]} x {shape[1]}"
+            )
+        if ctx.topk > trace.k:
+            raise UserError(f"{where}: expected top-k >= {ctx.topk} (the run's), got {trace.k}")
+        return trace.expert_token_counts(ctx.topk)
+
+    def run_kind(self) -> str:
+        return "oracle" if getattr(self, "oracle", True) else "online"
 
     def admissible(self, view: GateView) -> np.ndarray:
         return self.pinned_set[view.layer, view.experts]

@@ -90,10 +90,12 @@ def run_scenario(
     trace: RoutingTrace | None = None,
     *,
     progress: bool = True,
-    timeline: bool = False,
+    timeline: bool | tuple[int, int] = False,
 ) -> list[ScenarioRunResult]:
     """One result per (top-k, policy), in scenario order. ``progress``: a tqdm bar over steps
-    on stderr (only when stderr is a terminal)."""
+    on stderr (only when stderr is a terminal). ``timeline``: record every run's intervals,
+    of every step (True, or ``output.timeline`` in the scenario) or of steps ``[start, stop)``.
+    """
     from tqdm import tqdm
 
     from sim.engine.simulate import simulate
@@ -124,7 +126,7 @@ def run_scenario(
                 run_options = dict(
                     topk=k,
                     cost=cost,
-                    timeline=timeline or scenario.output.timeline,
+                    timeline=True if scenario.output.timeline else timeline,
                     progress=bar.update,
                     seed=scenario.seed,
                     label=spec.label,
@@ -202,11 +204,27 @@ def summary_rows(scenario: Scenario, results: Sequence[RunResult]) -> list[dict[
     return [{**{c: row.get(c) for c in SUMMARY_COLUMNS}, **_extra(row)} for row in rows]
 
 
+def best_online_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per top-k, the fastest (lowest mean step) run of kind ``online`` that is not the
+    baseline: what "best online policy" means in tables, timelines and reports. Oracles and
+    bounds never qualify."""
+    best: dict[Any, dict[str, Any]] = {}
+    for row in rows:
+        if row.get("kind") != "online" or row.get("is_baseline") or row.get("is_bound"):
+            continue
+        current = best.get(row["topk"])
+        if current is None or row["mean_step"] < current["mean_step"]:
+            best[row["topk"]] = row
+    return list(best.values())
+
+
 def _row(result: RunResult) -> dict[str, Any]:
     row = dict(result.summary_row())
     row.setdefault("topk", getattr(result, "topk", None))
-    row.setdefault("kind", getattr(result, "kind", "online"))
     row.setdefault("is_bound", getattr(result, "is_bound", False))
+    row.setdefault(
+        "kind", getattr(result, "kind", None) or ("bound" if row["is_bound"] else "online")
+    )
     row.setdefault("is_baseline", getattr(result, "is_baseline", False))
     return {k: _scalar(v) for k, v in row.items()}
 
@@ -308,27 +326,31 @@ def write_results(
     trace: RoutingTrace,
     results: Sequence[RunResult],
     *,
-    timeline_file: str | os.PathLike[str] | None = None,
+    timeline_runs: str = "all",
 ) -> Path:
-    """Write the results directory (see CONTRACTS.md) atomically; returns its path."""
+    """Write the results directory (see CONTRACTS.md) atomically; returns its path.
+    ``timeline_runs``: which recorded timelines go into timeline.json: ``all``, or
+    ``compare`` (per top-k the baseline and the best online policy, as the report draws)."""
     target = check_out_dir(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
-        _write_files(tmp, scenario, trace, results)
+        _write_files(tmp, scenario, trace, results, timeline_runs)
         os.chmod(tmp, 0o755)
         check_out_dir(target)  # still new or empty (nothing raced us)
         os.rename(tmp, target)  # replaces an empty directory on POSIX
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if timeline_file is not None and (target / "timeline.json").is_file():
-        atomic.write_bytes(timeline_file, (target / "timeline.json").read_bytes())
     return target
 
 
 def _write_files(
-    root: Path, scenario: Scenario, trace: RoutingTrace, results: Sequence[RunResult]
+    root: Path,
+    scenario: Scenario,
+    trace: RoutingTrace,
+    results: Sequence[RunResult],
+    timeline_runs: str = "all",
 ) -> None:
     header = (
         f"# Resolved scenario written by moesim {sim.__version__}: every default filled in.\n"
@@ -367,11 +389,16 @@ def _write_files(
     atomic.write_text(
         root / "notes.txt", "".join(f"{n}\n" for n in comparison_notes(scenario, results))
     )
-    if any(r.timeline for r in results):
+    recorded = [r for r in results if r.timeline]
+    if timeline_runs == "compare":
+        chosen = [*best_online_rows(rows), *(row for row in rows if row["is_baseline"])]
+        keep = {(row["topk"], row["label"]) for row in chosen}
+        recorded = [r for r in recorded if (getattr(r, "topk", None), r.label) in keep]
+    if recorded:
         from sim.engine.timeline import write_chrome_trace
 
         fingerprint = timeline_fingerprint(scenario, trace, resolved_text)
-        write_chrome_trace(root / "timeline.json", results, fingerprint)  # processes "label top-k"
+        write_chrome_trace(root / "timeline.json", recorded, fingerprint)  # processes "label top-k"
     for path in root.iterdir():
         os.chmod(path, 0o644)  # atomic temp files are private; results are ordinary files
 

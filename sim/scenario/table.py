@@ -15,12 +15,14 @@ from sim.engine.results import RunResult
 from sim.scenario.build import Scenario
 from sim.scenario.run import summary_rows
 from sim.trace.routing import RoutingTrace
-from sim.units import format_duration, format_size
+from sim.units import format_bandwidth, format_duration, format_flops, format_size
 
 BOUND_METRICS = {  # what each offline bound bounds (docs/policies.md): never latency
     "belady": "belady bounds demand misses, not latency",
     "optimal": "optimal bounds link busy time, not latency",
 }
+SEED_RATIO = (32.0, 512.0)  # the seed's BW_PCIe : BW_MD
+OVER, UNDER = "*", "!"  # gap closed footnote marks: above 100 %, below 0 %
 
 
 SERVING_HEADERS = (
@@ -49,21 +51,26 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
         table = Table(title=f"{scenario.name}: top-{k}, baseline {scenario.baseline}")
         for name in (
             "policy",
+            "kind",
             *(("cycles",) if with_cycles else ()),
             "mean step",
             "p50",
             "p99",
+            "tokens/s",
+            "ms/token",
             "transfer",
             "PCIe bytes",
             "MD bytes",
             "hit rate",
+            "late pf",
             "speedup",
             "gap closed",
         ):
-            if name == "policy":
-                table.add_column(name, no_wrap=True, min_width=_label_width(rows))
+            if name in ("policy", "kind"):
+                width = _label_width(rows) if name == "policy" else 6
+                table.add_column(name, no_wrap=True, min_width=width)
             else:
-                table.add_column(name, justify="right", no_wrap=name == "cycles")
+                table.add_column(name, justify="right", no_wrap=True)
         for row in (r for r in rows if r["topk"] == k):
             table.add_row(*(Text(cell) for cell in _cells(row, with_cycles)))
         tables.append(table)
@@ -161,7 +168,10 @@ def identical_run_notes(results: Sequence[RunResult]) -> list[str]:
             continue
         labels = " = ".join(sorted(r.label for r in group))
         note = f"{_topk_prefix(topk)}{labels}: identical in every step and layer"
-        if all(_cache_smaller_than_gate(r) for r in group):
+        same = {(getattr(r, "policy", None), repr(getattr(r, "params", None))) for r in group}
+        if len(same) == 1 and getattr(group[0], "policy", None) is not None:
+            note += " (the same policy with the same parameters)"
+        elif all(_cache_smaller_than_gate(r) for r in group):
             note += (
                 " (each cache is smaller than a gate's active set: every gate evicts every "
                 "other cached expert, so the eviction order never matters)"
@@ -171,42 +181,192 @@ def identical_run_notes(results: Sequence[RunResult]) -> list[str]:
 
 
 def no_hit_notes(results: Sequence[RunResult]) -> list[str]:
-    """A caching policy that never hits runs like a cacheless one: say so, and why when the
-    cause is a cache smaller than one gate's active set."""
-    notes = []
+    """A caching policy that never hits runs like a cacheless one: say so, with the actual
+    cause when one of the known ones holds (checked in this order): a cache of 0 slots per
+    layer, misses that never come to the GPU (so nothing can enter the cache), a cache
+    smaller than one gate's active set."""
+    groups: dict[tuple[Any, str], list[str]] = {}  # runs with the same cause: one line
     for result in results:
         if not _is_cache_policy(result) or float(np.sum(result.per_layer["hits"])) > 0:
             continue
-        note = f"{_topk_prefix(getattr(result, 'topk', None))}{result.label}: no hits"
-        if _cache_smaller_than_gate(result):
-            note += (
-                f": its cache ({_cache_size(result)}) is smaller than one gate's active set "
-                f"(~{_mean_active(result):.0f})"
-            )
-        notes.append(note)
+        key = (getattr(result, "topk", None), _no_hit_reason(result))
+        groups.setdefault(key, []).append(result.label)
+    notes = []
+    for (topk, reason), labels in groups.items():
+        note = f"{_topk_prefix(topk)}{', '.join(labels)}: no hits"
+        notes.append(f"{note}: {reason}" if reason else note)
     return notes
 
 
+def _no_hit_reason(result: RunResult) -> str:
+    slots = getattr(result, "cache_slots", None)
+    params = getattr(result, "params", None) or {}
+    if slots == 0:
+        if params.get("scope") == "layer":
+            layers = result.per_layer.get("layer")
+            count = f"{int(np.max(layers)) + 1} " if layers is not None and len(layers) else ""
+            return (
+                f"0 cache slots per layer (scope: layer divides the cache by the trace's {count}"
+                "layers, rounding down): give at least one expert per layer, or scope: global"
+            )
+        return "its cache has 0 slots (hardware.hbm.capacity or its slots parameter)"
+    layer = result.per_layer
+    if "pcie" in layer and "md_fetch" in layer:
+        fetched = float(np.sum(layer["pcie"]) + np.sum(layer["md_fetch"]))
+        if fetched == 0:
+            return (
+                f"its miss path ({params.get('miss_path', 'its rule')}) never brings an expert's "
+                "weights to the GPU (every miss runs near data or on the host), so nothing "
+                "enters the cache"
+            )
+    if _cache_smaller_than_gate(result):
+        return (
+            f"its cache ({_cache_size(result)}) is smaller than one gate's active set "
+            f"(~{_mean_active(result):.0f})"
+        )
+    return ""
+
+
 def bound_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
-    """Why ``gap closed`` is blank at a top-k where bounds ran but none beats the baseline."""
+    """What the bounds bound, said wherever the table could mislead: a blank gap closed (no
+    bound beats the baseline), a run faster than the best bound (gap closed over 100 %, or a
+    bound beaten on mean step by any run), a run slower than the baseline (below 0 %)."""
     rows = summary_rows(scenario, results)
     notes = []
     for k in scenario.topk:
         same_k = [r for r in rows if r["topk"] == k]
         base = next((r for r in same_k if r["is_baseline"]), None)
-        bounds = [r for r in same_k if r["is_bound"]]
+        bounds = [r for r in same_k if run_kind(r) == "bound"]
         if base is None or not bounds:
             continue
         best = min(bounds, key=lambda r: r["mean_step"])
-        if best["mean_step"] < base["mean_step"]:
+        what = BOUND_METRICS.get(best["policy"], "offline bounds do not bound latency")
+        if best["mean_step"] >= base["mean_step"]:
+            notes.append(
+                f"top-{k}: gap closed blank: no bound beats the baseline here ({best['label']} "
+                f"{format_duration(best['mean_step'])} vs {base['label']} "
+                f"{format_duration(base['mean_step'])} mean step): {what}"
+            )
             continue
+        faster = [
+            r["label"]
+            for r in same_k
+            if run_kind(r) != "bound" and r["mean_step"] < best["mean_step"]
+        ]
+        if faster:
+            notes.append(
+                f"top-{k}: {', '.join(faster)} beat{'s' if len(faster) == 1 else ''} the best "
+                f"bound's mean step ({best['label']} {format_duration(best['mean_step'])}; gap "
+                f"closed over 100% is marked {OVER}): {what}, for its cache size"
+            )
+        if any((r["gap_closed"] or 0.0) < -1e-9 for r in same_k):
+            notes.append(
+                f"top-{k}: gap closed below 0% (marked {UNDER}): slower than the baseline "
+                f"{base['label']}"
+            )
+    return notes
+
+
+def seed_ratio_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
+    """The seed's rule splits by its constants 32:512, not by the scenario's links: say so when
+    the links have another ratio, so a reader knows what the baseline (and the caches'
+    ``miss_path: seed``) does here."""
+    pcie, md = scenario.hardware.pcie.bandwidth, scenario.hardware.md_link.bandwidth
+    links_ratio = md / pcie if pcie > 0 else float("inf")
+    notes: list[str] = []
+    seen: set[tuple[float, float]] = set()
+    for result in results:
+        params = getattr(result, "params", None) or {}
+        if result.policy == "seed-split":
+            if params.get("from_links"):
+                continue
+            ratio = (float(params.get("bw_pcie", 32.0)), float(params.get("bw_md", 512.0)))
+        elif _is_cache_policy(result) and params.get("miss_path") == "seed":
+            ratio = SEED_RATIO
+        else:
+            continue
+        if (
+            ratio in seen
+            or ratio[0] <= 0
+            or abs(ratio[1] / ratio[0] - links_ratio) <= 1e-9 * links_ratio
+        ):
+            continue
+        seen.add(ratio)
         notes.append(
-            f"top-{k}: gap closed blank: no bound beats the baseline here ({best['label']} "
-            f"{format_duration(best['mean_step'])} vs {base['label']} "
-            f"{format_duration(base['mean_step'])} mean step): "
-            f"{BOUND_METRICS.get(best['policy'], 'offline bounds do not bound latency')}"
+            f"seed rule: splits by the constants {ratio[0]:g}:{ratio[1]:g} (PCIe:MD), not by this "
+            f"scenario's links {format_bandwidth(pcie)}:{format_bandwidth(md)} (1:{links_ratio:.3g}); "
+            "seed-split's from_links: true splits by the links"
         )
     return notes
+
+
+def seed_md_only_notes(results: Sequence[RunResult]) -> list[str]:
+    """Where the seed's rule rounds the GPU share to 0 at every gate, the baseline is md-only."""
+    notes = []
+    for result in results:
+        if result.policy != "seed-split" or "pcie" not in result.per_layer:
+            continue
+        if float(np.sum(result.per_layer["pcie"])) == 0 and _mean_active(result) > 0:
+            params = getattr(result, "params", None) or {}
+            share = f"{params.get('bw_pcie', 32.0):g}/({params.get('bw_md', 512.0):g} + {params.get('bw_pcie', 32.0):g})"
+            if params.get("from_links"):
+                share = "the links' PCIe share"
+            notes.append(
+                f"{_topk_prefix(getattr(result, 'topk', None))}{result.label} sends 0 experts "
+                f"over PCIe (round({share} x ~{_mean_active(result):.1f} active experts) rounds "
+                "to 0 at every gate): the baseline is md-only here"
+            )
+    return notes
+
+
+def hardware_header(scenario: Scenario, results: Sequence[RunResult]) -> str:
+    """The hardware actually simulated, in one line above the tables."""
+    hw, doc = scenario.hardware, scenario.hardware_doc
+    gpu = (doc.get("gpu") or {}).get("preset") or "custom GPU"
+    parts = [
+        f"GPU {gpu} ({format_flops(hw.gpu.peak_flops)}, HBM {format_bandwidth(hw.hbm.bandwidth)})"
+    ]
+    for name in ("pcie", "md_link"):
+        link = hw.link(name)
+        preset = ((doc.get("links") or {}).get(name) or {}).get("preset")
+        parts.append(
+            f"{name} {format_bandwidth(link.bandwidth)}"
+            + (f" [{preset}]" if preset else "")
+            + f", {format_duration(link.latency)} latency, {link.channels} channel"
+            + ("s" if link.channels != 1 else "")
+        )
+    slots = (
+        int(hw.hbm.capacity // scenario.model.expert_bytes) if scenario.model.expert_bytes else 0
+    )
+    parts.append(
+        f"HBM expert cache {slots} experts = {format_size(hw.hbm.capacity)}"
+        if hw.hbm.capacity
+        else "no HBM expert cache"
+    )
+    parts.append(f"md_mode {hw.md_mode}, experts in {hw.placement}")
+    parts.append(_non_expert_text(hw.gpu.non_expert_time, results))
+    return "hardware: " + "; ".join(parts)
+
+
+def _non_expert_text(constant: float | None, results: Sequence[RunResult]) -> str:
+    if constant is not None:
+        return f"non-expert time {format_duration(constant)} per layer (constant)"
+    values = (
+        np.concatenate(
+            [np.asarray(r.per_step.get("non_expert", ()), dtype=float) for r in results[:1]]
+        )
+        if results
+        else np.zeros(0)
+    )
+    if not values.size:
+        return "non-expert time: roofline"
+    low, high, mean = float(values.min()), float(values.max()), float(values.mean())
+    spread = (
+        format_duration(mean)
+        if low == high
+        else (f"{format_duration(low)}-{format_duration(high)} (mean {format_duration(mean)})")
+    )
+    return f"non-expert time: roofline, {spread} per layer"
 
 
 def _topk_prefix(topk: Any) -> str:
@@ -233,7 +393,8 @@ def _cache_smaller_than_gate(result: RunResult) -> bool:
 
 def _cache_size(result: RunResult) -> str:
     per_layer = (getattr(result, "params", None) or {}).get("scope") == "layer"
-    return f"{getattr(result, 'cache_slots', None)} experts{' per layer' if per_layer else ''}"
+    slots = getattr(result, "cache_slots", None)
+    return f"{slots} expert{'' if slots == 1 else 's'}{' per layer' if per_layer else ''}"
 
 
 def _label_width(rows: list[dict[str, Any]]) -> int:
@@ -250,23 +411,41 @@ def _share(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
+def run_kind(row: dict[str, Any]) -> str:
+    """A summary row's kind (older results without the column: bound or online)."""
+    return str(row.get("kind") or ("bound" if row.get("is_bound") else "online"))
+
+
 def _cells(row: dict[str, Any], with_cycles: bool = False) -> list[str]:
-    kind = row.get("kind") or ("bound" if row["is_bound"] else "online")
-    label = row["label"] + ("" if kind == "online" else f" ({kind})")
-    label += " (baseline)" if row["is_baseline"] else ""
+    kind = run_kind(row)
+    label = row["label"] + (" (baseline)" if row["is_baseline"] else "")
+    active = row.get("hits", 0) + row.get("late_prefetches", 0) + row.get("misses", 0)
+    late = row.get("late_prefetches", 0) / active if active else 0.0
     return [
         label,
+        kind,
         *((_cycles_cell(row["cycles"]),) if with_cycles else ()),
         format_duration(row["mean_step"]),
         format_duration(row["p50_step"]),
         format_duration(row["p99_step"]),
+        f"{row.get('tokens_per_s', 0.0):,.0f}",
+        f"{row.get('ms_per_token', 1e3 * row['mean_step']):.3g}",
         format_duration(row["transfer_time"]),
         format_size(row["bytes_pcie"]),
         format_size(row["bytes_md"]),
         f"{100 * row['hit_rate']:.1f}%",
+        f"{100 * late:.1f}%",
         "" if row["speedup"] is None else f"{row['speedup']:.2f}x",
-        "" if row["gap_closed"] is None else f"{100 * row['gap_closed']:.0f}%",
+        _gap_cell(row["gap_closed"]),
     ]
+
+
+def _gap_cell(gap: float | None) -> str:
+    """Gap closed in %, marked when outside 0-100 % (a footnote under the table says why)."""
+    if gap is None:
+        return ""
+    mark = OVER if gap > 1.0 + 1e-9 else UNDER if gap < -1e-9 else ""
+    return f"{100 * gap:.0f}%{mark}"
 
 
 def non_expert_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
@@ -285,6 +464,8 @@ def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[s
     never hit, and why gap closed is blank. Printed by `moesim run`, written to notes.txt."""
     return [
         *non_expert_notes(scenario, results),
+        *seed_ratio_notes(scenario, results),
+        *seed_md_only_notes(results),
         *predictor_notes(results),
         *identical_run_notes(results),
         *no_hit_notes(results),
@@ -295,12 +476,13 @@ def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[s
 def print_comparison(
     scenario: Scenario, results: Sequence[RunResult], trace: RoutingTrace, file: Any = None
 ) -> None:
-    console = Console(file=file or sys.stdout, width=140 if scenario.clock_hz is None else 160)
+    console = Console(file=file or sys.stdout, width=200 if scenario.clock_hz is None else 215)
     console.print(trace.describe(), highlight=False, markup=False)
+    console.print(hardware_header(scenario, results), highlight=False, markup=False, soft_wrap=True)
     for table in comparison_tables(scenario, results):
         console.print(table)
     for note in comparison_notes(scenario, results):
-        console.print(note, highlight=False, markup=False)
+        console.print(note, highlight=False, markup=False, soft_wrap=True)
     if scenario.serving:
         console.print(
             "TTFT = first token - arrival; TPOT = (finish - first token) / (output tokens - 1); "
@@ -311,8 +493,11 @@ def print_comparison(
         )
         return
     console.print(
-        "(bound) = offline bound, (oracle) = reads routing an online policy cannot know; speedup = baseline mean step / mean step; "
-        "gap closed = share of the baseline-to-best-bound gap",
+        "kind: online (knows the routing up to the gate), oracle (reads routing an online "
+        "policy cannot know), bound (offline bound, sees the whole trace); tokens/s = sequences "
+        "/ mean step; ms/token = time per output token; hit rate = experts in HBM at the gate; "
+        "late pf = cached experts still in flight at the gate; speedup = baseline mean step / "
+        "mean step; gap closed = share of the baseline-to-best-bound gap in mean step",
         highlight=False,
         markup=False,
     )
