@@ -90,13 +90,15 @@ def check_positions(trace: RoutingTrace) -> None:
 
 def check_policies(scenario: Any) -> None:
     """Oracles and offline bounds read the routing ahead; a serving run's iterations depend
-    on arrivals and on the run itself, so there is none to read: refused, naming the entry."""
+    on arrivals and on the run itself, so there is none to read: refused, naming the entry. A
+    policy profiled on another trace (``params.profile``) is online and runs."""
     from sim.policies.base import available_policies
 
     registry = available_policies()
     for i, spec in enumerate(scenario.policies):
         cls = registry[spec.name]
-        if getattr(cls, "uses_future", False):
+        profiled = spec.resolved_params.get("profile") is not None  # on another trace: online
+        if getattr(cls, "uses_future", False) and not profiled:
             where = spec.where if spec.where != "policies" else f"policies[{i}]"
             raise UserError(
                 f"{where}.name: expected an online policy with a serving workload, got "
