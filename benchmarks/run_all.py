@@ -55,7 +55,7 @@ class Benchmark:
 
 BENCHMARKS = (
     Benchmark("bench_stats.py", (), ("--repeat", "1"), "## stats", r"^- ratio .*"),
-    Benchmark("bench_engine.py", (), ("--repeat", "1"), "## engine", r"^Target: every DES run.*"),
+    Benchmark("bench_engine.py", (), ("--repeat", "1"), "## engine", r"^Targets: .*"),
     Benchmark(
         "bench_sweep.py",
         ("--record",),

@@ -16,7 +16,10 @@ Memory model (see docs/engine.md):
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 
 @dataclass(frozen=True)
@@ -68,23 +71,69 @@ class ComputeUnit:
     peak_flops: float  # FLOP/s
 
 
+HOST_LINK = "pcie"  # the link from host DRAM to the GPU in the one-GPU topology
+MD_LINK = "md_link"  # the link from the MD pool to the GPU in the one-GPU topology
+
+
 @dataclass(frozen=True)
 class Hardware:
+    """One GPU's hardware and the links towards it, by name.
+
+    ``links`` maps each link's name to its `LinkConfig` (given as a mapping or as an iterable
+    of configs, keyed by their ``name``); it is stored read-only. The one-GPU topology reaches
+    host DRAM over the link named ``pcie`` and the MD pool over ``md_link``.
+    """
+
     hbm: HbmConfig
-    pcie: LinkConfig
-    md_link: LinkConfig
+    links: Mapping[str, LinkConfig] = field(hash=False)
     gpu: GpuConfig = field(default_factory=GpuConfig)
     md_mode: str = "fetch"  # "fetch" or "near-data"
     placement: str = "both"  # where experts live outside HBM: "host", "md" or "both"
     md_compute: ComputeUnit | None = None  # needed for md_mode "near-data"
     host_compute: ComputeUnit | None = None  # needed for policies that compute on the host CPU
 
+    def __post_init__(self) -> None:
+        links = _links_by_name(self.links)
+        for name in (HOST_LINK, MD_LINK):
+            if name not in links:
+                raise ValueError(
+                    f"hardware links: expected a link named {name!r}, got {list(links)}"
+                )
+        object.__setattr__(self, "links", MappingProxyType(links))
+
     def link(self, name: str) -> LinkConfig:
-        if name == "pcie":
-            return self.pcie
-        if name == "md_link":
-            return self.md_link
-        raise KeyError(name)
+        """The link called ``name`` (KeyError if there is none)."""
+        return self.links[name]
+
+    @property
+    def pcie(self) -> LinkConfig:
+        """The link from host DRAM (one-GPU topology)."""
+        return self.links[HOST_LINK]
+
+    @property
+    def md_link(self) -> LinkConfig:
+        """The link from the MD pool (one-GPU topology)."""
+        return self.links[MD_LINK]
+
+    def with_links(self, **links: LinkConfig) -> Hardware:
+        """A copy with the named links replaced or added."""
+        merged = {**self.links, **links}
+        return dataclasses.replace(self, links=merged)
+
+
+def _links_by_name(links: Mapping[str, LinkConfig] | Iterable[LinkConfig]) -> dict[str, LinkConfig]:
+    if isinstance(links, Mapping):
+        out = dict(links)
+        for key, config in out.items():
+            if config.name != key:
+                raise ValueError(f"hardware links: link {key!r} is named {config.name!r}")
+        return out
+    out = {}
+    for config in links:
+        if config.name in out:
+            raise ValueError(f"hardware links: two links named {config.name!r}")
+        out[config.name] = config
+    return out
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,10 @@ def hardware(
 ) -> Hardware:
     return Hardware(
         hbm=HbmConfig(capacity=capacity, bandwidth=hbm_bw),
-        pcie=LinkConfig("pcie", pcie_bw, pcie_latency, pcie_channels),
-        md_link=LinkConfig("md_link", md_bw, md_latency, md_channels),
+        links=(
+            LinkConfig("pcie", pcie_bw, pcie_latency, pcie_channels),
+            LinkConfig("md_link", md_bw, md_latency, md_channels),
+        ),
         gpu=GpuConfig(peak_flops=peak, non_expert_time=non_expert, expert_start=expert_start),
         md_mode=md_mode,
         placement=placement,

@@ -125,11 +125,16 @@ def test_compute_near_moves_small_misses_to_the_host() -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"scope": "row"}, r"scope: expected one of layer, global, got 'row'"),
-        ({"miss_path": "x"}, r"miss_path: expected one of seed, balanced, pcie, md"),
+        (
+            {"scope": "row"},
+            r"^policies\[0\]\.params\.scope: expected one of 'layer' or 'global', got 'row'$",
+        ),
+        ({"miss_path": "x"}, r"miss_path: expected one of 'seed', 'balanced', 'pcie' or 'md'"),
         ({"slots": 2, "capacity_bytes": 1e6}, r"expected at most one, got both"),
         ({"slots": -1}, r"slots: expected >= 0"),
-        ({"slots": "4"}, r"slots: expected int"),
+        ({"slots": "4"}, r"slots: expected an integer, got '4'"),
+        ({"slots": True}, r"slots: expected an integer, got True"),
+        ({"compute_near": 1}, r"compute_near: expected true or false, got 1"),
         ({"colour": 1}, r"colour: unknown parameter"),
     ],
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +46,7 @@ def test_two_channels_share_the_bandwidth():
 
 def test_channel_bandwidth_cap():
     capped = LinkConfig("pcie", 32 * GB, latency=0.0, channels=4, channel_bandwidth=4 * GB)
-    r = run("gpu-only", dataclasses.replace(hardware(), pcie=capped))
+    r = run("gpu-only", hardware().with_links(pcie=capped))
     assert r.per_layer["transfer_window"][0] == pytest.approx(0.25, rel=1e-15)
 
 

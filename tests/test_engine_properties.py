@@ -247,8 +247,7 @@ def test_invariants_of_stateless_policies(setup, name):
 )
 def test_more_bandwidth_never_makes_a_stateless_policy_slower(setup, name, f_pcie, f_md):
     trace, hw, mdl = setup
-    faster = dataclasses.replace(
-        hw,
+    faster = hw.with_links(
         pcie=dataclasses.replace(hw.pcie, bandwidth=hw.pcie.bandwidth * f_pcie),
         md_link=dataclasses.replace(hw.md_link, bandwidth=hw.md_link.bandwidth * f_md),
     )

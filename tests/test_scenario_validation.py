@@ -66,7 +66,7 @@ BAD_CASES = [
     (
         "policies",
         ["seed-split", "lru", {"name": "lru", "label": "x", "params": {"slots": "many"}}],
-        "policies[2].params.slots: expected int, got 'many'",
+        "policies[2].params.slots: expected an integer, got 'many'",
     ),
     (
         "policies",
@@ -90,7 +90,7 @@ BAD_CASES = [
         {"path": "embedded", "synthetic": {"seq_len": 8}},
         "trace: expected either path or synthetic, got both",
     ),
-    ("trace", {"synthetic": {"seq_len": "long"}}, "trace.synthetic.seq_len: expected int"),
+    ("trace", {"synthetic": {"seq_len": "long"}}, "trace.synthetic.seq_len: expected an integer"),
     ("seed", -1, "seed: expected a value >= 0"),
     ("output", {"timeline": "yes"}, "output.timeline: expected true or false"),
 ]

@@ -59,6 +59,7 @@ def _first_gate_paths(policy_name: str, params: dict, trace, hw, mdl) -> dict[in
         return decision
 
     policy.decide = spy  # type: ignore[method-assign]
+    policy.plan_gates = None  # gate by gate (a stateless plan would skip decide)
     simulate(trace, hw, mdl, policy)
     return seen
 

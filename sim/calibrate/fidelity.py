@@ -100,7 +100,7 @@ def replay_hardware(hardware: Hardware) -> Hardware:
     gate, as in the replay) and there is no non-expert time (the replay runs none)."""
     ideal = LinkConfig(name="md_link", bandwidth=math.inf, latency=0.0, channels=1)
     gpu = dataclasses.replace(hardware.gpu, non_expert_time=0.0)
-    return dataclasses.replace(hardware, md_link=ideal, gpu=gpu)
+    return dataclasses.replace(hardware.with_links(md_link=ideal), gpu=gpu)
 
 
 def fake_machine(hardware: Hardware, device: str) -> FakeMachine:

@@ -19,6 +19,43 @@ def add_set_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_executor_options(parser: argparse.ArgumentParser) -> None:
+    """``--jobs``, ``--executor`` and ``--scheduler``: where sweep or search points run."""
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=None,
+        help="worker processes (default: one per core; 1 runs in this process)",
+    )
+    parser.add_argument(
+        "--executor",
+        choices=("local", "dask"),
+        default="local",
+        help="local process pool (default) or Dask distributed",
+    )
+    parser.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        default=None,
+        help="Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster of --jobs workers)",
+    )
+
+
+def add_out_or_resume(parser: argparse.ArgumentParser, what: str, kept: str) -> None:
+    """``--out DIR`` or ``--resume DIR`` (one of them): a new results directory, or one to
+    continue, keeping its finished ``kept``."""
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument(
+        "--out", metavar="DIR", default=None, help="results directory (default: results/...)"
+    )
+    target.add_argument(
+        "--resume",
+        metavar="DIR",
+        default=None,
+        help=f"continue the {what} in DIR: finished {kept} are kept, the others run",
+    )
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sim.commands._options import add_set_option, positive_int
+from sim.commands._options import add_executor_options, add_out_or_resume, add_set_option
 from sim.errors import UserError
 
 
@@ -19,34 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("file", metavar="FILE", help="scenario YAML with a 'sweep:' block")
-    parser.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=None,
-        help="worker processes (default: one per core; 1 runs in this process)",
-    )
-    parser.add_argument(
-        "--executor",
-        choices=("local", "dask"),
-        default="local",
-        help="local process pool (default) or Dask distributed",
-    )
-    parser.add_argument(
-        "--scheduler",
-        metavar="ADDRESS",
-        default=None,
-        help="Dask scheduler, e.g. tcp://host:8786 (default: a LocalCluster of --jobs workers)",
-    )
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument(
-        "--out", metavar="DIR", default=None, help="results directory (default: results/...)"
-    )
-    target.add_argument(
-        "--resume",
-        metavar="DIR",
-        default=None,
-        help="continue the sweep in DIR: finished points are kept, the others run",
-    )
+    add_executor_options(parser)
+    add_out_or_resume(parser, "sweep", "points")
     add_set_option(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(

@@ -11,16 +11,22 @@ from sim.engine.results import (
     RunResult,
     TimelineEvent,
 )
-from sim.engine.simulate import simulate
+from sim.engine.simulate import run_engine, simulate
+from sim.engine.source import Idle, Iteration, IterationSource, LockstepSource
 from sim.engine.timeline import write_chrome_trace
 
 __all__ = [
     "PER_LAYER_COLUMNS",
     "PER_STEP_COLUMNS",
+    "Idle",
+    "Iteration",
+    "IterationSource",
+    "LockstepSource",
     "RooflineCost",
     "RunResult",
     "StatelessTimes",
     "TimelineEvent",
+    "run_engine",
     "simulate",
     "stateless_layer_times",
     "write_chrome_trace",

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.contract import FETCH_PATH_OF_LINK, ROUTES, Path, PolicyError
 from sim.engine.links import Placed
-from sim.engine.results import LINK_NAMES
-from sim.policies.base import FETCH_PATH_OF_LINK, Path, PolicyError
 
 
 class HbmCache:
@@ -24,17 +23,14 @@ class HbmCache:
         self,
         layers: int,
         num_experts: int,
-        counts: np.ndarray,
         not_allowed: dict[Path, str],
         expert_bytes: float,
         capacity: float,
         who: str,
     ) -> None:
-        """``counts``: the run's ``[steps, layers, E]`` routing (an expert a gate uses must not
-        be evicted there); ``not_allowed``: `allowed_paths` of the hardware; ``who``: how
-        errors name the policy."""
+        """``not_allowed``: `allowed_paths` of the hardware; ``who``: how errors name the
+        policy."""
         self.layers, self.num_experts = layers, num_experts
-        self.counts = counts
         self.not_allowed = not_allowed
         self.expert_bytes = expert_bytes
         self.capacity = capacity
@@ -60,18 +56,19 @@ class HbmCache:
             )
 
     # -- evictions ---------------------------------------------------------------------------------
-    def evict(self, evict: list, s: int, layer: int) -> None:
+    def evict(self, evict: list, s: int, layer: int, active_row: np.ndarray) -> None:
         """Drop the evicted experts from the cache, all at once when every eviction is valid
         (global-scope caches evict ~60 experts a gate); otherwise item by item, which raises
-        the first invalid one's error exactly as policies are told."""
-        keys = self._eviction_keys(evict, s, layer)
+        the first invalid one's error exactly as policies are told. ``active_row``: the gate's
+        tokens per expert (an expert the gate uses must not be evicted there)."""
+        keys = self._eviction_keys(evict, layer, active_row)
         if keys is None:
-            self._evict_one_by_one(evict, s, layer)
+            self._evict_one_by_one(evict, s, layer, active_row)
             return
         self.flat_ready_at[keys] = np.inf
         self.count -= len(keys)
 
-    def _eviction_keys(self, evict: list, s: int, layer: int) -> np.ndarray | None:
+    def _eviction_keys(self, evict: list, layer: int, active_row: np.ndarray) -> np.ndarray | None:
         """Flat ``layer * num_experts + expert`` indices of ``evict`` if every one is in range,
         cached, distinct and not used by this gate; None otherwise (or for a shape the fast
         path does not read)."""
@@ -90,7 +87,7 @@ class HbmCache:
         flat = lyr * self.num_experts + e
         if not (self.flat_ready_at[flat] < np.inf).all():
             return None
-        if ((self.counts[s, layer, e] > 0) & (lyr == layer)).any():
+        if ((active_row[e] > 0) & (lyr == layer)).any():
             return None
         order = self.arange_keys[: len(flat)]
         self.key_scratch[flat] = order  # a repeated key keeps only its last position
@@ -98,8 +95,7 @@ class HbmCache:
             return None
         return flat
 
-    def _evict_one_by_one(self, evict: list, s: int, layer: int) -> None:
-        active_row = self.counts[s, layer]
+    def _evict_one_by_one(self, evict: list, s: int, layer: int, active_row: np.ndarray) -> None:
         for item in evict:
             lyr, e = self._check_key(item, "evict", s, layer)
             if not np.isfinite(self.ready_at[lyr, e]):
@@ -188,12 +184,12 @@ class HbmCache:
         self.count += int(np.count_nonzero(issue))
         link_of = np.array(links, dtype=object)
         return {
-            name: keys[issue & (link_of == name)].astype(np.intp, copy=False) for name in LINK_NAMES
+            name: keys[issue & (link_of == name)].astype(np.intp, copy=False) for name in ROUTES
         }
 
     def _reserve_one_by_one(self, prefetch: list, s: int, layer: int) -> dict[str, np.ndarray]:
         """`_reserve_all` item by item: raises the first invalid item's error."""
-        by_link: dict[str, list[tuple[int, int]]] = {name: [] for name in LINK_NAMES}
+        by_link: dict[str, list[tuple[int, int]]] = {name: [] for name in ROUTES}
         for item in prefetch:
             lyr, e = self._check_key(item, "prefetch", s, layer)
             link_name = item[2]

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.contract import Path
 from sim.engine.cost import RooflineCost
 from sim.hardware import Hardware, ModelSpec
-from sim.policies.base import Path
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sim.contract import PolicyError
 from sim.hardware import ComputeUnit, Hardware, ModelSpec
-from sim.policies.base import PolicyError
 
 
 class RooflineCost:

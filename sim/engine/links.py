@@ -16,16 +16,15 @@ cumulative sum; unequal durations on several slots fall back to a small heap loo
 
 from __future__ import annotations
 
-import heapq
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
+from sim.contract import fifo_equal, fifo_unequal
 from sim.hardware import LinkConfig
 
 
-@dataclass(frozen=True)
-class Placed:
+class Placed(NamedTuple):
     """A placed batch: start/end relative to the issue time, and the slot of each transfer."""
 
     start: np.ndarray
@@ -135,43 +134,3 @@ class FifoLink:
         self.bytes += nbytes
         self.transfers += 1
         return start, end, k
-
-
-def fifo_arrivals(free: np.ndarray, durations: np.ndarray | float, n: int) -> np.ndarray:
-    """Arrival times of ``n`` transfers placed FIFO on slots free at ``free`` (relative times,
-    >= 0), without touching any link: what a policy uses to estimate a schedule."""
-    if n == 0:
-        return np.empty(0)
-    if isinstance(durations, float | int):
-        start, _slot = fifo_equal(free, float(durations), n)
-        return start + float(durations)
-    durations = np.asarray(durations, dtype=np.float64)
-    start, _slot = fifo_unequal(free, durations)
-    return start + durations
-
-
-def fifo_equal(g: np.ndarray, d: float, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """FIFO start times (relative) and slots of ``n`` transfers of duration ``d``."""
-    steps = np.arange(n, dtype=np.float64) * d
-    if g.size == 1:
-        return g[0] + steps, np.zeros(n, dtype=np.intp)
-    candidates = (g[:, None] + steps[None, :]).ravel()  # slot-major: ties go to lower slots
-    pick = np.argsort(candidates, kind="stable")[:n]
-    return candidates[pick], pick // n
-
-
-def fifo_unequal(g: np.ndarray, durations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    n = durations.size
-    if g.size == 1:
-        ends = g[0] + np.cumsum(durations)
-        return ends - durations, np.zeros(n, dtype=np.intp)
-    heap = [(float(v), k) for k, v in enumerate(g)]
-    heapq.heapify(heap)
-    start = np.empty(n)
-    slot = np.empty(n, dtype=np.intp)
-    for i, d in enumerate(durations.tolist()):
-        free, k = heapq.heappop(heap)
-        start[i] = free
-        slot[i] = k
-        heapq.heappush(heap, (free + d, k))
-    return start, slot

@@ -7,7 +7,7 @@ and sweeps read them without knowing the engine. Definitions: docs/engine.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -41,7 +41,6 @@ PER_LAYER_COLUMNS = (
 )
 PER_STEP_COLUMNS = ("step", "position", "latency", "compute_only", "non_expert")
 INT_COLUMNS = frozenset(_COUNT_COLUMNS)
-LINK_NAMES = ("pcie", "md_link")
 TOTAL_KEYS = (
     "total_time",
     "mean_step",
@@ -59,6 +58,128 @@ TOTAL_KEYS = (
     "ms_per_token",
     "non_expert_time",
 )
+
+
+class GateRecord(NamedTuple):
+    """What the engine records at one gate (one MoE layer of one iteration of one GPU): the
+    per_layer columns (`PER_LAYER_COLUMNS`, same names, same order) and what the per-step
+    columns are derived from. Definitions: docs/engine.md."""
+
+    step: int
+    position: int
+    layer: int
+    layer_id: int
+    active: int
+    hits: int
+    late_prefetches: int
+    pcie: int
+    md_fetch: int
+    md_near: int
+    host: int
+    prefetch_pcie: int
+    prefetch_md: int
+    bytes_pcie: float
+    bytes_md: float
+    t_start: float
+    t_gate: float
+    t_end: float
+    transfer_window: float
+    stall: float
+    layer_time: float
+    cache_bytes: float
+    compute_ref: float  # GPU compute of all active experts as if all were in HBM, s
+    non_expert: float  # the layer's non-expert time, s
+    gpu: int
+
+
+assert GateRecord._fields[: len(PER_LAYER_COLUMNS)] == PER_LAYER_COLUMNS
+
+
+class GateBlock(NamedTuple):
+    """Consecutive gates' records as columns (`GateRecord`'s fields, one array each): what the
+    closed-form path records for a whole iteration at once."""
+
+    step: np.ndarray
+    position: np.ndarray
+    layer: np.ndarray
+    layer_id: np.ndarray
+    active: np.ndarray
+    hits: np.ndarray
+    late_prefetches: np.ndarray
+    pcie: np.ndarray
+    md_fetch: np.ndarray
+    md_near: np.ndarray
+    host: np.ndarray
+    prefetch_pcie: np.ndarray
+    prefetch_md: np.ndarray
+    bytes_pcie: np.ndarray
+    bytes_md: np.ndarray
+    t_start: np.ndarray
+    t_gate: np.ndarray
+    t_end: np.ndarray
+    transfer_window: np.ndarray
+    stall: np.ndarray
+    layer_time: np.ndarray
+    cache_bytes: np.ndarray
+    compute_ref: np.ndarray
+    non_expert: np.ndarray
+    gpu: np.ndarray
+
+
+assert GateBlock._fields == GateRecord._fields
+
+
+def collect_gates(
+    records: list[GateRecord | GateBlock],
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The per_layer columns of ``records`` (in their order; single gates and blocks of
+    gates) and the ``[rows, 3]`` float table of (compute_ref, non_expert, gpu) that per-step
+    columns need."""
+    chunks: list[list[np.ndarray]] = []
+    run: list[GateRecord] = []
+    for item in [*records, None]:
+        if isinstance(item, GateRecord):
+            run.append(item)
+            continue
+        if run:
+            chunks.append([np.asarray(col) for col in zip(*run)])
+            run = []
+        if item is not None:
+            chunks.append(list(item))
+    fields = GateRecord._fields
+    columns = [
+        np.concatenate([chunk[i] for chunk in chunks]) if chunks else np.empty(0)
+        for i in range(len(fields))
+    ]
+    per_layer = {
+        name: col.astype(np.int64 if name in INT_COLUMNS else np.float64)
+        for name, col in zip(PER_LAYER_COLUMNS, columns)
+    }
+    extra = np.stack([col.astype(np.float64) for col in columns[len(PER_LAYER_COLUMNS) :]], axis=1)
+    return per_layer, extra
+
+
+def collect_steps(
+    per_layer: dict[str, np.ndarray], extra: np.ndarray, layers: int
+) -> dict[str, np.ndarray]:
+    """per_step columns from one GPU's per_layer rows (iteration-major, ``layers`` rows each):
+    latency = the iteration's layer times summed (time per output token); compute_only = its
+    non-expert time + all-in-HBM GPU compute, summed; non_expert = its non-expert time per
+    layer (the mean over its layers when they differ)."""
+    layer_time = per_layer["layer_time"].reshape(-1, layers)
+    ref = extra[:, 0].reshape(-1, layers)
+    non_expert = extra[:, 1].reshape(-1, layers)
+    return {
+        "step": per_layer["step"][::layers].copy(),
+        "position": per_layer["position"][::layers].copy(),
+        "latency": layer_time.sum(axis=1),
+        "compute_only": (ref + non_expert).sum(axis=1),
+        "non_expert": np.where(
+            non_expert.min(axis=1) == non_expert.max(axis=1),
+            non_expert[:, 0] if layers else 0.0,
+            non_expert.mean(axis=1),
+        ),
+    }
 
 
 @dataclass(frozen=True)

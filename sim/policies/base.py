@@ -1,181 +1,63 @@
-"""The contract between the engine and placement policies.
+"""Policies: the `Policy` base class, the registry, and building a policy from YAML parameters.
 
-At every gate (one MoE layer of one decode step, once the router has run) the engine shows the
-policy a read-only `GateView` and gets back a `GateDecision`:
-
-* which path each *non-cached* active expert takes (`Path`): fetched to the GPU over PCIe,
-  fetched over the disaggregated link, run next to the MD pool (near data), or run on the host;
-* which of the experts it fetches to the GPU stay in the HBM expert cache afterwards (admit);
-* which cached experts to evict (before anything is admitted);
-* which experts of later layers to prefetch into the cache now (they queue on the link behind
-  this layer's demand transfers and so overlap with this layer's compute).
-
-Experts already in the cache (or in flight to it) are hits; the engine handles them. The engine
-enforces the rules (cache bytes never above capacity; a path must exist in the scenario's
-placement and MD mode) and raises `PolicyError` when a policy breaks them: that is a bug in the
-policy, not a user error.
+The engine/policy contract itself (`GateView`, `GateDecision`, `Path`, `PolicyContext`,
+`CostModel`, `PolicyError`, the path and route rules, the FIFO helpers) lives in the leaf module
+`sim.contract`, which the engine imports too; it is re-exported here for policy authors.
 
 A policy is a small class with a frozen `Params` dataclass, registered by name with
-`@register_policy`. See docs/policies.md for how to add one.
+`@register_policy`. Its parameters are validated by pydantic, like the scenario: types are
+checked strictly (an int is no float's ``"3"``, a bool is no int), ``Literal`` choices are
+enforced, and the first problem is one line naming the YAML path. See docs/policies.md for how
+to add one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from sim.contract import (
+    FETCH_PATH_OF_LINK,
+    GPU_FETCH_PATHS,
+    IN_PLACE_PATHS,
+    LINK_OF_PATH,
+    CostModel,
+    GateDecision,
+    GateView,
+    Path,
+    PolicyContext,
+    PolicyError,
+    allowed_paths,
+)
 from sim.errors import UserError
-from sim.hardware import Hardware, ModelSpec
 
+__all__ = [
+    "FETCH_PATH_OF_LINK",
+    "GPU_FETCH_PATHS",
+    "IN_PLACE_PATHS",
+    "LINK_OF_PATH",
+    "RUN_KINDS",
+    "CostModel",
+    "GateDecision",
+    "GateView",
+    "Path",
+    "Policy",
+    "PolicyContext",
+    "PolicyError",
+    "allowed_paths",
+    "available_policies",
+    "build_params",
+    "make_policy",
+    "register_policy",
+]
 
-class Path(enum.IntEnum):
-    """How an active expert is served at a gate."""
-
-    HIT = 0  # in the HBM cache (or in flight to it): computed on the GPU
-    PCIE = 1  # weights host -> GPU over PCIe, computed on the GPU
-    MD_FETCH = 2  # weights MD pool -> GPU over md_link, computed on the GPU
-    MD_NEAR = 3  # computed next to the MD pool; activations cross md_link both ways
-    HOST = 4  # computed on the host CPU; activations cross PCIe both ways (Fiddler-style)
-
-
-GPU_FETCH_PATHS = (Path.PCIE, Path.MD_FETCH)  # weights come to the GPU
-IN_PLACE_PATHS = (Path.HOST, Path.MD_NEAR)  # computed where the weights are
-# the link each non-hit path uses: weights for a fetch, activations for in-place compute
-LINK_OF_PATH = {
-    Path.PCIE: "pcie",
-    Path.MD_FETCH: "md_link",
-    Path.HOST: "pcie",
-    Path.MD_NEAR: "md_link",
-}
-# the path of a weight fetch (demand or prefetch) over each link
-FETCH_PATH_OF_LINK = {LINK_OF_PATH[p]: p for p in GPU_FETCH_PATHS}
-
-
-def allowed_paths(hardware: Hardware) -> dict[Path, str]:
-    """Each non-hit path mapped to '' when the scenario allows it, else the reason it does not.
-
-    * PCIE and HOST need the experts in host DRAM (placement "host" or "both"); HOST also
-      needs ``host_compute``.
-    * MD_FETCH needs them in the MD pool (placement "md" or "both") and md_mode "fetch".
-    * MD_NEAR needs them in the MD pool, md_mode "near-data" and ``md_compute``.
-    """
-    in_host = hardware.placement in ("host", "both")
-    in_md = hardware.placement in ("md", "both")
-    place = f"placement is {hardware.placement!r}"
-    mode = f"md_mode is {hardware.md_mode!r}"
-    reasons = {
-        Path.PCIE: "" if in_host else f"{place} (no experts in host memory)",
-        Path.HOST: ""
-        if in_host and hardware.host_compute is not None
-        else (f"{place} (no experts in host memory)" if not in_host else "no host_compute"),
-        Path.MD_FETCH: ""
-        if in_md and hardware.md_mode == "fetch"
-        else (place if not in_md else mode),
-        Path.MD_NEAR: ""
-        if in_md and hardware.md_mode == "near-data" and hardware.md_compute is not None
-        else (
-            place
-            if not in_md
-            else (mode if hardware.md_mode != "near-data" else "no md_compute in the scenario")
-        ),
-    }
-    return reasons
-
-
-RUN_KINDS = ("online", "oracle", "bound")
-
-
-class PolicyError(RuntimeError):
-    """A policy broke the engine's rules (over capacity, impossible path, ...): a policy bug."""
-
-
-class CostModel(Protocol):
-    """Per-expert costs in seconds. The roofline/link model implements it from `Hardware` and
-    `ModelSpec`; a cost table (measured or from a cycle-accurate simulator) may override any of
-    it. Arrays are aligned with ``experts``; ``step``/``layer`` are trace indices."""
-
-    def transfer_time(self, link: str, step: int, layer: int, experts: np.ndarray) -> np.ndarray:
-        """Time one weight transfer occupies one slot of ``link`` (latency included)."""
-        ...
-
-    def gpu_compute_time(
-        self, step: int, layer: int, experts: np.ndarray, tokens: np.ndarray
-    ) -> np.ndarray: ...
-
-    def near_compute_time(
-        self, step: int, layer: int, experts: np.ndarray, tokens: np.ndarray
-    ) -> np.ndarray: ...
-
-    def host_compute_time(
-        self, step: int, layer: int, experts: np.ndarray, tokens: np.ndarray
-    ) -> np.ndarray: ...
-
-    def activation_time(
-        self, link: str, step: int, layer: int, experts: np.ndarray, tokens: np.ndarray
-    ) -> float:
-        """Link time to move the activations of these experts' tokens there and back."""
-        ...
-
-
-@dataclass(frozen=True)
-class PolicyContext:
-    """What a policy is given once, before the run. ``counts`` is the whole routing
-    (``[steps, layers, num_experts]`` tokens per expert under the run's top-k): online
-    policies must only read rows up to the current gate; policies that declare
-    ``uses_future = True`` (oracles, offline bounds) may read ahead."""
-
-    hardware: Hardware
-    model: ModelSpec
-    counts: np.ndarray
-    layer_ids: tuple[int, ...]
-    topk: int
-    cost: CostModel
-    seed: int = 0
-
-    @property
-    def num_steps(self) -> int:
-        return int(self.counts.shape[0])
-
-    @property
-    def num_layers(self) -> int:
-        return int(self.counts.shape[1])
-
-    @property
-    def cache_slots(self) -> int:
-        """How many experts fit in the HBM cache."""
-        return int(self.hardware.hbm.capacity // self.model.expert_bytes)
-
-
-@dataclass(frozen=True)
-class GateView:
-    """Read-only state at one gate. Arrays must not be modified."""
-
-    step: int  # step index in the trace
-    layer: int  # layer index (0 .. num_layers-1); layer id = ctx.layer_ids[layer]
-    now: float  # simulated time of the gate, s
-    experts: np.ndarray  # active expert ids, most tokens first, ties by lower id
-    tokens: np.ndarray  # tokens routed to each of them
-    cached: np.ndarray  # bool, aligned with experts: in the cache or in flight to it
-    ready_at: np.ndarray  # float [num_layers, num_experts]: when each cached expert is (was)
-    #                       in HBM; +inf where not cached
-    cache_bytes: float  # bytes of the cache in use (in flight included)
-    link_free_at: dict[str, np.ndarray]  # per link: time each slot becomes free
-
-
-@dataclass
-class GateDecision:
-    """A policy's answer at one gate. ``paths`` and ``admit`` are aligned with
-    ``GateView.experts``; entries for cached experts are ignored (they are hits)."""
-
-    paths: np.ndarray
-    admit: np.ndarray | None = None  # bool: keep this fetched expert in the cache
-    evict: list[tuple[int, int]] = field(default_factory=list)  # (layer index, expert id)
-    prefetch: list[tuple[int, int, str]] = field(default_factory=list)  # (layer, expert, link)
+RUN_KINDS = ("online", "oracle", "bound")  # what a run may know (Policy.run_kind)
 
 
 class Policy:
@@ -185,6 +67,13 @@ class Policy:
     summary: ClassVar[str] = ""  # one line: the idea and where it comes from
     uses_future: ClassVar[bool] = False  # True for oracles and offline bounds
     is_bound: ClassVar[bool] = False  # True for offline bounds (reported as such)
+    # Stateless policies (no cache, no prefetch, paths depending only on the gate's routing)
+    # may define ``plan_gates(experts, tokens, active) -> paths``: for every layer of an iteration at
+    # once (rows of ``[layers, E]``, each in gate order as `GateView.experts`/``tokens``, the
+    # first ``active[layer]`` entries of a row active), the `Path` that ``decide`` would give
+    # each expert. The engine then times the iteration in closed form when it can
+    # (docs/engine.md, "Speed").
+    plan_gates: ClassVar[Callable[..., np.ndarray | None] | None] = None
 
     @dataclass(frozen=True)
     class Params:
@@ -254,37 +143,53 @@ def make_policy(name: str, params: dict[str, Any] | None = None, where: str = "p
 
 
 def build_params(params_cls: type, values: dict[str, Any], where: str) -> Any:
-    """Instantiate a frozen Params dataclass from a dict, with one-line errors per field."""
+    """Instantiate a frozen Params dataclass from a dict, validated by pydantic (strict types,
+    ``Literal`` choices, the class's own ``__post_init__`` checks); the first problem is one
+    ``where.field: expected X, got Y`` UserError."""
     if not isinstance(values, dict):
         raise UserError(f"{where}: expected a mapping of parameters, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    fields = [f.name for f in dataclasses.fields(params_cls)]
     for key in values:
         if key not in fields:
             known = ", ".join(fields) or "none"
             raise UserError(f"{where}.{key}: unknown parameter (known: {known})")
-    kwargs = {}
-    for key, value in values.items():
-        kwargs[key] = _coerce(fields[key], value, f"{where}.{key}")
+    checked = _validated_fields(params_cls, values, where)
     try:
-        return params_cls(**kwargs)
-    except (TypeError, ValueError) as err:
+        return params_cls(**checked)
+    except (TypeError, ValueError) as err:  # the class's own __post_init__ checks
         raise UserError(f"{where}: {err}") from None
 
 
-def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
-    """Check a parameter against its annotation (int, float, bool, str, Literal-like choices)."""
-    annotation = str(f.type)
-    checks: dict[str, Callable[[Any], bool]] = {
-        "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
-        "float": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
-        "bool": lambda v: isinstance(v, bool),
-        "str": lambda v: isinstance(v, str),
-    }
-    base = annotation.replace(" | None", "")
-    if value is None and "None" in annotation:
-        return None
-    if base in checks:
-        if not checks[base](value):
-            raise UserError(f"{where}: expected {base}, got {value!r}")
-        return float(value) if base == "float" else value
-    return value
+_MODELS: dict[type, type[BaseModel]] = {}
+
+
+def _validated_fields(params_cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` checked against the dataclass's annotations by a pydantic model built once
+    per class (strict: an int is accepted for a float and becomes one, nothing else converts;
+    ``Literal`` choices enforced; other classes by isinstance)."""
+    model = _MODELS.get(params_cls)
+    if model is None:
+        hints = typing.get_type_hints(params_cls)
+        fields: dict[str, Any] = {
+            f.name: (hints[f.name], None) for f in dataclasses.fields(params_cls) if f.init
+        }
+        model = create_model(
+            f"{params_cls.__name__}Check",
+            __config__=ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True),
+            **fields,
+        )
+        _MODELS[params_cls] = model
+    try:
+        checked = model.model_validate(values, strict=True)
+    except ValidationError as err:
+        raise _params_error(err, values, where) from None
+    return {name: getattr(checked, name) for name in values}
+
+
+def _params_error(err: ValidationError, values: dict[str, Any], where: str) -> UserError:
+    """The first problem as one line under ``where`` (the scenario's one-line wording)."""
+    from sim.scenario.schema import validation_error_line
+
+    first = err.errors(include_url=False)[0]
+    line = str(validation_error_line(err, values))
+    return UserError(f"{where}.{line}" if first["loc"] else f"{where}: {line}")

@@ -20,7 +20,7 @@ policy keeps only its ranking keys.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -35,9 +35,9 @@ from sim.policies.base import (
     register_policy,
 )
 from sim.policies.compute_placement import ComputePlacement
-from sim.policies.miss_path import MissPathRule, check_rule
+from sim.policies.miss_path import MissPath, MissPathRule
 
-SCOPES = ("layer", "global")
+Scope = Literal["layer", "global"]
 _GPU_FETCH = np.zeros(len(Path), dtype=bool)  # by Path value: fetched to the GPU
 _GPU_FETCH[list(GPU_FETCH_PATHS)] = True
 
@@ -48,14 +48,11 @@ class CacheParams:
 
     slots: int | None = None  # experts the cache holds in total (None: all of hbm.capacity)
     capacity_bytes: float | None = None  # or the cache size in bytes (at most one of the two)
-    scope: str = "layer"  # "layer": slots // num_layers per layer; "global": one pool
-    miss_path: str = "seed"  # seed | balanced | pcie | md (sim/policies/miss_path.py)
+    scope: Scope = "layer"  # "layer": slots // num_layers per layer; "global": one pool
+    miss_path: MissPath = "seed"  # seed | balanced | pcie | md (sim/policies/miss_path.py)
     compute_near: bool = False  # compute a miss where its weights are when that is sooner
 
     def __post_init__(self) -> None:
-        if self.scope not in SCOPES:
-            raise ValueError(f"scope: expected one of {', '.join(SCOPES)}, got {self.scope!r}")
-        check_rule(self.miss_path)
         if self.slots is not None and self.capacity_bytes is not None:
             raise ValueError("slots, capacity_bytes: expected at most one, got both")
         if self.slots is not None and self.slots < 0:
@@ -265,7 +262,7 @@ class LeastStalePolicy(CachePolicy):
 
     @dataclass(frozen=True)
     class Params(CacheParams):
-        scope: str = "global"  # with per-layer pools it is plain LRU
+        scope: Scope = "global"  # with per-layer pools it is plain LRU
 
     def keep_key(self, view: GateView) -> np.ndarray:
         return least_stale_key(self, view)

@@ -13,6 +13,8 @@ reuse the stateless split policies of sim/policies/split.py rather than re-imple
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import numpy as np
 
 from sim.errors import UserError
@@ -27,11 +29,12 @@ from sim.policies.split import (
     single_path,
 )
 
-MISS_PATH_RULES = ("seed", "balanced", "pcie", "md")
+MissPath = Literal["seed", "balanced", "pcie", "md"]
+MISS_PATH_RULES = get_args(MissPath)
 
 
 def check_rule(rule: str) -> None:
-    """Raise ValueError (turned into a one-line UserError by ``build_params``) on a bad name."""
+    """ValueError on a name that is not a rule (Params check it by their ``MissPath`` type)."""
     if rule not in MISS_PATH_RULES:
         raise ValueError(f"miss_path: expected one of {', '.join(MISS_PATH_RULES)}, got {rule!r}")
 

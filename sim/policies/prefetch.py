@@ -21,7 +21,7 @@ routing of the target gate, on the gates where the policy predicted).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -35,28 +35,21 @@ from sim.policies.base import (
 )
 from sim.policies.cache import EVICTION_KEYS, CacheParams, CachePolicy
 
-PREFETCH_LINKS = ("auto", "pcie", "md_link")
+Eviction = Literal["lru", "lfu", "least-stale"]
+PrefetchLink = Literal["auto", "pcie", "md_link"]
 
 
 @dataclass(frozen=True)
 class PrefetchParams(CacheParams):
-    eviction: str = "lru"  # lru | lfu | least-stale
+    eviction: Eviction = "lru"  # lru | lfu | least-stale
     lookahead: int = 1  # gates ahead: 1 = the next layer
-    link: str = "auto"  # auto (earliest estimated arrival) | pcie | md_link
+    link: PrefetchLink = "auto"  # auto (earliest estimated arrival) | pcie | md_link
     max_prefetch: int | None = None  # per gate (None: as many as predicted and fit)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.eviction not in EVICTION_KEYS:
-            raise ValueError(
-                f"eviction: expected one of {', '.join(EVICTION_KEYS)}, got {self.eviction!r}"
-            )
         if self.lookahead < 1:
             raise ValueError(f"lookahead: expected >= 1, got {self.lookahead}")
-        if self.link not in PREFETCH_LINKS:
-            raise ValueError(
-                f"link: expected one of {', '.join(PREFETCH_LINKS)}, got {self.link!r}"
-            )
         if self.max_prefetch is not None and self.max_prefetch < 0:
             raise ValueError(f"max_prefetch: expected >= 0, got {self.max_prefetch}")
 

@@ -12,16 +12,19 @@ whole-trace plans (`*_plan`) for the numpy closed form (`sim.engine.closed_form`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 
+from sim.contract import fifo_arrivals
 from sim.engine.cost import is_roofline
-from sim.engine.links import fifo_arrivals
 from sim.hardware import Hardware
 from sim.policies.base import GateDecision, GateView, Path, Policy, PolicyContext, register_policy
-from sim.stats.gating import ROUNDINGS, gpu_share
+from sim.stats.gating import gpu_share
 
-ORDERS = ("tokens", "id")
+Rounding = Literal["nearest", "ceil", "floor"]
+Order = Literal["tokens", "id"]
+ORDERS = get_args(Order)
 
 
 def md_path(hardware: Hardware) -> Path:
@@ -37,17 +40,11 @@ class SeedSplitParams:
     bw_pcie: float = 32.0
     bw_md: float = 512.0
     alpha: float = 1.0
-    rounding: str = "nearest"  # "nearest" (Python round, the seed), "ceil" (MoNDE), "floor"
-    order: str = "tokens"  # which experts take the GPU path: most tokens first, or lowest id
+    rounding: Rounding = "nearest"  # "nearest" (Python round, the seed), "ceil" (MoNDE), "floor"
+    order: Order = "tokens"  # which experts take the GPU path: most tokens first, or lowest id
     from_links: bool = False  # take bw_pcie/bw_md from the scenario's link bandwidths instead
 
     def __post_init__(self) -> None:
-        if self.rounding not in ROUNDINGS:
-            raise ValueError(
-                f"rounding: expected one of {', '.join(ROUNDINGS)}, got {self.rounding!r}"
-            )
-        if self.order not in ORDERS:
-            raise ValueError(f"order: expected one of {', '.join(ORDERS)}, got {self.order!r}")
         for name in ("bw_pcie", "bw_md", "alpha"):
             value = getattr(self, name)
             if not np.isfinite(value) or value < 0:
@@ -105,9 +102,20 @@ class SeedSplit(Policy):
         super().bind(ctx)
         self._h = seed_h_table(self.params, ctx.hardware, ctx.model.num_experts)
         self._md = md_path(ctx.hardware)
+        self._columns = np.arange(ctx.model.num_experts)[None, :]
 
     def decide(self, view: GateView) -> GateDecision:
         return GateDecision(paths=seed_split_paths(view, self._h, self._md, self.params.order))
+
+    def plan_gates(self, experts: np.ndarray, tokens: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """`decide` for every gate of an iteration at once (`Policy.plan_gates`, gate order)."""
+        h = self._h[active]
+        if self.params.order == "tokens":  # gate order is most tokens first
+            rank = self._columns
+        else:  # lowest ids first among the active ones
+            ids = np.where(self._columns < active[:, None], experts, np.iinfo(np.int64).max)
+            rank = np.argsort(np.argsort(ids, axis=1, kind="stable"), axis=1, kind="stable")
+        return np.where(rank < h[:, None], Path.PCIE, self._md).astype(np.int8)
 
 
 def seed_split_plan(
@@ -148,6 +156,10 @@ class GpuOnly(Policy):
     def decide(self, view: GateView) -> GateDecision:
         return GateDecision(paths=single_path(view, Path.PCIE))
 
+    def plan_gates(self, experts: np.ndarray, tokens: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """`decide` for every gate of an iteration at once (`Policy.plan_gates`)."""
+        return np.full(experts.shape, Path.PCIE, dtype=np.int8)
+
 
 @register_policy
 class MdOnly(Policy):
@@ -163,6 +175,10 @@ class MdOnly(Policy):
 
     def decide(self, view: GateView) -> GateDecision:
         return GateDecision(paths=single_path(view, self._md))
+
+    def plan_gates(self, experts: np.ndarray, tokens: np.ndarray, active: np.ndarray) -> np.ndarray:
+        """`decide` for every gate of an iteration at once (`Policy.plan_gates`)."""
+        return np.full(experts.shape, self._md, dtype=np.int8)
 
 
 def single_path_plan(counts: np.ndarray, path: Path) -> np.ndarray:

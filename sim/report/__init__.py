@@ -27,6 +27,7 @@ from sim.report import serving_figures as SF
 from sim.report.load import (
     Results,
     RunResults,
+    SearchResults,
     StatsResults,
     SweepResults,
     Table,
@@ -126,6 +127,10 @@ def build_content(results: Results, window: tuple[int, int] | None = None) -> Re
         return _run_content(results, window)
     if isinstance(results, SweepResults):
         return _sweep_content(results)
+    if isinstance(results, SearchResults):
+        from sim.report.search import search_content
+
+        return search_content(results)
     return _stats_content(results)
 
 
@@ -493,7 +498,7 @@ def _scenario_section(
     if isinstance(policies, list):
         facts.append(("policies", [_policy_name(p) for p in policies]))
     hardware = find_key(scenario, "hardware")
-    for path in SCENARIO_HARDWARE_FACTS:
+    for path in hardware_fact_paths(hardware):
         value = _dotted(hardware, path)
         if path == "hbm.capacity":
             value = _capacity_in_experts(value, _dotted(scenario, "model.expert_bytes"))
@@ -558,16 +563,19 @@ def _swept_text(values: Sequence[Any], shown: int = 8) -> str:
     return f"swept: {', '.join(names)} ({len(values)} values)"
 
 
-SCENARIO_HARDWARE_FACTS = (
-    "preset",
-    "hbm.capacity",
-    "links.pcie.bandwidth",
-    "links.pcie.latency",
-    "links.pcie.channels",
-    "links.md_link.bandwidth",
-    "links.md_link.latency",
-    "links.md_link.channels",
-)
+LINK_FACTS = ("bandwidth", "latency", "channels", "sharing")
+
+
+def hardware_fact_paths(hardware: Any) -> list[str]:
+    """The hardware facts a report shows: preset, cache budget, and every link's figures (the
+    links are a name-keyed mapping: however many the scenario has)."""
+    links = hardware.get("links") if isinstance(hardware, dict) else None
+    names = list(links) if isinstance(links, dict) else []
+    return [
+        "preset",
+        "hbm.capacity",
+        *(f"links.{name}.{fact}" for name in names for fact in LINK_FACTS),
+    ]
 
 
 def _capacity_in_experts(capacity: Any, expert_bytes: Any) -> Any:

@@ -5,7 +5,8 @@ Three kinds of directory feed a report, each recognised by the files it holds:
 - a run (``summary.csv``, ``per_layer.csv``, ``per_step.csv``, ``scenario.resolved.yaml``,
   ``trace.json``, optionally ``timeline.json``), written by ``moesim run``;
 - a sweep (``sweep.csv``, ``sweep.resolved.yaml``), written by ``moesim sweep``;
-- trace statistics (``gating.csv``, ``meta.json``), written by ``moesim trace stats``.
+- trace statistics (``gating.csv``, ``meta.json``), written by ``moesim trace stats``;
+- a search (``search.csv``, ``search.json``), written by ``moesim search``.
 
 Tables are read with the ``csv`` module into numpy columns: numbers become float64 (blank cells
 NaN), ``True``/``False`` columns become bool, anything else stays text. Every problem is a
@@ -173,7 +174,17 @@ class StatsResults:
     meta: dict[str, Any]
 
 
-Results = RunResults | SweepResults | StatsResults
+@dataclass(frozen=True)
+class SearchResults:
+    """One ``moesim search`` output directory: every evaluated point and the answers."""
+
+    path: Path
+    table: Table  # search.csv
+    answers: dict[str, Any]  # search.json, checked by sim.report.search.check_answers
+    resolved: dict[str, Any]  # search.resolved.yaml (may be empty)
+
+
+Results = RunResults | SweepResults | StatsResults | SearchResults
 
 
 def read_table(path: Path, required: Sequence[str] = ()) -> Table:
@@ -313,9 +324,11 @@ def load_results(path: str | Path, *, timeline: str | Path | None = None) -> Res
         return load_sweep(root)
     if (root / "gating.csv").is_file():
         return load_stats(root)
+    if (root / "search.json").is_file():
+        return load_search(root)
     raise UserError(
-        f"{root}: expected a results directory with summary.csv (run), sweep.csv (sweep) "
-        "or gating.csv (trace stats), got none of them"
+        f"{root}: expected a results directory with summary.csv (run), sweep.csv (sweep), "
+        "gating.csv (trace stats) or search.json (search), got none of them"
     )
 
 
@@ -469,6 +482,18 @@ def load_stats(root: Path) -> StatsResults:
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     return StatsResults(root, gating, meta)
+
+
+def load_search(root: Path) -> SearchResults:
+    from sim.report.search import check_answers
+
+    path = root / "search.json"
+    answers = check_answers(path, read_json(path))
+    paths = [f["path"] for f in answers["question"]["fields"]]
+    table = read_table(root / "search.csv", ("policy", *paths))
+    resolved_path = root / "search.resolved.yaml"
+    resolved = read_yaml(resolved_path) if resolved_path.is_file() else {}
+    return SearchResults(root, table, answers, resolved)
 
 
 def bound_labels(table: Table) -> set[str]:

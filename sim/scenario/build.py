@@ -24,9 +24,19 @@ from pydantic import BaseModel, ValidationError
 
 from sim import presets as preset_data
 from sim.errors import SelectionError, UserError
-from sim.hardware import ComputeUnit, GpuConfig, Hardware, HbmConfig, LinkConfig, ModelSpec
+from sim.hardware import (
+    HOST_LINK,
+    MD_LINK,
+    ComputeUnit,
+    GpuConfig,
+    Hardware,
+    HbmConfig,
+    LinkConfig,
+    ModelSpec,
+)
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.scenario.schema import (
+    LINK_ROLES,
     ROOFLINE,
     ComputeSection,
     CostsSection,
@@ -462,15 +472,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
     if gpu_base is None and section.gpu is None:
         gpu_base = GpuSection(preset=DEFAULT_GPU_PRESET)
     gpu = _merged(gpu_base, section.gpu, "hardware.gpu")
-    links: dict[str, dict[str, Any]] = {}
-    for name in ("pcie", "md_link"):
-        lb = getattr(base.links, name) if base and base.links else None
-        lo = getattr(section.links, name) if section.links else None
-        links[name] = _merged(lb, lo, f"hardware.links.{name}")
-        if links[name].get("bandwidth") is None:
-            raise UserError(
-                f"hardware.links.{name}.bandwidth: required (give a bandwidth or a link preset)"
-            )
+    links = _link_values(base, section)
     top = {
         **(base.model_dump(exclude_unset=True) if base else {}),
         **section.model_dump(exclude_unset=True),
@@ -495,8 +497,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         link.setdefault("channels", 1)
     hardware = Hardware(
         hbm=HbmConfig(capacity=capacity, bandwidth=hbm_bw),
-        pcie=_link("pcie", links["pcie"]),
-        md_link=_link("md_link", links["md_link"]),
+        links={name: _link(name, values) for name, values in links.items()},
         gpu=GpuConfig(
             peak_flops=gpu["peak_flops"],
             non_expert_time=None
@@ -525,6 +526,36 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         "host_compute": _doc(ComputeSection, top["host_compute"]) if host_compute else None,
     }
     return hardware, {k: v for k, v in doc.items() if v is not None}
+
+
+def _link_values(
+    base: HardwareSection | None, section: HardwareSection
+) -> dict[str, dict[str, Any]]:
+    """Each link's fields by name: the preset's links, then the scenario's (merged field by
+    field with the preset's link of the same name; new names add links). The one-GPU
+    topology needs ``pcie`` and ``md_link`` and uses no other link."""
+    base_links = (base.links or {}) if base else {}
+    own_links = {k: v for k, v in (section.links or {}).items() if v is not None}  # null: not given
+    links: dict[str, dict[str, Any]] = {}
+    for name in (*base_links, *(n for n in own_links if n not in base_links)):
+        links[name] = _merged(base_links.get(name), own_links.get(name), f"hardware.links.{name}")
+    for name in (HOST_LINK, MD_LINK):
+        if name not in links:
+            raise UserError(
+                f"hardware.links.{name}: required, missing ({LINK_ROLES[name]}; give a link "
+                "preset name or a bandwidth)"
+            )
+    for name, values in links.items():
+        if name not in (HOST_LINK, MD_LINK):
+            raise UserError(
+                f"hardware.links.{name}: expected only links a path uses (the one-GPU topology "
+                f"uses {HOST_LINK} and {MD_LINK}), got an unused link {name!r}"
+            )
+        if values.get("bandwidth") is None:
+            raise UserError(
+                f"hardware.links.{name}.bandwidth: required (give a bandwidth or a link preset)"
+            )
+    return links
 
 
 def _link(name: str, values: dict[str, Any]) -> LinkConfig:

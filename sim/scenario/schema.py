@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -39,6 +40,7 @@ class UnitDoc:
     """Marks a field as a physical quantity (for docs and for writing resolved values back)."""
 
     kind: str  # a key of sim.units.QUANTITIES: "bandwidth", "size", "duration", "compute"
+    experts: bool = False  # a size that may also be written ``N experts`` (HBM capacity)
 
 
 def _unit_validator(quantity: Quantity):
@@ -78,7 +80,7 @@ def _capacity(value: Any) -> float | str:
         raise PydanticCustomError("unit", "{detail}", {"detail": detail}) from None
 
 
-Capacity = Annotated[float | str, BeforeValidator(_capacity), UnitDoc(SIZE.kind)]
+Capacity = Annotated[float | str, BeforeValidator(_capacity), UnitDoc(SIZE.kind, experts=True)]
 ROOFLINE = "roofline"
 
 
@@ -297,9 +299,19 @@ class LinkSection(_PresetSection):
     notes: str | None = Field(None, description="free text")
 
 
-class LinksSection(_Section):
-    pcie: LinkSection | None = Field(None, description="host DRAM -> GPU")
-    md_link: LinkSection | None = Field(None, description="memory-disaggregated pool -> GPU")
+_LINK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_+-]*$")
+
+
+def _link_name(name: str) -> str:
+    """Link names are dict keys that ``--set hardware.links.NAME.field`` must reach: no dots."""
+    if not _LINK_NAME_RE.match(name):
+        detail = f"expected a link name of letters, digits and _ + - only, got {name!r}"
+        raise PydanticCustomError("unit", "{detail}", {"detail": detail})
+    return name
+
+
+LinkName = Annotated[str, AfterValidator(_link_name)]
+LINK_ROLES = {"pcie": "host DRAM -> GPU", "md_link": "memory-disaggregated pool -> GPU"}
 
 
 class GpuSection(_PresetSection):
@@ -349,7 +361,11 @@ class HardwareSection(_Section):
     source: str | None = Field(None, description="where the figures come from")
     gpu: GpuSection | None = Field(None, description="GPU preset name or fields")
     hbm: HbmSection | None = Field(None, description="expert cache budget and HBM bandwidth")
-    links: LinksSection | None = Field(None, description="`pcie` and `md_link`")
+    links: dict[LinkName, LinkSection | None] | None = Field(
+        None,
+        description="links by name, each a link preset name or fields: `pcie` (host DRAM -> "
+        "GPU) and `md_link` (MD pool -> GPU); a preset's links are merged by name",
+    )
     md_mode: Literal["fetch", "near-data"] | None = Field(
         None,
         description="MD path: `fetch` weights to the GPU, or `near-data` compute next to the "

@@ -21,7 +21,6 @@ from sim.scenario.schema import (
     HbmSection,
     LengthSection,
     LinkSection,
-    LinksSection,
     MemorySection,
     ModelSection,
     OutputSection,
@@ -44,8 +43,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("hardware", HardwareSection),
     ("hardware.gpu", GpuSection),
     ("hardware.hbm", HbmSection),
-    ("hardware.links", LinksSection),
-    ("hardware.links.pcie / hardware.links.md_link", LinkSection),
+    ("hardware.links.<name>", LinkSection),
     ("hardware.md_compute / hardware.host_compute", ComputeSection),
     ("policies[i]", PolicyEntry),
     ("workload", WorkloadSection),
@@ -89,7 +87,7 @@ moesim presets hardware                                # the named hardware pres
   expert cache larger than 0 but smaller than one expert (or larger than the GPU's HBM), unknown
   policies or policy parameters, and a trace path that does not exist. Each error is one line
   naming the YAML path, e.g. `hardware.links.pcie.bandwidth: expected a bandwidth like
-  '32 GB/s', got 'fast'` or `policies[2].params.slots: expected int, got 'many'`; the exit
+  '32 GB/s', got 'fast'` or `policies[2].params.slots: expected an integer, got 'many'`; the exit
   code is 2 and nothing is written.
 - **Presets and overrides.** `hardware.preset` names a whole machine (`moesim presets
   hardware`); `hardware.gpu` and each link may name their own preset (`moesim presets gpus`,
@@ -146,7 +144,7 @@ def _type_name(annotation: Any, metadata: Any = ()) -> str:
     if unit is not None:
         example = QUANTITIES[unit.kind].example
         text = f"{unit.kind} (`{example}`)"
-        if unit.kind == "size" and "str" in str(annotation):
+        if unit.experts:
             text += " or `N experts`"
         return text
     origin = typing.get_origin(annotation)
@@ -158,6 +156,9 @@ def _type_name(annotation: Any, metadata: Any = ()) -> str:
     if origin in (list,):
         return f"list of {_type_name(args[0])}"
     if origin is dict:
+        value = typing.get_args(annotation)[1]
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return "mapping of name to mapping (below)"
         return "mapping"
     if args and origin is not None:  # a union
         names = [_type_name(a) for a in args]

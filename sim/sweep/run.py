@@ -144,7 +144,7 @@ def run_sweep(
     todo = [p for p in points if p.point_id not in finished]
     tasks = [PointTask(p, point_document(spec, p, set_dotted), spec.source) for p in todo]
     failures: list[tuple[str, str]] = []
-    with _progress_bar(len(points), len(points) - len(todo), progress) as bar:
+    with progress_bar(len(points), len(points) - len(todo), progress) as bar:
         for outcome in execute(tasks, point_fn, executor=executor, jobs=jobs, scheduler=scheduler):
             if outcome.error is None:
                 if not (out / MANIFEST).exists():  # written with the first result, so a sweep
@@ -279,7 +279,7 @@ def _manifest(spec: SweepSpec, base: Any, points: Sequence[SweepPoint]) -> str:
             for p in points
         ],
     }
-    return yaml.safe_dump(_plain(document), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(plain(document), sort_keys=False, allow_unicode=True)
 
 
 def _baseline_label(spec: SweepSpec, base: Any) -> str:
@@ -291,16 +291,16 @@ def _baseline_label(spec: SweepSpec, base: Any) -> str:
     return str(spec.base.get("baseline", DEFAULT_BASELINE))
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
     """Dataclasses, tuples, numpy scalars and Paths to plain YAML/JSON-safe values."""
     import dataclasses
 
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, os.PathLike):
@@ -319,9 +319,12 @@ class _NoBar:
         pass
 
 
-def _progress_bar(total: int, initial: int, enabled: bool) -> Any:
+def progress_bar(
+    total: int | None, initial: int, enabled: bool, unit: str = "point", desc: str = "sweep"
+) -> Any:
+    """A tqdm bar on stderr (``total`` None: a counter), or a no-op when not ``enabled``."""
     if not enabled:
         return _NoBar()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="point", desc="sweep", dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, dynamic_ncols=True)

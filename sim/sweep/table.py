@@ -44,7 +44,7 @@ def write_table(
             rows.append(record)
     _add_relative(rows, swept, baseline)
     columns = _columns(rows, swept)
-    write_csv(out / TABLE_CSV, columns, ([_csv_cell(row.get(c)) for c in columns] for row in rows))
+    write_csv(out / TABLE_CSV, columns, ([csv_cell(row.get(c)) for c in columns] for row in rows))
     _write_parquet(out / TABLE_PARQUET, columns, rows)
     return len(rows)
 
@@ -122,7 +122,7 @@ def _cell(value: Any) -> Any:
     return canonical_json(value)
 
 
-def _csv_cell(value: Any) -> Any:
+def csv_cell(value: Any) -> Any:
     """As summary.csv: blank for None/NaN, repr for floats (exact and deterministic)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""

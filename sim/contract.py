@@ -1,0 +1,258 @@
+"""The contract between the engine and placement policies: the one module both sides import.
+
+`sim.engine` (which times what happens) and `sim.policies` (which decide) both build on this
+leaf module and never on each other's internals: it imports nothing from either package.
+
+At every gate (one MoE layer of one iteration of one GPU, once the router has run) the engine
+shows the policy a read-only `GateView` and gets back a `GateDecision`:
+
+* which path each *non-cached* active expert takes (`Path`): fetched to the GPU over the host
+  route (PCIe), fetched over the MD route, run next to the MD pool (near data), or run on the
+  host;
+* which of the experts it fetches to the GPU stay in the HBM expert cache afterwards (admit);
+* which cached experts to evict (before anything is admitted);
+* which experts of later layers to prefetch into the cache now (they queue on the route behind
+  this layer's demand transfers and so overlap with this layer's compute).
+
+Experts already in the cache (or in flight to it) are hits; the engine handles them. The engine
+enforces the rules (cache bytes never above capacity; a path must exist in the scenario's
+placement and MD mode) and raises `PolicyError` when a policy breaks them: that is a bug in the
+policy, not a user error.
+
+**Routes.** A GPU reaches each tier that holds experts outside HBM over a *route*: host DRAM over
+``"pcie"`` and the MD pool over ``"md_link"``. Policies name routes by these two keys
+(`GateView.link_free_at`, the link of a prefetch, `CostModel.transfer_time`); in the one-GPU
+topology each route is the one link of that name. The route's queue is its first link's
+transfer slots (see docs/engine.md, "Topology").
+
+The FIFO helpers at the end are the arithmetic of a route's slots, for policies that estimate a
+schedule (`fifo_arrivals`) and for the engine that places it.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from sim.hardware import Hardware, ModelSpec
+
+
+class Path(enum.IntEnum):
+    """How an active expert is served at a gate."""
+
+    HIT = 0  # in the HBM cache (or in flight to it): computed on the GPU
+    PCIE = 1  # weights host -> GPU over the host route, computed on the GPU
+    MD_FETCH = 2  # weights MD pool -> GPU over the MD route, computed on the GPU
+    MD_NEAR = 3  # computed next to the MD pool; activations cross the MD route both ways
+    HOST = 4  # computed on the host CPU; activations cross the host route both ways (Fiddler)
+
+
+HOST_ROUTE = "pcie"  # the route from host DRAM to the GPU
+MD_ROUTE = "md_link"  # the route from the MD pool to the GPU
+ROUTES = (HOST_ROUTE, MD_ROUTE)
+GPU_FETCH_PATHS = (Path.PCIE, Path.MD_FETCH)  # weights come to the GPU
+IN_PLACE_PATHS = (Path.HOST, Path.MD_NEAR)  # computed where the weights are
+# the route each non-hit path uses: weights for a fetch, activations for in-place compute
+LINK_OF_PATH = {
+    Path.PCIE: HOST_ROUTE,
+    Path.MD_FETCH: MD_ROUTE,
+    Path.HOST: HOST_ROUTE,
+    Path.MD_NEAR: MD_ROUTE,
+}
+# the path of a weight fetch (demand or prefetch) over each route
+FETCH_PATH_OF_LINK = {LINK_OF_PATH[p]: p for p in GPU_FETCH_PATHS}
+
+
+def allowed_paths(hardware: Hardware) -> dict[Path, str]:
+    """Each non-hit path mapped to '' when the scenario allows it, else the reason it does not.
+
+    * PCIE and HOST need the experts in host DRAM (placement "host" or "both"); HOST also
+      needs ``host_compute``.
+    * MD_FETCH needs them in the MD pool (placement "md" or "both") and md_mode "fetch".
+    * MD_NEAR needs them in the MD pool, md_mode "near-data" and ``md_compute``.
+    """
+    in_host = hardware.placement in ("host", "both")
+    in_md = hardware.placement in ("md", "both")
+    place = f"placement is {hardware.placement!r}"
+    mode = f"md_mode is {hardware.md_mode!r}"
+    reasons = {
+        Path.PCIE: "" if in_host else f"{place} (no experts in host memory)",
+        Path.HOST: ""
+        if in_host and hardware.host_compute is not None
+        else (f"{place} (no experts in host memory)" if not in_host else "no host_compute"),
+        Path.MD_FETCH: ""
+        if in_md and hardware.md_mode == "fetch"
+        else (place if not in_md else mode),
+        Path.MD_NEAR: ""
+        if in_md and hardware.md_mode == "near-data" and hardware.md_compute is not None
+        else (
+            place
+            if not in_md
+            else (mode if hardware.md_mode != "near-data" else "no md_compute in the scenario")
+        ),
+    }
+    return reasons
+
+
+class PolicyError(RuntimeError):
+    """A policy broke the engine's rules (over capacity, impossible path, ...): a policy bug."""
+
+
+class CostModel(Protocol):
+    """Per-expert costs in seconds. The roofline/link model (`sim.engine.cost.RooflineCost`)
+    implements it from `Hardware` and `ModelSpec`; a cost table (measured or from a
+    cycle-accurate simulator) may override any of it. Arrays are aligned with ``experts``;
+    ``step``/``layer`` are the gate's indices; ``link`` is a route name (`ROUTES`)."""
+
+    def transfer_time(self, link: str, step: int, layer: int, experts: np.ndarray) -> np.ndarray:
+        """Time one weight transfer occupies one slot of ``link`` (latency included)."""
+        ...
+
+    def gpu_compute_time(
+        self, step: int, layer: int, experts: np.ndarray, tokens: np.ndarray
+    ) -> np.ndarray: ...
+
+    def near_compute_time(
+        self, step: int, layer: int, experts: np.ndarray, tokens: np.ndarray
+    ) -> np.ndarray: ...
+
+    def host_compute_time(
+        self, step: int, layer: int, experts: np.ndarray, tokens: np.ndarray
+    ) -> np.ndarray: ...
+
+    def activation_time(
+        self, link: str, step: int, layer: int, experts: np.ndarray, tokens: np.ndarray
+    ) -> float:
+        """Link time to move the activations of these experts' tokens there and back."""
+        ...
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    """What a policy is given once, before the run. ``counts`` is the whole routing
+    (``[steps, layers, num_experts]`` tokens per expert under the run's top-k): online
+    policies must only read rows up to the current gate; policies that declare
+    ``uses_future = True`` (oracles, offline bounds) may read ahead. ``gpu`` is the index of the
+    GPU this policy instance serves (each GPU has its own)."""
+
+    hardware: Hardware
+    model: ModelSpec
+    counts: np.ndarray
+    layer_ids: tuple[int, ...]
+    topk: int
+    cost: CostModel
+    seed: int = 0
+    gpu: int = 0
+
+    @property
+    def num_steps(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.counts.shape[1])
+
+    @property
+    def cache_slots(self) -> int:
+        """How many experts fit in the HBM cache."""
+        return int(self.hardware.hbm.capacity // self.model.expert_bytes)
+
+
+@dataclass(frozen=True)
+class GateView:
+    """Read-only state at one gate. Arrays must not be modified."""
+
+    step: int  # iteration index of this GPU (a trace step in lockstep runs)
+    layer: int  # layer index (0 .. num_layers-1); layer id = ctx.layer_ids[layer]
+    now: float  # simulated time of the gate, s
+    experts: np.ndarray  # active expert ids, most tokens first, ties by lower id
+    tokens: np.ndarray  # tokens routed to each of them
+    cached: np.ndarray  # bool, aligned with experts: in the cache or in flight to it
+    ready_at: np.ndarray  # float [num_layers, num_experts]: when each cached expert is (was)
+    #                       in HBM; +inf where not cached
+    cache_bytes: float  # bytes of the cache in use (in flight included)
+    link_free_at: dict[str, np.ndarray]  # per route: time each slot becomes free
+
+
+@dataclass
+class GateDecision:
+    """A policy's answer at one gate. ``paths`` and ``admit`` are aligned with
+    ``GateView.experts``; entries for cached experts are ignored (they are hits)."""
+
+    paths: np.ndarray
+    admit: np.ndarray | None = None  # bool: keep this fetched expert in the cache
+    evict: list[tuple[int, int]] = field(default_factory=list)  # (layer index, expert id)
+    prefetch: list[tuple[int, int, str]] = field(default_factory=list)  # (layer, expert, route)
+
+
+class GatePolicy(Protocol):
+    """What the engine calls on a policy (`sim.policies.base.Policy` implements it)."""
+
+    name: ClassVar[str]
+    params: Any
+
+    def bind(self, ctx: PolicyContext) -> None: ...
+
+    def decide(self, view: GateView) -> GateDecision: ...
+
+    def on_layer_end(self, view: GateView, end_time: float) -> None: ...
+
+
+# -- FIFO slots ------------------------------------------------------------------------------
+def fifo_arrivals(free: np.ndarray, durations: np.ndarray | float, n: int) -> np.ndarray:
+    """Arrival times of ``n`` transfers placed FIFO on slots free at ``free`` (relative times,
+    >= 0), without touching any link: what a policy uses to estimate a schedule."""
+    if n == 0:
+        return np.empty(0)
+    if isinstance(durations, float | int):
+        start, _slot = fifo_equal(free, float(durations), n)
+        return start + float(durations)
+    durations = np.asarray(durations, dtype=np.float64)
+    start, _slot = fifo_unequal(free, durations)
+    return start + durations
+
+
+def fifo_equal(g: np.ndarray, d: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """FIFO start times (relative) and slots of ``n`` transfers of duration ``d`` on slots free
+    at ``g``: slot ``k`` can start transfers at ``g_k, g_k + d, ...``; FIFO takes the ``n``
+    smallest of those candidates (a merge of arithmetic sequences; ties to lower slots)."""
+    steps = np.arange(n, dtype=np.float64) * d
+    if g.size == 1:
+        return g[0] + steps, np.zeros(n, dtype=np.intp)
+    candidates = (g[:, None] + steps[None, :]).ravel()  # slot-major: ties go to lower slots
+    pick = np.argsort(candidates, kind="stable")[:n]
+    return candidates[pick], pick // n
+
+
+def fifo_unequal(g: np.ndarray, durations: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`fifo_equal` for unequal durations: each transfer, in order, takes the slot that frees
+    first (a heap loop; one slot is a cumulative sum)."""
+    n = durations.size
+    if g.size == 1:
+        ends = g[0] + np.cumsum(durations)
+        return ends - durations, np.zeros(n, dtype=np.intp)
+    heap = [(float(v), k) for k, v in enumerate(g)]
+    heapq.heapify(heap)
+    start = np.empty(n)
+    slot = np.empty(n, dtype=np.intp)
+    for i, d in enumerate(durations.tolist()):
+        free, k = heapq.heappop(heap)
+        start[i] = free
+        slot[i] = k
+        heapq.heappush(heap, (free + d, k))
+    return start, slot
+
+
+def serial_ends(ready: np.ndarray, compute: np.ndarray) -> np.ndarray:
+    """End times of jobs run one after another from time 0, in the given order, each starting
+    when it is ready and the previous one is done: ``f_i = max(f_{i-1}, r_i) + c_i``.
+
+    Closed form: ``f_i = C_i + max(0, max_{j<=i}(r_j - C_{j-1}))`` with ``C`` the cumulative
+    compute."""
+    cum = np.cumsum(compute)
+    lateness = np.maximum.accumulate(np.maximum(ready - (cum - compute), 0.0))
+    return cum + lateness

@@ -1,0 +1,753 @@
+"""`GpuProcess`: one GPU of a run: its policy, its HBM cache, its routes, its records.
+
+The GPU's simpy process (`GpuProcess.run`) asks its iteration source for work and runs each
+iteration layer by layer: one timeout for the layer's non-expert time (the gate is at its end)
+and one for the rest of the layer. At the gate the policy decides; everything inside the layer
+is computed in closed form with numpy (FIFO route slots with ``free_at`` bookkeeping, serial
+compute streams), never with a simpy `Resource` per expert. The full model: docs/engine.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from sim.contract import (
+    HOST_ROUTE,
+    MD_ROUTE,
+    GateDecision,
+    GatePolicy,
+    GateView,
+    Path,
+    PolicyContext,
+    PolicyError,
+    allowed_paths,
+    serial_ends,
+)
+from sim.engine.cache import HbmCache
+from sim.engine.clock import Clock
+from sim.engine.cost import RooflineCost, is_roofline
+from sim.engine.links import FifoLink, Placed
+from sim.engine.results import GateBlock, GateRecord, TimelineEvent
+from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
+
+# plain ints for the hot loop (enum attribute lookups are slow)
+_HIT, _PCIE, _MD_FETCH, _MD_NEAR, _HOST = (int(p) for p in Path)
+_NUM_PATHS = len(Path)
+
+IterationEnd = Callable[[int, Iteration, float, float], None]
+BLOCK_GATES = 1024  # gates a stateless plan times at once (see GpuProcess.run)
+
+
+class GpuProcess:
+    """One GPU: policy, HBM cache, routes (by route name, `sim.contract.ROUTES`), records."""
+
+    def __init__(
+        self,
+        index: int,
+        ctx: PolicyContext,
+        policy: GatePolicy,
+        routes: Mapping[str, FifoLink],
+        *,
+        timeline: bool | tuple[int, int],
+        alone: bool = True,
+    ) -> None:
+        hw, model = ctx.hardware, ctx.model
+        self.index = index
+        self.ctx = ctx
+        self.policy = policy
+        self.cost = ctx.cost
+        self.layers, self.num_experts = ctx.num_layers, model.num_experts
+        self.per_expert_start = hw.gpu.expert_start == "per-expert"
+        self.expert_bytes = float(model.expert_bytes)
+        self.act_bytes = float(model.activation_bytes_per_token)
+        self.routes = dict(routes)
+        self.public_free_at = {name: link.public_free_at for name, link in self.routes.items()}
+        not_allowed = allowed_paths(hw)
+        self.blocked = [(path, why) for path, why in not_allowed.items() if why]
+        self.cache = HbmCache(
+            self.layers,
+            self.num_experts,
+            not_allowed,
+            self.expert_bytes,
+            float(hw.hbm.capacity),
+            f"policy {policy.name!r}",
+        )
+        self.layer_ids = tuple(int(lid) for lid in ctx.layer_ids)
+        self.layer_index = np.arange(self.layers)
+        self.layer_id_array = np.asarray(self.layer_ids, dtype=np.int64)
+        self.arange = np.arange(self.num_experts)
+        self.arange.flags.writeable = False
+        self.not_cached = np.zeros(self.num_experts, dtype=bool)
+        self.not_cached.flags.writeable = False
+        # Fast paths for the default cost model: one transfer time per route, a compute table.
+        self.transfer_d = None
+        if is_roofline(self.cost, "transfer_time"):
+            self.transfer_d = {name: self.cost.uniform_transfer_time(name) for name in self.routes}
+        self.gpu_table = is_roofline(self.cost, "gpu_compute_time")
+        self._tables: dict[int, tuple[GateOrder, np.ndarray, np.ndarray]] = {}
+        self.host_blocked = bool(not_allowed[Path.PCIE])
+        self.md_blocked = bool(not_allowed[Path.MD_FETCH])
+        # the recorded events; `timeline` is that list while a recorded iteration runs
+        self.events: list[TimelineEvent] | None = [] if timeline is not False else None
+        self.window = (0, math.inf) if timeline is True else timeline or (0, 0)
+        self.timeline: list[TimelineEvent] | None = None
+        # a stateless plan in closed form (see _planned): FIFO routes, roofline, no timeline
+        plan = getattr(policy, "plan_gates", None)
+        closed = self.transfer_d is not None and timeline is not True and alone
+        self.plan = (
+            plan if closed and all(isinstance(r, FifoLink) for r in routes.values()) else None
+        )
+        self.records: list[GateRecord | GateBlock] = []
+        self.iterations = 0  # run so far (GateView.step of the next one)
+        self.horizon = 0.0  # end of the last iteration
+
+    def compute_tables(self, order: GateOrder) -> tuple[np.ndarray, np.ndarray]:
+        """`roofline_tables` of an iteration's gates; for a row of a larger order (a lockstep
+        source's whole trace) computed once for the whole and sliced (the same values)."""
+        if order.parent is None:
+            return roofline_tables(self.cost, order)
+        whole, i = order.parent
+        table, ref = _whole_tables(self, whole)
+        return table[i], ref[i]
+
+    # -- the simpy process -----------------------------------------------------------------------
+    def run(self, env: Clock, source: IterationSource, on_end: IterationEnd) -> Iterator:
+        """Ask ``source`` for iterations until it says None; run each, layer by layer.
+
+        A GPU alone on its links has nothing to wait for inside an iteration: it runs the
+        iteration's layers in closed form (the same float operations simpy's clock would do:
+        ``now + non_expert``, then ``t_gate + rel_end``) and yields once, at its end. With a
+        stateless plan and a source whose answers do not depend on time (lockstep), it takes
+        several iterations at once (about `BLOCK_GATES` gates) and times them together."""
+        block = BLOCK_GATES // max(self.layers, 1) if self.plan is not None else 1
+        if not getattr(source, "time_independent", False):
+            block = 1
+        done = False
+        while not done:
+            its: list[Iteration] = []
+            while len(its) < max(block, 1):
+                it = source.next_iteration(self.index, env.now)
+                if it is None:
+                    done = True
+                    break
+                if isinstance(it, Idle):
+                    if its:
+                        raise ValueError(
+                            "iteration source: a time-independent source answered Idle"
+                        )
+                    if not it.until > env.now:
+                        raise ValueError(
+                            f"iteration source: Idle(until={it.until!r}) at time {env.now!r} "
+                            "must wait for a later time"
+                        )
+                    yield env.at(it.until)
+                    continue
+                its.append(it)
+            if not its:
+                continue
+            start = env.now
+            ends = self._planned(its, self.iterations, start)
+            if ends is None:
+                ends = []
+                now = start
+                lo, hi = self.window
+                for it in its:
+                    step = self.iterations + len(ends)
+                    end = self._planned([it], step, now)
+                    if end is None:
+                        self.timeline = self.events if lo <= step < hi else None
+                        end = [self._layers(_IterationGates(self, it, step), it.non_expert, now)]
+                        self.timeline = None
+                    ends.append(end[0])
+                    now = end[0]
+            yield env.at(ends[-1])
+            for it, end in zip(its, ends, strict=True):
+                self.iterations += 1
+                self.horizon = end
+                on_end(self.index, it, start, end)
+                start = end
+
+    def _layers(self, g: _IterationGates, non_expert: Sequence[float], now: float) -> float:
+        """Run the iteration gate by gate from ``now``; returns its end."""
+        for layer in range(self.layers):
+            t_start = now
+            ne = non_expert[layer]
+            if ne > 0.0:
+                now = now + ne
+            t_gate = now
+            view, rel_end = self._gate(g, layer, t_start, t_gate, ne)
+            now = t_gate + rel_end
+            self.policy.on_layer_end(view, now)
+        return now
+
+    # -- stateless plans in closed form -----------------------------------------------------------
+    def _planned(self, its: list[Iteration], step: int, start: float) -> list[float] | None:
+        """Iterations ``its`` at once, for a policy that gives its paths as a plan
+        (`Policy.plan_gates`: stateless, every active expert fetched over the host or MD route) on a
+        GPU alone on idle FIFO routes, under the roofline cost model and without a timeline.
+
+        Every gate then starts with its routes idle (each transfer a layer issues ends before
+        the layer does, and rounding is monotonic), so each gate is the little schedule
+        `_gate` would compute, evaluated here for all gates with numpy and the very same
+        float operations in the same order: the results are identical, bit for bit
+        (tests/test_engine_oracle.py). ``step``: the first one's iteration index. Returns each
+        iteration's end, or None (not applicable: run them gate by gate)."""
+        plan = self.plan
+        if plan is None or not self.gpu_table:
+            return None
+        lo, hi = self.window
+        if lo < step + len(its) and step < hi:
+            return None  # a recorded iteration: gate by gate
+        host, md = self.routes[HOST_ROUTE], self.routes[MD_ROUTE]
+        if host.latest > start or md.latest > start:
+            return None
+        g = _Block(self, its)
+        paths = plan(g.experts, g.tokens, g.active)
+        if paths is None:
+            return None
+        layers, rows = self.layers, len(g.active)
+        active = self.arange[None, :] < g.active[:, None]
+        p = np.asarray(paths)
+        on_host = active & (p == _PCIE)
+        on_md = active & (p == _MD_FETCH)
+        n_host = on_host.sum(axis=1)
+        n_md = on_md.sum(axis=1)
+        if not np.array_equal(n_host + n_md, g.active):
+            return None  # other paths: gate by gate
+        if (self.host_blocked and n_host.any()) or (self.md_blocked and n_md.any()):
+            return None  # the gate-by-gate run raises the policy's error
+        d_host, d_md = self.transfer_d[HOST_ROUTE], self.transfer_d[MD_ROUTE]
+        c_host, c_md = host.channels, md.channels
+        # FIFO arrivals on idle slots, as FifoLink._place_idle: start (j // c) d, end start + d
+        rank_host = np.cumsum(on_host, axis=1) - 1
+        rank_md = np.cumsum(on_md, axis=1) - 1
+        end_host = (rank_host // c_host).astype(np.float64) * d_host + d_host
+        end_md = (rank_md // c_md).astype(np.float64) * d_md + d_md
+        ready = np.where(on_host, end_host, np.where(on_md, end_md, np.inf))
+        last_host = np.where(on_host, end_host, 0.0).max(axis=1)
+        last_md = np.where(on_md, end_md, 0.0).max(axis=1)
+        # serial GPU compute in arrival order; ties: host route first, then gate order (the
+        # engine's stable sort of [host batch, MD batch])
+        row_index = np.arange(rows)[:, None]
+        order = np.lexsort((np.broadcast_to(self.arange, ready.shape), on_md, ready), axis=1)
+        r = ready[row_index, order]
+        c = g.gpu_table[row_index, order]
+        cum = np.cumsum(c, axis=1)
+        real = r < np.inf
+        total = cum[:, -1]
+        if self.per_expert_start:
+            late = np.where(real, r - (cum - c), -np.inf).max(axis=1)
+            gpu_end = np.where(late > 0.0, total + late, total + 0.0)
+        else:
+            start0 = np.maximum(0.0, np.where(real, r, -np.inf).max(axis=1))
+            gpu_end = (start0 + 0.0) + total
+        rel_end = np.where(g.active > 0, gpu_end, 0.0)
+        # the clock: now + non_expert, then t_gate + rel_end, layer after layer (a cumulative
+        # sum adds in that same order; adding a 0 s non-expert time changes nothing)
+        ne = g.non_expert
+        ticks = np.empty(2 * rows + 1)
+        ticks[0] = start
+        ticks[1::2] = ne
+        ticks[2::2] = rel_end
+        clock = np.cumsum(ticks)
+        t_start, t_gate, t_end = clock[0:-1:2], clock[1::2], clock[2::2]
+        eb = self.expert_bytes
+        n_host_f = n_host.astype(np.float64)
+        n_md_f = n_md.astype(np.float64)
+        bytes_host = n_host_f * eb
+        bytes_md = n_md_f * eb
+        _book_idle(host, t_gate, d_host, n_host, bytes_host, last_host)
+        _book_idle(md, t_gate, d_md, n_md, bytes_md, last_md)
+        ref = g.ref_table
+        zeros = np.zeros(rows, dtype=np.int64)
+        self.records.append(
+            GateBlock(
+                np.repeat(np.arange(step, step + len(its)), layers),
+                np.repeat(np.array([int(it.position) for it in its], dtype=np.int64), layers),
+                np.tile(self.layer_index, len(its)),
+                np.tile(self.layer_id_array, len(its)),
+                g.active,
+                zeros,
+                zeros,
+                n_host,
+                n_md,
+                zeros,
+                zeros,
+                zeros,
+                zeros,
+                bytes_host,
+                bytes_md,
+                t_start,
+                t_gate,
+                t_end,
+                np.maximum(last_host, last_md),
+                rel_end - ref,
+                ne + rel_end,
+                np.zeros(rows),
+                ref,
+                ne,
+                np.full(rows, self.index),
+            )
+        )
+        if not layers:
+            return [start] * len(its)
+        return t_end[layers - 1 :: layers].tolist()
+
+    # -- one gate ----------------------------------------------------------------------------------
+    def _gate(
+        self, g: _IterationGates, layer: int, t_start: float, t_gate: float, ne: float
+    ) -> tuple[GateView, float]:
+        s = g.step
+        n = int(g.active[layer])
+        experts = g.experts[layer, :n]
+        tokens = g.tokens[layer, :n]
+        cache = self.cache
+        late = 0  # cached experts still in flight at the gate (prefetches not yet arrived)
+        if cache.count:
+            ready = cache.ready_at[layer, experts]
+            cached = np.isfinite(ready)
+            cached.flags.writeable = False
+            if cache.max_ready > t_gate:
+                late = int(np.count_nonzero(ready[cached] > t_gate))
+        else:
+            cached = self.not_cached[:n]
+        view = GateView(
+            step=s,
+            layer=layer,
+            now=t_gate,
+            experts=experts,
+            tokens=tokens,
+            cached=cached,
+            ready_at=cache.public_ready_at,
+            cache_bytes=cache.count * self.expert_bytes,
+            link_free_at=self.public_free_at,
+        )
+        decision = self.policy.decide(view)
+        eff, by_path, hits = self._effective_paths(decision, cached, n, view)
+        if g.gpu_table is not None:
+            c_all = g.gpu_table[layer, :n]
+            ref = float(g.ref_table[layer])
+        else:
+            c_all = np.asarray(self.cost.gpu_compute_time(s, layer, experts, tokens), dtype=float)
+            ref = float(c_all.sum())
+        if decision.evict:
+            cache.evict(decision.evict, s, layer, g.counts[layer])
+        groups = self._groups(eff, by_path, n)
+
+        # Per route at the gate: near-compute activations out first, then the demand fetches,
+        # then the prefetches (all FIFO behind whatever the route still carries).
+        window = 0.0
+        bytes_pcie = bytes_md = 0.0
+        host_out = near_out = None
+        if by_path[_HOST]:
+            host_out = self._activation_out(
+                HOST_ROUTE, s, layer, experts, tokens, groups[_HOST], t_gate
+            )
+            window = host_out[1]
+        if by_path[_MD_NEAR]:
+            near_out = self._activation_out(
+                MD_ROUTE, s, layer, experts, tokens, groups[_MD_NEAR], t_gate
+            )
+            window = max(window, near_out[1])
+        fetched: list[tuple[np.ndarray, Placed, str]] = []
+        if by_path[_PCIE]:
+            idx = groups[_PCIE]
+            placed = self._fetch(HOST_ROUTE, s, layer, experts[idx], t_gate)
+            fetched.append((idx, placed, HOST_ROUTE))
+            window = max(window, placed.last)
+            bytes_pcie = idx.size * self.expert_bytes
+        if by_path[_MD_FETCH]:
+            idx = groups[_MD_FETCH]
+            placed = self._fetch(MD_ROUTE, s, layer, experts[idx], t_gate)
+            fetched.append((idx, placed, MD_ROUTE))
+            window = max(window, placed.last)
+            bytes_md = idx.size * self.expert_bytes
+        if decision.admit is not None and fetched:
+            cache.admit(decision.admit, experts, n, fetched, layer, t_gate)
+        prefetched = (0, 0)
+        if decision.prefetch:
+            prefetched = self._prefetch(decision, s, layer, t_gate, g.steps)
+            bytes_pcie += prefetched[0] * self.expert_bytes
+            bytes_md += prefetched[1] * self.expert_bytes
+        cache.check_capacity(s, layer)
+
+        rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, groups[_HIT], fetched)
+        if near_out is not None:
+            end, nbytes = self._remote_part(
+                MD_ROUTE, _MD_NEAR, s, layer, t_gate, experts, tokens, near_out
+            )
+            bytes_md += nbytes
+            rel_end = max(rel_end, end)
+            window = max(window, end)
+        if host_out is not None:
+            end, nbytes = self._remote_part(
+                HOST_ROUTE, _HOST, s, layer, t_gate, experts, tokens, host_out
+            )
+            bytes_pcie += nbytes
+            rel_end = max(rel_end, end)
+            window = max(window, end)
+
+        self.records.append(
+            GateRecord(
+                s,
+                g.position,
+                layer,
+                self.layer_ids[layer],
+                n,
+                hits - late,
+                late,
+                by_path[_PCIE],
+                by_path[_MD_FETCH],
+                by_path[_MD_NEAR],
+                by_path[_HOST],
+                prefetched[0],
+                prefetched[1],
+                bytes_pcie,
+                bytes_md,
+                t_start,
+                t_gate,
+                t_gate + rel_end,
+                window,
+                rel_end - ref,
+                ne + rel_end,
+                cache.count * self.expert_bytes,
+                ref,
+                ne,
+                self.index,
+            )
+        )
+        if self.timeline is not None and t_gate > t_start:
+            self._event("gpu", "non_expert", t_start, t_gate, s, layer, -1)
+        return view, rel_end
+
+    def _where(self, view: GateView) -> str:
+        return f"policy {self.policy.name!r} at step {view.step} layer {view.layer}"
+
+    def _groups(self, eff: np.ndarray, by_path: list[int], n: int) -> list[np.ndarray | None]:
+        """Indices (into the gate's experts, in gate order) of each path's experts."""
+        groups: list[np.ndarray | None] = [None] * _NUM_PATHS
+        used = [p for p in range(_NUM_PATHS) if by_path[p]]
+        if len(used) == 1:
+            groups[used[0]] = self.arange[:n]
+            return groups
+        order = np.argsort(eff, kind="stable")
+        pos = 0
+        for p in used:
+            groups[p] = order[pos : pos + by_path[p]]
+            pos += by_path[p]
+        return groups
+
+    def _effective_paths(
+        self, decision: GateDecision, cached: np.ndarray, n: int, view: GateView
+    ) -> tuple[np.ndarray, list[int], int]:
+        """The decision's paths with cached experts forced to HIT, the count per path, hits."""
+        eff = np.asarray(decision.paths)
+        if eff.shape != (n,) or eff.dtype.kind not in "iu":
+            raise PolicyError(f"{self._where(view)}: paths must be {n} Path values, got {eff!r}")
+        hits = 0
+        if self.cache.count:
+            hits = int(np.count_nonzero(cached))
+            if hits:
+                eff = np.where(cached, _HIT, eff)
+        try:
+            by_path = np.bincount(eff, minlength=_NUM_PATHS).tolist()
+        except ValueError:  # negative entries
+            by_path = [0] * (_NUM_PATHS + 1)
+        if len(by_path) > _NUM_PATHS:
+            raise PolicyError(f"{self._where(view)}: paths must be Path values, got {eff!r}")
+        for path, reason in self.blocked:
+            if by_path[path]:
+                raise PolicyError(
+                    f"{self._where(view)} chose {path.name} for {by_path[path]} expert(s), "
+                    f"impossible: {reason}"
+                )
+        if by_path[_HIT] != hits:
+            raise PolicyError(
+                f"{self._where(view)} chose HIT for {by_path[_HIT] - hits} expert(s) that are "
+                "not cached"
+            )
+        return eff, by_path, hits
+
+    # -- routes ------------------------------------------------------------------------------------
+    def _fetch(self, route: str, s: int, layer: int, experts: np.ndarray, t_gate: float) -> Placed:
+        link = self.routes[route]
+        nbytes = experts.size * self.expert_bytes
+        if self.transfer_d is not None:
+            return link.place(t_gate, self.transfer_d[route], experts.size, nbytes)
+        durations = np.asarray(self.cost.transfer_time(route, s, layer, experts), dtype=float)
+        return link.place(t_gate, durations, experts.size, nbytes)
+
+    def _activation_out(
+        self,
+        route: str,
+        s: int,
+        layer: int,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        idx: np.ndarray,
+        t_gate: float,
+    ) -> tuple[float, float, float, np.ndarray]:
+        """Send the tokens of the ``idx`` experts out; returns (start, end, half time, idx)."""
+        half = 0.5 * float(self.cost.activation_time(route, s, layer, experts[idx], tokens[idx]))
+        nbytes = float(tokens[idx].sum()) * self.act_bytes
+        start, end, slot = self.routes[route].place_one(t_gate, half, nbytes)
+        if self.timeline is not None:
+            self._event(f"{route}[{slot}]", "activation", t_gate + start, t_gate + end, s, layer)
+        return start, end, half, idx
+
+    def _remote_part(
+        self,
+        route: str,
+        path: int,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        out: tuple[float, float, float, np.ndarray],
+    ) -> tuple[float, float]:
+        """Serial compute next to the weights, then the results come back on the same route.
+
+        Returns (relative end, bytes moved both ways)."""
+        _start, arrived, half, idx = out
+        if path == _MD_NEAR:
+            c = self.cost.near_compute_time(s, layer, experts[idx], tokens[idx])
+            unit = "md"
+        else:
+            c = self.cost.host_compute_time(s, layer, experts[idx], tokens[idx])
+            unit = "host"
+        c = np.asarray(c, dtype=float)
+        done = arrived + float(c.sum())
+        nbytes = float(tokens[idx].sum()) * self.act_bytes
+        b_start, b_end, slot = self.routes[route].place_one(t_gate + done, half, nbytes)
+        if self.timeline is not None:
+            ends = arrived + np.cumsum(c)
+            for e, c_start, c_end in zip(experts[idx].tolist(), ends - c, ends, strict=True):
+                self._event(unit, "compute", t_gate + c_start, t_gate + c_end, s, layer, e)
+            t_back = t_gate + done
+            self._event(
+                f"{route}[{slot}]", "activation", t_back + b_start, t_back + b_end, s, layer
+            )
+        return done + b_end, 2.0 * nbytes
+
+    def _prefetch(
+        self, decision: GateDecision, s: int, layer: int, t_gate: float, steps: int
+    ) -> tuple[int, int]:
+        """Queue prefetches behind the gate's demand transfers; they enter the cache at once
+        (bytes reserved at issue) and are ready when they arrive. Already cached (or listed
+        before): ignored. Returns how many were issued on (host route, MD route)."""
+        by_route = self.cache.reserve_prefetches(decision.prefetch, s, layer)
+        for route, arr in by_route.items():
+            if not len(arr):
+                continue
+            placed = self._fetch_prefetch(route, s, layer, arr, t_gate, steps)
+            self.cache.arrived(arr, placed, t_gate)
+            if self.timeline is not None:
+                for (lyr, e), a, b, k in zip(
+                    arr.tolist(), placed.start, placed.end, placed.slot, strict=True
+                ):
+                    self._event(f"{route}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
+        return len(by_route[HOST_ROUTE]), len(by_route[MD_ROUTE])
+
+    def _fetch_prefetch(
+        self, route: str, s: int, layer: int, keys: np.ndarray, t_gate: float, steps: int
+    ) -> Placed:
+        """`_fetch` for prefetches (``keys``: rows of (layer, expert)): with a per-expert cost
+        model (a cost table), each transfer is costed at the gate it is for, layer ``lyr`` later
+        in this iteration or, for a layer not after this one, in the next (the last of the
+        source's planned ``steps`` at most)."""
+        if self.transfer_d is not None:
+            return self._fetch(route, s, layer, keys[:, 1], t_gate)
+        target = np.where(keys[:, 0] > layer, s, min(s + 1, steps - 1))
+        durations = np.empty(len(keys))
+        for ts, lyr in sorted(set(zip(target.tolist(), keys[:, 0].tolist(), strict=True))):
+            mask = (target == ts) & (keys[:, 0] == lyr)
+            durations[mask] = self.cost.transfer_time(route, ts, lyr, keys[mask, 1])
+        nbytes = len(keys) * self.expert_bytes
+        return self.routes[route].place(t_gate, durations, len(keys), nbytes)
+
+    # -- GPU ---------------------------------------------------------------------------------------
+    def _gpu_part(
+        self,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        c_all: np.ndarray,
+        hit_idx: np.ndarray | None,
+        fetched: list[tuple[np.ndarray, Placed, str]],
+    ) -> float:
+        """Serial expert compute on the GPU, hits first then in arrival order; returns its end
+        relative to the gate."""
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        busy = 0.0  # compute of the hits already in HBM at the gate: they run first
+        if hit_idx is not None:
+            if self.timeline is None and self.cache.max_ready <= t_gate:  # every one is in
+                busy = float(c_all[hit_idx].sum())
+            else:
+                ready_hit = self.cache.ready_at[layer, experts[hit_idx]] - t_gate
+                if self.timeline is None and float(ready_hit.max()) <= 0.0:
+                    busy = float(c_all[hit_idx].sum())
+                else:
+                    parts.append((hit_idx, np.maximum(ready_hit, 0.0)))
+        parts.extend((idx, placed.end) for idx, placed, _route in fetched)
+        if self.timeline is not None:
+            self._fetch_events(s, layer, t_gate, experts, fetched)
+        if not parts:
+            return busy
+        if len(parts) == 1 and parts[0][0] is not hit_idx:
+            idx, ready = parts[0]  # one FIFO batch: already in arrival order
+        else:
+            idx = np.concatenate([part[0] for part in parts])
+            ready = np.concatenate([part[1] for part in parts])
+            order = ready.argsort(kind="stable")
+            idx, ready = idx[order], ready[order]
+        c = c_all[idx]
+        cum = c.cumsum()
+        total = float(cum[-1])
+        if self.per_expert_start:
+            # f_i = max(f_{i-1}, r_i) + c_i  =>  f_last = C_last + max(0, max_i(r_i - C_{i-1})),
+            # and with `busy` s of work ahead of them: C_last + max(busy, max_i(...))
+            late = float((ready - (cum - c)).max())
+            end = total + (late if late > busy else busy)
+        else:
+            start0 = max(0.0, float(ready.max()))
+            end = start0 + busy + total
+        if self.timeline is not None:
+            ends = serial_ends(ready, c) if self.per_expert_start else start0 + cum
+            for e, a, b in zip(experts[idx].tolist(), ends - c, ends, strict=True):
+                self._event("gpu", "compute", t_gate + a, t_gate + b, s, layer, e)
+        return end
+
+    def _fetch_events(
+        self,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        fetched: list[tuple[np.ndarray, Placed, str]],
+    ) -> None:
+        for idx, placed, route in fetched:
+            for e, a, b, k in zip(
+                experts[idx].tolist(), placed.start, placed.end, placed.slot, strict=True
+            ):
+                self._event(f"{route}[{k}]", "fetch", t_gate + a, t_gate + b, s, layer, e)
+
+    def _event(
+        self, resource: str, kind: str, start: float, end: float, s: int, layer: int, e: int = -1
+    ) -> None:
+        assert self.timeline is not None
+        self.timeline.append(TimelineEvent(resource, kind, float(start), float(end), s, layer, e))
+
+
+class _IterationGates:
+    """One iteration's gates as the hot loop reads them: gate order, GPU compute table."""
+
+    __slots__ = (
+        "active",
+        "counts",
+        "experts",
+        "gpu_table",
+        "position",
+        "ref_table",
+        "step",
+        "steps",
+        "tokens",
+    )
+
+    def __init__(self, gpu: GpuProcess, it: Iteration, step: int) -> None:
+        order = it.gates()
+        self.step = step
+        self.steps = gpu.ctx.num_steps
+        self.position = int(it.position)
+        self.counts = it.counts
+        self.experts, self.tokens, self.active = order.experts, order.tokens, order.active
+        self.gpu_table = self.ref_table = None
+        if gpu.gpu_table:
+            self.gpu_table, self.ref_table = gpu.compute_tables(order)
+
+
+class _Block:
+    """Several iterations' gates stacked (rows = gates, iteration-major), for `_planned`: views
+    of a lockstep source's whole-trace arrays when the iterations are consecutive rows of it."""
+
+    def __init__(self, gpu: GpuProcess, its: list[Iteration]) -> None:
+        orders = [it.gates() for it in its]
+        first = orders[0].parent
+        e = gpu.num_experts
+        if first is not None and all(
+            o.parent is not None and o.parent[0] is first[0] and o.parent[1] == first[1] + i
+            for i, o in enumerate(orders)
+        ):
+            whole, i0 = first
+            rows = slice(i0, i0 + len(orders))
+            self.experts = whole.experts[rows].reshape(-1, e)
+            self.tokens = whole.tokens[rows].reshape(-1, e)
+            self.active = whole.active[rows].reshape(-1)
+            table, ref = _whole_tables(gpu, whole)
+            self.gpu_table = table[rows].reshape(-1, e)
+            self.ref_table = ref[rows].reshape(-1)
+        else:
+            self.experts = np.concatenate([o.experts for o in orders]).reshape(-1, e)
+            self.tokens = np.concatenate([o.tokens for o in orders]).reshape(-1, e)
+            self.active = np.concatenate([o.active for o in orders]).reshape(-1)
+            tables = [gpu.compute_tables(o) for o in orders]
+            self.gpu_table = np.concatenate([t for t, _ in tables]).reshape(-1, e)
+            self.ref_table = np.concatenate([r for _, r in tables]).reshape(-1)
+        self.non_expert = np.concatenate(
+            [np.asarray(it.non_expert, dtype=np.float64) for it in its]
+        )
+
+
+def _whole_tables(gpu: GpuProcess, whole: GateOrder) -> tuple[np.ndarray, np.ndarray]:
+    tables = gpu._tables.get(id(whole))
+    if tables is None or tables[0] is not whole:
+        tables = (whole, *roofline_tables(gpu.cost, whole))
+        gpu._tables = {id(whole): tables}
+    return tables[1], tables[2]
+
+
+def roofline_tables(cost: RooflineCost, order: GateOrder) -> tuple[np.ndarray, np.ndarray]:
+    """GPU compute time of each gate's experts (gate order, 0 past the active ones) and its
+    sum per gate: the all-in-HBM reference."""
+    table = np.asarray(cost.gpu_time_from_tokens(order.tokens), dtype=np.float64)
+    table[order.tokens == 0] = 0.0
+    return table, table.sum(axis=-1)
+
+
+def _book_idle(
+    link: FifoLink,
+    t_gate: np.ndarray,
+    d: float,
+    n: np.ndarray,
+    nbytes: np.ndarray,
+    last: np.ndarray,
+) -> None:
+    """`FifoLink.place`'s bookkeeping for one batch per gate (``n[l]`` transfers of ``d`` at
+    ``t_gate[l]`` on idle slots, last end ``last[l]``): the same sums in the same order (a
+    gate without transfers adds exact zeros) and each slot's ``free_at`` as the last batch
+    that used it left it (`FifoLink._place_idle`: transfer ``j`` on slot ``j % c`` ends at
+    ``(j // c) d + d``)."""
+    counts = n.tolist()
+    used = [i for i, m in enumerate(counts) if m]
+    if not used:
+        return
+    total_bytes, busy = link.bytes, link.busy
+    for add_bytes, add_busy in zip(nbytes[used].tolist(), (d * n[used]).tolist()):
+        total_bytes += add_bytes
+        busy += add_busy
+    link.bytes, link.busy = total_bytes, busy
+    link.transfers += sum(counts)
+    c = link.channels
+    t = t_gate.tolist()
+    for k in range(c):
+        lyr = next((i for i in reversed(used) if counts[i] > k), None)
+        if lyr is None:
+            continue
+        j = counts[lyr] - 1 - ((counts[lyr] - 1 - k) % c)
+        end = float(last[lyr]) if c == 1 else float(j // c) * d + d
+        link.free_at[k] = t[lyr] + end
+    link.latest = t[used[-1]] + float(last[used[-1]])
