@@ -9,6 +9,7 @@ engine's `RunResult` with the per-request and per-iteration records of the run.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -172,7 +173,14 @@ def run_serving(
     )
     if not scheduler.all_finished:  # the engine stops only when the source says done
         raise RuntimeError("serving run ended with unfinished requests")
-    return result, records(setup, scheduler, routing, result, gpu=0)
+    served = records(setup, scheduler, routing, result, gpu=0)
+    # the lockstep totals' tokens/s and ms/token assume a fixed batch: the requests' own here
+    totals = {
+        **result.totals,
+        "tokens_per_s": served.summary["output_tokens_per_s"],
+        "ms_per_token": 1e3 * served.summary["tpot_mean"],
+    }
+    return dataclasses.replace(result, totals=totals), served
 
 
 def records(
