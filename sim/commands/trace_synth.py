@@ -10,6 +10,7 @@ routers); the same options and seed always give the same files. The output is a 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from sim.commands._trace_args import non_negative_int, positive_int, require_new
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
 from sim.ranges import parse_int_selection
-from sim.trace.synth import PerLayer, SynthConfig, generate
+from sim.trace.synth import PerLayer, SynthConfig, calibration_warnings, generate
 
 _KNOB_HELP = {
     "popularity_skew": "(a) std of the per-expert logit bias: higher = more skewed popularity",
@@ -117,6 +118,8 @@ def _run(args: argparse.Namespace) -> int:
     out: Path = args.out
     require_new_output_dir(out, args.force)
     cfg = config_from_args(args)
+    for line in calibration_warnings(cfg):
+        print(line, file=sys.stderr)
     start = time.perf_counter()
     trace = generate(
         cfg,

@@ -148,6 +148,9 @@ class RunResults:
     def bound_labels(self) -> set[str]:
         return bound_labels(self.summary)
 
+    def kinds(self) -> dict[str, str]:
+        return label_kinds(self.summary)
+
 
 @dataclass(frozen=True)
 class SweepResults:
@@ -498,9 +501,31 @@ def load_search(root: Path) -> SearchResults:
 
 def bound_labels(table: Table) -> set[str]:
     """Labels flagged ``is_bound`` (offline bounds) in a summary or sweep table."""
-    if "is_bound" not in table:
-        return set()
-    return {str(x) for x in table["label"][table["is_bound"].astype(bool)]}
+    return {label for label, kind in label_kinds(table).items() if kind == "bound"}
+
+
+def label_kinds(table: Table) -> dict[str, str]:
+    """Each label's run kind (``online``, ``oracle``, ``bound``) in a summary or sweep table;
+    tables written before the ``kind`` column: ``bound`` where ``is_bound``, else ``online``.
+    A label with several kinds (a sweep that profiles some points elsewhere) takes the least
+    online one."""
+    rank = {"online": 0, "oracle": 1, "bound": 2}
+    kinds: dict[str, str] = {}
+    for i, label in enumerate(table["label"]):
+        if "kind" in table and str(table["kind"][i]) in rank:
+            kind = str(table["kind"][i])
+        elif "is_bound" in table and bool(table["is_bound"][i]):
+            kind = "bound"
+        else:
+            kind = "online"
+        current = kinds.get(str(label), "online")
+        kinds[str(label)] = kind if rank[kind] >= rank[current] else current
+    return kinds
+
+
+def offline_labels(table: Table) -> set[str]:
+    """Labels that are not online (oracles and bounds): never "best online"."""
+    return {label for label, kind in label_kinds(table).items() if kind != "online"}
 
 
 def find_key(data: Any, key: str) -> Any:

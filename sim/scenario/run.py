@@ -52,7 +52,7 @@ RESULT_FILES = (
     "per_layer.csv",
     "per_step.csv",
     "trace.json",
-    "notes.txt",  # the lines printed under the comparison table (may be empty)
+    "notes.txt",  # the hardware line and the notes printed around the comparison table
 )
 SERVING_FILES = ("requests.csv", "per_iteration.csv")  # serving runs also write these
 
@@ -384,11 +384,10 @@ def _write_files(
     if any(getattr(r, "serving", None) is not None for r in results):
         _write_serving(root, results)
     atomic.write_json(root / "trace.json", trace_record(trace))
-    from sim.scenario.table import comparison_notes  # table builds on this module
+    from sim.scenario.table import comparison_notes, hardware_header  # table builds on us
 
-    atomic.write_text(
-        root / "notes.txt", "".join(f"{n}\n" for n in comparison_notes(scenario, results))
-    )
+    lines = [hardware_header(scenario, results), *comparison_notes(scenario, results)]
+    atomic.write_text(root / "notes.txt", "".join(f"{n}\n" for n in lines))
     recorded = [r for r in results if r.timeline]
     if timeline_runs == "compare":
         chosen = [*best_online_rows(rows), *(row for row in rows if row["is_baseline"])]

@@ -257,11 +257,11 @@ def bound_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
             notes.append(
                 f"top-{k}: {', '.join(faster)} beat{'s' if len(faster) == 1 else ''} the best "
                 f"bound's mean step ({best['label']} {format_duration(best['mean_step'])}; gap "
-                f"closed over 100% is marked {OVER}): {what}, for its cache size"
+                f"closed over 100%, marked {OVER} in the printed table): {what}, for its cache size"
             )
         if any((r["gap_closed"] or 0.0) < -1e-9 for r in same_k):
             notes.append(
-                f"top-{k}: gap closed below 0% (marked {UNDER}): slower than the baseline "
+                f"top-{k}: gap closed below 0% (marked {UNDER} in the printed table): slower than the baseline "
                 f"{base['label']}"
             )
     return notes
@@ -448,6 +448,15 @@ def _gap_cell(gap: float | None) -> str:
     return f"{100 * gap:.0f}%{mark}"
 
 
+def _synthetic_notes(scenario: Scenario) -> list[str]:
+    """A generated trace whose calibrated per-layer profiles were stretched over its depth."""
+    if scenario.trace.kind != "synthetic" or scenario.trace.synthetic is None:
+        return []
+    from sim.trace.synth import calibration_warnings
+
+    return calibration_warnings(scenario.trace.synthetic)
+
+
 def non_expert_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
     """A warning when the runs' non-expert time is 0: their step latency is expert work only."""
     if not results or any(r.totals.get("non_expert_time", 0.0) > 0 for r in results):
@@ -464,6 +473,7 @@ def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[s
     never hit, and why gap closed is blank. Printed by `moesim run`, written to notes.txt."""
     return [
         *non_expert_notes(scenario, results),
+        *_synthetic_notes(scenario),
         *seed_ratio_notes(scenario, results),
         *seed_md_only_notes(results),
         *predictor_notes(results),
