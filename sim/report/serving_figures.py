@@ -17,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter
 
 from sim.report.figures import (
     MS,
@@ -57,6 +58,7 @@ def latency_cdfs(run: RunResults, colours: Mapping[str, str], topk: int | None =
     for ax, metric, title in zip(
         axes, ("ttft", "tpot"), ("time to first token", "time per output token")
     ):
+        low, high = np.inf, 0.0
         for label in labels:
             rows = _measured(_rows(run.requests, label, topk))
             if not len(rows):
@@ -73,11 +75,17 @@ def latency_cdfs(run: RunResults, colours: Mapping[str, str], topk: int | None =
                 continue
             share = np.arange(1, values.size + 1) / values.size
             p50, p99 = np.percentile(values, [50, 99])
+            low, high = min(low, values[0]), max(high, values[-1])
             colour = _colour(colours, label)
             ax.step(values, share, where="post", color=colour, linewidth=1.5, label=label)
             ax.plot([p50], [0.5], "o", color=colour, markersize=5)
             ax.plot([p99], [0.99], "^", color=colour, markersize=6)
-        ax.set_xlabel(f"{title} (ms)")
+        if low > 0 and high / low >= 10:  # policies an order of magnitude apart: log axis
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            ax.set_xlabel(f"{title} (ms, log scale)")
+        else:
+            ax.set_xlabel(f"{title} (ms)")
         ax.set_ylabel("share of requests ≤")
         ax.set_ylim(0, 1.02)
         ax.set_title(title)
@@ -92,37 +100,45 @@ def latency_cdfs(run: RunResults, colours: Mapping[str, str], topk: int | None =
 def memory_over_time(
     run: RunResults, colours: Mapping[str, str], topk: int | None = None
 ) -> Figure:
-    """HBM held by the KV cache and by the expert cache over time, per policy (one panel
-    each), with the KV budget (dashed)."""
+    """HBM held by the KV cache (blocks allocated) and by the expert cache over time, per
+    policy, with the KV budget (dashed, or named in the title when it dwarfs the use) and,
+    in shared mode, what the expert cache may hold."""
     if run.iterations is None:
         raise NoData("no per_iteration.csv in the results directory (not a serving run)")
     labels = _ordered([str(x) for x in run.iterations.unique("label")], run.baseline)
+    rows_of = {label: _rows(run.iterations, label, topk) for label in labels}
+    rows_of = {label: rows for label, rows in rows_of.items() if len(rows)}
+    if not rows_of:
+        raise NoData(f"per_iteration.csv has no rows{_topk_title(topk)}")
+    kv_peak = max(float(np.max(r["kv_bytes"])) for r in rows_of.values())
+    budget = max(float(np.max(r["kv_budget_bytes"])) for r in rows_of.values())
+    cache_peak = max(
+        float(np.max(r["expert_cache_bytes"])) if "expert_cache_bytes" in r else 0.0
+        for r in rows_of.values()
+    )
+    scale, unit = (1e-9, "GB") if max(kv_peak, cache_peak) >= 1e9 else (1e-6, "MB")
     fig = _figure(10.0, 5.2)
     kv_ax, cache_ax = fig.subplots(2, 1, sharex=True)
-    for label in labels:
-        rows = _rows(run.iterations, label, topk)
-        if not len(rows):
-            continue
+    for label, rows in rows_of.items():
         colour = _colour(colours, label)
         t = rows["t_start"]
-        kv_ax.step(t, rows["kv_bytes"] * GB, where="post", color=colour, linewidth=1.2, label=label)
+        kv_ax.step(t, rows["kv_bytes"] * scale, where="post", color=colour, lw=1.2, label=label)
         if "expert_cache_bytes" in rows:
+            cache_ax.step(t, rows["expert_cache_bytes"] * scale, where="post", color=colour, lw=1.2)
+        if "expert_capacity_bytes" in rows and np.ptp(rows["expert_capacity_bytes"]) > 0:
             cache_ax.step(
-                t, rows["expert_cache_bytes"] * GB, where="post", color=colour, linewidth=1.2
+                t, rows["expert_capacity_bytes"] * scale, where="post", color=colour, ls=":"
             )
-        if "kv_budget_bytes" in rows and label == labels[0]:
-            kv_ax.axhline(
-                float(np.max(rows["kv_budget_bytes"])) * GB,
-                color="black",
-                linestyle="--",
-                linewidth=0.8,
-                label="KV budget",
-            )
-    kv_ax.set_ylabel("KV cache (GB)")
-    cache_ax.set_ylabel("expert cache (GB)")
+    note = ""
+    if budget <= 5 * max(kv_peak, 1.0):
+        kv_ax.axhline(budget * scale, color="black", ls="--", lw=0.8, label="KV budget")
+    else:
+        note = f" (KV budget {budget * 1e-9:.3g} GB: peak use {100 * kv_peak / budget:.2g} %)"
+    kv_ax.set_ylabel(f"KV cache ({unit})")
+    cache_ax.set_ylabel(f"expert cache ({unit})")
     cache_ax.set_xlabel("simulated time (s)")
     _figure_legend(fig, kv_ax, "policy", columns=5)
-    fig.suptitle(f"HBM: KV cache vs expert cache over time{_topk_title(topk)}")
+    fig.suptitle(f"HBM: KV cache vs expert cache over time{_topk_title(topk)}{note}")
     return fig
 
 
