@@ -290,5 +290,9 @@ def test_bad_csv_rows_are_one_line(tmp_path, text, message):
 def test_undecodable_csv_is_one_line(tmp_path):
     path = tmp_path / "bin.csv"
     path.write_bytes(b"arrival,prompt_tokens,output_tokens\n0,1,\xff\n")
-    with pytest.raises(UserError, match="expected a CSV file in UTF-8, got undecodable bytes"):
+    with pytest.raises(
+        UserError, match="expected a CSV file of requests in UTF-8, got undecodable"
+    ):
         read_requests_csv(path)
+    with pytest.raises(UserError, match="expected a CSV file of requests, got a directory"):
+        read_requests_csv(tmp_path)

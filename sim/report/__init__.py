@@ -19,7 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from sim import atomic
+from sim import atomic, opener
 from sim.errors import UserError
 from sim.report import figures as F
 from sim.report import html as H
@@ -83,16 +83,20 @@ def write_report(
     needs_png = {"html", "png"} & set(chosen)
     pngs = [F.render(f.figure, "png", dpi) for f in content.figures] if needs_png else []
     written: dict[str, Path] = {}
-    if "png" in chosen:
-        for fig, png in zip(content.figures, pngs):
-            atomic.write_bytes(out / "figures" / f"{fig.name}.png", png)
-        written["png"] = out / "figures"
-    if "pdf" in chosen:
-        written["pdf"] = atomic.write_bytes(out / "report.pdf", _pdf(content.figures))
-    if "html" in chosen:
-        blocks = [H.FigureBlock(f.title, f.caption, png) for f, png in zip(content.figures, pngs)]
-        html_text = render_html(content, blocks).encode("utf-8")
-        written["html"] = atomic.write_bytes(out / "report.html", html_text)
+    with atomic.staged_dir(out, "merge") as staging:  # every file appears, or none
+        if "png" in chosen:
+            for fig, png in zip(content.figures, pngs):
+                atomic.write_bytes(staging / "figures" / f"{fig.name}.png", png)
+            written["png"] = out / "figures"
+        if "pdf" in chosen:
+            atomic.write_bytes(staging / "report.pdf", _pdf(content.figures))
+            written["pdf"] = out / "report.pdf"
+        if "html" in chosen:
+            blocks = [
+                H.FigureBlock(f.title, f.caption, png) for f, png in zip(content.figures, pngs)
+            ]
+            atomic.write_bytes(staging / "report.html", render_html(content, blocks).encode())
+            written["html"] = out / "report.html"
     return written.get("html") or written.get("pdf") or written["png"]
 
 
@@ -304,7 +308,8 @@ def _summary_table(run: RunResults) -> str:
 
 def _comparison_note(run: RunResults) -> str:
     notes_file = run.path / "notes.txt"
-    notes = notes_file.read_text(encoding="utf-8").splitlines() if notes_file.is_file() else []
+    present = opener.exists(notes_file)
+    notes = opener.read_text(notes_file, "a notes file").splitlines() if present else []
     header = [line for line in notes if line.startswith("hardware: ")]
     rest = [line for line in notes if line.strip() and not line.startswith("hardware: ")]
     return (
@@ -522,7 +527,7 @@ def _stem(field: str) -> str:
 
 
 def _maybe_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
+    if not opener.exists(path):
         return None
     data = read_json(path)
     return data if isinstance(data, dict) else None

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from sim import opener
 from sim import presets as preset_data
 from sim.errors import SelectionError, UserError
 from sim.hardware import (
@@ -54,7 +54,7 @@ from sim.scenario.schema import (
 )
 from sim.trace.routing import RoutingTrace
 from sim.units import format_exact, parse_clock
-from sim.yamlio import read_yaml
+from sim.yamlio import YamlSyntaxError, parse_yaml, read_yaml
 
 if typing.TYPE_CHECKING:
     from sim.costs.source import CostSource
@@ -210,14 +210,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise UserError(f"--set: expected key=value like 'seed=3', got {item!r}")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(text, f"--set {key.strip()}") if text.strip() else ""
+    except YamlSyntaxError:
         value = text  # not YAML: take the text as written
-    except (RecursionError, ValueError):  # nesting or an integer beyond what Python reads
-        raise UserError(
-            f"--set {key.strip()}: expected a YAML value, got one too deeply nested or too long "
-            f"to read ({text[:40]!r}...)"
-        ) from None
     return key.strip(), value
 
 
@@ -741,13 +736,14 @@ def build_trace_spec(
 def _existing_dir(base: Path, value: str, field: str, what_dir: str, hint: str = "") -> Path:
     """``value`` (``~`` expanded) resolved against ``base``; a UserError naming ``field``
     unless it is a directory."""
-    path = (base / os.path.expanduser(value)).resolve()
-    if not path.is_dir():
-        what = "a file" if path.exists() else "nothing there"
+    path = base / os.path.expanduser(value)
+    kind = opener.describe(path)  # a symlink loop too: never Path.resolve's RuntimeError
+    if kind != "a directory":
+        shown = os.path.abspath(path)
         raise UserError(
-            f"{field}: expected an existing {what_dir}, got {value!r} ({path}: {what}){hint}"
+            f"{field}: expected an existing {what_dir}, got {value!r} ({shown}: {kind}){hint}"
         )
-    return path
+    return path.resolve()
 
 
 def _costs_trace_spec(section: TraceSection, costs: bool) -> TraceSpec:

@@ -13,9 +13,7 @@ import hashlib
 import math
 import os
 import platform
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -332,16 +330,8 @@ def write_results(
     ``timeline_runs``: which recorded timelines go into timeline.json: ``all``, or
     ``compare`` (per top-k the baseline and the best online policy, as the report draws)."""
     target = check_out_dir(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        _write_files(tmp, scenario, trace, results, timeline_runs)
-        os.chmod(tmp, 0o755)
-        check_out_dir(target)  # still new or empty (nothing raced us)
-        os.rename(tmp, target)  # replaces an empty directory on POSIX
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic.staged_dir(target, "new") as staging:  # the directory appears complete or not
+        _write_files(staging, scenario, trace, results, timeline_runs)
     return target
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sim import opener
 from sim.errors import UserError
 from sim.scenario.schema import MAX_REQUESTS, MAX_TOKENS
 from sim.serving.spec import Arrivals, ServingSpec
@@ -193,19 +194,7 @@ def read_requests_csv(path: str | Path, rate_scale: float = 1.0) -> RequestSet:
 
 
 def _read_text(file: Path) -> str:
-    if not file.is_file():
-        what = "a directory" if file.is_dir() else "nothing there"
-        raise UserError(f"{file}: expected a CSV file of requests, got {what}")
-    try:
-        return file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise UserError(
-            f"{file}: expected a CSV file in UTF-8, got undecodable bytes at byte {err.start}"
-        ) from None
-    except OSError as err:
-        raise UserError(
-            f"{file}: expected a readable CSV file, got {err.strerror or err}"
-        ) from None
+    return opener.read_text(file, "a CSV file of requests")
 
 
 def _column(file: Path, names: list[str], choices: tuple[str, ...]) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from sim import opener
 from sim.errors import UserError
 from sim.scenario.schema import MAX_REQUESTS
 from sim.units import format_exact
@@ -215,8 +216,8 @@ def from_section(section: Any, base_dir: Path, scenario_seed: int) -> ServingSpe
     path = None
     if a.process == "csv":
         path = (base_dir / Path(a.path).expanduser()).absolute()
-        if not path.is_file():
-            what = "a directory" if path.is_dir() else "nothing there"
+        what = opener.describe(path)
+        if what != "a file":
             raise UserError(
                 f"workload.arrivals.path: expected a CSV file of requests, got {a.path!r} "
                 f"({path}: {what})"
