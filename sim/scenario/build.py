@@ -58,6 +58,7 @@ from sim.yamlio import YamlSyntaxError, parse_yaml, read_yaml
 
 if typing.TYPE_CHECKING:
     from sim.costs.source import CostSource
+    from sim.serving.spec import ServingSpec
 
 DEFAULT_MODEL_PRESET = "flame-moe-290m"
 DEFAULT_GPU_PRESET = "h100-sxm"
@@ -155,6 +156,7 @@ class Scenario:
     model_doc: dict[str, Any] = field(default_factory=dict)
     hardware_doc: dict[str, Any] = field(default_factory=dict)
     costs: CostSource | None = None  # per-expert cost tables (the `costs:` section)
+    workload: ServingSpec | None = None  # None: lockstep (the trace's batch, step by step)
 
     @property
     def clock_hz(self) -> float | None:
@@ -177,8 +179,14 @@ class Scenario:
             ],
             "baseline": self.baseline,
             "seed": self.seed,
+            **({} if self.workload is None else {"workload": self.workload.to_dict()}),
             "output": {"dir": self.output.dir, "timeline": self.output.timeline},
         }
+
+    @property
+    def serving(self) -> bool:
+        """True for a serving workload (requests arrive), False for lockstep."""
+        return self.workload is not None
 
     def policy(self, label: str) -> PolicySpec:
         return next(p for p in self.policies if p.label == label)
@@ -301,6 +309,7 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
         raise UserError(f"name: expected letters, digits and . _ + - only, got {name!r}")
     costs = build_costs(schema.costs, base)
+    workload = build_workload(schema, base, costs is not None)
     return Scenario(
         name=name,
         description=schema.description,
@@ -317,7 +326,22 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
         model_doc=model_doc,
         hardware_doc=hardware_doc,
         costs=costs,
+        workload=workload,
     )
+
+
+def build_workload(schema: ScenarioSection, base: Path, costs: bool) -> ServingSpec | None:
+    """The serving workload (None: lockstep). Cost tables are per trace position and decode
+    step, which a serving iteration is not: refused together."""
+    from sim.serving.spec import from_section
+
+    workload = from_section(schema.workload, base, schema.seed)
+    if workload is not None and costs:
+        raise UserError(
+            "workload.kind: expected lockstep with a costs: section (its tables are per decode "
+            "step of a fixed batch, which serving iterations are not), got serving"
+        )
+    return workload
 
 
 # -- presets -----------------------------------------------------------------------------------
