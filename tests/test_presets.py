@@ -9,6 +9,7 @@ from sim.cli import main
 from sim.presets import KINDS, presets
 from sim.scenario.build import build_hardware, build_model, validated_preset
 from sim.scenario.schema import (
+    ComputeSection,
     GpuSection,
     HardwareSection,
     LinkSection,
@@ -19,6 +20,7 @@ from sim.scenario.schema import (
 SECTION = {
     "links": LinkSection,
     "gpus": GpuSection,
+    "cpus": ComputeSection,
     "models": ModelSection,
     "precisions": PrecisionSection,
     "hardware": HardwareSection,

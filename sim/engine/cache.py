@@ -67,6 +67,25 @@ class HbmCache:
                 total += n * size
         return total
 
+    def preload(self, resident: object) -> None:
+        """Experts in HBM before the run (a policy's `initial_cache`): ready at time 0, never
+        transferred. A wrong shape or more bytes than ``hbm.capacity`` is a `PolicyError`."""
+        mask = np.asarray(resident)
+        if mask.shape != self.ready_at.shape or mask.dtype != bool:
+            raise PolicyError(
+                f"{self.who}: initial_cache must be a bool array of shape "
+                f"{self.ready_at.shape}, got {mask.dtype} {mask.shape}"
+            )
+        self.ready_at[mask] = 0.0
+        self.precision_at[mask] = 0  # loaded in the native precision
+        self.count = int(np.count_nonzero(np.isfinite(self.ready_at)))
+        self.by_precision[0] = self.count
+        if self.count and self.count * self.expert_bytes > self.capacity * (1 + 1e-12):
+            raise PolicyError(
+                f"{self.who}: initial_cache holds {self.count} experts = "
+                f"{self.count * self.expert_bytes:.6g} B, above hbm.capacity {self.capacity:.6g} B"
+            )
+
     def check_capacity(self, s: int, layer: int) -> None:
         """`PolicyError` when the cached experts' bytes exceed ``hbm.capacity``."""
         if self.count and self.used_bytes > self.capacity * (1 + 1e-12):
@@ -90,6 +109,15 @@ class HbmCache:
             self.by_precision[int(p)] += int(m)
             if p:
                 self.reduced += int(m)
+
+    def precisions_of(self, keys: list) -> np.ndarray:
+        """The precision of the cached copies at ``keys`` ((layer, expert) pairs; -1 where
+        not cached or out of range: the eviction then raises its own error)."""
+        out = np.full(len(keys), -1, dtype=np.int64)
+        for i, (lyr, e) in enumerate(keys):
+            if 0 <= int(lyr) < self.layers and 0 <= int(e) < self.num_experts:
+                out[i] = self.precision_at[int(lyr), int(e)]
+        return out
 
     def _removed(self, flat: np.ndarray) -> None:
         """The copies at flat keys ``flat`` left the cache."""

@@ -92,6 +92,10 @@ class GpuProcess:
             float(hw.hbm.capacity),
             f"policy {policy.name!r}",
         )
+        initial = getattr(policy, "initial_cache", None)
+        resident = initial() if initial is not None else None
+        if resident is not None:
+            self.cache.preload(resident)
         self.layer_ids = tuple(int(lid) for lid in ctx.layer_ids)
         self.layer_index = np.arange(self.layers)
         self.layer_id_array = np.asarray(self.layer_ids, dtype=np.int64)
@@ -373,7 +377,10 @@ class GpuProcess:
             ref = float(c_all.sum())
         if prec is not None:
             c_all = self._reduced_gpu_compute(c_all, prec, eff, tokens)
+        evicted = None  # the precision of each evicted copy, for writebacks
         if decision.evict:
+            if decision.writeback and cache.reduced:
+                evicted = cache.precisions_of(decision.evict)
             cache.evict(decision.evict, s, layer, g.counts[layer])
         groups = self._groups(eff, by_path, n)
 
@@ -405,6 +412,8 @@ class GpuProcess:
             window = max(window, placed.last)
         if fetched and (decision.admit is not None or upgrade is not None):
             self._keep_fetched(decision.admit, upgrade, experts, n, fetched, layer, t_gate, prec)
+        if decision.writeback and decision.evict:
+            bytes_pcie += self._writeback(decision, s, layer, t_gate, evicted)
         prefetched = (0, 0)
         if decision.prefetch:
             n_host, n_md, b_host, b_md = self._prefetch(decision, s, layer, t_gate, g.steps)
@@ -746,6 +755,33 @@ class GpuProcess:
                 f"{route}[{slot}]", "activation", t_back + b_start, t_back + b_end, s, layer
             )
         return done + b_end, 2.0 * nbytes
+
+    def _writeback(
+        self,
+        decision: GateDecision,
+        s: int,
+        layer: int,
+        t_gate: float,
+        precision: np.ndarray | None = None,
+    ) -> float:
+        """Copy the gate's evicted experts back to host DRAM (exclusive caching): one
+        transfer each on the host route, behind the demand fetches, each the evicted copy's
+        size (``precision``: per evicted copy; None: all native). Returns the bytes."""
+        if self.host_blocked:
+            raise PolicyError(
+                f"policy {self.policy.name!r} at step {s} layer {layer} writes evicted experts "
+                "back to host memory, impossible: the scenario keeps no experts there"
+            )
+        victims = np.asarray([int(e) for _lyr, e in decision.evict], dtype=np.intp)
+        if precision is None and self.default[HOST_ROUTE]:
+            precision = np.zeros(victims.size, dtype=np.int64)  # native copies go back
+        placed, nbytes = self._fetch(HOST_ROUTE, s, layer, victims, t_gate, precision)
+        if self.timeline is not None:
+            for (lyr, e), a, b, k in zip(
+                decision.evict, placed.start, placed.end, placed.slot, strict=True
+            ):
+                self._event(f"{HOST_ROUTE}[{k}]", "writeback", t_gate + a, t_gate + b, s, lyr, e)
+        return nbytes
 
     def _prefetch(
         self, decision: GateDecision, s: int, layer: int, t_gate: float, steps: int

@@ -34,6 +34,8 @@ SUMMARY_REQUIRED = ("label", "policy", "topk", "mean_step")
 PER_LAYER_REQUIRED = ("label", "policy", "topk", "step", "layer", "active")
 PER_STEP_REQUIRED = ("label", "policy", "topk", "step", "latency")
 SWEEP_REQUIRED = ("label", "topk")
+REQUESTS_REQUIRED = ("label", "topk", "arrival", "first_token", "finish", "output_tokens")
+ITERATIONS_REQUIRED = ("label", "topk", "t_start", "t_end", "kv_bytes")
 MAX_RESULTS_BYTES = 2**31  # one results file read back (per_step.csv of a long run: ~100 MB)
 _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE"})
@@ -133,6 +135,8 @@ class RunResults:
     trace: dict[str, Any] | None
     timeline: TimelineEvents | None
     timeline_path: Path
+    requests: Table | None = None  # requests.csv of a serving run
+    iterations: Table | None = None  # per_iteration.csv of a serving run
 
     @property
     def baseline(self) -> str | None:
@@ -350,7 +354,24 @@ def load_run(root: Path, *, timeline: str | Path | None = None) -> RunResults:
         events = timeline_events(timeline_path, data)
         check_timeline_belongs(root, timeline_path, data, events, summary)
         events = _with_topk(events, [int(k) for k in summary.unique("topk")])
-    return RunResults(root, summary, per_layer, per_step, scenario, trace, events, timeline_path)
+    requests = _optional_table(root / "requests.csv", REQUESTS_REQUIRED)
+    iterations = _optional_table(root / "per_iteration.csv", ITERATIONS_REQUIRED)
+    return RunResults(
+        root,
+        summary,
+        per_layer,
+        per_step,
+        scenario,
+        trace,
+        events,
+        timeline_path,
+        requests,
+        iterations,
+    )
+
+
+def _optional_table(path: Path, required: Sequence[str]) -> Table | None:
+    return read_table(path, required) if opener.exists(path) else None
 
 
 def check_timeline_belongs(

@@ -61,6 +61,7 @@ from sim.yamlio import YamlSyntaxError, parse_yaml, read_yaml
 
 if typing.TYPE_CHECKING:
     from sim.costs.source import CostSource
+    from sim.serving.spec import ServingSpec
 
 DEFAULT_MODEL_PRESET = "flame-moe-290m"
 DEFAULT_GPU_PRESET = "h100-sxm"
@@ -158,6 +159,7 @@ class Scenario:
     model_doc: dict[str, Any] = field(default_factory=dict)
     hardware_doc: dict[str, Any] = field(default_factory=dict)
     costs: CostSource | None = None  # per-expert cost tables (the `costs:` section)
+    workload: ServingSpec | None = None  # None: lockstep (the trace's batch, step by step)
 
     @property
     def clock_hz(self) -> float | None:
@@ -180,8 +182,14 @@ class Scenario:
             ],
             "baseline": self.baseline,
             "seed": self.seed,
+            **({} if self.workload is None else {"workload": self.workload.to_dict()}),
             "output": {"dir": self.output.dir, "timeline": self.output.timeline},
         }
+
+    @property
+    def serving(self) -> bool:
+        """True for a serving workload (requests arrive), False for lockstep."""
+        return self.workload is not None
 
     def policy(self, label: str) -> PolicySpec:
         return next(p for p in self.policies if p.label == label)
@@ -305,6 +313,7 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
         raise UserError(f"name: expected letters, digits and . _ + - only, got {name!r}")
     costs = build_costs(schema.costs, base)
+    workload = build_workload(schema, base, costs is not None)
     return Scenario(
         name=name,
         description=schema.description,
@@ -321,11 +330,31 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
         model_doc=model_doc,
         hardware_doc=hardware_doc,
         costs=costs,
+        workload=workload,
     )
 
 
+def build_workload(schema: ScenarioSection, base: Path, costs: bool) -> ServingSpec | None:
+    """The serving workload (None: lockstep). Cost tables are per trace position and decode
+    step, which a serving iteration is not: refused together."""
+    from sim.serving.spec import from_section
+
+    workload = from_section(schema.workload, base, schema.seed)
+    if workload is not None and costs:
+        raise UserError(
+            "workload.kind: expected lockstep with a costs: section (its tables are per decode "
+            "step of a fixed batch, which serving iterations are not), got serving"
+        )
+    return workload
+
+
 # -- presets -----------------------------------------------------------------------------------
-_PRESET_KIND = {LinkSection: "links", GpuSection: "gpus", ModelSection: "models"}
+_PRESET_KIND = {
+    LinkSection: "links",
+    GpuSection: "gpus",
+    ModelSection: "models",
+    ComputeSection: "cpus",
+}
 
 
 def validated_preset(section_cls: type[BaseModel], kind: str, name: str, where: str) -> BaseModel:
@@ -532,8 +561,14 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
     hbm_bw = hbm.get("bandwidth") or gpu.get("hbm_bandwidth") or HbmConfig().bandwidth
     md_mode = top.get("md_mode") or "fetch"
     placement = top.get("placement") or "both"
-    md_compute = _compute(top.get("md_compute"))
-    host_compute = _compute(top.get("host_compute"))
+    units = {
+        name: _merged(
+            getattr(base, name) if base else None, getattr(section, name), f"hardware.{name}"
+        )
+        for name in ("md_compute", "host_compute")
+    }
+    md_compute = _compute(units["md_compute"], "hardware.md_compute")
+    host_compute = _compute(units["host_compute"], "hardware.host_compute")
     if md_mode == "near-data" and md_compute is None:
         raise UserError("hardware.md_compute: required when hardware.md_mode is near-data")
     gpu.setdefault("non_expert_time", ROOFLINE)
@@ -553,6 +588,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
             if gpu["non_expert_time"] == ROOFLINE
             else float(gpu["non_expert_time"]),
             expert_start=gpu["expert_start"],
+            layer_overhead=float(gpu.get("layer_overhead") or 0.0),
         ),
         md_mode=md_mode,
         placement=placement,
@@ -576,8 +612,8 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         "links": {name: _doc(LinkSection, values) for name, values in links.items()},
         "md_mode": md_mode,
         "placement": placement,
-        "md_compute": _doc(ComputeSection, top["md_compute"]) if md_compute else None,
-        "host_compute": _doc(ComputeSection, top["host_compute"]) if host_compute else None,
+        "md_compute": _doc(ComputeSection, units["md_compute"]) if md_compute else None,
+        "host_compute": _doc(ComputeSection, units["host_compute"]) if host_compute else None,
         "copies": {tier: list(names) for tier, names in copies.items()} or None,
     }
     return hardware, {k: v for k, v in doc.items() if v is not None}
@@ -654,9 +690,14 @@ def _link(name: str, values: dict[str, Any]) -> LinkConfig:
     )
 
 
-def _compute(values: dict[str, Any] | None) -> ComputeUnit | None:
+def _compute(values: dict[str, Any], where: str) -> ComputeUnit | None:
+    """The compute unit (None when the scenario gives none); both figures are required, from
+    its preset or its own fields."""
     if not values:
         return None
+    for key in ("memory_bandwidth", "peak_flops"):
+        if values.get(key) is None:
+            raise UserError(f"{where}.{key}: required, missing (give it or a CPU preset)")
     return ComputeUnit(memory_bandwidth=values["memory_bandwidth"], peak_flops=values["peak_flops"])
 
 
