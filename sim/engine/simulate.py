@@ -59,6 +59,7 @@ def simulate(
     # per step: the constant gpu.non_expert_time, or the roofline (sim/roofline.py)
     non_expert = step_non_expert_times(hardware, model, trace.num_seqs, trace.positions)
     source = LockstepSource(demand.counts, trace.positions, non_expert[:, None], demand=demand)
+    source.skip_below = skip
     return run_engine(
         source,
         hardware,
@@ -101,6 +102,8 @@ def run_engine(
     if len(policies) != 1:
         raise ValueError(f"one GPU per run for now, got {len(policies)} policies")
     cost = cost if cost is not None else RooflineCost(hardware, model)
+    for policy in policies:
+        _check_skip(policy, source)
     routes = {name: FifoLink(hardware.link(name)) for name in ROUTES}
     gpus = []
     for g, policy in enumerate(policies):
@@ -127,6 +130,20 @@ def run_engine(
         env.process(gpu.run(env, source, ended))
     env.run()
     return _result(gpus, routes, label or policies[0].name, tokens_per_iteration)
+
+
+def _check_skip(policy: GatePolicy, source: IterationSource) -> None:
+    """A policy that makes tokens skip low-score experts needs a source that built its
+    iterations that way (``source.skip_below``, `sim.precision.gate_demand`): otherwise the
+    run would silently keep every expert."""
+    want = float(getattr(policy, "skip_below", 0.0) or 0.0)
+    have = float(getattr(source, "skip_below", 0.0) or 0.0)
+    if want != have:
+        raise UserError(
+            f"policy {policy.name}: expected an iteration source whose tokens skip experts "
+            f"below a renormalised score of {want:g} (source.skip_below), got one that skips "
+            f"below {have:g}"
+        )
 
 
 def _per_iterations(
