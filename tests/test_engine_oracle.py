@@ -45,7 +45,10 @@ POLICIES = (
 
 
 def assert_identical(new, old) -> None:
-    assert set(new.per_layer) == set(old.per_layer)
+    """Every column, link figure and total of the old engine, bit for bit (the new engine's
+    ``gpu`` columns are all 0: one GPU)."""
+    assert set(new.per_layer) == {*old.per_layer, "gpu"}
+    assert not new.per_layer["gpu"].any() and not new.per_step["gpu"].any()
     for name, column in old.per_layer.items():
         np.testing.assert_array_equal(new.per_layer[name], column, err_msg=name)
         assert new.per_layer[name].dtype == column.dtype, name

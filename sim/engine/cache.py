@@ -15,9 +15,15 @@ import numpy as np
 from sim.contract import FETCH_PATH_OF_LINK, ROUTES, Path, PolicyError
 from sim.engine.links import Placed
 
+PENDING = 1e300  # ready_at of a cached expert whose transfer's arrival is not known yet
+
 
 class HbmCache:
-    """Which (layer, expert) pairs are cached and when each is ready; capacity in experts."""
+    """Which (layer, expert) pairs are cached and when each is ready; capacity in experts.
+
+    On routes timed by the flow network (`sim.engine.network`) a transfer's arrival is only
+    known when it happens: its expert is cached with ``ready_at`` = `PENDING` (in flight) and
+    ``pending`` maps its flat key to the transfer until `arrival` sets the real time."""
 
     def __init__(
         self,
@@ -45,6 +51,7 @@ class HbmCache:
         self.arange_keys = np.arange(layers * num_experts, dtype=np.intp)
         self.count = 0  # cached experts (in flight and reserved included)
         self.max_ready = 0.0  # latest ready time ever given to a cached expert
+        self.pending: dict[int, object] = {}  # flat key -> network transfer in flight to it
 
     def check_capacity(self, s: int, layer: int) -> None:
         """`PolicyError` when the cached experts' bytes exceed ``hbm.capacity``."""
@@ -67,6 +74,9 @@ class HbmCache:
             return
         self.flat_ready_at[keys] = np.inf
         self.count -= len(keys)
+        if self.pending:
+            for key in keys.tolist():
+                self.pending.pop(key, None)
 
     def _eviction_keys(self, evict: list, layer: int, active_row: np.ndarray) -> np.ndarray | None:
         """Flat ``layer * num_experts + expert`` indices of ``evict`` if every one is in range,
@@ -110,6 +120,7 @@ class HbmCache:
                 )
             self.ready_at[lyr, e] = np.inf
             self.count -= 1
+            self.pending.pop(lyr * self.num_experts + e, None)
 
     def _check_key(self, item: tuple, what: str, s: int, layer: int) -> tuple[int, int]:
         lyr, e = int(item[0]), int(item[1])
@@ -141,6 +152,38 @@ class HbmCache:
                 self.ready_at[layer, experts[idx[keep]]] = t_gate + placed.end[keep]
                 self.count += kept
                 self.max_ready = max(self.max_ready, t_gate + placed.last)
+
+    def admit_pending(
+        self,
+        admit_flags: object,
+        experts: np.ndarray,
+        n: int,
+        fetched: list[tuple[np.ndarray, list]],
+        layer: int,
+    ) -> None:
+        """`admit` for fetches whose arrivals the network will tell (``fetched``: indices
+        into the gate's experts and their transfers)."""
+        admit = np.asarray(admit_flags, dtype=bool)
+        if admit.shape != (n,):
+            raise PolicyError(f"{self.who}: admit has shape {admit.shape}, expected ({n},)")
+        for idx, transfers in fetched:
+            for i, transfer in zip(idx.tolist(), transfers, strict=True):
+                if admit[i]:
+                    self.track(layer, int(experts[i]), transfer)
+                    self.count += 1
+
+    def track(self, layer: int, expert: int, transfer: object) -> None:
+        """(layer, expert) is in flight on ``transfer``: ready when it arrives."""
+        self.ready_at[layer, expert] = PENDING
+        self.pending[layer * self.num_experts + expert] = transfer
+        self.max_ready = PENDING
+
+    def arrival(self, key: int, transfer: object, when: float) -> None:
+        """``transfer`` arrived at ``when``: if it still carries the cached expert ``key``,
+        that expert is ready from then on."""
+        if self.pending.get(key) is transfer:
+            del self.pending[key]
+            self.flat_ready_at[key] = when
 
     # -- prefetches --------------------------------------------------------------------------------
     def reserve_prefetches(self, prefetch: list, s: int, layer: int) -> dict[str, np.ndarray]:

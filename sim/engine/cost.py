@@ -32,7 +32,7 @@ class RooflineCost:
     # -- bulk helpers (arrays of token counts; any shape) -------------------------------------
     def uniform_transfer_time(self, link: str) -> float:
         """Slot time of one expert's weight transfer on ``link`` (the same for every expert)."""
-        return self.hardware.link(link).transfer_time(self.model.expert_bytes)
+        return self.hardware.route(link).transfer_time(self.model.expert_bytes)
 
     def gpu_time_from_tokens(self, tokens: np.ndarray) -> np.ndarray:
         gpu = self.hardware.gpu
@@ -58,7 +58,7 @@ class RooflineCost:
 
     def activation_one_way(self, link: str, total_tokens: np.ndarray | float) -> np.ndarray:
         """One direction of a batch's activations: ``latency + tokens * bytes / channel_rate``."""
-        cfg = self.hardware.link(link)
+        cfg = self.hardware.route(link)
         total = np.asarray(total_tokens, dtype=np.float64)
         return cfg.latency + total * self._act_bytes / cfg.channel_rate
 

@@ -30,6 +30,7 @@ from sim.engine.cache import HbmCache
 from sim.engine.clock import Clock
 from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
+from sim.engine.network import FlowNetwork, Route, Transfer
 from sim.engine.results import GateBlock, GateRecord, TimelineEvent
 from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
 
@@ -49,10 +50,11 @@ class GpuProcess:
         index: int,
         ctx: PolicyContext,
         policy: GatePolicy,
-        routes: Mapping[str, FifoLink],
+        routes: Mapping[str, FifoLink | Route],
         *,
         timeline: bool | tuple[int, int],
         alone: bool = True,
+        network: FlowNetwork | None = None,
     ) -> None:
         hw, model = ctx.hardware, ctx.model
         self.index = index
@@ -64,7 +66,10 @@ class GpuProcess:
         self.expert_bytes = float(model.expert_bytes)
         self.act_bytes = float(model.activation_bytes_per_token)
         self.routes = dict(routes)
+        self.alone = alone
+        self.network = network
         self.public_free_at = {name: link.public_free_at for name, link in self.routes.items()}
+        self.estimated = [route for route in self.routes.values() if isinstance(route, Route)]
         not_allowed = allowed_paths(hw)
         self.blocked = [(path, why) for path, why in not_allowed.items() if why]
         self.cache = HbmCache(
@@ -86,6 +91,8 @@ class GpuProcess:
         self.transfer_d = None
         if is_roofline(self.cost, "transfer_time"):
             self.transfer_d = {name: self.cost.uniform_transfer_time(name) for name in self.routes}
+        for route in self.estimated:
+            route.one_transfer = route.latency + self.expert_bytes / route.nominal_rate
         self.gpu_table = is_roofline(self.cost, "gpu_compute_time")
         self._tables: dict[int, tuple[GateOrder, np.ndarray, np.ndarray]] = {}
         self.host_blocked = bool(not_allowed[Path.PCIE])
@@ -123,7 +130,7 @@ class GpuProcess:
         stateless plan and a source whose answers do not depend on time (lockstep), it takes
         several iterations at once (about `BLOCK_GATES` gates) and times them together."""
         block = BLOCK_GATES // max(self.layers, 1) if self.plan is not None else 1
-        if not getattr(source, "time_independent", False):
+        if not getattr(source, "time_independent", False) or not self.alone:
             block = 1
         done = False
         while not done:
@@ -149,6 +156,17 @@ class GpuProcess:
             if not its:
                 continue
             start = env.now
+            if not self.alone:
+                (it,) = its
+                step = self.iterations
+                lo, hi = self.window
+                self.timeline = self.events if lo <= step < hi else None
+                yield from self._layers_events(env, _IterationGates(self, it, step), it.non_expert)
+                self.timeline = None
+                self.iterations += 1
+                self.horizon = env.now
+                on_end(self.index, it, start, env.now)
+                continue
             ends = self._planned(its, self.iterations, start)
             if ends is None:
                 ends = []
@@ -169,6 +187,20 @@ class GpuProcess:
                 self.horizon = end
                 on_end(self.index, it, start, end)
                 start = end
+
+    def _layers_events(
+        self, env: Clock, g: _IterationGates, non_expert: Sequence[float]
+    ) -> Iterator:
+        """Run the iteration gate by gate in simulated time: each gate happens at its time
+        (shared links see every GPU's transfers in time order) and waits for what the flow
+        network delivers."""
+        for layer in range(self.layers):
+            t_start = env.now
+            ne = non_expert[layer]
+            if ne > 0.0:
+                yield env.at(t_start + ne)
+            view = yield from self._gate_events(env, g, layer, t_start, env.now, ne)
+            self.policy.on_layer_end(view, env.now)
 
     def _layers(self, g: _IterationGates, non_expert: Sequence[float], now: float) -> float:
         """Run the iteration gate by gate from ``now``; returns its end."""
@@ -265,6 +297,7 @@ class GpuProcess:
         zeros = np.zeros(rows, dtype=np.int64)
         self.records.append(
             GateBlock(
+                np.full(rows, self.index),
                 np.repeat(np.arange(step, step + len(its)), layers),
                 np.repeat(np.array([int(it.position) for it in its], dtype=np.int64), layers),
                 np.tile(self.layer_index, len(its)),
@@ -289,7 +322,6 @@ class GpuProcess:
                 np.zeros(rows),
                 ref,
                 ne,
-                np.full(rows, self.index),
             )
         )
         if not layers:
@@ -300,42 +332,12 @@ class GpuProcess:
     def _gate(
         self, g: _IterationGates, layer: int, t_start: float, t_gate: float, ne: float
     ) -> tuple[GateView, float]:
+        """One gate in closed form (routes of FIFO slots, placed at the gate)."""
         s = g.step
-        n = int(g.active[layer])
-        experts = g.experts[layer, :n]
-        tokens = g.tokens[layer, :n]
-        cache = self.cache
-        late = 0  # cached experts still in flight at the gate (prefetches not yet arrived)
-        if cache.count:
-            ready = cache.ready_at[layer, experts]
-            cached = np.isfinite(ready)
-            cached.flags.writeable = False
-            if cache.max_ready > t_gate:
-                late = int(np.count_nonzero(ready[cached] > t_gate))
-        else:
-            cached = self.not_cached[:n]
-        view = GateView(
-            step=s,
-            layer=layer,
-            now=t_gate,
-            experts=experts,
-            tokens=tokens,
-            cached=cached,
-            ready_at=cache.public_ready_at,
-            cache_bytes=cache.count * self.expert_bytes,
-            link_free_at=self.public_free_at,
+        view, decision, experts, tokens, n, by_path, hits, late, c_all, ref, groups = self._open(
+            g, layer, t_gate
         )
-        decision = self.policy.decide(view)
-        eff, by_path, hits = self._effective_paths(decision, cached, n, view)
-        if g.gpu_table is not None:
-            c_all = g.gpu_table[layer, :n]
-            ref = float(g.ref_table[layer])
-        else:
-            c_all = np.asarray(self.cost.gpu_compute_time(s, layer, experts, tokens), dtype=float)
-            ref = float(c_all.sum())
-        if decision.evict:
-            cache.evict(decision.evict, s, layer, g.counts[layer])
-        groups = self._groups(eff, by_path, n)
+        cache = self.cache
 
         # Per route at the gate: near-compute activations out first, then the demand fetches,
         # then the prefetches (all FIFO behind whatever the route still carries).
@@ -390,38 +392,345 @@ class GpuProcess:
             rel_end = max(rel_end, end)
             window = max(window, end)
 
+        self._record(g, layer, n, by_path, hits, late, prefetched, bytes_pcie, bytes_md)
+        self._record_times(t_start, t_gate, t_gate + rel_end, window, rel_end, ref, ne)
+        return view, rel_end
+
+    def _record(
+        self,
+        g: _IterationGates,
+        layer: int,
+        n: int,
+        by_path: list[int],
+        hits: int,
+        late: int,
+        prefetched: tuple[int, int],
+        bytes_pcie: float,
+        bytes_md: float,
+    ) -> None:
+        """The gate's counts, kept until `_record_times` completes the record."""
+        self._pending_record = (
+            self.index,
+            g.step,
+            g.position,
+            layer,
+            self.layer_ids[layer],
+            n,
+            hits - late,
+            late,
+            by_path[_PCIE],
+            by_path[_MD_FETCH],
+            by_path[_MD_NEAR],
+            by_path[_HOST],
+            prefetched[0],
+            prefetched[1],
+            bytes_pcie,
+            bytes_md,
+        )
+
+    def _record_times(
+        self,
+        t_start: float,
+        t_gate: float,
+        t_end: float,
+        window: float,
+        rel_end: float,
+        ref: float,
+        ne: float,
+    ) -> None:
+        head = self._pending_record
         self.records.append(
             GateRecord(
-                s,
-                g.position,
-                layer,
-                self.layer_ids[layer],
-                n,
-                hits - late,
-                late,
-                by_path[_PCIE],
-                by_path[_MD_FETCH],
-                by_path[_MD_NEAR],
-                by_path[_HOST],
-                prefetched[0],
-                prefetched[1],
-                bytes_pcie,
-                bytes_md,
+                *head,
                 t_start,
                 t_gate,
-                t_gate + rel_end,
+                t_end,
                 window,
                 rel_end - ref,
                 ne + rel_end,
-                cache.count * self.expert_bytes,
+                self.cache.count * self.expert_bytes,
                 ref,
                 ne,
-                self.index,
             )
         )
         if self.timeline is not None and t_gate > t_start:
-            self._event("gpu", "non_expert", t_start, t_gate, s, layer, -1)
-        return view, rel_end
+            self._event("gpu", "non_expert", t_start, t_gate, head[1], head[3], -1)
+
+    def _open(self, g: _IterationGates, layer: int, t_gate: float) -> tuple:
+        """What every gate does first: show the policy its view, check its decision, apply its
+        evictions, group the experts by path. Returns (view, decision, experts, tokens, n,
+        by_path, hits, late, c_all, ref, groups)."""
+        s = g.step
+        n = int(g.active[layer])
+        for route in self.estimated:  # network routes: what policies see of their queues
+            route.estimate_free_at(t_gate)
+        experts = g.experts[layer, :n]
+        tokens = g.tokens[layer, :n]
+        cache = self.cache
+        late = 0  # cached experts still in flight at the gate (prefetches not yet arrived)
+        if cache.count:
+            ready = cache.ready_at[layer, experts]
+            cached = np.isfinite(ready)
+            cached.flags.writeable = False
+            if cache.max_ready > t_gate:
+                late = int(np.count_nonzero(ready[cached] > t_gate))
+        else:
+            cached = self.not_cached[:n]
+        view = GateView(
+            step=s,
+            layer=layer,
+            now=t_gate,
+            experts=experts,
+            tokens=tokens,
+            cached=cached,
+            ready_at=cache.public_ready_at,
+            cache_bytes=cache.count * self.expert_bytes,
+            link_free_at=self.public_free_at,
+        )
+        decision = self.policy.decide(view)
+        eff, by_path, hits = self._effective_paths(decision, cached, n, view)
+        if g.gpu_table is not None:
+            c_all = g.gpu_table[layer, :n]
+            ref = float(g.ref_table[layer])
+        else:
+            c_all = np.asarray(self.cost.gpu_compute_time(s, layer, experts, tokens), dtype=float)
+            ref = float(c_all.sum())
+        if decision.evict:
+            cache.evict(decision.evict, s, layer, g.counts[layer])
+        groups = self._groups(eff, by_path, n)
+        return view, decision, experts, tokens, n, by_path, hits, late, c_all, ref, groups
+
+    def _gate_events(
+        self, env: Clock, g: _IterationGates, layer: int, t_start: float, t_gate: float, ne: float
+    ) -> Iterator:
+        """One gate in simulated time: FIFO routes are placed at issue time (the same closed
+        form as `_gate`), network routes become transfers whose arrivals the GPU waits for;
+        activations come back when the remote unit is done. Ends at the layer's end."""
+        s = g.step
+        view, decision, experts, tokens, n, by_path, hits, late, c_all, ref, groups = self._open(
+            g, layer, t_gate
+        )
+        cache = self.cache
+        eb = self.expert_bytes
+        window = 0.0
+        bytes_pcie = bytes_md = 0.0
+        outs = []
+        for path, route in ((_HOST, HOST_ROUTE), (_MD_NEAR, MD_ROUTE)):
+            if by_path[path]:
+                idx = groups[path]
+                if isinstance(self.routes[route], FifoLink):
+                    out = self._activation_out(route, s, layer, experts, tokens, idx, t_gate)
+                    window = max(window, out[1])
+                else:
+                    nbytes = float(tokens[idx].sum()) * self.act_bytes
+                    out = (self._submit(env, route, nbytes, t_gate, "activation", s, layer), idx)
+                outs.append((route, path, out))
+        fetched: list[tuple[np.ndarray, Placed, str]] = []
+        in_flight: list[tuple[np.ndarray, list[Transfer], str]] = []
+        for path, route in ((_PCIE, HOST_ROUTE), (_MD_FETCH, MD_ROUTE)):
+            if not by_path[path]:
+                continue
+            idx = groups[path]
+            if isinstance(self.routes[route], FifoLink):
+                placed = self._fetch(route, s, layer, experts[idx], t_gate)
+                fetched.append((idx, placed, route))
+                window = max(window, placed.last)
+            else:
+                transfers = [
+                    self._submit(env, route, eb, t_gate, "fetch", s, layer, int(e))
+                    for e in experts[idx].tolist()
+                ]
+                in_flight.append((idx, transfers, route))
+            if path == _PCIE:
+                bytes_pcie = idx.size * eb
+            else:
+                bytes_md = idx.size * eb
+        if decision.admit is not None:
+            if fetched:
+                cache.admit(decision.admit, experts, n, fetched, layer, t_gate)
+            if in_flight:
+                cache.admit_pending(
+                    decision.admit, experts, n, [(i, t) for i, t, _ in in_flight], layer
+                )
+        prefetched = (0, 0)
+        if decision.prefetch:
+            prefetched = self._prefetch_events(env, decision, s, layer, t_gate, g.steps)
+            bytes_pcie += prefetched[0] * eb
+            bytes_md += prefetched[1] * eb
+        cache.check_capacity(s, layer)
+        if self.network is not None:
+            self.network.commit()
+        chains = [
+            env.process(
+                self._remote_events(env, route, path, s, layer, t_gate, experts, tokens, out)
+            )
+            for route, path, out in outs
+        ]
+        # the GPU needs this gate's fetches and its hits still in flight on the network
+        waits = [t.arrived for _, transfers, _ in in_flight for t in transfers]
+        hit_idx = groups[_HIT]
+        if hit_idx is not None and cache.pending:
+            keys = (layer * self.num_experts + experts[hit_idx]).tolist()
+            waits.extend(cache.pending[k].arrived for k in keys if k in cache.pending)
+        waits = [w for w in waits if not w.processed]
+        if waits:
+            yield env.all_of(waits)
+        for idx, transfers, route in in_flight:
+            end = np.array([t.done - t_gate for t in transfers])
+            start = np.array([t.started - t_gate for t in transfers])
+            slot = np.array([t.slot for t in transfers], dtype=np.intp)
+            order = end.argsort(kind="stable")  # the GPU takes them in arrival order
+            placed = Placed(start[order], end[order], slot[order], float(end.max()))
+            fetched.append((idx[order], placed, route))
+            window = max(window, placed.last)
+        rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, hit_idx, fetched)
+        for chain in chains:
+            end, nbytes, route = yield chain
+            if route == HOST_ROUTE:
+                bytes_pcie += nbytes
+            else:
+                bytes_md += nbytes
+            rel_end = max(rel_end, end)
+            window = max(window, end)
+        t_end = t_gate + rel_end
+        if t_end > env.now:
+            yield env.at(t_end)
+        elif t_end < env.now:  # an arrival rounded past it: the layer ends on the clock
+            t_end = env.now
+            rel_end = t_end - t_gate
+        self._record(g, layer, n, by_path, hits, late, prefetched, bytes_pcie, bytes_md)
+        self._record_times(t_start, t_gate, t_end, window, rel_end, ref, ne)
+        return view
+
+    def _submit(
+        self,
+        env: Clock,
+        route: str,
+        nbytes: float,
+        now: float,
+        kind: str,
+        s: int,
+        layer: int,
+        expert: int = -1,
+    ) -> Transfer:
+        """Hand one transfer to the flow network (issued now on ``route``)."""
+        assert self.network is not None
+        transfer = Transfer(self.routes[route], nbytes, now)
+        transfer.arrived = arrived = env.event()
+        timeline = self.timeline if kind != "fetch" else None  # fetches: see _fetch_events
+        cache = self.cache
+        key = layer * self.num_experts + expert if expert >= 0 else -1
+
+        def done(t: Transfer) -> None:
+            if key >= 0:
+                cache.arrival(key, t, t.done)
+            arrived.succeed()
+            if timeline is not None:
+                name = f"{route}[{t.slot}]"
+                timeline.append(TimelineEvent(name, kind, t.started, t.done, s, layer, expert))
+
+        transfer.on_done = done
+        self.network.submit(transfer)
+        return transfer
+
+    def _remote_events(
+        self,
+        env: Clock,
+        route: str,
+        path: int,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        out: tuple,
+    ) -> Iterator:
+        """Near-data / host compute of a gate: activations out (already issued), the unit's
+        serial compute, activations back when it is done. Returns (end relative to the gate,
+        bytes both ways, route)."""
+        link = self.routes[route]
+        if isinstance(link, FifoLink):  # out placed at the gate; back placed when issued
+            _start, arrived, half, idx = out
+            c = self._remote_compute(path, s, layer, experts[idx], tokens[idx])
+            done = arrived + float(c.sum())
+            nbytes = float(tokens[idx].sum()) * self.act_bytes
+            t_back = t_gate + done
+            if t_back > env.now:
+                yield env.at(t_back)
+            b_start, b_end, slot = link.place_one(t_back, half, nbytes)
+            if self.timeline is not None:
+                self._remote_events_timeline(
+                    path, route, s, layer, t_gate, arrived, c, idx, experts
+                )
+                self._event(
+                    f"{route}[{slot}]", "activation", t_back + b_start, t_back + b_end, s, layer
+                )
+            return done + b_end, 2.0 * nbytes, route
+        transfer, idx = out
+        if not transfer.arrived.processed:
+            yield transfer.arrived
+        arrived = transfer.done - t_gate
+        c = self._remote_compute(path, s, layer, experts[idx], tokens[idx])
+        done = arrived + float(c.sum())
+        if self.timeline is not None:
+            self._remote_events_timeline(path, route, s, layer, t_gate, arrived, c, idx, experts)
+        t_back = t_gate + done
+        if t_back > env.now:
+            yield env.at(t_back)
+        back = self._submit(env, route, transfer.nbytes, env.now, "activation", s, layer)
+        assert self.network is not None
+        self.network.commit()
+        yield back.arrived
+        return back.done - t_gate, 2.0 * transfer.nbytes, route
+
+    def _remote_compute(
+        self, path: int, s: int, layer: int, experts: np.ndarray, tokens: np.ndarray
+    ) -> np.ndarray:
+        if path == _MD_NEAR:
+            return np.asarray(self.cost.near_compute_time(s, layer, experts, tokens), dtype=float)
+        return np.asarray(self.cost.host_compute_time(s, layer, experts, tokens), dtype=float)
+
+    def _remote_events_timeline(
+        self,
+        path: int,
+        route: str,
+        s: int,
+        layer: int,
+        t_gate: float,
+        arrived: float,
+        c: np.ndarray,
+        idx: np.ndarray,
+        experts: np.ndarray,
+    ) -> None:
+        unit = "md" if path == _MD_NEAR else "host"
+        ends = arrived + np.cumsum(c)
+        for e, c_start, c_end in zip(experts[idx].tolist(), ends - c, ends, strict=True):
+            self._event(unit, "compute", t_gate + c_start, t_gate + c_end, s, layer, e)
+
+    def _prefetch_events(
+        self, env: Clock, decision: GateDecision, s: int, layer: int, t_gate: float, steps: int
+    ) -> tuple[int, int]:
+        """`_prefetch` with network routes: their prefetches are in flight until the network
+        says they arrived."""
+        by_route = self.cache.reserve_prefetches(decision.prefetch, s, layer)
+        for route, arr in by_route.items():
+            if not len(arr):
+                continue
+            if isinstance(self.routes[route], FifoLink):
+                placed = self._fetch_prefetch(route, s, layer, arr, t_gate, steps)
+                self.cache.arrived(arr, placed, t_gate)
+                if self.timeline is not None:
+                    for (lyr, e), a, b, k in zip(
+                        arr.tolist(), placed.start, placed.end, placed.slot, strict=True
+                    ):
+                        self._event(f"{route}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
+                continue
+            for lyr, e in arr.tolist():
+                transfer = self._submit(
+                    env, route, self.expert_bytes, t_gate, "prefetch", s, lyr, e
+                )
+                self.cache.track(lyr, e, transfer)
+        return len(by_route[HOST_ROUTE]), len(by_route[MD_ROUTE])
 
     def _where(self, view: GateView) -> str:
         return f"policy {self.policy.name!r} at step {view.step} layer {view.layer}"

@@ -105,29 +105,38 @@ class LockstepSource:
     """Every GPU decodes a fixed batch together, one trace step per iteration (today's model).
 
     ``counts``: ``[steps, layers, E]`` token counts of the batch (``RoutingTrace.
-    expert_token_counts``), the same for every GPU, or one such array per GPU (the batch's
-    sequences split over the GPUs). ``non_expert``: seconds per layer, a scalar or a
-    ``[steps, layers]`` table. ``positions``: the token position of each step.
+    expert_token_counts``), the same for every GPU, or a list of one such array per GPU (the
+    batch's sequences split over the GPUs). ``non_expert``: seconds per layer, a scalar, a
+    ``[steps, layers]`` table (broadcast), or a list of one per GPU. ``positions``: the token
+    position of each step.
     """
 
     def __init__(
         self,
         counts: np.ndarray | Sequence[np.ndarray],
         positions: Sequence[int],
-        non_expert: float | np.ndarray = 0.0,
+        non_expert: float | np.ndarray | Sequence[float | np.ndarray] = 0.0,
         num_gpus: int = 1,
     ) -> None:
         per_gpu = (
             list(counts) if isinstance(counts, list | tuple) else [np.asarray(counts)] * num_gpus
         )
-        if len(per_gpu) != num_gpus:
-            raise ValueError(f"expected counts for {num_gpus} GPUs, got {len(per_gpu)}")
+        num_gpus = len(per_gpu)
         self.counts = per_gpu
         steps, layers = per_gpu[0].shape[:2]
         self.positions = tuple(int(p) for p in positions)
-        table = np.broadcast_to(np.asarray(non_expert, dtype=np.float64), (steps, layers))
-        self.non_expert_table = table
-        self._non_expert = table.tolist()  # plain floats: the engine's clock adds them
+        times = (
+            list(non_expert) if isinstance(non_expert, list | tuple) else [non_expert] * num_gpus
+        )
+        if len(times) != num_gpus:
+            raise ValueError(f"expected non-expert times for {num_gpus} GPUs, got {len(times)}")
+        tables: dict[int, list] = {}
+        self._non_expert = [  # plain floats: the engine's clock adds them
+            tables.setdefault(
+                id(t), np.broadcast_to(np.asarray(t, dtype=np.float64), (steps, layers)).tolist()
+            )
+            for t in times
+        ]
         orders: dict[int, GateOrder] = {}
         self._orders = [orders.setdefault(id(c), GateOrder.from_counts(c)) for c in per_gpu]
         self._next = [0] * num_gpus
@@ -147,7 +156,7 @@ class LockstepSource:
         self._next[gpu] = s + 1
         return Iteration(
             counts=self.counts[gpu][s],
-            non_expert=self._non_expert[s],
+            non_expert=self._non_expert[gpu][s],
             position=self.positions[s],
             tag=s,
             order=self._orders[gpu].row(s),
