@@ -142,11 +142,12 @@ class Transfer:
 class Flow:
     """A transfer in its data phase."""
 
-    __slots__ = ("cap", "links", "rate", "remaining", "transfer", "updated", "version")
+    __slots__ = ("cap", "links", "rate", "remaining", "through", "transfer", "updated", "version")
 
     def __init__(self, transfer: Transfer, now: float) -> None:
         self.transfer = transfer
-        self.links = tuple(link for link in transfer.route.links if link.fair)
+        self.through = transfer.route.links  # every link it crosses (for their statistics)
+        self.links = tuple(link for link in self.through if link.fair)  # those it shares
         self.cap = transfer.route.cap
         self.remaining = transfer.nbytes
         self.rate = 0.0
@@ -168,7 +169,8 @@ class FlowNetwork:
         self._seq = itertools.count()
         self._order = itertools.count()
         self._wake_at = math.inf
-        self._changed: set[LinkState] = set()
+        self._changed: set[LinkState] = set()  # fair links whose flows changed: re-rate
+        self._accounts: set[LinkState] = set()  # fifo links whose flows' rates changed
         self._new: list[Flow] = []
         self.events = 0  # processed heap entries (completions, latency ends)
         self.rerates = 0  # component re-ratings
@@ -203,13 +205,15 @@ class FlowNetwork:
 
     def _enter(self, transfer: Transfer, now: float) -> None:
         flow = Flow(transfer, now)
+        for link in flow.through:
+            link.flows.add(flow)
         if not flow.links:  # only capped by its first (fifo) link: nothing to share
             flow.rate = flow.cap
             self._schedule_done(flow, now)
+            for link in flow.through:
+                self._account(link, now)
             return
-        for link in flow.links:
-            link.flows.add(flow)
-            self._changed.add(link)
+        self._changed.update(flow.links)
         self._new.append(flow)
 
     def _schedule_done(self, flow: Flow, now: float) -> None:
@@ -237,9 +241,10 @@ class FlowNetwork:
 
     def _finish(self, flow: Flow, now: float) -> None:
         transfer = flow.transfer
-        for link in flow.links:
+        for link in flow.through:
             link.flows.discard(flow)
-            self._changed.add(link)
+        self._changed.update(flow.links)
+        self._accounts.update(link for link in flow.through if not link.fair)
         flow.version += 1
         transfer.done = now
         unloaded = transfer.route.latency + transfer.nbytes / transfer.route.nominal_rate
@@ -259,6 +264,9 @@ class FlowNetwork:
     def _settle(self, now: float) -> None:
         if self._changed:
             self._rerate(now)
+        for link in sorted(self._accounts, key=_link_order):
+            self._account(link, now)
+        self._accounts.clear()
         if self._heap and self._heap[0][0] < self._wake_at:
             when = max(self._heap[0][0], now)
             self._wake_at = when
@@ -292,10 +300,16 @@ class FlowNetwork:
                 flow.rate = rate
                 self._schedule_done(flow, now)
         for link in sorted(links, key=_link_order):
-            total = 0.0
-            for flow in sorted(link.flows, key=_flow_order):
-                total += flow.rate
-            link.set_rate(now, total)
+            self._account(link, now)
+        self._accounts.update(link for flow in flows for link in flow.through if not link.fair)
+
+    @staticmethod
+    def _account(link: LinkState, now: float) -> None:
+        """The link's total rate from its flows (in a fixed order: float sums)."""
+        total = 0.0
+        for flow in sorted(link.flows, key=_flow_order):
+            total += flow.rate
+        link.set_rate(now, total)
 
 
 def _flow_order(flow: Flow) -> int:
@@ -315,7 +329,7 @@ def max_min_rates(flows: set[Flow], links: set[LinkState]) -> dict[Flow, float]:
     rates: dict[Flow, float] = {}
     ordered = sorted(links, key=_link_order)
     left = {link: link.config.bandwidth for link in ordered}
-    count = {link: len(link.flows) for link in ordered}
+    count = {link: sum(1 for f in link.flows if f in flows) for link in ordered}
     unfixed = set(flows)
     while unfixed:
         share, bottleneck = math.inf, None

@@ -45,6 +45,7 @@ def simulate(
     progress: Callable[[int], None] | None = None,
     seed: int = 0,
     label: str | None = None,
+    record_rates: bool = False,
 ) -> RunResult:
     """Replay ``trace`` under ``policy`` on ``hardware``; returns per-layer/step metrics.
 
@@ -52,7 +53,9 @@ def simulate(
     the project's one top-k selection. ``progress`` is called with the number of steps newly
     completed (tqdm's ``update``). ``label`` defaults to the policy's name. ``timeline``: True
     records every interval; ``(start, stop)`` only those of steps ``start .. stop-1`` (a window
-    costs what the recorded steps cost; the other steps take the fast path).
+    costs what the recorded steps cost; the other steps take the fast path). With several GPUs
+    (``hardware.topology``) each gets a copy of ``policy`` and the trace's batch (replicas) or
+    a share of its sequences (split). ``record_rates``: see `run_engine`.
     """
     k = model.top_k if topk is None else int(topk)
     if trace.num_experts != model.num_experts:
@@ -83,6 +86,7 @@ def simulate(
         seed=seed,
         label=label,
         tokens_per_iteration=[t.num_seqs for t in traces],
+        record_rates=record_rates,
     )
 
 
