@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+from simpy import Event
 
 from sim.contract import (
     HOST_ROUTE,
@@ -567,14 +568,14 @@ class GpuProcess:
             for route, path, out in outs
         ]
         # the GPU needs this gate's fetches and its hits still in flight on the network
-        waits = [t.arrived for _, transfers, _ in in_flight for t in transfers]
+        waits = [t for _, transfers, _ in in_flight for t in transfers]
         hit_idx = groups[_HIT]
         if hit_idx is not None and cache.pending:
             keys = (layer * self.num_experts + experts[hit_idx]).tolist()
-            waits.extend(cache.pending[k].arrived for k in keys if k in cache.pending)
-        waits = [w for w in waits if not w.processed]
+            waits.extend(cache.pending[k] for k in keys if k in cache.pending)
+        waits = [t for t in waits if t.done != t.done]  # not arrived yet (done is nan)
         if waits:
-            yield env.all_of(waits)
+            yield _countdown(env, waits)
         for idx, transfers, route in in_flight:
             end = np.array([t.done - t_gate for t in transfers])
             start = np.array([t.started - t_gate for t in transfers])
@@ -616,20 +617,19 @@ class GpuProcess:
         """Hand one transfer to the flow network (issued now on ``route``)."""
         assert self.network is not None
         transfer = Transfer(self.routes[route], nbytes, now)
-        transfer.arrived = arrived = env.event()
         timeline = self.timeline if kind != "fetch" else None  # fetches: see _fetch_events
-        cache = self.cache
-        key = layer * self.num_experts + expert if expert >= 0 else -1
+        if expert >= 0 or timeline is not None:
+            cache = self.cache
+            key = layer * self.num_experts + expert if expert >= 0 else -1
 
-        def done(t: Transfer) -> None:
-            if key >= 0:
-                cache.arrival(key, t, t.done)
-            arrived.succeed()
-            if timeline is not None:
-                name = f"{route}[{t.slot}]"
-                timeline.append(TimelineEvent(name, kind, t.started, t.done, s, layer, expert))
+            def done(t: Transfer) -> None:
+                if key >= 0:
+                    cache.arrival(key, t, t.done)
+                if timeline is not None:
+                    name = f"{route}[{t.slot}]"
+                    timeline.append(TimelineEvent(name, kind, t.started, t.done, s, layer, expert))
 
-        transfer.on_done = done
+            transfer.on_done = done
         self.network.submit(transfer)
         return transfer
 
@@ -667,8 +667,8 @@ class GpuProcess:
                 )
             return done + b_end, 2.0 * nbytes, route
         transfer, idx = out
-        if not transfer.arrived.processed:
-            yield transfer.arrived
+        if transfer.done != transfer.done:  # not arrived yet (done is nan)
+            yield _countdown(env, [transfer])
         arrived = transfer.done - t_gate
         c = self._remote_compute(path, s, layer, experts[idx], tokens[idx])
         done = arrived + float(c.sum())
@@ -680,7 +680,7 @@ class GpuProcess:
         back = self._submit(env, route, transfer.nbytes, env.now, "activation", s, layer)
         assert self.network is not None
         self.network.commit()
-        yield back.arrived
+        yield _countdown(env, [back])
         return back.done - t_gate, 2.0 * transfer.nbytes, route
 
     def _remote_compute(
@@ -1060,3 +1060,21 @@ def _book_idle(
         end = float(last[lyr]) if c == 1 else float(j // c) * d + d
         link.free_at[k] = t[lyr] + end
     link.latest = t[used[-1]] + float(last[used[-1]])
+
+
+def _countdown(env: Clock, transfers: list[Transfer]) -> Event:
+    """An event that fires when every one of ``transfers`` (none arrived yet) has arrived."""
+    event = env.event()
+    left = [len(transfers)]
+
+    def tick(_transfer: Transfer) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            event.succeed()
+
+    for transfer in transfers:
+        if transfer.watchers is None:
+            transfer.watchers = [tick]
+        else:
+            transfer.watchers.append(tick)
+    return event

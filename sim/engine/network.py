@@ -27,7 +27,6 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -103,16 +102,18 @@ class Route:
     free_at: np.ndarray = field(init=False)  # per slot, when it is estimated to free up
     public_free_at: np.ndarray = field(init=False)  # read-only view for policies
     one_transfer: float = 0.0  # an expert's transfer alone on the route, s (set by the GPU)
+    _nominal: float = field(init=False, default=0.0)
+
+    @property
+    def nominal_rate(self) -> float:
+        """What one transfer gets alone on idle links: its cap, or the slowest link."""
+        return self._nominal
 
     def __post_init__(self) -> None:
         self.free_at = np.zeros(self.pool.size)
         self.public_free_at = self.free_at.view()
         self.public_free_at.flags.writeable = False
-
-    @property
-    def nominal_rate(self) -> float:
-        """What one transfer gets alone on idle links: its cap, or the slowest link."""
-        return min(self.cap, *(link.config.bandwidth for link in self.links))
+        self._nominal = min(self.cap, *(link.config.bandwidth for link in self.links))
 
     def estimate_free_at(self, now: float) -> None:
         """``free_at`` as policies see it (`GateView.link_free_at`): the route's busy and
@@ -136,7 +137,7 @@ class Transfer:
     done: float = math.nan  # arrived
     seq: int = -1  # submission order in the network: the deterministic tie-break
     slot: int = -1  # the slot of its route it held
-    arrived: Any = None  # the GPU's simpy event for its arrival
+    watchers: list[Callable[[Transfer], None]] | None = None  # also told when it arrives
 
 
 class Flow:
@@ -260,6 +261,9 @@ class FlowNetwork:
             pool.give(transfer.slot)
         if transfer.on_done is not None:
             transfer.on_done(transfer)
+        if transfer.watchers:
+            for watcher in transfer.watchers:
+                watcher(transfer)
 
     def _settle(self, now: float) -> None:
         if self._changed:
@@ -290,7 +294,11 @@ class FlowNetwork:
                     stack.extend(other for other in flow.links if other not in links)
         new = set(self._new)
         self._new.clear()
-        rates = max_min_rates(flows, links)
+        if len(links) == 1:  # one shared link (a pool behind one link): equal shares, caps
+            (link,) = links
+            rates = _one_link_rates(link, flows)
+        else:
+            rates = max_min_rates(flows, links)
         for flow in sorted(flows, key=_flow_order):
             rate = rates[flow]
             if flow in new or rate != flow.rate:
@@ -305,10 +313,15 @@ class FlowNetwork:
 
     @staticmethod
     def _account(link: LinkState, now: float) -> None:
-        """The link's total rate from its flows (in a fixed order: float sums)."""
+        """The link's total rate from its flows (added in submission order unless all are
+        equal, when any order gives the same float)."""
+        flows = link.flows
+        rates = [flow.rate for flow in flows]
+        if rates and min(rates) != max(rates):
+            rates = [flow.rate for flow in sorted(flows, key=_flow_order)]
         total = 0.0
-        for flow in sorted(link.flows, key=_flow_order):
-            total += flow.rate
+        for rate in rates:
+            total += rate
         link.set_rate(now, total)
 
 
@@ -319,6 +332,18 @@ def _flow_order(flow: Flow) -> int:
 
 def _link_order(link: LinkState) -> str:
     return link.name
+
+
+def _one_link_rates(link: LinkState, flows: set[Flow]) -> dict[Flow, float]:
+    """`max_min_rates` when every flow shares just this one link: with one cap for all, each
+    gets min(cap, bandwidth / n)."""
+    caps = {flow.cap for flow in flows}
+    if len(caps) == 1:
+        (cap,) = caps
+        share = link.config.bandwidth / len(flows)
+        rate = cap if cap <= share else share
+        return dict.fromkeys(flows, rate)
+    return max_min_rates(flows, {link})
 
 
 def max_min_rates(flows: set[Flow], links: set[LinkState]) -> dict[Flow, float]:
