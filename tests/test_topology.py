@@ -14,8 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.engine import simulate
+from sim.errors import UserError
 from sim.hardware import GpuConfig, Hardware, HbmConfig, LinkConfig, Topology
 from sim.policies import make_policy
+from sim.scenario import scenario_from_dict
 
 EB = 2.0**22  # expert bytes
 B = 2.0**34  # bytes/s
@@ -197,3 +199,117 @@ def test_more_bandwidth_on_any_link_never_makes_a_stateless_policy_slower(setup,
     assert fast.totals["mean_step"] <= base.totals["mean_step"] * (1 + 1e-12)
     if hw.topology.num_gpus == 1:
         assert np.all(_steps(fast, 0) <= _steps(base, 0) * (1 + 1e-12))
+
+
+def test_a_shared_fifo_link_serves_the_gpus_in_issue_order():
+    """fifo slots are the link's: at the first gate both GPUs issue at the same time, GPU 0's
+    transfers queue first, GPU 1's behind them (one slot, equal transfers)."""
+    one = simulate(
+        trace(), machine(1, md_sharing="fifo", md_channels=1), MODEL, make_policy("md-only")
+    )
+    two = simulate(
+        trace(), machine(2, md_sharing="fifo", md_channels=1), MODEL, make_policy("md-only")
+    )
+    first = one.per_layer["transfer_window"][0]
+    assert gpu_rows(two, 0, "transfer_window")[0] == first
+    assert gpu_rows(two, 1, "transfer_window")[0] == 2 * first
+    assert not two.rates  # fifo one-link paths keep the closed form: no flows
+
+
+def test_split_divides_the_batch():
+    tr = trace(seqs=8)
+    two = simulate(tr, machine(2, parallel="split"), MODEL, make_policy("gpu-only"))
+    for gpu, seqs in ((0, [0, 1, 2, 3]), (1, [4, 5, 6, 7])):
+        alone = simulate(tr.select(seqs=seqs), machine(1), MODEL, make_policy("gpu-only"))
+        np.testing.assert_array_equal(gpu_rows(two, gpu, "t_end"), alone.per_layer["t_end"])
+    assert two.totals["tokens_per_s"] == 8 / two.totals["mean_step"]
+    with pytest.raises(UserError, match="num_gpus: expected at most the batch's 8 sequences"):
+        simulate(tr, machine(9, parallel="split"), MODEL, make_policy("gpu-only"))
+
+
+def test_the_step_is_the_slowest_gpus():
+    tr = trace(seqs=8)
+    two = simulate(tr, machine(2, parallel="split"), MODEL, make_policy("md-only"))
+    slowest = np.maximum(
+        gpu_rows(two, 0, "latency", "per_step"), gpu_rows(two, 1, "latency", "per_step")
+    )
+    assert two.totals["mean_step"] == float(slowest.mean())
+    assert [row["gpu"] for row in two.per_gpu] == [0, 1]
+    assert two.totals["total_time"] == max(row["total_time"] for row in two.per_gpu)
+
+
+# -- the scenario file -----------------------------------------------------------------------------
+SCENARIO = {
+    "trace": {"path": "embedded", "positions": "0-3"},
+    "hardware": {"preset": "h100-pcie5-cxl", "num_gpus": 2},
+    "policies": ["seed-split"],
+}
+
+
+def test_scenario_topology_fields_resolve_and_round_trip(tmp_path):
+    scenario = scenario_from_dict(
+        {
+            **SCENARIO,
+            "hardware": {
+                **SCENARIO["hardware"],
+                "md_via_pcie": True,
+                "links": {"pcie": {"sharing": "fair"}},
+            },
+        }
+    )
+    topo = scenario.hardware.topology
+    assert (topo.num_gpus, dict(topo.paths)) == (2, {"host": ("pcie",), "md": ("md_link", "pcie")})
+    assert topo.per_gpu == {"pcie"}
+    doc = scenario.resolved_dict()
+    assert doc["hardware"]["paths"] == {"host": ["pcie"], "md": ["md_link", "pcie"]}
+    again = scenario_from_dict(doc)
+    assert again.hardware == scenario.hardware
+
+
+@pytest.mark.parametrize(
+    ("hardware", "message"),
+    [
+        ({"md_via_pcie": True}, "hardware.links.pcie.sharing: expected fair"),
+        ({"paths": {"md": ["md_link", "nic"]}}, r"hardware.paths.md\[1\]: expected a link of"),
+        (
+            {"links": {"nic": "rdma-400g-ndr"}},
+            "hardware.links.nic: expected only links a path uses",
+        ),
+        ({"paths": {"md": ["md_link", "md_link"]}}, "hardware.paths.md: expected each link once"),
+        ({"num_gpus": 2000}, "hardware.num_gpus: expected a value <= 1024"),
+        ({"parallel": "pipeline"}, "hardware.parallel: expected one of"),
+        (
+            {"links": {"pcie": {"sharing": "lottery"}}},
+            "hardware.links.pcie.sharing: expected one of",
+        ),
+        ({"paths": {"md": []}}, "hardware.paths.md"),
+        (
+            {
+                "md_via_pcie": True,
+                "paths": {"md": ["md_link"]},
+                "links": {"pcie": {"sharing": "fair"}},
+            },
+            "hardware.paths.md: expected",
+        ),
+    ],
+)
+def test_bad_topologies_are_one_line_errors(hardware, message):
+    with pytest.raises(UserError, match=message):
+        scenario_from_dict({**SCENARIO, "hardware": {**SCENARIO["hardware"], **hardware}})
+
+
+def test_a_new_link_on_a_path_is_data():
+    """A third link is a name in the scenario, not code: an NVMe-oF hop in front of the NIC."""
+    scenario = scenario_from_dict(
+        {
+            **SCENARIO,
+            "hardware": {
+                "preset": "h100-pcie4-rdma400",
+                "links": {"switch": {"bandwidth": "30 GB/s", "sharing": "fair"}},
+                "paths": {"md": ["md_link", "switch", "pcie"]},
+                "md_via_pcie": False,
+            },
+        }
+    )
+    assert scenario.hardware.topology.paths["md"] == ("md_link", "switch", "pcie")
+    assert scenario.hardware.md_link.bandwidth == 25e9  # the route's narrowest link

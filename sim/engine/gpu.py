@@ -68,6 +68,8 @@ class GpuProcess:
         self.act_bytes = float(model.activation_bytes_per_token)
         self.routes = dict(routes)
         self.alone = alone
+        # timeline resources: "pcie[0]", or "gpu1/pcie[0]" when there are several GPUs
+        self.prefix = f"gpu{index}/" if hw.topology.num_gpus > 1 else ""
         self.network = network
         self.public_free_at = {name: link.public_free_at for name, link in self.routes.items()}
         self.estimated = [route for route in self.routes.values() if isinstance(route, Route)]
@@ -626,7 +628,7 @@ class GpuProcess:
                 if key >= 0:
                     cache.arrival(key, t, t.done)
                 if timeline is not None:
-                    name = f"{route}[{t.slot}]"
+                    name = f"{self.prefix}{route}[{t.slot}]"
                     timeline.append(TimelineEvent(name, kind, t.started, t.done, s, layer, expert))
 
             transfer.on_done = done
@@ -949,7 +951,9 @@ class GpuProcess:
         self, resource: str, kind: str, start: float, end: float, s: int, layer: int, e: int = -1
     ) -> None:
         assert self.timeline is not None
-        self.timeline.append(TimelineEvent(resource, kind, float(start), float(end), s, layer, e))
+        self.timeline.append(
+            TimelineEvent(self.prefix + resource, kind, float(start), float(end), s, layer, e)
+        )
 
 
 class _IterationGates:

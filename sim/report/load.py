@@ -82,7 +82,8 @@ class TimelineEvents:
     """Complete ("X") events of a Chrome trace-event file, one array per field, in seconds."""
 
     label: np.ndarray  # policy label (the trace's process)
-    resource: np.ndarray  # "pcie[0]", "md_link[1]", "gpu", "md", "host" (the trace's thread)
+    resource: np.ndarray  # "pcie[0]", "md_link[1]", "gpu", "md", "host" (the trace's thread;
+    #                       "gpu1/pcie[0]" etc. in a run of several GPUs)
     kind: np.ndarray  # "fetch", "prefetch", "activation", "compute", "non_expert"
     start: np.ndarray  # s
     end: np.ndarray  # s
@@ -101,7 +102,10 @@ class TimelineEvents:
     @property
     def link(self) -> np.ndarray:
         """The resource without its channel index: ``pcie[1]`` -> ``pcie``."""
-        return np.array([r.split("[", 1)[0] for r in self.resource], dtype=object)
+        # "gpu1/pcie[0]" (a run of several GPUs) is link "pcie" too
+        return np.array(
+            [r.rsplit("/", 1)[-1].split("[", 1)[0] for r in self.resource], dtype=object
+        )
 
 
 _EVENT_FIELDS = (
