@@ -1056,6 +1056,9 @@ def _book_idle(
     link.transfers += sum(counts)
     c = link.channels
     t = t_gate.tolist()
+    for lyr in used:
+        start, end, _slot = link.idle_table(d, counts[lyr])
+        link.log.append((t[lyr], start, end))
     for k in range(c):
         lyr = next((i for i in reversed(used) if counts[i] > k), None)
         if lyr is None:

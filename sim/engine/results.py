@@ -211,6 +211,7 @@ class RunResult:
     timeline: tuple[TimelineEvent, ...] | None = None
     per_gpu: list[dict[str, Any]] | None = None  # each GPU's own totals (gpu, then TOTAL_KEYS)
     rates: dict[str, tuple[tuple[float, float], ...]] | None = None  # network link: (t, rate)
+    link_usage: dict[str, np.ndarray] | None = None  # link: rows (t0, t1, mean utilisation)
 
     def summary_row(self) -> dict[str, Any]:
         """Flat dict for summary.csv/json: policy, label, totals, link utilisations."""

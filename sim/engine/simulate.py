@@ -138,7 +138,7 @@ def run_engine(
         raise ValueError("each GPU needs its own policy instance")
     cost = cost if cost is not None else RooflineCost(hardware, model)
     env = Clock(initial_time=0.0)
-    machine = Machine.build(hardware, env, record_rates=record_rates)
+    machine = Machine.build(hardware, env)
     gpus = []
     for g, policy in enumerate(policies):
         ctx = PolicyContext(
@@ -177,7 +177,7 @@ def run_engine(
         if isinstance(tokens_per_iteration, int)
         else [int(t) for t in tokens_per_iteration]
     )
-    return _result(gpus, machine, label or policies[0].name, tokens)
+    return _result(gpus, machine, label or policies[0].name, tokens, record_rates)
 
 
 def _per_iterations(
@@ -199,7 +199,9 @@ def _per_iterations(
     return tick
 
 
-def _result(gpus: list[GpuProcess], machine: Machine, label: str, tokens: list[int]) -> RunResult:
+def _result(
+    gpus: list[GpuProcess], machine: Machine, label: str, tokens: list[int], rates: bool
+) -> RunResult:
     """The run's columns (every GPU's rows, GPU by GPU), totals and link figures.
 
     With several GPUs the step is the slowest GPU's: step ``s`` of the run takes the longest
@@ -220,7 +222,7 @@ def _result(gpus: list[GpuProcess], machine: Machine, label: str, tokens: list[i
         per_step = {k: np.concatenate([p[1][k] for p in parts]) for k in parts[0][1]}
         totals = combined_totals([p[0] for p in parts], [p[1] for p in parts], sum(tokens))
         per_gpu = [{"gpu": g, **p[2]} for g, p in enumerate(parts)]
-    links = machine.link_stats(totals["total_time"])
+    links, usage = machine.link_stats(totals["total_time"])
     policy = gpus[0].policy
     params = policy.params
     events = [e for gpu in gpus if gpu.events is not None for e in gpu.events]
@@ -234,9 +236,8 @@ def _result(gpus: list[GpuProcess], machine: Machine, label: str, tokens: list[i
         params=dataclasses.asdict(params) if dataclasses.is_dataclass(params) else {},
         timeline=tuple(events) if gpus[0].events is not None else None,
         per_gpu=per_gpu,
-        rates={
-            name: tuple(link.history)
-            for name, link in machine.network_links.items()
-            if link.history is not None
-        },
+        rates={name: tuple(link.history or ()) for name, link in machine.network_links.items()}
+        if rates
+        else {},
+        link_usage=usage,
     )

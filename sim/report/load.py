@@ -31,6 +31,7 @@ from sim.yamlio import read_yaml as load_yaml_file
 SUMMARY_REQUIRED = ("label", "policy", "topk", "mean_step")
 PER_LAYER_REQUIRED = ("label", "policy", "topk", "step", "layer", "active")
 PER_STEP_REQUIRED = ("label", "policy", "topk", "step", "latency")
+LINK_USAGE_REQUIRED = ("label", "topk", "link", "t_start", "t_end", "utilisation")
 SWEEP_REQUIRED = ("label", "topk")
 _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE"})
@@ -134,6 +135,7 @@ class RunResults:
     trace: dict[str, Any] | None
     timeline: TimelineEvents | None
     timeline_path: Path
+    link_usage: Table | None = None  # link_usage.csv (runs since issue 21)
 
     @property
     def baseline(self) -> str | None:
@@ -351,7 +353,11 @@ def load_run(root: Path, *, timeline: str | Path | None = None) -> RunResults:
         events = timeline_events(timeline_path, data)
         check_timeline_belongs(root, timeline_path, data, events, summary)
         events = _with_topk(events, [int(k) for k in summary.unique("topk")])
-    return RunResults(root, summary, per_layer, per_step, scenario, trace, events, timeline_path)
+    usage_path = root / "link_usage.csv"
+    usage = read_table(usage_path, LINK_USAGE_REQUIRED) if usage_path.is_file() else None
+    return RunResults(
+        root, summary, per_layer, per_step, scenario, trace, events, timeline_path, usage
+    )
 
 
 def check_timeline_belongs(
