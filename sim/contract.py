@@ -153,6 +153,12 @@ class PolicyContext:
         return int(self.counts.shape[0])
 
     @property
+    def open_ended(self) -> bool:
+        """True when the run's iterations are not known before it (a serving workload: they
+        depend on arrivals and on the run's own latencies): ``counts`` has no rows."""
+        return self.num_steps == 0
+
+    @property
     def num_layers(self) -> int:
         return int(self.counts.shape[1])
 
@@ -181,12 +187,18 @@ class GateView:
 @dataclass
 class GateDecision:
     """A policy's answer at one gate. ``paths`` and ``admit`` are aligned with
-    ``GateView.experts``; entries for cached experts are ignored (they are hits)."""
+    ``GateView.experts``; entries for cached experts are ignored (they are hits).
+
+    ``writeback``: the evicted experts are copied back to host DRAM over the host route, each
+    one transfer of the expert's size queued behind the gate's demand fetches (exclusive
+    caching: the only copy of an expert moves between HBM and host memory, as
+    mixtral-offloading swaps them). False: host memory keeps a copy and eviction is free."""
 
     paths: np.ndarray
     admit: np.ndarray | None = None  # bool: keep this fetched expert in the cache
     evict: list[tuple[int, int]] = field(default_factory=list)  # (layer index, expert id)
     prefetch: list[tuple[int, int, str]] = field(default_factory=list)  # (layer, expert, route)
+    writeback: bool = False
 
 
 class GatePolicy(Protocol):
@@ -196,6 +208,13 @@ class GatePolicy(Protocol):
     params: Any
 
     def bind(self, ctx: PolicyContext) -> None: ...
+
+    def initial_cache(self) -> np.ndarray | None:
+        """Called once after ``bind``: bool ``[layers, num_experts]`` of the experts already in
+        HBM when the run starts (a static placement loads them before serving; they are never
+        transferred during the run), or None for an empty cache. The engine checks the
+        capacity."""
+        ...
 
     def decide(self, view: GateView) -> GateDecision: ...
 

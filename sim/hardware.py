@@ -71,6 +71,9 @@ class GpuConfig:
     non_expert_time: float | None = 0.0
     expert_start: str = "per-expert"  # "per-expert": an expert starts once its weights are in;
     #                                   "layer": expert compute waits for all of the layer's weights
+    # s per transformer layer per iteration of fixed software time (kernel launches, framework
+    # dispatch, synchronisation) that the roofline does not see; added to the non-expert time
+    layer_overhead: float = 0.0
 
 
 @dataclass(frozen=True)

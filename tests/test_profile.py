@@ -233,3 +233,12 @@ def test_profile_cli_bad_options(capsys) -> None:
     assert "--seqs: expected at most 8 sequences" in capsys.readouterr().err
     assert main(["trace", "profile", "embedded", "--topk", "7"]) == 2
     assert "--topk: expected at most the trace's k (6" in capsys.readouterr().err
+
+
+def test_profile_table_columns_have_a_legend(capsys) -> None:
+    assert main(["trace", "profile", "embedded", "--positions", "0-3", "--layers", "2-3"]) == 0
+    out = capsys.readouterr().out
+    legend = out[out.index("columns (per MoE layer") :]
+    for column in ("H bits", "gini", "max/mean", "active", "ov t+1", "xseq", "gap", "same tok"):
+        assert f"\n  {column} " in legend, column
+    assert "diff tok" in legend and "MI>next" in legend and "miss@C LRU/OPT" in legend

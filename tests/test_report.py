@@ -752,3 +752,115 @@ def test_run_notes_reach_the_report(tmp_path: Path) -> None:
     assert any(n.startswith("top-6: lfu = lru: identical") for n in notes)
     assert main(["report", str(out), "--format", "html"]) == 0
     assert "lfu = lru: identical" in (out / "report.html").read_text()
+
+
+# -- kinds: an oracle is never the best online policy --------------------------------------------
+KINDS_SCENARIO = {
+    "name": "kinds",
+    "trace": {
+        "synthetic": {
+            "num_seqs": 4,
+            "seq_len": 16,
+            "layer_ids": "2-4",
+            "num_experts": 16,
+            "topk": 4,
+            "seed": 5,
+        }
+    },
+    "model": {"preset": "flame-moe-290m", "num_experts": 16, "top_k": 4},
+    "hardware": {"preset": "notebook-gbps", "hbm": {"capacity": "6 experts"}},
+    "policies": ["seed-split", "lru", "prefetch-oracle", "static-popular", "belady"],
+}
+
+
+def test_oracles_are_labelled_and_never_the_best_online_policy(tmp_path: Path) -> None:
+    scenario = tmp_path / "kinds.yaml"
+    scenario.write_text(yaml.safe_dump(KINDS_SCENARIO))
+    out = tmp_path / "run"
+    assert main(["run", str(scenario), "--out", str(out), "--quiet", "--report"]) == 0
+    run = load_results(out)
+    mean = dict(zip(run.summary["label"], run.summary["mean_step"]))
+    assert mean["prefetch-oracle"] < mean["lru"]  # the oracle is faster, yet not "best online"
+    assert run.kinds() == {
+        "seed-split": "online",
+        "lru": "online",
+        "prefetch-oracle": "oracle",
+        "static-popular": "oracle",
+        "belady": "bound",
+    }
+    assert F.best_label(run.summary, run.baseline, 4) == "lru"
+    events = json.loads((out / "timeline.json").read_text())["traceEvents"]
+    assert {e["args"]["label"] for e in events if e["name"] == "process_name"} == {
+        "seed-split",
+        "lru",
+    }
+    text = (out / "report.html").read_text()
+    best_rows = re.findall(r'<tr class="best">(.*?)</tr>', text)
+    assert len(best_rows) == 1 and ">lru<" in best_rows[0]
+    assert '<th class="text">kind</th>' in text and "tokens/s" in text
+    assert "hardware: GPU h100-sxm" in text
+    timeline = F.link_timeline(run, F.policy_colours(mean, run.baseline), 4)
+    titles = [ax.get_title() for ax in timeline.axes]
+    assert "best online policy: lru" in titles and not any("oracle" in t for t in titles)
+
+
+def test_coinciding_lines_are_said_in_the_legend(tmp_path: Path) -> None:
+    doc = {**KINDS_SCENARIO, "policies": ["seed-split", "lru", "lfu", "prefetch-oracle"]}
+    doc["hardware"] = {"preset": "notebook-gbps", "hbm": {"capacity": "3 experts"}}
+    scenario = tmp_path / "twins.yaml"
+    scenario.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    assert main(["run", str(scenario), "--out", str(out), "--quiet"]) == 0
+    run = load_results(out)
+    colours = F.policy_colours(run.summary["label"], run.baseline)
+    for figure in (F.step_latency_cdf(run, colours, 4), F.hit_rate_over_steps(run, colours, 4)):
+        names = [t.get_text() for legend in figure.legends for t in legend.get_texts()]
+        assert any(n.startswith("lru (= lfu: same line)") for n in names), names
+        assert any(n.startswith("prefetch-oracle (oracle)") for n in names), names
+
+
+def test_many_layers_get_a_heatmap_and_thinned_ticks(tmp_path: Path) -> None:
+    doc = {
+        **KINDS_SCENARIO,
+        "trace": {
+            "synthetic": {
+                "num_seqs": 2,
+                "seq_len": 4,
+                "layer_ids": "1-40",
+                "num_experts": 16,
+                "topk": 4,
+                "seed": 1,
+            }
+        },
+        "hardware": {"preset": "notebook-gbps", "hbm": {"capacity": "80 experts"}},
+        "policies": ["seed-split", "md-only", "lru"],
+    }
+    scenario = tmp_path / "wide.yaml"
+    scenario.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "run"
+    assert main(["run", str(scenario), "--out", str(out), "--quiet"]) == 0
+    run = load_results(out)
+    fig = F.transfer_time_by_layer(run, F.policy_colours(run.summary["label"], run.baseline), 4)
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert all(ax.images for ax in panels)  # 3 policies x 40 layers > MAX_BARS: heatmaps
+    labelled = [t.get_text() for t in panels[0].get_xticklabels() if t.get_text()]
+    assert len(labelled) <= F.MAX_TICKS and labelled[0] == "1" and labelled[-1] == "40"
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == ["seed-split", "lru", "md-only"]
+
+
+def test_sweep_summary_says_where_each_policy_wins(tmp_path: Path) -> None:
+    from sim.report import sweep_summary_lines
+
+    sweep = load_results(make_sweep(tmp_path))
+    lines = sweep_summary_lines(sweep)
+    assert lines[1] == "  seed-split (online): the baseline"
+    lru = next(line for line in lines if line.startswith("  lru "))
+    assert lru.startswith("  lru (online): 1.00x at bandwidth=64 GB/s, sequences=1 .. ")
+    assert "fastest online in 3 cells: " in lru and "sequences=2" in lru
+    # the full YAML shows the swept fields as swept, not the base value no point ran with
+    resolved = yaml.safe_load((sweep.path / "sweep.resolved.yaml").read_text())
+    resolved["scenario"]["hardware"] = {"links": {"md_link": {"bandwidth": "999 GB/s"}}}
+    (sweep.path / "sweep.resolved.yaml").write_text(yaml.safe_dump(resolved))
+    html = "".join(build_content(load_results(sweep.path)).sections)
+    assert "999 GB/s" not in html
+    assert "bandwidth: &#x27;swept: 64 GB/s, 128 GB/s, 256 GB/s (3 values)&#x27;" in html

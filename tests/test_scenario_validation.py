@@ -119,7 +119,7 @@ def test_yaml_syntax_and_missing_file(tmp_path, capsys) -> None:
     assert main(["validate", str(bad)]) == 2
     assert "expected readable YAML" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "none.yaml")]) == 2
-    assert "no such file" in capsys.readouterr().err
+    assert "got nothing (missing)" in capsys.readouterr().err
 
 
 def test_set_overrides_and_dotted_paths() -> None:
@@ -278,3 +278,24 @@ def test_schema_docs_name_the_embedded_traces_by_name() -> None:
     text = schema_markdown("")
     assert "`embedded:NAME`" in text and "`embedded:flame-moe-290m-synth`" in text
     assert (ROOT / "traces" / "flame-moe-290m-synth").is_dir()  # the example is shipped
+
+
+def test_validate_checks_every_file_and_reports_each(tmp_path, capsys) -> None:
+    bad_preset = tmp_path / "a.yaml"
+    bad_preset.write_text("hardware: nosuch\n")
+    bad_policy = tmp_path / "b.yaml"
+    bad_policy.write_text("hardware: notebook-gbps\npolicies: [lru2]\n")
+    good = str(ROOT / "scenarios" / "hbm-tight.yaml")
+    files = [good, str(bad_preset), str(bad_policy), str(ROOT / "scenarios" / "sweep-hbm.yaml")]
+    assert main(["validate", "--no-trace", *files]) == 2
+    captured = capsys.readouterr()
+    assert [line.split(": ok")[0] for line in captured.out.splitlines()] == [files[0], files[3]]
+    errors = captured.err.splitlines()
+    assert errors[0].startswith("moesim: error: hardware.preset: expected one of")
+    assert str(bad_preset) in errors[0]
+    assert (
+        errors[1].startswith("moesim: error: policies[0].name: expected")
+        and str(bad_policy) in errors[1]
+    )
+    assert errors[2] == "moesim: 2 of 4 files failed"
+    assert main(["validate", "--no-trace", good, good]) == 0

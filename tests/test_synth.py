@@ -168,3 +168,17 @@ def test_full_size_generation_takes_seconds() -> None:
     t = generate(SynthConfig(num_seqs=64, seq_len=2048))
     assert t.experts.shape == (2048, 8, 64, 6)
     assert time.perf_counter() - start < 60
+
+
+def test_synth_warns_when_the_8_layer_calibration_is_stretched(tmp_path, capsys) -> None:
+    base = ["trace", "synth", "--num-shards", "1", "--seq-len", "2", "--micro-batch-size", "2"]
+    assert main([*base, "--out", str(tmp_path / "deep"), "--layers", "1-16"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the default per-layer knobs (layer_correlation, token_weight" in err
+    assert "over 16 layers their 8 points are stretched" in err
+    assert main([*base, "--out", str(tmp_path / "same"), "--layers", "2-9"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    knobs = ["--layer-correlation", "0.5", "--token-weight", "2", "--context-weight", "1"]
+    knobs += ["--topic-weight", "1", "--sharpness", "1"]
+    assert main([*base, "--out", str(tmp_path / "own"), "--layers", "1-16", *knobs]) == 0
+    assert "warning" not in capsys.readouterr().err  # the user chose every profile

@@ -50,9 +50,12 @@ def _run(args: argparse.Namespace) -> int:
         f"sweep: {report.total} points ({report.skipped} already finished, {report.ran} run) "
         f"in {report.elapsed:.1f} s ({rate:.2f} points/s); {report.rows} rows"
     )
+    from sim.report import sweep_summary_lines, write_report
+    from sim.report.load import load_results
+
+    for line in sweep_summary_lines(load_results(report.out_dir)):
+        print(line)
     print(f"results: {report.out_dir}/sweep.csv")
     if args.report:
-        from sim.report import write_report
-
         print(f"report: {write_report(report.out_dir)}")
     return 0

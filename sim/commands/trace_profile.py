@@ -17,7 +17,7 @@ from sim.commands._trace_args import add_trace_selection_args, positive_int, tra
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
 from sim.trace.profile import profile_trace
-from sim.trace.profile_output import summary_table, write_profile
+from sim.trace.profile_output import column_legend, summary_table, write_profile
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,10 +52,14 @@ def _run(args: argparse.Namespace) -> int:
             f"got {args.topk}"
         )
     profile = profile_trace(trace, args.topk)
+    written = None
+    if args.out is not None:  # written before printing: a write error is the only output
+        written = write_profile(profile, args.out, figures=not args.no_figures)
     console = Console(highlight=False, soft_wrap=False)
     console.width = max(console.width, 150)  # the table is wide; never squash it into "…"
     console.print(summary_table(profile))
-    if args.out is not None:
-        written = write_profile(profile, args.out, figures=not args.no_figures)
+    for line in column_legend(profile):
+        console.print(line, markup=False)
+    if written is not None:
         console.print(f"wrote {len(written)} files to {args.out}")
     return 0

@@ -10,6 +10,7 @@ routers); the same options and seed always give the same files. The output is a 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from sim.commands._trace_args import non_negative_int, positive_int, require_new
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
 from sim.ranges import parse_int_selection
-from sim.trace.synth import PerLayer, SynthConfig, generate
+from sim.trace.synth import PerLayer, SynthConfig, calibration_warnings, generate
 
 _KNOB_HELP = {
     "popularity_skew": "(a) std of the per-expert logit bias: higher = more skewed popularity",
@@ -115,8 +116,10 @@ def _run(args: argparse.Namespace) -> int:
     from sim.trace.writer import write_dump
 
     out: Path = args.out
-    require_new_output_dir(out, args.force)
+    mode = require_new_output_dir(out, args.force)
     cfg = config_from_args(args)
+    for line in calibration_warnings(cfg):
+        print(line, file=sys.stderr)
     start = time.perf_counter()
     trace = generate(
         cfg,
@@ -127,6 +130,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     took = time.perf_counter() - start
     compact = {"score_dtype": torch.float16, "index_dtype": torch.int16} if args.compact else {}
-    write_dump(trace, out, shard_prefix=args.shard_prefix, **compact)
+    write_dump(trace, out, shard_prefix=args.shard_prefix, mode=mode, **compact)
     print(f"wrote {trace.describe()} to {out} (generated in {took:.1f} s)")
     return 0

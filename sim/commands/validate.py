@@ -11,8 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "validate",
         help="check scenario YAML files (schema, units, presets, policies, trace paths)",
-        description="Validate scenario files; the first problem is one line with its YAML path "
-        "and exit code 2. Nothing is written.",
+        description="Validate scenario files, every one of them: each file's first problem is "
+        "one line with its YAML path; exit code 2 if any file failed. Nothing is written.",
     )
     p.add_argument("files", nargs="+", metavar="FILE", help="scenario YAML files")
     add_set_option(p)
@@ -25,23 +25,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def validate_command(args: argparse.Namespace) -> int:
+    """Check every file, report each (ok on stdout, problems on stderr), exit 2 if any failed."""
+    import sys
+
+    from sim.errors import EXIT_USER_ERROR, UserError
+
+    failed = 0
+    for file in args.files:
+        try:
+            _validate_one(file, args)
+        except UserError as err:
+            failed += 1
+            text = str(err)
+            if len(args.files) > 1 and file not in text:
+                text = f"{file}: {text}"
+            print(f"moesim: error: {text}", file=sys.stderr)
+    if failed and len(args.files) > 1:
+        print(f"moesim: {failed} of {len(args.files)} files failed", file=sys.stderr)
+    return EXIT_USER_ERROR if failed else 0
+
+
+def _validate_one(file: str, args: argparse.Namespace) -> None:
     from sim.scenario import load_scenario, load_scenario_trace
 
-    for file in args.files:
-        if _is_sweep_file(file):
-            _validate_sweep(file, args.overrides)
-            continue
-        scenario = load_scenario(file, args.overrides)
-        detail = ""
-        if not args.no_trace:
-            trace = load_scenario_trace(scenario)
-            detail = f"; trace {trace.num_steps} steps x {trace.num_layers} layers x {trace.num_seqs} seqs"
-        labels = ", ".join(p.label for p in scenario.policies)
-        print(
-            f"{file}: ok ({scenario.name}: top-k {scenario.topk}, policies {labels}, "
-            f"baseline {scenario.baseline}{detail})"
+    if _is_sweep_file(file):
+        _validate_sweep(file, args.overrides)
+        return
+    scenario = load_scenario(file, args.overrides)
+    detail = ""
+    if not args.no_trace:
+        trace = load_scenario_trace(scenario)
+        detail = (
+            f"; trace {trace.num_steps} steps x {trace.num_layers} layers x {trace.num_seqs} seqs"
         )
-    return 0
+        if scenario.serving:
+            from sim.serving.run import prepare
+
+            setup = prepare(scenario, trace)  # requests read, lengths and HBM checked
+            detail += f"; {len(setup.requests)} requests, KV {setup.hbm.kv_blocks} blocks"
+    labels = ", ".join(p.label for p in scenario.policies)
+    print(
+        f"{file}: ok ({scenario.name}: top-k {scenario.topk}, policies {labels}, "
+        f"baseline {scenario.baseline}{detail})"
+    )
 
 
 def _is_sweep_file(file: str) -> bool:

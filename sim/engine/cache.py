@@ -53,6 +53,23 @@ class HbmCache:
         self.max_ready = 0.0  # latest ready time ever given to a cached expert
         self.pending: dict[int, object] = {}  # flat key -> network transfer in flight to it
 
+    def preload(self, resident: object) -> None:
+        """Experts in HBM before the run (a policy's `initial_cache`): ready at time 0, never
+        transferred. A wrong shape or more bytes than ``hbm.capacity`` is a `PolicyError`."""
+        mask = np.asarray(resident)
+        if mask.shape != self.ready_at.shape or mask.dtype != bool:
+            raise PolicyError(
+                f"{self.who}: initial_cache must be a bool array of shape "
+                f"{self.ready_at.shape}, got {mask.dtype} {mask.shape}"
+            )
+        self.ready_at[mask] = 0.0
+        self.count = int(np.count_nonzero(np.isfinite(self.ready_at)))
+        if self.count and self.count * self.expert_bytes > self.capacity * (1 + 1e-12):
+            raise PolicyError(
+                f"{self.who}: initial_cache holds {self.count} experts = "
+                f"{self.count * self.expert_bytes:.6g} B, above hbm.capacity {self.capacity:.6g} B"
+            )
+
     def check_capacity(self, s: int, layer: int) -> None:
         """`PolicyError` when the cached experts' bytes exceed ``hbm.capacity``."""
         if self.count and self.count * self.expert_bytes > self.capacity * (1 + 1e-12):

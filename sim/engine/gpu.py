@@ -83,6 +83,10 @@ class GpuProcess:
             float(hw.hbm.capacity),
             f"policy {policy.name!r}",
         )
+        initial = getattr(policy, "initial_cache", None)
+        resident = initial() if initial is not None else None
+        if resident is not None:
+            self.cache.preload(resident)
         self.layer_ids = tuple(int(lid) for lid in ctx.layer_ids)
         self.layer_index = np.arange(self.layers)
         self.layer_id_array = np.asarray(self.layer_ids, dtype=np.int64)
@@ -372,6 +376,8 @@ class GpuProcess:
             bytes_md = idx.size * self.expert_bytes
         if decision.admit is not None and fetched:
             cache.admit(decision.admit, experts, n, fetched, layer, t_gate)
+        if decision.writeback and decision.evict:
+            bytes_pcie += self._writeback(decision, s, layer, t_gate)
         prefetched = (0, 0)
         if decision.prefetch:
             prefetched = self._prefetch(decision, s, layer, t_gate, g.steps)
@@ -555,6 +561,14 @@ class GpuProcess:
                 cache.admit_pending(
                     decision.admit, experts, n, [(i, t) for i, t, _ in in_flight], layer
                 )
+        if decision.writeback and decision.evict:
+            if isinstance(self.routes[HOST_ROUTE], FifoLink):
+                bytes_pcie += self._writeback(decision, s, layer, t_gate)
+            else:
+                self._check_writeback(s, layer)
+                for lyr, e in decision.evict:
+                    self._submit(env, HOST_ROUTE, eb, t_gate, "writeback", s, int(lyr), -1)
+                bytes_pcie += len(decision.evict) * eb
         prefetched = (0, 0)
         if decision.prefetch:
             prefetched = self._prefetch_events(env, decision, s, layer, t_gate, g.steps)
@@ -843,6 +857,26 @@ class GpuProcess:
                 f"{route}[{slot}]", "activation", t_back + b_start, t_back + b_end, s, layer
             )
         return done + b_end, 2.0 * nbytes
+
+    def _check_writeback(self, s: int, layer: int) -> None:
+        if self.host_blocked:
+            raise PolicyError(
+                f"policy {self.policy.name!r} at step {s} layer {layer} writes evicted experts "
+                "back to host memory, impossible: the scenario keeps no experts there"
+            )
+
+    def _writeback(self, decision: GateDecision, s: int, layer: int, t_gate: float) -> float:
+        """Copy the gate's evicted experts back to host DRAM (exclusive caching): one
+        transfer each on the host route, behind the demand fetches. Returns the bytes."""
+        self._check_writeback(s, layer)
+        victims = np.asarray([int(e) for _lyr, e in decision.evict], dtype=np.intp)
+        placed = self._fetch(HOST_ROUTE, s, layer, victims, t_gate)
+        if self.timeline is not None:
+            for (lyr, e), a, b, k in zip(
+                decision.evict, placed.start, placed.end, placed.slot, strict=True
+            ):
+                self._event(f"{HOST_ROUTE}[{k}]", "writeback", t_gate + a, t_gate + b, s, lyr, e)
+        return victims.size * self.expert_bytes
 
     def _prefetch(
         self, decision: GateDecision, s: int, layer: int, t_gate: float, steps: int

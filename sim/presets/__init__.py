@@ -1,7 +1,8 @@
 """Named hardware and model figures, kept as YAML data next to this module.
 
-Four kinds: ``links`` (links.yaml), ``gpus`` (gpus.yaml), ``models`` (models.yaml) and
-``hardware`` (hardware.yaml: whole machines built from the others by name). Every entry carries
+Five kinds: ``links`` (links.yaml), ``gpus`` (gpus.yaml), ``cpus`` (cpus.yaml: host CPUs for
+the host-compute path), ``models`` (models.yaml) and ``hardware`` (hardware.yaml: whole machines
+built from the others by name). Every entry carries
 a ``source``. The files are read raw here; `sim.scenario` validates them with the same schema
 as scenario files (so units are parsed in one place), and tests check that every preset does.
 """
@@ -12,17 +13,16 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from sim.errors import UserError
+from sim.yamlio import parse_yaml
 
-KINDS = ("links", "gpus", "models", "hardware")
+KINDS = ("links", "gpus", "cpus", "models", "hardware")
 
 
 @cache
 def _load(kind: str) -> dict[str, dict[str, Any]]:
     text = resources.files(__package__).joinpath(f"{kind}.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    data = parse_yaml(text, f"sim/presets/{kind}.yaml")
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(f"sim/presets/{kind}.yaml: expected a mapping of name -> entry")
     return data

@@ -19,10 +19,11 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from sim import atomic
+from sim import atomic, opener
 from sim.errors import UserError
 from sim.report import figures as F
 from sim.report import html as H
+from sim.report import serving_figures as SF
 from sim.report.load import (
     Results,
     RunResults,
@@ -30,9 +31,10 @@ from sim.report.load import (
     StatsResults,
     SweepResults,
     Table,
-    bound_labels,
     find_key,
+    label_kinds,
     load_results,
+    offline_labels,
     plain_value,
     read_json,
 )
@@ -81,16 +83,20 @@ def write_report(
     needs_png = {"html", "png"} & set(chosen)
     pngs = [F.render(f.figure, "png", dpi) for f in content.figures] if needs_png else []
     written: dict[str, Path] = {}
-    if "png" in chosen:
-        for fig, png in zip(content.figures, pngs):
-            atomic.write_bytes(out / "figures" / f"{fig.name}.png", png)
-        written["png"] = out / "figures"
-    if "pdf" in chosen:
-        written["pdf"] = atomic.write_bytes(out / "report.pdf", _pdf(content.figures))
-    if "html" in chosen:
-        blocks = [H.FigureBlock(f.title, f.caption, png) for f, png in zip(content.figures, pngs)]
-        html_text = render_html(content, blocks).encode("utf-8")
-        written["html"] = atomic.write_bytes(out / "report.html", html_text)
+    with atomic.staged_dir(out, "merge") as staging:  # every file appears, or none
+        if "png" in chosen:
+            for fig, png in zip(content.figures, pngs):
+                atomic.write_bytes(staging / "figures" / f"{fig.name}.png", png)
+            written["png"] = out / "figures"
+        if "pdf" in chosen:
+            atomic.write_bytes(staging / "report.pdf", _pdf(content.figures))
+            written["pdf"] = out / "report.pdf"
+        if "html" in chosen:
+            blocks = [
+                H.FigureBlock(f.title, f.caption, png) for f, png in zip(content.figures, pngs)
+            ]
+            atomic.write_bytes(staging / "report.html", render_html(content, blocks).encode())
+            written["html"] = out / "report.html"
     return written.get("html") or written.get("pdf") or written["png"]
 
 
@@ -175,7 +181,9 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
             f"link_timeline{sfx}",
             f"Link timeline{top}",
             "PCIe and MD-link transfers and compute of the baseline and of the best online "
-            "policy (lowest mean step latency) over the chosen steps.",
+            "policy (lowest mean step latency among runs of kind online: never an oracle or a "
+            "bound) over the recorded steps (moesim run records two steps from the middle of "
+            "the trace by default; --timeline STEP0:STEP1 chooses).",
             lambda k=k: F.link_timeline(run, colours, k, window),
         )
         out.add(
@@ -189,10 +197,13 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
         out.add(
             f"hit_rate{sfx}",
             f"HBM hit rate over steps{top}",
-            "Per decode step, experts found in HBM over active experts, for policies that "
-            "cache; offline bounds dashed.",
+            "Per decode step, experts already in HBM at the gate over active experts (prefetches "
+            "still in flight are not hits), for policies that cache; oracles dash-dotted, "
+            "offline bounds dashed.",
             lambda k=k: F.hit_rate_over_steps(run, colours, k),
         )
+    if run.requests is not None:
+        _serving_figures(run, colours, topks, out)
     out.add(
         "seed_view",
         "The seed's view",
@@ -205,6 +216,7 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
         _scenario_section(run.scenario, "scenario.resolved.yaml"),
         _provenance_section(run.trace, "trace.json"),
         H.section("Comparison", _comparison_note(run), _summary_table(run)),
+        *((_serving_section(run),) if "ttft_p50" in run.summary else ()),
     )
     subtitle = f"Results: {run.path}"
     return ReportContent(
@@ -212,28 +224,81 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
     )
 
 
+def _serving_figures(
+    run: RunResults, colours: Mapping[str, str], topks: list[int], out: _Collector
+) -> None:
+    for k in topks:
+        sfx, top = f"_top{k}", f" (top-{k})"
+        out.add(
+            f"request_latency_cdf{sfx}",
+            f"Request latency distributions{top}",
+            "Time to first token and time per output token of the measured requests (after "
+            "the warm-up), per policy; p50 (circle) and p99 (triangle) marked.",
+            lambda k=k: SF.latency_cdfs(run, colours, k),
+        )
+        out.add(
+            f"hbm_over_time{sfx}",
+            f"KV cache vs expert cache over time{top}",
+            "HBM held by the KV cache (blocks allocated, at each iteration's start) and by the "
+            "expert cache (after the iteration's last gate), per policy; the KV budget dashed.",
+            lambda k=k: SF.memory_over_time(run, colours, k),
+        )
+
+
+SERVING_COLUMNS = (
+    H.Column("label", "label"),
+    H.Column("topk", "top-k"),
+    H.Column("ttft_p50", "TTFT p50 (ms)", 1e3),
+    H.Column("ttft_p99", "TTFT p99 (ms)", 1e3),
+    H.Column("tpot_p50", "TPOT p50 (ms)", 1e3),
+    H.Column("tpot_p99", "TPOT p99 (ms)", 1e3),
+    H.Column("e2e_p50", "e2e p50 (s)", 1.0, "{:.3f}"),
+    H.Column("e2e_p99", "e2e p99 (s)", 1.0, "{:.3f}"),
+    H.Column("output_tokens_per_s", "output tokens/s", 1.0, "{:.1f}"),
+    H.Column("goodput", "goodput (req/s)", 1.0, "{:.2f}"),
+    H.Column("slo_attainment", "SLO met (%)", 100.0, "{:.1f}"),
+    H.Column("preemptions", "preemptions", 1.0, "{:.0f}"),
+    H.Column("mean_batch", "mean batch", 1.0, "{:.1f}"),
+)
+
+
+def _serving_section(run: RunResults) -> str:
+    return H.section(
+        "Serving",
+        H.note(
+            "Per-request latencies of the measured requests (summary.csv): TTFT = first token "
+            "- arrival, TPOT = (finish - first token) / (output tokens - 1), e2e = finish - "
+            "arrival; goodput counts the requests per second meeting the scenario's SLO."
+        ),
+        H.data_table(run.summary, SERVING_COLUMNS),
+    )
+
+
 SUMMARY_COLUMNS = (
     H.Column("label", "label"),
+    H.Column("kind", "kind"),
     H.Column("policy", "policy"),
     H.Column("topk", "top-k"),
     H.Column("mean_step", "mean step (ms)", 1e3),
     H.Column("p50_step", "p50 step (ms)", 1e3),
     H.Column("p99_step", "p99 step (ms)", 1e3),
+    H.Column("tokens_per_s", "tokens/s", 1.0, "{:,.0f}"),
+    H.Column("ms_per_token", "ms per output token", 1.0, "{:.4g}"),
     H.Column("total_time", "total (ms)", 1e3),
     H.Column("transfer_time", "transfer (ms)", 1e3),
     H.Column("stall", "stall (ms)", 1e3),
     H.Column("bytes_pcie", "PCIe (MB)", 1e-6),
     H.Column("bytes_md", "MD link (MB)", 1e-6),
     H.Column("hit_rate", "hit rate (%)", 100.0, "{:.1f}"),
+    H.Column("late_prefetches", "late prefetches"),
     H.Column("speedup", "speedup (×)", 1.0, "{:.3f}"),
     H.Column("gap_closed", "gap closed (%)", 100.0, "{:.1f}"),
-    H.Column("is_bound", "bound"),
 )
 
 
 def _summary_table(run: RunResults) -> str:
     summary = run.summary
-    bounds, baseline = run.bound_labels(), run.baseline
+    offline, baseline = offline_labels(summary), run.baseline
     best = {
         k: F.best_label(summary, baseline, int(k)) for k in (int(x) for x in summary.unique("topk"))
     }
@@ -242,8 +307,8 @@ def _summary_table(run: RunResults) -> str:
         label = str(label)
         if label == baseline:
             classes.append("baseline")
-        elif label in bounds:
-            classes.append("bound")
+        elif label in offline:
+            classes.append("bound")  # oracles and bounds: italics, never shaded
         else:
             classes.append("best" if best.get(int(k)) == label else "")
     return H.data_table(summary, SUMMARY_COLUMNS, classes)
@@ -251,12 +316,23 @@ def _summary_table(run: RunResults) -> str:
 
 def _comparison_note(run: RunResults) -> str:
     notes_file = run.path / "notes.txt"
-    notes = notes_file.read_text(encoding="utf-8").splitlines() if notes_file.is_file() else []
-    return H.note(
-        f"One row per (top-k, policy) from summary.csv. Baseline: {run.baseline or 'unknown'} "
-        "(bold); best online policy per top-k shaded green; offline bounds in italics. "
-        "Speedup = baseline mean step / this mean step."
-    ) + "".join(H.note(line) for line in notes if line.strip())
+    present = opener.exists(notes_file)
+    notes = opener.read_text(notes_file, "a notes file").splitlines() if present else []
+    header = [line for line in notes if line.startswith("hardware: ")]
+    rest = [line for line in notes if line.strip() and not line.startswith("hardware: ")]
+    return (
+        "".join(H.note(line) for line in header)
+        + H.note(
+            f"One row per (top-k, policy) from summary.csv. Baseline: {run.baseline or 'unknown'} "
+            "(bold); the best online policy per top-k shaded green; oracles (they read routing "
+            "an online policy cannot know) and offline bounds in italics and never shaded. "
+            "Speedup = baseline mean step / this mean step; gap closed = share of the "
+            "baseline-to-best-bound gap in mean step; tokens/s = sequences / mean step; hit "
+            "rate = experts already in HBM at the gate (late prefetches: cached but still in "
+            "flight)."
+        )
+        + "".join(H.warning(line) if line.startswith("warning:") else H.note(line) for line in rest)
+    )
 
 
 # -- sweep -------------------------------------------------------------------------------------
@@ -287,6 +363,16 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
                 "against the number of GPUs sharing the pool, one line per policy.",
                 lambda k=k: F.gpu_scaling(sweep, colours, k),
             )
+    if SF.RATE_FIELD in sweep.axes and "ttft_p99" in table:
+        for k in [None] if len(topks) == 1 else topks:
+            sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
+            out.add(
+                f"throughput_latency{sfx}",
+                f"Throughput vs latency{top}",
+                "Per policy, one point per arrival rate: p99 time to first token against the "
+                "output throughput reached, and the throughput against the offered rate.",
+                lambda k=k: SF.throughput_latency(sweep, colours, k),
+            )
     if len(sweep.axes) >= 2:
         x_field, y_field = sweep.axes[:2]
         for k in [None] if len(topks) == 1 else topks:
@@ -295,7 +381,8 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
                 f"speedup_heatmap{sfx}",
                 f"Speedup over {x_field} × {y_field}{top}",
                 "Speedup over the baseline of the best online policy in each cell (its "
-                "label written in the cell), mean over any other swept fields.",
+                "label written in the cell; oracles and offline bounds never count), mean over "
+                "any other swept fields.",
                 lambda k=k: F.speedup_heatmap(sweep, x_field, y_field, k),
             )
     elif not sweep.axes:
@@ -310,7 +397,8 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
             H.note(
                 f"Swept fields: {', '.join(sweep.fields) or 'none found'}. Per policy and top-k: "
                 f"speedup over the baseline ({sweep.baseline or 'unknown'}) across the sweep's "
-                "rows, and in how many sweep cells it was the fastest online policy."
+                "rows (where its minimum and maximum occur), and in how many sweep cells (and "
+                "which) it was the fastest online policy; oracles and offline bounds never are."
             ),
             H.data_table(sweep_summary(sweep), SWEEP_SUMMARY_COLUMNS),
         ),
@@ -328,43 +416,123 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
 SWEEP_SUMMARY_COLUMNS = (
     H.Column("topk", "top-k"),
     H.Column("label", "label"),
+    H.Column("kind", "kind"),
     H.Column("rows", "rows"),
     H.Column("mean", "mean speedup (×)", 1.0, "{:.3f}"),
     H.Column("min", "min (×)", 1.0, "{:.3f}"),
+    H.Column("min_at", "min at"),
     H.Column("max", "max (×)", 1.0, "{:.3f}"),
+    H.Column("max_at", "max at"),
     H.Column("wins", "fastest online in cells"),
+    H.Column("wins_at", "fastest online at"),
 )
 
 
 def sweep_summary(sweep: SweepResults) -> Table:
-    """Per (top-k, label): rows, mean/min/max speedup, and wins: in how many sweep cells (one
-    value of every swept field but ``policies``, one seed, one top-k) it was the fastest online
-    policy."""
+    """Per (top-k, label): its kind, rows, mean/min/max speedup and where (the swept values of
+    the row) the min and max occur, and wins: in how many sweep cells (one value of every swept
+    field but ``policies``, one seed, one top-k) it was the fastest online policy, and which.
+    Oracles and bounds never win."""
     table = sweep.table
     stats = F.grouped_speedup(table, ("topk", "label"))
     keys = sorted(stats, key=lambda kl: (kl[0], kl[1] != sweep.baseline, str(kl[1])))
-    excluded = {sweep.baseline} | {str(x) for x in bound_labels(table)}
+    kinds = label_kinds(table)
+    excluded = {sweep.baseline} | offline_labels(table)
     cell_columns = [c for c in (*sweep.axes, "seed", "topk") if c in table]
-    best: dict[tuple[Any, ...], tuple[float, str]] = {}
+    where_columns = [c for c in sweep.axes if c in table]
+    best: dict[tuple[Any, ...], tuple[float, list[str], int]] = {}
+    low: dict[tuple[Any, str], tuple[float, int]] = {}
+    high: dict[tuple[Any, str], tuple[float, int]] = {}
     for i, (label, speedup) in enumerate(zip(table["label"], table["speedup"])):
-        if str(label) not in excluded and np.isfinite(speedup):
+        if not np.isfinite(speedup):
+            continue
+        key = (plain_value(table["topk"][i]), str(label))
+        if key not in low or speedup < low[key][0]:
+            low[key] = (float(speedup), i)
+        if key not in high or speedup > high[key][0]:
+            high[key] = (float(speedup), i)
+        if str(label) not in excluded:  # ties: every label with the cell's best speedup wins
             cell = tuple(plain_value(table[c][i]) for c in cell_columns)
-            if cell not in best or speedup > best[cell][0]:
-                best[cell] = (float(speedup), str(label))
+            if cell not in best or speedup > best[cell][0] * (1 + 1e-12):
+                best[cell] = (float(speedup), [str(label)], i)
+            elif speedup >= best[cell][0] * (1 - 1e-12):
+                best[cell][1].append(str(label))
     topk_at = cell_columns.index("topk")
-    wins = Counter((cell[topk_at], label) for cell, (_, label) in best.items())
+    wins = Counter(
+        (cell[topk_at], label) for cell, (_, labels, _) in best.items() for label in labels
+    )
+    won_at: dict[tuple[Any, str], list[str]] = {}
+    for cell, (_, labels, i) in best.items():
+        for label in labels:
+            won_at.setdefault((cell[topk_at], label), []).append(_where(table, where_columns, i))
+
+    def at(found: dict[tuple[Any, str], tuple[float, int]], key: tuple[Any, str]) -> str:
+        return _where(table, where_columns, found[key][1]) if key in found else ""
+
     return Table(
         {
             "topk": np.array([k for k, _ in keys], dtype=np.float64),
             "label": np.array([str(lb) for _, lb in keys], dtype=object),
+            "kind": np.array([kinds.get(str(lb), "online") for _, lb in keys], dtype=object),
             "rows": np.array([stats[key][3] for key in keys], dtype=np.float64),
             "mean": np.array([stats[key][0] for key in keys]),
             "min": np.array([stats[key][1] for key in keys]),
+            "min_at": np.array([at(low, (k, str(lb))) for k, lb in keys], dtype=object),
             "max": np.array([stats[key][2] for key in keys]),
+            "max_at": np.array([at(high, (k, str(lb))) for k, lb in keys], dtype=object),
             "wins": np.array([wins[k, str(lb)] for k, lb in keys], dtype=np.float64),
+            "wins_at": np.array(
+                [_where_list(won_at.get((k, str(lb)), [])) for k, lb in keys], dtype=object
+            ),
         },
         "sweep summary",
     )
+
+
+def _where(table: Table, columns: Sequence[str], i: int) -> str:
+    """The swept values of row ``i``: ``field=value, ...`` (short field names)."""
+    return ", ".join(f"{c.rsplit('.', 1)[-1]}={plain_value(table[c][i])}" for c in columns)
+
+
+def _where_list(places: Sequence[str], most: int = 4) -> str:
+    places = list(dict.fromkeys(places))
+    shown = "; ".join(places[:most])
+    return shown + (f"; ... ({len(places)} cells)" if len(places) > most else "")
+
+
+def sweep_summary_lines(sweep: SweepResults) -> list[str]:
+    """The per-policy summary `moesim sweep` prints at its end (the report's table, as text)."""
+    summary = sweep_summary(sweep)
+    many_k = len(set(summary["topk"].tolist())) > 1
+    lines = [
+        f"per policy (speedup over {sweep.baseline or 'the baseline'} across the sweep; "
+        "fastest online = the fastest online policy of a cell, ties shared; never an oracle or "
+        "a bound):"
+    ]
+    for i in range(len(summary)):
+        label = str(summary["label"][i])
+        top = f"top-{int(summary['topk'][i])} " if many_k else ""
+        kind = str(summary["kind"][i])
+        text = f"  {top}{label} ({kind}): "
+        if not np.isfinite(summary["mean"][i]):
+            lines.append(text + "no speedup values")
+            continue
+        if label == sweep.baseline:
+            lines.append(text + "the baseline")
+            continue
+        text += (
+            f"{summary['min'][i]:.2f}x at {summary['min_at'][i] or 'every point'} .. "
+            f"{summary['max'][i]:.2f}x at {summary['max_at'][i] or 'every point'}"
+        )
+        if kind != "online":
+            text += f" ({kind}: not counted as fastest online)"
+        else:
+            wins = int(summary["wins"][i])
+            text += f"; fastest online in {wins} cell{'' if wins == 1 else 's'}"
+            if wins:
+                text += f": {summary['wins_at'][i]}"
+        lines.append(text)
+    return lines
 
 
 def _same_as_topk(table: Table, field: str) -> bool:
@@ -377,7 +545,7 @@ def _stem(field: str) -> str:
 
 
 def _maybe_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
+    if not opener.exists(path):
         return None
     data = read_json(path)
     return data if isinstance(data, dict) else None
@@ -458,11 +626,29 @@ def _scenario_section(
             value = _capacity_in_experts(value, _dotted(scenario, "model.expert_bytes"))
         if value is not None and not isinstance(value, dict | list):
             facts.append((f"hardware.{path}", value))
+    shown = scenario
     if swept:
         facts = _with_swept(facts, swept)
-    return H.section(
-        "Scenario", H.key_values(facts), H.yaml_block(scenario, f"Full {source} (every default)")
-    )
+        shown = _mark_swept(scenario, swept)
+    title = f"Full {source} (every default" + ("; swept fields marked)" if swept else ")")
+    return H.section("Scenario", H.key_values(facts), H.yaml_block(shown, title))
+
+
+def _mark_swept(doc: dict[str, Any], swept: Mapping[str, list[Any]]) -> dict[str, Any]:
+    """A copy of a sweep's resolved document whose base scenario shows each swept field as
+    ``swept: v1, v2, ...`` instead of the base value no point ran with."""
+    import copy
+
+    out = copy.deepcopy(doc)
+    base = out.get("scenario") if isinstance(out.get("scenario"), dict) else out
+    for field, values in swept.items():
+        node: Any = base
+        parts = field.split(".")
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node[parts[-1]] = _swept_text(values)
+    return out
 
 
 def swept_values(sweep: SweepResults) -> dict[str, list[Any]]:

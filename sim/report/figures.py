@@ -30,8 +30,9 @@ from sim.report.load import (
     SweepResults,
     Table,
     TimelineEvents,
-    bound_labels,
     find_key,
+    label_kinds,
+    offline_labels,
     plain_value,
 )
 from sim.units import parse_bandwidth, parse_duration, parse_size
@@ -161,6 +162,44 @@ def _ordered(labels: Sequence[str], baseline: str | None) -> list[str]:
 
 def _topk_title(topk: int | None) -> str:
     return "" if topk is None else f", top-{topk}"
+
+
+# how each run kind is drawn: line style and the legend's word (online runs: plain)
+KIND_STYLE = {
+    "online": ("-", ""),
+    "oracle": ("-.", " (oracle)"),
+    "bound": ("--", " (offline bound)"),
+}
+
+
+def _kind_style(kinds: Mapping[str, str], label: str) -> tuple[str, str]:
+    return KIND_STYLE.get(kinds.get(label, "online"), KIND_STYLE["online"])
+
+
+def same_as(series: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """Labels whose data equal an earlier label's (in ``series`` order): label -> that label.
+    Their lines lie exactly on top of each other, so the legend must say so."""
+    twins: dict[str, str] = {}
+    seen: list[tuple[str, np.ndarray]] = []
+    for label, values in series.items():
+        values = np.asarray(values)
+        match = next(
+            (
+                x
+                for x, v in seen
+                if v.shape == values.shape and np.array_equal(v, values, equal_nan=True)
+            ),
+            None,
+        )
+        if match is None:
+            seen.append((label, values))
+        else:
+            twins[label] = match
+    return twins
+
+
+def _twin_text(twins: Mapping[str, str], label: str) -> str:
+    return f" (= {twins[label]}: same line)" if label in twins else ""
 
 
 # -- per-layer transfer time -------------------------------------------------------------------
@@ -322,12 +361,28 @@ def _dwarfs_the_rest(heights: Sequence[np.ndarray]) -> float | None:
     return float(min(h.min() for h in kept if h.size))
 
 
+MAX_BARS = 96  # more (policy, layer) bars per panel than this: a heatmap instead
+MAX_TICKS = 16  # at most this many labelled layer ticks on an axis
+
+
+def thin_ticks(ax: Any, positions: np.ndarray, labels: Sequence[str], axis: str = "x") -> None:
+    """Label at most MAX_TICKS evenly spaced ticks (always the first and the last): 24-64 layer
+    ids side by side overlap."""
+    step = max(1, math.ceil(len(positions) / MAX_TICKS))
+    keep = list(range(0, len(positions), step))
+    if keep and keep[-1] != len(positions) - 1:
+        keep[-1] = len(positions) - 1
+    chosen = ([positions[i] for i in keep], [labels[i] for i in keep])
+    (ax.set_xticks if axis == "x" else ax.set_yticks)(*chosen)
+
+
 @_styled
 def transfer_time_by_layer(
     run: RunResults, colours: Mapping[str, str], topk: int | None = None
 ) -> Figure:
-    """Grouped bars: per layer and policy, each link's transfer time, and the layer's transfer
-    window (first transfer start to last arrival, as the engine measured it)."""
+    """Per layer and policy, each link's transfer time, and the layer's transfer window (first
+    transfer start to last arrival, as the engine measured it): grouped bars, or one heatmap
+    per panel (policy x layer) when there are more than MAX_BARS bars per panel."""
     if run.per_layer is None:
         raise NoData("no per_layer.csv in the results directory")
     rows = run.per_layer if topk is None else run.per_layer.where(topk=topk)
@@ -335,28 +390,40 @@ def transfer_time_by_layer(
     layers, ticks = layer_axis(rows)
     data = {label: link_time_by_layer(run, label, topk) for label in labels}
     _, _, ylabel, source = data[labels[0]]
-    with_window = "transfer_window" in rows
-    fig = _figure(4.6 * (len(LINKS) + with_window), 4.4)
-    axes = fig.subplots(1, len(LINKS) + with_window, squeeze=False)[0]
-    x = np.arange(len(layers))
-    for ax, (link, name, _) in zip(axes, LINKS):
-        ax.set_ylabel(ylabel)
-        bars = [(lb, data[lb][1][link], _colour(colours, lb)) for lb in labels]
-        _grouped_bars(ax, x, bars, log_if_wide=True)
-        ax.set_title(name)
-    if with_window:
-        series = []
+    panels = [(name, ylabel, {lb: data[lb][1][link] for lb in labels}) for link, name, _ in LINKS]
+    if "transfer_window" in rows:
+        window = {}
         for label in labels:
             mine = rows.where(label=label)
-            window = _mean_by(mine["layer"], mine["transfer_window"], layers) * MS
-            series.append((label, window, _colour(colours, label)))
-        axes[-1].set_ylabel("transfer window per step (ms)")
-        _grouped_bars(axes[-1], x, series, log_if_wide=True)
-        axes[-1].set_title("Layer transfer window (both links)")
-    for ax in axes:
-        ax.set_xticks(x, ticks)
-        ax.set_xlabel("MoE layer")
-    _figure_legend(fig, axes[0], "policy")
+            window[label] = _mean_by(mine["layer"], mine["transfer_window"], layers) * MS
+        panels.append(
+            ("Layer transfer window (both links)", "transfer window per step (ms)", window)
+        )
+    x = np.arange(len(layers))
+    if len(labels) * len(layers) > MAX_BARS:
+        fig = _figure(5.2 * len(panels), 1.6 + 0.28 * len(labels))
+        axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+        for ax, (name, unit, values) in zip(axes, panels):
+            grid = np.array([values[lb] for lb in labels], dtype=np.float64)
+            ax.grid(False)
+            image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
+            fig.colorbar(image, ax=ax, label=unit, shrink=0.9)
+            ax.set_title(name)
+            thin_ticks(ax, x, ticks)
+            ax.set_xlabel("MoE layer")
+        axes[0].set_yticks(range(len(labels)), labels)
+        axes[0].set_ylabel("policy")
+    else:
+        fig = _figure(4.6 * len(panels), 4.4)
+        axes = fig.subplots(1, len(panels), squeeze=False)[0]
+        for ax, (name, unit, values) in zip(axes, panels):
+            ax.set_ylabel(unit)
+            bars = [(lb, values[lb], _colour(colours, lb)) for lb in labels]
+            _grouped_bars(ax, x, bars, log_if_wide=True)
+            ax.set_title(name)
+            thin_ticks(ax, x, ticks)
+            ax.set_xlabel("MoE layer")
+        _figure_legend(fig, axes[0], "policy")
     fig.suptitle(f"Per-layer transfer time by policy{_topk_title(topk)}\n(links: {source})")
     return fig
 
@@ -370,18 +437,22 @@ def step_latency_cdf(
     if run.per_step is None:
         raise NoData("no per_step.csv in the results directory")
     labels = _ordered(_labels(run.per_step, topk), run.baseline)
-    bounds = run.bound_labels()
-    fig = _figure(7.5, 5.0)
+    kinds = run.kinds()
+    fig = _figure(7.5, 5.0 + 0.12 * max(0, len(labels) - 8))
     ax = fig.subplots()
     low, high = np.inf, 0.0
+    latencies = {}
     for label in labels:
         rows = run.per_step.where(label=label)
         if topk is not None:
             rows = rows.where(topk=topk)
-        latency = np.sort(rows["latency"]) * MS
+        latencies[label] = np.sort(rows["latency"]) * MS
+    twins = same_as(latencies)
+    for label, latency in latencies.items():
         share = np.arange(1, len(latency) + 1) / len(latency)
         p50, p99 = np.percentile(latency, [50, 99])
-        colour, bound = _colour(colours, label), label in bounds
+        colour = _colour(colours, label)
+        style, word = _kind_style(kinds, label)
         low, high = min(low, latency[0]), max(high, latency[-1])
         ax.step(
             latency,
@@ -389,9 +460,8 @@ def step_latency_cdf(
             where="post",
             color=colour,
             linewidth=1.6,
-            linestyle="--" if bound else "-",
-            label=f"{label}{' (offline bound)' if bound else ''}: "
-            f"p50 {p50:.3g} ms, p99 {p99:.3g} ms",
+            linestyle=style,
+            label=f"{label}{word}{_twin_text(twins, label)}: p50 {p50:.3g} ms, p99 {p99:.3g} ms",
         )
         ax.plot([p50], [0.5], "o", color=colour, markersize=6, gid=f"p50:{label}")
         ax.plot([p99], [0.99], "^", color=colour, markersize=7, gid=f"p99:{label}")
@@ -418,12 +488,12 @@ def _minor_log_label(value: float, _: object) -> str:
 
 # -- link timeline (Gantt) ---------------------------------------------------------------------
 def best_label(summary: Table, baseline: str | None, topk: int | None) -> str | None:
-    """The online (non-bound, non-baseline) label with the lowest mean step latency."""
+    """The best online policy: the label of kind ``online`` (never an oracle or a bound), not
+    the baseline, with the lowest mean step latency."""
     rows = summary if topk is None else summary.where(topk=topk)
-    mask = rows["label"] != baseline
-    if "is_bound" in rows:
-        mask &= ~rows["is_bound"].astype(bool)
-    rows = rows.rows(mask)
+    offline = offline_labels(summary)
+    mask = np.array([str(x) != baseline and str(x) not in offline for x in rows["label"]])
+    rows = rows.rows(mask) if len(rows) else rows
     if not len(rows):
         return None
     return str(rows["label"][int(np.argmin(rows["mean_step"]))])
@@ -458,8 +528,8 @@ def link_timeline(
     baseline and the best online policy side by side, time from the window's first event."""
     if run.timeline is None:
         raise NoData(
-            "no timeline.json in the results directory: rerun with `moesim run SCENARIO "
-            "--timeline FILE.json` (the results directory then keeps a copy as timeline.json), "
+            "no timeline.json in the results directory: rerun with `moesim run SCENARIO` (it "
+            "records a short window by default; `--timeline STEP0:STEP1` chooses the steps), "
             "or point the report at a trace-event file with `moesim report DIR --timeline FILE`"
         )
     baseline = run.baseline
@@ -485,7 +555,7 @@ def link_timeline(
             ax.add_collection(
                 _bars_collection(rows, (part.start - origin) * MS, (part.end - origin) * MS, kind)
             )
-        role = "baseline" if label == baseline else "best policy"
+        role = "baseline" if label == baseline else "best online policy"
         ax.set_title(f"{role}: {label}", color=_colour(colours, label), pad=14)
         ax.set_xlabel(f"time since step {lo} start (ms)")
         for step in range(lo, hi):
@@ -579,10 +649,12 @@ def step_hit_rate(per_layer: Table) -> tuple[np.ndarray, np.ndarray]:
 def hit_rate_over_steps(
     run: RunResults, colours: Mapping[str, str], topk: int | None = None
 ) -> Figure:
-    """HBM hit rate per step for every policy that hits HBM, offline bounds dashed."""
+    """HBM hit rate per step for every policy that hits HBM; oracles dash-dotted, offline
+    bounds dashed; lines that coincide are said so in the legend."""
     if run.per_layer is None or "hits" not in run.per_layer:
         raise NoData("no per_layer.csv with a hits column in the results directory")
-    bounds = run.bound_labels()
+    kinds = run.kinds()
+    bounds = {x for x, kind in kinds.items() if kind == "bound"}
     rows = run.per_layer if topk is None else run.per_layer.where(topk=topk)
     labels = [
         x
@@ -591,18 +663,19 @@ def hit_rate_over_steps(
     ]
     if not any(x not in bounds for x in labels):
         raise NoData("no caching policy in this run (no policy ever hit HBM)")
-    fig = _figure(7.5, 4.2)
+    fig = _figure(7.5, 4.2 + 0.12 * max(0, len(labels) - 8))
     ax = fig.subplots()
-    for label in labels:
-        steps, rate = step_hit_rate(rows.where(label=label))
-        bound = label in bounds
+    curves = {label: step_hit_rate(rows.where(label=label)) for label in labels}
+    twins = same_as({label: rate for label, (_, rate) in curves.items()})
+    for label, (steps, rate) in curves.items():
+        style, word = _kind_style(kinds, label)
         ax.plot(
             steps,
             rate * 100,
             color=_colour(colours, label),
             linewidth=1.2,
-            linestyle="--" if bound else "-",
-            label=f"{label} (offline bound)" if bound else label,
+            linestyle=style,
+            label=f"{label}{word}{_twin_text(twins, label)}",
         )
     ax.set_xlabel("decode step")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -664,7 +737,7 @@ def seed_view(gating: Table, source: str) -> Figure:
         _grouped_bars(ax, x, means)
         positions = len(np.unique(rows["position"]))
         ax.set_title(f"top-{k} ({positions} positions)")
-        ax.set_xticks(x, [str(int(v)) for v in layers])
+        thin_ticks(ax, x, [str(int(v)) for v in layers])
         ax.set_xlabel("MoE layer")
     axes[0].set_ylabel("experts per step (mean over positions)")
     _figure_legend(fig, axes[0], None)
@@ -759,24 +832,28 @@ def speedup_vs_field(
     if field not in rows:
         raise UserError(f"{sweep.table.source}: expected a swept column {field!r}, got none")
     stats = grouped_speedup(rows, ("label", field))
-    bounds = bound_labels(rows)
+    kinds = label_kinds(rows)
     xs = axis_order(field, (x for _, x in stats))
     numeric, xlabel = field_axis(field, xs)
     position = dict(zip(xs, numeric if numeric is not None else np.arange(len(xs))))
     fig = _figure(7.5, 4.5)
     ax = fig.subplots()
+    lines = {}
     for label in _ordered(sorted({str(lb) for lb, _ in stats}), sweep.baseline):
         mine = [x for x in xs if (label, x) in stats]
-        mean, low, high = (np.array([stats[label, x][i] for x in mine]) for i in range(3))
+        lines[label] = (mine, *(np.array([stats[label, x][i] for x in mine]) for i in range(3)))
+    twins = same_as({lb: np.concatenate([[len(v[0])], v[1]]) for lb, v in lines.items()})
+    for label, (mine, mean, low, high) in lines.items():
         where = np.array([position[x] for x in mine], dtype=np.float64)
-        colour, bound = _colour(colours, label), label in bounds
+        colour = _colour(colours, label)
+        style, word = _kind_style(kinds, label)
         ax.plot(
             where,
             mean,
             marker="o",
             color=colour,
-            linestyle="--" if bound else "-",
-            label=f"{label} (offline bound)" if bound else label,
+            linestyle=style,
+            label=f"{label}{word}{_twin_text(twins, label)}",
         )
         if np.any(high > low):
             ax.fill_between(where, low, high, color=colour, alpha=0.15, linewidth=0)
@@ -807,13 +884,13 @@ def gpu_scaling(sweep: SweepResults, colours: Mapping[str, str], topk: int | Non
     fig = _figure(11.0, 4.5)
     ax_step, ax_rate = fig.subplots(1, 2)
     counts = np.array(sorted({int(float(x)) for x in rows[field]}))
-    bounds = bound_labels(rows)
+    offline = offline_labels(rows)
     for label in _ordered(sorted({str(x) for x in rows["label"]}), sweep.baseline):
         mine = rows.where(label=label)
         gpus = mine[field].astype(float).astype(int)
         step = np.array([mine["mean_step"][gpus == n].astype(float).mean() for n in counts])
         style = {"color": _colour(colours, label), "marker": "o"}
-        style["linestyle"] = "--" if label in bounds else "-"
+        style["linestyle"] = "--" if label in offline else "-"
         ax_step.plot(counts, step * MS, label=label, **style)
         if "tokens_per_s" in mine:
             rate = [mine["tokens_per_s"][gpus == n].astype(float).mean() for n in counts]
@@ -866,7 +943,7 @@ def speedup_heatmap(
     for field in (x_field, y_field):
         if field not in rows:
             raise UserError(f"{sweep.table.source}: expected a swept column {field!r}, got none")
-    exclude = ({sweep.baseline} if sweep.baseline else set()) | bound_labels(rows)
+    exclude = ({sweep.baseline} if sweep.baseline else set()) | offline_labels(rows)
     xs, ys, values, winners = speedup_grid(rows, x_field, y_field, policy, exclude)
     if not np.isfinite(values).any():
         raise NoData(f"no speedup values for {policy or 'any online policy'} in sweep.csv")

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from sim import opener
 from sim import presets as preset_data
 from sim.errors import SelectionError, UserError
 from sim.hardware import (
@@ -52,10 +52,11 @@ from sim.scenario.schema import (
 from sim.scenario.topology import resolve_topology
 from sim.trace.routing import RoutingTrace
 from sim.units import format_exact, parse_clock
-from sim.yamlio import read_yaml
+from sim.yamlio import YamlSyntaxError, parse_yaml, read_yaml
 
 if typing.TYPE_CHECKING:
     from sim.costs.source import CostSource
+    from sim.serving.spec import ServingSpec
 
 DEFAULT_MODEL_PRESET = "flame-moe-290m"
 DEFAULT_GPU_PRESET = "h100-sxm"
@@ -153,6 +154,7 @@ class Scenario:
     model_doc: dict[str, Any] = field(default_factory=dict)
     hardware_doc: dict[str, Any] = field(default_factory=dict)
     costs: CostSource | None = None  # per-expert cost tables (the `costs:` section)
+    workload: ServingSpec | None = None  # None: lockstep (the trace's batch, step by step)
 
     @property
     def clock_hz(self) -> float | None:
@@ -175,8 +177,14 @@ class Scenario:
             ],
             "baseline": self.baseline,
             "seed": self.seed,
+            **({} if self.workload is None else {"workload": self.workload.to_dict()}),
             "output": {"dir": self.output.dir, "timeline": self.output.timeline},
         }
+
+    @property
+    def serving(self) -> bool:
+        """True for a serving workload (requests arrive), False for lockstep."""
+        return self.workload is not None
 
     def policy(self, label: str) -> PolicySpec:
         return next(p for p in self.policies if p.label == label)
@@ -200,14 +208,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise UserError(f"--set: expected key=value like 'seed=3', got {item!r}")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(text, f"--set {key.strip()}") if text.strip() else ""
+    except YamlSyntaxError:
         value = text  # not YAML: take the text as written
-    except (RecursionError, ValueError):  # nesting or an integer beyond what Python reads
-        raise UserError(
-            f"--set {key.strip()}: expected a YAML value, got one too deeply nested or too long "
-            f"to read ({text[:40]!r}...)"
-        ) from None
     return key.strip(), value
 
 
@@ -304,6 +307,7 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
         raise UserError(f"name: expected letters, digits and . _ + - only, got {name!r}")
     costs = build_costs(schema.costs, base)
+    workload = build_workload(schema, base, costs is not None)
     return Scenario(
         name=name,
         description=schema.description,
@@ -320,11 +324,31 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
         model_doc=model_doc,
         hardware_doc=hardware_doc,
         costs=costs,
+        workload=workload,
     )
 
 
+def build_workload(schema: ScenarioSection, base: Path, costs: bool) -> ServingSpec | None:
+    """The serving workload (None: lockstep). Cost tables are per trace position and decode
+    step, which a serving iteration is not: refused together."""
+    from sim.serving.spec import from_section
+
+    workload = from_section(schema.workload, base, schema.seed)
+    if workload is not None and costs:
+        raise UserError(
+            "workload.kind: expected lockstep with a costs: section (its tables are per decode "
+            "step of a fixed batch, which serving iterations are not), got serving"
+        )
+    return workload
+
+
 # -- presets -----------------------------------------------------------------------------------
-_PRESET_KIND = {LinkSection: "links", GpuSection: "gpus", ModelSection: "models"}
+_PRESET_KIND = {
+    LinkSection: "links",
+    GpuSection: "gpus",
+    ModelSection: "models",
+    ComputeSection: "cpus",
+}
 
 
 def validated_preset(section_cls: type[BaseModel], kind: str, name: str, where: str) -> BaseModel:
@@ -459,8 +483,14 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
     hbm_bw = hbm.get("bandwidth") or gpu.get("hbm_bandwidth") or HbmConfig().bandwidth
     md_mode = top.get("md_mode") or "fetch"
     placement = top.get("placement") or "both"
-    md_compute = _compute(top.get("md_compute"))
-    host_compute = _compute(top.get("host_compute"))
+    units = {
+        name: _merged(
+            getattr(base, name) if base else None, getattr(section, name), f"hardware.{name}"
+        )
+        for name in ("md_compute", "host_compute")
+    }
+    md_compute = _compute(units["md_compute"], "hardware.md_compute")
+    host_compute = _compute(units["host_compute"], "hardware.host_compute")
     if md_mode == "near-data" and md_compute is None:
         raise UserError("hardware.md_compute: required when hardware.md_mode is near-data")
     gpu.setdefault("non_expert_time", ROOFLINE)
@@ -479,6 +509,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
             if gpu["non_expert_time"] == ROOFLINE
             else float(gpu["non_expert_time"]),
             expert_start=gpu["expert_start"],
+            layer_overhead=float(gpu.get("layer_overhead") or 0.0),
         ),
         md_mode=md_mode,
         placement=placement,
@@ -498,8 +529,8 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         "links": {name: _doc(LinkSection, values) for name, values in links.items()},
         "md_mode": md_mode,
         "placement": placement,
-        "md_compute": _doc(ComputeSection, top["md_compute"]) if md_compute else None,
-        "host_compute": _doc(ComputeSection, top["host_compute"]) if host_compute else None,
+        "md_compute": _doc(ComputeSection, units["md_compute"]) if md_compute else None,
+        "host_compute": _doc(ComputeSection, units["host_compute"]) if host_compute else None,
         **topology_doc,
     }
     return hardware, {k: v for k, v in doc.items() if v is not None}
@@ -535,9 +566,14 @@ def _link(name: str, values: dict[str, Any]) -> LinkConfig:
     )
 
 
-def _compute(values: dict[str, Any] | None) -> ComputeUnit | None:
+def _compute(values: dict[str, Any], where: str) -> ComputeUnit | None:
+    """The compute unit (None when the scenario gives none); both figures are required, from
+    its preset or its own fields."""
     if not values:
         return None
+    for key in ("memory_bandwidth", "peak_flops"):
+        if values.get(key) is None:
+            raise UserError(f"{where}.{key}: required, missing (give it or a CPU preset)")
     return ComputeUnit(memory_bandwidth=values["memory_bandwidth"], peak_flops=values["peak_flops"])
 
 
@@ -708,13 +744,14 @@ def build_trace_spec(
 def _existing_dir(base: Path, value: str, field: str, what_dir: str, hint: str = "") -> Path:
     """``value`` (``~`` expanded) resolved against ``base``; a UserError naming ``field``
     unless it is a directory."""
-    path = (base / os.path.expanduser(value)).resolve()
-    if not path.is_dir():
-        what = "a file" if path.exists() else "nothing there"
+    path = base / os.path.expanduser(value)
+    kind = opener.describe(path)  # a symlink loop too: never Path.resolve's RuntimeError
+    if kind != "a directory":
+        shown = os.path.abspath(path)
         raise UserError(
-            f"{field}: expected an existing {what_dir}, got {value!r} ({path}: {what}){hint}"
+            f"{field}: expected an existing {what_dir}, got {value!r} ({shown}: {kind}){hint}"
         )
-    return path
+    return path.resolve()
 
 
 def _costs_trace_spec(section: TraceSection, costs: bool) -> TraceSpec:

@@ -16,7 +16,7 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from sim.atomic import write_bytes, write_csv, write_json
+from sim.atomic import staged_dir, write_bytes, write_csv, write_json
 from sim.trace.profile import TraceProfile
 
 # Cache sizes shown in the summary table, as fractions of the expert count.
@@ -127,13 +127,40 @@ def summary_table(p: TraceProfile) -> Table:
     return table
 
 
+def column_legend(p: TraceProfile) -> list[str]:
+    """What each column of `summary_table` means (printed under it; docs/trace-profile.md)."""
+    return [
+        "columns (per MoE layer; docs/trace-profile.md):",
+        f"  H bits    entropy of the tokens' expert popularity (uniform over {p.num_experts} "
+        f"experts = {math.log2(max(p.num_experts, 1)):.3g} bits)",
+        "  gini      Gini coefficient of popularity (0 = every expert equally used)",
+        "  max/mean  tokens of the most used expert / the mean expert's",
+        "  active    distinct experts the batch routes to per step (the seed's Expert_Activ)",
+        f"  ov t+1    experts one sequence shares between consecutive steps (of k = {p.k})",
+        "  xseq      experts two different sequences share at the same step (chance baseline)",
+        "  gap       mean steps between two steps where an expert is in the batch's active set",
+        "  same tok  experts shared by two rows of a sequence with the same token id",
+        "  diff tok  ... with different token ids",
+        "  MI>next   mutual information (bits) of a token's experts here and at the next layer, "
+        "above shuffled tokens",
+        "  miss@C LRU/OPT  miss ratio with C experts cached per layer, LRU / optimal (Belady)",
+    ]
+
+
 def _fmt(x: float, digits: int) -> str:
     return "-" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def write_profile(p: TraceProfile, out: Path, figures: bool = True) -> list[Path]:
-    """profile.json, CSV tables and (optionally) PNG figures under ``out``."""
+    """profile.json, CSV tables and (optionally) PNG figures under ``out``, written aside
+    and moved in together (`sim.atomic.staged_dir`); returns their final paths."""
     out = Path(out)
+    with staged_dir(out, "merge") as staging:
+        written = _write_profile(p, staging, figures)
+    return [out / path.relative_to(staging) for path in written]
+
+
+def _write_profile(p: TraceProfile, out: Path, figures: bool) -> list[Path]:
     written = [write_json(out / "profile.json", profile_to_dict(p))]
     layer_rows = []
     for lp in p.layers:
@@ -249,6 +276,9 @@ def write_profile(p: TraceProfile, out: Path, figures: bool = True) -> list[Path
     return written
 
 
+MAX_LEGEND_LAYERS = 12  # more layers: colour bars and heatmaps instead of legends and panels
+
+
 def write_figures(p: TraceProfile, out: Path) -> list[Path]:
     """PNG figures: popularity, reuse gaps, working set, miss-ratio curves, co-activation."""
     import matplotlib
@@ -259,6 +289,16 @@ def write_figures(p: TraceProfile, out: Path) -> list[Path]:
     written = []
     cmap = plt.get_cmap("viridis")
     colours = [cmap(i / max(len(p.layers) - 1, 1)) for i in range(len(p.layers))]
+    many = len(p.layers) > MAX_LEGEND_LAYERS  # then colour = layer, read off a colour bar
+
+    def layer_key(fig: Any, ax: Any) -> None:
+        """A legend of the layers, or for many layers a colour bar of their ids."""
+        if not many:
+            ax.legend(fontsize=7, ncol=2)
+            return
+        ids = [lp.layer for lp in p.layers]
+        norm = matplotlib.colors.Normalize(vmin=min(ids), vmax=max(ids))
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="layer")
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for lp, col in zip(p.layers, colours):
@@ -266,7 +306,9 @@ def write_figures(p: TraceProfile, out: Path) -> list[Path]:
         ax.plot(np.arange(1, share.size + 1), share, color=col, label=f"layer {lp.layer}")
     ax.axhline(1 / p.num_experts, color="grey", ls=":", label="uniform")
     ax.set(xlabel="expert rank", ylabel="share of tokens", title="Expert popularity")
-    ax.legend(fontsize=7, ncol=2)
+    if p.num_experts > 64:  # 128-256 experts: the head matters, the tail is flat
+        ax.set_xscale("log")
+    layer_key(fig, ax)
     _context(fig, p)
     written.append(_save(fig, out / "popularity.png"))
 
@@ -283,7 +325,7 @@ def write_figures(p: TraceProfile, out: Path) -> list[Path]:
         ylabel="CDF",
         title="Reuse distance (batch-level)",
     )
-    ax.legend(fontsize=7, ncol=2)
+    layer_key(fig, ax)
     _context(fig, p)
     written.append(_save(fig, out / "reuse_distance.png"))
 
@@ -295,28 +337,48 @@ def write_figures(p: TraceProfile, out: Path) -> list[Path]:
         )
     ax.axhline(p.num_experts, color="grey", ls=":")
     ax.set(xscale="log", xlabel="window (steps)", ylabel="distinct experts", title="Working set")
-    ax.legend(fontsize=7, ncol=2)
+    layer_key(fig, ax)
     _context(fig, p)
     written.append(_save(fig, out / "working_set.png"))
 
-    cols = min(4, len(p.layers))
-    rows = math.ceil(len(p.layers) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     sizes = np.arange(p.num_experts + 1)
-    for ax, lp in zip(axes.ravel(), p.layers):
-        r = max(lp.requests, 1)
-        ax.plot(sizes, lp.lru_misses / r, label="LRU")
-        ax.plot(sizes, lp.opt_misses / r, label="OPT")
-        ax.plot(sizes, lp.static_misses / r, label="static", ls="--")
-        ax.set_title(f"layer {lp.layer}", fontsize=9)
-        ax.set_ylim(0, 1.02)
-    for ax in axes.ravel()[len(p.layers) :]:
-        ax.axis("off")
-    axes[0, 0].legend(fontsize=7)
-    fig.supxlabel("cache size (experts per layer)")
-    fig.supylabel("miss ratio")
-    _context(fig, p, "Miss ratio by cache size (per layer)")
-    written.append(_save(fig, out / "miss_ratio.png"))
+    if many:  # one heatmap per rule (layer x cache size) instead of one panel per layer
+        fig, axes = plt.subplots(1, 3, figsize=(13, 1.5 + 0.12 * len(p.layers)), sharey=True)
+        ids = [lp.layer for lp in p.layers]
+        for ax, (name, attr) in zip(
+            axes, (("LRU", "lru_misses"), ("OPT", "opt_misses"), ("static", "static_misses"))
+        ):
+            grid = np.array([getattr(lp, attr) / max(lp.requests, 1) for lp in p.layers])
+            image = ax.imshow(
+                grid, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest"
+            )
+            ax.set_title(name, fontsize=9)
+            ax.set_xlabel("cache size (experts per layer)")
+            ax.grid(False)
+        step = max(1, math.ceil(len(ids) / 16))
+        axes[0].set_yticks(range(0, len(ids), step), [str(i) for i in ids[::step]])
+        axes[0].set_ylabel("layer")
+        fig.colorbar(image, ax=axes, label="miss ratio", shrink=0.9)
+        _context(fig, p, "Miss ratio by cache size (per layer)")
+        written.append(_save(fig, out / "miss_ratio.png", tight=False))
+    else:
+        cols = min(4, len(p.layers))
+        rows = math.ceil(len(p.layers) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+        for ax, lp in zip(axes.ravel(), p.layers):
+            r = max(lp.requests, 1)
+            ax.plot(sizes, lp.lru_misses / r, label="LRU")
+            ax.plot(sizes, lp.opt_misses / r, label="OPT")
+            ax.plot(sizes, lp.static_misses / r, label="static", ls="--")
+            ax.set_title(f"layer {lp.layer}", fontsize=9)
+            ax.set_ylim(0, 1.02)
+        for ax in axes.ravel()[len(p.layers) :]:
+            ax.axis("off")
+        axes[0, 0].legend(fontsize=7)
+        fig.supxlabel("cache size (experts per layer)")
+        fig.supylabel("miss ratio")
+        _context(fig, p, "Miss ratio by cache size (per layer)")
+        written.append(_save(fig, out / "miss_ratio.png"))
 
     if p.coactivation:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -329,6 +391,8 @@ def write_figures(p: TraceProfile, out: Path) -> list[Path]:
             alpha=0.7,
         )
         ax.set(ylabel="bits", title="Inter-layer co-activation (mutual information)")
+        step = max(1, math.ceil(len(labels) / 16))
+        ax.set_xticks(range(0, len(labels), step), labels[::step], rotation=45, ha="right")
         ax.legend(fontsize=8)
         _context(fig, p)
         written.append(_save(fig, out / "coactivation.png"))
@@ -346,11 +410,12 @@ def _context(fig: Any, p: TraceProfile, what: str | None = None) -> None:
     fig.suptitle(figure_context(p, what), fontsize=8)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def _save(fig: Any, path: Path, tight: bool = True) -> Path:
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return write_bytes(path, buf.getvalue())

@@ -106,6 +106,32 @@ _DEFAULT_TOPIC = "0.18,0.75,0.94,1.35,2.88,7.38,19.69,20.26"
 _DEFAULT_SHARPNESS = "0.42,1.13,1.36,1.48,1.56,1.72,1.77,1.92"
 
 
+CALIBRATED_LAYERS = 8  # the defaults' per-layer profiles: FLAME-MoE-290M's MoE layers 2..9
+_CALIBRATED = {
+    "layer_correlation": _DEFAULT_LAYER_CORR,
+    "token_weight": _DEFAULT_TOKEN,
+    "context_weight": _DEFAULT_CONTEXT,
+    "topic_weight": _DEFAULT_TOPIC,
+    "sharpness": _DEFAULT_SHARPNESS,
+}
+
+
+def calibration_warnings(cfg: SynthConfig) -> list[str]:
+    """A warning when the default per-layer profiles, fitted on 8 layers, are stretched (or
+    squeezed) over another number of layers: the trace is then not calibrated for its depth."""
+    layers = len(cfg.layer_ids)
+    stretched = [name for name, spec in _CALIBRATED.items() if str(getattr(cfg, name)) == spec]
+    if layers == CALIBRATED_LAYERS or not stretched:
+        return []
+    return [
+        f"warning: the default per-layer knobs ({', '.join(stretched)}) were calibrated on "
+        f"FLAME-MoE-290M's {CALIBRATED_LAYERS} MoE layers; over {layers} layers their "
+        f"{CALIBRATED_LAYERS} points are {'stretched' if layers > CALIBRATED_LAYERS else 'squeezed'} "
+        "over depth by interpolation, so this trace is not calibrated against real routing at "
+        "this depth (docs/synthetic-traces.md)"
+    ]
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """Every setting of the generator; recorded in the trace's provenance.
