@@ -566,7 +566,7 @@ class GpuProcess:
                 bytes_pcie += self._writeback(decision, s, layer, t_gate)
             else:
                 self._check_writeback(s, layer)
-                for lyr, e in decision.evict:
+                for lyr, _e in decision.evict:
                     self._submit(env, HOST_ROUTE, eb, t_gate, "writeback", s, int(lyr), -1)
                 bytes_pcie += len(decision.evict) * eb
         prefetched = (0, 0)
