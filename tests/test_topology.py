@@ -6,6 +6,7 @@ invariants on random traces, topologies and stateless policies."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from sim.engine import simulate
 from sim.errors import UserError
 from sim.hardware import GpuConfig, Hardware, HbmConfig, LinkConfig, Topology
 from sim.policies import make_policy
-from sim.scenario import scenario_from_dict
+from sim.scenario import load_scenario_trace, scenario_from_dict
 
 EB = 2.0**22  # expert bytes
 B = 2.0**34  # bytes/s
@@ -313,3 +314,40 @@ def test_a_new_link_on_a_path_is_data():
     )
     assert scenario.hardware.topology.paths["md"] == ("md_link", "switch", "pcie")
     assert scenario.hardware.md_link.bandwidth == 25e9  # the route's narrowest link
+
+
+def test_link_figures_queueing_delay_saturation_and_usage_over_time():
+    """One fifo slot, gpu-only: the j-th transfer of a gate waits j transfer times; the link is
+    saturated exactly while busy; the usage series integrates to the busy time."""
+    tr = trace()
+    hw = machine(1, pcie_sharing="fifo", pcie_channels=1, non_expert=0.0)
+    result = simulate(tr, hw, MODEL, make_policy("gpu-only"))
+    d = EB / B
+    waits = np.concatenate([np.arange(n) * d for n in result.per_layer["active"]])
+    pcie = result.links["pcie"]
+    assert pcie["delay_mean"] == pytest.approx(waits.mean(), rel=1e-12)
+    assert pcie["delay_p99"] == pytest.approx(np.percentile(waits, 99), rel=1e-12)
+    assert pcie["saturated"] == pytest.approx(pcie["busy"], rel=1e-12)
+    usage = result.link_usage["pcie"]
+    assert float(np.sum((usage[:, 1] - usage[:, 0]) * usage[:, 2])) == pytest.approx(
+        pcie["busy"], rel=1e-9
+    )
+    fair = simulate(tr, machine(2, md_sharing="fair"), MODEL, make_policy("md-only"))
+    md = fair.links["md_link"]
+    assert md["saturated"] <= md["busy"] * (1 + 1e-12)
+    assert md["delay_mean"] > 0  # two GPUs share it: every transfer takes longer than alone
+
+
+def test_a_scenario_run_writes_link_rows(tmp_path):
+    from sim.scenario.run import run_scenario, write_results
+
+    scenario = scenario_from_dict(SCENARIO)
+    results = run_scenario(scenario, progress=False)
+    out = write_results(tmp_path / "r", scenario, load_scenario_trace(scenario), results)
+    rows = (out / "links.csv").read_text().splitlines()
+    assert rows[0].startswith("label,policy,topk,link,sharing,bandwidth,bytes")
+    assert {r.split(",")[3] for r in rows[1:]} == {"pcie@gpu0", "pcie@gpu1", "md_link"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert [g["gpu"] for g in summary[0]["per_gpu"]] == [0, 1]
+    usage = (out / "link_usage.csv").read_text().splitlines()
+    assert usage[0] == "label,policy,topk,link,t_start,t_end,utilisation" and len(usage) > 3
