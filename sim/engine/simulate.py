@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,7 +51,8 @@ def simulate(
     """Replay ``trace`` under ``policy`` on ``hardware``; returns per-layer/step metrics.
 
     ``topk`` cuts the trace's routing to k' experts per token (default ``model.top_k``) with
-    the project's one top-k selection. ``progress`` is called with the number of steps newly
+    the project's one top-k selection. A policy with ``skip_below`` > 0 makes each token skip its chosen experts whose renormalised score is below it (never its
+    top-1): the demand shrinks before the policy sees it (`RoutingTrace.demand`). ``progress`` is called with the number of steps newly
     completed (tqdm's ``update``). ``label`` defaults to the policy's name. ``timeline``: True
     records every interval; ``(start, stop)`` only those of steps ``start .. stop-1`` (a window
     costs what the recorded steps cost; the other steps take the fast path). With several GPUs
@@ -66,12 +68,15 @@ def simulate(
     if not 1 <= k <= trace.num_experts:
         raise UserError(f"topk: expected 1..{trace.num_experts}, got {k}")
     traces = gpu_traces(trace, hardware)
-    counts = [t.expert_token_counts(k) for t in traces]
+    skip = float(getattr(policy, "skip_below", 0.0) or 0.0)
+    demands: dict[int, Any] = {}
+    demand = [demands.setdefault(id(t), t.demand(k, skip)) for t in traces]
     # per step: the constant gpu.non_expert_time, or the roofline (sim/roofline.py)
     non_expert = [
         step_non_expert_times(hardware, model, t.num_seqs, t.positions)[:, None] for t in traces
     ]
-    source = LockstepSource(counts, trace.positions, non_expert)
+    counts = [d.counts for d in demand]
+    source = LockstepSource(counts, trace.positions, non_expert, demand=demand)
     policies = [policy] + [copy.deepcopy(policy) for _ in traces[1:]]  # one per GPU, unbound
     return run_engine(
         source,
