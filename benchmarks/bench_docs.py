@@ -252,7 +252,7 @@ if mode == "near-data":
              "hardware.md_compute={memory_bandwidth: 512 GB/s, peak_flops: 50 TFLOP/s}"]
 scenario = load_scenario("scenarios/default.yaml", sets)
 trace = load_scenario_trace(scenario)
-policy = make_policy("optimal", {})
+policy = make_policy("optimal", {"max_uses": 20000})
 w0, c0 = time.perf_counter(), time.process_time()
 try:
     simulate(trace, scenario.hardware, scenario.model, policy, topk=6)

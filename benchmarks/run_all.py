@@ -6,7 +6,8 @@ Not part of the test suite. In order, each as its own process (each records its 
 2. ``bench_engine.py``  the discrete-event engine vs its numpy closed form
 3. ``bench_sweep.py``   sweep points/s (``--jobs 1``, ``--jobs 2``, Dask; the 1000-point target)
 4. ``bench_memory.py``  peak RSS of ``moesim run`` / ``trace stats`` over two large dumps
-5. ``bench_docs.py``    the time figures README.md and docs/ quote (set-up, commands, sweeps)
+5. ``bench_search.py``  ``moesim search`` vs the sweep of the same lattice (simulations, time)
+6. ``bench_docs.py``    the time figures README.md and docs/ quote (set-up, commands, sweeps)
 
 and, in this process, a full-trace replay of the embedded real trace (256 steps x 8 layers x 8
 sequences, top-6) under every registered policy with its default parameters on the default
@@ -16,8 +17,10 @@ RESULTS.md is started afresh: a header naming the machine (date, ``uname -m``, C
 /proc/cpuinfo, cores, memory, Python/numpy/torch versions, load average before and after), a
 summary with each benchmark's headline line, exit code and wall time, then the sections.
 
-    .venv/bin/python benchmarks/run_all.py            # everything (about 25 minutes on 2 cores)
-    .venv/bin/python benchmarks/run_all.py --quick    # fewer repeats, no 1000-point sweep target
+    .venv/bin/python benchmarks/run_all.py            # everything (about 30 minutes on 2 cores)
+    .venv/bin/python benchmarks/run_all.py --quick    # fewer repeats, no 1000-point sweep target,
+                                                      # no grid runs of the search benchmark, no
+                                                      # fresh-clone set-up or MILP timings
 """
 
 from __future__ import annotations
@@ -65,6 +68,13 @@ BENCHMARKS = (
         r"^Target \(.*",
     ),
     Benchmark("bench_memory.py", (), (), "## memory", r"^- highest peak.*"),
+    Benchmark(
+        "bench_search.py",
+        ("--record",),
+        ("--record", "--no-grid"),
+        "## search vs grid",
+        r"^\| MD bandwidth, 5 policies .*",
+    ),
     Benchmark(
         "bench_docs.py",
         (),

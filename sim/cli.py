@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import sim
 import sim.commands
-from sim.errors import EXIT_USER_ERROR, UserError
+from sim.errors import EXIT_USER_ERROR, UserError, os_error_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as err:
         print(f"moesim: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:  # the environment (disk full, I/O error) where no guard names it
+        print(f"moesim: error: {os_error_line(err)}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("moesim: interrupted", file=sys.stderr)

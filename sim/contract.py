@@ -153,6 +153,12 @@ class PolicyContext:
         return int(self.counts.shape[0])
 
     @property
+    def open_ended(self) -> bool:
+        """True when the run's iterations are not known before it (a serving workload: they
+        depend on arrivals and on the run's own latencies): ``counts`` has no rows."""
+        return self.num_steps == 0
+
+    @property
     def num_layers(self) -> int:
         return int(self.counts.shape[1])
 

@@ -25,6 +25,16 @@ def one_line(err: BaseException, limit: int | None = None) -> str:
     return text if limit is None else text[:limit]
 
 
+def os_error_line(err: OSError) -> str:
+    """``PATH: No space left on device (ENOSPC)``: an operating-system error in one line."""
+    import errno
+
+    name = errno.errorcode.get(err.errno or 0, "")
+    reason = err.strerror or one_line(err)
+    where = err.filename if err.filename is not None else "moesim"
+    return f"{where}: {reason}{f' ({name})' if name else ''}"
+
+
 def fail(where: object, expected: str, found: object) -> UserError:
     """Build the standard message ``WHERE: expected EXPECTED, got FOUND``."""
     return UserError(f"{where}: expected {expected}, got {found}")

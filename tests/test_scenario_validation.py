@@ -119,7 +119,7 @@ def test_yaml_syntax_and_missing_file(tmp_path, capsys) -> None:
     assert main(["validate", str(bad)]) == 2
     assert "expected readable YAML" in capsys.readouterr().err
     assert main(["validate", str(tmp_path / "none.yaml")]) == 2
-    assert "no such file" in capsys.readouterr().err
+    assert "got nothing (missing)" in capsys.readouterr().err
 
 
 def test_set_overrides_and_dotted_paths() -> None:

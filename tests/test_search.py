@@ -210,7 +210,7 @@ def test_field_kinds() -> None:
     ("path", "message"),
     [
         # links are a name-keyed mapping: a new link name is a field (the scenario must use it)
-        ("hardware.links.pcie.speed", "no field 'speed' in hardware.links.pcie; allowed: preset"),
+        ("hardware.links.md_link.speed", "no field 'speed' in hardware.links.md_link; allowed"),
         ("hardware.hbm.size", "no field 'size' in hardware.hbm"),
         ("hardware.md_mode", "expected a field with a unit"),
         ("model.bytes_per_param", "expected a field with a unit"),
@@ -622,7 +622,8 @@ def test_two_field_report_draws_the_staircase(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"--vary": "hardware.links.nvlink.bandwidth"}, "unused link 'nvlink'"),
+        ({"--vary": "hardware.links.md_link.speed"}, "no field 'speed'"),
+        ({"--vary": "hardware.links.nvlink.bandwidth"}, "got an unused link 'nvlink'"),
         ({"--vary": "hardware.md_mode"}, "expected a field with a unit"),
         ({"--range": "1 us:5 us"}, "expected a bandwidth"),
         ({"--range": "512 GB/s:16 GB/s"}, "expected LO < HI"),

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from sim.calibrate.backend import Backend, FakeMachine, LayerPlan, ReplayPlan
 from sim.calibrate.measure import ExpertShape
 from sim.errors import UserError
 from sim.hardware import Hardware, LinkConfig, ModelSpec
 from sim.trace.routing import RoutingTrace
+from sim.yamlio import read_yaml
 
 TARGET_ERROR_PCT = 10.0  # the issue's target: within 10% per step on average
 DEFAULT_POLICIES = ("seed-split", "lru")
@@ -64,11 +64,7 @@ DRY_RUN_TITLE = (
 def load_preset(path: str | Path) -> dict[str, Any]:
     """A preset written by `moesim calibrate`; it must hold a ``hardware`` mapping."""
     file = Path(path)
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        first = " ".join(str(err).split()) or type(err).__name__
-        raise UserError(f"{file}: expected a calibrated preset YAML, got {first}") from None
+    data = read_yaml(file, "a calibrated preset YAML")
     if not isinstance(data, dict) or not isinstance(data.get("hardware"), dict):
         raise UserError(
             f"{file}: expected a calibrated preset with a 'hardware' mapping (written by "
@@ -313,7 +309,16 @@ def write_fidelity(
     from sim import atomic
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with atomic.staged_dir(out, "merge") as staging:  # the four files appear together
+        _write_fidelity_files(staging, results, info)
+    return out
+
+
+def _write_fidelity_files(
+    out: Path, results: Sequence[PolicyFidelity], info: dict[str, Any]
+) -> None:
+    from sim import atomic
+
     rows = []
     for r in results:
         for i in range(r.predicted.size):
@@ -329,4 +334,3 @@ def write_fidelity(
     )
     atomic.write_text(out / "table.md", markdown_table(results, measured))
     atomic.write_json(out / "fidelity.json", {**info, "summary": summaries})
-    return out

@@ -15,6 +15,8 @@ import argparse
 import os
 from pathlib import Path
 
+from sim import opener
+from sim.atomic import DirMode
 from sim.commands._options import non_negative_int, positive_int
 from sim.errors import UserError
 from sim.ranges import parse_int_selection, parse_name_list
@@ -178,10 +180,27 @@ def trace_from_args(args: argparse.Namespace) -> RoutingTrace:
     )
 
 
-def require_new_output_dir(out: Path, force: bool) -> None:
-    """Trace writers refuse to mix their files into an existing directory unless --force."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+def require_new_output_dir(out: Path, force: bool) -> DirMode:
+    """How a trace writer may write ``out``: ``new`` (absent or empty), or ``replace`` with
+    --force over an older trace directory (swapped whole, so none of its files survive).
+    --force never replaces a directory that is not a trace (it would delete other files)."""
+    from sim.trace.open import is_routing_trace_dir  # loads torch: not at --help
+
+    kind = opener.describe(out)
+    if kind == "nothing (missing)":
+        return "new"
+    if kind != "a directory":
+        raise UserError(f"{out}: expected a new or empty directory, got {kind}")
+    if not any(out.iterdir()):
+        return "new"
+    if not force:
         raise UserError(
             f"{out}: expected an empty or new directory, got existing content "
-            "(pass --force to write into it)"
+            "(pass --force to replace the trace in it)"
         )
+    if not is_routing_trace_dir(out):
+        raise UserError(
+            f"{out}: expected --force over a trace directory (trace.yaml, or samples/ and "
+            "actives/), got a directory holding other files; choose another --out"
+        )
+    return "replace"

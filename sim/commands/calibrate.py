@@ -77,13 +77,9 @@ def calibrate_command(args: argparse.Namespace) -> int:
 
 
 def _recorded(path: str) -> object:
-    import yaml
+    from sim.yamlio import read_yaml
 
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        first = " ".join(str(err).split()) or type(err).__name__
-        raise UserError(f"{path}: expected a measurements YAML file, got {first}") from None
+    data = read_yaml(path, "a measurements YAML file")
     if isinstance(data, dict) and "measurements" in data:
         return data["measurements"]
     return data

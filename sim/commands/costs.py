@@ -66,11 +66,24 @@ def neupims_command(args: argparse.Namespace) -> int:
         from sim.scenario.run import check_out_dir
 
         check_out_dir(args.out)
+    scenario = runs = checks = None
+    if args.scenario is not None:  # read before anything is printed: a bad file is one line
+        from sim.scenario import load_scenario
+
+        scenario = load_scenario(args.scenario)
     data = load_neupims(args.dir, num_experts=args.num_experts)
-    for line in data.defects:
-        print(f"warning: {line}", file=sys.stderr)
     literal = compute_modes(data)
     consistent = compute_modes(data, consistent_only=True)
+    if scenario is not None:
+        runs = run_policies(data, scenario, clock_hz)
+        checks = check_modes(data, consistent, runs)
+    if args.out is not None:  # written before printing: a write error is the only output
+        from sim import atomic
+
+        with atomic.staged_dir(args.out, "new") as staging:  # all files appear, or none
+            _write(staging, data, literal, consistent, scenario, runs, checks, clock_hz)
+    for line in data.defects:
+        print(f"warning: {line}", file=sys.stderr)
     steps, layers = data.shape
     print(
         f"NeuPIMs tables {data.root}: {steps} steps x {layers} layers "
@@ -82,18 +95,11 @@ def neupims_command(args: argparse.Namespace) -> int:
     print()
     print("Mode totals, cycles (the README's formulas as written; defective files: see warnings)")
     print(_totals_text(literal, consistent))
-    scenario = runs = checks = None
-    if args.scenario is not None:
-        from sim.scenario import load_scenario
-
-        scenario = load_scenario(args.scenario)
-        runs = run_policies(data, scenario, clock_hz)
-        checks = check_modes(data, consistent, runs)
+    if scenario is not None and runs is not None and checks is not None:
         print()
         print(f"Engine ({scenario.name}, table costs at {clock_hz:g} Hz, roofline fallback)")
         print(_engine_text(runs, checks, data))
     if args.out is not None:
-        _write(args.out, data, literal, consistent, scenario, runs, checks, clock_hz)
         print(f"\nwrote {args.out}")
     return 0
 

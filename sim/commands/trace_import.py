@@ -123,9 +123,9 @@ def _run(args: argparse.Namespace) -> int:
     from sim.trace.writer import write_dump
 
     out: Path = args.out
-    require_new_output_dir(out, args.force)
+    mode = require_new_output_dir(out, args.force)
     trace = import_trace(args)
     compact = {"score_dtype": torch.float16, "index_dtype": torch.int16} if args.compact else {}
-    write_dump(trace, out, **compact)
+    write_dump(trace, out, mode=mode, **compact)
     print(f"wrote {trace.describe()} to {out}")
     return 0

@@ -58,7 +58,7 @@ def import_cuts(
             f"{src}: expected a prefill cut, got decoder cuts (ragged in true order: read them "
             "directly with --layout seed instead of importing)"
         )
-    require_new_output_dir(out, force)
+    mode = require_new_output_dir(out, force)
     trace = load_prefill_cut(src, micro_batch_size=micro_batch_size)
     notes = (
         "Tokens are known for sequence 0 only (the cut holds samples rows 0..N-1, i.e. sequence "
@@ -70,7 +70,7 @@ def import_cuts(
         extra={**trace.meta.extra, "notes": notes},
     )
     trace = replace(trace, meta=meta)
-    write_dump(trace, out, shard_prefix="0", index_dtype=index_dtype)
+    write_dump(trace, out, shard_prefix="0", index_dtype=index_dtype, mode=mode)
     return trace
 
 

@@ -52,12 +52,14 @@ def _run(args: argparse.Namespace) -> int:
             f"got {args.topk}"
         )
     profile = profile_trace(trace, args.topk)
+    written = None
+    if args.out is not None:  # written before printing: a write error is the only output
+        written = write_profile(profile, args.out, figures=not args.no_figures)
     console = Console(highlight=False, soft_wrap=False)
     console.width = max(console.width, 150)  # the table is wide; never squash it into "…"
     console.print(summary_table(profile))
     for line in column_legend(profile):
         console.print(line, markup=False)
-    if args.out is not None:
-        written = write_profile(profile, args.out, figures=not args.no_figures)
+    if written is not None:
         console.print(f"wrote {len(written)} files to {args.out}")
     return 0

@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     from sim.trace.writer import write_dump
 
     out: Path = args.out
-    require_new_output_dir(out, args.force)
+    mode = require_new_output_dir(out, args.force)
     cfg = config_from_args(args)
     for line in calibration_warnings(cfg):
         print(line, file=sys.stderr)
@@ -130,6 +130,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     took = time.perf_counter() - start
     compact = {"score_dtype": torch.float16, "index_dtype": torch.int16} if args.compact else {}
-    write_dump(trace, out, shard_prefix=args.shard_prefix, **compact)
+    write_dump(trace, out, shard_prefix=args.shard_prefix, mode=mode, **compact)
     print(f"wrote {trace.describe()} to {out} (generated in {took:.1f} s)")
     return 0

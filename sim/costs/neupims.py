@@ -20,14 +20,17 @@ it skip the cell, the engine's cost model falls back to the roofline there).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from sim import opener
 from sim.costs.table import CostTable
 from sim.errors import UserError
+from sim.limits import INT32_MAX, MAX_EXPERTS, checked_int, int_array
 from sim.trace.cuts import ordinal_dirs
 from sim.trace.routing import RoutingTrace, TraceMeta
 
@@ -35,6 +38,8 @@ TABLE_FILE = "SA_stage_E.txt"
 NPU_COLUMNS = ("Expert Number", "param_load", "fc1", "gelu", "fc2", "total compute")
 PIM_COLUMNS = ("Expert Number", "fc1", "gelu", "fc2", "total compute")
 SIDES = ("npu", "pim")
+MAX_TABLE_BYTES = 64 * 2**20  # one table or routing file; the shipped ones are a few kB
+MAX_CYCLES = 2**53  # cycle counts stay exact as float64 (the cost model's unit)
 
 _LAYER_FILE = re.compile(r"^layer(\d+)\.txt$")
 _ROUTING_LINE = re.compile(r"^Expert\s+(\d+)\s+(\d+)\s+([0-9.]+)%\s*$")
@@ -80,12 +85,15 @@ def read_routing(path: Path, num_experts: int) -> Routing:
             f"{path}: expected 'Total tokens: N' and 'Expected total (tokens x k): M' lines, "
             "got none"
         )
-    tokens, topk, expected = int(tokens_m[1]), int(expected_m[1]), int(expected_m[2])
+    tokens = checked_int(_int(tokens_m[1], path), f"{path}: Total tokens", 1, INT32_MAX)
+    where = f"{path}: Expected total (tokens x k)"
+    topk = checked_int(_int(expected_m[1], path), where, 1, MAX_EXPERTS)
+    expected = _int(expected_m[2], path)
     rows = [m.groups() for m in map(_ROUTING_LINE.match, text.splitlines()) if m]
     if not rows:
         raise UserError(f"{path}: expected 'Expert <id> <count> <pct>%' lines, got none")
-    experts = np.array([int(r[0]) for r in rows], dtype=np.int64)
-    counts = np.array([int(r[1]) for r in rows], dtype=np.int64)
+    experts = int_array([_int(r[0], path) for r in rows], f"{path}: expert ids", hi=MAX_EXPERTS)
+    counts = int_array([_int(r[1], path) for r in rows], f"{path}: token counts", hi=INT32_MAX)
     _check_ids(path, experts, num_experts, "expert ids")
     if tokens * topk != expected or int(counts.sum()) != expected:
         raise UserError(
@@ -125,10 +133,10 @@ def read_table(path: Path, columns: tuple[str, ...], num_experts: int) -> Table:
             raise UserError(
                 f"{path}:{number}: expected {len(columns)} integers per row, got {line.strip()!r}"
             )
-        values.append([int(v) for v in line.split()])
+        values.append([_int(v, f"{path}:{number}") for v in line.split()])
     if not values:
         raise UserError(f"{path}: expected at least one expert row, got none")
-    arr = np.array(values, dtype=np.int64)
+    arr = int_array(values, f"{path}: table values", lo=-MAX_CYCLES, hi=MAX_CYCLES)
     experts = arr[:, 0]
     _check_ids(path, experts, num_experts, "'Expert Number' values")
     if arr[:, 1:].min() < 0:
@@ -149,16 +157,17 @@ def read_table(path: Path, columns: tuple[str, ...], num_experts: int) -> Table:
 def _read_activation(path: Path, text: str) -> tuple[int, int]:
     found: dict[int, int] = {}
     for index, cycles in _ACTIVATION.findall(text):
-        if int(index) in found:
+        if _int(index, path) in found:
             raise UserError(f"{path}: expected one activation_movement_{index} line, got several")
-        found[int(index)] = int(cycles)
+        where = f"{path}: activation_movement_{index}"
+        found[_int(index, path)] = checked_int(_int(cycles, where), where, 0, MAX_CYCLES)
     if sorted(found) != [1, 2]:
         raise UserError(
             f"{path}: expected activation_movement_1 and activation_movement_2 lines, "
             f"got {['activation_movement_' + str(i) for i in sorted(found)]}"
         )
     total = _ACTIVATION_TOTAL.search(text)
-    if total and int(total[1]) != found[1] + found[2]:
+    if total and _int(total[1], path) != found[1] + found[2]:
         raise UserError(
             f"{path}: expected 'Total activation movement cycles' = {found[1] + found[2]}, "
             f"got {int(total[1])}"
@@ -166,11 +175,16 @@ def _read_activation(path: Path, text: str) -> tuple[int, int]:
     return found[1], found[2]
 
 
+def _int(text: str, where: object) -> int:
+    """A decimal integer from a table; more digits than int64 holds is a UserError (Python
+    would convert up to 4300 digits and then fail with ValueError)."""
+    if len(text.lstrip("+-")) > 19:
+        raise UserError(f"{where}: expected an integer within int64, got {len(text)} digits")
+    return int(text)
+
+
 def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: expected a readable UTF-8 text file, got {err}") from None
+    return opener.read_text(path, "a cost-table text file", limit=MAX_TABLE_BYTES)
 
 
 def _check_ids(path: Path, experts: np.ndarray, num_experts: int, what: str) -> None:
@@ -220,6 +234,19 @@ class NeupimsData:
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.positions), len(self.layer_ids)
+
+    def checksum(self) -> str:
+        """sha256 of every value read from the tables (routing counts, costs, which cells are
+        usable): names the exact cost input of a run, as `trace_checksum` names its routing."""
+        digest = hashlib.sha256()
+        for name in sorted(self.__dataclass_fields__):
+            value = getattr(self, name)
+            if isinstance(value, np.ndarray):
+                digest.update(f"{name}{value.dtype.str}{value.shape}".encode())
+                digest.update(np.ascontiguousarray(value).tobytes())
+            elif name != "root":
+                digest.update(f"{name}={value!r}".encode())
+        return "sha256:" + digest.hexdigest()
 
     def cell_name(self, s: int, layer: int) -> str:
         return f"{self.position_names[s]}/layer{self.layer_ids[layer]}"
@@ -297,9 +324,7 @@ def _nan_where(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
 
 def load_neupims(root: Path, num_experts: int = 64) -> NeupimsData:
     """Read every position directory, routing file and table under ``root``."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"{root}: expected a NeuPIMs cost-table directory, got nothing there")
+    root = opener.check_dir(Path(root), "a NeuPIMs cost-table directory")
     dirs = ordinal_dirs(root)
     if not dirs:
         raise UserError(f"{root}: expected position directories 1st, 2nd, ..., got none")
@@ -322,7 +347,7 @@ def load_neupims(root: Path, num_experts: int = 64) -> NeupimsData:
             )
             for side, columns in (("npu", NPU_COLUMNS), ("pim", PIM_COLUMNS)):
                 path = pdir / side / str(lid) / TABLE_FILE
-                if path.is_file():
+                if opener.describe(path) != "nothing (missing)":
                     tables[side][s, li] = read_table(path, columns, num_experts)
                 else:
                     missing.append(

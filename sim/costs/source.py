@@ -43,6 +43,10 @@ class CostSource:
         """The imported tables (read once)."""
         return load_neupims(self.path, num_experts=self.num_experts)
 
+    def checksum(self) -> str:
+        """The tables' content checksum (`NeupimsData.checksum`)."""
+        return self.data.checksum()
+
     def trace(self, model: str = "flame-moe-290m") -> RoutingTrace:
         """The routing the tables were made on."""
         return self.data.routing_trace(model)

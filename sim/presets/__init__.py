@@ -12,9 +12,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from sim.errors import UserError
+from sim.yamlio import parse_yaml
 
 KINDS = ("links", "gpus", "models", "hardware")
 
@@ -22,7 +21,7 @@ KINDS = ("links", "gpus", "models", "hardware")
 @cache
 def _load(kind: str) -> dict[str, dict[str, Any]]:
     text = resources.files(__package__).joinpath(f"{kind}.yaml").read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    data = parse_yaml(text, f"sim/presets/{kind}.yaml")
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ValueError(f"sim/presets/{kind}.yaml: expected a mapping of name -> entry")
     return data

@@ -19,10 +19,11 @@ import numpy as np
 from matplotlib.backends.backend_pdf import PdfPages
 from matplotlib.figure import Figure
 
-from sim import atomic
+from sim import atomic, opener
 from sim.errors import UserError
 from sim.report import figures as F
 from sim.report import html as H
+from sim.report import serving_figures as SF
 from sim.report.load import (
     Results,
     RunResults,
@@ -82,16 +83,20 @@ def write_report(
     needs_png = {"html", "png"} & set(chosen)
     pngs = [F.render(f.figure, "png", dpi) for f in content.figures] if needs_png else []
     written: dict[str, Path] = {}
-    if "png" in chosen:
-        for fig, png in zip(content.figures, pngs):
-            atomic.write_bytes(out / "figures" / f"{fig.name}.png", png)
-        written["png"] = out / "figures"
-    if "pdf" in chosen:
-        written["pdf"] = atomic.write_bytes(out / "report.pdf", _pdf(content.figures))
-    if "html" in chosen:
-        blocks = [H.FigureBlock(f.title, f.caption, png) for f, png in zip(content.figures, pngs)]
-        html_text = render_html(content, blocks).encode("utf-8")
-        written["html"] = atomic.write_bytes(out / "report.html", html_text)
+    with atomic.staged_dir(out, "merge") as staging:  # every file appears, or none
+        if "png" in chosen:
+            for fig, png in zip(content.figures, pngs):
+                atomic.write_bytes(staging / "figures" / f"{fig.name}.png", png)
+            written["png"] = out / "figures"
+        if "pdf" in chosen:
+            atomic.write_bytes(staging / "report.pdf", _pdf(content.figures))
+            written["pdf"] = out / "report.pdf"
+        if "html" in chosen:
+            blocks = [
+                H.FigureBlock(f.title, f.caption, png) for f, png in zip(content.figures, pngs)
+            ]
+            atomic.write_bytes(staging / "report.html", render_html(content, blocks).encode())
+            written["html"] = out / "report.html"
     return written.get("html") or written.get("pdf") or written["png"]
 
 
@@ -189,6 +194,8 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
             "offline bounds dashed.",
             lambda k=k: F.hit_rate_over_steps(run, colours, k),
         )
+    if run.requests is not None:
+        _serving_figures(run, colours, topks, out)
     out.add(
         "seed_view",
         "The seed's view",
@@ -201,10 +208,61 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
         _scenario_section(run.scenario, "scenario.resolved.yaml"),
         _provenance_section(run.trace, "trace.json"),
         H.section("Comparison", _comparison_note(run), _summary_table(run)),
+        *((_serving_section(run),) if "ttft_p50" in run.summary else ()),
     )
     subtitle = f"Results: {run.path}"
     return ReportContent(
         f"moesim report: {name}", subtitle, sections, tuple(out.figures), tuple(out.skipped)
+    )
+
+
+def _serving_figures(
+    run: RunResults, colours: Mapping[str, str], topks: list[int], out: _Collector
+) -> None:
+    for k in topks:
+        sfx, top = f"_top{k}", f" (top-{k})"
+        out.add(
+            f"request_latency_cdf{sfx}",
+            f"Request latency distributions{top}",
+            "Time to first token and time per output token of the measured requests (after "
+            "the warm-up), per policy; p50 (circle) and p99 (triangle) marked.",
+            lambda k=k: SF.latency_cdfs(run, colours, k),
+        )
+        out.add(
+            f"hbm_over_time{sfx}",
+            f"KV cache vs expert cache over time{top}",
+            "HBM held by the KV cache (blocks allocated, at each iteration's start) and by the "
+            "expert cache (after the iteration's last gate), per policy; the KV budget dashed.",
+            lambda k=k: SF.memory_over_time(run, colours, k),
+        )
+
+
+SERVING_COLUMNS = (
+    H.Column("label", "label"),
+    H.Column("topk", "top-k"),
+    H.Column("ttft_p50", "TTFT p50 (ms)", 1e3),
+    H.Column("ttft_p99", "TTFT p99 (ms)", 1e3),
+    H.Column("tpot_p50", "TPOT p50 (ms)", 1e3),
+    H.Column("tpot_p99", "TPOT p99 (ms)", 1e3),
+    H.Column("e2e_p50", "e2e p50 (s)", 1.0, "{:.3f}"),
+    H.Column("e2e_p99", "e2e p99 (s)", 1.0, "{:.3f}"),
+    H.Column("output_tokens_per_s", "output tokens/s", 1.0, "{:.1f}"),
+    H.Column("goodput", "goodput (req/s)", 1.0, "{:.2f}"),
+    H.Column("slo_attainment", "SLO met (%)", 100.0, "{:.1f}"),
+    H.Column("preemptions", "preemptions", 1.0, "{:.0f}"),
+    H.Column("mean_batch", "mean batch", 1.0, "{:.1f}"),
+)
+
+
+def _serving_section(run: RunResults) -> str:
+    return H.section(
+        "Serving",
+        H.note(
+            "Per-request latencies of the measured requests (summary.csv): TTFT = first token "
+            "- arrival, TPOT = (finish - first token) / (output tokens - 1), e2e = finish - "
+            "arrival; goodput counts the requests per second meeting the scenario's SLO."
+        ),
+        H.data_table(run.summary, SERVING_COLUMNS),
     )
 
 
@@ -250,7 +308,8 @@ def _summary_table(run: RunResults) -> str:
 
 def _comparison_note(run: RunResults) -> str:
     notes_file = run.path / "notes.txt"
-    notes = notes_file.read_text(encoding="utf-8").splitlines() if notes_file.is_file() else []
+    present = opener.exists(notes_file)
+    notes = opener.read_text(notes_file, "a notes file").splitlines() if present else []
     header = [line for line in notes if line.startswith("hardware: ")]
     rest = [line for line in notes if line.strip() and not line.startswith("hardware: ")]
     return (
@@ -285,6 +344,16 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
                 "Mean step-latency speedup over the baseline, one line per policy; where "
                 "other fields vary too, the line is their mean and the band their range.",
                 lambda f=field, k=k: F.speedup_vs_field(sweep, f, colours, k),
+            )
+    if SF.RATE_FIELD in sweep.axes and "ttft_p99" in table:
+        for k in [None] if len(topks) == 1 else topks:
+            sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
+            out.add(
+                f"throughput_latency{sfx}",
+                f"Throughput vs latency{top}",
+                "Per policy, one point per arrival rate: p99 time to first token against the "
+                "output throughput reached, and the throughput against the offered rate.",
+                lambda k=k: SF.throughput_latency(sweep, colours, k),
             )
     if len(sweep.axes) >= 2:
         x_field, y_field = sweep.axes[:2]
@@ -458,7 +527,7 @@ def _stem(field: str) -> str:
 
 
 def _maybe_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
+    if not opener.exists(path):
         return None
     data = read_json(path)
     return data if isinstance(data, dict) else None

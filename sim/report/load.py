@@ -16,6 +16,7 @@ one-line ``UserError`` naming the file.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -24,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.errors import UserError
+from sim import opener
+from sim.errors import UserError, one_line
 from sim.stats.counts import GATING_COLUMNS
 from sim.yamlio import read_yaml as load_yaml_file
 
@@ -32,6 +34,9 @@ SUMMARY_REQUIRED = ("label", "policy", "topk", "mean_step")
 PER_LAYER_REQUIRED = ("label", "policy", "topk", "step", "layer", "active")
 PER_STEP_REQUIRED = ("label", "policy", "topk", "step", "latency")
 SWEEP_REQUIRED = ("label", "topk")
+REQUESTS_REQUIRED = ("label", "topk", "arrival", "first_token", "finish", "output_tokens")
+ITERATIONS_REQUIRED = ("label", "topk", "t_start", "t_end", "kv_bytes")
+MAX_RESULTS_BYTES = 2**31  # one results file read back (per_step.csv of a long run: ~100 MB)
 _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE"})
 
@@ -130,6 +135,8 @@ class RunResults:
     trace: dict[str, Any] | None
     timeline: TimelineEvents | None
     timeline_path: Path
+    requests: Table | None = None  # requests.csv of a serving run
+    iterations: Table | None = None  # per_iteration.csv of a serving run
 
     @property
     def baseline(self) -> str | None:
@@ -188,14 +195,12 @@ Results = RunResults | SweepResults | StatsResults | SearchResults
 
 def read_table(path: Path, required: Sequence[str] = ()) -> Table:
     """Read a CSV file into a ``Table``; ``required`` columns must be present."""
+    text = opener.read_text(path, "a CSV table", limit=MAX_RESULTS_BYTES)
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.reader(handle)
-            header = next(reader, None)
-            rows = list(reader)
-    except OSError as err:
-        raise UserError(f"{path}: expected a readable CSV file, got {err.strerror}") from None
-    except (csv.Error, UnicodeDecodeError) as err:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None)
+        rows = list(reader)
+    except csv.Error as err:
         raise UserError(f"{path}: expected a CSV table, got {err}") from None
     if not header:
         raise UserError(f"{path}: expected a CSV header row, got an empty file")
@@ -225,12 +230,11 @@ def _column(values: Sequence[str]) -> np.ndarray:
 
 
 def read_json(path: Path) -> Any:
+    text = opener.read_text(path, "a JSON file", limit=MAX_RESULTS_BYTES)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise UserError(f"{path}: expected a readable JSON file, got {err.strerror}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: expected JSON, got {err}") from None
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError, ValueError) as err:
+        raise UserError(f"{path}: expected JSON, got {one_line(err, 200)}") from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -315,13 +319,12 @@ def _events_to_columns(
 def load_results(path: str | Path, *, timeline: str | Path | None = None) -> Results:
     """Read a run, sweep or stats directory, recognised by the files it holds."""
     root = Path(path)
-    if not root.is_dir():
-        raise UserError(f"{root}: expected a results directory, got no such directory")
-    if (root / "summary.csv").is_file():
+    opener.check_dir(root, "a results directory")
+    if opener.exists(root / "summary.csv"):
         return load_run(root, timeline=timeline)
-    if (root / "sweep.csv").is_file():
+    if opener.exists(root / "sweep.csv"):
         return load_sweep(root)
-    if (root / "gating.csv").is_file():
+    if opener.exists(root / "gating.csv"):
         return load_stats(root)
     if (root / "search.json").is_file():
         return load_search(root)
@@ -334,23 +337,41 @@ def load_results(path: str | Path, *, timeline: str | Path | None = None) -> Res
 def load_run(root: Path, *, timeline: str | Path | None = None) -> RunResults:
     summary = read_table(root / "summary.csv", SUMMARY_REQUIRED)
     per_layer_path, per_step_path = root / "per_layer.csv", root / "per_step.csv"
-    per_layer = read_table(per_layer_path, PER_LAYER_REQUIRED) if per_layer_path.is_file() else None
-    per_step = read_table(per_step_path, PER_STEP_REQUIRED) if per_step_path.is_file() else None
+    present = opener.exists
+    per_layer = read_table(per_layer_path, PER_LAYER_REQUIRED) if present(per_layer_path) else None
+    per_step = read_table(per_step_path, PER_STEP_REQUIRED) if present(per_step_path) else None
     scenario_path, trace_path = root / "scenario.resolved.yaml", root / "trace.json"
-    scenario = read_yaml(scenario_path) if scenario_path.is_file() else {}
-    trace = read_json(trace_path) if trace_path.is_file() else None
+    scenario = read_yaml(scenario_path) if present(scenario_path) else {}
+    trace = read_json(trace_path) if present(trace_path) else None
     if trace is not None and not isinstance(trace, dict):
         raise UserError(f"{trace_path}: expected a JSON object, got {type(trace).__name__}")
     timeline_path = Path(timeline) if timeline is not None else root / "timeline.json"
-    if timeline is not None and not timeline_path.is_file():
-        raise UserError(f"{timeline_path}: expected a timeline JSON file, got no such file")
+    if timeline is not None:
+        opener.check_file(timeline_path, "a timeline JSON file")
     events = None
-    if timeline_path.is_file():
+    if opener.exists(timeline_path):
         data = read_json(timeline_path)
         events = timeline_events(timeline_path, data)
         check_timeline_belongs(root, timeline_path, data, events, summary)
         events = _with_topk(events, [int(k) for k in summary.unique("topk")])
-    return RunResults(root, summary, per_layer, per_step, scenario, trace, events, timeline_path)
+    requests = _optional_table(root / "requests.csv", REQUESTS_REQUIRED)
+    iterations = _optional_table(root / "per_iteration.csv", ITERATIONS_REQUIRED)
+    return RunResults(
+        root,
+        summary,
+        per_layer,
+        per_step,
+        scenario,
+        trace,
+        events,
+        timeline_path,
+        requests,
+        iterations,
+    )
+
+
+def _optional_table(path: Path, required: Sequence[str]) -> Table | None:
+    return read_table(path, required) if opener.exists(path) else None
 
 
 def check_timeline_belongs(
@@ -364,8 +385,8 @@ def check_timeline_belongs(
     other = data.get("otherData") if isinstance(data, dict) else None
     wanted = other.get("scenario_sha256") if isinstance(other, dict) else None
     resolved = root / "scenario.resolved.yaml"
-    if isinstance(wanted, str) and resolved.is_file():
-        if resolved_sha256(resolved.read_bytes()) != wanted:
+    if isinstance(wanted, str) and opener.exists(resolved):
+        if resolved_sha256(opener.read_bytes(resolved, "a resolved scenario")) != wanted:
             raise UserError(
                 f"{timeline_path}: expected the timeline of the run in {resolved}, got one "
                 f"written by another run (scenario {other.get('scenario', '?')!r}, "
@@ -408,7 +429,7 @@ def _pid_order(pid: str) -> tuple[int, str]:
 def load_sweep(root: Path) -> SweepResults:
     table = read_table(root / "sweep.csv", SWEEP_REQUIRED)
     resolved_path = root / "sweep.resolved.yaml"
-    resolved = read_yaml(resolved_path) if resolved_path.is_file() else {}
+    resolved = read_yaml(resolved_path) if opener.exists(resolved_path) else {}
     fields = swept_fields(table, resolved)
     scenario = resolved.get("scenario")
     baseline = scenario.get("baseline") if isinstance(scenario, Mapping) else None
@@ -460,7 +481,7 @@ def _with_speedup(table: Table, baseline: Any, where: Path) -> Table:
 def load_stats(root: Path) -> StatsResults:
     gating = read_table(root / "gating.csv", GATING_COLUMNS)
     meta_path = root / "meta.json"
-    meta = read_json(meta_path) if meta_path.is_file() else {}
+    meta = read_json(meta_path) if opener.exists(meta_path) else {}
     if not isinstance(meta, dict):
         raise UserError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
     return StatsResults(root, gating, meta)

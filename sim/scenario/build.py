@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
+from sim import opener
 from sim import presets as preset_data
 from sim.errors import SelectionError, UserError
 from sim.hardware import (
@@ -54,10 +54,11 @@ from sim.scenario.schema import (
 )
 from sim.trace.routing import RoutingTrace
 from sim.units import format_exact, parse_clock
-from sim.yamlio import read_yaml
+from sim.yamlio import YamlSyntaxError, parse_yaml, read_yaml
 
 if typing.TYPE_CHECKING:
     from sim.costs.source import CostSource
+    from sim.serving.spec import ServingSpec
 
 DEFAULT_MODEL_PRESET = "flame-moe-290m"
 DEFAULT_GPU_PRESET = "h100-sxm"
@@ -155,6 +156,7 @@ class Scenario:
     model_doc: dict[str, Any] = field(default_factory=dict)
     hardware_doc: dict[str, Any] = field(default_factory=dict)
     costs: CostSource | None = None  # per-expert cost tables (the `costs:` section)
+    workload: ServingSpec | None = None  # None: lockstep (the trace's batch, step by step)
 
     @property
     def clock_hz(self) -> float | None:
@@ -177,8 +179,14 @@ class Scenario:
             ],
             "baseline": self.baseline,
             "seed": self.seed,
+            **({} if self.workload is None else {"workload": self.workload.to_dict()}),
             "output": {"dir": self.output.dir, "timeline": self.output.timeline},
         }
+
+    @property
+    def serving(self) -> bool:
+        """True for a serving workload (requests arrive), False for lockstep."""
+        return self.workload is not None
 
     def policy(self, label: str) -> PolicySpec:
         return next(p for p in self.policies if p.label == label)
@@ -202,14 +210,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise UserError(f"--set: expected key=value like 'seed=3', got {item!r}")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(text, f"--set {key.strip()}") if text.strip() else ""
+    except YamlSyntaxError:
         value = text  # not YAML: take the text as written
-    except (RecursionError, ValueError):  # nesting or an integer beyond what Python reads
-        raise UserError(
-            f"--set {key.strip()}: expected a YAML value, got one too deeply nested or too long "
-            f"to read ({text[:40]!r}...)"
-        ) from None
     return key.strip(), value
 
 
@@ -306,6 +309,7 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
         raise UserError(f"name: expected letters, digits and . _ + - only, got {name!r}")
     costs = build_costs(schema.costs, base)
+    workload = build_workload(schema, base, costs is not None)
     return Scenario(
         name=name,
         description=schema.description,
@@ -322,7 +326,22 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
         model_doc=model_doc,
         hardware_doc=hardware_doc,
         costs=costs,
+        workload=workload,
     )
+
+
+def build_workload(schema: ScenarioSection, base: Path, costs: bool) -> ServingSpec | None:
+    """The serving workload (None: lockstep). Cost tables are per trace position and decode
+    step, which a serving iteration is not: refused together."""
+    from sim.serving.spec import from_section
+
+    workload = from_section(schema.workload, base, schema.seed)
+    if workload is not None and costs:
+        raise UserError(
+            "workload.kind: expected lockstep with a costs: section (its tables are per decode "
+            "step of a fixed batch, which serving iterations are not), got serving"
+        )
+    return workload
 
 
 # -- presets -----------------------------------------------------------------------------------
@@ -717,13 +736,14 @@ def build_trace_spec(
 def _existing_dir(base: Path, value: str, field: str, what_dir: str, hint: str = "") -> Path:
     """``value`` (``~`` expanded) resolved against ``base``; a UserError naming ``field``
     unless it is a directory."""
-    path = (base / os.path.expanduser(value)).resolve()
-    if not path.is_dir():
-        what = "a file" if path.exists() else "nothing there"
+    path = base / os.path.expanduser(value)
+    kind = opener.describe(path)  # a symlink loop too: never Path.resolve's RuntimeError
+    if kind != "a directory":
+        shown = os.path.abspath(path)
         raise UserError(
-            f"{field}: expected an existing {what_dir}, got {value!r} ({path}: {what}){hint}"
+            f"{field}: expected an existing {what_dir}, got {value!r} ({shown}: {kind}){hint}"
         )
-    return path
+    return path.resolve()
 
 
 def _costs_trace_spec(section: TraceSection, costs: bool) -> TraceSpec:

@@ -13,9 +13,7 @@ import hashlib
 import math
 import os
 import platform
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +52,7 @@ RESULT_FILES = (
     "trace.json",
     "notes.txt",  # the hardware line and the notes printed around the comparison table
 )
+SERVING_FILES = ("requests.csv", "per_iteration.csv")  # serving runs also write these
 
 
 @dataclass(frozen=True)
@@ -67,6 +66,7 @@ class ScenarioRunResult(RunResult):
     policy_stats: dict[str, Any] | None = None  # the policy's stats() after the run, if any
     costs: dict[str, Any] | None = None  # TableCost.describe(): where each cost came from
     cache_slots: int | None = None  # a cache policy's slots for one gate's layer (its partition)
+    serving: Any = None  # sim.serving.run.ServingRecords of a serving run (None: lockstep)
 
     def summary_row(self) -> dict[str, Any]:
         row = super().summary_row()
@@ -78,6 +78,7 @@ class ScenarioRunResult(RunResult):
             "is_bound": self.is_bound,
             "is_baseline": self.is_baseline,
             **row,
+            **({} if self.serving is None else self.serving.summary),
         }
 
 
@@ -99,10 +100,17 @@ def run_scenario(
 
     if trace is None:
         trace = load_scenario_trace(scenario)
-    total = len(scenario.topk) * len(scenario.policies) * trace.num_steps
+    setup = None
+    if scenario.serving:
+        from sim.serving.run import prepare
+
+        setup = prepare(scenario, trace)
+    per_run = trace.num_steps if setup is None else len(setup.requests)
+    total = len(scenario.topk) * len(scenario.policies) * per_run
     show = progress and sys.stderr.isatty()
+    unit = "step" if setup is None else "request"
     results: list[ScenarioRunResult] = []
-    with tqdm(total=total, disable=not show, file=sys.stderr, unit="step", leave=False) as bar:
+    with tqdm(total=total, disable=not show, file=sys.stderr, unit=unit, leave=False) as bar:
         for k in scenario.topk:
             for spec in scenario.policies:
                 bar.set_description(f"top-{k} {spec.label}")
@@ -112,11 +120,8 @@ def run_scenario(
                     if scenario.costs is None
                     else scenario.costs.cost_model(scenario.hardware, scenario.model)
                 )
-                result = simulate(
-                    trace,
-                    scenario.hardware,
-                    scenario.model,
-                    policy,
+                serving = None
+                run_options = dict(
                     topk=k,
                     cost=cost,
                     timeline=True if scenario.output.timeline else timeline,
@@ -124,6 +129,16 @@ def run_scenario(
                     seed=scenario.seed,
                     label=spec.label,
                 )
+                if setup is None:
+                    result = simulate(
+                        trace, scenario.hardware, scenario.model, policy, **run_options
+                    )
+                else:
+                    from sim.serving.run import run_serving
+
+                    result, serving = run_serving(
+                        setup, trace, scenario.hardware, scenario.model, policy, **run_options
+                    )
                 values = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
                 values["label"] = spec.label
                 results.append(
@@ -136,6 +151,7 @@ def run_scenario(
                         policy_stats=_policy_stats(policy),
                         costs=None if cost is None else cost.describe(),
                         cache_slots=getattr(policy, "partition_slots", None),
+                        serving=serving,
                     )
                 )
     return results
@@ -314,16 +330,8 @@ def write_results(
     ``timeline_runs``: which recorded timelines go into timeline.json: ``all``, or
     ``compare`` (per top-k the baseline and the best online policy, as the report draws)."""
     target = check_out_dir(out_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        _write_files(tmp, scenario, trace, results, timeline_runs)
-        os.chmod(tmp, 0o755)
-        check_out_dir(target)  # still new or empty (nothing raced us)
-        os.rename(tmp, target)  # replaces an empty directory on POSIX
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with atomic.staged_dir(target, "new") as staging:  # the directory appears complete or not
+        _write_files(staging, scenario, trace, results, timeline_runs)
     return target
 
 
@@ -346,7 +354,11 @@ def _write_files(
     rows = summary_rows(scenario, results)
     stats = [getattr(r, "policy_stats", None) for r in results]
     csv_rows = [{**row, **stat_columns(s)} for row, s in zip(rows, stats)]
-    columns = list(SUMMARY_COLUMNS) + sorted({k for r in csv_rows for k in _extra(r)})
+    extra = {k for r in csv_rows for k in _extra(r)}
+    from sim.serving.metrics import SERVING_SUMMARY_KEYS
+
+    serving = [k for k in SERVING_SUMMARY_KEYS if k in extra]  # in their documented order
+    columns = list(SUMMARY_COLUMNS) + serving + sorted(extra - set(serving))
     atomic.write_csv(
         root / "summary.csv", columns, ([_cell(r.get(c)) for c in columns] for r in csv_rows)
     )
@@ -359,6 +371,8 @@ def _write_files(
     atomic.write_csv(
         root / "per_step.csv", KEY_COLUMNS + PER_STEP_COLUMNS, _table(results, "per_step")
     )
+    if any(getattr(r, "serving", None) is not None for r in results):
+        _write_serving(root, results)
     atomic.write_json(root / "trace.json", trace_record(trace))
     from sim.scenario.table import comparison_notes, hardware_header  # table builds on us
 
@@ -401,6 +415,34 @@ def _cell(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return repr(value) if isinstance(value, float) else value
+
+
+def _write_serving(root: Path, results: Sequence[RunResult]) -> None:
+    """requests.csv and per_iteration.csv of a serving scenario's runs."""
+    from sim.serving.metrics import REQUEST_ARRAYS, REQUEST_COLUMNS
+    from sim.serving.run import PER_ITERATION_COLUMNS
+
+    def request_rows():
+        for result in results:
+            key = {"policy": result.policy, "label": result.label, "topk": result.topk}
+            columns = result.serving.requests
+            values = [columns[name].tolist() for name in REQUEST_ARRAYS]
+            for row in zip(*values):
+                cells = {**key, **dict(zip(REQUEST_ARRAYS, row))}
+                yield [_cell(cells[c]) for c in REQUEST_COLUMNS]
+
+    def iteration_rows():
+        for result in results:
+            columns = result.serving.iterations
+            values = [columns[name].tolist() for name in PER_ITERATION_COLUMNS]
+            key = (result.label, result.policy, result.topk)
+            for row in zip(*values):
+                yield key + tuple(_cell(v) for v in row)
+
+    atomic.write_csv(root / "requests.csv", REQUEST_COLUMNS, request_rows())
+    atomic.write_csv(
+        root / "per_iteration.csv", KEY_COLUMNS + PER_ITERATION_COLUMNS, iteration_rows()
+    )
 
 
 def _table(results: Sequence[RunResult], which: str):

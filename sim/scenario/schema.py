@@ -378,6 +378,242 @@ class HardwareSection(_Section):
     host_compute: ComputeSection | None = Field(None, description="host CPU, for host compute")
 
 
+# -- workload ------------------------------------------------------------------------------------
+MAX_REQUESTS = 10_000_000  # requests one run may simulate (a declared size, checked before use)
+MAX_TOKENS = 10_000_000  # tokens in one prompt or output
+
+
+def _invalid(detail: str) -> PydanticCustomError:
+    """A one-line error on a whole section (a combination of its fields)."""
+    return PydanticCustomError("invalid", "{detail}", {"detail": detail})
+
+
+def _given(section: BaseModel, names: tuple[str, ...]) -> list[str]:
+    return [n for n in names if getattr(section, n) is not None]
+
+
+class ArrivalsSection(_Section):
+    """When requests arrive."""
+
+    process: Literal["poisson", "gamma", "csv"] = Field(
+        "poisson",
+        description="`poisson` (exponential gaps at `rate`), `gamma` (gaps with mean 1/rate and "
+        "coefficient of variation `cv`: bursty when cv > 1) or `csv` (the rows of `path`)",
+    )
+    rate: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="requests per second (poisson, gamma)"
+    )
+    cv: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="coefficient of variation of the gaps (gamma)"
+    )
+    path: str | None = Field(
+        None,
+        description="CSV of requests (csv): a header row, then one request per row with its "
+        "arrival (`arrival` in seconds, or the Azure LLM inference traces' `TIMESTAMP` date-time), "
+        "prompt tokens (`prompt_tokens` or `ContextTokens`) and output tokens (`output_tokens` or "
+        "`GeneratedTokens`); other columns are ignored; relative to the scenario file",
+    )
+    rate_scale: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="csv: divide the file's arrival times by this (2 = twice the load); default 1",
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_process(self) -> ArrivalsSection:
+        wanted = {"poisson": ("rate",), "gamma": ("rate", "cv"), "csv": ("path",)}[self.process]
+        for name in wanted:
+            if getattr(self, name) is None:
+                raise _invalid(f"expected {name} with process {self.process}, got none")
+        extra = [n for n in _given(self, ("rate", "cv", "path", "rate_scale")) if n not in wanted]
+        extra = [n for n in extra if not (n == "rate_scale" and self.process == "csv")]
+        if extra:
+            raise _invalid(f"expected no {extra[0]} with process {self.process}, got one")
+        return self
+
+
+class LengthSection(_Section):
+    """Tokens per request: a number (fixed) or a distribution."""
+
+    dist: Literal["fixed", "uniform", "lognormal"] = Field(
+        "fixed",
+        description="`fixed` (`value`), `uniform` (`low`..`high`, inclusive) or `lognormal` "
+        "fitted to `mean` and `median` (rounded to whole tokens, at least 1, at most `max`)",
+    )
+    value: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(None, description="fixed")
+    low: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(None, description="uniform")
+    high: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(None, description="uniform")
+    mean: float | None = Field(None, gt=0, allow_inf_nan=False, description="lognormal")
+    median: float | None = Field(None, gt=0, allow_inf_nan=False, description="lognormal")
+    max: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(
+        None, description="lognormal: cap (default none; the trace's length bounds it anyway)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """``64`` = ``{dist: fixed, value: 64}``."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"dist": "fixed", "value": value}
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_dist(self) -> LengthSection:
+        wanted = {
+            "fixed": ("value",),
+            "uniform": ("low", "high"),
+            "lognormal": ("mean", "median"),
+        }[self.dist]
+        for name in wanted:
+            if getattr(self, name) is None:
+                raise _invalid(f"expected {name} with dist {self.dist}, got none")
+        allowed = (*wanted, "max") if self.dist == "lognormal" else wanted
+        extra = [n for n in _given(self, ("value", "low", "high", "mean", "median", "max"))]
+        extra = [n for n in extra if n not in allowed]
+        if extra:
+            raise _invalid(f"expected no {extra[0]} with dist {self.dist}, got one")
+        if self.dist == "uniform" and self.low > self.high:  # type: ignore[operator]
+            raise _invalid(f"expected low <= high, got {self.low} > {self.high}")
+        if self.dist == "lognormal" and self.mean < self.median:  # type: ignore[operator]
+            raise _invalid(
+                f"expected mean >= median (a lognormal's mean is at least its median), got "
+                f"mean {self.mean} < median {self.median}"
+            )
+        return self
+
+
+class SchedulerSection(_Section):
+    """Iteration-level continuous batching (Orca, vLLM); chunked prefill (Sarathi-Serve)."""
+
+    max_running: Annotated[int, Field(gt=0, le=MAX_REQUESTS)] | None = Field(
+        None, description="requests in the batch at once (vLLM max_num_seqs); default 256"
+    )
+    max_batched_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(
+        None,
+        description="tokens per iteration, decodes and prefills together; default 2048. Without "
+        "chunked prefill a whole prompt (and a preempted request's recompute) must fit",
+    )
+    chunked_prefill: bool | None = Field(
+        None,
+        description="split prompts into chunks filling the budget the decodes leave; default "
+        "false (a prompt is one prefill)",
+    )
+    block_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(
+        None, description="KV cache allocation unit in tokens (vLLM block_size); default 16"
+    )
+
+
+class MemorySection(_Section):
+    """How HBM is split between non-expert weights, KV cache, expert cache and staging."""
+
+    mode: Literal["fixed", "shared"] | None = Field(
+        None,
+        description="`fixed`: the expert cache keeps hardware.hbm.capacity and the KV cache "
+        "`kv_capacity`; `shared`: one pool, the expert cache shrinks as KV grows; default fixed",
+    )
+    kv_capacity: Size | None = Field(
+        None,
+        description="fixed mode: KV cache bytes; default the GPU's HBM (hardware.gpu."
+        "hbm_capacity) less non-expert weights, the expert cache and staging",
+    )
+    staging: Capacity | None = Field(
+        None,
+        description="HBM held for demand-fetched experts in flight, a size or `N experts`; "
+        "default one layer's worth (model.num_experts experts)",
+    )
+
+
+class SloSection(_Section):
+    """The service-level objective goodput counts against."""
+
+    ttft: Duration | None = Field(None, description="time to first token bound, e.g. `2 s`")
+    tpot: Duration | None = Field(None, description="time per output token bound, e.g. `100 ms`")
+
+
+WORKLOAD_SERVING_FIELDS = (
+    "arrivals",
+    "prompt",
+    "output",
+    "requests",
+    "duration",
+    "warmup",
+    "seed",
+    "wrap",
+    "scheduler",
+    "memory",
+    "slo",
+)
+
+
+class WorkloadSection(_Section):
+    """What the GPU runs: today's lockstep batch, or a stream of requests (docs/serving.md)."""
+
+    kind: Literal["lockstep", "serving"] = Field(
+        "lockstep",
+        description="`lockstep`: the trace's sequences decode together, step by step (the "
+        "default); `serving`: requests arrive and are batched iteration by iteration",
+    )
+    arrivals: ArrivalsSection | None = Field(None, description="serving: when requests arrive")
+    prompt: LengthSection | None = Field(
+        None, description="serving: prompt tokens per request (not with a CSV)"
+    )
+    output: LengthSection | None = Field(
+        None, description="serving: output tokens per request (not with a CSV)"
+    )
+    requests: Annotated[int, Field(gt=0, le=MAX_REQUESTS)] | None = Field(
+        None, description="serving: how many requests (or `duration`; with a CSV: its first N)"
+    )
+    duration: Duration | None = Field(
+        None, description="serving: requests arriving before this time, e.g. `60 s`"
+    )
+    warmup: Annotated[int, Field(ge=0, le=MAX_REQUESTS)] | None = Field(
+        None, description="serving: the first N requests are left out of the summaries; default 0"
+    )
+    seed: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="serving: seed of arrivals and lengths; default the scenario's seed"
+    )
+    wrap: bool | None = Field(
+        None,
+        description="serving: a request longer than the trace's sequences reuses positions "
+        "modulo the length (marked in requests.csv) instead of being refused; default false",
+    )
+    scheduler: SchedulerSection | None = Field(None, description="serving: batching limits")
+    memory: MemorySection | None = Field(None, description="serving: HBM split")
+    slo: SloSection | None = Field(None, description="serving: the SLO of goodput")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _as_mapping("kind")(value)
+
+    @model_validator(mode="after")
+    def _serving_fields(self) -> WorkloadSection:
+        given = _given(self, WORKLOAD_SERVING_FIELDS)
+        if self.kind == "lockstep":
+            if given:
+                raise _invalid(f"expected no {given[0]} with kind lockstep, got one")
+            return self
+        if self.arrivals is None:
+            raise _invalid("expected arrivals with kind serving, got none")
+        if self.arrivals.process == "csv":
+            for name in ("prompt", "output"):
+                if getattr(self, name) is not None:
+                    raise _invalid(f"expected no {name} with a CSV (its rows give it), got one")
+            if self.requests is not None and self.duration is not None:
+                raise _invalid("expected at most one of requests and duration, got both")
+            return self
+        for name in ("prompt", "output"):
+            if getattr(self, name) is None:
+                raise _invalid(f"expected {name} with kind serving, got none")
+        if (self.requests is None) == (self.duration is None):
+            raise _invalid(
+                "expected exactly one of requests and duration, got "
+                + ("both" if self.requests is not None else "neither")
+            )
+        return self
+
+
 # -- policies and output -------------------------------------------------------------------------
 class PolicyEntry(_Section):
     name: str = Field(description="registered policy name (docs/policies.md)")
@@ -426,6 +662,11 @@ class ScenarioSection(_Section):
     )
     baseline: str = Field("seed-split", description="label of the policy speedups are relative to")
     seed: int = Field(0, ge=0, description="seed for randomised policies and synthetic traces")
+    workload: WorkloadSection = Field(
+        default_factory=WorkloadSection,
+        description="`lockstep` (the trace's batch, step by step; default) or `serving` "
+        "(requests arrive; docs/serving.md)",
+    )
     output: OutputSection = Field(default_factory=OutputSection, description="where results go")
     provenance: dict[str, Any] | None = Field(
         None, description="written by `moesim run` into scenario.resolved.yaml; ignored on input"
@@ -469,7 +710,7 @@ def validation_error_line(err: ValidationError, data: Any, source: str = "") -> 
         message = f"{path}: unknown key (allowed: {known})" if known else f"{path}: unknown key"
     elif kind == "missing":
         message = f"{path}: required, missing"
-    elif kind in ("unit", "trace_source"):
+    elif kind in ("unit", "trace_source", "invalid"):
         message = f"{path}: {first['msg']}"
     elif kind == "literal_error":
         choices = first.get("ctx", {}).get("expected", "")

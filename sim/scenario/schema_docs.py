@@ -13,18 +13,24 @@ from pydantic_core import PydanticUndefined
 
 from sim.scenario.build import unit_of
 from sim.scenario.schema import (
+    ArrivalsSection,
     ComputeSection,
     CostsSection,
     GpuSection,
     HardwareSection,
     HbmSection,
+    LengthSection,
     LinkSection,
+    MemorySection,
     ModelSection,
     OutputSection,
     PolicyEntry,
     RoutingSection,
     ScenarioSection,
+    SchedulerSection,
+    SloSection,
     TraceSection,
+    WorkloadSection,
 )
 from sim.units import QUANTITIES
 
@@ -40,6 +46,12 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("hardware.links.<name>", LinkSection),
     ("hardware.md_compute / hardware.host_compute", ComputeSection),
     ("policies[i]", PolicyEntry),
+    ("workload", WorkloadSection),
+    ("workload.arrivals", ArrivalsSection),
+    ("workload.prompt / workload.output", LengthSection),
+    ("workload.scheduler", SchedulerSection),
+    ("workload.memory", MemorySection),
+    ("workload.slo", SloSection),
     ("output", OutputSection),
 )
 

@@ -25,8 +25,26 @@ SEED_RATIO = (32.0, 512.0)  # the seed's BW_PCIe : BW_MD
 OVER, UNDER = "*", "!"  # gap closed footnote marks: above 100 %, below 0 %
 
 
+SERVING_HEADERS = (
+    "policy",
+    "TTFT p50",
+    "TTFT p99",
+    "TPOT p50",
+    "TPOT p99",
+    "e2e p99",
+    "tokens/s",
+    "goodput",
+    "SLO met",
+    "preempt",
+    "MD util",
+    "hit rate",
+)
+
+
 def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[Table]:
     rows = summary_rows(scenario, results)
+    if scenario.serving:
+        return serving_tables(scenario, rows)
     with_cycles = scenario.clock_hz is not None
     tables = []
     for k in scenario.topk:
@@ -57,6 +75,61 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
             table.add_row(*(Text(cell) for cell in _cells(row, with_cycles)))
         tables.append(table)
     return tables
+
+
+def serving_tables(scenario: Scenario, rows: list[dict[str, Any]]) -> list[Table]:
+    """One table per top-k of a serving scenario: request latencies, throughput, goodput."""
+    assert scenario.workload is not None
+    slo = scenario.workload.slo
+    tables = []
+    for k in scenario.topk:
+        table = Table(
+            title=f"{scenario.name}: top-{k}, serving, baseline {scenario.baseline}"
+            + (f", SLO {_slo_text(slo)}" if slo.ttft is not None or slo.tpot is not None else "")
+        )
+        for name in SERVING_HEADERS:
+            if name == "policy":
+                table.add_column(name, no_wrap=True, min_width=_label_width(rows))
+            else:
+                table.add_column(name, justify="right")
+        for row in (r for r in rows if r["topk"] == k):
+            table.add_row(*(Text(cell) for cell in _serving_cells(row)))
+        tables.append(table)
+    return tables
+
+
+def _slo_text(slo: Any) -> str:
+    parts = []
+    if slo.ttft is not None:
+        parts.append(f"TTFT <= {format_duration(slo.ttft)}")
+    if slo.tpot is not None:
+        parts.append(f"TPOT <= {format_duration(slo.tpot)}")
+    return " and ".join(parts)
+
+
+def _serving_cells(row: dict[str, Any]) -> list[str]:
+    def seconds(key: str) -> str:
+        value = row.get(key)
+        return "" if value is None or value != value else format_duration(value)
+
+    def number(key: str, fmt: str) -> str:
+        value = row.get(key)
+        return "" if value is None or value != value else fmt.format(value)
+
+    return [
+        _cells(row)[0],
+        seconds("ttft_p50"),
+        seconds("ttft_p99"),
+        seconds("tpot_p50"),
+        seconds("tpot_p99"),
+        seconds("e2e_p99"),
+        number("output_tokens_per_s", "{:,.0f}"),
+        number("goodput", "{:.2f}/s"),
+        number("slo_attainment", "{:.1%}"),
+        number("preemptions", "{:.0f}"),
+        number("util_md_link", "{:.0%}"),
+        f"{100 * row['hit_rate']:.1f}%",
+    ]
 
 
 def predictor_notes(results: Sequence[RunResult]) -> list[str]:
@@ -435,6 +508,15 @@ def print_comparison(
         console.print(table)
     for note in comparison_notes(scenario, results):
         console.print(note, highlight=False, markup=False, soft_wrap=True)
+    if scenario.serving:
+        console.print(
+            "TTFT = first token - arrival; TPOT = (finish - first token) / (output tokens - 1); "
+            "e2e = finish - arrival (measured requests, after the warm-up); goodput = requests/s "
+            "meeting the SLO; MD util = busy share of the MD link",
+            highlight=False,
+            markup=False,
+        )
+        return
     console.print(
         "kind: online (knows the routing up to the gate), oracle (reads routing an online "
         "policy cannot know), bound (offline bound, sees the whole trace); tokens/s = sequences "

@@ -257,7 +257,8 @@ def frontier_search(sizes: tuple[int, int], goal: Goal, grid: int) -> Search:
     try:
         for x in (x_at(t) for t in spread(nx, grid)):
             if good == 0:  # the bottom already met with less help in x
-                steps.append(Step((x, y_at(0)), None, inferred=True))
+                bottom_point = (x, y_at(0))
+                steps.append(Step(bottom_point, None, inferred=bottom_point not in book.values))
                 continue
             if good is None:
                 (top,) = yield from book.ask([(x, y_at(ny - 1))])

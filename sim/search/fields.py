@@ -229,7 +229,8 @@ def _example(kind: FieldKind) -> str:
         return "1:64"
     if kind.experts:
         return "8 experts:64 experts"
-    return _RANGE_EXAMPLES[kind.kind]
+    example = QUANTITIES[kind.kind].example  # a kind added later: its own example twice
+    return _RANGE_EXAMPLES.get(kind.kind, f"{example}:{example}")
 
 
 _RANGE_EXAMPLES = {

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sim import opener
 from sim.atomic import write_bytes
 from sim.errors import UserError
 from sim.ranges import format_int_selection
@@ -161,12 +162,8 @@ def _copied_file(path: Path, source: int, target: int) -> bytes:
         if text.startswith("layer_id,"):
             # Data lines start with the layer id; the header starts with a letter.
             return re.sub(r"(?m)^-?\d+,", f"{target},", text).encode("utf-8")
-    return path.read_bytes()
+    return opener.read_bytes(path, "a notebook tree file")
 
 
 def _read_text(path: Path) -> str:
-    try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            return handle.read()
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: expected a UTF-8 text file, got {err}") from None
+    return opener.read_text(path, "a notebook tree text file")

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sim import opener
 from sim.atomic import write_bytes, write_json, write_text
 from sim.errors import UserError
 from sim.stats import EXTENDED_MANIFEST
@@ -295,11 +296,16 @@ def write_extended_manifest(
     """Record which layer folders are copies (synthetic), merged with any earlier record."""
     path = Path(tree) / EXTENDED_MANIFEST
     old: dict[str, Any] = {}
-    if path.exists():
+    if opener.describe(path) != "nothing (missing)":
+        text = opener.read_text(path, "JSON written by moesim")
         try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+            old = json.loads(text)
+        except ValueError as err:
             raise UserError(f"{path}: expected JSON written by moesim, got {err}") from None
+        if not isinstance(old, dict):
+            raise UserError(
+                f"{path}: expected a JSON object written by moesim, got {type(old).__name__}"
+            )
     merged_copies = {str(k): int(v) for k, v in old.get("copied_from", {}).items()}
     merged_copies.update({str(k): int(v) for k, v in copies.items()})
     layers = sorted({*map(int, old.get("synthetic_layers", [])), *map(int, synthetic_layers)})

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 import sim
-from sim.atomic import write_json, write_text
+from sim.atomic import staged_dir, write_json, write_text
 from sim.stats.counts import (
     COUNT_COLUMNS,
     GATING_COLUMNS,
@@ -62,7 +62,18 @@ def write_stats(
     command: str = "",
 ) -> StatsResult:
     """Write gating.csv, counts.csv, meta.json (and the notebook tree) under ``out_dir``."""
-    out = Path(out_dir)
+    with staged_dir(out_dir, "merge") as staging:  # every file appears, or none
+        return _write_stats(staging, trace, cells, rule, notebook_tree, command)
+
+
+def _write_stats(
+    out: Path,
+    trace: RoutingTrace,
+    cells: CellCounts,
+    rule: GatingRule,
+    notebook_tree: bool,
+    command: str,
+) -> StatsResult:
     gating = gating_table(cells, rule).rows()
     counts = count_rows(cells)
     tree_files = write_notebook_tree(trace, cells, rule, out) if notebook_tree else 0

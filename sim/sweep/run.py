@@ -11,6 +11,12 @@ Results directory::
 ``--resume DIR`` reads which points have a file and runs only the others, so a killed sweep
 never repeats or loses a finished point. The table is built from the point files, so a
 resumed sweep gives the same table as an uninterrupted one.
+
+Inputs are pinned by content: before anything runs, every distinct trace (and cost-table
+directory) of the sweep is loaded once and its checksum recorded in the manifest and in every
+point file. A resume whose trace or tables no longer have the recorded checksum (the same
+relative ``trace:`` path now holding another trace, say) is refused, naming what changed, so
+one sweep.csv never mixes two inputs; so is a worker that finds its input changed mid-sweep.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,8 @@ import numpy as np
 import yaml
 
 import sim
-from sim.atomic import write_json, write_text
+from sim import opener
+from sim.atomic import WriteError, write_json, write_text
 from sim.errors import UserError
 from sim.sweep.executors import execute
 from sim.sweep.spec import (
@@ -48,11 +55,13 @@ _TRACE_CACHE_SIZE = 4
 
 @dataclass(frozen=True)
 class PointTask:
-    """What a worker needs for one point: the point and its (already validated) scenario."""
+    """What a worker needs for one point: the point, its (already validated) scenario, and
+    the checksums of its inputs as the driver found them (``{}``: not pinned)."""
 
     point: SweepPoint
     document: dict[str, Any]
     source: str
+    inputs: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class PointOutcome:
     elapsed: float  # wall seconds in the worker
     error: str | None = None
     cpu: float = 0.0  # CPU seconds of the worker process on this point
+    inputs: dict[str, str] = field(default_factory=dict)  # checksums of the inputs it ran on
 
 
 @dataclass(frozen=True)
@@ -89,13 +99,62 @@ def run_point(task: PointTask) -> PointOutcome:
     start, cpu = time.perf_counter(), time.process_time()
     try:
         scenario = scenario_from_dict(task.document, task.source)
+        inputs = scenario_inputs(scenario)
+        if task.inputs and inputs != task.inputs:
+            raise UserError(
+                f"{changed_inputs(task.inputs, inputs)} changed while the sweep ran; rerun it"
+            )
         results = run_scenario(scenario, cached_trace(scenario), progress=False)
         rows = tuple(summary_rows(scenario, results))
     except UserError as err:
         return PointOutcome(task.point.point_id, (), time.perf_counter() - start, str(err))
     return PointOutcome(
-        task.point.point_id, rows, time.perf_counter() - start, cpu=time.process_time() - cpu
+        task.point.point_id,
+        rows,
+        time.perf_counter() - start,
+        cpu=time.process_time() - cpu,
+        inputs=inputs,
     )
+
+
+_INPUTS: dict[str, dict[str, str]] = {}  # per process: trace key -> checksums of its inputs
+
+
+def scenario_inputs(scenario: Any) -> dict[str, str]:
+    """``{"trace": sha256, "costs": sha256}`` of a scenario's inputs (loaded once per process;
+    ``{}`` for objects that are not scenarios, as test doubles are)."""
+    if not hasattr(getattr(scenario, "trace", None), "to_dict"):
+        return {}
+    key = _trace_key(scenario)
+    found = _INPUTS.get(key)
+    if found is None:
+        from sim.scenario.run import trace_checksum
+
+        found = {"trace": trace_checksum(cached_trace(scenario))}
+        if getattr(scenario, "costs", None) is not None:
+            found["costs"] = scenario.costs.checksum()
+        _INPUTS[key] = found
+    return dict(found)
+
+
+def changed_inputs(before: dict[str, str], now: dict[str, str]) -> str:
+    """Which input differs, for messages: ``the trace (sha256:1a2b3c4d... -> sha256:...)``."""
+    names = [k for k in sorted({*before, *now}) if before.get(k) != now.get(k)]
+    return ", ".join(
+        f"the {'cost tables' if n == 'costs' else n} ({_short(before.get(n))} -> "
+        f"{_short(now.get(n))})"
+        for n in names
+    )
+
+
+def _short(checksum: str | None) -> str:
+    return "not recorded" if checksum is None else checksum[:19] + "..."
+
+
+def _trace_key(scenario: Any) -> str:
+    # The routing of a cost-table scenario comes from its tables: key on their source too.
+    costs = scenario.costs.to_dict() if getattr(scenario, "costs", None) is not None else None
+    return canonical_json({"trace": scenario.trace.to_dict(), "costs": costs})
 
 
 def cached_trace(scenario: Any) -> Any:
@@ -103,9 +162,7 @@ def cached_trace(scenario: Any) -> Any:
     parent's loaded traces)."""
     from sim.scenario import load_scenario_trace
 
-    # The routing of a cost-table scenario comes from its tables: key on their source too.
-    costs = scenario.costs.to_dict() if getattr(scenario, "costs", None) is not None else None
-    key = canonical_json({"trace": scenario.trace.to_dict(), "costs": costs})
+    key = _trace_key(scenario)
     trace = _TRACES.get(key)
     if trace is None:
         if len(_TRACES) >= _TRACE_CACHE_SIZE:
@@ -133,19 +190,71 @@ def run_sweep(
     """Validate every point, run the unfinished ones, write the table; see the module doc."""
     start = time.perf_counter()
     points = expand(spec)
-    base, _ = validate_points(spec, points, validate, set_dotted)
+    base, scenarios = validate_points(spec, points, validate, set_dotted)
     out = Path(out_dir)
     prepare_dir(out, spec, resume)
-    manifest = _manifest(spec, base, points)
+    # every distinct input loaded once, here, before anything is written: a trace that
+    # cannot be read is one line now, not N failed points (forked workers inherit it); never
+    # from an earlier sweep of this process, whose files may have changed since
+    _TRACES.clear()
+    _INPUTS.clear()
+    inputs = [scenario_inputs(s) for s in scenarios]
+    manifest = _manifest(spec, base, points, inputs)
+    finished = finished_ids(out, points) if resume else set()
     if resume:
+        check_resumed_inputs(out, points, finished, inputs)
         write_text(out / MANIFEST, manifest)  # the grid may have grown
 
-    finished = finished_ids(out, points) if resume else set()
     todo = [p for p in points if p.point_id not in finished]
-    tasks = [PointTask(p, point_document(spec, p, set_dotted), spec.source) for p in todo]
+    tasks = [
+        PointTask(p, point_document(spec, p, set_dotted), spec.source, inputs[p.index])
+        for p in todo
+    ]
+    try:
+        rows = _run_and_tabulate(
+            spec,
+            base,
+            points,
+            todo,
+            tasks,
+            out,
+            manifest,
+            progress,
+            lambda batch: execute(
+                batch, point_fn, executor=executor, jobs=jobs, scheduler=scheduler
+            ),
+        )
+    except WriteError as err:
+        if not opener.exists(out / MANIFEST):
+            raise
+        raise WriteError(
+            f"{err}; finished points are kept in {out}, continue with --resume {out}"
+        ) from None
+    return SweepReport(
+        out_dir=out,
+        total=len(points),
+        skipped=len(points) - len(todo),
+        ran=len(todo),
+        rows=rows,
+        elapsed=time.perf_counter() - start,
+    )
+
+
+def _run_and_tabulate(
+    spec: SweepSpec,
+    base: Any,
+    points: Sequence[SweepPoint],
+    todo: Sequence[SweepPoint],
+    tasks: Sequence[PointTask],
+    out: Path,
+    manifest: str,
+    progress: bool,
+    run: Callable[[Sequence[PointTask]], Any],
+) -> int:
+    """Run the tasks, writing each finished point at once, then the table; returns its rows."""
     failures: list[tuple[str, str]] = []
     with progress_bar(len(points), len(points) - len(todo), progress) as bar:
-        for outcome in execute(tasks, point_fn, executor=executor, jobs=jobs, scheduler=scheduler):
+        for outcome in run(tasks):
             if outcome.error is None:
                 if not (out / MANIFEST).exists():  # written with the first result, so a sweep
                     write_text(out / MANIFEST, manifest)  # that never started leaves nothing
@@ -163,16 +272,8 @@ def run_sweep(
             f"{by_id[point_id].index} ({point_id}): {message}; finished points are kept in "
             f"{out}, fix and rerun with --resume {out}"
         )
-    rows = write_table(
+    return write_table(
         out, spec, [(p, read_rows(out, p)) for p in points], _baseline_label(spec, base)
-    )
-    return SweepReport(
-        out_dir=out,
-        total=len(points),
-        skipped=len(points) - len(todo),
-        ran=len(todo),
-        rows=rows,
-        elapsed=time.perf_counter() - start,
     )
 
 
@@ -194,7 +295,7 @@ def prepare_dir(
     present) of the same base scenario: the one resume check of sweeps and searches."""
     manifest = out / manifest_name
     if resume:
-        if not manifest.is_file():
+        if not opener.exists(manifest):
             raise UserError(
                 f"--resume {out}: expected a {what} results directory, got no {manifest_name}"
             )
@@ -223,10 +324,10 @@ def finished_ids(out: Path, points: Sequence[SweepPoint]) -> set[str]:
     done = set()
     for point in points:
         path = out / POINTS_DIR / f"{point.point_id}.json"
-        if path.is_file():
+        if opener.is_file(path):
             try:
-                record = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
+                record = json.loads(opener.read_text(path, "a sweep point file"))
+            except (UserError, ValueError, RecursionError):
                 continue  # unreadable: run it again
             if isinstance(record, dict) and record.get("point_id") == point.point_id:
                 done.add(point.point_id)
@@ -241,6 +342,7 @@ def write_point(out: Path, outcome: PointOutcome) -> None:
             "point_id": outcome.point_id,
             "elapsed_s": outcome.elapsed,
             "cpu_s": outcome.cpu,
+            "inputs": outcome.inputs,
             "rows": list(outcome.rows),
         },
     )
@@ -249,17 +351,43 @@ def write_point(out: Path, outcome: PointOutcome) -> None:
 def read_rows(out: Path, point: SweepPoint) -> list[dict[str, Any]]:
     """The rows of a finished point's file."""
     path = out / POINTS_DIR / f"{point.point_id}.json"
+    text = opener.read_text(path, "a finished sweep point")
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
+        record = json.loads(text)
+    except (ValueError, RecursionError) as err:
         raise UserError(f"{path}: expected a finished sweep point, got {err}") from None
-    return list(record["rows"])
+    rows = record.get("rows") if isinstance(record, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise UserError(f"{path}: expected a finished sweep point with its rows, got none")
+    return rows
+
+
+def check_resumed_inputs(
+    out: Path, points: Sequence[SweepPoint], finished: set[str], inputs: Sequence[dict[str, str]]
+) -> None:
+    """Refuse to resume when a finished point ran on other inputs than its point would now
+    (``inputs`` aligned with ``points``)."""
+    for point in points:
+        if point.point_id not in finished:
+            continue
+        path = out / POINTS_DIR / f"{point.point_id}.json"
+        record = json.loads(opener.read_text(path, "a finished sweep point"))
+        found = record.get("inputs") if isinstance(record, dict) else None
+        recorded = {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+        if recorded != inputs[point.index]:
+            raise UserError(
+                f"--resume {out}: expected the inputs point {point.index} ran on, got "
+                f"{changed_inputs(recorded, inputs[point.index])}: resuming would mix two "
+                f"inputs in one table; restore them or run into a new --out"
+            )
 
 
 # --- helpers ----------------------------------------------------------------------------
 
 
-def _manifest(spec: SweepSpec, base: Any, points: Sequence[SweepPoint]) -> str:
+def _manifest(
+    spec: SweepSpec, base: Any, points: Sequence[SweepPoint], inputs: Sequence[dict[str, str]]
+) -> str:
     # The base alone may be incomplete (e.g. policies only in the sweep): keep it as written.
     resolved = base.resolved_dict() if hasattr(base, "resolved_dict") else spec.base
     document = {
@@ -275,6 +403,7 @@ def _manifest(spec: SweepSpec, base: Any, points: Sequence[SweepPoint]) -> str:
                 "repeat": p.repeat,
                 "seed": p.seed,
                 "overrides": dict(p.overrides),
+                **({"inputs": inputs[p.index]} if inputs[p.index] else {}),
             }
             for p in points
         ],

@@ -22,8 +22,8 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import stat
 import warnings
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sim import opener
 from sim.errors import SelectionError, UserError
 from sim.presets import presets
 from sim.ranges import format_int_selection
@@ -173,10 +174,15 @@ def load_pt(path: Path, *, mmap: bool = False) -> Any:
     """``torch.load`` restricted to tensors and plain containers; every failure is a UserError."""
     torch = _torch()
     _require_regular_file(path)
+    check_declared_storage(path)
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the result is validated
             warnings.simplefilter("ignore")
-            obj = torch.load(path, weights_only=True, map_location="cpu", mmap=mmap)
+            if mmap:  # torch maps the file by name: check_file has just seen a regular file
+                obj = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+            else:
+                with opener.open_file(path, "a .pt file") as handle:
+                    obj = torch.load(handle, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as err:
         text = str(err)
         named = _unsupported_global(text)
@@ -199,22 +205,38 @@ def load_pt(path: Path, *, mmap: bool = False) -> Any:
 
 def _require_regular_file(path: Path) -> None:
     """Only regular files are opened: a FIFO or device would block ``open`` forever."""
-    if path.is_dir():
-        raise UserError(f"{path}: expected a .pt file, got a directory")
-    if not path.exists():
-        raise UserError(f"{path}: expected a file, got nothing (missing)")
-    if not path.is_file():
-        mode = path.stat().st_mode
-        kind = (
-            "a FIFO"
-            if stat.S_ISFIFO(mode)
-            else "a socket"
-            if stat.S_ISSOCK(mode)
-            else "a device"
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-            else "not a regular file"
+    opener.check_file(path, "a .pt file")
+
+
+def check_declared_storage(path: Path) -> None:
+    """Compare what a zip-format shard declares with what the file holds, before torch reads
+    it: ``torch.save`` stores records uncompressed, so their declared sizes add up to at most
+    the file's size. A compressed record (a 2 MB file inflating to 2 GiB) is refused here,
+    naming the record, its declared size and the file size. Legacy (non-zip) files and
+    damaged archives are left to ``torch.load``, which checks sizes before allocating."""
+    with opener.open_file(path, "a .pt file") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if handle.read(4) != b"PK\x03\x04":
+            return
+        handle.seek(0)
+        try:
+            records = zipfile.ZipFile(handle).infolist()
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+            return  # torch.load says what is wrong with it
+    declared = 0
+    for info in records:
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise UserError(
+                f"{path}: expected uncompressed records (as torch.save writes), got "
+                f"{info.filename} compressed, declaring {info.file_size:,} bytes in a "
+                f"{size:,}-byte file"
+            )
+        declared += info.file_size
+    if declared > size:
+        raise UserError(
+            f"{path}: expected records of at most the file's {size:,} bytes, got "
+            f"{declared:,} bytes declared"
         )
-        raise UserError(f"{path}: expected a .pt file, got {kind}")
 
 
 def _require_dense_cpu(path: Path, obj: Any) -> None:
@@ -648,7 +670,7 @@ def _selected_positions(sel: DumpSelection, facts: _LayoutFacts) -> np.ndarray:
 
 def missing_or_file(path: Path) -> str:
     """What stands where a directory was expected: for 'expected ..., got X' messages."""
-    return "a file" if path.exists() else "nothing (missing)"
+    return opener.describe(path)
 
 
 def _check_paths_exist(
@@ -664,9 +686,7 @@ def _check_paths_exist(
     for shard in shards:
         paths = [sdir / f"{shard}.pt", *(edir / str(layer) / f"{shard}.pt" for layer in layers)]
         for path in paths:
-            if not path.exists():
-                raise UserError(f"{path}: expected shard {shard}, got nothing (missing)")
-            _require_regular_file(path)
+            opener.check_file(path, f"shard {shard}")
 
 
 # -- inventory (for `moesim trace info`) ----------------------------------------------------------

@@ -21,14 +21,18 @@ For the last two, token row ``t`` is mapped to (step, sequence) by ``order``: ``
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sim import opener
 from sim.errors import UserError
 from sim.trace.routing import RoutingTrace, TraceMeta
 
@@ -176,16 +180,19 @@ def read_numpy(
 
 
 def _load_npy(path: Path) -> Any:
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise UserError(
-            f"{path}: expected a readable .npy/.npz array, got {_first_line(err)}"
-        ) from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            return {name: loaded[name] for name in loaded.files}
-    return loaded
+    """A .npy array or a .npz's arrays, read through the one opener with pickles refused
+    (``allow_pickle=False``: an object array is an error, never code)."""
+    with opener.open_file(path, "a .npy/.npz file") as handle:
+        try:
+            loaded = np.load(handle, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                with loaded:
+                    return {name: loaded[name] for name in loaded.files}
+            return loaded
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise UserError(
+                f"{path}: expected a readable .npy/.npz array, got {_first_line(err)}"
+            ) from None
 
 
 def _pick(
@@ -212,14 +219,8 @@ def read_jsonl(
     weights: list[list[float] | None] = []
     line_of: list[int] = []  # the line of each record, for errors about one record
     token_ids: dict[int, int] = {}
-    try:
-        handle = path.open(encoding="utf-8")
-    except OSError as err:
-        raise UserError(
-            f"{path}: expected a readable JSON-lines file, got {_first_line(err)}"
-        ) from None
-    with handle:
-        for lineno, line in enumerate(handle, start=1):
+    with io.TextIOWrapper(opener.open_file(path, "a JSON-lines file"), encoding="utf-8") as handle:
+        for lineno, line in _lines(path, handle):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -318,6 +319,18 @@ def read_jsonl(
             token_ids.values(), dtype=np.int64
         )
     return experts_arr, weights_arr, tok, layer_ids
+
+
+def _lines(path: Path, handle: io.TextIOWrapper) -> Iterator[tuple[int, str]]:
+    """Numbered lines; undecodable bytes are a UserError naming the line."""
+    lineno = 0
+    try:
+        for lineno, line in enumerate(handle, start=1):
+            yield lineno, line
+    except UnicodeDecodeError:
+        raise UserError(
+            f"{path}:{lineno + 1}: expected UTF-8 text, got undecodable bytes"
+        ) from None
 
 
 def _is_int(value: object) -> bool:
@@ -455,12 +468,33 @@ def _read_rows(pq: Any, files: list[Path], start: int, stop: int, columns: list[
     pieces = []
     offset = 0
     for path in files:
-        try:
-            pf = pq.ParquetFile(path)
-        except (OSError, pa.ArrowException) as err:
-            raise UserError(
-                f"{path}: expected a readable parquet file, got {_first_line(err)}"
-            ) from None
+        with opener.open_file(path, "a parquet file") as handle:
+            offset = _read_file_rows(pq, path, handle, start, stop, columns, offset, pieces)
+        if offset >= stop:
+            break
+    have = sum(p.num_rows for p in pieces)
+    if have != stop - start:
+        raise UserError(
+            f"{files[0].parent}: expected rows {start}..{stop - 1}, got only {offset} rows"
+        )
+    return pa.concat_tables(pieces)
+
+
+def _read_file_rows(
+    pq: Any,
+    path: Path,
+    handle: Any,
+    start: int,
+    stop: int,
+    columns: list[str],
+    offset: int,
+    pieces: list[Any],
+) -> int:
+    """Append the wanted rows of one parquet file to ``pieces``; returns the rows seen so far."""
+    import pyarrow as pa
+
+    try:
+        pf = pq.ParquetFile(handle)
         names = pf.schema_arrow.names
         absent = [c for c in columns if c not in names]
         if absent:
@@ -474,14 +508,11 @@ def _read_rows(pq: Any, files: list[Path], start: int, stop: int, columns: list[
             offset += n
             if offset >= stop:
                 break
-        if offset >= stop:
-            break
-    have = sum(p.num_rows for p in pieces)
-    if have != stop - start:
+    except (OSError, pa.ArrowException) as err:
         raise UserError(
-            f"{files[0].parent}: expected rows {start}..{stop - 1}, got only {offset} rows"
-        )
-    return pa.concat_tables(pieces)
+            f"{path}: expected a readable parquet file, got {_first_line(err)}"
+        ) from None
+    return offset
 
 
 def _list_column(path: Path, table: Any, name: str, dtype: type) -> np.ndarray:

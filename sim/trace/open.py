@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 import sim
+from sim import opener
 from sim.errors import SelectionError, UserError
 from sim.trace.cuts import is_decoder_dir, is_prefill_dir, load_decoder_cuts, load_prefill_cut
 from sim.trace.dump import (
@@ -94,10 +95,7 @@ def open_trace(
         root = Path(text)
     if layout is not None and layout not in LAYOUTS:
         raise UserError(f"--layout: expected one of {list(LAYOUTS)}, got {layout!r}")
-    if not root.exists():
-        raise UserError(f"{root}: expected a trace directory, got nothing (missing)")
-    if not root.is_dir():
-        raise UserError(f"{root}: expected a trace directory, got a file")
+    opener.check_dir(root, "a trace directory")
 
     if is_dump_root(root):
         tf = read_trace_yaml(root)

@@ -16,7 +16,7 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from sim.atomic import write_bytes, write_csv, write_json
+from sim.atomic import staged_dir, write_bytes, write_csv, write_json
 from sim.trace.profile import TraceProfile
 
 # Cache sizes shown in the summary table, as fractions of the expert count.
@@ -152,8 +152,15 @@ def _fmt(x: float, digits: int) -> str:
 
 
 def write_profile(p: TraceProfile, out: Path, figures: bool = True) -> list[Path]:
-    """profile.json, CSV tables and (optionally) PNG figures under ``out``."""
+    """profile.json, CSV tables and (optionally) PNG figures under ``out``, written aside
+    and moved in together (`sim.atomic.staged_dir`); returns their final paths."""
     out = Path(out)
+    with staged_dir(out, "merge") as staging:
+        written = _write_profile(p, staging, figures)
+    return [out / path.relative_to(staging) for path in written]
+
+
+def _write_profile(p: TraceProfile, out: Path, figures: bool) -> list[Path]:
     written = [write_json(out / "profile.json", profile_to_dict(p))]
     layer_rows = []
     for lp in p.layers:

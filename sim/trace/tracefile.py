@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from sim import opener
 from sim.atomic import write_text
 from sim.errors import UserError
 from sim.trace.routing import LAYOUTS
@@ -56,7 +57,7 @@ def trace_yaml_path(root: str | os.PathLike[str]) -> Path:
 def read_trace_yaml(root: str | os.PathLike[str]) -> TraceFile | None:
     """The ``trace.yaml`` of ``root``, or None when there is none (a raw dump)."""
     path = trace_yaml_path(root)
-    if not path.exists():
+    if opener.describe(path) == "nothing (missing)":
         return None
     data = read_yaml(path, "a trace.yaml file")
     if not isinstance(data, dict):

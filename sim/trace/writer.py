@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sim.atomic import write_bytes
+from sim.atomic import DirMode, staged_dir, write_bytes
 from sim.errors import UserError
 from sim.trace.dump import INDEX_DTYPES, SCORE_DTYPES, epoch_dir, samples_dir
 from sim.trace.routing import RoutingTrace
@@ -26,11 +26,14 @@ def write_dump(
     shard_prefix: str = "0",
     score_dtype: torch.dtype = torch.float32,
     index_dtype: torch.dtype = torch.int64,
+    mode: DirMode = "new",
 ) -> Path:
     """Write ``trace`` under ``root`` as shards ``{prefix}-0, {prefix}-1, ...`` of B sequences.
 
     B is ``trace.meta.micro_batch_size`` (all sequences when unset) and S the number of steps;
-    the trace's positions must be ``0..S-1``. Returns ``root``.
+    the trace's positions must be ``0..S-1``. The directory is built aside and renamed into
+    place (`sim.atomic.staged_dir`): ``mode="replace"`` swaps it with an older one (``--force``),
+    so no file of the older trace survives. Returns ``root``.
     """
     root = Path(root)
     if trace.meta.layout != "megatron":
@@ -51,6 +54,20 @@ def write_dump(
             f"{root}: expected the number of sequences ({trace.num_seqs}) to be a multiple of "
             f"the micro-batch size {batch}"
         )
+    with staged_dir(root, mode) as staging:
+        _write_files(trace, staging, shard_prefix, score_dtype, index_dtype, seq_len, batch)
+    return root
+
+
+def _write_files(
+    trace: RoutingTrace,
+    root: Path,
+    shard_prefix: str,
+    score_dtype: torch.dtype,
+    index_dtype: torch.dtype,
+    seq_len: int,
+    batch: int,
+) -> None:
     model, runid, epoch = trace.meta.model, str(trace.meta.runid), str(trace.meta.epoch)
     sdir = samples_dir(root, model, runid)
     edir = epoch_dir(root, model, runid, epoch)
@@ -70,7 +87,6 @@ def write_dump(
             )
             _save(edir / str(layer) / f"{shard}.pt", pair)
     write_trace_yaml(root, trace_file_for(trace, seq_len=seq_len, micro_batch_size=batch))
-    return root
 
 
 def trace_file_for(trace: RoutingTrace, *, seq_len: int, micro_batch_size: int) -> TraceFile:

@@ -1,0 +1,325 @@
+"""Continuous batching as a deterministic state machine (Orca / vLLM, Sarathi-Serve chunks).
+
+The engine's GPU process asks `Scheduler.poll(now)` for its next iteration whenever it is free
+and reports the iteration's end with `Scheduler.complete(end)`. `poll` answers a `Batch`, a
+wake-up time (nothing to run until the next arrival) or None (every request is finished).
+
+One iteration, decided at its start (``now``):
+
+1. Requests that arrived by ``now`` join the waiting queue (FCFS, in arrival order).
+2. **Decodes**: every running request whose prefill is done decodes one token. Its KV cache
+   grows by one token; when the blocks it needs no longer fit the KV budget, the most
+   recently admitted running requests are **preempted** (vLLM's recompute preemption): their
+   KV is freed and they go back to the front of the queue; re-admitted, they prefill their
+   prompt plus the tokens generated so far in one pass and continue. Each is counted.
+3. **Prefill chunks** (chunked prefill only): running requests still in their prefill take
+   the next chunk of it, in admission order, from the token budget the decodes leave.
+4. **Admission**, FCFS from the head of the queue while fewer than ``max_running`` requests
+   run: the head is admitted when the KV blocks of its whole prefill fit (allocated at once)
+   and, without chunked prefill, its whole prefill fits the token budget left; else admission
+   stops (no request overtakes the head). Its prefill starts in this iteration.
+
+At the end of the iteration every decode, and every prefill that completed, emits a token:
+the first one is the request's first token; the request finishes when it has emitted all
+its output tokens, and its KV is freed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from sim.errors import UserError
+from sim.serving.requests import RequestSet
+from sim.serving.spec import SchedulerSpec
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One iteration's work. Arrays are aligned: request ``ids[i]`` processes ``new_tokens[i]``
+    tokens at positions ``first_pos[i]..``; its KV length afterwards is ``kv_after[i]``."""
+
+    index: int
+    start: float
+    ids: np.ndarray  # int64 [n]
+    first_pos: np.ndarray  # int64 [n]
+    new_tokens: np.ndarray  # int64 [n]
+    kv_after: np.ndarray  # int64 [n]
+    emits: np.ndarray  # bool [n]: emits a token at the end (a decode, or a finished prefill)
+    decode_tokens: int
+    prefill_tokens: int
+
+
+# Per-iteration record columns (`Scheduler.iteration_table`), see docs/serving.md
+ITERATION_COLUMNS = (
+    "iteration",
+    "t_start",
+    "t_end",
+    "requests",
+    "decode_tokens",
+    "prefill_tokens",
+    "queued",
+    "in_system",
+    "arrivals",
+    "admitted",
+    "preempted",
+    "finished",
+    "kv_tokens",
+    "kv_blocks",
+    "kv_budget_blocks",
+)
+_COL = {name: i for i, name in enumerate(ITERATION_COLUMNS)}
+
+
+class Scheduler:
+    """FCFS continuous batching over ``requests`` with a KV budget of ``kv_blocks`` blocks."""
+
+    def __init__(self, requests: RequestSet, spec: SchedulerSpec, kv_blocks: int) -> None:
+        self.requests = requests
+        self.spec = spec
+        self.block = spec.block_tokens
+        self.kv_budget = int(kv_blocks)
+        n = len(requests)
+        self.n = n
+        check_fits(requests, spec, self.kv_budget)
+        self.prompt = requests.prompt
+        self.output = requests.output
+        self.arrival = requests.arrival
+        # per-request state
+        self.prefilled = np.zeros(n, dtype=np.int64)  # KV positions computed (0..prefilled-1)
+        self.target = np.zeros(n, dtype=np.int64)  # prefill length of the current admission
+        self.generated = np.zeros(n, dtype=np.int64)  # output tokens emitted
+        self.blocks = np.zeros(n, dtype=np.int64)  # KV blocks held
+        self.admitted = np.full(n, np.nan)  # first admission (start of that iteration)
+        self.first_token = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.preempted = np.zeros(n, dtype=np.int64)
+        # queues
+        self.waiting: deque[int] = deque()
+        self.running = np.zeros(0, dtype=np.int64)  # admission order
+        self.next_arrival = 0  # index of the first request not yet arrived
+        self.finished_count = 0
+        self.blocks_held = 0
+        self.current: Batch | None = None
+        self.iterations = 0
+        self.rows: list[tuple] = []
+        self._pending_row: list | None = None
+
+    # -- the engine's questions -------------------------------------------------------------
+    def poll(self, now: float) -> Batch | float | None:
+        """The next iteration starting at ``now``; or the time of the next arrival when there
+        is nothing to run until then; or None when every request has finished."""
+        assert self.current is None, "poll() before complete() of the previous iteration"
+        arrived = int(np.searchsorted(self.arrival, now, side="right"))
+        if arrived > self.next_arrival:
+            self.waiting.extend(range(self.next_arrival, arrived))
+            self.next_arrival = arrived
+        if not self.running.size and not self.waiting:
+            if self.next_arrival < self.n:
+                return float(self.arrival[self.next_arrival])
+            return None
+        in_system = self.next_arrival - self.finished_count
+        preempted = self._grow_decodes()
+        batch_ids, first, tokens, budget = self._continue_prefills()
+        admitted = self._admit(now, budget, batch_ids, first, tokens)
+        ids = np.asarray(batch_ids, dtype=np.int64)
+        first_pos = np.asarray(first, dtype=np.int64)
+        new_tokens = np.asarray(tokens, dtype=np.int64)
+        kv_after = first_pos + new_tokens
+        emits = kv_after >= self.target[ids]
+        assert ids.size, "an iteration with nothing to run (validated against)"
+        decodes = int(np.count_nonzero(self.prefilled[ids] >= self.target[ids]))
+        batch = Batch(
+            index=self.iterations,
+            start=now,
+            ids=ids,
+            first_pos=first_pos,
+            new_tokens=new_tokens,
+            kv_after=kv_after,
+            emits=emits,
+            decode_tokens=decodes,
+            prefill_tokens=int(new_tokens.sum()) - decodes,
+        )
+        self.current = batch
+        self._pending_row = [
+            batch.index,
+            now,
+            np.nan,
+            int(ids.size),
+            batch.decode_tokens,
+            batch.prefill_tokens,
+            len(self.waiting),
+            in_system,
+            0,
+            admitted,
+            preempted,
+            0,
+            self.blocks_held * self.block,
+            self.blocks_held,
+            self.kv_budget,
+        ]
+        return batch
+
+    def complete(self, end: float) -> None:
+        """The current iteration ended at ``end``: emit tokens, finish requests, free KV."""
+        batch = self.current
+        assert batch is not None, "complete() without an iteration"
+        ids = batch.ids
+        self.prefilled[ids] = batch.kv_after
+        emit = ids[batch.emits]
+        if emit.size:
+            self.generated[emit] += 1
+            first = emit[np.isnan(self.first_token[emit])]
+            self.first_token[first] = end
+            done = emit[self.generated[emit] >= self.output[emit]]
+        else:
+            done = emit
+        if done.size:
+            self.finish[done] = end
+            self.blocks_held -= int(self.blocks[done].sum())
+            self.blocks[done] = 0
+            self.running = self.running[~np.isin(self.running, done)]
+            self.finished_count += int(done.size)
+        row = self._pending_row
+        assert row is not None
+        row[_COL["t_end"]] = end
+        arrived = int(np.searchsorted(self.arrival, end, side="right"))
+        row[_COL["arrivals"]] = arrived - self.next_arrival
+        row[_COL["finished"]] = int(done.size)
+        self.rows.append(tuple(row))
+        self._pending_row = None
+        self.current = None
+        self.iterations += 1
+
+    @property
+    def all_finished(self) -> bool:
+        return self.finished_count == self.n
+
+    # -- one iteration's decisions -----------------------------------------------------------
+    def _grow_decodes(self) -> int:
+        """Reserve the KV block each decode may need; preempt from the most recently admitted
+        until the rest fit. Returns how many were preempted."""
+        run = self.running
+        if not run.size:
+            return 0
+        decoding = self.prefilled[run] >= self.target[run]
+        need = self.blocks[run].copy()
+        grown = -(-(self.prefilled[run] + 1) // self.block)  # ceil((kv + 1) / block)
+        need[decoding] = np.maximum(need[decoding], grown[decoding])
+        total = np.cumsum(need)
+        keep = int(np.searchsorted(total, self.kv_budget, side="right"))
+        victims = run[keep:]
+        for r in victims[::-1].tolist():  # the most recent first; the earliest ends in front
+            self.preempted[r] += 1
+            self.prefilled[r] = 0
+            self.target[r] = 0
+            self.waiting.appendleft(r)
+        self.blocks[victims] = 0
+        kept = run[:keep]
+        self.blocks[kept] = need[:keep]
+        self.blocks_held = int(total[keep - 1]) if keep else 0
+        self.running = kept
+        return int(victims.size)
+
+    def _continue_prefills(self) -> tuple[list[int], list[int], list[int], int]:
+        """Decodes (one token each), then chunks of the prefills in progress; returns the
+        batch so far and the token budget left."""
+        run = self.running
+        budget = self.spec.max_batched_tokens
+        if not run.size:
+            return [], [], [], budget
+        prefilled, target = self.prefilled[run], self.target[run]
+        decoding = prefilled >= target
+        ids = run[decoding].tolist()
+        first = prefilled[decoding].tolist()
+        tokens = [1] * len(ids)
+        budget -= len(ids)
+        for r, done, tgt in zip(
+            run[~decoding].tolist(), prefilled[~decoding].tolist(), target[~decoding].tolist()
+        ):
+            if budget <= 0:
+                break
+            chunk = min(tgt - done, budget)
+            ids.append(r)
+            first.append(done)
+            tokens.append(chunk)
+            budget -= chunk
+        return ids, first, tokens, budget
+
+    def _admit(
+        self, now: float, budget: int, ids: list[int], first: list[int], tokens: list[int]
+    ) -> int:
+        """FCFS admissions into the batch (lists extended in place); returns how many."""
+        spec = self.spec
+        free = self.kv_budget - self.blocks_held
+        room = spec.max_running - int(self.running.size)
+        admitted: list[int] = []
+        while self.waiting and room > 0 and budget > 0:
+            r = self.waiting[0]
+            tgt = int(self.prompt[r] + self.generated[r])
+            need = -(-tgt // self.block)
+            if need > free or (not spec.chunked_prefill and tgt > budget):
+                break
+            self.waiting.popleft()
+            chunk = min(tgt, budget)
+            self.target[r] = tgt
+            self.prefilled[r] = 0
+            self.blocks[r] = need
+            free -= need
+            self.blocks_held += need
+            budget -= chunk
+            room -= 1
+            if np.isnan(self.admitted[r]):
+                self.admitted[r] = now
+            admitted.append(r)
+            ids.append(r)
+            first.append(0)
+            tokens.append(chunk)
+        if admitted:
+            self.running = np.concatenate([self.running, np.asarray(admitted, dtype=np.int64)])
+        return len(admitted)
+
+    # -- records -----------------------------------------------------------------------------
+    def iteration_table(self) -> dict[str, np.ndarray]:
+        """One row per iteration (`ITERATION_COLUMNS`)."""
+        table = np.array(self.rows, dtype=np.float64).reshape(-1, len(ITERATION_COLUMNS))
+        out = {}
+        for i, name in enumerate(ITERATION_COLUMNS):
+            col = table[:, i]
+            out[name] = col.copy() if name in ("t_start", "t_end") else col.astype(np.int64)
+        return out
+
+
+def check_fits(requests: RequestSet, spec: SchedulerSpec, kv_blocks: int) -> None:
+    """Refuse, with one line, a workload some request of which could never run: its KV at
+    the end (prompt + output - 1 tokens) above the whole KV budget, or, without chunked
+    prefill, a prefill (a recompute may be prompt + output - 1 tokens long) above the token
+    budget."""
+    longest = requests.prompt + requests.output - 1
+    blocks = -(-longest // spec.block_tokens)
+    if blocks.size and int(blocks.max()) > kv_blocks:
+        i = int(np.argmax(blocks))
+        raise UserError(
+            f"workload.memory: expected every request's KV cache to fit the KV budget of "
+            f"{kv_blocks} blocks x {spec.block_tokens} tokens, got request {i} needing "
+            f"{int(longest[i])} tokens ({int(blocks[i])} blocks); give the KV cache more HBM "
+            f"(workload.memory.kv_capacity) or shorten the requests"
+        )
+    if not spec.chunked_prefill and longest.size:
+        worst = int(longest.max())
+        if worst > spec.max_batched_tokens:
+            i = int(np.argmax(longest))
+            raise UserError(
+                f"workload.scheduler.max_batched_tokens: expected at least {worst} (request "
+                f"{i}'s prompt + output - 1, the longest prefill it may need after a "
+                f"preemption) without chunked prefill, got {spec.max_batched_tokens}; raise it "
+                f"or set workload.scheduler.chunked_prefill: true"
+            )
+    if spec.max_batched_tokens < spec.max_running:
+        raise UserError(
+            f"workload.scheduler.max_batched_tokens: expected at least max_running "
+            f"({spec.max_running}: every running request decodes a token per iteration), got "
+            f"{spec.max_batched_tokens}"
+        )
