@@ -58,6 +58,7 @@ SLOW = {  # documents with an example that takes more than a few seconds here
     ("reports.md", r"--report"),
     ("stats.md", r"--notebook-tree"),
     ("search.md", r"."),
+    ("serving.md", r"."),
     ("sweeps.md", r"sweep scenarios/sweep-bandwidth|--executor dask"),
     ("synthetic-traces.md", r"trace synth --out /tmp/synth( |$)"),
     ("trace-profile.md", r"embedded:flame-moe-290m-synth"),
@@ -207,8 +208,8 @@ class Context:
         trace = scenario.get("trace") if isinstance(scenario, dict) else None
         if isinstance(trace, dict) and "synthetic" in trace:
             return [*argv, "--set", "trace.synthetic.seq_len=8"]
-        if scenario.get("costs") or trace == "costs":
-            return argv
+        if scenario.get("costs") or trace == "costs" or "workload" in scenario:
+            return argv  # cost tables are small; a serving workload needs its whole trace
         return [*argv, "--set", SHORT_POSITIONS]
 
     def run(self, example: Example) -> tuple[int, str, str]:
