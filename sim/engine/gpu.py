@@ -82,6 +82,8 @@ class GpuProcess:
         self.arange.flags.writeable = False
         self.not_cached = np.zeros(self.num_experts, dtype=bool)
         self.not_cached.flags.writeable = False
+        self.no_tokens = np.zeros(self.num_experts, dtype=np.int64)  # a resize uses no expert
+        self.no_tokens.flags.writeable = False
         # Fast paths for the default cost model: one transfer time per route, a compute table.
         self.transfer_d = None
         if is_roofline(self.cost, "transfer_time"):
@@ -149,6 +151,13 @@ class GpuProcess:
             if not its:
                 continue
             start = env.now
+            for i, it in enumerate(its):
+                if it.cache_capacity is not None:
+                    if len(its) > 1:
+                        raise ValueError(
+                            "iteration source: a time-independent source changed the cache capacity"
+                        )
+                    self._resize_cache(it.cache_capacity, self.iterations + i)
             ends = self._planned(its, self.iterations, start)
             if ends is None:
                 ends = []
@@ -169,6 +178,19 @@ class GpuProcess:
                 self.horizon = end
                 on_end(self.index, it, start, end)
                 start = end
+
+    def _resize_cache(self, capacity: float, step: int) -> None:
+        """The expert cache may hold ``capacity`` bytes from iteration ``step`` on: the policy
+        names what to evict (`Policy.on_cache_resize`), the rest must fit."""
+        cache = self.cache
+        if capacity == cache.capacity:
+            return
+        cache.capacity = float(capacity)
+        resize = getattr(self.policy, "on_cache_resize", None)
+        evict = [] if resize is None else resize(float(capacity), cache.public_ready_at, step)
+        if evict:
+            cache.evict(evict, step, -1, self.no_tokens)
+        cache.check_capacity(step, -1)
 
     def _layers(self, g: _IterationGates, non_expert: Sequence[float], now: float) -> float:
         """Run the iteration gate by gate from ``now``; returns its end."""

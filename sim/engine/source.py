@@ -62,6 +62,9 @@ class Iteration:
     ``tag`` is the source's own (e.g. the requests in the batch); the engine hands the
     iteration back to `IterationSource.iteration_end` untouched. ``order`` may carry the gate
     order precomputed (`GateOrder` of ``counts``); the engine computes it when absent.
+    ``cache_capacity``: bytes the HBM expert cache may hold from this iteration on (a serving
+    workload's shared HBM pool, shrinking as the KV cache grows); the engine tells the policy
+    (`Policy.on_cache_resize`), evicts what it names and checks the rest fits. None: unchanged.
     """
 
     counts: np.ndarray  # [layers, E] ints
@@ -69,6 +72,7 @@ class Iteration:
     position: int = 0
     tag: Any = None
     order: GateOrder | None = None
+    cache_capacity: float | None = None
 
     def gates(self) -> GateOrder:
         return self.order if self.order is not None else GateOrder.from_counts(self.counts)

@@ -149,7 +149,10 @@ def run_serving(
     spec = setup.spec
     routing = SequenceRouting(trace, topk, wrap=spec.wrap)
     scheduler = Scheduler(setup.requests, spec.scheduler, setup.hbm.kv_blocks)
-    source = ServingSource([scheduler], routing, non_expert_function(hardware, model))
+    shared = setup.hbm.expert_capacity if setup.hbm.mode == "shared" else None
+    source = ServingSource(
+        [scheduler], routing, non_expert_function(hardware, model), cache_capacity=shared
+    )
     finished = [0]
 
     def report(_iteration: Any) -> None:

@@ -30,13 +30,15 @@ class ServingSource:
         routing: SequenceRouting,
         non_expert: NonExpert,
         *,
-        on_iteration: Callable[[int, Batch, Iteration], None] | None = None,
+        cache_capacity: Callable[[int], float] | None = None,
     ) -> None:
+        """``cache_capacity``: bytes the expert cache may hold while the KV cache holds a
+        number of blocks (a shared HBM pool); None: the cache keeps its budget (fixed split)."""
         self.schedulers = list(schedulers)
         self.routing = routing
         self.non_expert = non_expert
         self.layers = routing.num_layers
-        self.on_iteration = on_iteration
+        self.cache_capacity = cache_capacity
         self._planned = np.zeros((0, routing.num_layers, routing.num_experts), dtype=np.int64)
         self._planned.flags.writeable = False
 
@@ -53,10 +55,16 @@ class ServingSource:
             return Idle(got)
         counts = self.routing.counts(got.ids, got.first_pos, got.new_tokens)
         ne = float(self.non_expert(got))
-        it = Iteration(counts=counts, non_expert=[ne] * self.layers, position=got.index, tag=got)
-        if self.on_iteration is not None:
-            self.on_iteration(gpu, got, it)
-        return it
+        capacity = None
+        if self.cache_capacity is not None:  # KV for this iteration is allocated: what is left
+            capacity = self.cache_capacity(self.schedulers[gpu].blocks_held)
+        return Iteration(
+            counts=counts,
+            non_expert=[ne] * self.layers,
+            position=got.index,
+            tag=got,
+            cache_capacity=capacity,
+        )
 
     def iteration_end(self, gpu: int, iteration: Iteration, start: float, end: float) -> None:
         self.schedulers[gpu].complete(end)
