@@ -389,3 +389,33 @@ def test_cache_policies_evict_their_lowest_keys_on_a_resize():
         assert set(evict) == expected, scope
         assert policy.total_slots == 3
         assert policy.on_cache_resize(1e12, ready, step=4) == [] and policy.total_slots == 6
+
+
+@pytest.mark.parametrize("policy", ["seed-split", "lru"])
+def test_planning_ahead_once_everyone_arrived_changes_nothing(tmp_path, monkeypatch, policy):
+    """Once every request has arrived the source plans iterations ahead (the scheduler's state
+    no longer depends on time) and the engine may time a stateless policy's iterations in
+    blocks; the records must equal those of a run asked one iteration at a time."""
+    from sim.serving.source import ServingSource
+
+    rows = [(0.0, 1 + i % 7, 2 + i % 11) for i in range(40)] + [(0.05, 3, 4)] * 5
+    workload = {
+        "kind": "serving",
+        "arrivals": {"process": "csv", "path": _csv(tmp_path, rows)},
+        "scheduler": {"max_running": 8, "max_batched_tokens": 16, "chunked_prefill": True},
+    }
+    doc = _doc(policies=[policy], baseline=policy, workload=workload)
+    planned = []
+    plan_ahead = ServingSource._plan_ahead
+    monkeypatch.setattr(
+        ServingSource, "_plan_ahead", lambda self, *a: planned.append(1) or plan_ahead(self, *a)
+    )
+    _, (ahead,) = _run(doc)
+    assert planned  # the planned-ahead path ran
+    monkeypatch.setattr(ServingSource, "time_independent", property(lambda self: False))
+    _, (stepwise,) = _run(doc)
+    for name, column in stepwise.serving.requests.items():
+        assert np.array_equal(ahead.serving.requests[name], column, equal_nan=True), name
+    for name, column in stepwise.serving.iterations.items():
+        assert np.array_equal(ahead.serving.iterations[name], column, equal_nan=True), name
+    assert np.array_equal(ahead.per_layer["t_end"], stepwise.per_layer["t_end"])

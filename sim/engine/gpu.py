@@ -124,11 +124,12 @@ class GpuProcess:
         ``now + non_expert``, then ``t_gate + rel_end``) and yields once, at its end. With a
         stateless plan and a source whose answers do not depend on time (lockstep), it takes
         several iterations at once (about `BLOCK_GATES` gates) and times them together."""
-        block = BLOCK_GATES // max(self.layers, 1) if self.plan is not None else 1
-        if not getattr(source, "time_independent", False):
-            block = 1
+        most = BLOCK_GATES // max(self.layers, 1) if self.plan is not None else 1
         done = False
         while not done:
+            # asked before each block: a source may become time-independent (a serving run
+            # once every request has arrived)
+            block = most if getattr(source, "time_independent", False) else 1
             its: list[Iteration] = []
             while len(its) < max(block, 1):
                 it = source.next_iteration(self.index, env.now)

@@ -22,6 +22,11 @@ One iteration, decided at its start (``now``):
 At the end of the iteration every decode, and every prefill that completed, emits a token:
 the first one is the request's first token; the request finishes when it has emitted all
 its output tokens, and its KV is freed.
+
+Once every request has arrived, what runs next depends only on this state, not on when
+iterations end (`Scheduler.time_independent`): `poll` may then be called again before
+`complete`, applying the previous iteration's effects at once; `complete(end, start)` later
+gives each iteration, oldest first, its times (admissions, first tokens, finishes, records).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ class Batch:
     tokens at positions ``first_pos[i]..``; its KV length afterwards is ``kv_after[i]``."""
 
     index: int
-    start: float
+    start: float  # when it was asked for (its start, unless planned ahead; see `complete`)
     ids: np.ndarray  # int64 [n]
     first_pos: np.ndarray  # int64 [n]
     new_tokens: np.ndarray  # int64 [n]
@@ -93,6 +98,7 @@ class Scheduler:
         self.generated = np.zeros(n, dtype=np.int64)  # output tokens emitted
         self.blocks = np.zeros(n, dtype=np.int64)  # KV blocks held
         self.admitted = np.full(n, np.nan)  # first admission (start of that iteration)
+        self.was_admitted = np.zeros(n, dtype=bool)  # admitted once (its time may come later)
         self.first_token = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
         self.preempted = np.zeros(n, dtype=np.int64)
@@ -106,16 +112,24 @@ class Scheduler:
         self.iterations = 0
         self.rows: list[tuple] = []
         self._pending_row: list | None = None
+        # advanced (state updated) but not yet timed: (record row, first admissions,
+        # first-token ids, done ids)
+        self._untimed: deque[tuple[list, list[int], np.ndarray, np.ndarray]] = deque()
+        self._first_admissions: list[int] = []  # of the current batch
 
     # -- the engine's questions -------------------------------------------------------------
     def poll(self, now: float) -> Batch | float | None:
         """The next iteration starting at ``now``; or the time of the next arrival when there
         is nothing to run until then; or None when every request has finished."""
-        assert self.current is None, "poll() before complete() of the previous iteration"
-        arrived = int(np.searchsorted(self.arrival, now, side="right"))
-        if arrived > self.next_arrival:
-            self.waiting.extend(range(self.next_arrival, arrived))
-            self.next_arrival = arrived
+        if self.current is not None:
+            if not self.time_independent:
+                raise AssertionError("poll() before complete() of the previous iteration")
+            self._advance()  # its effects on the state do not depend on when it ends
+        if self.next_arrival < self.n:
+            arrived = int(np.searchsorted(self.arrival, now, side="right"))
+            if arrived > self.next_arrival:
+                self.waiting.extend(range(self.next_arrival, arrived))
+                self.next_arrival = arrived
         if not self.running.size and not self.waiting:
             if self.next_arrival < self.n:
                 return float(self.arrival[self.next_arrival])
@@ -123,7 +137,7 @@ class Scheduler:
         in_system = self.next_arrival - self.finished_count
         preempted = self._grow_decodes()
         batch_ids, first, tokens, budget = self._continue_prefills()
-        admitted = self._admit(now, budget, batch_ids, first, tokens)
+        admitted = self._admit(budget, batch_ids, first, tokens)
         ids = np.asarray(batch_ids, dtype=np.int64)
         first_pos = np.asarray(first, dtype=np.int64)
         new_tokens = np.asarray(tokens, dtype=np.int64)
@@ -162,33 +176,54 @@ class Scheduler:
         ]
         return batch
 
-    def complete(self, end: float) -> None:
-        """The current iteration ended at ``end``: emit tokens, finish requests, free KV."""
+    def complete(self, end: float, start: float | None = None) -> None:
+        """The oldest iteration not yet timed ran from ``start`` (default: when it was asked
+        for) to ``end``: its first admissions are at ``start``, its tokens out at ``end`` (first
+        tokens, finishes), and its record gets both."""
+        if not self._untimed:
+            self._advance()
+        row, admitted, first, done = self._untimed.popleft()
+        if start is not None:
+            row[_COL["t_start"]] = start
+        if admitted:
+            self.admitted[admitted] = row[_COL["t_start"]]
+        if first.size:
+            self.first_token[first] = end
+        if done.size:
+            self.finish[done] = end
+        row[_COL["t_end"]] = end
+        if self.next_arrival < self.n:  # arrivals during the iteration (counted at the next)
+            arrived = int(np.searchsorted(self.arrival, end, side="right"))
+            row[_COL["arrivals"]] = arrived - self.next_arrival
+        self.rows.append(row)
+
+    @property
+    def time_independent(self) -> bool:
+        """Every request has arrived: what runs next depends only on the state, not on when
+        iterations end, so iterations may be asked for before the previous one is timed."""
+        return self.next_arrival == self.n
+
+    def _advance(self) -> None:
+        """The current iteration's effects: KV computed, tokens emitted, requests finished and
+        their KV freed (the times come with `complete`)."""
         batch = self.current
         assert batch is not None, "complete() without an iteration"
         ids = batch.ids
         self.prefilled[ids] = batch.kv_after
         emit = ids[batch.emits]
-        if emit.size:
-            self.generated[emit] += 1
-            first = emit[np.isnan(self.first_token[emit])]
-            self.first_token[first] = end
-            done = emit[self.generated[emit] >= self.output[emit]]
-        else:
-            done = emit
+        first = emit[self.generated[emit] == 0]
+        self.generated[emit] += 1
+        done = emit[self.generated[emit] >= self.output[emit]]
         if done.size:
-            self.finish[done] = end
             self.blocks_held -= int(self.blocks[done].sum())
             self.blocks[done] = 0
             self.running = self.running[~np.isin(self.running, done)]
             self.finished_count += int(done.size)
         row = self._pending_row
         assert row is not None
-        row[_COL["t_end"]] = end
-        arrived = int(np.searchsorted(self.arrival, end, side="right"))
-        row[_COL["arrivals"]] = arrived - self.next_arrival
         row[_COL["finished"]] = int(done.size)
-        self.rows.append(tuple(row))
+        self._untimed.append((row, self._first_admissions, first, done))
+        self._first_admissions = []
         self._pending_row = None
         self.current = None
         self.iterations += 1
@@ -248,9 +283,7 @@ class Scheduler:
             budget -= chunk
         return ids, first, tokens, budget
 
-    def _admit(
-        self, now: float, budget: int, ids: list[int], first: list[int], tokens: list[int]
-    ) -> int:
+    def _admit(self, budget: int, ids: list[int], first: list[int], tokens: list[int]) -> int:
         """FCFS admissions into the batch (lists extended in place); returns how many."""
         spec = self.spec
         free = self.kv_budget - self.blocks_held
@@ -271,8 +304,9 @@ class Scheduler:
             self.blocks_held += need
             budget -= chunk
             room -= 1
-            if np.isnan(self.admitted[r]):
-                self.admitted[r] = now
+            if not self.was_admitted[r]:
+                self.was_admitted[r] = True
+                self._first_admissions.append(r)
             admitted.append(r)
             ids.append(r)
             first.append(0)
