@@ -392,13 +392,16 @@ def test_cache_policies_evict_their_lowest_keys_on_a_resize():
 
 
 @pytest.mark.parametrize("policy", ["seed-split", "lru"])
-def test_planning_ahead_once_everyone_arrived_changes_nothing(tmp_path, monkeypatch, policy):
-    """Once every request has arrived the source plans iterations ahead (the scheduler's state
-    no longer depends on time) and the engine may time a stateless policy's iterations in
-    blocks; the records must equal those of a run asked one iteration at a time."""
+def test_planning_ahead_changes_nothing(tmp_path, monkeypatch, policy):
+    """While the scheduler can decide iterations before they are timed (a backlog longer than
+    the batch's room, or every request arrived) the source plans them ahead and the engine may
+    time a stateless policy's iterations in blocks; the records must equal those of a run
+    decided one iteration at a time."""
+    from sim.serving.scheduler import Scheduler
     from sim.serving.source import ServingSource
 
     rows = [(0.0, 1 + i % 7, 2 + i % 11) for i in range(40)] + [(0.05, 3, 4)] * 5
+    rows += [(0.3 + 0.01 * i, 2, 3) for i in range(10)]  # later arrivals, some while idle
     workload = {
         "kind": "serving",
         "arrivals": {"process": "csv", "path": _csv(tmp_path, rows)},
@@ -406,13 +409,18 @@ def test_planning_ahead_once_everyone_arrived_changes_nothing(tmp_path, monkeypa
     }
     doc = _doc(policies=[policy], baseline=policy, workload=workload)
     planned = []
-    plan_ahead = ServingSource._plan_ahead
-    monkeypatch.setattr(
-        ServingSource, "_plan_ahead", lambda self, *a: planned.append(1) or plan_ahead(self, *a)
-    )
+    plan = ServingSource._plan
+
+    def counting(self, gpu, now):
+        out = plan(self, gpu, now)
+        planned.append(len(self._ahead[gpu]))
+        return out
+
+    monkeypatch.setattr(ServingSource, "_plan", counting)
     _, (ahead,) = _run(doc)
-    assert planned  # the planned-ahead path ran
+    assert max(planned) > 1  # iterations were planned ahead
     monkeypatch.setattr(ServingSource, "time_independent", property(lambda self: False))
+    monkeypatch.setattr(Scheduler, "can_plan_next", lambda self: False)
     _, (stepwise,) = _run(doc)
     for name, column in stepwise.serving.requests.items():
         assert np.array_equal(ahead.serving.requests[name], column, equal_nan=True), name

@@ -127,11 +127,10 @@ class GpuProcess:
         most = BLOCK_GATES // max(self.layers, 1) if self.plan is not None else 1
         done = False
         while not done:
-            # asked before each block: a source may become time-independent (a serving run
-            # once every request has arrived)
-            block = most if getattr(source, "time_independent", False) else 1
+            # more than one iteration only while the source says its answers do not depend on
+            # time (asked before each: a serving source is so only at times)
             its: list[Iteration] = []
-            while len(its) < max(block, 1):
+            while not its or (len(its) < most and getattr(source, "time_independent", False)):
                 it = source.next_iteration(self.index, env.now)
                 if it is None:
                     done = True

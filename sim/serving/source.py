@@ -20,7 +20,7 @@ from sim.serving.routing import SequenceRouting
 from sim.serving.scheduler import Batch, Scheduler
 
 NonExpert = Callable[[Batch], float]
-AHEAD = 128  # iterations planned at once once every request has arrived
+AHEAD = 128  # iterations planned at once when the scheduler can decide them in advance
 
 
 class ServingSource:
@@ -47,10 +47,16 @@ class ServingSource:
 
     @property
     def time_independent(self) -> bool:
-        """Once every request has arrived, the rest of the run depends only on the schedulers'
-        state: the engine may take several iterations at once (a stateless policy's closed
-        form). Not with a shared HBM pool, whose cache size changes between iterations."""
-        return self.cache_capacity is None and all(s.time_independent for s in self.schedulers)
+        """Iterations planned ahead are waiting, or every request has arrived: the next
+        iterations do not depend on when the previous ones end, and the engine may take
+        several at once (a stateless policy's closed form). Never with a shared HBM pool,
+        whose cache size changes between iterations."""
+        if self.cache_capacity is not None:
+            return False
+        return all(
+            ahead or s.next_arrival == s.n
+            for ahead, s in zip(self._ahead, self.schedulers, strict=True)
+        )
 
     def planned_counts(self, gpu: int) -> np.ndarray:
         """Nothing is known ahead: a serving run's iterations depend on arrivals and on the
@@ -59,45 +65,42 @@ class ServingSource:
 
     def next_iteration(self, gpu: int, now: float) -> Iteration | Idle | None:
         ahead = self._ahead[gpu]
-        if ahead:
-            return ahead.popleft()
-        if self.time_independent:
-            self._plan_ahead(gpu, now)
-            return ahead.popleft() if ahead else None
-        got = self.schedulers[gpu].poll(now)
+        if not ahead:
+            waiting = self._plan(gpu, now)
+            if waiting is not None or not ahead:
+                return waiting
+        return ahead.popleft()
+
+    def _plan(self, gpu: int, now: float) -> Idle | None:
+        """The iteration starting ``now`` and, while the scheduler can decide them before they
+        are timed (`Scheduler.can_plan_next`), up to `AHEAD` - 1 more, with one routing count
+        and one gate order for all (as a lockstep source's whole-trace arrays). Returns Idle or
+        None when there is nothing to run."""
+        scheduler = self.schedulers[gpu]
+        if scheduler.current is not None and not scheduler.can_plan_next():
+            raise AssertionError("an iteration asked for before the previous one was timed")
+        got = scheduler.poll(now)
         if got is None:
             return None
         if isinstance(got, float):
             return Idle(got)
-        counts = self.routing.counts(got.ids, got.first_pos, got.new_tokens)
-        ne = float(self.non_expert(got))
+        batches = [got]
         capacity = None
-        if self.cache_capacity is not None:  # KV for this iteration is allocated: what is left
-            capacity = self.cache_capacity(self.schedulers[gpu].blocks_held)
-        return Iteration(
-            counts=counts,
-            non_expert=[ne] * self.layers,
-            position=got.index,
-            tag=got,
-            cache_capacity=capacity,
-        )
-
-    def _plan_ahead(self, gpu: int, now: float) -> None:
-        """Every request has arrived: the next iterations depend only on the scheduler's state,
-        so plan up to `AHEAD` of them at once, with one routing count and one gate order for
-        all (as a lockstep source's whole-trace arrays; the engine times them later)."""
-        scheduler = self.schedulers[gpu]
-        batches: list[Batch] = []
-        while len(batches) < AHEAD:
-            got = scheduler.poll(now)
-            if got is None:
-                break
-            assert isinstance(got, Batch), "a time-independent scheduler never idles"
-            batches.append(got)
-        if not batches:
-            return
-        counts = self.routing.counts_many([(b.ids, b.first_pos, b.new_tokens) for b in batches])
-        whole = GateOrder.from_counts(counts)
+        if self.cache_capacity is not None:  # KV of this iteration allocated: what is left
+            capacity = self.cache_capacity(scheduler.blocks_held)
+        else:
+            while len(batches) < AHEAD and scheduler.can_plan_next():
+                more = scheduler.poll(now)
+                if more is None:
+                    break
+                assert isinstance(more, Batch), "a planned-ahead scheduler never idles"
+                batches.append(more)
+        if len(batches) == 1:
+            counts = self.routing.counts(got.ids, got.first_pos, got.new_tokens)[None]
+            whole = None
+        else:
+            counts = self.routing.counts_many([(b.ids, b.first_pos, b.new_tokens) for b in batches])
+            whole = GateOrder.from_counts(counts)
         for i, batch in enumerate(batches):
             ne = float(self.non_expert(batch))
             self._ahead[gpu].append(
@@ -106,9 +109,11 @@ class ServingSource:
                     non_expert=[ne] * self.layers,
                     position=batch.index,
                     tag=batch,
-                    order=whole.row(i),
+                    order=None if whole is None else whole.row(i),
+                    cache_capacity=capacity,
                 )
             )
+        return None
 
     def iteration_end(self, gpu: int, iteration: Iteration, start: float, end: float) -> None:
         self.schedulers[gpu].complete(end, start)
