@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import time
 
 import numpy as np
 from bench_engine import MODEL, bench_hardware, best_of, machine, synthetic_trace
@@ -79,14 +78,16 @@ def main() -> int:
     hw = bench_hardware(LAYERS)
     rows, ratios = [], []
     for name in ("seed-split", "lru"):
-        lock_t, lock = best_of(args.repeat, lambda: simulate(trace, hw, MODEL, make_policy(name)))
+        lock_t, lock = best_of(
+            args.repeat, lambda name=name: simulate(trace, hw, MODEL, make_policy(name))
+        )
         lock_gates = len(lock.per_layer["t_end"])
         lock_us = 1e6 * lock_t.cpu / lock_gates
         line = [f"| {name} | {lock_gates} | {lock_t.cpu:.3f} | {lock_us:.1f} |"]
         for case, requests in (("same work", same_work()), ("Poisson", poisson())):
             work = setup(requests)
 
-            def serve(work: ServingSetup = work):
+            def serve(work: ServingSetup = work, name: str = name):
                 return run_serving(work, trace, hw, MODEL, make_policy(name), topk=MODEL.top_k)
 
             t, (result, served) = best_of(args.repeat, serve)

@@ -7,6 +7,7 @@ Not part of the test suite. In order, each as its own process (each records its 
 3. ``bench_sweep.py``   sweep points/s (``--jobs 1``, ``--jobs 2``, Dask; the 1000-point target)
 4. ``bench_memory.py``  peak RSS of ``moesim run`` / ``trace stats`` over two large dumps
 5. ``bench_search.py``  ``moesim search`` vs the sweep of the same lattice (simulations, time)
+6. ``bench_serving.py`` a serving run vs the lockstep engine, CPU time per gate
 
 and, in this process, a full-trace replay of the embedded real trace (256 steps x 8 layers x 8
 sequences, top-6) under every registered policy with its default parameters on the default
@@ -73,6 +74,7 @@ BENCHMARKS = (
         "## search vs grid",
         r"^\| MD bandwidth, 5 policies .*",
     ),
+    Benchmark("bench_serving.py", (), ("--repeat", "1"), "## serving", r"^Target: .*"),
 )
 
 
