@@ -87,6 +87,11 @@ class Policy:
         """Called once before the run; reset any state here (a policy object may be reused)."""
         self.ctx = ctx
 
+    def initial_cache(self) -> np.ndarray | None:
+        """Experts in HBM before the run starts (bool ``[layers, num_experts]``), loaded
+        outside the simulated time; None (the default): the cache starts empty."""
+        return None
+
     def decide(self, view: GateView) -> GateDecision:
         raise NotImplementedError
 

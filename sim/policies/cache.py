@@ -53,6 +53,9 @@ class CacheParams:
     scope: Scope = "layer"  # "layer": slots // num_layers per layer; "global": one pool
     miss_path: MissPath = "seed"  # seed | balanced | pcie | md (sim/policies/miss_path.py)
     compute_near: bool = False  # compute a miss where its weights are when that is sooner
+    # exclusive caching: an evicted expert is copied back to host DRAM (mixtral-offloading's
+    # swap, which keeps one copy of each expert); False: host memory keeps every expert
+    writeback: bool = False
 
     def __post_init__(self) -> None:
         if self.slots is not None and self.capacity_bytes is not None:
@@ -69,7 +72,7 @@ def cache_slots(params: CacheParams, ctx: PolicyContext, name: str) -> int:
     if params.slots is not None:
         total = params.slots
     elif params.capacity_bytes is not None:
-        total = int(params.capacity_bytes // ctx.model.expert_bytes)
+        total = int(params.capacity_bytes // ctx.expert_bytes)
     else:
         total = available
     if total > available:
@@ -165,7 +168,13 @@ class CachePolicy(Policy):
         self.record_use(view)
         if prefetch_evict:
             evict = evict + prefetch_evict
-        return GateDecision(paths=paths, admit=admit, evict=evict, prefetch=prefetch)
+        return GateDecision(
+            paths=paths,
+            admit=admit,
+            evict=evict,
+            prefetch=prefetch,
+            writeback=self.params.writeback,
+        )
 
     def prefetch(
         self, view: GateView, paths: np.ndarray, resident: np.ndarray

@@ -231,6 +231,36 @@ class RoutingSection(_Section):
 
 
 # -- model ---------------------------------------------------------------------------------------
+class PrecisionSection(_Section):
+    """An expert weight format other than the model's native one (docs/engine.md, "Precision";
+    the shipped formats: `moesim presets precisions`)."""
+
+    name: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="how copies and policies name it (required in a model's list)",
+    )
+    bits: float = Field(gt=0, description="bits per weight of the stored values")
+    group_size: PositiveInt | None = Field(
+        None, description="weights sharing one set of metadata (scale, zero point); none: absent"
+    )
+    scale_bits: float | None = Field(
+        None, ge=0, description="bits of metadata per group (scales, zero points, ...)"
+    )
+    dequant_ops: float | None = Field(
+        None,
+        ge=0,
+        description="vector-unit operations per weight to dequantise (charged against "
+        "gpu.vector_flops); default 0",
+    )
+    source: str | None = Field(None, description="where the figures come from")
+
+
+# a format of sim/presets/precisions.yaml, or its fields (`PrecisionSection`, checked when the
+# model is built so that an error names the entry's own field)
+PrecisionEntry = str | dict[str, Any]
+
+
 class ModelSection(_PresetSection):
     """A model preset (`moesim presets models`), explicit figures, or a preset plus overrides."""
 
@@ -275,6 +305,18 @@ class ModelSection(_PresetSection):
         None, ge=0, description="their total FFN width (default shared_experts x expert_ffn_size)"
     )
     vocab_size: PositiveInt | None = Field(None, description="vocabulary (LM head rows)")
+    native_precision: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="name of the precision the experts are trained in (their `expert_bytes`); "
+        "default from bytes_per_param: bf16 (2), fp8 (1), fp32 (4)",
+    )
+    precisions: list[PrecisionEntry] | None = Field(
+        None,
+        description="the other formats an expert may be stored in: names of "
+        "sim/presets/precisions.yaml formats or mappings {name, bits, group_size, scale_bits, "
+        "dequant_ops}; default every shipped format with fewer bits per weight than the native",
+    )
     source: str | None = Field(None, description="where the figures come from")
     notes: str | None = Field(None, description="free text")
 
@@ -324,6 +366,11 @@ class GpuSection(_PresetSection):
     hbm_bandwidth: Bandwidth | None = Field(None, description="HBM bandwidth, e.g. `3.35 TB/s`")
     hbm_capacity: Size | None = Field(None, description="total HBM (caps hbm.capacity)")
     copy_engines: PositiveInt | None = Field(None, description="informative")
+    vector_flops: Compute | None = Field(
+        None,
+        description="FP32 throughput of the non-tensor (vector) units, which dequantise "
+        "reduced-precision experts, e.g. `67 TFLOP/s`; none: dequantisation is free",
+    )
     non_expert_time: NonExpertTime | None = Field(
         None,
         description="per MoE layer: attention, router, shared experts, its share of the dense "
@@ -334,6 +381,11 @@ class GpuSection(_PresetSection):
         None,
         description="`per-expert`: an expert computes once its weights are in; `layer`: after "
         "all of the layer's",
+    )
+    layer_overhead: Duration | None = Field(
+        None,
+        description="fixed software time per transformer layer and iteration (kernel launches, "
+        "framework dispatch, synchronisation), added to the non-expert time; default 0 s",
     )
     source: str | None = Field(None, description="where the figures come from")
 
@@ -347,10 +399,25 @@ class HbmSection(_Section):
     bandwidth: Bandwidth | None = Field(None, description="default: the GPU's hbm_bandwidth")
 
 
-class ComputeSection(_Section):
-    memory_bandwidth: Bandwidth = Field(description="bandwidth the unit reads weights at")
-    peak_flops: Compute = Field(description="its throughput")
+class ComputeSection(_PresetSection):
+    """A compute unit next to a memory: a CPU preset name (`moesim presets cpus`), or fields (a
+    preset plus overrides)."""
+
+    preset: str | None = Field(None, description="CPU preset name, e.g. `i9-10900x-ddr4-3200`")
+    memory_bandwidth: Bandwidth | None = Field(
+        None,
+        description="bandwidth the unit reads expert weights at (achieved, e.g. `80 GB/s`); "
+        "required, from the preset or here",
+    )
+    peak_flops: Compute | None = Field(
+        None, description="its throughput, e.g. `2 TFLOP/s`; required, from the preset or here"
+    )
+    theoretical_bandwidth: Bandwidth | None = Field(
+        None, description="the DRAM line rate (channels x transfer rate x 8 B), informative"
+    )
+    cores: PositiveInt | None = Field(None, description="physical cores, informative")
     source: str | None = Field(None, description="where the figures come from")
+    notes: str | None = Field(None, description="free text")
 
 
 class HardwareSection(_Section):
@@ -374,8 +441,19 @@ class HardwareSection(_Section):
     placement: Literal["host", "md", "both"] | None = Field(
         None, description="where experts live outside HBM; default both"
     )
-    md_compute: ComputeSection | None = Field(None, description="near-data engine of the MD pool")
-    host_compute: ComputeSection | None = Field(None, description="host CPU, for host compute")
+    md_compute: ComputeSection | None = Field(
+        None, description="near-data engine of the MD pool: a CPU preset name or fields"
+    )
+    host_compute: ComputeSection | None = Field(
+        None, description="host CPU, for host compute (the HOST path): a CPU preset name or fields"
+    )
+    copies: dict[Literal["host", "md"], str | list[str]] | None = Field(
+        None,
+        description="the precisions of the expert copies each tier holds (`host`, `md`: names "
+        "from model.precisions or its native one), e.g. `{host: bf16, md: [bf16, int4]}`; a "
+        "tier not named holds the native precision; a transfer moves the tier's highest one "
+        "unless a policy asks for another",
+    )
 
 
 # -- workload ------------------------------------------------------------------------------------
