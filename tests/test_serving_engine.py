@@ -282,6 +282,10 @@ def test_oracles_are_refused_and_profiled_policies_run(tmp_path):
             UserError, match=rf"policies\[1\]\.name: expected an online policy .*'{name}'"
         ):
             _run(_doc(policies=["seed-split", name], workload=workload))
+    writeback = {"name": "lru", "params": {"writeback": True}}
+    shared = {**workload, "memory": {"mode": "shared"}}
+    with pytest.raises(UserError, match=r"policies\[1\]\.params\.writeback: expected false"):
+        _run(_doc(policies=["seed-split", writeback], workload=shared))
     profiled = {"name": "static-popular", "params": {"profile": "embedded", "slots": 16}}
     _, results = _run(_doc(policies=["seed-split", profiled], workload=workload))
     assert results[1].kind == "online"
