@@ -21,6 +21,10 @@ are spread evenly over the MoE layers (each MoE layer is charged ``dense_layers 
 of a dense layer and ``1 / moe_layers`` of the LM head), so a step's sum over all MoE layers is
 the whole model's non-expert time. The LM head computes one logit row per sequence in the
 iteration (its last token), as in generation.
+
+``hardware.gpu.layer_overhead`` (default 0) adds a fixed software time per transformer layer
+and iteration (kernel launches, framework dispatch: what a real stack pays at batch 1 and a
+roofline does not see), spread over the MoE layers like the dense layers.
 """
 
 from __future__ import annotations
@@ -162,8 +166,17 @@ def step_non_expert_times(
     steps = len(positions)
     constant = hardware.gpu.non_expert_time
     if constant is not None:
-        return np.full(steps, float(constant))
+        return np.full(steps, float(constant) + overhead_per_moe_layer(hardware, model))
     return lockstep_non_expert_times(hardware, model, num_seqs, positions)
+
+
+def overhead_per_moe_layer(hardware: Hardware, model: ModelSpec) -> float:
+    """``gpu.layer_overhead`` of every transformer layer, charged to each MoE layer: times
+    ``num_layers / moe_layers`` when the model gives both, else once per MoE layer."""
+    overhead = float(hardware.gpu.layer_overhead)
+    if overhead and model.num_layers is not None and model.moe_layers is not None:
+        return overhead * (model.num_layers / model.moe_layers)
+    return overhead
 
 
 def _layer_times(
@@ -194,4 +207,7 @@ def _layer_times(
     dense = weights(shape.dense_params, tokens) + attention
     head = weights(shape.head_params, np.asarray(seqs, dtype=np.float64))
     total = moe + shape.dense_share * dense + shape.head_share * head
+    overhead = overhead_per_moe_layer(hardware, model)
+    if overhead:
+        total = total + overhead
     return np.where(tokens > 0, total, 0.0)

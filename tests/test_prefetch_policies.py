@@ -139,3 +139,13 @@ def test_lookahead_two_prefetches_two_gates_ahead() -> None:
     run = simulate(trace, hw, m, policy)
     active = run.per_layer["active"]
     assert run.totals["misses"] == active[0] + active[1]
+
+
+def test_predicted_learns_online_exactly_what_the_training_rows_give() -> None:
+    """Learned gate by gate as the run goes (never reading ahead), the model equals the one
+    `coactivation_model` computes from the training rows at once."""
+    trace = random_trace(np.random.default_rng(7), 30, layers=3, seqs=4, k=2, num_experts=16)
+    policy = make_policy("prefetch-predicted", {"train_steps": 12})
+    simulate(trace, hardware(capacity=24 * MB), model(16, 2, MB), policy)
+    cond, expected = coactivation_model(trace.expert_token_counts(2)[:12])
+    assert np.array_equal(policy.cond, cond) and np.array_equal(policy.expected, expected)

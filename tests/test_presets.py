@@ -8,12 +8,21 @@ import pytest
 from sim.cli import main
 from sim.presets import KINDS, presets
 from sim.scenario.build import build_hardware, build_model, validated_preset
-from sim.scenario.schema import GpuSection, HardwareSection, LinkSection, ModelSection
+from sim.scenario.schema import (
+    ComputeSection,
+    GpuSection,
+    HardwareSection,
+    LinkSection,
+    ModelSection,
+    PrecisionSection,
+)
 
 SECTION = {
     "links": LinkSection,
     "gpus": GpuSection,
+    "cpus": ComputeSection,
     "models": ModelSection,
+    "precisions": PrecisionSection,
     "hardware": HardwareSection,
 }
 

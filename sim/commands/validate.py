@@ -58,6 +58,11 @@ def _validate_one(file: str, args: argparse.Namespace) -> None:
         detail = (
             f"; trace {trace.num_steps} steps x {trace.num_layers} layers x {trace.num_seqs} seqs"
         )
+        if scenario.serving:
+            from sim.serving.run import prepare
+
+            setup = prepare(scenario, trace)  # requests read, lengths and HBM checked
+            detail += f"; {len(setup.requests)} requests, KV {setup.hbm.kv_blocks} blocks"
     labels = ", ".join(p.label for p in scenario.policies)
     print(
         f"{file}: ok ({scenario.name}: top-k {scenario.topk}, policies {labels}, "

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
+from simpy import Event
 
 from sim.contract import (
     HOST_ROUTE,
@@ -30,12 +32,16 @@ from sim.engine.cache import HbmCache
 from sim.engine.clock import Clock
 from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
+from sim.engine.network import FlowNetwork, Route, Transfer
 from sim.engine.results import GateBlock, GateRecord, TimelineEvent
 from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
+from sim.errors import UserError
+from sim.precision import ROUTE_TIER, copy_sizes, tier_copies
 
 # plain ints for the hot loop (enum attribute lookups are slow)
 _HIT, _PCIE, _MD_FETCH, _MD_NEAR, _HOST = (int(p) for p in Path)
 _NUM_PATHS = len(Path)
+_ROUTE_OF_PATH = {_PCIE: HOST_ROUTE, _HOST: HOST_ROUTE, _MD_FETCH: MD_ROUTE, _MD_NEAR: MD_ROUTE}
 
 IterationEnd = Callable[[int, Iteration, float, float], None]
 BLOCK_GATES = 1024  # gates a stateless plan times at once (see GpuProcess.run)
@@ -49,10 +55,11 @@ class GpuProcess:
         index: int,
         ctx: PolicyContext,
         policy: GatePolicy,
-        routes: Mapping[str, FifoLink],
+        routes: Mapping[str, FifoLink | Route],
         *,
         timeline: bool | tuple[int, int],
         alone: bool = True,
+        network: FlowNetwork | None = None,
     ) -> None:
         hw, model = ctx.hardware, ctx.model
         self.index = index
@@ -64,17 +71,40 @@ class GpuProcess:
         self.expert_bytes = float(model.expert_bytes)
         self.act_bytes = float(model.activation_bytes_per_token)
         self.routes = dict(routes)
+        self.alone = alone
+        # timeline resources: "pcie[0]", or "gpu1/pcie[0]" when there are several GPUs
+        self.prefix = f"gpu{index}/" if hw.topology.num_gpus > 1 else ""
+        self.network = network
         self.public_free_at = {name: link.public_free_at for name, link in self.routes.items()}
+        self.estimated = [route for route in self.routes.values() if isinstance(route, Route)]
         not_allowed = allowed_paths(hw)
         self.blocked = [(path, why) for path, why in not_allowed.items() if why]
+        # copies: bytes per precision, what each route's tier holds, the default per route
+        self.sizes = copy_sizes(model)
+        self.precision_names = model.precision_names
+        try:
+            held = tier_copies(hw, model)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        self.held = {route: held.get(tier, ()) for route, tier in ROUTE_TIER.items()}
+        self.default = {
+            route: min(idx, key=lambda i: (-self.sizes[i], i)) if idx else 0
+            for route, idx in self.held.items()
+        }
+        self.route_bytes = {route: float(self.sizes[p]) for route, p in self.default.items()}
+        self.native = not any(self.default.values())  # every default copy native
         self.cache = HbmCache(
             self.layers,
             self.num_experts,
             not_allowed,
-            self.expert_bytes,
+            self.sizes,
             float(hw.hbm.capacity),
             f"policy {policy.name!r}",
         )
+        initial = getattr(policy, "initial_cache", None)
+        resident = initial() if initial is not None else None
+        if resident is not None:
+            self.cache.preload(resident)
         self.layer_ids = tuple(int(lid) for lid in ctx.layer_ids)
         self.layer_index = np.arange(self.layers)
         self.layer_id_array = np.asarray(self.layer_ids, dtype=np.int64)
@@ -82,10 +112,20 @@ class GpuProcess:
         self.arange.flags.writeable = False
         self.not_cached = np.zeros(self.num_experts, dtype=bool)
         self.not_cached.flags.writeable = False
+        self.no_tokens = np.zeros(self.num_experts, dtype=np.int64)  # a resize uses no expert
+        self.no_tokens.flags.writeable = False
         # Fast paths for the default cost model: one transfer time per route, a compute table.
         self.transfer_d = None
         if is_roofline(self.cost, "transfer_time"):
             self.transfer_d = {name: self.cost.uniform_transfer_time(name) for name in self.routes}
+        elif not self.native:
+            raise UserError(
+                "hardware.copies: a tier whose highest copy is not the native precision needs "
+                "the roofline cost model (cost tables give native-precision transfer times)"
+            )
+        for name, route in self.routes.items():
+            if isinstance(route, Route):
+                route.one_transfer = route.latency + self.route_bytes[name] / route.nominal_rate
         self.gpu_table = is_roofline(self.cost, "gpu_compute_time")
         self._tables: dict[int, tuple[GateOrder, np.ndarray, np.ndarray]] = {}
         self.host_blocked = bool(not_allowed[Path.PCIE])
@@ -96,7 +136,7 @@ class GpuProcess:
         self.timeline: list[TimelineEvent] | None = None
         # a stateless plan in closed form (see _planned): FIFO routes, roofline, no timeline
         plan = getattr(policy, "plan_gates", None)
-        closed = self.transfer_d is not None and timeline is not True and alone
+        closed = self.transfer_d is not None and timeline is not True and alone and self.native
         self.plan = (
             plan if closed and all(isinstance(r, FifoLink) for r in routes.values()) else None
         )
@@ -122,13 +162,13 @@ class GpuProcess:
         ``now + non_expert``, then ``t_gate + rel_end``) and yields once, at its end. With a
         stateless plan and a source whose answers do not depend on time (lockstep), it takes
         several iterations at once (about `BLOCK_GATES` gates) and times them together."""
-        block = BLOCK_GATES // max(self.layers, 1) if self.plan is not None else 1
-        if not getattr(source, "time_independent", False):
-            block = 1
+        most = BLOCK_GATES // max(self.layers, 1) if self.plan is not None and self.alone else 1
         done = False
         while not done:
+            # more than one iteration only while the source says its answers do not depend on
+            # time (asked before each: a serving source is so only at times)
             its: list[Iteration] = []
-            while len(its) < max(block, 1):
+            while not its or (len(its) < most and getattr(source, "time_independent", False)):
                 it = source.next_iteration(self.index, env.now)
                 if it is None:
                     done = True
@@ -149,6 +189,24 @@ class GpuProcess:
             if not its:
                 continue
             start = env.now
+            for i, it in enumerate(its):
+                if it.cache_capacity is not None:
+                    if len(its) > 1:
+                        raise ValueError(
+                            "iteration source: a time-independent source changed the cache capacity"
+                        )
+                    self._resize_cache(it.cache_capacity, self.iterations + i)
+            if not self.alone:
+                (it,) = its
+                step = self.iterations
+                lo, hi = self.window
+                self.timeline = self.events if lo <= step < hi else None
+                yield from self._layers_events(env, _IterationGates(self, it, step), it.non_expert)
+                self.timeline = None
+                self.iterations += 1
+                self.horizon = env.now
+                on_end(self.index, it, start, env.now)
+                continue
             ends = self._planned(its, self.iterations, start)
             if ends is None:
                 ends = []
@@ -169,6 +227,33 @@ class GpuProcess:
                 self.horizon = end
                 on_end(self.index, it, start, end)
                 start = end
+
+    def _resize_cache(self, capacity: float, step: int) -> None:
+        """The expert cache may hold ``capacity`` bytes from iteration ``step`` on: the policy
+        names what to evict (`Policy.on_cache_resize`), the rest must fit."""
+        cache = self.cache
+        if capacity == cache.capacity:
+            return
+        cache.capacity = float(capacity)
+        resize = getattr(self.policy, "on_cache_resize", None)
+        evict = [] if resize is None else resize(float(capacity), cache.public_ready_at, step)
+        if evict:
+            cache.evict(evict, step, -1, self.no_tokens)
+        cache.check_capacity(step, -1)
+
+    def _layers_events(
+        self, env: Clock, g: _IterationGates, non_expert: Sequence[float]
+    ) -> Iterator:
+        """Run the iteration gate by gate in simulated time: each gate happens at its time
+        (shared links see every GPU's transfers in time order) and waits for what the flow
+        network delivers."""
+        for layer in range(self.layers):
+            t_start = env.now
+            ne = non_expert[layer]
+            if ne > 0.0:
+                yield env.at(t_start + ne)
+            view = yield from self._gate_events(env, g, layer, t_start, env.now, ne)
+            self.policy.on_layer_end(view, env.now)
 
     def _layers(self, g: _IterationGates, non_expert: Sequence[float], now: float) -> float:
         """Run the iteration gate by gate from ``now``; returns its end."""
@@ -254,17 +339,17 @@ class GpuProcess:
         ticks[2::2] = rel_end
         clock = np.cumsum(ticks)
         t_start, t_gate, t_end = clock[0:-1:2], clock[1::2], clock[2::2]
-        eb = self.expert_bytes
         n_host_f = n_host.astype(np.float64)
         n_md_f = n_md.astype(np.float64)
-        bytes_host = n_host_f * eb
-        bytes_md = n_md_f * eb
+        bytes_host = n_host_f * self.route_bytes[HOST_ROUTE]
+        bytes_md = n_md_f * self.route_bytes[MD_ROUTE]
         _book_idle(host, t_gate, d_host, n_host, bytes_host, last_host)
         _book_idle(md, t_gate, d_md, n_md, bytes_md, last_md)
         ref = g.ref_table
         zeros = np.zeros(rows, dtype=np.int64)
         self.records.append(
             GateBlock(
+                np.full(rows, self.index),
                 np.repeat(np.arange(step, step + len(its)), layers),
                 np.repeat(np.array([int(it.position) for it in its], dtype=np.int64), layers),
                 np.tile(self.layer_index, len(its)),
@@ -278,6 +363,7 @@ class GpuProcess:
                 zeros,
                 zeros,
                 zeros,
+                zeros,
                 bytes_host,
                 bytes_md,
                 t_start,
@@ -287,9 +373,11 @@ class GpuProcess:
                 rel_end - ref,
                 ne + rel_end,
                 np.zeros(rows),
+                g.total,
+                np.zeros(rows),
+                g.dropped_share,
                 ref,
                 ne,
-                np.full(rows, self.index),
             )
         )
         if not layers:
@@ -300,42 +388,12 @@ class GpuProcess:
     def _gate(
         self, g: _IterationGates, layer: int, t_start: float, t_gate: float, ne: float
     ) -> tuple[GateView, float]:
+        """One gate in closed form (routes of FIFO slots, placed at the gate)."""
         s = g.step
-        n = int(g.active[layer])
-        experts = g.experts[layer, :n]
-        tokens = g.tokens[layer, :n]
+        o = self._open(g, layer, t_gate)
+        view, decision, experts, tokens, n = o.view, o.decision, o.experts, o.tokens, o.n
+        by_path, groups, prec, c_all = o.by_path, o.groups, o.prec, o.c_all
         cache = self.cache
-        late = 0  # cached experts still in flight at the gate (prefetches not yet arrived)
-        if cache.count:
-            ready = cache.ready_at[layer, experts]
-            cached = np.isfinite(ready)
-            cached.flags.writeable = False
-            if cache.max_ready > t_gate:
-                late = int(np.count_nonzero(ready[cached] > t_gate))
-        else:
-            cached = self.not_cached[:n]
-        view = GateView(
-            step=s,
-            layer=layer,
-            now=t_gate,
-            experts=experts,
-            tokens=tokens,
-            cached=cached,
-            ready_at=cache.public_ready_at,
-            cache_bytes=cache.count * self.expert_bytes,
-            link_free_at=self.public_free_at,
-        )
-        decision = self.policy.decide(view)
-        eff, by_path, hits = self._effective_paths(decision, cached, n, view)
-        if g.gpu_table is not None:
-            c_all = g.gpu_table[layer, :n]
-            ref = float(g.ref_table[layer])
-        else:
-            c_all = np.asarray(self.cost.gpu_compute_time(s, layer, experts, tokens), dtype=float)
-            ref = float(c_all.sum())
-        if decision.evict:
-            cache.evict(decision.evict, s, layer, g.counts[layer])
-        groups = self._groups(eff, by_path, n)
 
         # Per route at the gate: near-compute activations out first, then the demand fetches,
         # then the prefetches (all FIFO behind whatever the route still carries).
@@ -355,73 +413,507 @@ class GpuProcess:
         fetched: list[tuple[np.ndarray, Placed, str]] = []
         if by_path[_PCIE]:
             idx = groups[_PCIE]
-            placed = self._fetch(HOST_ROUTE, s, layer, experts[idx], t_gate)
+            placed, bytes_pcie = self._fetch(HOST_ROUTE, s, layer, experts[idx], t_gate, prec, idx)
             fetched.append((idx, placed, HOST_ROUTE))
             window = max(window, placed.last)
-            bytes_pcie = idx.size * self.expert_bytes
         if by_path[_MD_FETCH]:
             idx = groups[_MD_FETCH]
-            placed = self._fetch(MD_ROUTE, s, layer, experts[idx], t_gate)
+            placed, bytes_md = self._fetch(MD_ROUTE, s, layer, experts[idx], t_gate, prec, idx)
             fetched.append((idx, placed, MD_ROUTE))
             window = max(window, placed.last)
-            bytes_md = idx.size * self.expert_bytes
-        if decision.admit is not None and fetched:
-            cache.admit(decision.admit, experts, n, fetched, layer, t_gate)
+        if fetched and (decision.admit is not None or o.upgrade is not None):
+            self._keep_fetched(decision.admit, o.upgrade, experts, n, fetched, layer, t_gate, prec)
+        if decision.writeback and decision.evict:
+            bytes_pcie += self._writeback(decision, s, layer, t_gate, o.evicted)
         prefetched = (0, 0)
         if decision.prefetch:
-            prefetched = self._prefetch(decision, s, layer, t_gate, g.steps)
-            bytes_pcie += prefetched[0] * self.expert_bytes
-            bytes_md += prefetched[1] * self.expert_bytes
+            n_host, n_md, b_host, b_md = self._prefetch(decision, s, layer, t_gate, g.steps)
+            prefetched = (n_host, n_md)
+            bytes_pcie += b_host
+            bytes_md += b_md
         cache.check_capacity(s, layer)
 
         rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, groups[_HIT], fetched)
         if near_out is not None:
             end, nbytes = self._remote_part(
-                MD_ROUTE, _MD_NEAR, s, layer, t_gate, experts, tokens, near_out
+                MD_ROUTE, _MD_NEAR, s, layer, t_gate, experts, tokens, near_out, prec
             )
             bytes_md += nbytes
             rel_end = max(rel_end, end)
             window = max(window, end)
         if host_out is not None:
             end, nbytes = self._remote_part(
-                HOST_ROUTE, _HOST, s, layer, t_gate, experts, tokens, host_out
+                HOST_ROUTE, _HOST, s, layer, t_gate, experts, tokens, host_out, prec
             )
             bytes_pcie += nbytes
             rel_end = max(rel_end, end)
             window = max(window, end)
 
+        self._record(g, o, layer, prefetched, bytes_pcie, bytes_md)
+        self._record_times(g, layer, t_start, t_gate, t_gate + rel_end, window, rel_end, o.ref, ne)
+        return view, rel_end
+
+    def _record(
+        self,
+        g: _IterationGates,
+        o: _Opened,
+        layer: int,
+        prefetched: tuple[int, int],
+        bytes_pcie: float,
+        bytes_md: float,
+    ) -> None:
+        """The gate's counts, kept until `_record_times` completes the record."""
+        by_path = o.by_path
+        reduced, degraded, dropped = g.quality(layer, o.experts, o.prec)
+        self._pending_record = (
+            self.index,
+            g.step,
+            g.position,
+            layer,
+            self.layer_ids[layer],
+            o.n,
+            o.hits - o.late,
+            o.late,
+            by_path[_PCIE],
+            by_path[_MD_FETCH],
+            by_path[_MD_NEAR],
+            by_path[_HOST],
+            prefetched[0],
+            prefetched[1],
+            reduced,
+            bytes_pcie,
+            bytes_md,
+        )
+        self._pending_quality = (degraded, dropped)
+
+    def _record_times(
+        self,
+        g: _IterationGates,
+        layer: int,
+        t_start: float,
+        t_gate: float,
+        t_end: float,
+        window: float,
+        rel_end: float,
+        ref: float,
+        ne: float,
+    ) -> None:
+        head = self._pending_record
+        degraded, dropped = self._pending_quality
         self.records.append(
             GateRecord(
-                s,
-                g.position,
-                layer,
-                self.layer_ids[layer],
-                n,
-                hits - late,
-                late,
-                by_path[_PCIE],
-                by_path[_MD_FETCH],
-                by_path[_MD_NEAR],
-                by_path[_HOST],
-                prefetched[0],
-                prefetched[1],
-                bytes_pcie,
-                bytes_md,
+                *head,
                 t_start,
                 t_gate,
-                t_gate + rel_end,
+                t_end,
                 window,
                 rel_end - ref,
                 ne + rel_end,
-                cache.count * self.expert_bytes,
+                self.cache.used_bytes,
+                g.gate_mass(layer),
+                degraded,
+                dropped,
                 ref,
                 ne,
-                self.index,
             )
         )
         if self.timeline is not None and t_gate > t_start:
-            self._event("gpu", "non_expert", t_start, t_gate, s, layer, -1)
-        return view, rel_end
+            self._event("gpu", "non_expert", t_start, t_gate, head[1], head[3], -1)
+
+    def _open(self, g: _IterationGates, layer: int, t_gate: float) -> _Opened:
+        """What every gate does first: show the policy its view, check its decision (paths,
+        upgrades, precisions), apply its evictions, group the experts by path."""
+        s = g.step
+        n = int(g.active[layer])
+        for route in self.estimated:  # network routes: what policies see of their queues
+            route.estimate_free_at(t_gate)
+        experts = g.experts[layer, :n]
+        tokens = g.tokens[layer, :n]
+        cache = self.cache
+        late = 0  # cached experts still in flight at the gate (prefetches not yet arrived)
+        ready = None
+        if cache.count:
+            ready = cache.ready_at[layer, experts]
+            cached = np.isfinite(ready)
+            cached.flags.writeable = False
+            if cache.max_ready > t_gate:
+                late = int(np.count_nonzero(ready[cached] > t_gate))
+        else:
+            cached = self.not_cached[:n]
+        view = GateView(
+            step=s,
+            layer=layer,
+            now=t_gate,
+            experts=experts,
+            tokens=tokens,
+            cached=cached,
+            ready_at=cache.public_ready_at,
+            cache_bytes=cache.used_bytes,
+            link_free_at=self.public_free_at,
+            precision_at=cache.public_precision_at,
+            gate_mass=None if g.mass is None else g.mass[layer],
+            top_score=None if g.top is None else g.top[layer],
+        )
+        decision = self.policy.decide(view)
+        upgrade = None
+        if decision.upgrade is not None:
+            upgrade = self._upgrades(decision, cached, n, view)
+            if upgrade is not None:
+                cached = cached & ~upgrade
+                if late:
+                    assert ready is not None
+                    late = int(np.count_nonzero(ready[cached] > t_gate))
+        eff, by_path, hits = self._effective_paths(decision, cached, n, view)
+        prec = self._precisions(decision, eff, experts, layer, n, view)
+        if g.gpu_table is not None:
+            c_all = g.gpu_table[layer, :n]
+            ref = float(g.ref_table[layer])
+        else:
+            c_all = np.asarray(self.cost.gpu_compute_time(s, layer, experts, tokens), dtype=float)
+            ref = float(c_all.sum())
+        if prec is not None:
+            c_all = self._reduced_gpu_compute(c_all, prec, eff, tokens)
+        evicted = None  # the precision of each evicted copy, for writebacks
+        if decision.evict:
+            if decision.writeback and cache.reduced:
+                evicted = cache.precisions_of(decision.evict)
+            cache.evict(decision.evict, s, layer, g.counts[layer])
+        groups = self._groups(eff, by_path, n)
+        return _Opened(
+            view,
+            decision,
+            experts,
+            tokens,
+            n,
+            by_path,
+            hits,
+            late,
+            c_all,
+            ref,
+            groups,
+            prec,
+            upgrade,
+            evicted,
+        )
+
+    def _gate_events(
+        self, env: Clock, g: _IterationGates, layer: int, t_start: float, t_gate: float, ne: float
+    ) -> Iterator:
+        """One gate in simulated time: FIFO routes are placed at issue time (the same closed
+        form as `_gate`), network routes become transfers whose arrivals the GPU waits for;
+        activations come back when the remote unit is done. Ends at the layer's end."""
+        s = g.step
+        o = self._open(g, layer, t_gate)
+        view, decision, experts, tokens, n = o.view, o.decision, o.experts, o.tokens, o.n
+        by_path, groups, prec, c_all = o.by_path, o.groups, o.prec, o.c_all
+        cache = self.cache
+        window = 0.0
+        bytes_pcie = bytes_md = 0.0
+        outs = []
+        for path, route in ((_HOST, HOST_ROUTE), (_MD_NEAR, MD_ROUTE)):
+            if by_path[path]:
+                idx = groups[path]
+                if isinstance(self.routes[route], FifoLink):
+                    out = self._activation_out(route, s, layer, experts, tokens, idx, t_gate)
+                    window = max(window, out[1])
+                else:
+                    nbytes = float(tokens[idx].sum()) * self.act_bytes
+                    out = (self._submit(env, route, nbytes, t_gate, "activation", s, layer), idx)
+                outs.append((route, path, out))
+        fetched: list[tuple[np.ndarray, Placed, str]] = []
+        in_flight: list[tuple[np.ndarray, list[Transfer], str]] = []
+        for path, route in ((_PCIE, HOST_ROUTE), (_MD_FETCH, MD_ROUTE)):
+            if not by_path[path]:
+                continue
+            idx = groups[path]
+            if isinstance(self.routes[route], FifoLink):
+                placed, moved = self._fetch(route, s, layer, experts[idx], t_gate, prec, idx)
+                fetched.append((idx, placed, route))
+                window = max(window, placed.last)
+            else:
+                sizes = self._copy_bytes(route, prec, idx)
+                transfers = [
+                    self._submit(env, route, nbytes, t_gate, "fetch", s, layer, int(e))
+                    for e, nbytes in zip(experts[idx].tolist(), sizes, strict=True)
+                ]
+                in_flight.append((idx, transfers, route))
+                moved = float(sum(sizes))
+            if path == _PCIE:
+                bytes_pcie = moved
+            else:
+                bytes_md = moved
+        if fetched and (decision.admit is not None or o.upgrade is not None):
+            self._keep_fetched(decision.admit, o.upgrade, experts, n, fetched, layer, t_gate, prec)
+        if in_flight and (decision.admit is not None or o.upgrade is not None):
+            self._keep_in_flight(decision.admit, o.upgrade, experts, n, in_flight, layer, prec)
+        if decision.writeback and decision.evict:
+            if isinstance(self.routes[HOST_ROUTE], FifoLink):
+                bytes_pcie += self._writeback(decision, s, layer, t_gate, o.evicted)
+            else:
+                self._check_writeback(s, layer)
+                precision = o.evicted if o.evicted is not None else np.zeros(len(decision.evict))
+                for (lyr, _e), p in zip(decision.evict, precision.tolist(), strict=True):
+                    size = float(self.sizes[max(int(p), 0)])
+                    self._submit(env, HOST_ROUTE, size, t_gate, "writeback", s, int(lyr), -1)
+                    bytes_pcie += size
+        prefetched = (0, 0)
+        if decision.prefetch:
+            n_host, n_md, b_host, b_md = self._prefetch_events(
+                env, decision, s, layer, t_gate, g.steps
+            )
+            prefetched = (n_host, n_md)
+            bytes_pcie += b_host
+            bytes_md += b_md
+        cache.check_capacity(s, layer)
+        if self.network is not None:
+            self.network.commit()
+        chains = [
+            env.process(
+                self._remote_events(env, route, path, s, layer, t_gate, experts, tokens, out, prec)
+            )
+            for route, path, out in outs
+        ]
+        # the GPU needs this gate's fetches and its hits still in flight on the network
+        waits = [t for _, transfers, _ in in_flight for t in transfers]
+        hit_idx = groups[_HIT]
+        if hit_idx is not None and cache.pending:
+            keys = (layer * self.num_experts + experts[hit_idx]).tolist()
+            waits.extend(cache.pending[k] for k in keys if k in cache.pending)
+        waits = [t for t in waits if t.done != t.done]  # not arrived yet (done is nan)
+        if waits:
+            yield _countdown(env, waits)
+        for idx, transfers, route in in_flight:
+            end = np.array([t.done - t_gate for t in transfers])
+            start = np.array([t.started - t_gate for t in transfers])
+            slot = np.array([t.slot for t in transfers], dtype=np.intp)
+            order = end.argsort(kind="stable")  # the GPU takes them in arrival order
+            placed = Placed(start[order], end[order], slot[order], float(end.max()))
+            fetched.append((idx[order], placed, route))
+            window = max(window, placed.last)
+        rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, hit_idx, fetched)
+        for chain in chains:
+            end, nbytes, route = yield chain
+            if route == HOST_ROUTE:
+                bytes_pcie += nbytes
+            else:
+                bytes_md += nbytes
+            rel_end = max(rel_end, end)
+            window = max(window, end)
+        t_end = t_gate + rel_end
+        if t_end > env.now:
+            yield env.at(t_end)
+        elif t_end < env.now:  # an arrival rounded past it: the layer ends on the clock
+            t_end = env.now
+            rel_end = t_end - t_gate
+        self._record(g, o, layer, prefetched, bytes_pcie, bytes_md)
+        self._record_times(g, layer, t_start, t_gate, t_end, window, rel_end, o.ref, ne)
+        return view
+
+    def _copy_bytes(self, route: str, prec: np.ndarray | None, idx: np.ndarray) -> list[float]:
+        """Bytes of each fetched copy (``prec[idx]``; None: the route's default copy)."""
+        if prec is None:
+            return [self.route_bytes[route]] * idx.size
+        return [float(self.sizes[p]) for p in prec[idx].tolist()]
+
+    def _keep_in_flight(
+        self,
+        admit: object,
+        upgrade: np.ndarray | None,
+        experts: np.ndarray,
+        n: int,
+        in_flight: list[tuple[np.ndarray, list[Transfer], str]],
+        layer: int,
+        prec: np.ndarray | None,
+    ) -> None:
+        """`_keep_fetched` for transfers the network times: admitted (and upgraded) copies are
+        cached now, ready when their transfer arrives."""
+        cache = self.cache
+        if upgrade is not None:
+            assert prec is not None
+            for idx, transfers, _route in in_flight:
+                for i, transfer in zip(idx.tolist(), transfers, strict=True):
+                    if upgrade[i]:
+                        e = int(experts[i])
+                        cache.replace(layer, np.array([e]), np.array([prec[i]]), np.array([0.0]))
+                        cache.track(layer, e, transfer)
+            if admit is None:
+                return
+            admit = np.asarray(admit, dtype=bool)
+            if admit.shape == (n,):
+                admit = admit & ~upgrade
+        precision = prec if prec is not None else np.zeros(n, dtype=np.int64)
+        if prec is None:
+            for idx, _transfers, route in in_flight:
+                precision[idx] = self.default[route]
+        cache.admit_pending(admit, experts, n, [(i, t) for i, t, _ in in_flight], layer, precision)
+
+    def _submit(
+        self,
+        env: Clock,
+        route: str,
+        nbytes: float,
+        now: float,
+        kind: str,
+        s: int,
+        layer: int,
+        expert: int = -1,
+    ) -> Transfer:
+        """Hand one transfer to the flow network (issued now on ``route``)."""
+        assert self.network is not None
+        transfer = Transfer(self.routes[route], nbytes, now)
+        timeline = self.timeline if kind != "fetch" else None  # fetches: see _fetch_events
+        if expert >= 0 or timeline is not None:
+            cache = self.cache
+            key = layer * self.num_experts + expert if expert >= 0 else -1
+
+            def done(t: Transfer) -> None:
+                if key >= 0:
+                    cache.arrival(key, t, t.done)
+                if timeline is not None:
+                    name = f"{self.prefix}{route}[{t.slot}]"
+                    timeline.append(TimelineEvent(name, kind, t.started, t.done, s, layer, expert))
+
+            transfer.on_done = done
+        self.network.submit(transfer)
+        return transfer
+
+    def _remote_events(
+        self,
+        env: Clock,
+        route: str,
+        path: int,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        out: tuple,
+        prec: np.ndarray | None = None,
+    ) -> Iterator:
+        """Near-data / host compute of a gate: activations out (already issued), the unit's
+        serial compute, activations back when it is done. Returns (end relative to the gate,
+        bytes both ways, route)."""
+        link = self.routes[route]
+        if isinstance(link, FifoLink):  # out placed at the gate; back placed when issued
+            _start, arrived, half, idx = out
+            c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
+            done = arrived + float(c.sum())
+            nbytes = float(tokens[idx].sum()) * self.act_bytes
+            t_back = t_gate + done
+            if t_back > env.now:
+                yield env.at(t_back)
+            b_start, b_end, slot = link.place_one(t_back, half, nbytes)
+            if self.timeline is not None:
+                self._remote_events_timeline(
+                    path, route, s, layer, t_gate, arrived, c, idx, experts
+                )
+                self._event(
+                    f"{route}[{slot}]", "activation", t_back + b_start, t_back + b_end, s, layer
+                )
+            return done + b_end, 2.0 * nbytes, route
+        transfer, idx = out
+        if transfer.done != transfer.done:  # not arrived yet (done is nan)
+            yield _countdown(env, [transfer])
+        arrived = transfer.done - t_gate
+        c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
+        done = arrived + float(c.sum())
+        if self.timeline is not None:
+            self._remote_events_timeline(path, route, s, layer, t_gate, arrived, c, idx, experts)
+        t_back = t_gate + done
+        if t_back > env.now:
+            yield env.at(t_back)
+        back = self._submit(env, route, transfer.nbytes, env.now, "activation", s, layer)
+        assert self.network is not None
+        self.network.commit()
+        yield _countdown(env, [back])
+        return back.done - t_gate, 2.0 * transfer.nbytes, route
+
+    def _remote_compute(
+        self,
+        path: int,
+        s: int,
+        layer: int,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        prec: np.ndarray | None,
+        idx: np.ndarray,
+    ) -> np.ndarray:
+        """Compute times next to the weights (MD pool or host CPU) of ``experts`` (the gate's
+        ``idx``), each read in its copy's precision (``prec[idx]``; None: native)."""
+        if path == _MD_NEAR:
+            c = self.cost.near_compute_time(s, layer, experts, tokens)
+            method, at = "near_compute_time", "near_time_at"
+        else:
+            c = self.cost.host_compute_time(s, layer, experts, tokens)
+            method, at = "host_compute_time", "host_time_at"
+        c = np.asarray(c, dtype=float)
+        if prec is not None and prec[idx].any():
+            if not is_roofline(self.cost, method):
+                raise UserError(
+                    "a reduced-precision expert copy needs the roofline cost model (cost "
+                    "tables give native-precision compute times)"
+                )
+            p = prec[idx]
+            c = np.array(c, dtype=np.float64)
+            for q in np.unique(p[p > 0]).tolist():
+                c[p == q] = getattr(self.cost, at)(tokens[p == q], q)
+        return c
+
+    def _remote_events_timeline(
+        self,
+        path: int,
+        route: str,
+        s: int,
+        layer: int,
+        t_gate: float,
+        arrived: float,
+        c: np.ndarray,
+        idx: np.ndarray,
+        experts: np.ndarray,
+    ) -> None:
+        unit = "md" if path == _MD_NEAR else "host"
+        ends = arrived + np.cumsum(c)
+        for e, c_start, c_end in zip(experts[idx].tolist(), ends - c, ends, strict=True):
+            self._event(unit, "compute", t_gate + c_start, t_gate + c_end, s, layer, e)
+
+    def _prefetch_events(
+        self, env: Clock, decision: GateDecision, s: int, layer: int, t_gate: float, steps: int
+    ) -> tuple[int, int, float, float]:
+        """`_prefetch` with network routes: their prefetches are in flight until the network
+        says they arrived. Returns counts and bytes per route, as `_prefetch`."""
+        by_route, issued = self.cache.reserve_prefetches(decision.prefetch, s, layer)
+        asked = decision.prefetch_precision
+        counts, moved = {}, {}
+        pos = 0
+        for route, arr in by_route.items():
+            m = len(arr)
+            where, pos = issued[pos : pos + m], pos + m
+            counts[route], moved[route] = m, 0.0
+            if not m:
+                continue
+            precs = self._prefetch_precisions(asked, where, route, len(decision.prefetch), s, layer)
+            self.cache.set_precision(arr, precs if precs is not None else self.default[route])
+            if isinstance(self.routes[route], FifoLink):
+                placed, moved[route] = self._fetch_prefetch(
+                    route, s, layer, arr, t_gate, steps, precs
+                )
+                self.cache.arrived(arr, placed, t_gate)
+                if self.timeline is not None:
+                    for (lyr, e), a, b, k in zip(
+                        arr.tolist(), placed.start, placed.end, placed.slot, strict=True
+                    ):
+                        self._event(f"{route}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
+                continue
+            sizes = (
+                [self.route_bytes[route]] * m
+                if precs is None
+                else [float(self.sizes[p]) for p in precs.tolist()]
+            )
+            for (lyr, e), nbytes in zip(arr.tolist(), sizes, strict=True):
+                transfer = self._submit(env, route, nbytes, t_gate, "prefetch", s, lyr, e)
+                self.cache.track(lyr, e, transfer)
+            moved[route] = float(sum(sizes))
+        return counts[HOST_ROUTE], counts[MD_ROUTE], moved[HOST_ROUTE], moved[MD_ROUTE]
 
     def _where(self, view: GateView) -> str:
         return f"policy {self.policy.name!r} at step {view.step} layer {view.layer}"
@@ -471,14 +963,173 @@ class GpuProcess:
             )
         return eff, by_path, hits
 
+    # -- precisions --------------------------------------------------------------------------------
+    def _upgrades(
+        self, decision: GateDecision, cached: np.ndarray, n: int, view: GateView
+    ) -> np.ndarray | None:
+        """The cached experts the policy fetches again (`GateDecision.upgrade`), checked: each
+        needs a fetch path and a precision other than its cached copy's. None when none."""
+        up = np.asarray(decision.upgrade)
+        if up.shape != (n,) or up.dtype != bool:
+            raise PolicyError(f"{self._where(view)}: upgrade must be {n} bools, got {up!r}")
+        up = up & cached
+        if not up.any():
+            return None
+        paths = np.asarray(decision.paths)
+        if paths.shape != (n,) or not np.isin(paths[up], (_PCIE, _MD_FETCH)).all():
+            raise PolicyError(
+                f"{self._where(view)}: an upgraded expert needs a fetch path (PCIE or MD_FETCH)"
+            )
+        asked = None if decision.precision is None else np.asarray(decision.precision)
+        cached_p = self.cache.precision_at[view.layer, view.experts[up]]
+        if (
+            asked is None
+            or asked.shape != (n,)
+            or (asked[up] < 0).any()
+            or (asked[up] == cached_p).any()
+        ):
+            raise PolicyError(
+                f"{self._where(view)}: an upgraded expert needs a precision other than its "
+                "cached copy's"
+            )
+        return up
+
+    def _precisions(
+        self,
+        decision: GateDecision,
+        eff: np.ndarray,
+        experts: np.ndarray,
+        layer: int,
+        n: int,
+        view: GateView,
+    ) -> np.ndarray | None:
+        """The precision each active expert is served in: a hit in its cached copy's, anything
+        else in the one the policy asks for or the default copy of its path's tier. None when
+        every one is native (the engine then takes its native code path)."""
+        asked = decision.precision
+        if asked is None and self.native and not self.cache.reduced:
+            return None
+        prec = np.zeros(n, dtype=np.int64)
+        if not self.native:
+            for path, route in _ROUTE_OF_PATH.items():
+                if self.default[route]:
+                    prec[eff == path] = self.default[route]
+        if asked is not None:
+            asked = np.asarray(asked)
+            if asked.shape != (n,) or asked.dtype.kind not in "iu":
+                raise PolicyError(
+                    f"{self._where(view)}: precision must be {n} precision indices, got {asked!r}"
+                )
+            chosen = (asked >= 0) & (eff != _HIT)
+            if chosen.any():
+                top = len(self.sizes)
+                if (asked[chosen] >= top).any():
+                    raise PolicyError(
+                        f"{self._where(view)}: precision indices must be below {top} "
+                        f"({', '.join(self.precision_names)}), got {asked!r}"
+                    )
+                for path, route in _ROUTE_OF_PATH.items():
+                    on = chosen & (eff == path)
+                    if on.any():
+                        missing = ~np.isin(asked[on], self.held[route])
+                        if missing.any():
+                            name = self.precision_names[int(asked[on][missing][0])]
+                            tier = ROUTE_TIER[route]
+                            have = ", ".join(self.precision_names[i] for i in self.held[route])
+                            raise PolicyError(
+                                f"{self._where(view)} chose precision {name} on the "
+                                f"{Path(path).name} path, but tier {tier} holds only {have}"
+                            )
+                prec[chosen] = asked[chosen]
+        if self.cache.reduced:
+            hit = eff == _HIT
+            if hit.any():
+                prec[hit] = self.cache.precision_at[layer, experts[hit]]
+        return prec if prec.any() else None
+
+    def _reduced_gpu_compute(
+        self, c_all: np.ndarray, prec: np.ndarray, eff: np.ndarray, tokens: np.ndarray
+    ) -> np.ndarray:
+        """GPU compute times with reduced-precision copies read at their own size."""
+        on_gpu = (prec > 0) & ((eff == _HIT) | (eff == _PCIE) | (eff == _MD_FETCH))
+        if not on_gpu.any():
+            return c_all
+        if not self.gpu_table:
+            raise UserError(
+                "a reduced-precision expert copy needs the roofline cost model (cost tables "
+                "give native-precision compute times)"
+            )
+        c_all = np.array(c_all, dtype=np.float64)
+        for p in np.unique(prec[on_gpu]).tolist():
+            m = on_gpu & (prec == p)
+            c_all[m] = self.cost.gpu_time_at(tokens[m], p)
+        return c_all
+
+    def _keep_fetched(
+        self,
+        admit: object,
+        upgrade: np.ndarray | None,
+        experts: np.ndarray,
+        n: int,
+        fetched: list[tuple[np.ndarray, Placed, str]],
+        layer: int,
+        t_gate: float,
+        prec: np.ndarray | None,
+    ) -> None:
+        """Admitted fetches enter the cache; upgraded copies replace the cached ones."""
+        if upgrade is not None:
+            served = prec if prec is not None else np.zeros(n, dtype=np.int64)  # all native
+            for idx, placed, _route in fetched:
+                mine = upgrade[idx]
+                if mine.any():
+                    self.cache.replace(
+                        layer, experts[idx[mine]], served[idx[mine]], t_gate + placed.end[mine]
+                    )
+            if admit is None:
+                return
+            admit = np.asarray(admit, dtype=bool)
+            if admit.shape == (n,):
+                admit = admit & ~upgrade
+        self.cache.admit(
+            admit, experts, n, fetched, layer, t_gate, self.default if prec is None else prec
+        )
+
     # -- routes ------------------------------------------------------------------------------------
-    def _fetch(self, route: str, s: int, layer: int, experts: np.ndarray, t_gate: float) -> Placed:
+    def _fetch(
+        self,
+        route: str,
+        s: int,
+        layer: int,
+        experts: np.ndarray,
+        t_gate: float,
+        prec: np.ndarray | None = None,
+        idx: np.ndarray | None = None,
+    ) -> tuple[Placed, float]:
+        """Queue weight transfers of ``experts`` on ``route``: the default copy, or each in
+        ``prec[idx]`` (the gate's precisions). Returns the placement and the bytes moved."""
         link = self.routes[route]
-        nbytes = experts.size * self.expert_bytes
-        if self.transfer_d is not None:
-            return link.place(t_gate, self.transfer_d[route], experts.size, nbytes)
-        durations = np.asarray(self.cost.transfer_time(route, s, layer, experts), dtype=float)
-        return link.place(t_gate, durations, experts.size, nbytes)
+        n = experts.size
+        p = None if prec is None else prec[idx] if idx is not None else prec
+        if p is None or not (p != self.default[route]).any():
+            nbytes = n * self.route_bytes[route]
+            if self.transfer_d is not None:
+                return link.place(t_gate, self.transfer_d[route], n, nbytes), nbytes
+            durations = np.asarray(self.cost.transfer_time(route, s, layer, experts), dtype=float)
+            return link.place(t_gate, durations, n, nbytes), nbytes
+        if self.transfer_d is None:
+            raise UserError(
+                "a reduced-precision expert copy needs the roofline cost model (cost tables "
+                "give native-precision transfer times)"
+            )
+        first = int(p[0])
+        if (p == first).all():
+            nbytes = n * float(self.sizes[first])
+            d = self.cost.copy_transfer_time(route, first)
+            return link.place(t_gate, d, n, nbytes), nbytes
+        table = [self.cost.copy_transfer_time(route, q) for q in range(len(self.sizes))]
+        durations = np.asarray(table)[p]
+        nbytes = float(self.sizes[p].sum())
+        return link.place(t_gate, durations, n, nbytes), nbytes
 
     def _activation_out(
         self,
@@ -508,18 +1159,14 @@ class GpuProcess:
         experts: np.ndarray,
         tokens: np.ndarray,
         out: tuple[float, float, float, np.ndarray],
+        prec: np.ndarray | None = None,
     ) -> tuple[float, float]:
         """Serial compute next to the weights, then the results come back on the same route.
 
         Returns (relative end, bytes moved both ways)."""
         _start, arrived, half, idx = out
-        if path == _MD_NEAR:
-            c = self.cost.near_compute_time(s, layer, experts[idx], tokens[idx])
-            unit = "md"
-        else:
-            c = self.cost.host_compute_time(s, layer, experts[idx], tokens[idx])
-            unit = "host"
-        c = np.asarray(c, dtype=float)
+        unit = "md" if path == _MD_NEAR else "host"
+        c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
         done = arrived + float(c.sum())
         nbytes = float(tokens[idx].sum()) * self.act_bytes
         b_start, b_end, slot = self.routes[route].place_one(t_gate + done, half, nbytes)
@@ -533,41 +1180,117 @@ class GpuProcess:
             )
         return done + b_end, 2.0 * nbytes
 
+    def _check_writeback(self, s: int, layer: int) -> None:
+        if self.host_blocked:
+            raise PolicyError(
+                f"policy {self.policy.name!r} at step {s} layer {layer} writes evicted experts "
+                "back to host memory, impossible: the scenario keeps no experts there"
+            )
+
+    def _writeback(
+        self,
+        decision: GateDecision,
+        s: int,
+        layer: int,
+        t_gate: float,
+        precision: np.ndarray | None = None,
+    ) -> float:
+        """Copy the gate's evicted experts back to host DRAM (exclusive caching): one
+        transfer each on the host route, behind the demand fetches, each the evicted copy's
+        size (``precision``: per evicted copy; None: all native). Returns the bytes."""
+        self._check_writeback(s, layer)
+        victims = np.asarray([int(e) for _lyr, e in decision.evict], dtype=np.intp)
+        if precision is None and self.default[HOST_ROUTE]:
+            precision = np.zeros(victims.size, dtype=np.int64)  # native copies go back
+        placed, nbytes = self._fetch(HOST_ROUTE, s, layer, victims, t_gate, precision)
+        if self.timeline is not None:
+            for (lyr, e), a, b, k in zip(
+                decision.evict, placed.start, placed.end, placed.slot, strict=True
+            ):
+                self._event(f"{HOST_ROUTE}[{k}]", "writeback", t_gate + a, t_gate + b, s, lyr, e)
+        return nbytes
+
     def _prefetch(
         self, decision: GateDecision, s: int, layer: int, t_gate: float, steps: int
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, float, float]:
         """Queue prefetches behind the gate's demand transfers; they enter the cache at once
         (bytes reserved at issue) and are ready when they arrive. Already cached (or listed
-        before): ignored. Returns how many were issued on (host route, MD route)."""
-        by_route = self.cache.reserve_prefetches(decision.prefetch, s, layer)
+        before): ignored. Returns how many were issued on (host route, MD route) and the bytes
+        each route moved for them."""
+        by_route, issued = self.cache.reserve_prefetches(decision.prefetch, s, layer)
+        asked = decision.prefetch_precision
+        counts, moved = {}, {}
+        pos = 0
         for route, arr in by_route.items():
-            if not len(arr):
+            m = len(arr)
+            where, pos = issued[pos : pos + m], pos + m
+            counts[route], moved[route] = m, 0.0
+            if not m:
                 continue
-            placed = self._fetch_prefetch(route, s, layer, arr, t_gate, steps)
+            precs = self._prefetch_precisions(asked, where, route, len(decision.prefetch), s, layer)
+            self.cache.set_precision(arr, precs if precs is not None else self.default[route])
+            placed, moved[route] = self._fetch_prefetch(route, s, layer, arr, t_gate, steps, precs)
             self.cache.arrived(arr, placed, t_gate)
             if self.timeline is not None:
                 for (lyr, e), a, b, k in zip(
                     arr.tolist(), placed.start, placed.end, placed.slot, strict=True
                 ):
                     self._event(f"{route}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
-        return len(by_route[HOST_ROUTE]), len(by_route[MD_ROUTE])
+        return counts[HOST_ROUTE], counts[MD_ROUTE], moved[HOST_ROUTE], moved[MD_ROUTE]
+
+    def _prefetch_precisions(
+        self, asked: object, where: np.ndarray, route: str, total: int, s: int, layer: int
+    ) -> np.ndarray | None:
+        """The precision of each issued prefetch on ``route`` (``where``: their positions in
+        the decision's list), checked against the copies the route's tier holds; None: the
+        default copy."""
+        if asked is None:
+            return None
+        who = f"policy {self.policy.name!r} at step {s} layer {layer}"
+        if isinstance(asked, int | np.integer) and not isinstance(asked, bool):
+            precs = np.full(where.size, int(asked))
+        else:
+            arr = np.asarray(asked)
+            if arr.shape != (total,) or arr.dtype.kind not in "iu":
+                raise PolicyError(
+                    f"{who}: prefetch_precision must be one index or {total}, got {asked!r}"
+                )
+            precs = arr[where].astype(np.int64)
+        precs = np.where(precs < 0, self.default[route], precs)
+        bad = ~np.isin(precs, self.held[route])
+        if bad.any():
+            q = int(precs[bad][0])
+            name = self.precision_names[q] if 0 <= q < len(self.sizes) else str(q)
+            have = ", ".join(self.precision_names[i] for i in self.held[route])
+            raise PolicyError(
+                f"{who} prefetches in precision {name} over {route}, but tier "
+                f"{ROUTE_TIER[route]} holds only {have}"
+            )
+        return None if (precs == self.default[route]).all() else precs
 
     def _fetch_prefetch(
-        self, route: str, s: int, layer: int, keys: np.ndarray, t_gate: float, steps: int
-    ) -> Placed:
+        self,
+        route: str,
+        s: int,
+        layer: int,
+        keys: np.ndarray,
+        t_gate: float,
+        steps: int,
+        prec: np.ndarray | None = None,
+    ) -> tuple[Placed, float]:
         """`_fetch` for prefetches (``keys``: rows of (layer, expert)): with a per-expert cost
         model (a cost table), each transfer is costed at the gate it is for, layer ``lyr`` later
         in this iteration or, for a layer not after this one, in the next (the last of the
-        source's planned ``steps`` at most)."""
-        if self.transfer_d is not None:
-            return self._fetch(route, s, layer, keys[:, 1], t_gate)
+        source's planned ``steps`` at most). Returns the placement and the bytes moved."""
+        if self.transfer_d is not None or prec is not None:
+            return self._fetch(route, s, layer, keys[:, 1], t_gate, prec)
         target = np.where(keys[:, 0] > layer, s, min(s + 1, steps - 1))
         durations = np.empty(len(keys))
         for ts, lyr in sorted(set(zip(target.tolist(), keys[:, 0].tolist(), strict=True))):
             mask = (target == ts) & (keys[:, 0] == lyr)
             durations[mask] = self.cost.transfer_time(route, ts, lyr, keys[mask, 1])
         nbytes = len(keys) * self.expert_bytes
-        return self.routes[route].place(t_gate, durations, len(keys), nbytes)
+        return self.routes[route].place(t_gate, durations, len(keys), nbytes), nbytes
 
     # -- GPU ---------------------------------------------------------------------------------------
     def _gpu_part(
@@ -640,22 +1363,48 @@ class GpuProcess:
         self, resource: str, kind: str, start: float, end: float, s: int, layer: int, e: int = -1
     ) -> None:
         assert self.timeline is not None
-        self.timeline.append(TimelineEvent(resource, kind, float(start), float(end), s, layer, e))
+        self.timeline.append(
+            TimelineEvent(self.prefix + resource, kind, float(start), float(end), s, layer, e)
+        )
+
+
+class _Opened(NamedTuple):
+    """A gate after `GpuProcess._open`: the policy's view and checked decision."""
+
+    view: GateView
+    decision: GateDecision
+    experts: np.ndarray
+    tokens: np.ndarray
+    n: int
+    by_path: list[int]
+    hits: int
+    late: int
+    c_all: np.ndarray
+    ref: float
+    groups: list[np.ndarray | None]
+    prec: np.ndarray | None  # precision of each active expert; None: all native
+    upgrade: np.ndarray | None  # cached experts fetched again in another precision
+    evicted: np.ndarray | None  # precision of each evicted copy (writebacks)
 
 
 class _IterationGates:
-    """One iteration's gates as the hot loop reads them: gate order, GPU compute table."""
+    """One iteration's gates as the hot loop reads them: gate order, GPU compute table, and
+    the router's gate mass (when the source gives it) for the quality proxies."""
 
     __slots__ = (
         "active",
         "counts",
+        "dropped",
         "experts",
         "gpu_table",
+        "mass",
         "position",
         "ref_table",
         "step",
         "steps",
         "tokens",
+        "top",
+        "total",
     )
 
     def __init__(self, gpu: GpuProcess, it: Iteration, step: int) -> None:
@@ -668,6 +1417,42 @@ class _IterationGates:
         self.gpu_table = self.ref_table = None
         if gpu.gpu_table:
             self.gpu_table, self.ref_table = gpu.compute_tables(order)
+        self.mass, self.top, self.dropped = it.mass, it.top, it.dropped
+        self.total = gate_totals(it, gpu.layers)
+
+    def gate_mass(self, layer: int) -> float:
+        """The gate's router mass (its tokens; NaN when the source gives no scores)."""
+        return float(self.total[layer])
+
+    def quality(
+        self, layer: int, experts: np.ndarray, prec: np.ndarray | None
+    ) -> tuple[int, float, float]:
+        """Experts served below native precision, and the gate's degraded and dropped shares
+        of router mass (NaN when needed but unknown)."""
+        total = self.total[layer]
+        dropped = 0.0
+        if self.dropped is not None and self.dropped[layer] > 0.0:
+            dropped = float(self.dropped[layer] / total)
+        if prec is None:
+            return 0, 0.0, dropped
+        low = prec > 0
+        reduced = int(np.count_nonzero(low))
+        if not reduced:
+            return 0, 0.0, dropped
+        if self.mass is None:
+            return reduced, float("nan"), dropped
+        degraded = float(self.mass[layer][experts[low]].sum())
+        return reduced, (degraded / float(total) if total > 0 else 0.0), dropped
+
+
+def gate_totals(it: Iteration, layers: int) -> np.ndarray:
+    """Per layer, an iteration's router mass (kept + dropped; NaN when it has no scores)."""
+    if it.mass is None:
+        return np.full(layers, np.nan)
+    total = np.asarray(it.mass, dtype=np.float64).sum(axis=-1)
+    if it.dropped is not None:
+        total = total + np.asarray(it.dropped, dtype=np.float64)
+    return total
 
 
 class _Block:
@@ -700,6 +1485,15 @@ class _Block:
         self.non_expert = np.concatenate(
             [np.asarray(it.non_expert, dtype=np.float64) for it in its]
         )
+        self.total = np.concatenate([gate_totals(it, gpu.layers) for it in its])
+        dropped = [it.dropped for it in its]
+        self.dropped_share = np.zeros(len(self.total))
+        if any(d is not None for d in dropped):
+            parts = np.concatenate(
+                [np.zeros(gpu.layers) if d is None else np.asarray(d, float) for d in dropped]
+            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self.dropped_share = np.where(parts > 0.0, parts / self.total, 0.0)
 
 
 def _whole_tables(gpu: GpuProcess, whole: GateOrder) -> tuple[np.ndarray, np.ndarray]:
@@ -743,6 +1537,9 @@ def _book_idle(
     link.transfers += sum(counts)
     c = link.channels
     t = t_gate.tolist()
+    for lyr in used:
+        start, end, _slot = link.idle_table(d, counts[lyr])
+        link.log.append((t[lyr], start, end))
     for k in range(c):
         lyr = next((i for i in reversed(used) if counts[i] > k), None)
         if lyr is None:
@@ -751,3 +1548,21 @@ def _book_idle(
         end = float(last[lyr]) if c == 1 else float(j // c) * d + d
         link.free_at[k] = t[lyr] + end
     link.latest = t[used[-1]] + float(last[used[-1]])
+
+
+def _countdown(env: Clock, transfers: list[Transfer]) -> Event:
+    """An event that fires when every one of ``transfers`` (none arrived yet) has arrived."""
+    event = env.event()
+    left = [len(transfers)]
+
+    def tick(_transfer: Transfer) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            event.succeed()
+
+    for transfer in transfers:
+        if transfer.watchers is None:
+            transfer.watchers = [tick]
+        else:
+            transfer.watchers.append(tick)
+    return event

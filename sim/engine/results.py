@@ -13,6 +13,7 @@ import numpy as np
 
 # per-(step, layer) counts (integers), then bytes and times (floats)
 _COUNT_COLUMNS = (
+    "gpu",
     "step",
     "position",
     "layer",
@@ -26,6 +27,7 @@ _COUNT_COLUMNS = (
     "host",
     "prefetch_pcie",
     "prefetch_md",
+    "reduced",
 )
 PER_LAYER_COLUMNS = (
     *_COUNT_COLUMNS,
@@ -38,8 +40,20 @@ PER_LAYER_COLUMNS = (
     "stall",
     "layer_time",
     "cache_bytes",
+    "gate_mass",
+    "degraded_gate_mass",
+    "dropped_gate_mass",
 )
-PER_STEP_COLUMNS = ("step", "position", "latency", "compute_only", "non_expert")
+PER_STEP_COLUMNS = (
+    "gpu",
+    "step",
+    "position",
+    "latency",
+    "compute_only",
+    "non_expert",
+    "degraded_gate_mass",
+    "dropped_gate_mass",
+)
 INT_COLUMNS = frozenset(_COUNT_COLUMNS)
 TOTAL_KEYS = (
     "total_time",
@@ -57,6 +71,9 @@ TOTAL_KEYS = (
     "tokens_per_s",
     "ms_per_token",
     "non_expert_time",
+    "reduced",
+    "degraded_gate_mass",
+    "dropped_gate_mass",
 )
 
 
@@ -65,6 +82,7 @@ class GateRecord(NamedTuple):
     per_layer columns (`PER_LAYER_COLUMNS`, same names, same order) and what the per-step
     columns are derived from. Definitions: docs/engine.md."""
 
+    gpu: int
     step: int
     position: int
     layer: int
@@ -78,6 +96,7 @@ class GateRecord(NamedTuple):
     host: int
     prefetch_pcie: int
     prefetch_md: int
+    reduced: int
     bytes_pcie: float
     bytes_md: float
     t_start: float
@@ -87,9 +106,11 @@ class GateRecord(NamedTuple):
     stall: float
     layer_time: float
     cache_bytes: float
+    gate_mass: float
+    degraded_gate_mass: float
+    dropped_gate_mass: float
     compute_ref: float  # GPU compute of all active experts as if all were in HBM, s
     non_expert: float  # the layer's non-expert time, s
-    gpu: int
 
 
 assert GateRecord._fields[: len(PER_LAYER_COLUMNS)] == PER_LAYER_COLUMNS
@@ -99,6 +120,7 @@ class GateBlock(NamedTuple):
     """Consecutive gates' records as columns (`GateRecord`'s fields, one array each): what the
     closed-form path records for a whole iteration at once."""
 
+    gpu: np.ndarray
     step: np.ndarray
     position: np.ndarray
     layer: np.ndarray
@@ -112,6 +134,7 @@ class GateBlock(NamedTuple):
     host: np.ndarray
     prefetch_pcie: np.ndarray
     prefetch_md: np.ndarray
+    reduced: np.ndarray
     bytes_pcie: np.ndarray
     bytes_md: np.ndarray
     t_start: np.ndarray
@@ -121,9 +144,11 @@ class GateBlock(NamedTuple):
     stall: np.ndarray
     layer_time: np.ndarray
     cache_bytes: np.ndarray
+    gate_mass: np.ndarray
+    degraded_gate_mass: np.ndarray
+    dropped_gate_mass: np.ndarray
     compute_ref: np.ndarray
     non_expert: np.ndarray
-    gpu: np.ndarray
 
 
 assert GateBlock._fields == GateRecord._fields
@@ -133,7 +158,7 @@ def collect_gates(
     records: list[GateRecord | GateBlock],
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The per_layer columns of ``records`` (in their order; single gates and blocks of
-    gates) and the ``[rows, 3]`` float table of (compute_ref, non_expert, gpu) that per-step
+    gates) and the ``[rows, 2]`` float table of (compute_ref, non_expert) that per-step
     columns need."""
     chunks: list[list[np.ndarray]] = []
     run: list[GateRecord] = []
@@ -165,11 +190,18 @@ def collect_steps(
     """per_step columns from one GPU's per_layer rows (iteration-major, ``layers`` rows each):
     latency = the iteration's layer times summed (time per output token); compute_only = its
     non-expert time + all-in-HBM GPU compute, summed; non_expert = its non-expert time per
-    layer (the mean over its layers when they differ)."""
+    layer (the mean over its layers when they differ); degraded/dropped_gate_mass = the
+    iteration's shares of gate mass (over all its layers, `sim.precision.mass_shares`)."""
     layer_time = per_layer["layer_time"].reshape(-1, layers)
     ref = extra[:, 0].reshape(-1, layers)
     non_expert = extra[:, 1].reshape(-1, layers)
+    mass = per_layer["gate_mass"].reshape(-1, layers)
+    shares = [
+        _step_shares(per_layer[name].reshape(-1, layers), mass)
+        for name in ("degraded_gate_mass", "dropped_gate_mass")
+    ]
     return {
+        "gpu": per_layer["gpu"][::layers].copy(),
         "step": per_layer["step"][::layers].copy(),
         "position": per_layer["position"][::layers].copy(),
         "latency": layer_time.sum(axis=1),
@@ -179,7 +211,17 @@ def collect_steps(
             non_expert[:, 0] if layers else 0.0,
             non_expert.mean(axis=1),
         ),
+        "degraded_gate_mass": shares[0],
+        "dropped_gate_mass": shares[1],
     }
+
+
+def _step_shares(share: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """Per row of gates, the mass-weighted mean of their shares (0 where every share is 0,
+    even when the mass is unknown)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weighted = (share * mass).sum(axis=1) / mass.sum(axis=1)
+    return np.where((share == 0).all(axis=1), 0.0, weighted)
 
 
 @dataclass(frozen=True)
@@ -207,6 +249,9 @@ class RunResult:
     totals: dict[str, float]  # TOTAL_KEYS (and more)
     params: dict[str, Any]  # the policy's parameters
     timeline: tuple[TimelineEvent, ...] | None = None
+    per_gpu: list[dict[str, Any]] | None = None  # each GPU's own totals (gpu, then TOTAL_KEYS)
+    rates: dict[str, tuple[tuple[float, float], ...]] | None = None  # network link: (t, rate)
+    link_usage: dict[str, np.ndarray] | None = None  # link: rows (t0, t1, mean utilisation)
 
     def summary_row(self) -> dict[str, Any]:
         """Flat dict for summary.csv/json: policy, label, totals, link utilisations."""
@@ -233,6 +278,10 @@ def compute_totals(
     t_end = per_layer["t_end"]
     mean_step = float(latency.mean()) if latency.size else 0.0
     non_expert = per_step.get("non_expert")
+    mass = per_layer.get("gate_mass")
+    shares = (0.0, 0.0)
+    if mass is not None:
+        shares = _run_shares(per_layer, mass)
     return {
         "total_time": float(t_end[-1]) if t_end.size else 0.0,
         "mean_step": mean_step,
@@ -252,4 +301,37 @@ def compute_totals(
         if non_expert is not None and non_expert.size
         else 0.0,
         "compute_only": float(per_step["compute_only"].sum()),
+        "reduced": float(per_layer["reduced"].sum()) if "reduced" in per_layer else 0.0,
+        "degraded_gate_mass": shares[0],
+        "dropped_gate_mass": shares[1],
     }
+
+
+def combined_totals(
+    per_layer: list[dict[str, np.ndarray]], per_step: list[dict[str, np.ndarray]], tokens: int
+) -> dict[str, float]:
+    """Totals of several GPUs' runs: step ``s`` lasts the longest of the GPUs' step ``s``
+    (their shortest common run of steps), the run ends with the last GPU, counts and bytes
+    are sums. ``tokens``: output tokens of one step of all the GPUs together."""
+    steps = min(len(p["latency"]) for p in per_step)
+    step = {
+        "latency": np.max([p["latency"][:steps] for p in per_step], axis=0),
+        "compute_only": np.max([p["compute_only"][:steps] for p in per_step], axis=0),
+        "non_expert": np.max([p["non_expert"][:steps] for p in per_step], axis=0),
+    }
+    layers = {k: np.concatenate([p[k] for p in per_layer]) for k in per_layer[0]}
+    totals = compute_totals(layers, step, tokens)
+    totals["total_time"] = max(float(p["t_end"].max(initial=0.0)) for p in per_layer)
+    return totals
+
+
+def _run_shares(per_layer: dict[str, np.ndarray], mass: np.ndarray) -> tuple[float, float]:
+    """The run's degraded and dropped shares of gate mass: each gate's share weighted by its
+    mass (`sim.precision.mass_shares`)."""
+    from sim.precision import mass_shares
+
+    parts = []
+    for name in ("degraded_gate_mass", "dropped_gate_mass"):
+        share = per_layer[name]
+        parts.append(np.where(share == 0, 0.0, share * mass))
+    return mass_shares(parts[0], parts[1], mass)

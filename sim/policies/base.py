@@ -89,6 +89,11 @@ class Policy:
         """Called once before the run; reset any state here (a policy object may be reused)."""
         self.ctx = ctx
 
+    def initial_cache(self) -> np.ndarray | None:
+        """Experts in HBM before the run starts (bool ``[layers, num_experts]``), loaded
+        outside the simulated time; None (the default): the cache starts empty."""
+        return None
+
     def decide(self, view: GateView) -> GateDecision:
         raise NotImplementedError
 
@@ -103,6 +108,16 @@ class Policy:
 
     def on_layer_end(self, view: GateView, end_time: float) -> None:
         """Called when the layer's experts are done (for bookkeeping such as recency)."""
+
+    def on_cache_resize(
+        self, capacity: float, ready_at: np.ndarray, step: int
+    ) -> list[tuple[int, int]]:
+        """The HBM expert cache may hold ``capacity`` bytes from iteration ``step`` on (a
+        serving workload's shared HBM pool: it shrinks as the KV cache grows and grows back as
+        it shrinks). Return the ``(layer, expert)`` pairs to evict so that the rest fits
+        (``ready_at``: `GateView.ready_at`); the engine raises `PolicyError` if it does not.
+        A policy without a cache keeps nothing: nothing to evict."""
+        return []
 
 
 _REGISTRY: dict[str, type[Policy]] = {}

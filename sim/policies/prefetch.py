@@ -10,7 +10,8 @@ evictions. Each prefetch takes the allowed link on which it is estimated to arri
 
 * ``prefetch-oracle``: knows the trace (an upper bound on what prediction can give).
 * ``prefetch-predicted``: co-activation statistics P(j at the next gate | i at this gate),
-  learned on the first ``train_steps`` steps only; it does not prefetch during them.
+  learned from the gates of the first ``train_steps`` steps as they run (online: it never
+  reads the trace ahead); it does not prefetch during them.
 * ``prefetch-synthetic``: a predictor of chosen precision and recall (seeded), to compare
   policies at equal prediction accuracy.
 
@@ -95,7 +96,7 @@ class PrefetchPolicy(CachePolicy):
         self._score(gate, view.experts)
         target = gate + self.params.lookahead
         step, layer = divmod(target, self.num_layers)
-        if step >= ctx.num_steps or self.partition_slots == 0:
+        if (step >= ctx.num_steps and not ctx.open_ended) or self.partition_slots == 0:
             return [], []
         predicted = self.predict(view, step, layer)
         if predicted is None:
@@ -187,17 +188,19 @@ class PrefetchOraclePolicy(PrefetchPolicy):
 
 @register_policy
 class PrefetchPredictedPolicy(PrefetchPolicy):
-    """Co-activation predictor: P(j active at the next gate | i active now), learned on the first
-    ``train_steps`` steps; the score of j is the mean over this gate's active i. It predicts the
-    top ``n`` (n = mean active count of the target layer in training) or those above
-    ``threshold``. No prefetching during the training steps."""
+    """Co-activation predictor: P(j active at the next gate | i active now), learned from the
+    gates of the first ``train_steps`` steps as they run; the score of j is the mean over this
+    gate's active i. It predicts the top ``n`` (n = mean active count of the target layer in
+    training) or those above ``threshold``. No prefetching during the training steps."""
 
     name: ClassVar[str] = "prefetch-predicted"
     summary: ClassVar[str] = "cache + next-layer prefetch predicted from co-activation statistics"
+    SERVING_TRAIN_STEPS: ClassVar[int] = 64  # default when the run's length is not known
 
     @dataclass(frozen=True)
     class Params(PrefetchParams):
-        train_steps: int | None = None  # None: a quarter of the trace (at least 1 step)
+        # None: a quarter of the trace (at least 1 step); 64 iterations in a serving run
+        train_steps: int | None = None
         threshold: float | None = None  # None: predict the expected number of active experts
 
         def __post_init__(self) -> None:
@@ -214,18 +217,51 @@ class PrefetchPredictedPolicy(PrefetchPolicy):
     def bind(self, ctx: PolicyContext) -> None:
         super().bind(ctx)
         train = self.params.train_steps
-        train = max(1, ctx.num_steps // 4) if train is None else train
-        if train >= ctx.num_steps:
+        if train is None:
+            train = self.SERVING_TRAIN_STEPS if ctx.open_ended else max(1, ctx.num_steps // 4)
+        if train >= ctx.num_steps and not ctx.open_ended:
             raise UserError(
                 f"policy {self.name}: train_steps: expected fewer than the trace's "
                 f"{ctx.num_steps} steps (the rest is evaluated), got {train}"
             )
         self.train_steps = train
-        self.cond, self.expected = coactivation_model(ctx.counts[:train])
+        e = ctx.model.num_experts
+        # co-activation counts of consecutive training gates, as `coactivation_model` counts
+        self._pairs = np.zeros((self.num_layers, e, e))
+        self._seen = np.zeros((self.num_layers, e))
+        self._active = np.zeros(self.num_layers)
+        self._previous: tuple[int, np.ndarray] | None = None
+        self.cond: np.ndarray | None = None
+        self.expected: np.ndarray | None = None
+
+    def prefetch(
+        self, view: GateView, paths: np.ndarray, resident: np.ndarray
+    ) -> tuple[list[tuple[int, int, str]], list[tuple[int, int]]]:
+        self._learn(view)
+        return super().prefetch(view, paths, resident)
+
+    def _learn(self, view: GateView) -> None:
+        """Count this training gate (and the pair it makes with the previous one); at the
+        first gate after training, turn the counts into the model."""
+        if view.step >= self.train_steps:
+            if self.cond is None:
+                seen = np.maximum(self._seen, 1.0)[:, :, None]
+                self.cond = self._pairs / seen
+                self.expected = np.rint(self._active / self.train_steps).astype(np.int64)
+            return
+        active = np.zeros(self._seen.shape[1])
+        active[view.experts] = 1.0
+        self._active[view.layer] += active.sum()
+        if self._previous is not None:
+            layer, before = self._previous
+            self._pairs[layer] += np.outer(before, active)
+            self._seen[layer] += before
+        self._previous = (view.layer, active)
 
     def predict(self, view: GateView, step: int, layer: int) -> np.ndarray | None:
         if view.step < self.train_steps or view.experts.size == 0:
             return None
+        assert self.cond is not None and self.expected is not None
         score = self.cond[view.layer][view.experts].mean(axis=0)
         order = np.argsort(-score, kind="stable")
         if self.params.threshold is None:

@@ -22,7 +22,9 @@ from matplotlib.figure import Figure
 from sim import atomic, opener
 from sim.errors import UserError
 from sim.report import figures as F
+from sim.report import frontier as FR
 from sim.report import html as H
+from sim.report import serving_figures as SF
 from sim.report.load import (
     Results,
     RunResults,
@@ -186,6 +188,14 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
             lambda k=k: F.link_timeline(run, colours, k, window),
         )
         out.add(
+            f"link_usage{sfx}",
+            f"Link utilisation over time{top}",
+            "Each link's utilisation (share of its bandwidth in use, per time bin of "
+            "link_usage.csv) over the run, for the baseline and the best online policy: where "
+            "a shared link saturates.",
+            lambda k=k: F.link_usage_over_time(run, colours, k),
+        )
+        out.add(
             f"hit_rate{sfx}",
             f"HBM hit rate over steps{top}",
             "Per decode step, experts already in HBM at the gate over active experts (prefetches "
@@ -193,6 +203,11 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
             "offline bounds dashed.",
             lambda k=k: F.hit_rate_over_steps(run, colours, k),
         )
+    if run.requests is not None:
+        _serving_figures(run, colours, topks, out)
+    frontier = FR.frontier_table(summary) if FR.has_proxies(summary) else None
+    if frontier is not None:
+        _frontier_figures(frontier, run.baseline, topks, out)
     out.add(
         "seed_view",
         "The seed's view",
@@ -205,10 +220,106 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
         _scenario_section(run.scenario, "scenario.resolved.yaml"),
         _provenance_section(run.trace, "trace.json"),
         H.section("Comparison", _comparison_note(run), _summary_table(run)),
+        *((_serving_section(run),) if "ttft_p50" in run.summary else ()),
+        *((_frontier_section(frontier),) if frontier is not None else ()),
     )
     subtitle = f"Results: {run.path}"
     return ReportContent(
         f"moesim report: {name}", subtitle, sections, tuple(out.figures), tuple(out.skipped)
+    )
+
+
+def _serving_figures(
+    run: RunResults, colours: Mapping[str, str], topks: list[int], out: _Collector
+) -> None:
+    for k in topks:
+        sfx, top = f"_top{k}", f" (top-{k})"
+        out.add(
+            f"request_latency_cdf{sfx}",
+            f"Request latency distributions{top}",
+            "Time to first token and time per output token of the measured requests (after "
+            "the warm-up), per policy; p50 (circle) and p99 (triangle) marked.",
+            lambda k=k: SF.latency_cdfs(run, colours, k),
+        )
+        out.add(
+            f"hbm_over_time{sfx}",
+            f"KV cache vs expert cache over time{top}",
+            "HBM held by the KV cache (blocks allocated, at each iteration's start) and by the "
+            "expert cache (after the iteration's last gate), per policy; the KV budget dashed.",
+            lambda k=k: SF.memory_over_time(run, colours, k),
+        )
+
+
+def _frontier_figures(
+    frontier: Table, baseline: str | None, topks: list[int], out: _Collector
+) -> None:
+    for k in [None] if len(topks) == 1 else topks:
+        sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
+        out.add(
+            f"latency_quality_frontier{sfx}",
+            f"Latency-quality frontier{top}",
+            FR.FRONTIER_NOTE,
+            lambda k=k: FR.frontier_figure(frontier, baseline, k),
+        )
+
+
+FRONTIER_COLUMNS = (
+    H.Column("group", "other swept fields"),
+    H.Column("topk", "top-k"),
+    H.Column("label", "label"),
+    H.Column("family", "family"),
+    H.Column("kind", "kind"),
+    H.Column("mean_step", "mean step (ms)", 1e3),
+    H.Column("tokens_per_s", "tokens/s", 1.0, "{:,.0f}"),
+    H.Column("degraded", "degraded gate mass, proxy (%)", 100.0, "{:.2f}"),
+    H.Column("dropped", "dropped gate mass, proxy (%)", 100.0, "{:.2f}"),
+    H.Column("pareto", "Pareto-optimal"),
+    H.Column("rank", "# on the front", 1.0, "{:.0f}"),
+)
+
+
+def _frontier_section(frontier: Table) -> str:
+    columns = FRONTIER_COLUMNS if any(str(g) for g in frontier["group"]) else FRONTIER_COLUMNS[1:]
+    order = np.lexsort(
+        (
+            np.asarray(frontier["proxy"], dtype=np.float64),
+            np.asarray(frontier["topk"], dtype=np.float64),
+            np.asarray([str(g) for g in frontier["group"]]),
+        )
+    )
+    return H.section(
+        "Latency-quality frontier",
+        H.note(FR.FRONTIER_NOTE),
+        H.data_table(frontier.rows(order), columns),
+    )
+
+
+SERVING_COLUMNS = (
+    H.Column("label", "label"),
+    H.Column("topk", "top-k"),
+    H.Column("ttft_p50", "TTFT p50 (ms)", 1e3),
+    H.Column("ttft_p99", "TTFT p99 (ms)", 1e3),
+    H.Column("tpot_p50", "TPOT p50 (ms)", 1e3),
+    H.Column("tpot_p99", "TPOT p99 (ms)", 1e3),
+    H.Column("e2e_p50", "e2e p50 (s)", 1.0, "{:.3f}"),
+    H.Column("e2e_p99", "e2e p99 (s)", 1.0, "{:.3f}"),
+    H.Column("output_tokens_per_s", "output tokens/s", 1.0, "{:.1f}"),
+    H.Column("goodput", "goodput (req/s)", 1.0, "{:.2f}"),
+    H.Column("slo_attainment", "SLO met (%)", 100.0, "{:.1f}"),
+    H.Column("preemptions", "preemptions", 1.0, "{:.0f}"),
+    H.Column("mean_batch", "mean batch", 1.0, "{:.1f}"),
+)
+
+
+def _serving_section(run: RunResults) -> str:
+    return H.section(
+        "Serving",
+        H.note(
+            "Per-request latencies of the measured requests (summary.csv): TTFT = first token "
+            "- arrival, TPOT = (finish - first token) / (output tokens - 1), e2e = finish - "
+            "arrival; goodput counts the requests per second meeting the scenario's SLO."
+        ),
+        H.data_table(run.summary, SERVING_COLUMNS),
     )
 
 
@@ -291,6 +402,26 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
                 "other fields vary too, the line is their mean and the band their range.",
                 lambda f=field, k=k: F.speedup_vs_field(sweep, f, colours, k),
             )
+    if "hardware.num_gpus" in sweep.axes:
+        for k in [None] if len(topks) == 1 else topks:
+            sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
+            out.add(
+                f"gpu_scaling{sfx}",
+                f"GPU-count scaling{top}",
+                "Mean step latency (the slowest GPU's step) and tokens/s of all GPUs together "
+                "against the number of GPUs sharing the pool, one line per policy.",
+                lambda k=k: F.gpu_scaling(sweep, colours, k),
+            )
+    if SF.RATE_FIELD in sweep.axes and "ttft_p99" in table:
+        for k in [None] if len(topks) == 1 else topks:
+            sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
+            out.add(
+                f"throughput_latency{sfx}",
+                f"Throughput vs latency{top}",
+                "Per policy, one point per arrival rate: p99 time to first token against the "
+                "output throughput reached, and the throughput against the offered rate.",
+                lambda k=k: SF.throughput_latency(sweep, colours, k),
+            )
     if len(sweep.axes) >= 2:
         x_field, y_field = sweep.axes[:2]
         for k in [None] if len(topks) == 1 else topks:
@@ -305,6 +436,9 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
             )
     elif not sweep.axes:
         out.skipped.append("Sweep figures: sweep.csv names no swept field (no dotted column).")
+    frontier = FR.frontier_table(table, sweep.axes) if FR.has_proxies(table) else None
+    if frontier is not None:
+        _frontier_figures(frontier, sweep.baseline, topks, out)
     trace_path = sweep.path / "trace.json"
     trace = _maybe_json(trace_path)
     sections = (
@@ -320,6 +454,7 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
             ),
             H.data_table(sweep_summary(sweep), SWEEP_SUMMARY_COLUMNS),
         ),
+        _frontier_section(frontier) if frontier is not None else "",
     )
     name = find_key(sweep.resolved, "name") or sweep.path.name
     return ReportContent(

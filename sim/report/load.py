@@ -35,7 +35,10 @@ from sim.yamlio import read_yaml as load_yaml_file
 SUMMARY_REQUIRED = ("label", "policy", "topk", "mean_step")
 PER_LAYER_REQUIRED = ("label", "policy", "topk", "step", "layer", "active")
 PER_STEP_REQUIRED = ("label", "policy", "topk", "step", "latency")
+LINK_USAGE_REQUIRED = ("label", "topk", "link", "t_start", "t_end", "utilisation")
 SWEEP_REQUIRED = ("label", "topk")
+REQUESTS_REQUIRED = ("label", "topk", "arrival", "first_token", "finish", "output_tokens")
+ITERATIONS_REQUIRED = ("label", "topk", "t_start", "t_end", "kv_bytes")
 MAX_RESULTS_BYTES = 2**31  # one results file read back (per_step.csv of a long run: ~100 MB)
 _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE"})
@@ -87,7 +90,8 @@ class TimelineEvents:
     """Complete ("X") events of a Chrome trace-event file, one array per field, in seconds."""
 
     label: np.ndarray  # policy label (the trace's process)
-    resource: np.ndarray  # "pcie[0]", "md_link[1]", "gpu", "md", "host" (the trace's thread)
+    resource: np.ndarray  # "pcie[0]", "md_link[1]", "gpu", "md", "host" (the trace's thread;
+    #                       "gpu1/pcie[0]" etc. in a run of several GPUs)
     kind: np.ndarray  # "fetch", "prefetch", "activation", "compute", "non_expert"
     start: np.ndarray  # s
     end: np.ndarray  # s
@@ -106,7 +110,10 @@ class TimelineEvents:
     @property
     def link(self) -> np.ndarray:
         """The resource without its channel index: ``pcie[1]`` -> ``pcie``."""
-        return np.array([r.split("[", 1)[0] for r in self.resource], dtype=object)
+        # "gpu1/pcie[0]" (a run of several GPUs) is link "pcie" too
+        return np.array(
+            [r.rsplit("/", 1)[-1].split("[", 1)[0] for r in self.resource], dtype=object
+        )
 
 
 _EVENT_FIELDS = (
@@ -135,6 +142,9 @@ class RunResults:
     trace: dict[str, Any] | None
     timeline: TimelineEvents | None
     timeline_path: Path
+    requests: Table | None = None  # requests.csv of a serving run
+    iterations: Table | None = None  # per_iteration.csv of a serving run
+    link_usage: Table | None = None  # link_usage.csv (runs since issue 21)
 
     @property
     def baseline(self) -> str | None:
@@ -451,7 +461,26 @@ def load_run(root: Path, *, timeline: str | Path | None = None) -> RunResults:
         events = timeline_events(timeline_path, data)
         check_timeline_belongs(root, timeline_path, data, events, summary)
         events = _with_topk(events, [int(k) for k in summary.unique("topk")])
-    return RunResults(root, summary, per_layer, per_step, scenario, trace, events, timeline_path)
+    requests = _optional_table(root / "requests.csv", REQUESTS_REQUIRED)
+    iterations = _optional_table(root / "per_iteration.csv", ITERATIONS_REQUIRED)
+    usage = _optional_table(root / "link_usage.csv", LINK_USAGE_REQUIRED)
+    return RunResults(
+        root,
+        summary,
+        per_layer,
+        per_step,
+        scenario,
+        trace,
+        events,
+        timeline_path,
+        requests,
+        iterations,
+        usage,
+    )
+
+
+def _optional_table(path: Path, required: Sequence[str]) -> Table | None:
+    return read_table(path, required) if opener.exists(path) else None
 
 
 def check_timeline_belongs(

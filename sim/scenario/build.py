@@ -25,18 +25,17 @@ from sim import opener
 from sim import presets as preset_data
 from sim.errors import SelectionError, UserError
 from sim.hardware import (
-    HOST_LINK,
-    MD_LINK,
     ComputeUnit,
     GpuConfig,
     Hardware,
     HbmConfig,
     LinkConfig,
     ModelSpec,
+    Precision,
 )
+from sim.precision import expert_bytes_for_cache
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.scenario.schema import (
-    LINK_ROLES,
     ROOFLINE,
     ComputeSection,
     CostsSection,
@@ -45,6 +44,7 @@ from sim.scenario.schema import (
     LinkSection,
     ModelSection,
     PolicyEntry,
+    PrecisionSection,
     ScenarioSection,
     TraceSection,
     UnitDoc,
@@ -52,12 +52,14 @@ from sim.scenario.schema import (
     validate_scenario_dict,
     validation_error_line,
 )
+from sim.scenario.topology import resolve_topology
 from sim.trace.routing import RoutingTrace
 from sim.units import format_exact, parse_clock
 from sim.yamlio import YamlSyntaxError, parse_yaml, read_yaml
 
 if typing.TYPE_CHECKING:
     from sim.costs.source import CostSource
+    from sim.serving.spec import ServingSpec
 
 DEFAULT_MODEL_PRESET = "flame-moe-290m"
 DEFAULT_GPU_PRESET = "h100-sxm"
@@ -155,6 +157,7 @@ class Scenario:
     model_doc: dict[str, Any] = field(default_factory=dict)
     hardware_doc: dict[str, Any] = field(default_factory=dict)
     costs: CostSource | None = None  # per-expert cost tables (the `costs:` section)
+    workload: ServingSpec | None = None  # None: lockstep (the trace's batch, step by step)
 
     @property
     def clock_hz(self) -> float | None:
@@ -177,8 +180,14 @@ class Scenario:
             ],
             "baseline": self.baseline,
             "seed": self.seed,
+            **({} if self.workload is None else {"workload": self.workload.to_dict()}),
             "output": {"dir": self.output.dir, "timeline": self.output.timeline},
         }
+
+    @property
+    def serving(self) -> bool:
+        """True for a serving workload (requests arrive), False for lockstep."""
+        return self.workload is not None
 
     def policy(self, label: str) -> PolicySpec:
         return next(p for p in self.policies if p.label == label)
@@ -297,10 +306,12 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
         layer_shape(model)
     policies = build_policies(schema.policies, schema.baseline)
     check_cache_sizes(policies, hardware, model, _capacity_origin(schema.hardware))
+    check_policies(policies, hardware, model)
     name = schema.name or (Path(source).stem if source else "scenario")
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
         raise UserError(f"name: expected letters, digits and . _ + - only, got {name!r}")
     costs = build_costs(schema.costs, base)
+    workload = build_workload(schema, base, costs is not None)
     return Scenario(
         name=name,
         description=schema.description,
@@ -317,11 +328,31 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
         model_doc=model_doc,
         hardware_doc=hardware_doc,
         costs=costs,
+        workload=workload,
     )
 
 
+def build_workload(schema: ScenarioSection, base: Path, costs: bool) -> ServingSpec | None:
+    """The serving workload (None: lockstep). Cost tables are per trace position and decode
+    step, which a serving iteration is not: refused together."""
+    from sim.serving.spec import from_section
+
+    workload = from_section(schema.workload, base, schema.seed)
+    if workload is not None and costs:
+        raise UserError(
+            "workload.kind: expected lockstep with a costs: section (its tables are per decode "
+            "step of a fixed batch, which serving iterations are not), got serving"
+        )
+    return workload
+
+
 # -- presets -----------------------------------------------------------------------------------
-_PRESET_KIND = {LinkSection: "links", GpuSection: "gpus", ModelSection: "models"}
+_PRESET_KIND = {
+    LinkSection: "links",
+    GpuSection: "gpus",
+    ModelSection: "models",
+    ComputeSection: "cpus",
+}
 
 
 def validated_preset(section_cls: type[BaseModel], kind: str, name: str, where: str) -> BaseModel:
@@ -402,6 +433,9 @@ def build_model(section: ModelSection | None) -> tuple[ModelSpec, dict[str, Any]
     values.setdefault("name", values.get("preset") or "custom")
     values.update(gated=gated, bytes_per_param=bpp)
     values.setdefault("bytes_per_activation", 2.0)
+    native = values.get("native_precision") or _NATIVE_NAMES.get(bpp, "native")
+    precisions, listed = build_precisions(values.get("precisions"), native, bpp)
+    values.update(native_precision=native, precisions=listed)
     spec = ModelSpec(
         name=values["name"],
         num_experts=values["num_experts"],
@@ -414,8 +448,78 @@ def build_model(section: ModelSection | None) -> tuple[ModelSpec, dict[str, Any]
         bytes_per_activation=float(values["bytes_per_activation"]),
         **{key: values.get(key) for key in _ROOFLINE_FIELDS},
         shared_experts=int(values.get("shared_experts") or 0),
+        native_precision=native,
+        precisions=precisions,
     )
     return spec, _doc(ModelSection, values)
+
+
+_NATIVE_NAMES = {4.0: "fp32", 2.0: "bf16", 1.0: "fp8"}  # by bytes_per_param
+
+
+def build_precisions(
+    given: list[Any] | None, native: str, bytes_per_param: float
+) -> tuple[tuple[Precision, ...], list[Any]]:
+    """The model's reduced precisions (`Precision`) and their resolved YAML form: each entry a
+    format name of sim/presets/precisions.yaml or a mapping; by default every shipped format
+    with fewer bits per weight than the native precision (``8 x bytes_per_param``)."""
+    native_bits = 8.0 * bytes_per_param
+    shipped = preset_data.presets("precisions")
+    if given is None:
+        entries: list[Any] = [
+            name
+            for name in shipped
+            if name != native
+            and _precision(shipped[name], name, "").bits_per_weight() < native_bits
+        ]
+    else:
+        entries = list(given)
+    out: list[Precision] = []
+    resolved: list[Any] = []
+    for i, entry in enumerate(entries):
+        where = f"model.precisions[{i}]"
+        if isinstance(entry, str):
+            precision = _precision(preset_data.get_preset("precisions", entry, where), entry, where)
+            resolved.append(entry)
+        else:
+            fields = dict(entry)
+            if not fields.get("name"):
+                raise UserError(f"{where}.name: required, missing")
+            precision = _precision(fields, fields["name"], where)
+            resolved.append(dict(fields))
+        if precision.name == native:
+            raise UserError(
+                f"{where}: expected a name other than the native precision {native!r}, "
+                f"got {precision.name!r}"
+            )
+        if precision.name in (p.name for p in out):
+            raise UserError(f"{where}: expected distinct names, got {precision.name!r} again")
+        if not precision.bits_per_weight() < native_bits:
+            raise UserError(
+                f"{where} ({precision.name}): expected fewer bits per weight than the native "
+                f"{native} ({native_bits:g}), got {precision.bits_per_weight():g}"
+            )
+        out.append(precision)
+    return tuple(out), resolved
+
+
+def _precision(fields: dict[str, Any], name: str, where: str) -> Precision:
+    """A `Precision` from a preset entry or a scenario mapping (validated by the schema)."""
+    try:
+        section = PrecisionSection.model_validate({**fields, "name": fields.get("name") or name})
+    except ValidationError as err:
+        line = str(validation_error_line(err, fields))
+        raise UserError(
+            f"{where}.{line}" if where else f"{line} (sim/presets/precisions.yaml: {name})"
+        ) from None
+    return Precision(
+        name=section.name or name,
+        bits=section.bits,
+        group_size=section.group_size,
+        scale_bits=section.scale_bits or 0.0,
+        dequant_ops=section.dequant_ops or 0.0,
+        source=section.source or "",
+    )
 
 
 # model fields passed to ModelSpec as they are (None when not given): the roofline's dimensions
@@ -452,12 +556,17 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         **(base.hbm.model_dump(exclude_unset=True) if base and base.hbm else {}),
         **(section.hbm.model_dump(exclude_unset=True) if section.hbm else {}),
     }
-    capacity = _cache_bytes(hbm.get("capacity") or 0.0, model, gpu.get("hbm_capacity"))
     hbm_bw = hbm.get("bandwidth") or gpu.get("hbm_bandwidth") or HbmConfig().bandwidth
     md_mode = top.get("md_mode") or "fetch"
     placement = top.get("placement") or "both"
-    md_compute = _compute(top.get("md_compute"))
-    host_compute = _compute(top.get("host_compute"))
+    units = {
+        name: _merged(
+            getattr(base, name) if base else None, getattr(section, name), f"hardware.{name}"
+        )
+        for name in ("md_compute", "host_compute")
+    }
+    md_compute = _compute(units["md_compute"], "hardware.md_compute")
+    host_compute = _compute(units["host_compute"], "hardware.host_compute")
     if md_mode == "near-data" and md_compute is None:
         raise UserError("hardware.md_compute: required when hardware.md_mode is near-data")
     gpu.setdefault("non_expert_time", ROOFLINE)
@@ -466,21 +575,31 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
     for link in links.values():
         link.setdefault("latency", 0.0)
         link.setdefault("channels", 1)
+    topology, topology_doc = resolve_topology(base, section, links)
+    copies = _copies(top.get("copies"), placement, model)
     hardware = Hardware(
-        hbm=HbmConfig(capacity=capacity, bandwidth=hbm_bw),
+        hbm=HbmConfig(capacity=0.0, bandwidth=hbm_bw),
         links={name: _link(name, values) for name, values in links.items()},
         gpu=GpuConfig(
             peak_flops=gpu["peak_flops"],
+            vector_flops=gpu.get("vector_flops"),
             non_expert_time=None
             if gpu["non_expert_time"] == ROOFLINE
             else float(gpu["non_expert_time"]),
             expert_start=gpu["expert_start"],
+            layer_overhead=float(gpu.get("layer_overhead") or 0.0),
         ),
         md_mode=md_mode,
         placement=placement,
         md_compute=md_compute,
         host_compute=host_compute,
+        topology=topology,
+        copies=copies,
     )
+    # the cache budget, counted in the experts the tiers hold (their largest default copy)
+    slot = expert_bytes_for_cache(hardware, model)
+    capacity = _cache_bytes(hbm.get("capacity") or 0.0, slot, gpu.get("hbm_capacity"))
+    hardware = dataclasses.replace(hardware, hbm=HbmConfig(capacity=capacity, bandwidth=hbm_bw))
     doc = {
         "preset": section.preset or (base.preset if base else None),
         "description": top.get("description"),
@@ -493,35 +612,57 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         "links": {name: _doc(LinkSection, values) for name, values in links.items()},
         "md_mode": md_mode,
         "placement": placement,
-        "md_compute": _doc(ComputeSection, top["md_compute"]) if md_compute else None,
-        "host_compute": _doc(ComputeSection, top["host_compute"]) if host_compute else None,
+        "md_compute": _doc(ComputeSection, units["md_compute"]) if md_compute else None,
+        "host_compute": _doc(ComputeSection, units["host_compute"]) if host_compute else None,
+        **topology_doc,
+        "copies": {tier: list(names) for tier, names in copies.items()} or None,
     }
     return hardware, {k: v for k, v in doc.items() if v is not None}
+
+
+def _copies(
+    given: dict[str, str | list[str]] | None, placement: str, model: ModelSpec
+) -> dict[str, tuple[str, ...]]:
+    """``hardware.copies`` checked: tiers of the placement, precisions of the model."""
+    if not given:
+        return {}
+    tiers = {"host": ("host",), "md": ("md",)}.get(placement, ("host", "md"))
+    names = model.precision_names
+    out = {}
+    for tier, value in given.items():
+        where = f"hardware.copies.{tier}"
+        if tier not in tiers:
+            raise UserError(
+                f"{where}: expected a tier of placement {placement!r} ({', '.join(tiers)}), "
+                f"got {tier!r}"
+            )
+        listed = [value] if isinstance(value, str) else list(value)
+        if not listed:
+            raise UserError(f"{where}: expected at least one precision, got none")
+        for i, name in enumerate(listed):
+            if name not in names:
+                raise UserError(
+                    f"{where}[{i}]: expected one of the model's precisions "
+                    f"({', '.join(names)}), got {name!r}"
+                )
+            if listed.index(name) != i:
+                raise UserError(f"{where}[{i}]: expected distinct precisions, got {name!r} again")
+        out[tier] = tuple(listed)
+    return out
 
 
 def _link_values(
     base: HardwareSection | None, section: HardwareSection
 ) -> dict[str, dict[str, Any]]:
     """Each link's fields by name: the preset's links, then the scenario's (merged field by
-    field with the preset's link of the same name; new names add links). The one-GPU
-    topology needs ``pcie`` and ``md_link`` and uses no other link."""
+    field with the preset's link of the same name; new names add links). Which links the
+    paths need, and that every link is on one: `resolve_topology`."""
     base_links = (base.links or {}) if base else {}
     own_links = {k: v for k, v in (section.links or {}).items() if v is not None}  # null: not given
     links: dict[str, dict[str, Any]] = {}
     for name in (*base_links, *(n for n in own_links if n not in base_links)):
         links[name] = _merged(base_links.get(name), own_links.get(name), f"hardware.links.{name}")
-    for name in (HOST_LINK, MD_LINK):
-        if name not in links:
-            raise UserError(
-                f"hardware.links.{name}: required, missing ({LINK_ROLES[name]}; give a link "
-                "preset name or a bandwidth)"
-            )
     for name, values in links.items():
-        if name not in (HOST_LINK, MD_LINK):
-            raise UserError(
-                f"hardware.links.{name}: expected only links a path uses (the one-GPU topology "
-                f"uses {HOST_LINK} and {MD_LINK}), got an unused link {name!r}"
-            )
         if values.get("bandwidth") is None:
             raise UserError(
                 f"hardware.links.{name}.bandwidth: required (give a bandwidth or a link preset)"
@@ -536,27 +677,35 @@ def _link(name: str, values: dict[str, Any]) -> LinkConfig:
         latency=values["latency"],
         channels=values["channels"],
         channel_bandwidth=values.get("channel_bandwidth"),
+        sharing=values.get("sharing", "fifo"),
     )
 
 
-def _compute(values: dict[str, Any] | None) -> ComputeUnit | None:
+def _compute(values: dict[str, Any], where: str) -> ComputeUnit | None:
+    """The compute unit (None when the scenario gives none); both figures are required, from
+    its preset or its own fields."""
     if not values:
         return None
+    for key in ("memory_bandwidth", "peak_flops"):
+        if values.get(key) is None:
+            raise UserError(f"{where}.{key}: required, missing (give it or a CPU preset)")
     return ComputeUnit(memory_bandwidth=values["memory_bandwidth"], peak_flops=values["peak_flops"])
 
 
-def _cache_bytes(capacity: float | str, model: ModelSpec, gpu_hbm: float | None) -> float:
-    """The expert-cache budget in bytes: 0, or at least one expert and at most the GPU's HBM."""
+def _cache_bytes(capacity: float | str, expert_bytes: float, gpu_hbm: float | None) -> float:
+    """The expert-cache budget in bytes: 0, or at least one expert (``expert_bytes``: the
+    largest default copy the tiers hold, `sim.precision.expert_bytes_for_cache`) and at most
+    the GPU's HBM."""
     where = "hardware.hbm.capacity"
     if isinstance(capacity, str):  # "N experts"
-        nbytes = int(capacity.split()[0]) * model.expert_bytes
+        nbytes = int(capacity.split()[0]) * expert_bytes
         shown = capacity
     else:
         nbytes, shown = float(capacity), format_exact("size", float(capacity))
-    if 0 < nbytes < model.expert_bytes:
+    if 0 < nbytes < expert_bytes:
         raise UserError(
             f"{where}: expected 0 (no cache) or at least one expert "
-            f"({format_exact('size', model.expert_bytes)}), got {shown!r}"
+            f"({format_exact('size', expert_bytes)}), got {shown!r}"
         )
     if gpu_hbm is not None and nbytes > gpu_hbm:
         raise UserError(
@@ -626,14 +775,15 @@ def check_cache_sizes(
 ) -> None:
     """A policy's own cache size (``slots``/``capacity_bytes``) must fit the HBM budget: said
     now, naming the policy's field and the one to change, not when its run starts."""
-    available = int(hardware.hbm.capacity // model.expert_bytes)
+    expert_bytes = expert_bytes_for_cache(hardware, model)
+    available = int(hardware.hbm.capacity // expert_bytes)
     for spec in policies:
         slots = spec.resolved_params.get("slots")
         nbytes = spec.resolved_params.get("capacity_bytes")
         if slots is not None:
             field_name, wanted = "slots", slots
         elif nbytes is not None:
-            field_name, wanted = "capacity_bytes", nbytes // model.expert_bytes
+            field_name, wanted = "capacity_bytes", nbytes // expert_bytes
         else:
             continue
         if wanted > available:
@@ -643,6 +793,16 @@ def check_cache_sizes(
                 f"{format_exact('size', hardware.hbm.capacity)}, {origin}; set "
                 f"hardware.hbm.capacity), got {int(wanted)}"
             )
+
+
+def check_policies(policies: list[PolicySpec], hardware: Hardware, model: ModelSpec) -> None:
+    """Policies that depend on the hardware and model (a precision the tiers must hold) say
+    so now (their ``check(hardware, model, where)``), naming the field."""
+    for spec in policies:
+        policy = spec.build()
+        check = getattr(type(policy), "check", None)
+        if check is not None:
+            check(policy, hardware, model, f"{spec.where}.params")
 
 
 def _capacity_origin(section: HardwareSection) -> str:

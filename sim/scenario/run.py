@@ -43,15 +43,31 @@ SUMMARY_COLUMNS = (
     "gap_closed",
 )
 KEY_COLUMNS = ("label", "policy", "topk")
+LINK_COLUMNS = (
+    "link",
+    "sharing",
+    "bandwidth",
+    "bytes",
+    "transfers",
+    "busy",
+    "utilisation",
+    "saturated",
+    "delay_mean",
+    "delay_p99",
+)
+LINK_USAGE_COLUMNS = ("link", "t_start", "t_end", "utilisation")
 RESULT_FILES = (
     "scenario.resolved.yaml",
     "summary.csv",
     "summary.json",
     "per_layer.csv",
     "per_step.csv",
+    "links.csv",  # one row per (run, link): use, bytes, queueing delay, time saturated
+    "link_usage.csv",  # each link's utilisation over the run, in equal time bins
     "trace.json",
     "notes.txt",  # the hardware line and the notes printed around the comparison table
 )
+SERVING_FILES = ("requests.csv", "per_iteration.csv")  # serving runs also write these
 
 
 @dataclass(frozen=True)
@@ -65,6 +81,7 @@ class ScenarioRunResult(RunResult):
     policy_stats: dict[str, Any] | None = None  # the policy's stats() after the run, if any
     costs: dict[str, Any] | None = None  # TableCost.describe(): where each cost came from
     cache_slots: int | None = None  # a cache policy's slots for one gate's layer (its partition)
+    serving: Any = None  # sim.serving.run.ServingRecords of a serving run (None: lockstep)
 
     def summary_row(self) -> dict[str, Any]:
         row = super().summary_row()
@@ -76,6 +93,7 @@ class ScenarioRunResult(RunResult):
             "is_bound": self.is_bound,
             "is_baseline": self.is_baseline,
             **row,
+            **({} if self.serving is None else self.serving.summary),
         }
 
 
@@ -97,10 +115,17 @@ def run_scenario(
 
     if trace is None:
         trace = load_scenario_trace(scenario)
-    total = len(scenario.topk) * len(scenario.policies) * trace.num_steps
+    setup = None
+    if scenario.serving:
+        from sim.serving.run import prepare
+
+        setup = prepare(scenario, trace)
+    per_run = trace.num_steps if setup is None else len(setup.requests)
+    total = len(scenario.topk) * len(scenario.policies) * per_run
     show = progress and sys.stderr.isatty()
+    unit = "step" if setup is None else "request"
     results: list[ScenarioRunResult] = []
-    with tqdm(total=total, disable=not show, file=sys.stderr, unit="step", leave=False) as bar:
+    with tqdm(total=total, disable=not show, file=sys.stderr, unit=unit, leave=False) as bar:
         for k in scenario.topk:
             for spec in scenario.policies:
                 bar.set_description(f"top-{k} {spec.label}")
@@ -110,11 +135,8 @@ def run_scenario(
                     if scenario.costs is None
                     else scenario.costs.cost_model(scenario.hardware, scenario.model)
                 )
-                result = simulate(
-                    trace,
-                    scenario.hardware,
-                    scenario.model,
-                    policy,
+                serving = None
+                run_options = dict(
                     topk=k,
                     cost=cost,
                     timeline=True if scenario.output.timeline else timeline,
@@ -122,6 +144,16 @@ def run_scenario(
                     seed=scenario.seed,
                     label=spec.label,
                 )
+                if setup is None:
+                    result = simulate(
+                        trace, scenario.hardware, scenario.model, policy, **run_options
+                    )
+                else:
+                    from sim.serving.run import run_serving
+
+                    result, serving = run_serving(
+                        setup, trace, scenario.hardware, scenario.model, policy, **run_options
+                    )
                 values = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}
                 values["label"] = spec.label
                 results.append(
@@ -134,6 +166,7 @@ def run_scenario(
                         policy_stats=_policy_stats(policy),
                         costs=None if cost is None else cost.describe(),
                         cache_slots=getattr(policy, "partition_slots", None),
+                        serving=serving,
                     )
                 )
     return results
@@ -336,12 +369,22 @@ def _write_files(
     rows = summary_rows(scenario, results)
     stats = [getattr(r, "policy_stats", None) for r in results]
     csv_rows = [{**row, **stat_columns(s)} for row, s in zip(rows, stats)]
-    columns = list(SUMMARY_COLUMNS) + sorted({k for r in csv_rows for k in _extra(r)})
+    extra = {k for r in csv_rows for k in _extra(r)}
+    from sim.serving.metrics import SERVING_SUMMARY_KEYS
+
+    serving = [k for k in SERVING_SUMMARY_KEYS if k in extra]  # in their documented order
+    columns = list(SUMMARY_COLUMNS) + serving + sorted(extra - set(serving))
     atomic.write_csv(
         root / "summary.csv", columns, ([_cell(r.get(c)) for c in columns] for r in csv_rows)
     )
+    per_gpu = [_plain(getattr(r, "per_gpu", None)) for r in results]
     atomic.write_json(
-        root / "summary.json", [{**row, "policy_stats": s} for row, s in zip(rows, stats)]
+        root / "summary.json",
+        [{**row, "policy_stats": s, "per_gpu": g} for row, s, g in zip(rows, stats, per_gpu)],
+    )
+    atomic.write_csv(root / "links.csv", KEY_COLUMNS + LINK_COLUMNS, _link_rows(scenario, results))
+    atomic.write_csv(
+        root / "link_usage.csv", KEY_COLUMNS + LINK_USAGE_COLUMNS, _link_usage_rows(results)
     )
     atomic.write_csv(
         root / "per_layer.csv", KEY_COLUMNS + PER_LAYER_COLUMNS, _table(results, "per_layer")
@@ -349,6 +392,8 @@ def _write_files(
     atomic.write_csv(
         root / "per_step.csv", KEY_COLUMNS + PER_STEP_COLUMNS, _table(results, "per_step")
     )
+    if any(getattr(r, "serving", None) is not None for r in results):
+        _write_serving(root, results)
     atomic.write_json(root / "trace.json", trace_record(trace))
     from sim.scenario.table import comparison_notes, hardware_header  # table builds on us
 
@@ -391,6 +436,54 @@ def _cell(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return repr(value) if isinstance(value, float) else value
+
+
+def _link_rows(scenario: Scenario, results: Sequence[RunResult]):
+    """links.csv: per run, one row per link instance (``pcie@gpu1`` is link ``pcie``)."""
+    for result in results:
+        key = (result.label, result.policy, getattr(result, "topk", ""))
+        for name, figures in result.links.items():
+            config = scenario.hardware.links.get(name.split("@", 1)[0])
+            described = (config.sharing, config.bandwidth) if config else ("", None)
+            values = [figures.get(c) for c in LINK_COLUMNS[3:]]
+            yield (*key, name, described[0], *tuple(_cell(v) for v in (described[1], *values)))
+
+
+def _link_usage_rows(results: Sequence[RunResult]):
+    """link_usage.csv: per run and link, its mean utilisation in each time bin."""
+    for result in results:
+        key = (result.label, result.policy, getattr(result, "topk", ""))
+        for name, rows in (getattr(result, "link_usage", None) or {}).items():
+            for t0, t1, share in rows.tolist():
+                yield (*key, name, _cell(t0), _cell(t1), _cell(share))
+
+
+def _write_serving(root: Path, results: Sequence[RunResult]) -> None:
+    """requests.csv and per_iteration.csv of a serving scenario's runs."""
+    from sim.serving.metrics import REQUEST_ARRAYS, REQUEST_COLUMNS
+    from sim.serving.run import PER_ITERATION_COLUMNS
+
+    def request_rows():
+        for result in results:
+            key = {"policy": result.policy, "label": result.label, "topk": result.topk}
+            columns = result.serving.requests
+            values = [columns[name].tolist() for name in REQUEST_ARRAYS]
+            for row in zip(*values):
+                cells = {**key, **dict(zip(REQUEST_ARRAYS, row))}
+                yield [_cell(cells[c]) for c in REQUEST_COLUMNS]
+
+    def iteration_rows():
+        for result in results:
+            columns = result.serving.iterations
+            values = [columns[name].tolist() for name in PER_ITERATION_COLUMNS]
+            key = (result.label, result.policy, result.topk)
+            for row in zip(*values):
+                yield key + tuple(_cell(v) for v in row)
+
+    atomic.write_csv(root / "requests.csv", REQUEST_COLUMNS, request_rows())
+    atomic.write_csv(
+        root / "per_iteration.csv", KEY_COLUMNS + PER_ITERATION_COLUMNS, iteration_rows()
+    )
 
 
 def _table(results: Sequence[RunResult], which: str):

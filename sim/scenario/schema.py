@@ -282,6 +282,36 @@ class RoutingSection(_Section):
 
 
 # -- model ---------------------------------------------------------------------------------------
+class PrecisionSection(_Section):
+    """An expert weight format other than the model's native one (docs/engine.md, "Precision";
+    the shipped formats: `moesim presets precisions`)."""
+
+    name: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="how copies and policies name it (required in a model's list)",
+    )
+    bits: float = Field(gt=0, description="bits per weight of the stored values")
+    group_size: PositiveInt | None = Field(
+        None, description="weights sharing one set of metadata (scale, zero point); none: absent"
+    )
+    scale_bits: float | None = Field(
+        None, ge=0, description="bits of metadata per group (scales, zero points, ...)"
+    )
+    dequant_ops: float | None = Field(
+        None,
+        ge=0,
+        description="vector-unit operations per weight to dequantise (charged against "
+        "gpu.vector_flops); default 0",
+    )
+    source: str | None = Field(None, description="where the figures come from")
+
+
+# a format of sim/presets/precisions.yaml, or its fields (`PrecisionSection`, checked when the
+# model is built so that an error names the entry's own field)
+PrecisionEntry = str | dict[str, Any]
+
+
 class ModelSection(_PresetSection):
     """A model preset (`moesim presets models`), explicit figures, or a preset plus overrides."""
 
@@ -335,6 +365,18 @@ class ModelSection(_PresetSection):
         description="their total FFN width (default shared_experts x expert_ffn_size)",
     )
     vocab_size: PositiveInt | None = Field(None, description="vocabulary (LM head rows)")
+    native_precision: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="name of the precision the experts are trained in (their `expert_bytes`); "
+        "default from bytes_per_param: bf16 (2), fp8 (1), fp32 (4)",
+    )
+    precisions: list[PrecisionEntry] | None = Field(
+        None,
+        description="the other formats an expert may be stored in: names of "
+        "sim/presets/precisions.yaml formats or mappings {name, bits, group_size, scale_bits, "
+        "dequant_ops}; default every shipped format with fewer bits per weight than the native",
+    )
     source: str | None = Field(None, description="where the figures come from")
     notes: str | None = Field(None, description="free text")
 
@@ -353,7 +395,21 @@ class LinkSection(_PresetSection):
         description=f"concurrent transfer slots sharing the bandwidth (copy engines, QPs; at most "
         f"{MAX_CHANNELS})",
     )
-    channel_bandwidth: Bandwidth | None = Field(None, description="cap per slot (default none)")
+    channel_bandwidth: Bandwidth | None = Field(
+        None, description="cap per slot (fifo) or per flow (fair); default none"
+    )
+    sharing: Literal["fifo", "fair"] | None = Field(
+        None,
+        description="how transfers share the bandwidth: `fifo` (default: static slots of "
+        "bandwidth / channels, FIFO, all GPUs on the link together) or `fair` (max-min fair "
+        "among the flows on it, progressive filling along each path; channels = transfers "
+        "each GPU keeps in flight); a link after the first on a path must be `fair`",
+    )
+    per_gpu: bool | None = Field(
+        None,
+        description="one of this link per GPU (each GPU's own PCIe port) or one link all GPUs "
+        "share; default: per GPU for the links of the host path, shared otherwise",
+    )
     theoretical: Bandwidth | None = Field(None, description="line rate, informative")
     source: str | None = Field(None, description="where the figures come from")
     notes: str | None = Field(None, description="free text")
@@ -371,7 +427,6 @@ def _link_name(name: str) -> str:
 
 
 LinkName = Annotated[str, AfterValidator(_link_name)]
-LINK_ROLES = {"pcie": "host DRAM -> GPU", "md_link": "memory-disaggregated pool -> GPU"}
 
 
 class GpuSection(_PresetSection):
@@ -386,6 +441,11 @@ class GpuSection(_PresetSection):
     copy_engines: Annotated[int, Field(gt=0, le=MAX_CHANNELS)] | None = Field(
         None, description="informative"
     )
+    vector_flops: Compute | None = Field(
+        None,
+        description="FP32 throughput of the non-tensor (vector) units, which dequantise "
+        "reduced-precision experts, e.g. `67 TFLOP/s`; none: dequantisation is free",
+    )
     non_expert_time: NonExpertTime | None = Field(
         None,
         description="per MoE layer: attention, router, shared experts, its share of the dense "
@@ -396,6 +456,11 @@ class GpuSection(_PresetSection):
         None,
         description="`per-expert`: an expert computes once its weights are in; `layer`: after "
         "all of the layer's",
+    )
+    layer_overhead: Duration | None = Field(
+        None,
+        description="fixed software time per transformer layer and iteration (kernel launches, "
+        "framework dispatch, synchronisation), added to the non-expert time; default 0 s",
     )
     source: str | None = Field(None, description="where the figures come from")
 
@@ -409,10 +474,43 @@ class HbmSection(_Section):
     bandwidth: Bandwidth | None = Field(None, description="default: the GPU's hbm_bandwidth")
 
 
-class ComputeSection(_Section):
-    memory_bandwidth: Bandwidth = Field(description="bandwidth the unit reads weights at")
-    peak_flops: Compute = Field(description="its throughput")
+class ComputeSection(_PresetSection):
+    """A compute unit next to a memory: a CPU preset name (`moesim presets cpus`), or fields (a
+    preset plus overrides)."""
+
+    preset: str | None = Field(None, description="CPU preset name, e.g. `i9-10900x-ddr4-3200`")
+    memory_bandwidth: Bandwidth | None = Field(
+        None,
+        description="bandwidth the unit reads expert weights at (achieved, e.g. `80 GB/s`); "
+        "required, from the preset or here",
+    )
+    peak_flops: Compute | None = Field(
+        None, description="its throughput, e.g. `2 TFLOP/s`; required, from the preset or here"
+    )
+    theoretical_bandwidth: Bandwidth | None = Field(
+        None, description="the DRAM line rate (channels x transfer rate x 8 B), informative"
+    )
+    cores: PositiveInt | None = Field(None, description="physical cores, informative")
     source: str | None = Field(None, description="where the figures come from")
+    notes: str | None = Field(None, description="free text")
+
+
+MAX_GPUS = 1024
+MAX_PATH_LINKS = 8
+
+
+class PathsSection(_Section):
+    """For each tier holding experts outside HBM, the links a transfer from it to a GPU crosses,
+    in order (from the memory to the GPU). Links of the host path are each GPU's own by
+    default (`per_gpu`)."""
+
+    host: Annotated[list[LinkName], Field(min_length=1, max_length=MAX_PATH_LINKS)] | None = Field(
+        None, description="host DRAM -> GPU; default `[pcie]`"
+    )
+    md: Annotated[list[LinkName], Field(min_length=1, max_length=MAX_PATH_LINKS)] | None = Field(
+        None,
+        description="MD pool -> GPU; default `[md_link]` (`[md_link, pcie]` with md_via_pcie)",
+    )
 
 
 class HardwareSection(_Section):
@@ -436,8 +534,276 @@ class HardwareSection(_Section):
     placement: Literal["host", "md", "both"] | None = Field(
         None, description="where experts live outside HBM; default both"
     )
-    md_compute: ComputeSection | None = Field(None, description="near-data engine of the MD pool")
-    host_compute: ComputeSection | None = Field(None, description="host CPU, for host compute")
+    md_compute: ComputeSection | None = Field(
+        None, description="near-data engine of the MD pool: a CPU preset name or fields"
+    )
+    host_compute: ComputeSection | None = Field(
+        None, description="host CPU, for host compute (the HOST path): a CPU preset name or fields"
+    )
+    copies: dict[Literal["host", "md"], str | list[str]] | None = Field(
+        None,
+        description="the precisions of the expert copies each tier holds (`host`, `md`: names "
+        "from model.precisions or its native one), e.g. `{host: bf16, md: [bf16, int4]}`; a "
+        "tier not named holds the native precision; a transfer moves the tier's highest one "
+        "unless a policy asks for another",
+    )
+
+    num_gpus: Annotated[int, Field(gt=0, le=MAX_GPUS)] | None = Field(
+        None,
+        description=f"identical GPUs (at most {MAX_GPUS}), each with its own HBM cache, policy "
+        "and host-path links, all sharing the MD pool behind the shared links; default 1",
+    )
+    parallel: Literal["replicas", "split"] | None = Field(
+        None,
+        description="with several GPUs: `replicas` (default: every GPU decodes the scenario's "
+        "whole batch, so N GPUs put N times the demand on the pool) or `split` (the batch's "
+        "sequences divided among the GPUs)",
+    )
+    paths: PathsSection | None = Field(
+        None, description="the links from each tier to a GPU (default one link each)"
+    )
+    md_via_pcie: bool | None = Field(
+        None,
+        description="the MD link sits behind the GPU's PCIe port (an RDMA NIC or CXL device on "
+        "the GPU's PCIe switch): MD transfers cross `md_link` then the GPU's `pcie`, sharing "
+        "it with host transfers; shorthand for `paths.md: [md_link, pcie]` (pcie must be fair)",
+    )
+
+
+# -- workload ------------------------------------------------------------------------------------
+MAX_REQUESTS = 10_000_000  # requests one run may simulate (a declared size, checked before use)
+MAX_TOKENS = 10_000_000  # tokens in one prompt or output
+
+
+def _invalid(detail: str) -> PydanticCustomError:
+    """A one-line error on a whole section (a combination of its fields)."""
+    return PydanticCustomError("invalid", "{detail}", {"detail": detail})
+
+
+def _given(section: BaseModel, names: tuple[str, ...]) -> list[str]:
+    return [n for n in names if getattr(section, n) is not None]
+
+
+class ArrivalsSection(_Section):
+    """When requests arrive."""
+
+    process: Literal["poisson", "gamma", "csv"] = Field(
+        "poisson",
+        description="`poisson` (exponential gaps at `rate`), `gamma` (gaps with mean 1/rate and "
+        "coefficient of variation `cv`: bursty when cv > 1) or `csv` (the rows of `path`)",
+    )
+    rate: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="requests per second (poisson, gamma)"
+    )
+    cv: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="coefficient of variation of the gaps (gamma)"
+    )
+    path: str | None = Field(
+        None,
+        description="CSV of requests (csv): a header row, then one request per row with its "
+        "arrival (`arrival` in seconds, or the Azure LLM inference traces' `TIMESTAMP` date-time), "
+        "prompt tokens (`prompt_tokens` or `ContextTokens`) and output tokens (`output_tokens` or "
+        "`GeneratedTokens`); other columns are ignored; relative to the scenario file",
+    )
+    rate_scale: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="csv: divide the file's arrival times by this (2 = twice the load); default 1",
+    )
+
+    @model_validator(mode="after")
+    def _fields_of_process(self) -> ArrivalsSection:
+        wanted = {"poisson": ("rate",), "gamma": ("rate", "cv"), "csv": ("path",)}[self.process]
+        for name in wanted:
+            if getattr(self, name) is None:
+                raise _invalid(f"expected {name} with process {self.process}, got none")
+        extra = [n for n in _given(self, ("rate", "cv", "path", "rate_scale")) if n not in wanted]
+        extra = [n for n in extra if not (n == "rate_scale" and self.process == "csv")]
+        if extra:
+            raise _invalid(f"expected no {extra[0]} with process {self.process}, got one")
+        return self
+
+
+class LengthSection(_Section):
+    """Tokens per request: a number (fixed) or a distribution."""
+
+    dist: Literal["fixed", "uniform", "lognormal"] = Field(
+        "fixed",
+        description="`fixed` (`value`), `uniform` (`low`..`high`, inclusive) or `lognormal` "
+        "fitted to `mean` and `median` (rounded to whole tokens, at least 1, at most `max`)",
+    )
+    value: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(None, description="fixed")
+    low: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(None, description="uniform")
+    high: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(None, description="uniform")
+    mean: float | None = Field(None, gt=0, allow_inf_nan=False, description="lognormal")
+    median: float | None = Field(None, gt=0, allow_inf_nan=False, description="lognormal")
+    max: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(
+        None, description="lognormal: cap (default none; the trace's length bounds it anyway)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """``64`` = ``{dist: fixed, value: 64}``."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"dist": "fixed", "value": value}
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_dist(self) -> LengthSection:
+        wanted = {
+            "fixed": ("value",),
+            "uniform": ("low", "high"),
+            "lognormal": ("mean", "median"),
+        }[self.dist]
+        for name in wanted:
+            if getattr(self, name) is None:
+                raise _invalid(f"expected {name} with dist {self.dist}, got none")
+        allowed = (*wanted, "max") if self.dist == "lognormal" else wanted
+        extra = [n for n in _given(self, ("value", "low", "high", "mean", "median", "max"))]
+        extra = [n for n in extra if n not in allowed]
+        if extra:
+            raise _invalid(f"expected no {extra[0]} with dist {self.dist}, got one")
+        if self.dist == "uniform" and self.low > self.high:  # type: ignore[operator]
+            raise _invalid(f"expected low <= high, got {self.low} > {self.high}")
+        if self.dist == "lognormal" and self.mean < self.median:  # type: ignore[operator]
+            raise _invalid(
+                f"expected mean >= median (a lognormal's mean is at least its median), got "
+                f"mean {self.mean} < median {self.median}"
+            )
+        return self
+
+
+class SchedulerSection(_Section):
+    """Iteration-level continuous batching (Orca, vLLM); chunked prefill (Sarathi-Serve)."""
+
+    max_running: Annotated[int, Field(gt=0, le=MAX_REQUESTS)] | None = Field(
+        None, description="requests in the batch at once (vLLM max_num_seqs); default 256"
+    )
+    max_batched_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(
+        None,
+        description="tokens per iteration, decodes and prefills together; default 2048. Without "
+        "chunked prefill a whole prompt (and a preempted request's recompute) must fit",
+    )
+    chunked_prefill: bool | None = Field(
+        None,
+        description="split prompts into chunks filling the budget the decodes leave; default "
+        "false (a prompt is one prefill)",
+    )
+    block_tokens: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(
+        None, description="KV cache allocation unit in tokens (vLLM block_size); default 16"
+    )
+
+
+class MemorySection(_Section):
+    """How HBM is split between non-expert weights, KV cache, expert cache and staging."""
+
+    mode: Literal["fixed", "shared"] | None = Field(
+        None,
+        description="`fixed`: the expert cache keeps hardware.hbm.capacity and the KV cache "
+        "`kv_capacity`; `shared`: one pool, the expert cache shrinks as KV grows; default fixed",
+    )
+    kv_capacity: Size | None = Field(
+        None,
+        description="fixed mode: KV cache bytes; default the GPU's HBM (hardware.gpu."
+        "hbm_capacity) less non-expert weights, the expert cache and staging",
+    )
+    staging: Capacity | None = Field(
+        None,
+        description="HBM held for demand-fetched experts in flight, a size or `N experts`; "
+        "default one layer's worth (model.num_experts experts)",
+    )
+
+
+class SloSection(_Section):
+    """The service-level objective goodput counts against."""
+
+    ttft: Duration | None = Field(None, description="time to first token bound, e.g. `2 s`")
+    tpot: Duration | None = Field(None, description="time per output token bound, e.g. `100 ms`")
+
+
+WORKLOAD_SERVING_FIELDS = (
+    "arrivals",
+    "prompt",
+    "output",
+    "requests",
+    "duration",
+    "warmup",
+    "seed",
+    "wrap",
+    "scheduler",
+    "memory",
+    "slo",
+)
+
+
+class WorkloadSection(_Section):
+    """What the GPU runs: today's lockstep batch, or a stream of requests (docs/serving.md)."""
+
+    kind: Literal["lockstep", "serving"] = Field(
+        "lockstep",
+        description="`lockstep`: the trace's sequences decode together, step by step (the "
+        "default); `serving`: requests arrive and are batched iteration by iteration",
+    )
+    arrivals: ArrivalsSection | None = Field(None, description="serving: when requests arrive")
+    prompt: LengthSection | None = Field(
+        None, description="serving: prompt tokens per request (not with a CSV)"
+    )
+    output: LengthSection | None = Field(
+        None, description="serving: output tokens per request (not with a CSV)"
+    )
+    requests: Annotated[int, Field(gt=0, le=MAX_REQUESTS)] | None = Field(
+        None, description="serving: how many requests (or `duration`; with a CSV: its first N)"
+    )
+    duration: Duration | None = Field(
+        None, description="serving: requests arriving before this time, e.g. `60 s`"
+    )
+    warmup: Annotated[int, Field(ge=0, le=MAX_REQUESTS)] | None = Field(
+        None, description="serving: the first N requests are left out of the summaries; default 0"
+    )
+    seed: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="serving: seed of arrivals and lengths; default the scenario's seed"
+    )
+    wrap: bool | None = Field(
+        None,
+        description="serving: a request longer than the trace's sequences reuses positions "
+        "modulo the length (marked in requests.csv) instead of being refused; default false",
+    )
+    scheduler: SchedulerSection | None = Field(None, description="serving: batching limits")
+    memory: MemorySection | None = Field(None, description="serving: HBM split")
+    slo: SloSection | None = Field(None, description="serving: the SLO of goodput")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return _as_mapping("kind")(value)
+
+    @model_validator(mode="after")
+    def _serving_fields(self) -> WorkloadSection:
+        given = _given(self, WORKLOAD_SERVING_FIELDS)
+        if self.kind == "lockstep":
+            if given:
+                raise _invalid(f"expected no {given[0]} with kind lockstep, got one")
+            return self
+        if self.arrivals is None:
+            raise _invalid("expected arrivals with kind serving, got none")
+        if self.arrivals.process == "csv":
+            for name in ("prompt", "output"):
+                if getattr(self, name) is not None:
+                    raise _invalid(f"expected no {name} with a CSV (its rows give it), got one")
+            if self.requests is not None and self.duration is not None:
+                raise _invalid("expected at most one of requests and duration, got both")
+            return self
+        for name in ("prompt", "output"):
+            if getattr(self, name) is None:
+                raise _invalid(f"expected {name} with kind serving, got none")
+        if (self.requests is None) == (self.duration is None):
+            raise _invalid(
+                "expected exactly one of requests and duration, got "
+                + ("both" if self.requests is not None else "neither")
+            )
+        return self
 
 
 # -- policies and output -------------------------------------------------------------------------
@@ -490,6 +856,11 @@ class ScenarioSection(_Section):
     seed: int = Field(
         0, ge=0, le=INT64_MAX, description="seed for randomised policies and synthetic traces"
     )
+    workload: WorkloadSection = Field(
+        default_factory=WorkloadSection,
+        description="`lockstep` (the trace's batch, step by step; default) or `serving` "
+        "(requests arrive; docs/serving.md)",
+    )
     output: OutputSection = Field(default_factory=OutputSection, description="where results go")
     provenance: dict[str, Any] | None = Field(
         None, description="written by `moesim run` into scenario.resolved.yaml; ignored on input"
@@ -534,7 +905,7 @@ def validation_error_line(err: ValidationError, data: Any, source: str = "") -> 
         message = f"{path}: unknown key (allowed: {known})" if known else f"{path}: unknown key"
     elif kind == "missing":
         message = f"{path}: required, missing"
-    elif kind in ("unit", "trace_source"):
+    elif kind in ("unit", "trace_source", "invalid"):
         message = f"{path}: {first['msg']}"
     elif kind == "literal_error":
         choices = first.get("ctx", {}).get("expected", "")

@@ -25,9 +25,28 @@ SEED_RATIO = (32.0, 512.0)  # the seed's BW_PCIe : BW_MD
 OVER, UNDER = "*", "!"  # gap closed footnote marks: above 100 %, below 0 %
 
 
+SERVING_HEADERS = (
+    "policy",
+    "TTFT p50",
+    "TTFT p99",
+    "TPOT p50",
+    "TPOT p99",
+    "e2e p99",
+    "tokens/s",
+    "goodput",
+    "SLO met",
+    "preempt",
+    "MD util",
+    "hit rate",
+)
+
+
 def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[Table]:
     rows = summary_rows(scenario, results)
+    if scenario.serving:
+        return serving_tables(scenario, rows)
     with_cycles = scenario.clock_hz is not None
+    proxies = has_proxies(rows)
     tables = []
     for k in scenario.topk:
         table = Table(title=f"{scenario.name}: top-{k}, baseline {scenario.baseline}")
@@ -47,6 +66,7 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
             "late pf",
             "speedup",
             "gap closed",
+            *(PROXY_HEADERS if proxies else ()),
         ):
             if name in ("policy", "kind"):
                 width = _label_width(rows) if name == "policy" else 6
@@ -54,9 +74,92 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
             else:
                 table.add_column(name, justify="right", no_wrap=True)
         for row in (r for r in rows if r["topk"] == k):
-            table.add_row(*(Text(cell) for cell in _cells(row, with_cycles)))
+            cells = _cells(row, with_cycles) + (_proxy_cells(row) if proxies else [])
+            table.add_row(*(Text(cell) for cell in cells))
         tables.append(table)
     return tables
+
+
+# the quality proxies (docs/policies.md, "Quality proxies"): shown when a run gave any up
+PROXY_HEADERS = ("degraded*", "dropped*")
+PROXY_NOTE = (
+    "* quality PROXIES, not accuracy: degraded = share of the router's gate mass (each "
+    "token's top-k scores renormalised to 1) served by reduced-precision expert copies; "
+    'dropped = share its tokens skipped (docs/policies.md, "Quality proxies")'
+)
+
+
+def has_proxies(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether any run served experts below native precision or skipped any."""
+    return any(
+        (row.get("degraded_gate_mass") or 0.0) != 0.0
+        or (row.get("dropped_gate_mass") or 0.0) != 0.0
+        or (row.get("reduced") or 0.0) != 0.0
+        for row in rows
+    )
+
+
+def _proxy_cells(row: dict[str, Any]) -> list[str]:
+    def share(key: str) -> str:
+        value = row.get(key)
+        return "" if value is None else ("n/a" if value != value else f"{100 * value:.1f}%")
+
+    return [share("degraded_gate_mass"), share("dropped_gate_mass")]
+
+
+def serving_tables(scenario: Scenario, rows: list[dict[str, Any]]) -> list[Table]:
+    """One table per top-k of a serving scenario: request latencies, throughput, goodput."""
+    assert scenario.workload is not None
+    slo = scenario.workload.slo
+    tables = []
+    for k in scenario.topk:
+        table = Table(
+            title=f"{scenario.name}: top-{k}, serving, baseline {scenario.baseline}"
+            + (f", SLO {_slo_text(slo)}" if slo.ttft is not None or slo.tpot is not None else "")
+        )
+        for name in SERVING_HEADERS:
+            if name == "policy":
+                table.add_column(name, no_wrap=True, min_width=_label_width(rows))
+            else:
+                table.add_column(name, justify="right")
+        for row in (r for r in rows if r["topk"] == k):
+            table.add_row(*(Text(cell) for cell in _serving_cells(row)))
+        tables.append(table)
+    return tables
+
+
+def _slo_text(slo: Any) -> str:
+    parts = []
+    if slo.ttft is not None:
+        parts.append(f"TTFT <= {format_duration(slo.ttft)}")
+    if slo.tpot is not None:
+        parts.append(f"TPOT <= {format_duration(slo.tpot)}")
+    return " and ".join(parts)
+
+
+def _serving_cells(row: dict[str, Any]) -> list[str]:
+    def seconds(key: str) -> str:
+        value = row.get(key)
+        return "" if value is None or value != value else format_duration(value)
+
+    def number(key: str, fmt: str) -> str:
+        value = row.get(key)
+        return "" if value is None or value != value else fmt.format(value)
+
+    return [
+        _cells(row)[0],
+        seconds("ttft_p50"),
+        seconds("ttft_p99"),
+        seconds("tpot_p50"),
+        seconds("tpot_p99"),
+        seconds("e2e_p99"),
+        number("output_tokens_per_s", "{:,.0f}"),
+        number("goodput", "{:.2f}/s"),
+        number("slo_attainment", "{:.1%}"),
+        number("preemptions", "{:.0f}"),
+        number("util_md_link", "{:.0%}"),
+        f"{100 * row['hit_rate']:.1f}%",
+    ]
 
 
 def predictor_notes(results: Sequence[RunResult]) -> list[str]:
@@ -159,6 +262,7 @@ def bound_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
     bound beats the baseline), a run faster than the best bound (gap closed over 100 %, or a
     bound beaten on mean step by any run), a run slower than the baseline (below 0 %)."""
     rows = summary_rows(scenario, results)
+    params = {(getattr(r, "topk", None), r.label): getattr(r, "params", None) for r in results}
     notes = []
     for k in scenario.topk:
         same_k = [r for r in rows if r["topk"] == k]
@@ -175,16 +279,21 @@ def bound_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
                 f"{format_duration(base['mean_step'])} mean step): {what}"
             )
             continue
-        faster = [
-            r["label"]
-            for r in same_k
-            if run_kind(r) != "bound" and r["mean_step"] < best["mean_step"]
-        ]
-        if faster:
+        for bound in sorted(bounds, key=lambda r: r["mean_step"]):
+            faster = [
+                r["label"]
+                for r in same_k
+                if run_kind(r) != "bound" and r["mean_step"] < bound["mean_step"]
+            ]
+            if not faster:
+                continue
+            marked = (
+                " (gap closed over 100%, marked * in the printed table)" if bound is best else ""
+            )
             notes.append(
-                f"top-{k}: {', '.join(faster)} beat{'s' if len(faster) == 1 else ''} the best "
-                f"bound's mean step ({best['label']} {format_duration(best['mean_step'])}; gap "
-                f"closed over 100%, marked {OVER} in the printed table): {what}, for its cache size"
+                f"top-{k}: {', '.join(faster)} beat{'s' if len(faster) == 1 else ''} the bound "
+                f"{bound['label']} on mean step ({format_duration(bound['mean_step'])}){marked}: "
+                f"{_bounds_what(bound, params.get((k, bound['label'])))}"
             )
         if any((r["gap_closed"] or 0.0) < -1e-9 for r in same_k):
             notes.append(
@@ -192,6 +301,15 @@ def bound_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
                 f"{base['label']}"
             )
     return notes
+
+
+def _bounds_what(row: dict[str, Any], params: dict[str, Any] | None) -> str:
+    """What a bound row bounds, with the parameters that matter (belady: its miss path)."""
+    what = BOUND_METRICS.get(row["policy"], "offline bounds do not bound latency")
+    miss_path = (params or {}).get("miss_path")
+    if row["policy"] == "belady" and miss_path:
+        what += f" (for its cache size, with misses served by the {miss_path} rule)"
+    return what
 
 
 def seed_ratio_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
@@ -250,18 +368,29 @@ def hardware_header(scenario: Scenario, results: Sequence[RunResult]) -> str:
     """The hardware actually simulated, in one line above the tables."""
     hw, doc = scenario.hardware, scenario.hardware_doc
     gpu = (doc.get("gpu") or {}).get("preset") or "custom GPU"
+    topo = hw.topology
+    gpus = f"{topo.num_gpus} x " if topo.num_gpus > 1 else ""
     parts = [
-        f"GPU {gpu} ({format_flops(hw.gpu.peak_flops)}, HBM {format_bandwidth(hw.hbm.bandwidth)})"
+        f"GPU {gpus}{gpu} ({format_flops(hw.gpu.peak_flops)}, HBM "
+        f"{format_bandwidth(hw.hbm.bandwidth)})"
+        + (f", {topo.data_parallel}" if topo.num_gpus > 1 else "")
     ]
-    for name in ("pcie", "md_link"):
-        link = hw.link(name)
+    for name, link in hw.links.items():
         preset = ((doc.get("links") or {}).get(name) or {}).get("preset")
+        own = topo.num_gpus > 1 and name in topo.per_gpu
         parts.append(
             f"{name} {format_bandwidth(link.bandwidth)}"
             + (f" [{preset}]" if preset else "")
             + f", {format_duration(link.latency)} latency, {link.channels} channel"
             + ("s" if link.channels != 1 else "")
+            + (f", {link.sharing}" if link.sharing != "fifo" else "")
+            + (" (per GPU)" if own else "")
         )
+    for tier in ("host", "md"):
+        if len(topo.paths[tier]) > 1 or topo.paths[tier][0] != (
+            "pcie" if tier == "host" else "md_link"
+        ):
+            parts.append(f"{tier} path {' -> '.join(topo.paths[tier])}")
     slots = (
         int(hw.hbm.capacity // scenario.model.expert_bytes) if scenario.model.expert_bytes else 0
     )
@@ -407,6 +536,7 @@ def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[s
         *identical_run_notes(results),
         *no_hit_notes(results),
         *bound_notes(scenario, results),
+        *([PROXY_NOTE] if has_proxies(summary_rows(scenario, results)) else []),
     ]
 
 
@@ -420,6 +550,15 @@ def print_comparison(
         console.print(table)
     for note in comparison_notes(scenario, results):
         console.print(note, highlight=False, markup=False, soft_wrap=True)
+    if scenario.serving:
+        console.print(
+            "TTFT = first token - arrival; TPOT = (finish - first token) / (output tokens - 1); "
+            "e2e = finish - arrival (measured requests, after the warm-up); goodput = requests/s "
+            "meeting the SLO; MD util = busy share of the MD link",
+            highlight=False,
+            markup=False,
+        )
+        return
     console.print(
         "kind: online (knows the routing up to the gate), oracle (reads routing an online "
         "policy cannot know), bound (offline bound, sees the whole trace); tokens/s = sequences "
