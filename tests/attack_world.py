@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from hypothesis import HealthCheck
 from test_fuzz_shards import CliOutcome, assert_one_line_error, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,6 +122,14 @@ def write_parquet(root: Path, ids: np.ndarray, weights: np.ndarray) -> None:
 
 
 QUIET = ["--jobs", "1", "--no-progress"]
+
+# The settings of every fuzzer of the reliability tests: no deadline (a command may take a
+# second), no example database (every run draws new cases), fixtures shared across examples.
+FUZZ: dict[str, Any] = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+}
 
 # command -> (argv given the world W and an output path O, the parts of W it reads)
 Argv = Callable[[Path, Path], list[str]]

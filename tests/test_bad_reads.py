@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from attack_world import (
     COMMANDS,
+    FUZZ,
     KINDS,
     assert_refused,
     files_under,
@@ -26,7 +27,7 @@ from attack_world import (
     unreadable,
     world_copy,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim import opener
@@ -133,24 +134,14 @@ def check_random_attack(world: Path, command: str, pick: float, kind: str) -> No
         assert code == 2 and Path(rel).name in line, (command, rel, kind, line)
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=25, **FUZZ)
 @given(case=attacks())
 def test_fuzzed_non_regular_inputs(world: Path, case: tuple[str, float, str]) -> None:
     check_random_attack(world, *case)
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=600,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=600, **FUZZ)
 @given(case=attacks())
 def test_fuzzed_non_regular_inputs_long(world: Path, case: tuple[str, float, str]) -> None:
     check_random_attack(world, *case)

@@ -25,8 +25,8 @@ from typing import Any
 import annotated_types
 import numpy as np
 import pytest
-from attack_world import assert_refused, world_copy
-from hypothesis import HealthCheck, given, settings
+from attack_world import FUZZ, assert_refused, world_copy
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 from test_fuzz_scenarios import assert_complete_results
@@ -196,13 +196,6 @@ def check_run(world: Path, sets: list[str]) -> None:
             assert not out.exists()
         else:
             assert_complete_results(out)
-
-
-FUZZ = {
-    "deadline": None,
-    "database": None,
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-}
 
 
 @settings(max_examples=25, **FUZZ)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from attack_world import assert_refused
-from hypothesis import HealthCheck, given, settings
+from attack_world import FUZZ, assert_refused
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fuzz_shards import run_cli
 
@@ -89,12 +89,7 @@ LAYER_SETS = ("2", "2-3", "2-5", "3-4", "5")
 LEFTOVERS = ("layer", "shard", "k")
 
 
-@settings(
-    max_examples=12,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=12, **FUZZ)
 @given(
     old=st.tuples(st.sampled_from(LAYER_SETS), st.integers(1, 3)),
     new=st.tuples(st.sampled_from(LAYER_SETS), st.integers(1, 3)),

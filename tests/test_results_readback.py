@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 import pytest
-from attack_world import assert_refused, world_copy
-from hypothesis import HealthCheck, given, settings
+from attack_world import FUZZ, assert_refused, world_copy
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fuzz_shards import run_cli
 
@@ -130,24 +130,14 @@ def check_edit(world: Path, edit: tuple[str, float, float, bool, str]) -> None:
             load_results(work / part)
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=15, **FUZZ)
 @given(edit=cell_edits())
 def test_fuzzed_cells_read_back(world: Path, edit: tuple[str, float, float, bool, str]) -> None:
     check_edit(world, edit)
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=300,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=300, **FUZZ)
 @given(edit=cell_edits())
 def test_fuzzed_cells_read_back_long(
     world: Path, edit: tuple[str, float, float, bool, str]

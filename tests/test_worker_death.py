@@ -25,7 +25,8 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from attack_world import FUZZ
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fuzz_shards import run_cli
 from test_sweep import _set, _table
@@ -67,12 +68,7 @@ def _run(out: Path, points: int, **kwargs: Any) -> Any:
     )  # fmt: skip
 
 
-@settings(
-    max_examples=8,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=8, **FUZZ)
 @given(points=st.integers(2, 8), doomed=st.sets(st.integers(0, 7), min_size=1, max_size=3))
 def test_killed_workers_are_one_line_and_resume_completes(
     tmp_path_factory: pytest.TempPathFactory,

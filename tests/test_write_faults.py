@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 from attack_world import (
+    FUZZ,
     QUIET,
     WRITE_ERRNOS,
     assert_refused,
@@ -32,7 +33,7 @@ from attack_world import (
     world_copy,
     write_faults,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fuzz_shards import run_cli
 
@@ -163,12 +164,7 @@ def test_a_late_write_fails(world: Path, writer: str) -> None:
         assert attack(world, writer, errno.ENOSPC, at)[0] == 2
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=25, **FUZZ)
 @given(
     writer=st.sampled_from(sorted(WRITERS)),
     code=st.sampled_from(WRITE_ERRNOS),
@@ -179,12 +175,7 @@ def test_fuzzed_write_faults(world: Path, writer: str, code: int, at: int) -> No
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=800,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=800, **FUZZ)
 @given(
     writer=st.sampled_from(sorted(WRITERS)),
     code=st.sampled_from(WRITE_ERRNOS),

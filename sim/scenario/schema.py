@@ -593,10 +593,14 @@ class ArrivalsSection(_Section):
         "coefficient of variation `cv`: bursty when cv > 1) or `csv` (the rows of `path`)",
     )
     rate: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="requests per second (poisson, gamma)"
+        None, gt=0, le=1e9, allow_inf_nan=False, description="requests per second (poisson, gamma)"
     )
     cv: float | None = Field(
-        None, gt=0, allow_inf_nan=False, description="coefficient of variation of the gaps (gamma)"
+        None,
+        gt=0,
+        le=1e3,
+        allow_inf_nan=False,
+        description="coefficient of variation of the gaps (gamma)",
     )
     path: str | None = Field(
         None,
@@ -608,6 +612,7 @@ class ArrivalsSection(_Section):
     rate_scale: float | None = Field(
         None,
         gt=0,
+        le=1e6,
         allow_inf_nan=False,
         description="csv: divide the file's arrival times by this (2 = twice the load); default 1",
     )
@@ -636,8 +641,12 @@ class LengthSection(_Section):
     value: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(None, description="fixed")
     low: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(None, description="uniform")
     high: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(None, description="uniform")
-    mean: float | None = Field(None, gt=0, allow_inf_nan=False, description="lognormal")
-    median: float | None = Field(None, gt=0, allow_inf_nan=False, description="lognormal")
+    mean: float | None = Field(
+        None, gt=0, le=MAX_TOKENS, allow_inf_nan=False, description="lognormal"
+    )
+    median: float | None = Field(
+        None, gt=0, le=MAX_TOKENS, allow_inf_nan=False, description="lognormal"
+    )
     max: Annotated[int, Field(gt=0, le=MAX_TOKENS)] | None = Field(
         None, description="lognormal: cap (default none; the trace's length bounds it anyway)"
     )
@@ -762,7 +771,7 @@ class WorkloadSection(_Section):
     warmup: Annotated[int, Field(ge=0, le=MAX_REQUESTS)] | None = Field(
         None, description="serving: the first N requests are left out of the summaries; default 0"
     )
-    seed: Annotated[int, Field(ge=0)] | None = Field(
+    seed: Annotated[int, Field(ge=0, le=INT64_MAX)] | None = Field(
         None, description="serving: seed of arrivals and lengths; default the scenario's seed"
     )
     wrap: bool | None = Field(
