@@ -199,28 +199,42 @@ class RequestSource:
 
     time_independent = True
 
-    def __init__(self, scenario: Scenario, counts: np.ndarray, prompt: int, output: int) -> None:
-        # counts: [positions, layers, requests, E] tokens per expert of every token
+    def __init__(self, scenario: Scenario, ids: np.ndarray, prompt: int, output: int) -> None:
+        # ids: [positions, layers, requests, k] expert ids of every token (its top-k)
         hw, model = scenario.hardware, scenario.model
-        layers = counts.shape[1]
-        self.iterations: list[Iteration] = []
-        self.request_of: list[tuple[int, str]] = []
+        _positions, layers, requests, _k = ids.shape
+        experts = model.num_experts
         prefill = non_expert_time(hw, model, [prompt], [prompt])
         decode = [non_expert_time(hw, model, [1], [prompt + i + 1]) for i in range(output)]
-        for r in range(counts.shape[2]):
-            self.iterations.append(
-                Iteration(counts[:prompt, :, r].sum(axis=0), [prefill] * layers, position=0)
-            )
+        counts = np.zeros((requests * (output + 1), layers, experts), dtype=np.int32)
+        layer_index = np.arange(layers)[:, None]
+        self.request_of: list[tuple[int, str]] = []
+        non_expert: list[list[float]] = []
+        positions: list[int] = []
+        row = 0
+        for r in range(requests):
+            for t in range(prompt):  # the prompt's union demand: tokens per expert
+                np.add.at(counts[row], (layer_index, ids[t, :, r]), 1)
             self.request_of.append((r, "prefill"))
+            non_expert.append([prefill] * layers)
+            positions.append(0)
+            row += 1
             for i in range(output):
-                step = counts[prompt + i, :, r]
-                self.iterations.append(Iteration(step, [decode[i]] * layers, prompt + i))
+                counts[row][layer_index, ids[prompt + i, :, r]] = 1
                 self.request_of.append((r, "decode"))
+                non_expert.append([decode[i]] * layers)
+                positions.append(prompt + i)
+                row += 1
+        counts.flags.writeable = False
+        self.counts = counts
+        self.iterations = [
+            Iteration(counts[i], non_expert[i], positions[i]) for i in range(len(counts))
+        ]
         self.next = 0
         self.times: list[tuple[float, float]] = []
 
     def planned_counts(self, gpu: int) -> np.ndarray:
-        return np.stack([it.counts for it in self.iterations])
+        return self.counts
 
     def next_iteration(self, gpu: int, now: float) -> Iteration | None:
         if self.next == len(self.iterations):
@@ -247,8 +261,8 @@ def predict(case: Case) -> Prediction:
         raise UserError(f"{case.path.name}: scenario.policies: expected exactly one policy")
     trace = load_scenario_trace(scenario)
     model = scenario.model
-    per_token = _per_token_counts(trace, model.top_k, model.num_experts)
-    source = RequestSource(scenario, per_token, case.prompt_tokens, case.output_tokens)
+    ids = np.asarray(trace.experts)[..., : model.top_k].astype(np.intp)
+    source = RequestSource(scenario, ids, case.prompt_tokens, case.output_tokens)
     policy = scenario.policies[0].build()
     result = run_engine(
         source,
@@ -281,14 +295,6 @@ def predict(case: Case) -> Prediction:
         prefill_s=prefill_total / n_measured,
         hit_rate=hits / active if active else math.nan,
     )
-
-
-def _per_token_counts(trace: Any, k: int, num_experts: int) -> np.ndarray:
-    """``[positions, layers, seqs, E]``: 1 where a token's top-k routes to the expert."""
-    ids = np.asarray(trace.experts)[..., :k].astype(np.intp)
-    out = np.zeros((*ids.shape[:3], num_experts), dtype=np.int64)
-    np.put_along_axis(out, ids, 1, axis=-1)
-    return out
 
 
 # -- the table ------------------------------------------------------------------------------------
