@@ -6,7 +6,8 @@ Not part of the test suite. In order, each as its own process (each records its 
 2. ``bench_engine.py``  the discrete-event engine vs its numpy closed form
 3. ``bench_sweep.py``   sweep points/s (``--jobs 1``, ``--jobs 2``, Dask; the 1000-point target)
 4. ``bench_memory.py``  peak RSS of ``moesim run`` / ``trace stats`` over two large dumps
-5. ``bench_search.py``  ``moesim search`` vs the sweep of the same lattice (simulations, time)
+5. ``published/run.py`` the validation cases against published measurements (docs/validation.md)
+6. ``bench_search.py``  ``moesim search`` vs the sweep of the same lattice (simulations, time)
 
 and, in this process, a full-trace replay of the embedded real trace (256 steps x 8 layers x 8
 sequences, top-6) under every registered policy with its default parameters on the default
@@ -69,6 +70,13 @@ BENCHMARKS = (
         r"^Target \(.*",
     ),
     Benchmark("bench_memory.py", (), (), "## memory", r"^- highest peak.*"),
+    Benchmark(
+        "published/run.py",
+        ("--check", "--record"),
+        ("--check", "--record"),
+        "## published validation",
+        r"^- median absolute error .*",
+    ),
     Benchmark(
         "bench_search.py",
         ("--record",),

@@ -252,6 +252,7 @@ class Prediction:
     decode_s: float  # measured requests' decode time per token
     prefill_s: float  # measured requests' prefill time per request
     hit_rate: float  # over measured decode iterations (hits / active)
+    stall_s: float  # measured decode time per token lost to data movement (sum of `stall`)
 
 
 def predict(case: Case) -> Prediction:
@@ -289,11 +290,13 @@ def predict(case: Case) -> Prediction:
     gate_decode = np.repeat(measured & is_decode, layers)
     active = float(result.per_layer["active"][gate_decode].sum())
     hits = float(result.per_layer["hits"][gate_decode].sum())
+    stall = float(result.per_layer["stall"][gate_decode].sum())
     return Prediction(
         value=value,
         decode_s=decode_total / tokens,
         prefill_s=prefill_total / n_measured,
         hit_rate=hits / active if active else math.nan,
+        stall_s=stall / tokens,
     )
 
 
@@ -314,7 +317,7 @@ def row(case: Case, predicted: float) -> dict[str, str]:
         "gpu": case.gpu,
         "metric": case.metric,
         "unit": case.unit,
-        "published": fmt(case.published),
+        "published": f"{case.published:g}",  # as quoted
         "predicted": fmt(predicted),
         "error_pct": f"{error:+.1f}",
     }
