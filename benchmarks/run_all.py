@@ -8,6 +8,7 @@ Not part of the test suite. In order, each as its own process (each records its 
 4. ``bench_memory.py``  peak RSS of ``moesim run`` / ``trace stats`` over two large dumps
 5. ``published/run.py`` the validation cases against published measurements (docs/validation.md)
 6. ``bench_search.py``  ``moesim search`` vs the sweep of the same lattice (simulations, time)
+7. ``bench_docs.py``    the time figures README.md and docs/ quote (set-up, commands, sweeps)
 
 and, in this process, a full-trace replay of the embedded real trace (256 steps x 8 layers x 8
 sequences, top-6) under every registered policy with its default parameters on the default
@@ -17,9 +18,10 @@ RESULTS.md is started afresh: a header naming the machine (date, ``uname -m``, C
 /proc/cpuinfo, cores, memory, Python/numpy/torch versions, load average before and after), a
 summary with each benchmark's headline line, exit code and wall time, then the sections.
 
-    .venv/bin/python benchmarks/run_all.py            # everything (about 15 minutes on 2 cores)
+    .venv/bin/python benchmarks/run_all.py            # everything (about 30 minutes on 2 cores)
     .venv/bin/python benchmarks/run_all.py --quick    # fewer repeats, no 1000-point sweep target,
-                                                      # no grid runs of the search benchmark
+                                                      # no grid runs of the search benchmark, no
+                                                      # fresh-clone set-up or MILP timings
 """
 
 from __future__ import annotations
@@ -83,6 +85,13 @@ BENCHMARKS = (
         ("--record", "--no-grid"),
         "## search vs grid",
         r"^\| MD bandwidth, 5 policies .*",
+    ),
+    Benchmark(
+        "bench_docs.py",
+        (),
+        ("--no-setup", "--no-optimal"),
+        "## docs figures",
+        r"^- `moesim run scenarios/default\.yaml` printed.*",
     ),
 )
 
@@ -171,37 +180,58 @@ def replay_per_policy(repeat: int) -> list[str]:
     rows: list[str] = []
     for name in available_policies():
         if name in SKIPPED_POLICIES:
-            rows.append(f"| {name} | skipped: {SKIPPED_POLICIES[name]} | | | |")
+            rows.append(f"| {name} | bound | skipped: {SKIPPED_POLICIES[name]} | | | | |")
             continue
         try:
             make_policy(name, {}, name)
         except UserError as err:
-            rows.append(f"| {name} | skipped: needs parameters ({err}) | | | |")
+            rows.append(f"| {name} | | skipped: needs parameters ({err}) | | | | |")
             continue
-        walls, cpus, result = [], [], None
+        walls, cpus, decides, result = [], [], [], None
         for _ in range(repeat):
             policy = make_policy(name, {}, name)
+            decide_cpu = _time_decide(policy)
             w0, c0 = time.perf_counter(), time.process_time()
             result = simulate(trace, scenario.hardware, scenario.model, policy, topk=6)
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
+            decides.append(decide_cpu[0])
         assert result is not None
         totals = result.totals
+        best = cpus.index(min(cpus))
         rows.append(
-            f"| {name} | {min(walls):.3f} | {min(cpus):.3f} | {totals['mean_step'] * 1e3:.4f} "
-            f"| {totals['hit_rate']:.3f} |"
+            f"| {name} | {policy.run_kind()} | {min(walls):.3f} | {cpus[best]:.3f} | "
+            f"{decides[best]:.3f} | {totals['mean_step'] * 1e3:.4f} | {totals['hit_rate']:.3f} |"
         )
         print(rows[-1], flush=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return [
         f"{stamp}; `simulate()` in one process, the fastest of {repeat}; trace "
         f"{trace.describe()}; scenarios/default.yaml's hardware and model (notebook-gbps links, "
-        "128-expert HBM cache), every policy with its default parameters.",
+        "128-expert HBM cache, non-expert time from the roofline), every policy with its "
+        "default parameters. decide CPU s: the part spent in the policy's `decide` (the rest "
+        "is the engine).",
         "",
-        "| policy | wall s | CPU s | mean step ms | hit rate |",
-        "|---|---:|---:|---:|---:|",
+        "| policy | kind | wall s | CPU s | decide CPU s | mean step ms | hit rate |",
+        "|---|---|---:|---:|---:|---:|---:|",
         *rows,
     ]
+
+
+def _time_decide(policy) -> list[float]:
+    """Wrap ``policy.decide`` to add up its CPU seconds into the returned one-item list."""
+    spent = [0.0]
+    inner = policy.decide
+
+    def timed(view):
+        start = time.process_time()
+        try:
+            return inner(view)
+        finally:
+            spent[0] += time.process_time() - start
+
+    policy.decide = timed
+    return spent
 
 
 # -- RESULTS.md -----------------------------------------------------------------------------------

@@ -12,7 +12,10 @@ shows the policy a read-only `GateView` and gets back a `GateDecision`:
 * which of the experts it fetches to the GPU stay in the HBM expert cache afterwards (admit);
 * which cached experts to evict (before anything is admitted);
 * which experts of later layers to prefetch into the cache now (they queue on the route behind
-  this layer's demand transfers and so overlap with this layer's compute).
+  this layer's demand transfers and so overlap with this layer's compute);
+* optionally, in which precision each transfer moves its expert (`sim.precision`: a tier may
+  hold copies in several precisions; by default a transfer moves the tier's highest one), and
+  which cached reduced-precision copies to upgrade (fetch again in a higher precision).
 
 Experts already in the cache (or in flight to it) are hits; the engine handles them. The engine
 enforces the rules (cache bytes never above capacity; a path must exist in the scenario's
@@ -39,6 +42,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from sim.hardware import Hardware, ModelSpec
+from sim.precision import expert_bytes_for_cache
 
 
 class Path(enum.IntEnum):
@@ -147,6 +151,7 @@ class PolicyContext:
     cost: CostModel
     seed: int = 0
     gpu: int = 0
+    slot_bytes: float | None = None  # bytes of one cache slot (None: `expert_bytes`)
 
     @property
     def num_steps(self) -> int:
@@ -163,9 +168,19 @@ class PolicyContext:
         return int(self.counts.shape[1])
 
     @property
+    def expert_bytes(self) -> float:
+        """Bytes of one expert as this policy caches it: ``slot_bytes`` when set (a policy that
+        moves every expert in one precision), else the largest default copy of the tiers in use
+        (`sim.precision.expert_bytes_for_cache`: the native ``model.expert_bytes`` unless every
+        tier holds only smaller copies)."""
+        if self.slot_bytes is not None:
+            return self.slot_bytes
+        return expert_bytes_for_cache(self.hardware, self.model)
+
+    @property
     def cache_slots(self) -> int:
         """How many experts fit in the HBM cache."""
-        return int(self.hardware.hbm.capacity // self.model.expert_bytes)
+        return int(self.hardware.hbm.capacity // self.expert_bytes)
 
 
 @dataclass(frozen=True)
@@ -182,15 +197,24 @@ class GateView:
     #                       in HBM; +inf where not cached
     cache_bytes: float  # bytes of the cache in use (in flight included)
     link_free_at: dict[str, np.ndarray]  # per route: time each slot becomes free
+    # [num_layers, num_experts]: the precision of each cached copy (index into
+    # ctx.model.precision_names, 0 the native one); -1 where not cached
+    precision_at: np.ndarray | None = None
+    # by expert id [num_experts]: the gate's router mass per expert (each token's top-k scores
+    # renormalised to sum to 1, summed over the expert's tokens) and the largest renormalised
+    # score among its tokens; None when the iteration source gives no scores
+    gate_mass: np.ndarray | None = None
+    top_score: np.ndarray | None = None
 
 
 @dataclass
 class GateDecision:
-    """A policy's answer at one gate. ``paths`` and ``admit`` are aligned with
-    ``GateView.experts``; entries for cached experts are ignored (they are hits).
+    """A policy's answer at one gate. ``paths``, ``admit``, ``precision`` and ``upgrade`` are
+    aligned with ``GateView.experts``; entries for cached experts are ignored (they are hits,
+    served in the cached copy's precision) unless ``upgrade`` says otherwise.
 
     ``writeback``: the evicted experts are copied back to host DRAM over the host route, each
-    one transfer of the expert's size queued behind the gate's demand fetches (exclusive
+    one transfer of the evicted copy's size queued behind the gate's demand fetches (exclusive
     caching: the only copy of an expert moves between HBM and host memory, as
     mixtral-offloading swaps them). False: host memory keeps a copy and eviction is free."""
 
@@ -199,6 +223,14 @@ class GateDecision:
     evict: list[tuple[int, int]] = field(default_factory=list)  # (layer index, expert id)
     prefetch: list[tuple[int, int, str]] = field(default_factory=list)  # (layer, expert, route)
     writeback: bool = False
+    # the precision each non-hit expert is moved (or computed in place) in, by index into
+    # ctx.model.precision_names; -1 or None: the default copy of the path's tier
+    precision: np.ndarray | None = None
+    # bool: fetch this *cached* expert again in ``precision`` over its (fetch) path and serve
+    # it from the new copy, which replaces the cached one
+    upgrade: np.ndarray | None = None
+    # the precision of the prefetches: one for all, or one per entry of ``prefetch``
+    prefetch_precision: int | np.ndarray | None = None
 
 
 class GatePolicy(Protocol):

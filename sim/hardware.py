@@ -17,6 +17,7 @@ Memory model (see docs/engine.md):
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -56,6 +57,9 @@ class HbmConfig:
 @dataclass(frozen=True)
 class GpuConfig:
     peak_flops: float = 989e12  # FLOP/s (dense bf16)
+    # FLOP/s of the GPU's vector (non-tensor FP32) units, which dequantise low-precision
+    # weights; None: dequantisation is not charged (docs/engine.md, "Precision")
+    vector_flops: float | None = None
     # s per MoE layer: attention, router, shared experts, this layer's share of the dense layers
     # and LM head; None = the roofline of `sim.roofline` per step (what scenarios default to)
     non_expert_time: float | None = 0.0
@@ -74,6 +78,7 @@ class ComputeUnit:
     peak_flops: float  # FLOP/s
 
 
+TIERS = ("host", "md")  # where expert copies live outside HBM (host DRAM, the MD pool)
 HOST_LINK = "pcie"  # the link from host DRAM to the GPU in the one-GPU topology
 MD_LINK = "md_link"  # the link from the MD pool to the GPU in the one-GPU topology
 
@@ -94,6 +99,9 @@ class Hardware:
     placement: str = "both"  # where experts live outside HBM: "host", "md" or "both"
     md_compute: ComputeUnit | None = None  # needed for md_mode "near-data"
     host_compute: ComputeUnit | None = None  # needed for policies that compute on the host CPU
+    # the precisions of the expert copies each tier holds (`TIERS`), by the model's precision
+    # names; a tier of `placement` not named here holds the model's native precision only
+    copies: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         links = _links_by_name(self.links)
@@ -103,6 +111,21 @@ class Hardware:
                     f"hardware links: expected a link named {name!r}, got {list(links)}"
                 )
         object.__setattr__(self, "links", MappingProxyType(links))
+        copies = {tier: tuple(names) for tier, names in dict(self.copies).items()}
+        for tier, names in copies.items():
+            if tier not in self.tiers:
+                raise ValueError(
+                    f"hardware copies: expected tiers of placement {self.placement!r} "
+                    f"({', '.join(self.tiers)}), got {tier!r}"
+                )
+            if not names or len(set(names)) != len(names):
+                raise ValueError(f"hardware copies.{tier}: expected distinct names, got {names}")
+        object.__setattr__(self, "copies", MappingProxyType(copies))
+
+    @property
+    def tiers(self) -> tuple[str, ...]:
+        """The tiers that hold experts outside HBM (`placement`)."""
+        return {"host": ("host",), "md": ("md",)}.get(self.placement, TIERS)
 
     def link(self, name: str) -> LinkConfig:
         """The link called ``name`` (KeyError if there is none)."""
@@ -140,6 +163,52 @@ def _links_by_name(links: Mapping[str, LinkConfig] | Iterable[LinkConfig]) -> di
 
 
 @dataclass(frozen=True)
+class Precision:
+    """A stored format of expert weights other than the model's native one.
+
+    One copy of an expert holds ``params * bits / 8`` bytes of values plus, with per-group
+    scales, ``ceil(params / group_size) * scale_bits / 8`` bytes of metadata (scales, zero
+    points, second-level scales: whatever the format stores per group). ``dequant_ops`` is the
+    arithmetic per weight that turns the stored value into the compute type (charged on the
+    GPU's vector units, docs/engine.md)."""
+
+    name: str
+    bits: float  # bits per weight of the stored values
+    group_size: int | None = None  # weights per scale group (None: no per-group metadata)
+    scale_bits: float = 0.0  # bits of metadata per group
+    dequant_ops: float = 0.0  # vector-unit operations per weight to dequantise
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.bits) and self.bits > 0):
+            raise ValueError(f"precision {self.name}: bits: expected > 0, got {self.bits!r}")
+        if self.group_size is not None and self.group_size < 1:
+            raise ValueError(
+                f"precision {self.name}: group_size: expected >= 1, got {self.group_size!r}"
+            )
+        if not (math.isfinite(self.scale_bits) and self.scale_bits >= 0):
+            raise ValueError(
+                f"precision {self.name}: scale_bits: expected >= 0, got {self.scale_bits!r}"
+            )
+        if not (math.isfinite(self.dequant_ops) and self.dequant_ops >= 0):
+            raise ValueError(
+                f"precision {self.name}: dequant_ops: expected >= 0, got {self.dequant_ops!r}"
+            )
+
+    def copy_bytes(self, params: float) -> float:
+        """Bytes of one expert of ``params`` weights in this format."""
+        nbytes = params * self.bits / 8.0
+        if self.group_size is not None and self.scale_bits:
+            nbytes += math.ceil(params / self.group_size) * self.scale_bits / 8.0
+        return nbytes
+
+    def bits_per_weight(self) -> float:
+        """Effective bits per weight, metadata included."""
+        extra = self.scale_bits / self.group_size if self.group_size else 0.0
+        return self.bits + extra
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """What the engine needs to know about the MoE model."""
 
@@ -164,6 +233,10 @@ class ModelSpec:
     shared_experts: int = 0  # always-on shared experts per MoE layer
     shared_expert_ffn_size: int | None = None  # their total FFN width; None: n * expert ffn
     vocab_size: int | None = None  # LM head rows
+    # Expert precisions: the native one (its copy is ``expert_bytes``) and the other stored
+    # formats that exist (`Precision`); index 0 is the native one everywhere in the engine
+    native_precision: str = "bf16"
+    precisions: tuple[Precision, ...] = ()
 
     @property
     def matrices(self) -> int:
@@ -173,6 +246,29 @@ class ModelSpec:
     def flops_per_token(self) -> float:
         """FLOPs of one token through one expert (2 per multiply-add)."""
         return 2.0 * self.matrices * self.hidden_size * self.expert_ffn_size
+
+    @property
+    def params_per_expert(self) -> int:
+        """Weights of one routed expert (its matrices)."""
+        return self.matrices * self.hidden_size * self.expert_ffn_size
+
+    @property
+    def precision_names(self) -> tuple[str, ...]:
+        """Every precision by index: the native one first."""
+        return (self.native_precision, *(p.name for p in self.precisions))
+
+    def precision_index(self, name: str) -> int:
+        """The index of precision ``name`` (ValueError if the model has none of that name)."""
+        names = self.precision_names
+        if name not in names:
+            raise ValueError(f"expected one of {', '.join(names)}, got {name!r}")
+        return names.index(name)
+
+    def copy_bytes(self, index: int) -> float:
+        """Bytes of one expert's copy in precision ``index`` (0: ``expert_bytes``)."""
+        if index == 0:
+            return float(self.expert_bytes)
+        return self.precisions[index - 1].copy_bytes(self.params_per_expert)
 
     @property
     def activation_bytes_per_token(self) -> float:

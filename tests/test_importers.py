@@ -125,14 +125,28 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
                 {"layer": 2, "token": 0, "expert_ids": [1, 2]},
                 {"layer": 2, "token": 0, "expert_ids": [1, 3]},
             ],
-            "twice",
+            r"bad\.jsonl:2: .*layer 2 token 0 again \(first on line 1\)",
         ),
         ([{"layer": 2, "token": 1, "expert_ids": [1, 2]}], "got none for layer 2 token 0"),
         (
             [{"layer": 2, "token": 0, "expert_ids": [1, 2], "gate_weights": [0.5]}],
-            "'gate_weights': expected 2 numbers",
+            r"bad\.jsonl:1: 'gate_weights': expected 2 numbers",
         ),
-        ([{"layer": 2, "token": 0, "expert_ids": [1, 1]}], "distinct experts"),
+        ([{"layer": 2, "token": 0, "expert_ids": [1, 1]}], r"bad\.jsonl:1: .*distinct experts"),
+        (
+            [
+                {"layer": 2, "token": 0, "expert_ids": [1, 2]},
+                {"layer": 3, "token": 0, "expert_ids": [1, 2, 3]},
+            ],
+            r"bad\.jsonl:2: expected 2 expert ids \(as on line 1\), got 3",
+        ),
+        (
+            [
+                {"layer": 2, "token": 0, "expert_ids": [1, 2], "gate_weights": [0.6, 0.4]},
+                {"layer": 3, "token": 0, "expert_ids": [1, 2]},
+            ],
+            r"bad\.jsonl:2: expected 'gate_weights' on every line or on none, got none here",
+        ),
     ],
 )
 def test_jsonl_bad_input(tmp_path: Path, records, message: str) -> None:

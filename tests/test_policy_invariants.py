@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.engine import simulate
-from sim.hardware import ComputeUnit
+from sim.hardware import ComputeUnit, Precision
 from sim.policies import available_policies, make_policy
 from sim.policies.base import _REGISTRY
 
@@ -84,7 +84,10 @@ PARAMS = {
     "static-popular": {"warmup_steps": 2},
     "prefetch-predicted": {"train_steps": 2},
     "lru": {"compute_near": True},
+    "quantised-all": {"policy": "lru", "precision": "int2"},
 }
+# a reduced copy in both tiers, for the policies that move experts in reduced precision
+COPIES = {"host": ("bf16", "int2"), "md": ("bf16", "int2")}
 
 
 @settings(max_examples=10, deadline=None)
@@ -106,7 +109,8 @@ def test_engine_invariants_for_every_policy(seed, slots, near, channels) -> None
         pcie_latency=1e-6,
         md_latency=2e-6,
     )
-    m = model(8, 2, MB)
+    hw = dataclasses.replace(hw, copies=COPIES)
+    m = dataclasses.replace(model(8, 2, MB), precisions=(Precision("int2", bits=2),))
     for name in available_policies():
         if name.startswith("example-"):
             continue

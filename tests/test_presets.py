@@ -14,6 +14,7 @@ from sim.scenario.schema import (
     HardwareSection,
     LinkSection,
     ModelSection,
+    PrecisionSection,
 )
 
 SECTION = {
@@ -21,6 +22,7 @@ SECTION = {
     "gpus": GpuSection,
     "cpus": ComputeSection,
     "models": ModelSection,
+    "precisions": PrecisionSection,
     "hardware": HardwareSection,
 }
 

@@ -2,7 +2,9 @@
 
 The cache is one array, ``ready_at[layer, expert]``: when each cached expert is (or was) in HBM,
 ``+inf`` when it is not cached and ``-1`` while a prefetch is reserved but not yet placed on a
-link. Evictions, admissions and prefetch reservations are applied here, vectorised when a
+link; beside it ``precision_at[layer, expert]``, the precision of each cached copy (`sim.
+precision`; -1 when not cached), and a count of cached copies per precision, from which the
+bytes in use follow (copies of different precisions have different sizes). Evictions, admissions and prefetch reservations are applied here, vectorised when a
 policy's whole list is valid (global-scope policies touch ~60 experts a gate) and item by item
 otherwise, so that the first invalid item raises the `PolicyError` policies are told about.
 The rules: docs/engine.md and `sim.policies.base`.
@@ -17,22 +19,23 @@ from sim.engine.links import Placed
 
 
 class HbmCache:
-    """Which (layer, expert) pairs are cached and when each is ready; capacity in experts."""
+    """Which (layer, expert) pairs are cached, in which precision, and when each is ready."""
 
     def __init__(
         self,
         layers: int,
         num_experts: int,
         not_allowed: dict[Path, str],
-        expert_bytes: float,
+        sizes: np.ndarray,
         capacity: float,
         who: str,
     ) -> None:
-        """``not_allowed``: `allowed_paths` of the hardware; ``who``: how errors name the
-        policy."""
+        """``not_allowed``: `allowed_paths` of the hardware; ``sizes``: bytes of one copy per
+        precision (index 0 the native one); ``who``: how errors name the policy."""
         self.layers, self.num_experts = layers, num_experts
         self.not_allowed = not_allowed
-        self.expert_bytes = expert_bytes
+        self.sizes = [float(x) for x in sizes]
+        self.expert_bytes = self.sizes[0]
         self.capacity = capacity
         self.who = who
         # when each cached (layer, expert) is / was in HBM; +inf = not cached.
@@ -45,6 +48,24 @@ class HbmCache:
         self.arange_keys = np.arange(layers * num_experts, dtype=np.intp)
         self.count = 0  # cached experts (in flight and reserved included)
         self.max_ready = 0.0  # latest ready time ever given to a cached expert
+        # the precision of each cached copy (-1: not cached) and how many copies per precision
+        self.precision_at = np.full((layers, num_experts), -1, dtype=np.int8)
+        self.public_precision_at = self.precision_at.view()
+        self.public_precision_at.flags.writeable = False
+        self.flat_precision_at = self.precision_at.reshape(-1)
+        self.by_precision = [0] * len(self.sizes)
+        self.reduced = 0  # cached copies not in the native precision
+
+    @property
+    def used_bytes(self) -> float:
+        """Bytes of the cached copies (in flight and reserved included)."""
+        if not self.reduced:  # every copy native: count x size, as one product
+            return self.count * self.expert_bytes
+        total = 0.0
+        for n, size in zip(self.by_precision, self.sizes):
+            if n:
+                total += n * size
+        return total
 
     def preload(self, resident: object) -> None:
         """Experts in HBM before the run (a policy's `initial_cache`): ready at time 0, never
@@ -56,7 +77,9 @@ class HbmCache:
                 f"{self.ready_at.shape}, got {mask.dtype} {mask.shape}"
             )
         self.ready_at[mask] = 0.0
+        self.precision_at[mask] = 0  # loaded in the native precision
         self.count = int(np.count_nonzero(np.isfinite(self.ready_at)))
+        self.by_precision[0] = self.count
         if self.count and self.count * self.expert_bytes > self.capacity * (1 + 1e-12):
             raise PolicyError(
                 f"{self.who}: initial_cache holds {self.count} experts = "
@@ -65,12 +88,49 @@ class HbmCache:
 
     def check_capacity(self, s: int, layer: int) -> None:
         """`PolicyError` when the cached experts' bytes exceed ``hbm.capacity``."""
-        if self.count and self.count * self.expert_bytes > self.capacity * (1 + 1e-12):
+        if self.count and self.used_bytes > self.capacity * (1 + 1e-12):
             raise PolicyError(
                 f"{self.who} at step {s} layer {layer}: cache holds "
-                f"{self.count} experts = {self.count * self.expert_bytes:.6g} B, "
+                f"{self.count} experts = {self.used_bytes:.6g} B, "
                 f"above hbm.capacity {self.capacity:.6g} B"
             )
+
+    def _added(self, flat: np.ndarray, precision: np.ndarray | int) -> None:
+        """Copies at flat keys ``flat`` entered the cache in ``precision`` (one or per key)."""
+        self.flat_precision_at[flat] = precision
+        n = int(np.size(flat))
+        self.count += n
+        if isinstance(precision, int | np.integer):
+            self.by_precision[int(precision)] += n
+            if precision:
+                self.reduced += n
+            return
+        for p, m in zip(*np.unique(precision, return_counts=True)):
+            self.by_precision[int(p)] += int(m)
+            if p:
+                self.reduced += int(m)
+
+    def precisions_of(self, keys: list) -> np.ndarray:
+        """The precision of the cached copies at ``keys`` ((layer, expert) pairs; -1 where
+        not cached or out of range: the eviction then raises its own error)."""
+        out = np.full(len(keys), -1, dtype=np.int64)
+        for i, (lyr, e) in enumerate(keys):
+            if 0 <= int(lyr) < self.layers and 0 <= int(e) < self.num_experts:
+                out[i] = self.precision_at[int(lyr), int(e)]
+        return out
+
+    def _removed(self, flat: np.ndarray) -> None:
+        """The copies at flat keys ``flat`` left the cache."""
+        precision = self.flat_precision_at[flat]
+        self.flat_precision_at[flat] = -1
+        self.count -= int(np.size(flat))
+        if not self.reduced:
+            self.by_precision[0] -= int(np.size(flat))
+            return
+        for p, m in zip(*np.unique(precision, return_counts=True)):
+            self.by_precision[int(p)] -= int(m)
+            if p:
+                self.reduced -= int(m)
 
     # -- evictions ---------------------------------------------------------------------------------
     def evict(self, evict: list, s: int, layer: int, active_row: np.ndarray) -> None:
@@ -83,7 +143,7 @@ class HbmCache:
             self._evict_one_by_one(evict, s, layer, active_row)
             return
         self.flat_ready_at[keys] = np.inf
-        self.count -= len(keys)
+        self._removed(keys)
 
     def _eviction_keys(self, evict: list, layer: int, active_row: np.ndarray) -> np.ndarray | None:
         """Flat ``layer * num_experts + expert`` indices of ``evict`` if every one is in range,
@@ -126,7 +186,7 @@ class HbmCache:
                     "which this layer is using"
                 )
             self.ready_at[lyr, e] = np.inf
-            self.count -= 1
+            self._removed(np.array([lyr * self.num_experts + e]))
 
     def _check_key(self, item: tuple, what: str, s: int, layer: int) -> tuple[int, int]:
         lyr, e = int(item[0]), int(item[1])
@@ -146,35 +206,60 @@ class HbmCache:
         fetched: list[tuple[np.ndarray, Placed, str]],
         layer: int,
         t_gate: float,
+        precision: np.ndarray | dict[str, int],
     ) -> None:
-        """Fetched experts the policy admits stay in the cache, ready when they arrive."""
+        """Fetched experts the policy admits stay in the cache, ready when they arrive.
+        ``precision``: the precision of each fetched copy (aligned with ``experts``), or one
+        per route."""
         admit = np.asarray(admit_flags, dtype=bool)
         if admit.shape != (n,):
             raise PolicyError(f"{self.who}: admit has shape {admit.shape}, expected ({n},)")
-        for idx, placed, _link in fetched:
+        for idx, placed, route in fetched:
             keep = admit[idx]
             kept = int(np.count_nonzero(keep))
             if kept:
-                self.ready_at[layer, experts[idx[keep]]] = t_gate + placed.end[keep]
-                self.count += kept
+                chosen = experts[idx[keep]]
+                self.ready_at[layer, chosen] = t_gate + placed.end[keep]
+                p = precision[route] if isinstance(precision, dict) else precision[idx[keep]]
+                self._added(layer * self.num_experts + chosen, p)
                 self.max_ready = max(self.max_ready, t_gate + placed.last)
 
+    def replace(
+        self, layer: int, experts: np.ndarray, precision: np.ndarray, ready: np.ndarray
+    ) -> None:
+        """Cached copies of ``experts`` (this layer) replaced by copies in ``precision``
+        (an upgrade: fetched now, ready at ``ready``)."""
+        flat = layer * self.num_experts + experts
+        self._removed(flat)
+        self._added(flat, precision)
+        self.ready_at[layer, experts] = ready
+        self.max_ready = max(self.max_ready, float(np.max(ready)))
+
     # -- prefetches --------------------------------------------------------------------------------
-    def reserve_prefetches(self, prefetch: list, s: int, layer: int) -> dict[str, np.ndarray]:
+    def reserve_prefetches(
+        self, prefetch: list, s: int, layer: int
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Reserve cache room for ``prefetch`` (already cached or listed before: skipped); per
-        link, the (layer, expert) rows to fetch, in the policy's order. The caller places them
-        on the links and then calls `arrived`."""
-        by_link = self._reserve_all(prefetch)
-        if by_link is None:
-            by_link = self._reserve_one_by_one(prefetch, s, layer)
-        return by_link
+        link, the (layer, expert) rows to fetch, in the policy's order, and the positions in
+        ``prefetch`` of all rows issued (link by link, in `ROUTES` order). The caller sets
+        their precision (`set_precision`), places them on the links and calls `arrived`."""
+        reserved = self._reserve_all(prefetch)
+        if reserved is None:
+            reserved = self._reserve_one_by_one(prefetch, s, layer)
+        return reserved
+
+    def set_precision(self, keys: np.ndarray, precision: np.ndarray | int) -> None:
+        """Reserved prefetches ``keys`` (rows of (layer, expert)) hold copies in
+        ``precision``: they count in the cache's bytes from now on."""
+        self.count -= len(keys)  # _added counts them again, by precision
+        self._added(keys[:, 0] * self.num_experts + keys[:, 1], precision)
 
     def arrived(self, keys: np.ndarray, placed: Placed, t_gate: float) -> None:
         """Reserved prefetches ``keys`` (rows of (layer, expert)) are ready when they arrive."""
         self.ready_at[keys[:, 0], keys[:, 1]] = t_gate + placed.end
         self.max_ready = max(self.max_ready, t_gate + placed.last)
 
-    def _reserve_all(self, prefetch: list) -> dict[str, np.ndarray] | None:
+    def _reserve_all(self, prefetch: list) -> tuple[dict[str, np.ndarray], np.ndarray] | None:
         """Reserve cache room for ``prefetch`` at once (global-scope prefetchers issue ~60 a
         gate). None, with nothing reserved, unless every item is a valid key on a usable
         link."""
@@ -200,14 +285,19 @@ class HbmCache:
         self.flat_ready_at[flat[issue]] = -1.0  # reserved (real ready time set by `arrived`)
         self.count += int(np.count_nonzero(issue))
         link_of = np.array(links, dtype=object)
-        return {
-            name: keys[issue & (link_of == name)].astype(np.intp, copy=False) for name in ROUTES
+        masks = [issue & (link_of == name) for name in ROUTES]
+        by_link = {
+            name: keys[mask].astype(np.intp, copy=False) for name, mask in zip(ROUTES, masks)
         }
+        return by_link, np.concatenate([np.flatnonzero(mask) for mask in masks])
 
-    def _reserve_one_by_one(self, prefetch: list, s: int, layer: int) -> dict[str, np.ndarray]:
+    def _reserve_one_by_one(
+        self, prefetch: list, s: int, layer: int
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """`_reserve_all` item by item: raises the first invalid item's error."""
         by_link: dict[str, list[tuple[int, int]]] = {name: [] for name in ROUTES}
-        for item in prefetch:
+        where: dict[str, list[int]] = {name: [] for name in ROUTES}
+        for i, item in enumerate(prefetch):
             lyr, e = self._check_key(item, "prefetch", s, layer)
             link_name = item[2]
             if link_name not in FETCH_PATH_OF_LINK:
@@ -225,6 +315,8 @@ class HbmCache:
             self.ready_at[lyr, e] = -1.0  # reserved (real ready time set by `arrived`)
             self.count += 1
             by_link[link_name].append((lyr, e))
-        return {
-            name: np.asarray(keys, dtype=np.intp).reshape(-1, 2) for name, keys in by_link.items()
+            where[link_name].append(i)
+        keys = {
+            name: np.asarray(rows, dtype=np.intp).reshape(-1, 2) for name, rows in by_link.items()
         }
+        return keys, np.array([i for name in ROUTES for i in where[name]], dtype=np.intp)

@@ -64,6 +64,8 @@ def stateless_layer_times(
     ``hardware.gpu.non_expert_time``.
     """
     cost = cost or RooflineCost(hardware, model)
+    if any(cost.route_copy.values()):
+        raise ValueError("the closed form covers native-precision copies only")
     counts = np.asarray(counts)
     paths = np.asarray(paths)
     if counts.shape != paths.shape or counts.ndim != 3:

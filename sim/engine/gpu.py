@@ -32,10 +32,13 @@ from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
 from sim.engine.results import GateBlock, GateRecord, TimelineEvent
 from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
+from sim.errors import UserError
+from sim.precision import ROUTE_TIER, copy_sizes, tier_copies
 
 # plain ints for the hot loop (enum attribute lookups are slow)
 _HIT, _PCIE, _MD_FETCH, _MD_NEAR, _HOST = (int(p) for p in Path)
 _NUM_PATHS = len(Path)
+_ROUTE_OF_PATH = {_PCIE: HOST_ROUTE, _HOST: HOST_ROUTE, _MD_FETCH: MD_ROUTE, _MD_NEAR: MD_ROUTE}
 
 IterationEnd = Callable[[int, Iteration, float, float], None]
 BLOCK_GATES = 1024  # gates a stateless plan times at once (see GpuProcess.run)
@@ -67,11 +70,25 @@ class GpuProcess:
         self.public_free_at = {name: link.public_free_at for name, link in self.routes.items()}
         not_allowed = allowed_paths(hw)
         self.blocked = [(path, why) for path, why in not_allowed.items() if why]
+        # copies: bytes per precision, what each route's tier holds, the default per route
+        self.sizes = copy_sizes(model)
+        self.precision_names = model.precision_names
+        try:
+            held = tier_copies(hw, model)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        self.held = {route: held.get(tier, ()) for route, tier in ROUTE_TIER.items()}
+        self.default = {
+            route: min(idx, key=lambda i: (-self.sizes[i], i)) if idx else 0
+            for route, idx in self.held.items()
+        }
+        self.route_bytes = {route: float(self.sizes[p]) for route, p in self.default.items()}
+        self.native = not any(self.default.values())  # every default copy native
         self.cache = HbmCache(
             self.layers,
             self.num_experts,
             not_allowed,
-            self.expert_bytes,
+            self.sizes,
             float(hw.hbm.capacity),
             f"policy {policy.name!r}",
         )
@@ -90,6 +107,11 @@ class GpuProcess:
         self.transfer_d = None
         if is_roofline(self.cost, "transfer_time"):
             self.transfer_d = {name: self.cost.uniform_transfer_time(name) for name in self.routes}
+        elif not self.native:
+            raise UserError(
+                "hardware.copies: a tier whose highest copy is not the native precision needs "
+                "the roofline cost model (cost tables give native-precision transfer times)"
+            )
         self.gpu_table = is_roofline(self.cost, "gpu_compute_time")
         self._tables: dict[int, tuple[GateOrder, np.ndarray, np.ndarray]] = {}
         self.host_blocked = bool(not_allowed[Path.PCIE])
@@ -100,7 +122,7 @@ class GpuProcess:
         self.timeline: list[TimelineEvent] | None = None
         # a stateless plan in closed form (see _planned): FIFO routes, roofline, no timeline
         plan = getattr(policy, "plan_gates", None)
-        closed = self.transfer_d is not None and timeline is not True and alone
+        closed = self.transfer_d is not None and timeline is not True and alone and self.native
         self.plan = (
             plan if closed and all(isinstance(r, FifoLink) for r in routes.values()) else None
         )
@@ -258,11 +280,10 @@ class GpuProcess:
         ticks[2::2] = rel_end
         clock = np.cumsum(ticks)
         t_start, t_gate, t_end = clock[0:-1:2], clock[1::2], clock[2::2]
-        eb = self.expert_bytes
         n_host_f = n_host.astype(np.float64)
         n_md_f = n_md.astype(np.float64)
-        bytes_host = n_host_f * eb
-        bytes_md = n_md_f * eb
+        bytes_host = n_host_f * self.route_bytes[HOST_ROUTE]
+        bytes_md = n_md_f * self.route_bytes[MD_ROUTE]
         _book_idle(host, t_gate, d_host, n_host, bytes_host, last_host)
         _book_idle(md, t_gate, d_md, n_md, bytes_md, last_md)
         ref = g.ref_table
@@ -282,6 +303,7 @@ class GpuProcess:
                 zeros,
                 zeros,
                 zeros,
+                zeros,
                 bytes_host,
                 bytes_md,
                 t_start,
@@ -291,6 +313,9 @@ class GpuProcess:
                 rel_end - ref,
                 ne + rel_end,
                 np.zeros(rows),
+                g.total,
+                np.zeros(rows),
+                g.dropped_share,
                 ref,
                 ne,
                 np.full(rows, self.index),
@@ -310,6 +335,7 @@ class GpuProcess:
         tokens = g.tokens[layer, :n]
         cache = self.cache
         late = 0  # cached experts still in flight at the gate (prefetches not yet arrived)
+        ready = None
         if cache.count:
             ready = cache.ready_at[layer, experts]
             cached = np.isfinite(ready)
@@ -326,18 +352,35 @@ class GpuProcess:
             tokens=tokens,
             cached=cached,
             ready_at=cache.public_ready_at,
-            cache_bytes=cache.count * self.expert_bytes,
+            cache_bytes=cache.used_bytes,
             link_free_at=self.public_free_at,
+            precision_at=cache.public_precision_at,
+            gate_mass=None if g.mass is None else g.mass[layer],
+            top_score=None if g.top is None else g.top[layer],
         )
         decision = self.policy.decide(view)
+        upgrade = None
+        if decision.upgrade is not None:
+            upgrade = self._upgrades(decision, cached, n, view)
+            if upgrade is not None:
+                cached = cached & ~upgrade
+                if late:
+                    assert ready is not None
+                    late = int(np.count_nonzero(ready[cached] > t_gate))
         eff, by_path, hits = self._effective_paths(decision, cached, n, view)
+        prec = self._precisions(decision, eff, experts, layer, n, view)
         if g.gpu_table is not None:
             c_all = g.gpu_table[layer, :n]
             ref = float(g.ref_table[layer])
         else:
             c_all = np.asarray(self.cost.gpu_compute_time(s, layer, experts, tokens), dtype=float)
             ref = float(c_all.sum())
+        if prec is not None:
+            c_all = self._reduced_gpu_compute(c_all, prec, eff, tokens)
+        evicted = None  # the precision of each evicted copy, for writebacks
         if decision.evict:
+            if decision.writeback and cache.reduced:
+                evicted = cache.precisions_of(decision.evict)
             cache.evict(decision.evict, s, layer, g.counts[layer])
         groups = self._groups(eff, by_path, n)
 
@@ -359,42 +402,42 @@ class GpuProcess:
         fetched: list[tuple[np.ndarray, Placed, str]] = []
         if by_path[_PCIE]:
             idx = groups[_PCIE]
-            placed = self._fetch(HOST_ROUTE, s, layer, experts[idx], t_gate)
+            placed, bytes_pcie = self._fetch(HOST_ROUTE, s, layer, experts[idx], t_gate, prec, idx)
             fetched.append((idx, placed, HOST_ROUTE))
             window = max(window, placed.last)
-            bytes_pcie = idx.size * self.expert_bytes
         if by_path[_MD_FETCH]:
             idx = groups[_MD_FETCH]
-            placed = self._fetch(MD_ROUTE, s, layer, experts[idx], t_gate)
+            placed, bytes_md = self._fetch(MD_ROUTE, s, layer, experts[idx], t_gate, prec, idx)
             fetched.append((idx, placed, MD_ROUTE))
             window = max(window, placed.last)
-            bytes_md = idx.size * self.expert_bytes
-        if decision.admit is not None and fetched:
-            cache.admit(decision.admit, experts, n, fetched, layer, t_gate)
+        if fetched and (decision.admit is not None or upgrade is not None):
+            self._keep_fetched(decision.admit, upgrade, experts, n, fetched, layer, t_gate, prec)
         if decision.writeback and decision.evict:
-            bytes_pcie += self._writeback(decision, s, layer, t_gate)
+            bytes_pcie += self._writeback(decision, s, layer, t_gate, evicted)
         prefetched = (0, 0)
         if decision.prefetch:
-            prefetched = self._prefetch(decision, s, layer, t_gate, g.steps)
-            bytes_pcie += prefetched[0] * self.expert_bytes
-            bytes_md += prefetched[1] * self.expert_bytes
+            n_host, n_md, b_host, b_md = self._prefetch(decision, s, layer, t_gate, g.steps)
+            prefetched = (n_host, n_md)
+            bytes_pcie += b_host
+            bytes_md += b_md
         cache.check_capacity(s, layer)
 
         rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, groups[_HIT], fetched)
         if near_out is not None:
             end, nbytes = self._remote_part(
-                MD_ROUTE, _MD_NEAR, s, layer, t_gate, experts, tokens, near_out
+                MD_ROUTE, _MD_NEAR, s, layer, t_gate, experts, tokens, near_out, prec
             )
             bytes_md += nbytes
             rel_end = max(rel_end, end)
             window = max(window, end)
         if host_out is not None:
             end, nbytes = self._remote_part(
-                HOST_ROUTE, _HOST, s, layer, t_gate, experts, tokens, host_out
+                HOST_ROUTE, _HOST, s, layer, t_gate, experts, tokens, host_out, prec
             )
             bytes_pcie += nbytes
             rel_end = max(rel_end, end)
             window = max(window, end)
+        reduced, degraded, dropped = g.quality(layer, experts, prec)
 
         self.records.append(
             GateRecord(
@@ -411,6 +454,7 @@ class GpuProcess:
                 by_path[_HOST],
                 prefetched[0],
                 prefetched[1],
+                reduced,
                 bytes_pcie,
                 bytes_md,
                 t_start,
@@ -419,7 +463,10 @@ class GpuProcess:
                 window,
                 rel_end - ref,
                 ne + rel_end,
-                cache.count * self.expert_bytes,
+                cache.used_bytes,
+                g.gate_mass(layer),
+                degraded,
+                dropped,
                 ref,
                 ne,
                 self.index,
@@ -477,14 +524,173 @@ class GpuProcess:
             )
         return eff, by_path, hits
 
+    # -- precisions --------------------------------------------------------------------------------
+    def _upgrades(
+        self, decision: GateDecision, cached: np.ndarray, n: int, view: GateView
+    ) -> np.ndarray | None:
+        """The cached experts the policy fetches again (`GateDecision.upgrade`), checked: each
+        needs a fetch path and a precision other than its cached copy's. None when none."""
+        up = np.asarray(decision.upgrade)
+        if up.shape != (n,) or up.dtype != bool:
+            raise PolicyError(f"{self._where(view)}: upgrade must be {n} bools, got {up!r}")
+        up = up & cached
+        if not up.any():
+            return None
+        paths = np.asarray(decision.paths)
+        if paths.shape != (n,) or not np.isin(paths[up], (_PCIE, _MD_FETCH)).all():
+            raise PolicyError(
+                f"{self._where(view)}: an upgraded expert needs a fetch path (PCIE or MD_FETCH)"
+            )
+        asked = None if decision.precision is None else np.asarray(decision.precision)
+        cached_p = self.cache.precision_at[view.layer, view.experts[up]]
+        if (
+            asked is None
+            or asked.shape != (n,)
+            or (asked[up] < 0).any()
+            or (asked[up] == cached_p).any()
+        ):
+            raise PolicyError(
+                f"{self._where(view)}: an upgraded expert needs a precision other than its "
+                "cached copy's"
+            )
+        return up
+
+    def _precisions(
+        self,
+        decision: GateDecision,
+        eff: np.ndarray,
+        experts: np.ndarray,
+        layer: int,
+        n: int,
+        view: GateView,
+    ) -> np.ndarray | None:
+        """The precision each active expert is served in: a hit in its cached copy's, anything
+        else in the one the policy asks for or the default copy of its path's tier. None when
+        every one is native (the engine then takes its native code path)."""
+        asked = decision.precision
+        if asked is None and self.native and not self.cache.reduced:
+            return None
+        prec = np.zeros(n, dtype=np.int64)
+        if not self.native:
+            for path, route in _ROUTE_OF_PATH.items():
+                if self.default[route]:
+                    prec[eff == path] = self.default[route]
+        if asked is not None:
+            asked = np.asarray(asked)
+            if asked.shape != (n,) or asked.dtype.kind not in "iu":
+                raise PolicyError(
+                    f"{self._where(view)}: precision must be {n} precision indices, got {asked!r}"
+                )
+            chosen = (asked >= 0) & (eff != _HIT)
+            if chosen.any():
+                top = len(self.sizes)
+                if (asked[chosen] >= top).any():
+                    raise PolicyError(
+                        f"{self._where(view)}: precision indices must be below {top} "
+                        f"({', '.join(self.precision_names)}), got {asked!r}"
+                    )
+                for path, route in _ROUTE_OF_PATH.items():
+                    on = chosen & (eff == path)
+                    if on.any():
+                        missing = ~np.isin(asked[on], self.held[route])
+                        if missing.any():
+                            name = self.precision_names[int(asked[on][missing][0])]
+                            tier = ROUTE_TIER[route]
+                            have = ", ".join(self.precision_names[i] for i in self.held[route])
+                            raise PolicyError(
+                                f"{self._where(view)} chose precision {name} on the "
+                                f"{Path(path).name} path, but tier {tier} holds only {have}"
+                            )
+                prec[chosen] = asked[chosen]
+        if self.cache.reduced:
+            hit = eff == _HIT
+            if hit.any():
+                prec[hit] = self.cache.precision_at[layer, experts[hit]]
+        return prec if prec.any() else None
+
+    def _reduced_gpu_compute(
+        self, c_all: np.ndarray, prec: np.ndarray, eff: np.ndarray, tokens: np.ndarray
+    ) -> np.ndarray:
+        """GPU compute times with reduced-precision copies read at their own size."""
+        on_gpu = (prec > 0) & ((eff == _HIT) | (eff == _PCIE) | (eff == _MD_FETCH))
+        if not on_gpu.any():
+            return c_all
+        if not self.gpu_table:
+            raise UserError(
+                "a reduced-precision expert copy needs the roofline cost model (cost tables "
+                "give native-precision compute times)"
+            )
+        c_all = np.array(c_all, dtype=np.float64)
+        for p in np.unique(prec[on_gpu]).tolist():
+            m = on_gpu & (prec == p)
+            c_all[m] = self.cost.gpu_time_at(tokens[m], p)
+        return c_all
+
+    def _keep_fetched(
+        self,
+        admit: object,
+        upgrade: np.ndarray | None,
+        experts: np.ndarray,
+        n: int,
+        fetched: list[tuple[np.ndarray, Placed, str]],
+        layer: int,
+        t_gate: float,
+        prec: np.ndarray | None,
+    ) -> None:
+        """Admitted fetches enter the cache; upgraded copies replace the cached ones."""
+        if upgrade is not None:
+            assert prec is not None
+            for idx, placed, _route in fetched:
+                mine = upgrade[idx]
+                if mine.any():
+                    self.cache.replace(
+                        layer, experts[idx[mine]], prec[idx[mine]], t_gate + placed.end[mine]
+                    )
+            if admit is None:
+                return
+            admit = np.asarray(admit, dtype=bool)
+            if admit.shape == (n,):
+                admit = admit & ~upgrade
+        self.cache.admit(
+            admit, experts, n, fetched, layer, t_gate, self.default if prec is None else prec
+        )
+
     # -- routes ------------------------------------------------------------------------------------
-    def _fetch(self, route: str, s: int, layer: int, experts: np.ndarray, t_gate: float) -> Placed:
+    def _fetch(
+        self,
+        route: str,
+        s: int,
+        layer: int,
+        experts: np.ndarray,
+        t_gate: float,
+        prec: np.ndarray | None = None,
+        idx: np.ndarray | None = None,
+    ) -> tuple[Placed, float]:
+        """Queue weight transfers of ``experts`` on ``route``: the default copy, or each in
+        ``prec[idx]`` (the gate's precisions). Returns the placement and the bytes moved."""
         link = self.routes[route]
-        nbytes = experts.size * self.expert_bytes
-        if self.transfer_d is not None:
-            return link.place(t_gate, self.transfer_d[route], experts.size, nbytes)
-        durations = np.asarray(self.cost.transfer_time(route, s, layer, experts), dtype=float)
-        return link.place(t_gate, durations, experts.size, nbytes)
+        n = experts.size
+        p = None if prec is None else prec[idx] if idx is not None else prec
+        if p is None or not (p != self.default[route]).any():
+            nbytes = n * self.route_bytes[route]
+            if self.transfer_d is not None:
+                return link.place(t_gate, self.transfer_d[route], n, nbytes), nbytes
+            durations = np.asarray(self.cost.transfer_time(route, s, layer, experts), dtype=float)
+            return link.place(t_gate, durations, n, nbytes), nbytes
+        if self.transfer_d is None:
+            raise UserError(
+                "a reduced-precision expert copy needs the roofline cost model (cost tables "
+                "give native-precision transfer times)"
+            )
+        first = int(p[0])
+        if (p == first).all():
+            nbytes = n * float(self.sizes[first])
+            d = self.cost.copy_transfer_time(route, first)
+            return link.place(t_gate, d, n, nbytes), nbytes
+        table = [self.cost.copy_transfer_time(route, q) for q in range(len(self.sizes))]
+        durations = np.asarray(table)[p]
+        nbytes = float(self.sizes[p].sum())
+        return link.place(t_gate, durations, n, nbytes), nbytes
 
     def _activation_out(
         self,
@@ -514,6 +720,7 @@ class GpuProcess:
         experts: np.ndarray,
         tokens: np.ndarray,
         out: tuple[float, float, float, np.ndarray],
+        prec: np.ndarray | None = None,
     ) -> tuple[float, float]:
         """Serial compute next to the weights, then the results come back on the same route.
 
@@ -521,11 +728,21 @@ class GpuProcess:
         _start, arrived, half, idx = out
         if path == _MD_NEAR:
             c = self.cost.near_compute_time(s, layer, experts[idx], tokens[idx])
-            unit = "md"
+            unit, method, at = "md", "near_compute_time", "near_time_at"
         else:
             c = self.cost.host_compute_time(s, layer, experts[idx], tokens[idx])
-            unit = "host"
+            unit, method, at = "host", "host_compute_time", "host_time_at"
         c = np.asarray(c, dtype=float)
+        if prec is not None and prec[idx].any():
+            if not is_roofline(self.cost, method):
+                raise UserError(
+                    "a reduced-precision expert copy needs the roofline cost model (cost "
+                    "tables give native-precision compute times)"
+                )
+            p = prec[idx]
+            c = np.array(c, dtype=np.float64)
+            for q in np.unique(p[p > 0]).tolist():
+                c[p == q] = getattr(self.cost, at)(tokens[idx][p == q], q)
         done = arrived + float(c.sum())
         nbytes = float(tokens[idx].sum()) * self.act_bytes
         b_start, b_end, slot = self.routes[route].place_one(t_gate + done, half, nbytes)
@@ -539,58 +756,114 @@ class GpuProcess:
             )
         return done + b_end, 2.0 * nbytes
 
-    def _writeback(self, decision: GateDecision, s: int, layer: int, t_gate: float) -> float:
+    def _writeback(
+        self,
+        decision: GateDecision,
+        s: int,
+        layer: int,
+        t_gate: float,
+        precision: np.ndarray | None = None,
+    ) -> float:
         """Copy the gate's evicted experts back to host DRAM (exclusive caching): one
-        transfer each on the host route, behind the demand fetches. Returns the bytes."""
+        transfer each on the host route, behind the demand fetches, each the evicted copy's
+        size (``precision``: per evicted copy; None: all native). Returns the bytes."""
         if self.host_blocked:
             raise PolicyError(
                 f"policy {self.policy.name!r} at step {s} layer {layer} writes evicted experts "
                 "back to host memory, impossible: the scenario keeps no experts there"
             )
         victims = np.asarray([int(e) for _lyr, e in decision.evict], dtype=np.intp)
-        placed = self._fetch(HOST_ROUTE, s, layer, victims, t_gate)
+        if precision is None and self.default[HOST_ROUTE]:
+            precision = np.zeros(victims.size, dtype=np.int64)  # native copies go back
+        placed, nbytes = self._fetch(HOST_ROUTE, s, layer, victims, t_gate, precision)
         if self.timeline is not None:
             for (lyr, e), a, b, k in zip(
                 decision.evict, placed.start, placed.end, placed.slot, strict=True
             ):
                 self._event(f"{HOST_ROUTE}[{k}]", "writeback", t_gate + a, t_gate + b, s, lyr, e)
-        return victims.size * self.expert_bytes
+        return nbytes
 
     def _prefetch(
         self, decision: GateDecision, s: int, layer: int, t_gate: float, steps: int
-    ) -> tuple[int, int]:
+    ) -> tuple[int, int, float, float]:
         """Queue prefetches behind the gate's demand transfers; they enter the cache at once
         (bytes reserved at issue) and are ready when they arrive. Already cached (or listed
-        before): ignored. Returns how many were issued on (host route, MD route)."""
-        by_route = self.cache.reserve_prefetches(decision.prefetch, s, layer)
+        before): ignored. Returns how many were issued on (host route, MD route) and the bytes
+        each route moved for them."""
+        by_route, issued = self.cache.reserve_prefetches(decision.prefetch, s, layer)
+        asked = decision.prefetch_precision
+        counts, moved = {}, {}
+        pos = 0
         for route, arr in by_route.items():
-            if not len(arr):
+            m = len(arr)
+            where, pos = issued[pos : pos + m], pos + m
+            counts[route], moved[route] = m, 0.0
+            if not m:
                 continue
-            placed = self._fetch_prefetch(route, s, layer, arr, t_gate, steps)
+            precs = self._prefetch_precisions(asked, where, route, len(decision.prefetch), s, layer)
+            self.cache.set_precision(arr, precs if precs is not None else self.default[route])
+            placed, moved[route] = self._fetch_prefetch(route, s, layer, arr, t_gate, steps, precs)
             self.cache.arrived(arr, placed, t_gate)
             if self.timeline is not None:
                 for (lyr, e), a, b, k in zip(
                     arr.tolist(), placed.start, placed.end, placed.slot, strict=True
                 ):
                     self._event(f"{route}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
-        return len(by_route[HOST_ROUTE]), len(by_route[MD_ROUTE])
+        return counts[HOST_ROUTE], counts[MD_ROUTE], moved[HOST_ROUTE], moved[MD_ROUTE]
+
+    def _prefetch_precisions(
+        self, asked: object, where: np.ndarray, route: str, total: int, s: int, layer: int
+    ) -> np.ndarray | None:
+        """The precision of each issued prefetch on ``route`` (``where``: their positions in
+        the decision's list), checked against the copies the route's tier holds; None: the
+        default copy."""
+        if asked is None:
+            return None
+        who = f"policy {self.policy.name!r} at step {s} layer {layer}"
+        if isinstance(asked, int | np.integer) and not isinstance(asked, bool):
+            precs = np.full(where.size, int(asked))
+        else:
+            arr = np.asarray(asked)
+            if arr.shape != (total,) or arr.dtype.kind not in "iu":
+                raise PolicyError(
+                    f"{who}: prefetch_precision must be one index or {total}, got {asked!r}"
+                )
+            precs = arr[where].astype(np.int64)
+        precs = np.where(precs < 0, self.default[route], precs)
+        bad = ~np.isin(precs, self.held[route])
+        if bad.any():
+            q = int(precs[bad][0])
+            name = self.precision_names[q] if 0 <= q < len(self.sizes) else str(q)
+            have = ", ".join(self.precision_names[i] for i in self.held[route])
+            raise PolicyError(
+                f"{who} prefetches in precision {name} over {route}, but tier "
+                f"{ROUTE_TIER[route]} holds only {have}"
+            )
+        return None if (precs == self.default[route]).all() else precs
 
     def _fetch_prefetch(
-        self, route: str, s: int, layer: int, keys: np.ndarray, t_gate: float, steps: int
-    ) -> Placed:
+        self,
+        route: str,
+        s: int,
+        layer: int,
+        keys: np.ndarray,
+        t_gate: float,
+        steps: int,
+        prec: np.ndarray | None = None,
+    ) -> tuple[Placed, float]:
         """`_fetch` for prefetches (``keys``: rows of (layer, expert)): with a per-expert cost
         model (a cost table), each transfer is costed at the gate it is for, layer ``lyr`` later
         in this iteration or, for a layer not after this one, in the next (the last of the
-        source's planned ``steps`` at most)."""
-        if self.transfer_d is not None:
-            return self._fetch(route, s, layer, keys[:, 1], t_gate)
+        source's planned ``steps`` at most). Returns the placement and the bytes moved."""
+        if self.transfer_d is not None or prec is not None:
+            return self._fetch(route, s, layer, keys[:, 1], t_gate, prec)
         target = np.where(keys[:, 0] > layer, s, min(s + 1, steps - 1))
         durations = np.empty(len(keys))
         for ts, lyr in sorted(set(zip(target.tolist(), keys[:, 0].tolist(), strict=True))):
             mask = (target == ts) & (keys[:, 0] == lyr)
             durations[mask] = self.cost.transfer_time(route, ts, lyr, keys[mask, 1])
         nbytes = len(keys) * self.expert_bytes
-        return self.routes[route].place(t_gate, durations, len(keys), nbytes)
+        return self.routes[route].place(t_gate, durations, len(keys), nbytes), nbytes
 
     # -- GPU ---------------------------------------------------------------------------------------
     def _gpu_part(
@@ -667,18 +940,23 @@ class GpuProcess:
 
 
 class _IterationGates:
-    """One iteration's gates as the hot loop reads them: gate order, GPU compute table."""
+    """One iteration's gates as the hot loop reads them: gate order, GPU compute table, and
+    the router's gate mass (when the source gives it) for the quality proxies."""
 
     __slots__ = (
         "active",
         "counts",
+        "dropped",
         "experts",
         "gpu_table",
+        "mass",
         "position",
         "ref_table",
         "step",
         "steps",
         "tokens",
+        "top",
+        "total",
     )
 
     def __init__(self, gpu: GpuProcess, it: Iteration, step: int) -> None:
@@ -691,6 +969,42 @@ class _IterationGates:
         self.gpu_table = self.ref_table = None
         if gpu.gpu_table:
             self.gpu_table, self.ref_table = gpu.compute_tables(order)
+        self.mass, self.top, self.dropped = it.mass, it.top, it.dropped
+        self.total = gate_totals(it, gpu.layers)
+
+    def gate_mass(self, layer: int) -> float:
+        """The gate's router mass (its tokens; NaN when the source gives no scores)."""
+        return float(self.total[layer])
+
+    def quality(
+        self, layer: int, experts: np.ndarray, prec: np.ndarray | None
+    ) -> tuple[int, float, float]:
+        """Experts served below native precision, and the gate's degraded and dropped shares
+        of router mass (NaN when needed but unknown)."""
+        total = self.total[layer]
+        dropped = 0.0
+        if self.dropped is not None and self.dropped[layer] > 0.0:
+            dropped = float(self.dropped[layer] / total)
+        if prec is None:
+            return 0, 0.0, dropped
+        low = prec > 0
+        reduced = int(np.count_nonzero(low))
+        if not reduced:
+            return 0, 0.0, dropped
+        if self.mass is None:
+            return reduced, float("nan"), dropped
+        degraded = float(self.mass[layer][experts[low]].sum())
+        return reduced, (degraded / float(total) if total > 0 else 0.0), dropped
+
+
+def gate_totals(it: Iteration, layers: int) -> np.ndarray:
+    """Per layer, an iteration's router mass (kept + dropped; NaN when it has no scores)."""
+    if it.mass is None:
+        return np.full(layers, np.nan)
+    total = np.asarray(it.mass, dtype=np.float64).sum(axis=-1)
+    if it.dropped is not None:
+        total = total + np.asarray(it.dropped, dtype=np.float64)
+    return total
 
 
 class _Block:
@@ -723,6 +1037,15 @@ class _Block:
         self.non_expert = np.concatenate(
             [np.asarray(it.non_expert, dtype=np.float64) for it in its]
         )
+        self.total = np.concatenate([gate_totals(it, gpu.layers) for it in its])
+        dropped = [it.dropped for it in its]
+        self.dropped_share = np.zeros(len(self.total))
+        if any(d is not None for d in dropped):
+            parts = np.concatenate(
+                [np.zeros(gpu.layers) if d is None else np.asarray(d, float) for d in dropped]
+            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                self.dropped_share = np.where(parts > 0.0, parts / self.total, 0.0)
 
 
 def _whole_tables(gpu: GpuProcess, whole: GateOrder) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ _COUNT_COLUMNS = (
     "host",
     "prefetch_pcie",
     "prefetch_md",
+    "reduced",
 )
 PER_LAYER_COLUMNS = (
     *_COUNT_COLUMNS,
@@ -38,8 +39,19 @@ PER_LAYER_COLUMNS = (
     "stall",
     "layer_time",
     "cache_bytes",
+    "gate_mass",
+    "degraded_gate_mass",
+    "dropped_gate_mass",
 )
-PER_STEP_COLUMNS = ("step", "position", "latency", "compute_only", "non_expert")
+PER_STEP_COLUMNS = (
+    "step",
+    "position",
+    "latency",
+    "compute_only",
+    "non_expert",
+    "degraded_gate_mass",
+    "dropped_gate_mass",
+)
 INT_COLUMNS = frozenset(_COUNT_COLUMNS)
 TOTAL_KEYS = (
     "total_time",
@@ -57,6 +69,9 @@ TOTAL_KEYS = (
     "tokens_per_s",
     "ms_per_token",
     "non_expert_time",
+    "reduced",
+    "degraded_gate_mass",
+    "dropped_gate_mass",
 )
 
 
@@ -78,6 +93,7 @@ class GateRecord(NamedTuple):
     host: int
     prefetch_pcie: int
     prefetch_md: int
+    reduced: int
     bytes_pcie: float
     bytes_md: float
     t_start: float
@@ -87,6 +103,9 @@ class GateRecord(NamedTuple):
     stall: float
     layer_time: float
     cache_bytes: float
+    gate_mass: float
+    degraded_gate_mass: float
+    dropped_gate_mass: float
     compute_ref: float  # GPU compute of all active experts as if all were in HBM, s
     non_expert: float  # the layer's non-expert time, s
     gpu: int
@@ -112,6 +131,7 @@ class GateBlock(NamedTuple):
     host: np.ndarray
     prefetch_pcie: np.ndarray
     prefetch_md: np.ndarray
+    reduced: np.ndarray
     bytes_pcie: np.ndarray
     bytes_md: np.ndarray
     t_start: np.ndarray
@@ -121,6 +141,9 @@ class GateBlock(NamedTuple):
     stall: np.ndarray
     layer_time: np.ndarray
     cache_bytes: np.ndarray
+    gate_mass: np.ndarray
+    degraded_gate_mass: np.ndarray
+    dropped_gate_mass: np.ndarray
     compute_ref: np.ndarray
     non_expert: np.ndarray
     gpu: np.ndarray
@@ -165,10 +188,16 @@ def collect_steps(
     """per_step columns from one GPU's per_layer rows (iteration-major, ``layers`` rows each):
     latency = the iteration's layer times summed (time per output token); compute_only = its
     non-expert time + all-in-HBM GPU compute, summed; non_expert = its non-expert time per
-    layer (the mean over its layers when they differ)."""
+    layer (the mean over its layers when they differ); degraded/dropped_gate_mass = the
+    iteration's shares of gate mass (over all its layers, `sim.precision.mass_shares`)."""
     layer_time = per_layer["layer_time"].reshape(-1, layers)
     ref = extra[:, 0].reshape(-1, layers)
     non_expert = extra[:, 1].reshape(-1, layers)
+    mass = per_layer["gate_mass"].reshape(-1, layers)
+    shares = [
+        _step_shares(per_layer[name].reshape(-1, layers), mass)
+        for name in ("degraded_gate_mass", "dropped_gate_mass")
+    ]
     return {
         "step": per_layer["step"][::layers].copy(),
         "position": per_layer["position"][::layers].copy(),
@@ -179,7 +208,17 @@ def collect_steps(
             non_expert[:, 0] if layers else 0.0,
             non_expert.mean(axis=1),
         ),
+        "degraded_gate_mass": shares[0],
+        "dropped_gate_mass": shares[1],
     }
+
+
+def _step_shares(share: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """Per row of gates, the mass-weighted mean of their shares (0 where every share is 0,
+    even when the mass is unknown)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        weighted = (share * mass).sum(axis=1) / mass.sum(axis=1)
+    return np.where((share == 0).all(axis=1), 0.0, weighted)
 
 
 @dataclass(frozen=True)
@@ -233,6 +272,10 @@ def compute_totals(
     t_end = per_layer["t_end"]
     mean_step = float(latency.mean()) if latency.size else 0.0
     non_expert = per_step.get("non_expert")
+    mass = per_layer.get("gate_mass")
+    shares = (0.0, 0.0)
+    if mass is not None:
+        shares = _run_shares(per_layer, mass)
     return {
         "total_time": float(t_end[-1]) if t_end.size else 0.0,
         "mean_step": mean_step,
@@ -252,4 +295,19 @@ def compute_totals(
         if non_expert is not None and non_expert.size
         else 0.0,
         "compute_only": float(per_step["compute_only"].sum()),
+        "reduced": float(per_layer["reduced"].sum()) if "reduced" in per_layer else 0.0,
+        "degraded_gate_mass": shares[0],
+        "dropped_gate_mass": shares[1],
     }
+
+
+def _run_shares(per_layer: dict[str, np.ndarray], mass: np.ndarray) -> tuple[float, float]:
+    """The run's degraded and dropped shares of gate mass: each gate's share weighted by its
+    mass (`sim.precision.mass_shares`)."""
+    from sim.precision import mass_shares
+
+    parts = []
+    for name in ("degraded_gate_mass", "dropped_gate_mass"):
+        share = per_layer[name]
+        parts.append(np.where(share == 0, 0.0, share * mass))
+    return mass_shares(parts[0], parts[1], mass)

@@ -40,7 +40,8 @@ def simulate(
     """Replay ``trace`` under ``policy`` on ``hardware``; returns per-layer/step metrics.
 
     ``topk`` cuts the trace's routing to k' experts per token (default ``model.top_k``) with
-    the project's one top-k selection. ``progress`` is called with the number of steps newly
+    the project's one top-k selection. A policy with ``skip_below`` > 0 makes each token skip its chosen experts whose renormalised score is below it (never its
+    top-1): the demand shrinks before the policy sees it (`RoutingTrace.demand`). ``progress`` is called with the number of steps newly
     completed (tqdm's ``update``). ``label`` defaults to the policy's name. ``timeline``: True
     records every interval; ``(start, stop)`` only those of steps ``start .. stop-1`` (a window
     costs what the recorded steps cost; the other steps take the fast path).
@@ -53,10 +54,11 @@ def simulate(
         )
     if not 1 <= k <= trace.num_experts:
         raise UserError(f"topk: expected 1..{trace.num_experts}, got {k}")
-    counts = trace.expert_token_counts(k)
+    skip = float(getattr(policy, "skip_below", 0.0) or 0.0)
+    demand = trace.demand(k, skip)
     # per step: the constant gpu.non_expert_time, or the roofline (sim/roofline.py)
     non_expert = step_non_expert_times(hardware, model, trace.num_seqs, trace.positions)
-    source = LockstepSource(counts, trace.positions, non_expert[:, None])
+    source = LockstepSource(demand.counts, trace.positions, non_expert[:, None], demand=demand)
     return run_engine(
         source,
         hardware,

@@ -62,6 +62,14 @@ class Iteration:
     ``tag`` is the source's own (e.g. the requests in the batch); the engine hands the
     iteration back to `IterationSource.iteration_end` untouched. ``order`` may carry the gate
     order precomputed (`GateOrder` of ``counts``); the engine computes it when absent.
+
+    The router's scores, for the quality proxies and for policies that read them (optional;
+    `sim.precision.gate_demand` computes all three, and ``counts``, from per-token routing):
+    ``mass[layer, expert]`` the summed renormalised scores of the tokens routed there (each
+    token's top-k sum to 1), ``top[layer, expert]`` the largest renormalised score among them,
+    ``dropped[layer]`` the mass of the (token, expert) pairs skipped (not in ``counts``).
+    Without them the per-layer ``gate_mass`` is NaN, and the degraded share is NaN wherever
+    an expert is served below native precision.
     """
 
     counts: np.ndarray  # [layers, E] ints
@@ -69,6 +77,9 @@ class Iteration:
     position: int = 0
     tag: Any = None
     order: GateOrder | None = None
+    mass: np.ndarray | None = None  # [layers, E] router mass per expert
+    top: np.ndarray | None = None  # [layers, E] largest renormalised score per expert
+    dropped: np.ndarray | None = None  # [layers] router mass skipped
 
     def gates(self) -> GateOrder:
         return self.order if self.order is not None else GateOrder.from_counts(self.counts)
@@ -107,7 +118,9 @@ class LockstepSource:
     ``counts``: ``[steps, layers, E]`` token counts of the batch (``RoutingTrace.
     expert_token_counts``), the same for every GPU, or one such array per GPU (the batch's
     sequences split over the GPUs). ``non_expert``: seconds per layer, a scalar or a
-    ``[steps, layers]`` table. ``positions``: the token position of each step.
+    ``[steps, layers]`` table. ``positions``: the token position of each step. ``demand``:
+    the router's scores as `sim.precision.Demand` (``[steps, layers, E]`` mass and top score,
+    ``[steps, layers]`` dropped mass) for one GPU's counts, or None.
     """
 
     def __init__(
@@ -116,6 +129,7 @@ class LockstepSource:
         positions: Sequence[int],
         non_expert: float | np.ndarray = 0.0,
         num_gpus: int = 1,
+        demand: Any = None,
     ) -> None:
         per_gpu = (
             list(counts) if isinstance(counts, list | tuple) else [np.asarray(counts)] * num_gpus
@@ -132,6 +146,10 @@ class LockstepSource:
         self._orders = [orders.setdefault(id(c), GateOrder.from_counts(c)) for c in per_gpu]
         self._next = [0] * num_gpus
         self.steps = steps
+        if demand is not None and num_gpus != 1:
+            raise ValueError("router scores (demand) for one GPU only, for now")
+        self.demand = demand
+        self._dropped = demand is not None and bool(np.any(demand.dropped))
 
     # its answers do not depend on the time asked or on iteration ends, and it never idles: a
     # GPU alone may take several iterations at once (GpuProcess.run)
@@ -145,12 +163,16 @@ class LockstepSource:
         if s >= self.steps:
             return None
         self._next[gpu] = s + 1
+        d = self.demand
         return Iteration(
             counts=self.counts[gpu][s],
             non_expert=self._non_expert[s],
             position=self.positions[s],
             tag=s,
             order=self._orders[gpu].row(s),
+            mass=None if d is None else d.mass[s],
+            top=None if d is None else d.top[s],
+            dropped=d.dropped[s] if self._dropped else None,
         )
 
     def iteration_end(self, gpu: int, iteration: Iteration, start: float, end: float) -> None:

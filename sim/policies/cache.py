@@ -70,7 +70,7 @@ def cache_slots(params: CacheParams, ctx: PolicyContext, name: str) -> int:
     if params.slots is not None:
         total = params.slots
     elif params.capacity_bytes is not None:
-        total = int(params.capacity_bytes // ctx.model.expert_bytes)
+        total = int(params.capacity_bytes // ctx.expert_bytes)
     else:
         total = available
     if total > available:

@@ -1,9 +1,9 @@
 """Named hardware and model figures, kept as YAML data next to this module.
 
-Five kinds: ``links`` (links.yaml), ``gpus`` (gpus.yaml), ``cpus`` (cpus.yaml: host CPUs for
-the host-compute path), ``models`` (models.yaml) and ``hardware`` (hardware.yaml: whole machines
-built from the others by name). Every entry carries
-a ``source``. The files are read raw here; `sim.scenario` validates them with the same schema
+Six kinds: ``links`` (links.yaml), ``gpus`` (gpus.yaml), ``cpus`` (cpus.yaml: host CPUs for
+the host-compute path), ``models`` (models.yaml), ``precisions`` (precisions.yaml: expert weight
+formats) and ``hardware`` (hardware.yaml: whole machines built from the others by name). Every
+entry carries a ``source``. The files are read raw here; `sim.scenario` validates them with the same schema
 as scenario files (so units are parsed in one place), and tests check that every preset does.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 from sim.errors import UserError
 from sim.yamlio import parse_yaml
 
-KINDS = ("links", "gpus", "cpus", "models", "hardware")
+KINDS = ("links", "gpus", "cpus", "models", "precisions", "hardware")
 
 
 @cache

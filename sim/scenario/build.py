@@ -33,7 +33,9 @@ from sim.hardware import (
     HbmConfig,
     LinkConfig,
     ModelSpec,
+    Precision,
 )
+from sim.precision import expert_bytes_for_cache
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.scenario.schema import (
     LINK_ROLES,
@@ -45,6 +47,7 @@ from sim.scenario.schema import (
     LinkSection,
     ModelSection,
     PolicyEntry,
+    PrecisionSection,
     ScenarioSection,
     TraceSection,
     UnitDoc,
@@ -305,6 +308,7 @@ def _build(schema: ScenarioSection, data: dict[str, Any], source: str, base: Pat
         layer_shape(model)
     policies = build_policies(schema.policies, schema.baseline)
     check_cache_sizes(policies, hardware, model, _capacity_origin(schema.hardware))
+    check_policies(policies, hardware, model)
     name = schema.name or (Path(source).stem if source else "scenario")
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$", name):
         raise UserError(f"name: expected letters, digits and . _ + - only, got {name!r}")
@@ -431,6 +435,9 @@ def build_model(section: ModelSection | None) -> tuple[ModelSpec, dict[str, Any]
     values.setdefault("name", values.get("preset") or "custom")
     values.update(gated=gated, bytes_per_param=bpp)
     values.setdefault("bytes_per_activation", 2.0)
+    native = values.get("native_precision") or _NATIVE_NAMES.get(bpp, "native")
+    precisions, listed = build_precisions(values.get("precisions"), native, bpp)
+    values.update(native_precision=native, precisions=listed)
     spec = ModelSpec(
         name=values["name"],
         num_experts=values["num_experts"],
@@ -443,8 +450,78 @@ def build_model(section: ModelSection | None) -> tuple[ModelSpec, dict[str, Any]
         bytes_per_activation=float(values["bytes_per_activation"]),
         **{key: values.get(key) for key in _ROOFLINE_FIELDS},
         shared_experts=int(values.get("shared_experts") or 0),
+        native_precision=native,
+        precisions=precisions,
     )
     return spec, _doc(ModelSection, values)
+
+
+_NATIVE_NAMES = {4.0: "fp32", 2.0: "bf16", 1.0: "fp8"}  # by bytes_per_param
+
+
+def build_precisions(
+    given: list[Any] | None, native: str, bytes_per_param: float
+) -> tuple[tuple[Precision, ...], list[Any]]:
+    """The model's reduced precisions (`Precision`) and their resolved YAML form: each entry a
+    format name of sim/presets/precisions.yaml or a mapping; by default every shipped format
+    with fewer bits per weight than the native precision (``8 x bytes_per_param``)."""
+    native_bits = 8.0 * bytes_per_param
+    shipped = preset_data.presets("precisions")
+    if given is None:
+        entries: list[Any] = [
+            name
+            for name in shipped
+            if name != native
+            and _precision(shipped[name], name, "").bits_per_weight() < native_bits
+        ]
+    else:
+        entries = list(given)
+    out: list[Precision] = []
+    resolved: list[Any] = []
+    for i, entry in enumerate(entries):
+        where = f"model.precisions[{i}]"
+        if isinstance(entry, str):
+            precision = _precision(preset_data.get_preset("precisions", entry, where), entry, where)
+            resolved.append(entry)
+        else:
+            fields = dict(entry)
+            if not fields.get("name"):
+                raise UserError(f"{where}.name: required, missing")
+            precision = _precision(fields, fields["name"], where)
+            resolved.append(dict(fields))
+        if precision.name == native:
+            raise UserError(
+                f"{where}: expected a name other than the native precision {native!r}, "
+                f"got {precision.name!r}"
+            )
+        if precision.name in (p.name for p in out):
+            raise UserError(f"{where}: expected distinct names, got {precision.name!r} again")
+        if not precision.bits_per_weight() < native_bits:
+            raise UserError(
+                f"{where} ({precision.name}): expected fewer bits per weight than the native "
+                f"{native} ({native_bits:g}), got {precision.bits_per_weight():g}"
+            )
+        out.append(precision)
+    return tuple(out), resolved
+
+
+def _precision(fields: dict[str, Any], name: str, where: str) -> Precision:
+    """A `Precision` from a preset entry or a scenario mapping (validated by the schema)."""
+    try:
+        section = PrecisionSection.model_validate({**fields, "name": fields.get("name") or name})
+    except ValidationError as err:
+        line = str(validation_error_line(err, fields))
+        raise UserError(
+            f"{where}.{line}" if where else f"{line} (sim/presets/precisions.yaml: {name})"
+        ) from None
+    return Precision(
+        name=section.name or name,
+        bits=section.bits,
+        group_size=section.group_size,
+        scale_bits=section.scale_bits or 0.0,
+        dequant_ops=section.dequant_ops or 0.0,
+        source=section.source or "",
+    )
 
 
 # model fields passed to ModelSpec as they are (None when not given): the roofline's dimensions
@@ -481,7 +558,6 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         **(base.hbm.model_dump(exclude_unset=True) if base and base.hbm else {}),
         **(section.hbm.model_dump(exclude_unset=True) if section.hbm else {}),
     }
-    capacity = _cache_bytes(hbm.get("capacity") or 0.0, model, gpu.get("hbm_capacity"))
     hbm_bw = hbm.get("bandwidth") or gpu.get("hbm_bandwidth") or HbmConfig().bandwidth
     md_mode = top.get("md_mode") or "fetch"
     placement = top.get("placement") or "both"
@@ -501,11 +577,13 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
     for link in links.values():
         link.setdefault("latency", 0.0)
         link.setdefault("channels", 1)
+    copies = _copies(top.get("copies"), placement, model)
     hardware = Hardware(
-        hbm=HbmConfig(capacity=capacity, bandwidth=hbm_bw),
+        hbm=HbmConfig(capacity=0.0, bandwidth=hbm_bw),
         links={name: _link(name, values) for name, values in links.items()},
         gpu=GpuConfig(
             peak_flops=gpu["peak_flops"],
+            vector_flops=gpu.get("vector_flops"),
             non_expert_time=None
             if gpu["non_expert_time"] == ROOFLINE
             else float(gpu["non_expert_time"]),
@@ -516,7 +594,12 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         placement=placement,
         md_compute=md_compute,
         host_compute=host_compute,
+        copies=copies,
     )
+    # the cache budget, counted in the experts the tiers hold (their largest default copy)
+    slot = expert_bytes_for_cache(hardware, model)
+    capacity = _cache_bytes(hbm.get("capacity") or 0.0, slot, gpu.get("hbm_capacity"))
+    hardware = dataclasses.replace(hardware, hbm=HbmConfig(capacity=capacity, bandwidth=hbm_bw))
     doc = {
         "preset": section.preset or (base.preset if base else None),
         "description": top.get("description"),
@@ -531,8 +614,40 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         "placement": placement,
         "md_compute": _doc(ComputeSection, units["md_compute"]) if md_compute else None,
         "host_compute": _doc(ComputeSection, units["host_compute"]) if host_compute else None,
+        "copies": {tier: list(names) for tier, names in copies.items()} or None,
     }
     return hardware, {k: v for k, v in doc.items() if v is not None}
+
+
+def _copies(
+    given: dict[str, str | list[str]] | None, placement: str, model: ModelSpec
+) -> dict[str, tuple[str, ...]]:
+    """``hardware.copies`` checked: tiers of the placement, precisions of the model."""
+    if not given:
+        return {}
+    tiers = {"host": ("host",), "md": ("md",)}.get(placement, ("host", "md"))
+    names = model.precision_names
+    out = {}
+    for tier, value in given.items():
+        where = f"hardware.copies.{tier}"
+        if tier not in tiers:
+            raise UserError(
+                f"{where}: expected a tier of placement {placement!r} ({', '.join(tiers)}), "
+                f"got {tier!r}"
+            )
+        listed = [value] if isinstance(value, str) else list(value)
+        if not listed:
+            raise UserError(f"{where}: expected at least one precision, got none")
+        for i, name in enumerate(listed):
+            if name not in names:
+                raise UserError(
+                    f"{where}[{i}]: expected one of the model's precisions "
+                    f"({', '.join(names)}), got {name!r}"
+                )
+            if listed.index(name) != i:
+                raise UserError(f"{where}[{i}]: expected distinct precisions, got {name!r} again")
+        out[tier] = tuple(listed)
+    return out
 
 
 def _link_values(
@@ -586,18 +701,20 @@ def _compute(values: dict[str, Any], where: str) -> ComputeUnit | None:
     return ComputeUnit(memory_bandwidth=values["memory_bandwidth"], peak_flops=values["peak_flops"])
 
 
-def _cache_bytes(capacity: float | str, model: ModelSpec, gpu_hbm: float | None) -> float:
-    """The expert-cache budget in bytes: 0, or at least one expert and at most the GPU's HBM."""
+def _cache_bytes(capacity: float | str, expert_bytes: float, gpu_hbm: float | None) -> float:
+    """The expert-cache budget in bytes: 0, or at least one expert (``expert_bytes``: the
+    largest default copy the tiers hold, `sim.precision.expert_bytes_for_cache`) and at most
+    the GPU's HBM."""
     where = "hardware.hbm.capacity"
     if isinstance(capacity, str):  # "N experts"
-        nbytes = int(capacity.split()[0]) * model.expert_bytes
+        nbytes = int(capacity.split()[0]) * expert_bytes
         shown = capacity
     else:
         nbytes, shown = float(capacity), format_exact("size", float(capacity))
-    if 0 < nbytes < model.expert_bytes:
+    if 0 < nbytes < expert_bytes:
         raise UserError(
             f"{where}: expected 0 (no cache) or at least one expert "
-            f"({format_exact('size', model.expert_bytes)}), got {shown!r}"
+            f"({format_exact('size', expert_bytes)}), got {shown!r}"
         )
     if gpu_hbm is not None and nbytes > gpu_hbm:
         raise UserError(
@@ -667,14 +784,15 @@ def check_cache_sizes(
 ) -> None:
     """A policy's own cache size (``slots``/``capacity_bytes``) must fit the HBM budget: said
     now, naming the policy's field and the one to change, not when its run starts."""
-    available = int(hardware.hbm.capacity // model.expert_bytes)
+    expert_bytes = expert_bytes_for_cache(hardware, model)
+    available = int(hardware.hbm.capacity // expert_bytes)
     for spec in policies:
         slots = spec.resolved_params.get("slots")
         nbytes = spec.resolved_params.get("capacity_bytes")
         if slots is not None:
             field_name, wanted = "slots", slots
         elif nbytes is not None:
-            field_name, wanted = "capacity_bytes", nbytes // model.expert_bytes
+            field_name, wanted = "capacity_bytes", nbytes // expert_bytes
         else:
             continue
         if wanted > available:
@@ -684,6 +802,16 @@ def check_cache_sizes(
                 f"{format_exact('size', hardware.hbm.capacity)}, {origin}; set "
                 f"hardware.hbm.capacity), got {int(wanted)}"
             )
+
+
+def check_policies(policies: list[PolicySpec], hardware: Hardware, model: ModelSpec) -> None:
+    """Policies that depend on the hardware and model (a precision the tiers must hold) say
+    so now (their ``check(hardware, model, where)``), naming the field."""
+    for spec in policies:
+        policy = spec.build()
+        check = getattr(type(policy), "check", None)
+        if check is not None:
+            check(policy, hardware, model, f"{spec.where}.params")
 
 
 def _capacity_origin(section: HardwareSection) -> str:

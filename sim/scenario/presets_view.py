@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from sim.scenario.build import build_hardware, build_model, validated_preset
+from sim.presets import get_preset
+from sim.scenario.build import _precision, build_hardware, build_model, validated_preset
 from sim.scenario.schema import (
     ComputeSection,
     GpuSection,
@@ -11,6 +12,10 @@ from sim.scenario.schema import (
     ModelSection,
 )
 from sim.units import format_bandwidth, format_duration, format_flops, format_size
+
+
+def presets_entry(kind: str, name: str) -> dict:
+    return get_preset(kind, name, f"sim/presets/{kind}.yaml")
 
 
 def preset_summary(kind: str, name: str) -> str:
@@ -39,6 +44,9 @@ def preset_summary(kind: str, name: str) -> str:
             f"{model.num_experts} experts, top-{model.top_k}, "
             f"{format_size(model.expert_bytes)} per expert"
         )
+    if kind == "precisions":
+        precision = _precision(presets_entry(kind, name), name, where)
+        return f"{precision.bits_per_weight():.4g} bits per weight"
     section = HardwareSection(preset=name)
     model, _ = build_model(None)
     hw, doc = build_hardware(section, model)
@@ -56,10 +64,10 @@ PRESETS_INTRO = """\
      Do not edit by hand: tests/test_presets.py checks it is up to date. -->
 
 Presets are YAML data in `sim/presets/` (`links.yaml`, `gpus.yaml`, `cpus.yaml`,
-`models.yaml`, `hardware.yaml`). A scenario names them (`hardware: {preset: h100-pcie5-cxl}`,
-`links: {pcie: pcie4-x16}`, `gpu: h200`, `host_compute: xeon-gold-6454s-1s`,
-`model: {preset: mixtral-8x7b}`) and may override any field (docs/scenarios.md).
-`moesim presets [links|gpus|cpus|models|hardware]` lists them.
+`models.yaml`, `precisions.yaml`, `hardware.yaml`). A scenario names them
+(`hardware: {preset: h100-pcie5-cxl}`, `links: {pcie: pcie4-x16}`, `gpu: h200`,
+`host_compute: xeon-gold-6454s-1s`, `model: {preset: mixtral-8x7b}`) and may override any field
+(docs/scenarios.md). `moesim presets [links|gpus|cpus|models|precisions|hardware]` lists them.
 
 Every figure carries its source. Tags: **[S]** the number is in the cited source, **[D]**
 derived arithmetically from [S] values, **[M]** general knowledge not checked against a source
@@ -86,6 +94,15 @@ cover and lists the original source (URL or paper) of every preset.
   the CPU root complex and shares (and is capped by) the GPU's PCIe link; the two-link model
   here is then optimistic.
 
+## How expert precisions are modelled
+
+A model's experts exist in its native precision (`expert_bytes`) and in the formats of
+`precisions.yaml` with fewer bits per weight (or those the model lists in `precisions:`). A
+copy takes `params x bits / 8 + ceil(params / group_size) x scale_bits / 8` bytes; `bits per
+weight` below includes the metadata. `hardware.copies` says which copies host DRAM and the MD
+pool hold (docs/engine.md, "Precision"). `dequant_ops` are estimates; the GPUs'
+`vector_flops` (FP32 non-tensor throughput) charge them.
+
 ## The seed notebook's 32 and 512
 
 The seed computes `Expert_GPU = round(BW_PCIe / (BW_MD + BW_PCIe) * Expert_Activ)` with
@@ -110,9 +127,10 @@ makes it follow the scenario's links.
 
 _COLUMNS = {
     "links": ("bandwidth", "theoretical", "latency", "channels"),
-    "gpus": ("hbm_capacity", "hbm_bandwidth", "peak_flops", "copy_engines"),
+    "gpus": ("hbm_capacity", "hbm_bandwidth", "peak_flops", "vector_flops", "copy_engines"),
     "cpus": ("memory_bandwidth", "theoretical_bandwidth", "peak_flops", "cores"),
     "models": ("num_experts", "top_k", "moe_layers", "hidden_size", "expert_ffn_size", "gated"),
+    "precisions": ("bits", "group_size", "scale_bits", "dequant_ops"),
     "hardware": ("gpu", "links", "md_mode", "placement"),
 }
 _TITLES = {
@@ -120,6 +138,7 @@ _TITLES = {
     "gpus": "GPUs (`sim/presets/gpus.yaml`)",
     "cpus": "Host CPUs for the host-compute path (`sim/presets/cpus.yaml`)",
     "models": "MoE models (`sim/presets/models.yaml`)",
+    "precisions": "Expert weight formats (`sim/presets/precisions.yaml`)",
     "hardware": "Whole machines (`sim/presets/hardware.yaml`)",
 }
 
@@ -137,7 +156,7 @@ def presets_markdown() -> str:
     parts = [PRESETS_INTRO]
     for kind in KINDS:
         columns = _COLUMNS[kind]
-        extra = ("expert size",) if kind == "models" else ()
+        extra = {"models": ("expert size",), "precisions": ("bits per weight",)}.get(kind, ())
         notes = "description" if kind == "hardware" else "notes"
         parts.append(f"## {_TITLES[kind]}\n")
         header = ("name", *columns, *extra, notes, "source")
@@ -148,6 +167,8 @@ def presets_markdown() -> str:
             if kind == "models":
                 model, _ = build_model(ModelSection(preset=name))
                 cells.append(format_size(model.expert_bytes))
+            if kind == "precisions":
+                cells.append(f"{_precision(entry, name, name).bits_per_weight():.6g}")
             cells += [_cell(entry.get(notes, "")), _cell(entry.get("source", ""))]
             parts.append("| " + " | ".join(cells) + " |")
         parts.append("")

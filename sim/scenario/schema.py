@@ -231,6 +231,36 @@ class RoutingSection(_Section):
 
 
 # -- model ---------------------------------------------------------------------------------------
+class PrecisionSection(_Section):
+    """An expert weight format other than the model's native one (docs/engine.md, "Precision";
+    the shipped formats: `moesim presets precisions`)."""
+
+    name: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="how copies and policies name it (required in a model's list)",
+    )
+    bits: float = Field(gt=0, description="bits per weight of the stored values")
+    group_size: PositiveInt | None = Field(
+        None, description="weights sharing one set of metadata (scale, zero point); none: absent"
+    )
+    scale_bits: float | None = Field(
+        None, ge=0, description="bits of metadata per group (scales, zero points, ...)"
+    )
+    dequant_ops: float | None = Field(
+        None,
+        ge=0,
+        description="vector-unit operations per weight to dequantise (charged against "
+        "gpu.vector_flops); default 0",
+    )
+    source: str | None = Field(None, description="where the figures come from")
+
+
+# a format of sim/presets/precisions.yaml, or its fields (`PrecisionSection`, checked when the
+# model is built so that an error names the entry's own field)
+PrecisionEntry = str | dict[str, Any]
+
+
 class ModelSection(_PresetSection):
     """A model preset (`moesim presets models`), explicit figures, or a preset plus overrides."""
 
@@ -275,6 +305,18 @@ class ModelSection(_PresetSection):
         None, ge=0, description="their total FFN width (default shared_experts x expert_ffn_size)"
     )
     vocab_size: PositiveInt | None = Field(None, description="vocabulary (LM head rows)")
+    native_precision: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="name of the precision the experts are trained in (their `expert_bytes`); "
+        "default from bytes_per_param: bf16 (2), fp8 (1), fp32 (4)",
+    )
+    precisions: list[PrecisionEntry] | None = Field(
+        None,
+        description="the other formats an expert may be stored in: names of "
+        "sim/presets/precisions.yaml formats or mappings {name, bits, group_size, scale_bits, "
+        "dequant_ops}; default every shipped format with fewer bits per weight than the native",
+    )
     source: str | None = Field(None, description="where the figures come from")
     notes: str | None = Field(None, description="free text")
 
@@ -324,6 +366,11 @@ class GpuSection(_PresetSection):
     hbm_bandwidth: Bandwidth | None = Field(None, description="HBM bandwidth, e.g. `3.35 TB/s`")
     hbm_capacity: Size | None = Field(None, description="total HBM (caps hbm.capacity)")
     copy_engines: PositiveInt | None = Field(None, description="informative")
+    vector_flops: Compute | None = Field(
+        None,
+        description="FP32 throughput of the non-tensor (vector) units, which dequantise "
+        "reduced-precision experts, e.g. `67 TFLOP/s`; none: dequantisation is free",
+    )
     non_expert_time: NonExpertTime | None = Field(
         None,
         description="per MoE layer: attention, router, shared experts, its share of the dense "
@@ -399,6 +446,13 @@ class HardwareSection(_Section):
     )
     host_compute: ComputeSection | None = Field(
         None, description="host CPU, for host compute (the HOST path): a CPU preset name or fields"
+    )
+    copies: dict[Literal["host", "md"], str | list[str]] | None = Field(
+        None,
+        description="the precisions of the expert copies each tier holds (`host`, `md`: names "
+        "from model.precisions or its native one), e.g. `{host: bf16, md: [bf16, int4]}`; a "
+        "tier not named holds the native precision; a transfer moves the tier's highest one "
+        "unless a policy asks for another",
     )
 
 

@@ -25,6 +25,7 @@ from sim.scenario.schema import (
     ModelSection,
     OutputSection,
     PolicyEntry,
+    PrecisionSection,
     RoutingSection,
     ScenarioSection,
     SchedulerSection,
@@ -40,6 +41,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("costs", CostsSection),
     ("routing", RoutingSection),
     ("model", ModelSection),
+    ("model.precisions[i]", PrecisionSection),
     ("hardware", HardwareSection),
     ("hardware.gpu", GpuSection),
     ("hardware.hbm", HbmSection),
@@ -125,10 +127,10 @@ killed run leaves nothing partial. The same scenario and seed give byte-identica
 | file | content |
 |---|---|
 | `scenario.resolved.yaml` | the scenario with every default and preset filled in, plus `provenance` (tool and numpy versions, trace checksum and provenance; with cost tables `provenance.costs`: source, defects and per run where each cost came from); `moesim run` accepts it as it is |
-| `summary.csv`, `summary.json` | one row per (top-k, policy label): `policy` (registry name), `label`, `topk`, `kind` (`online`, `oracle`: reads routing an online policy cannot know, or `bound`: an offline bound), `is_bound`, `is_baseline`, `total_time`, `mean_step`, `p50_step`, `p99_step`, `transfer_time`, `bytes_pcie`, `bytes_md`, `hits` (in HBM at the gate), `late_prefetches` (cached but still in flight at the gate), `misses`, `hit_rate` (hits / active), `stall`, `tokens_per_s` (sequences / mean step), `ms_per_token` (mean step in ms), `non_expert_time` (mean per layer), `speedup`, `gap_closed` (blank when no bound ran or no bound's mean step is below the baseline's), then extra engine totals and, with cost tables, `cycles` (`total_time` x clock; an integer when within 1e-6 of one) |
+| `summary.csv`, `summary.json` | one row per (top-k, policy label): `policy` (registry name), `label`, `topk`, `kind` (`online`, `oracle`: reads routing an online policy cannot know, or `bound`: an offline bound), `is_bound`, `is_baseline`, `total_time`, `mean_step`, `p50_step`, `p99_step`, `transfer_time`, `bytes_pcie`, `bytes_md`, `hits` (in HBM at the gate), `late_prefetches` (cached but still in flight at the gate), `misses`, `hit_rate` (hits / active), `stall`, `tokens_per_s` (sequences / mean step), `ms_per_token` (mean step in ms), `non_expert_time` (mean per layer), `reduced` (experts served from reduced-precision copies), `degraded_gate_mass` and `dropped_gate_mass` (quality proxies in [0, 1]: the shares of the router's gate mass served below native precision and dropped; docs/engine.md "Precision"), `speedup`, `gap_closed` (blank when no bound ran or no bound's mean step is below the baseline's), then extra engine totals and, with cost tables, `cycles` (`total_time` x clock; an integer when within 1e-6 of one) |
 | policy statistics | policies that report statistics (the prefetch policies: predictor `precision`, `recall`, `true_positives`, `false_positives`, `false_negatives`, `prefetched`, `train_steps`; `optimal`: the MILP's `objective` and size) add them after the run: `summary.json` as a nested `policy_stats` mapping per row (`null` for other policies), `summary.csv` as flat `stat_<name>` columns (scalar values only, blank for other policies). The printed table has a footnote per run with the predictor's precision and recall |
 | `per_layer.csv` | `label`, `policy`, `topk` + the engine's per (step, layer) columns (docs/engine.md) |
-| `per_step.csv` | `label`, `policy`, `topk` + `step`, `position`, `latency`, `compute_only`, `non_expert` |
+| `per_step.csv` | `label`, `policy`, `topk` + `step`, `position`, `latency`, `compute_only`, `non_expert`, `degraded_gate_mass`, `dropped_gate_mass` |
 | `trace.json` | the trace's provenance, shape and checksum |
 | `notes.txt` | the notes printed under the comparison table (identical runs, caches without hits, predictor accuracy, why gap closed is blank); may be empty |
 | `timeline.json` | with `--timeline FILE.json` or `output.timeline: true`: Chrome trace events |

@@ -217,6 +217,7 @@ def read_jsonl(
     tokens: list[int] = []
     ids: list[list[int]] = []
     weights: list[list[float] | None] = []
+    line_of: list[int] = []  # the line of each record, for errors about one record
     token_ids: dict[int, int] = {}
     with io.TextIOWrapper(opener.open_file(path, "a JSON-lines file"), encoding="utf-8") as handle:
         for lineno, line in _lines(path, handle):
@@ -242,6 +243,10 @@ def read_jsonl(
                 raise UserError(
                     f"{where}: 'expert_ids': expected a list of integers, got {experts!r}"
                 )
+            if len(set(experts)) != len(experts):
+                raise UserError(
+                    f"{where}: 'expert_ids': expected distinct experts, got {experts!r}"
+                )
             gate = obj.get("gate_weights")
             if gate is not None and (
                 not isinstance(gate, list)
@@ -261,14 +266,24 @@ def read_jsonl(
             tokens.append(token)
             ids.append(experts)
             weights.append(gate)
+            line_of.append(lineno)
     if not ids:
         raise UserError(f"{path}: expected routing records, got an empty file")
     k = len(ids[0])
-    if any(len(e) != k for e in ids):
-        raise UserError(f"{path}: expected the same number of experts ({k}) on every line")
+    bad_k = next((i for i, e in enumerate(ids) if len(e) != k), None)
+    if bad_k is not None:
+        raise UserError(
+            f"{path}:{line_of[bad_k]}: expected {k} expert ids (as on line {line_of[0]}), "
+            f"got {len(ids[bad_k])}"
+        )
     with_weights = [w is not None for w in weights]
     if any(with_weights) and not all(with_weights):
-        raise UserError(f"{path}: expected 'gate_weights' on every line or on none")
+        odd = with_weights.index(not with_weights[0])
+        has = "has" if with_weights[0] else "lacks"
+        raise UserError(
+            f"{path}:{line_of[odd]}: expected 'gate_weights' on every line or on none, got "
+            f"{'them' if with_weights[odd] else 'none'} here (line {line_of[0]} {has} them)"
+        )
     layer_ids = tuple(sorted(set(layers)))
     num_tokens = max(tokens) + 1
     layer_index = {lid: i for i, lid in enumerate(layer_ids)}
@@ -278,9 +293,11 @@ def read_jsonl(
     seen = np.bincount(cell, minlength=num_tokens * len(layer_ids))
     if seen.max() > 1:
         bad = int(np.argmax(seen > 1))
+        lines = [line_of[i] for i in np.flatnonzero(cell == bad)[:2]]
         raise UserError(
-            f"{path}: expected one record per (layer, token), got layer "
-            f"{layer_ids[bad % len(layer_ids)]} token {bad // len(layer_ids)} twice"
+            f"{path}:{lines[1]}: expected one record per (layer, token), got layer "
+            f"{layer_ids[bad % len(layer_ids)]} token {bad // len(layer_ids)} again (first on "
+            f"line {lines[0]})"
         )
     if seen.min() == 0:
         bad = int(np.argmin(seen))

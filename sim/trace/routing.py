@@ -120,6 +120,40 @@ class RoutingTrace:
             cache[k] = counts.reshape(steps, layers, self.num_experts).astype(np.int32)
         return cache[k]
 
+    def selected_scores(self, k: int) -> np.ndarray:
+        """``[steps, layers, seqs, k]`` float64: the trace's (raw, not renormalised) score of
+        each expert `topk` selects, 0 for a pick the trace has no score for (k beyond the
+        trace's k)."""
+        cache = self._score_cache
+        if k not in cache:
+            sel = self.topk(k)
+            if k <= self.k and np.array_equal(sel, self.experts[..., :k]):
+                out = self.scores[..., :k].astype(np.float64)  # the usual case: a slice
+            else:
+                out = np.zeros(sel.shape, dtype=np.float64)
+                for j in range(self.k):
+                    column = self.experts[..., j : j + 1]
+                    score = self.scores[..., j : j + 1].astype(np.float64)
+                    out += np.where(sel == column, score, 0.0)
+            cache[k] = out
+        return cache[k]
+
+    def demand(self, k: int, skip_below: float = 0.0) -> Any:
+        """`sim.precision.Demand` of every (step, layer) under top-``k``: token counts (those of
+        `expert_token_counts` when nothing is skipped), gate mass per expert, top renormalised
+        score per expert, and the mass dropped by tokens skipping experts below
+        ``skip_below`` (never their top-1)."""
+        from sim.precision import gate_demand
+
+        key = (k, float(skip_below))
+        cache = self._demand_cache
+        if key not in cache:
+            counts = self.expert_token_counts(k) if skip_below <= 0.0 else None
+            cache[key] = gate_demand(
+                self.topk(k), self.selected_scores(k), self.num_experts, skip_below, counts
+            )
+        return cache[key]
+
     def active_experts(self, k: int) -> np.ndarray:
         """``[steps, layers]`` number of distinct experts with at least one token (Expert_Activ)."""
         return (self.expert_token_counts(k) > 0).sum(axis=2).astype(np.int32)
@@ -130,6 +164,14 @@ class RoutingTrace:
 
     @cached_property
     def _count_cache(self) -> dict[int, np.ndarray]:
+        return {}
+
+    @cached_property
+    def _score_cache(self) -> dict[int, np.ndarray]:
+        return {}
+
+    @cached_property
+    def _demand_cache(self) -> dict[tuple[int, float], Any]:
         return {}
 
     # -- selection -----------------------------------------------------------------------------
