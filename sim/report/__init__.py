@@ -187,6 +187,14 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
             lambda k=k: F.link_timeline(run, colours, k, window),
         )
         out.add(
+            f"link_usage{sfx}",
+            f"Link utilisation over time{top}",
+            "Each link's utilisation (share of its bandwidth in use, per time bin of "
+            "link_usage.csv) over the run, for the baseline and the best online policy: where "
+            "a shared link saturates.",
+            lambda k=k: F.link_usage_over_time(run, colours, k),
+        )
+        out.add(
             f"hit_rate{sfx}",
             f"HBM hit rate over steps{top}",
             "Per decode step, experts already in HBM at the gate over active experts (prefetches "
@@ -344,6 +352,16 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
                 "Mean step-latency speedup over the baseline, one line per policy; where "
                 "other fields vary too, the line is their mean and the band their range.",
                 lambda f=field, k=k: F.speedup_vs_field(sweep, f, colours, k),
+            )
+    if "hardware.num_gpus" in sweep.axes:
+        for k in [None] if len(topks) == 1 else topks:
+            sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
+            out.add(
+                f"gpu_scaling{sfx}",
+                f"GPU-count scaling{top}",
+                "Mean step latency (the slowest GPU's step) and tokens/s of all GPUs together "
+                "against the number of GPUs sharing the pool, one line per policy.",
+                lambda k=k: F.gpu_scaling(sweep, colours, k),
             )
     if SF.RATE_FIELD in sweep.axes and "ttft_p99" in table:
         for k in [None] if len(topks) == 1 else topks:

@@ -338,18 +338,29 @@ def hardware_header(scenario: Scenario, results: Sequence[RunResult]) -> str:
     """The hardware actually simulated, in one line above the tables."""
     hw, doc = scenario.hardware, scenario.hardware_doc
     gpu = (doc.get("gpu") or {}).get("preset") or "custom GPU"
+    topo = hw.topology
+    gpus = f"{topo.num_gpus} x " if topo.num_gpus > 1 else ""
     parts = [
-        f"GPU {gpu} ({format_flops(hw.gpu.peak_flops)}, HBM {format_bandwidth(hw.hbm.bandwidth)})"
+        f"GPU {gpus}{gpu} ({format_flops(hw.gpu.peak_flops)}, HBM "
+        f"{format_bandwidth(hw.hbm.bandwidth)})"
+        + (f", {topo.data_parallel}" if topo.num_gpus > 1 else "")
     ]
-    for name in ("pcie", "md_link"):
-        link = hw.link(name)
+    for name, link in hw.links.items():
         preset = ((doc.get("links") or {}).get(name) or {}).get("preset")
+        own = topo.num_gpus > 1 and name in topo.per_gpu
         parts.append(
             f"{name} {format_bandwidth(link.bandwidth)}"
             + (f" [{preset}]" if preset else "")
             + f", {format_duration(link.latency)} latency, {link.channels} channel"
             + ("s" if link.channels != 1 else "")
+            + (f", {link.sharing}" if link.sharing != "fifo" else "")
+            + (" (per GPU)" if own else "")
         )
+    for tier in ("host", "md"):
+        if len(topo.paths[tier]) > 1 or topo.paths[tier][0] != (
+            "pcie" if tier == "host" else "md_link"
+        ):
+            parts.append(f"{tier} path {' -> '.join(topo.paths[tier])}")
     slots = (
         int(hw.hbm.capacity // scenario.model.expert_bytes) if scenario.model.expert_bytes else 0
     )
