@@ -141,7 +141,7 @@ def record(seconds: float, cpu: float, rows: list[dict[str, str]]) -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     record_section(
-        "## published validation",
+        "## published validation (issue 18)",
         f"{stamp}; {cpu_model()}, {os.cpu_count()} cores, load average {load:.2f} at the end. "
         f"`benchmarks/published/run.py`: {int(s['cases'])} cases in {seconds:.1f} s wall, "
         f"{cpu:.1f} s CPU (one process).\n\n"
