@@ -73,7 +73,7 @@ class Quantity:
 # engine forms (bytes / bandwidth, FLOPs / throughput, times summed over steps) stays finite.
 BANDWIDTH = Quantity("bandwidth", "32 GB/s", _BANDWIDTH_UNITS, False, 1.0, 1e18)
 SIZE = Quantity("size", "80 GiB", _SIZE_UNITS, True, 1.0, 2.0**60)
-DURATION = Quantity("duration", "2 us", _DURATION_UNITS, True, 1e-15, 1e6)
+DURATION = Quantity("duration", "2 us", _DURATION_UNITS, True, 1e-15, 1e9)
 COMPUTE = Quantity("compute", "989 TFLOP/s", _FLOPS_UNITS, False, 1.0, 1e21)
 QUANTITIES = {q.kind: q for q in (BANDWIDTH, SIZE, DURATION, COMPUTE)}
 # A size that cannot be 0: what something divides by (an expert's bytes, a GPU's memory).

@@ -248,11 +248,18 @@ def column_rules() -> dict[str, ColumnRule]:
     from sim.engine.results import INT_COLUMNS, PER_LAYER_COLUMNS, PER_STEP_COLUMNS, TOTAL_KEYS
     from sim.scenario.run import SUMMARY_COLUMNS
 
+    # A blank cell is what the writers put for "does not apply" (None, NaN); it is refused only
+    # in the columns every row has (the keys, the counts and the step latency).
+    # Ranges only where they are definitional (times and bytes are never negative, a rate is a
+    # share); other measures (a stall, a gap closed) are any finite number.
     count = ColumnRule("int", 0, 2**53)
-    rules = {name: ColumnRule("float", 0) for name in (*TOTAL_KEYS, *PER_STEP_COLUMNS)}
-    rules.update({name: ColumnRule("float", 0) for name in PER_LAYER_COLUMNS})
+    measure = ColumnRule("float", blank=True)
+    rules = {name: measure for name in (*TOTAL_KEYS, *PER_STEP_COLUMNS, *PER_LAYER_COLUMNS)}
     rules.update({name: count for name in (*INT_COLUMNS, *GATING_COLUMNS, "point", "repeat")})
-    rules.update({name: ColumnRule("float") for name in SUMMARY_COLUMNS if name not in rules})
+    rules.update({n: ColumnRule("float", blank=True) for n in SUMMARY_COLUMNS if n not in rules})
+    rules.update({name: ColumnRule("float", 0) for name in ("mean_step", "latency", "total_time")})
+    never_negative = ColumnRule("float", 0, blank=True)
+    rules.update({n: never_negative for n in rules if n.startswith(("bytes_", "p50", "p99"))})
     rules.update(
         label=ColumnRule("text"),
         policy=ColumnRule("text"),

@@ -222,7 +222,7 @@ def check_declared_storage(path: Path) -> None:
         handle.seek(0)
         try:
             records = zipfile.ZipFile(handle).infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        except Exception:  # any damage (a flipped byte can even claim zip version 9.9):
             return  # torch.load says what is wrong with it
     declared = 0
     for info in records:
