@@ -12,6 +12,7 @@ its bisections and would otherwise start a pool or a cluster every round.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -145,7 +146,7 @@ class Session:
                 yield from _run_pool(self._pool, tasks, fn, self.workers)
             except WorkerDied:
                 pool, self._pool = self._pool, None  # broken: a later batch starts a new one
-                pool.shutdown(wait=True, cancel_futures=True)
+                _discard(pool)
                 raise
 
     def close(self) -> None:
@@ -211,6 +212,15 @@ def _run_pool(
     finally:
         for future in pending:
             future.cancel()
+
+
+def _discard(pool: ProcessPoolExecutor) -> None:
+    """Drop a broken pool without waiting: a worker killed while holding the task queue's lock
+    can leave the others blocked on it forever, so they are killed rather than joined."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _exit_with_parent(parent: int) -> None:
