@@ -153,7 +153,8 @@ def run_serving(
     from sim.serving.source import ServingSource
 
     spec = setup.spec
-    routing = SequenceRouting(trace, topk, wrap=spec.wrap)
+    skip = float(getattr(policy, "skip_below", 0.0) or 0.0)
+    routing = SequenceRouting(trace, topk, wrap=spec.wrap, skip_below=skip)
     scheduler = Scheduler(setup.requests, spec.scheduler, setup.hbm.kv_blocks)
     shared = setup.hbm.expert_capacity if setup.hbm.mode == "shared" else None
     source = ServingSource(

@@ -95,21 +95,20 @@ class ServingSource:
                     break
                 assert isinstance(more, Batch), "a planned-ahead scheduler never idles"
                 batches.append(more)
-        if len(batches) == 1:
-            counts = self.routing.counts(got.ids, got.first_pos, got.new_tokens)[None]
-            whole = None
-        else:
-            counts = self.routing.counts_many([(b.ids, b.first_pos, b.new_tokens) for b in batches])
-            whole = GateOrder.from_counts(counts)
+        demand = self.routing.demand([(b.ids, b.first_pos, b.new_tokens) for b in batches])
+        whole = GateOrder.from_counts(demand.counts) if len(batches) > 1 else None
         for i, batch in enumerate(batches):
             ne = float(self.non_expert(batch))
             self._ahead[gpu].append(
                 Iteration(
-                    counts=counts[i],
+                    counts=demand.counts[i],
                     non_expert=[ne] * self.layers,
                     position=batch.index,
                     tag=batch,
                     order=None if whole is None else whole.row(i),
+                    mass=demand.mass[i],
+                    top=demand.top[i],
+                    dropped=demand.dropped[i],
                     cache_capacity=capacity,
                 )
             )
