@@ -69,7 +69,16 @@ def test_lockstep_and_serving_give_identical_iterations(tmp_path):
     for a, b in zip(lockstep, serving, strict=True):
         assert a.label == b.label
         assert np.array_equal(a.per_step["latency"], b.per_step["latency"]), a.label
-        for column in ("t_start", "t_gate", "t_end", "hits", "pcie", "md_fetch", "active"):
+        for column in (
+            "t_start",
+            "t_gate",
+            "t_end",
+            "hits",
+            "pcie",
+            "md_fetch",
+            "active",
+            "gate_mass",
+        ):
             assert np.array_equal(a.per_layer[column], b.per_layer[column]), (a.label, column)
         req = b.serving.requests
         assert np.array_equal(req["finish"], np.full(seqs, a.per_layer["t_end"][-1]))
@@ -433,3 +442,26 @@ def test_planning_ahead_changes_nothing(tmp_path, monkeypatch, policy):
     for name, column in stepwise.serving.iterations.items():
         assert np.array_equal(ahead.serving.iterations[name], column, equal_nan=True), name
     assert np.array_equal(ahead.per_layer["t_end"], stepwise.per_layer["t_end"])
+
+
+def test_an_iterations_demand_is_the_lockstep_steps_with_skipping_too():
+    """Decodes of every sequence at one position are a lockstep step: the same counts, router
+    mass, top score and (tokens skipping experts scored below 0.2) dropped mass."""
+    from sim.serving.routing import SequenceRouting
+
+    trace = load_scenario_trace(scenario_from_dict(_doc()))
+    for skip in (0.0, 0.2):
+        routing = SequenceRouting(trace, 6, skip_below=skip)
+        seqs = np.arange(trace.num_seqs)
+        batches = [
+            (seqs, np.full(seqs.size, p), np.ones(seqs.size, dtype=np.int64)) for p in (0, 5)
+        ]
+        got = routing.demand(batches)
+        want = trace.demand(6, skip)
+        for i, p in enumerate((0, 5)):
+            assert np.array_equal(got.counts[i], want.counts[p])
+            assert np.array_equal(got.mass[i], want.mass[p])
+            assert np.array_equal(got.top[i], want.top[p])
+            assert np.allclose(got.dropped[i], want.dropped[p], rtol=1e-12, atol=1e-15)
+        if skip:
+            assert got.dropped.sum() > 0
