@@ -465,3 +465,56 @@ def test_an_iterations_demand_is_the_lockstep_steps_with_skipping_too():
             assert np.allclose(got.dropped[i], want.dropped[p], rtol=1e-12, atol=1e-15)
         if skip:
             assert got.dropped.sum() > 0
+
+
+def _two_gpus(workload: dict, policies=("seed-split", "lru")) -> dict:
+    return _doc(
+        trace={"path": "embedded", "positions": "0-63"},
+        hardware={"preset": "notebook-gbps", "num_gpus": 2, "hbm": {"capacity": "64 experts"}},
+        policies=list(policies),
+        workload=workload,
+    )
+
+
+def test_replicas_serve_each_request_once_and_share_the_md_pool(tmp_path):
+    workload = {
+        "kind": "serving",
+        "arrivals": {"rate": 30.0},
+        "prompt": {"dist": "uniform", "low": 4, "high": 32},
+        "output": {"dist": "uniform", "low": 2, "high": 30},
+        "requests": 80,
+        "router": "round-robin",
+    }
+    _, results = _run(_two_gpus(workload))
+    for result in results:
+        req, it = result.serving.requests, result.serving.iterations
+        assert req["gpu"].tolist() == [i % 2 for i in range(80)]
+        assert np.isfinite(req["finish"]).all() and (req["admitted"] >= req["arrival"]).all()
+        assert it["finished"].sum() == 80
+        for gpu in (0, 1):  # each GPU's iterations follow one another
+            mine = it["gpu"] == gpu
+            assert (it["t_start"][mine][1:] >= it["t_end"][mine][:-1]).all()
+            assert it["finished"][mine].sum() == np.count_nonzero(req["gpu"] == gpu)
+        area, _ = time_average_in_system(it)  # the GPUs' integrals add up: Little's law
+        span = float(req["finish"].max() - req["arrival"].min())
+        e2e = latencies(req)["e2e"]
+        assert abs(area / (len(e2e) / span * float(e2e.mean()) * span) - 1.0) < 0.01
+        assert set(np.unique(result.per_layer["gpu"]).tolist()) == {0, 1}
+    _, again = _run(_two_gpus(workload))
+    assert results[1].summary_row() == again[1].summary_row()  # deterministic
+    # one GPU serving the same requests alone: the MD link carries less
+    _, alone = _run({**_two_gpus(workload), "hardware": {"preset": "notebook-gbps"}})
+    assert alone[0].totals["bytes_md"] < results[0].totals["bytes_md"]
+
+
+def test_least_outstanding_sends_work_to_the_idler_gpu(tmp_path):
+    rows = [(0.0, 40, 20), (0.0, 2, 2), (0.0, 2, 2), (0.0, 2, 2)]
+    csv = {"kind": "serving", "arrivals": {"process": "csv", "path": _csv(tmp_path, rows)}}
+    _, (result,) = _run(_two_gpus({**csv, "router": "least-outstanding"}, ["seed-split"]))
+    assert result.serving.requests["gpu"].tolist() == [0, 1, 1, 1]
+    _, (result,) = _run(_two_gpus({**csv, "router": "round-robin"}, ["seed-split"]))
+    assert result.serving.requests["gpu"].tolist() == [0, 1, 0, 1]
+    with pytest.raises(UserError, match=r"hardware\.parallel: expected replicas"):
+        doc = _two_gpus(csv, ["seed-split"])
+        doc["hardware"]["parallel"] = "split"
+        _run(doc)
