@@ -1078,12 +1078,12 @@ class GpuProcess:
     ) -> None:
         """Admitted fetches enter the cache; upgraded copies replace the cached ones."""
         if upgrade is not None:
-            assert prec is not None
+            served = prec if prec is not None else np.zeros(n, dtype=np.int64)  # all native
             for idx, placed, _route in fetched:
                 mine = upgrade[idx]
                 if mine.any():
                     self.cache.replace(
-                        layer, experts[idx[mine]], prec[idx[mine]], t_gate + placed.end[mine]
+                        layer, experts[idx[mine]], served[idx[mine]], t_gate + placed.end[mine]
                     )
             if admit is None:
                 return

@@ -168,6 +168,8 @@ class LockstepSource:
     # its answers do not depend on the time asked or on iteration ends, and it never idles: a
     # GPU alone may take several iterations at once (GpuProcess.run)
     time_independent = True
+    # the renormalised score below which its tokens skipped their experts (`gate_demand`)
+    skip_below = 0.0
 
     def planned_counts(self, gpu: int) -> np.ndarray:
         return self.counts[gpu]
