@@ -518,3 +518,21 @@ def test_least_outstanding_sends_work_to_the_idler_gpu(tmp_path):
         doc = _two_gpus(csv, ["seed-split"])
         doc["hardware"]["parallel"] = "split"
         _run(doc)
+
+
+def test_a_skipping_policy_serves_as_in_lockstep(tmp_path):
+    """skip-low-score in serving: the tokens skip what they skip in lockstep (same gates as
+    the lockstep run of the same work), and the dropped mass is reported."""
+    steps, seqs = 24, 8
+    skipping = {"name": "skip-low-score", "params": {"threshold": 0.2}}
+    _, lockstep = _run(_doc(policies=[skipping], baseline="skip-low-score"))
+    workload = {
+        "kind": "serving",
+        "arrivals": {"process": "csv", "path": _csv(tmp_path, [(0.0, 1, steps)] * seqs)},
+    }
+    _, serving = _run(_doc(policies=[skipping], baseline="skip-low-score", workload=workload))
+    for column in ("active", "pcie", "md_fetch", "t_end"):  # the same gates, bit for bit
+        assert np.array_equal(lockstep[0].per_layer[column], serving[0].per_layer[column]), column
+    for column in ("gate_mass", "dropped_gate_mass"):  # summed in another order
+        assert np.allclose(lockstep[0].per_layer[column], serving[0].per_layer[column], atol=1e-12)
+    assert serving[0].totals["dropped_gate_mass"] > 0

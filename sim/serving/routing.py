@@ -31,6 +31,7 @@ class SequenceRouting:
         self.num_positions, self.num_layers, self.num_seqs = positions, layers, seqs
         self.num_experts = trace.num_experts
         self.wrap = wrap
+        self.skip_below = float(skip_below)
         offset = (np.arange(layers, dtype=np.int32) * self.num_experts).reshape(1, layers, 1, 1)
         keys = sel.astype(np.int32) + offset  # layer * E + expert
 

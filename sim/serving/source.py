@@ -43,6 +43,7 @@ class ServingSource:
         self.router = router
         self.schedulers = list(schedulers)
         self.routing = routing
+        self.skip_below = routing.skip_below  # its iterations skip what the policy skips
         self.non_expert = non_expert
         self.layers = routing.num_layers
         self.cache_capacity = cache_capacity
