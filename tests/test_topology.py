@@ -351,3 +351,25 @@ def test_a_scenario_run_writes_link_rows(tmp_path):
     assert [g["gpu"] for g in summary[0]["per_gpu"]] == [0, 1]
     usage = (out / "link_usage.csv").read_text().splitlines()
     assert usage[0] == "label,policy,topk,link,t_start,t_end,utilisation" and len(usage) > 3
+
+
+def test_idle_batch_statistics_equal_the_general_sweep():
+    """A link whose batches were all placed on idle slots gets its saturation, delays and
+    usage from the batches' shapes; they equal the general interval sweep's."""
+    from sim.engine.links import FifoLink
+    from sim.engine.machine import _binned, _idle_waves, _step_function, _time_at_least
+
+    rng = np.random.default_rng(0)
+    link = FifoLink(LinkConfig("x", 1e9, 0.0, 3))
+    t = 0.0
+    for _ in range(50):
+        n, d = int(rng.integers(1, 12)), float(rng.uniform(1e-4, 1e-3))
+        placed = link.place(t, d, n, n * 1e6)
+        t += placed.last + float(rng.uniform(0.0, 1e-3))
+    assert not link.log and len(link.idle) == 50
+    times, counts, delays = _idle_waves(link)
+    issue, start, stop = link.intervals()
+    g_times, g_counts = _step_function(start, stop)
+    assert _time_at_least(times, counts, 3) == pytest.approx(_time_at_least(g_times, g_counts, 3))
+    np.testing.assert_allclose(np.sort(delays), np.sort(start - issue), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(_binned(times, counts, t, 40), _binned(g_times, g_counts, t, 40))

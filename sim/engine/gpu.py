@@ -738,22 +738,27 @@ class GpuProcess:
     ) -> Transfer:
         """Hand one transfer to the flow network (issued now on ``route``)."""
         assert self.network is not None
-        transfer = Transfer(self.routes[route], nbytes, now)
-        timeline = self.timeline if kind != "fetch" else None  # fetches: see _fetch_events
-        if expert >= 0 or timeline is not None:
-            cache = self.cache
-            key = layer * self.num_experts + expert if expert >= 0 else -1
-
-            def done(t: Transfer) -> None:
-                if key >= 0:
-                    cache.arrival(key, t, t.done)
-                if timeline is not None:
-                    name = f"{self.prefix}{route}[{t.slot}]"
-                    timeline.append(TimelineEvent(name, kind, t.started, t.done, s, layer, expert))
-
-            transfer.on_done = done
+        key = layer * self.num_experts + expert if expert >= 0 else -1
+        timeline = self.timeline is not None and kind != "fetch"  # fetches: _fetch_events
+        transfer = Transfer(
+            self.routes[route],
+            nbytes,
+            now,
+            self._arrived if key >= 0 or timeline else None,
+            key,
+            (route, kind, s, layer, expert) if timeline else None,
+        )
         self.network.submit(transfer)
         return transfer
+
+    def _arrived(self, t: Transfer) -> None:
+        """A network transfer arrived: a cached expert it carries is ready; a timeline shows it."""
+        if t.key >= 0:
+            self.cache.arrival(t.key, t, t.done)
+        if t.info is not None and self.events is not None:
+            route, kind, s, layer, expert = t.info
+            name = f"{self.prefix}{route}[{t.slot}]"
+            self.events.append(TimelineEvent(name, kind, t.started, t.done, s, layer, expert))
 
     def _remote_events(
         self,
@@ -1515,9 +1520,7 @@ def _book_idle(
     link.transfers += sum(counts)
     c = link.channels
     t = t_gate.tolist()
-    for lyr in used:
-        start, end, _slot = link.idle_table(d, counts[lyr])
-        link.log.append((t[lyr], start, end))
+    link.idle_blocks.append((t_gate[used], n[used], d))
     for k in range(c):
         lyr = next((i for i in reversed(used) if counts[i] > k), None)
         if lyr is None:

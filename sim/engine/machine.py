@@ -91,6 +91,11 @@ class Machine:
         network = FlowNetwork(env, states) if states else None
         return cls(fifo, states, network, routes, alone)
 
+    def _network_delays(self, link: LinkState) -> np.ndarray:
+        """Queueing delays of the transfers whose paths cross ``link`` (each route once)."""
+        routes = {id(r): r for own in self.routes for r in own.values() if isinstance(r, Route)}
+        return _route_delays(list(routes.values()), link)
+
     def link_stats(
         self, end: float, bins: int = 200
     ) -> tuple[dict[str, dict[str, float]], dict[str, np.ndarray]]:
@@ -106,9 +111,13 @@ class Machine:
         stats: dict[str, dict[str, float]] = {}
         series: dict[str, np.ndarray] = {}
         for link in self.fifo.values():
-            issue, start, stop = link.intervals()
             horizon = max(end, float(link.free_at.max()))
-            times, counts = _step_function(start, stop)
+            if link.log:  # any batch placed behind others: the general sweep
+                issue, start, stop = link.intervals()
+                times, counts = _step_function(start, stop)
+                delays = start - issue
+            else:  # only batches on idle slots: each a block of waves, none overlapping
+                times, counts, delays = _idle_waves(link)
             saturated = _time_at_least(times, counts, link.channels)
             stats[link.name] = {
                 "busy": link.busy / link.channels,
@@ -116,7 +125,7 @@ class Machine:
                 "utilisation": (link.busy / link.channels) / horizon if horizon > 0 else 0.0,
                 "transfers": float(link.transfers),
                 "saturated": saturated,
-                **_delays(start - issue),
+                **_delays(delays),
             }
             series[link.name] = _binned(times, counts / link.channels, horizon, bins)
         for link in self.network_links.values():
@@ -131,10 +140,31 @@ class Machine:
                 "utilisation": link.busy / horizon if horizon > 0 else 0.0,
                 "transfers": float(link.transfers),
                 "saturated": link.saturated,
-                **_delays(np.asarray(link.delays)),
+                **_delays(self._network_delays(link)),
             }
             series[link.name] = _binned(times, share, horizon, bins)
         return stats, series
+
+
+def _route_delays(routes: list, link: LinkState) -> np.ndarray:
+    parts = [r.delays() for r in routes if link in r.links]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _idle_waves(link: FifoLink) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_step_function` and the queueing delays of a link whose every batch was placed on idle
+    slots: a batch of n transfers of d on c slots keeps all c busy for n // c waves, then
+    n % c for one more; the batches follow each other (each issued when the last is done)."""
+    t, n, d = link.idle_batches()
+    c = link.channels
+    waves, rest = n // c, n % c
+    full_end = t + waves * d
+    times = np.stack([t, full_end, full_end + np.where(rest > 0, d, 0.0)], axis=1).ravel()
+    counts = np.stack([np.full(t.size, float(c)), rest.astype(float), np.zeros(t.size)], axis=1)
+    counts = counts.ravel()[:-1] if t.size else np.zeros(0)
+    j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    delays = (j // c) * np.repeat(d, n)
+    return times, counts, delays
 
 
 def _delays(delays: np.ndarray) -> dict[str, float]:
