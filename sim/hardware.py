@@ -86,6 +86,7 @@ class ComputeUnit:
 
     memory_bandwidth: float  # bytes/s the unit reads weights at
     peak_flops: float  # FLOP/s
+    sharing: str = "fifo"  # the MD pool's unit shared by several GPUs: "fifo" or "ps"
 
 
 HOST_LINK = "pcie"  # the link from host DRAM to the GPU in the default topology

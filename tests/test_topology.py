@@ -373,3 +373,39 @@ def test_idle_batch_statistics_equal_the_general_sweep():
     assert _time_at_least(times, counts, 3) == pytest.approx(_time_at_least(g_times, g_counts, 3))
     np.testing.assert_allclose(np.sort(delays), np.sort(start - issue), rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(_binned(times, counts, t, 40), _binned(g_times, g_counts, t, 40))
+
+
+@pytest.mark.parametrize("sharing", ["fifo", "ps"])
+def test_gpus_queue_at_the_pools_near_data_unit(sharing):
+    """Two GPUs run their experts next to the pool (each with its own MD link, so only the
+    unit is shared). FIFO: the second GPU's batch waits for the first's; processor sharing:
+    both take twice as long as alone. Either way the first layer's window grows by one batch
+    of work for the later one."""
+    from sim.hardware import ComputeUnit
+
+    unit = ComputeUnit(2.0**36, 2.0**46, sharing=sharing)
+    base = machine(1, non_expert=0.0)
+    links = {k: v for k, v in base.links.items()}
+    hw1 = dataclasses.replace(base, md_mode="near-data", md_compute=unit, links=links)
+    two = dataclasses.replace(
+        hw1, topology=Topology(2, hw1.topology.paths, per_gpu={"pcie", "md_link"})
+    )
+    tr = trace(steps=1, layers=1)
+    one = simulate(tr, hw1, MODEL, make_policy("md-only"))
+    both = simulate(tr, two, MODEL, make_policy("md-only"))
+    counts = tr.expert_token_counts(MODEL.top_k)[0, 0]
+    tokens = counts[counts > 0].astype(float)
+    work = float(
+        np.sum(
+            np.maximum(EB / unit.memory_bandwidth, tokens * MODEL.flops_per_token / unit.peak_flops)
+        )
+    )
+    alone = one.per_layer["transfer_window"][0]
+    first, second = (gpu_rows(both, g, "transfer_window")[0] for g in (0, 1))
+    if sharing == "fifo":
+        assert first == pytest.approx(alone, rel=1e-12)
+        assert second == pytest.approx(alone + work, rel=1e-12)
+    else:
+        assert first == pytest.approx(alone + work, rel=1e-12)
+        assert second == pytest.approx(alone + work, rel=1e-12)
+    assert both.engine["md_compute_busy"] == pytest.approx(2 * work, rel=1e-12)

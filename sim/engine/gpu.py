@@ -32,7 +32,7 @@ from sim.engine.cache import HbmCache
 from sim.engine.clock import Clock
 from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
-from sim.engine.network import FlowNetwork, Route, Transfer
+from sim.engine.network import FlowNetwork, Route, SharedUnit, Transfer
 from sim.engine.results import GateBlock, GateRecord, TimelineEvent
 from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
 from sim.errors import UserError
@@ -60,6 +60,7 @@ class GpuProcess:
         timeline: bool | tuple[int, int],
         alone: bool = True,
         network: FlowNetwork | None = None,
+        near_unit: SharedUnit | None = None,
     ) -> None:
         hw, model = ctx.hardware, ctx.model
         self.index = index
@@ -75,6 +76,7 @@ class GpuProcess:
         # timeline resources: "pcie[0]", or "gpu1/pcie[0]" when there are several GPUs
         self.prefix = f"gpu{index}/" if hw.topology.num_gpus > 1 else ""
         self.network = network
+        self.near_unit = near_unit  # the MD pool's compute shared with other GPUs (queued)
         self.public_free_at = {name: link.public_free_at for name, link in self.routes.items()}
         self.estimated = [route for route in self.routes.values() if isinstance(route, Route)]
         not_allowed = allowed_paths(hw)
@@ -781,6 +783,8 @@ class GpuProcess:
             _start, arrived, half, idx = out
             c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
             done = arrived + float(c.sum())
+            if path == _MD_NEAR and self.near_unit is not None:
+                done = yield from self._queued(env, t_gate, arrived, float(c.sum()))
             nbytes = float(tokens[idx].sum()) * self.act_bytes
             t_back = t_gate + done
             if t_back > env.now:
@@ -800,6 +804,8 @@ class GpuProcess:
         arrived = transfer.done - t_gate
         c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
         done = arrived + float(c.sum())
+        if path == _MD_NEAR and self.near_unit is not None:
+            done = yield from self._queued(env, t_gate, arrived, float(c.sum()))
         if self.timeline is not None:
             self._remote_events_timeline(path, route, s, layer, t_gate, arrived, c, idx, experts)
         t_back = t_gate + done
@@ -810,6 +816,19 @@ class GpuProcess:
         self.network.commit()
         yield _countdown(env, [back])
         return back.done - t_gate, 2.0 * transfer.nbytes, route
+
+    def _queued(self, env: Clock, t_gate: float, arrived: float, work: float) -> Iterator:
+        """The gate's near-data batch (``work`` s alone) on the MD pool's shared unit, handed
+        to it when its activations arrive; returns when it is done, relative to the gate."""
+        assert self.near_unit is not None
+        if t_gate + arrived > env.now:
+            yield env.at(t_gate + arrived)
+        job = self.near_unit.submit(work)
+        if isinstance(job, float):
+            return job - t_gate
+        if job.done != job.done:  # not done yet (nan)
+            yield _countdown(env, [job])
+        return job.done - t_gate
 
     def _remote_compute(
         self,

@@ -18,7 +18,7 @@ import numpy as np
 
 from sim.engine.clock import Clock
 from sim.engine.links import FifoLink
-from sim.engine.network import FlowNetwork, LinkState, Route, SlotPool
+from sim.engine.network import FlowNetwork, LinkState, Route, SharedUnit, SlotPool
 from sim.hardware import ROUTE_OF_TIER, TIERS, Hardware
 
 
@@ -31,6 +31,7 @@ class Machine:
     network: FlowNetwork | None
     routes: list[dict[str, FifoLink | Route]]
     alone: list[bool]
+    near_unit: SharedUnit | None = None  # the MD pool's compute, when several GPUs share it
 
     @classmethod
     def build(cls, hardware: Hardware, env: Clock) -> Machine:
@@ -84,12 +85,21 @@ class Machine:
                 )
             users.update(used)
             routes.append(own)
+        unit = hardware.md_compute
+        shared = (
+            topo.num_gpus > 1
+            and unit is not None
+            and hardware.md_mode == "near-data"
+            and hardware.placement in ("md", "both")
+        )
+        near_unit = SharedUnit(env, unit.sharing, topo.num_gpus) if shared and unit else None
         alone = [
-            all(isinstance(r, FifoLink) and users[r.name] == 1 for r in own.values())
+            near_unit is None
+            and all(isinstance(r, FifoLink) and users[r.name] == 1 for r in own.values())
             for own in routes
         ]
         network = FlowNetwork(env, states) if states else None
-        return cls(fifo, states, network, routes, alone)
+        return cls(fifo, states, network, routes, alone, near_unit)
 
     def _network_delays(self, link: LinkState) -> np.ndarray:
         """Queueing delays of the transfers whose paths cross ``link`` (each route once)."""

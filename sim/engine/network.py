@@ -419,3 +419,34 @@ def max_min_rates(flows: set[Flow], links: set[LinkState]) -> dict[Flow, float]:
                 left[link] = max(0.0, left[link] - level)
                 count[link] -= 1
     return rates
+
+
+class SharedUnit:
+    """The MD pool's near-data compute unit when several GPUs send it work: each gate's batch
+    of near-data experts is one job of ``work`` seconds (its serial compute alone on the unit).
+
+    ``fifo``: jobs run one at a time in arrival order. ``ps`` (processor sharing): the jobs in
+    progress share the unit equally, a flow network over one resource of capacity 1 (work
+    seconds per second), so a job alone runs at full speed and n together each at 1/n."""
+
+    def __init__(self, env: Clock, sharing: str, jobs: int) -> None:
+        self.env = env
+        self.sharing = sharing
+        self.free = 0.0  # fifo: when the unit is next idle
+        self.busy = 0.0  # work done, s
+        state = LinkState("md_compute", LinkConfig("md_compute", 1.0, sharing="fair"))
+        self.network = FlowNetwork(env, {"md_compute": state}) if sharing == "ps" else None
+        self.route = Route(links=(state,), pool=SlotPool(max(jobs, 1)), cap=1.0, latency=0.0)
+
+    def submit(self, work: float) -> float | Transfer:
+        """A job arriving now: its end (fifo), or a transfer whose ``done`` will be its end."""
+        now = self.env.now
+        self.busy += work
+        if self.network is None:
+            start = self.free if self.free > now else now
+            self.free = start + work
+            return self.free
+        job = Transfer(self.route, work, now)
+        self.network.submit(job)
+        self.network.commit()
+        return job

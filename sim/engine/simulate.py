@@ -167,6 +167,7 @@ def run_engine(
                 timeline=timeline,
                 alone=machine.alone[g],
                 network=machine.network,
+                near_unit=machine.near_unit,
             )
         )
 
@@ -251,6 +252,7 @@ def _result(
             "network_transfers": float(sum(len(r.finished) for r in _network_routes(machine))),
             "network_events": float(machine.network.events if machine.network else 0),
             "rerates": float(machine.network.rerates if machine.network else 0),
+            "md_compute_busy": machine.near_unit.busy if machine.near_unit else 0.0,
         },
     )
 

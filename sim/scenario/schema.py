@@ -429,6 +429,12 @@ class ComputeSection(_PresetSection):
         None, description="the DRAM line rate (channels x transfer rate x 8 B), informative"
     )
     cores: PositiveInt | None = Field(None, description="physical cores, informative")
+    sharing: Literal["fifo", "ps"] | None = Field(
+        None,
+        description="with several GPUs sending work to the MD pool's unit (md_compute): `fifo` "
+        "(default: one gate's batch at a time, in arrival order) or `ps` (processor sharing: "
+        "the batches in progress share it equally)",
+    )
     source: str | None = Field(None, description="where the figures come from")
     notes: str | None = Field(None, description="free text")
 
