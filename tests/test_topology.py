@@ -409,3 +409,44 @@ def test_gpus_queue_at_the_pools_near_data_unit(sharing):
         assert first == pytest.approx(alone + work, rel=1e-12)
         assert second == pytest.approx(alone + work, rel=1e-12)
     assert both.engine["md_compute_busy"] == pytest.approx(2 * work, rel=1e-12)
+
+
+def _expert_parallel(n: int, nvlink_bw: float = 2.0**38) -> Hardware:
+    base = machine(1)
+    nvlink = LinkConfig("nvlink", nvlink_bw, 0.0, 1)
+    paths = {**base.topology.paths, "gpu": ("nvlink",)}
+    return dataclasses.replace(
+        base.with_links(nvlink=nvlink),
+        topology=Topology(n, paths, per_gpu={"pcie", "nvlink"}, data_parallel="expert"),
+    )
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_expert_parallelism_fetches_each_expert_once_and_moves_the_crossing_tokens(n):
+    """Expert e on GPU e mod n: every active expert is fetched once over all GPUs (md-only:
+    the same MD bytes as one GPU), each layer ends on every GPU at once, and the GPU links
+    carry each token whose expert is on another GPU there and back."""
+    tr = trace(seqs=8, steps=3, layers=2)
+    one = simulate(tr, machine(1), MODEL, make_policy("md-only"))
+    many = simulate(tr, _expert_parallel(n), MODEL, make_policy("md-only"))
+    assert many.totals["bytes_md"] == one.totals["bytes_md"]
+    ends = [gpu_rows(many, g, "t_end") for g in range(n)]
+    for other in ends[1:]:
+        np.testing.assert_array_equal(other, ends[0])
+    ids = tr.topk(MODEL.top_k)
+    home = np.concatenate(
+        [np.full(len(s), g) for g, s in enumerate(np.array_split(np.arange(8), n))]
+    )
+    crossing = int(((ids % n) != home[None, None, :, None]).sum())
+    nvlink = sum(v["bytes"] for k, v in many.links.items() if k.startswith("nvlink"))
+    assert nvlink == pytest.approx(2 * crossing * MODEL.activation_bytes_per_token, rel=1e-12)
+    # each GPU's demand is its own experts' only
+    active = sum(gpu_rows(many, g, "active") for g in range(n))
+    np.testing.assert_array_equal(active, one.per_layer["active"])
+
+
+def test_a_slower_gpu_link_makes_expert_parallelism_slower():
+    tr = trace(seqs=8, steps=2, layers=2)
+    fast = simulate(tr, _expert_parallel(2, 2.0**38), MODEL, make_policy("seed-split"))
+    slow = simulate(tr, _expert_parallel(2, 2.0**26), MODEL, make_policy("seed-split"))
+    assert slow.totals["mean_step"] > fast.totals["mean_step"]

@@ -18,8 +18,15 @@ import numpy as np
 
 from sim.engine.clock import Clock
 from sim.engine.links import FifoLink
-from sim.engine.network import FlowNetwork, LinkState, Route, SharedUnit, SlotPool
-from sim.hardware import ROUTE_OF_TIER, TIERS, Hardware
+from sim.engine.network import (
+    FlowNetwork,
+    LayerBarrier,
+    LinkState,
+    Route,
+    SharedUnit,
+    SlotPool,
+)
+from sim.hardware import PEER, ROUTE_OF_TIER, Hardware
 
 
 @dataclass
@@ -32,6 +39,7 @@ class Machine:
     routes: list[dict[str, FifoLink | Route]]
     alone: list[bool]
     near_unit: SharedUnit | None = None  # the MD pool's compute, when several GPUs share it
+    barrier: LayerBarrier | None = None  # expert parallelism: layers end on all GPUs at once
 
     @classmethod
     def build(cls, hardware: Hardware, env: Clock) -> Machine:
@@ -40,10 +48,11 @@ class Machine:
         # links timed by the network: fair ones, and every link of a multi-link path
         timed = {
             name
-            for tier in TIERS
-            for name in topo.paths[tier]
-            if links[name].sharing == "fair" or len(topo.paths[tier]) > 1
+            for path in topo.paths.values()
+            for name in path
+            if links[name].sharing == "fair" or len(path) > 1
         }
+        route_of = {**ROUTE_OF_TIER, PEER: PEER}
         fifo: dict[str, FifoLink] = {}
         states: dict[str, LinkState] = {}
         pools: dict[tuple, SlotPool] = {}
@@ -52,7 +61,7 @@ class Machine:
         for gpu in range(topo.num_gpus):
             own: dict[str, FifoLink | Route] = {}
             used: set[str] = set()
-            for tier in TIERS:
+            for tier in topo.paths:
                 names = topo.paths[tier]
                 instances = topo.route(tier, gpu)
                 used.update(instances)
@@ -60,7 +69,7 @@ class Machine:
                     config = links[names[0]]
                     if instances[0] != config.name:
                         config = dataclasses.replace(config, name=instances[0])
-                    own[ROUTE_OF_TIER[tier]] = fifo.setdefault(instances[0], FifoLink(config))
+                    own[route_of[tier]] = fifo.setdefault(instances[0], FifoLink(config))
                     continue
                 path = []
                 for inst, name in zip(instances, names, strict=True):
@@ -77,7 +86,7 @@ class Machine:
                     for n in names
                     if links[n].sharing == "fair" and links[n].channel_bandwidth is not None
                 ]
-                own[ROUTE_OF_TIER[tier]] = Route(
+                own[route_of[tier]] = Route(
                     links=tuple(path),
                     pool=pool,
                     cap=min(caps),
@@ -93,13 +102,16 @@ class Machine:
             and hardware.placement in ("md", "both")
         )
         near_unit = SharedUnit(env, unit.sharing, topo.num_gpus) if shared and unit else None
+        expert = topo.data_parallel == "expert" and topo.num_gpus > 1
+        barrier = LayerBarrier(env, topo.num_gpus) if expert else None
         alone = [
             near_unit is None
+            and barrier is None
             and all(isinstance(r, FifoLink) and users[r.name] == 1 for r in own.values())
             for own in routes
         ]
         network = FlowNetwork(env, states) if states else None
-        return cls(fifo, states, network, routes, alone, near_unit)
+        return cls(fifo, states, network, routes, alone, near_unit, barrier)
 
     def _network_delays(self, link: LinkState) -> np.ndarray:
         """Queueing delays of the transfers whose paths cross ``link`` (each route once)."""

@@ -27,6 +27,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -450,3 +451,24 @@ class SharedUnit:
         self.network.submit(job)
         self.network.commit()
         return job
+
+
+class LayerBarrier:
+    """Expert parallelism's synchronisation: a GPU waits here until all ``n`` have arrived,
+    then all go on at that instant (the last arrival's time)."""
+
+    def __init__(self, env: Clock, n: int) -> None:
+        self.env = env
+        self.n = n
+        self._arrived = 0
+        self._event = env.event()
+
+    def wait(self) -> Any:
+        """The event to yield: fires when the last of the ``n`` GPUs has called `wait`."""
+        event = self._event
+        self._arrived += 1
+        if self._arrived == self.n:
+            self._arrived = 0
+            self._event = self.env.event()
+            event.succeed()
+        return event
