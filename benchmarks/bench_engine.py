@@ -1,4 +1,4 @@
-"""Benchmark: the discrete-event engine against its numpy closed form (issue 5).
+"""Benchmark: the discrete-event engine against its numpy closed form, and on a shared link (issues 5, 21).
 
 Two full replays, 64 sequences, top-6 of 64 experts (FLAME-MoE-290M-sized experts, 4.33 MB):
 2,048 steps x 8 layers (one capture's worth) and 512 steps x 25 layers. Routing is synthetic:
