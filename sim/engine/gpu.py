@@ -119,6 +119,8 @@ class GpuProcess:
         self.arange.flags.writeable = False
         self.not_cached = np.zeros(self.num_experts, dtype=bool)
         self.not_cached.flags.writeable = False
+        self.no_tokens = np.zeros(self.num_experts, dtype=np.int64)  # a resize uses no expert
+        self.no_tokens.flags.writeable = False
         # Fast paths for the default cost model: one transfer time per route, a compute table.
         self.transfer_d = None
         if is_roofline(self.cost, "transfer_time"):
@@ -171,13 +173,13 @@ class GpuProcess:
         ``now + non_expert``, then ``t_gate + rel_end``) and yields once, at its end. With a
         stateless plan and a source whose answers do not depend on time (lockstep), it takes
         several iterations at once (about `BLOCK_GATES` gates) and times them together."""
-        block = BLOCK_GATES // max(self.layers, 1) if self.plan is not None else 1
-        if not getattr(source, "time_independent", False) or not self.alone:
-            block = 1
+        most = BLOCK_GATES // max(self.layers, 1) if self.plan is not None and self.alone else 1
         done = False
         while not done:
+            # more than one iteration only while the source says its answers do not depend on
+            # time (asked before each: a serving source is so only at times)
             its: list[Iteration] = []
-            while len(its) < max(block, 1):
+            while not its or (len(its) < most and getattr(source, "time_independent", False)):
                 it = source.next_iteration(self.index, env.now)
                 if it is None:
                     done = True
@@ -198,6 +200,13 @@ class GpuProcess:
             if not its:
                 continue
             start = env.now
+            for i, it in enumerate(its):
+                if it.cache_capacity is not None:
+                    if len(its) > 1:
+                        raise ValueError(
+                            "iteration source: a time-independent source changed the cache capacity"
+                        )
+                    self._resize_cache(it.cache_capacity, self.iterations + i)
             if not self.alone:
                 (it,) = its
                 step = self.iterations
@@ -229,6 +238,19 @@ class GpuProcess:
                 self.horizon = end
                 on_end(self.index, it, start, end)
                 start = end
+
+    def _resize_cache(self, capacity: float, step: int) -> None:
+        """The expert cache may hold ``capacity`` bytes from iteration ``step`` on: the policy
+        names what to evict (`Policy.on_cache_resize`), the rest must fit."""
+        cache = self.cache
+        if capacity == cache.capacity:
+            return
+        cache.capacity = float(capacity)
+        resize = getattr(self.policy, "on_cache_resize", None)
+        evict = [] if resize is None else resize(float(capacity), cache.public_ready_at, step)
+        if evict:
+            cache.evict(evict, step, -1, self.no_tokens)
+        cache.check_capacity(step, -1)
 
     def _layers_events(
         self, env: Clock, g: _IterationGates, non_expert: Sequence[float]
@@ -1141,12 +1163,12 @@ class GpuProcess:
     ) -> None:
         """Admitted fetches enter the cache; upgraded copies replace the cached ones."""
         if upgrade is not None:
-            assert prec is not None
+            served = prec if prec is not None else np.zeros(n, dtype=np.int64)  # all native
             for idx, placed, _route in fetched:
                 mine = upgrade[idx]
                 if mine.any():
                     self.cache.replace(
-                        layer, experts[idx[mine]], prec[idx[mine]], t_gate + placed.end[mine]
+                        layer, experts[idx[mine]], served[idx[mine]], t_gate + placed.end[mine]
                     )
             if admit is None:
                 return

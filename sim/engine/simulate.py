@@ -52,9 +52,10 @@ def simulate(
     """Replay ``trace`` under ``policy`` on ``hardware``; returns per-layer/step metrics.
 
     ``topk`` cuts the trace's routing to k' experts per token (default ``model.top_k``) with
-    the project's one top-k selection. A policy with ``skip_below`` > 0 makes each token skip its chosen experts whose renormalised score is below it (never its
-    top-1): the demand shrinks before the policy sees it (`RoutingTrace.demand`). ``progress`` is called with the number of steps newly
-    completed (tqdm's ``update``). ``label`` defaults to the policy's name. ``timeline``: True
+    the project's one top-k selection. A policy with ``skip_below`` > 0 makes each token skip
+    its chosen experts whose renormalised score is below it (never its top-1): the demand
+    shrinks before the policy sees it (`RoutingTrace.demand`). ``progress`` is called with the
+    number of steps newly completed (tqdm's ``update``). ``label`` defaults to the policy's name. ``timeline``: True
     records every interval; ``(start, stop)`` only those of steps ``start .. stop-1`` (a window
     costs what the recorded steps cost; the other steps take the fast path). With several GPUs
     (``hardware.topology``) each gets a copy of ``policy`` and the trace's batch (replicas) or
@@ -83,6 +84,7 @@ def simulate(
             raise UserError(f"policy {policy.name}: skip_below with expert parallelism: not yet")
         counts, exchange, demand = expert_parallel(trace, k, hardware.topology.num_gpus)
     source = LockstepSource(counts, trace.positions, non_expert, demand=demand, exchange=exchange)
+    source.skip_below = skip
     policies = [policy] + [copy.deepcopy(policy) for _ in traces[1:]]  # one per GPU, unbound
     return run_engine(
         source,
@@ -175,6 +177,8 @@ def run_engine(
     if len({id(p) for p in policies}) != len(policies):
         raise ValueError("each GPU needs its own policy instance")
     cost = cost if cost is not None else RooflineCost(hardware, model)
+    for policy in policies:
+        _check_skip(policy, source)
     env = Clock(initial_time=0.0)
     machine = Machine.build(hardware, env)
     gpus = []
@@ -218,6 +222,20 @@ def run_engine(
         else [int(t) for t in tokens_per_iteration]
     )
     return _result(gpus, machine, label or policies[0].name, tokens, record_rates)
+
+
+def _check_skip(policy: GatePolicy, source: IterationSource) -> None:
+    """A policy that makes tokens skip low-score experts needs a source that built its
+    iterations that way (``source.skip_below``, `sim.precision.gate_demand`): otherwise the
+    run would silently keep every expert."""
+    want = float(getattr(policy, "skip_below", 0.0) or 0.0)
+    have = float(getattr(source, "skip_below", 0.0) or 0.0)
+    if want != have:
+        raise UserError(
+            f"policy {policy.name}: expected an iteration source whose tokens skip experts "
+            f"below a renormalised score of {want:g} (source.skip_below), got one that skips "
+            f"below {have:g} (lockstep runs apply it; serving workloads do not yet)"
+        )
 
 
 def _per_iterations(

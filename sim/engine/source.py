@@ -62,6 +62,9 @@ class Iteration:
     ``tag`` is the source's own (e.g. the requests in the batch); the engine hands the
     iteration back to `IterationSource.iteration_end` untouched. ``order`` may carry the gate
     order precomputed (`GateOrder` of ``counts``); the engine computes it when absent.
+    ``cache_capacity``: bytes the HBM expert cache may hold from this iteration on (a serving
+    workload's shared HBM pool, shrinking as the KV cache grows); the engine tells the policy
+    (`Policy.on_cache_resize`), evicts what it names and checks the rest fits. None: unchanged.
 
     The router's scores, for the quality proxies and for policies that read them (optional;
     `sim.precision.gate_demand` computes all three, and ``counts``, from per-token routing):
@@ -80,6 +83,7 @@ class Iteration:
     mass: np.ndarray | None = None  # [layers, E] router mass per expert
     top: np.ndarray | None = None  # [layers, E] largest renormalised score per expert
     dropped: np.ndarray | None = None  # [layers] router mass skipped
+    cache_capacity: float | None = None
     # expert parallelism: per layer, tokens coming into this GPU from other GPUs before its
     # experts compute (dispatch) and after (the combine: its own tokens' results)
     exchange: np.ndarray | None = None  # [layers, 2]
@@ -170,6 +174,8 @@ class LockstepSource:
     # its answers do not depend on the time asked or on iteration ends, and it never idles: a
     # GPU alone may take several iterations at once (GpuProcess.run)
     time_independent = True
+    # the renormalised score below which its tokens skipped their experts (`gate_demand`)
+    skip_below = 0.0
 
     def planned_counts(self, gpu: int) -> np.ndarray:
         return self.counts[gpu]

@@ -46,6 +46,7 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
     if scenario.serving:
         return serving_tables(scenario, rows)
     with_cycles = scenario.clock_hz is not None
+    proxies = has_proxies(rows)
     tables = []
     for k in scenario.topk:
         table = Table(title=f"{scenario.name}: top-{k}, baseline {scenario.baseline}")
@@ -65,6 +66,7 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
             "late pf",
             "speedup",
             "gap closed",
+            *(PROXY_HEADERS if proxies else ()),
         ):
             if name in ("policy", "kind"):
                 width = _label_width(rows) if name == "policy" else 6
@@ -72,9 +74,37 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
             else:
                 table.add_column(name, justify="right", no_wrap=True)
         for row in (r for r in rows if r["topk"] == k):
-            table.add_row(*(Text(cell) for cell in _cells(row, with_cycles)))
+            cells = _cells(row, with_cycles) + (_proxy_cells(row) if proxies else [])
+            table.add_row(*(Text(cell) for cell in cells))
         tables.append(table)
     return tables
+
+
+# the quality proxies (docs/policies.md, "Quality proxies"): shown when a run gave any up
+PROXY_HEADERS = ("degraded*", "dropped*")
+PROXY_NOTE = (
+    "* quality PROXIES, not accuracy: degraded = share of the router's gate mass (each "
+    "token's top-k scores renormalised to 1) served by reduced-precision expert copies; "
+    'dropped = share its tokens skipped (docs/policies.md, "Quality proxies")'
+)
+
+
+def has_proxies(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether any run served experts below native precision or skipped any."""
+    return any(
+        (row.get("degraded_gate_mass") or 0.0) != 0.0
+        or (row.get("dropped_gate_mass") or 0.0) != 0.0
+        or (row.get("reduced") or 0.0) != 0.0
+        for row in rows
+    )
+
+
+def _proxy_cells(row: dict[str, Any]) -> list[str]:
+    def share(key: str) -> str:
+        value = row.get(key)
+        return "" if value is None else ("n/a" if value != value else f"{100 * value:.1f}%")
+
+    return [share("degraded_gate_mass"), share("dropped_gate_mass")]
 
 
 def serving_tables(scenario: Scenario, rows: list[dict[str, Any]]) -> list[Table]:
@@ -506,6 +536,11 @@ def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[s
         *identical_run_notes(results),
         *no_hit_notes(results),
         *bound_notes(scenario, results),
+        *(
+            [PROXY_NOTE]
+            if not scenario.serving and has_proxies(summary_rows(scenario, results))
+            else []
+        ),
         *gpu_notes(scenario, results),
     ]
 
