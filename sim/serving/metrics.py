@@ -39,20 +39,8 @@ REQUEST_COLUMNS = (
     "wrapped",
     "measured",
 )
-REQUEST_ARRAYS = (  # the columns a run produces (the others are keys added when writing)
-    "request_id",
-    "gpu",
-    "arrival",
-    "admitted",
-    "first_token",
-    "finish",
-    "prompt_tokens",
-    "output_tokens",
-    "preempted",
-    "sequence",
-    "wrapped",
-    "measured",
-)
+RUN_KEYS = ("policy", "label", "topk")  # which run a row belongs to, added when writing
+REQUEST_ARRAYS = tuple(c for c in REQUEST_COLUMNS if c not in RUN_KEYS)  # what a run produces
 PERCENTILES = (50, 90, 99)
 LATENCIES = ("queue", "ttft", "tpot", "e2e")
 SERVING_SUMMARY_KEYS = (
@@ -144,5 +132,5 @@ def time_average_in_system(iterations: Mapping[str, np.ndarray]) -> tuple[float,
     if not iterations["t_start"].size:
         return 0.0, 0.0
     t0, t1 = iterations["t_start"], iterations["t_end"]
-    n = iterations["in_system"] + 0.5 * iterations["arrivals"]
-    return float((n * (t1 - t0)).sum()), float(t1[-1] - t0[0])
+    n = iterations["in_system"] + 0.5 * iterations["arrivals"]  # per GPU: their sum is the
+    return float((n * (t1 - t0)).sum()), float(t1.max() - t0.min())  # system's (one owner each)
