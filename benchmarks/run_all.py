@@ -13,7 +13,8 @@ and, in this process, a full-trace replay of the embedded real trace (256 steps 
 sequences, top-6) under every registered policy with its default parameters on the default
 scenario's hardware: wall and CPU seconds per policy (the fastest of ``--repeat``).
 
-RESULTS.md is started afresh: a header naming the machine (date, ``uname -m``, CPU model from
+RESULTS.md is started afresh (``--skip``-ped benchmarks keep their earlier sections): a header
+naming the machine (date, ``uname -m``, CPU model from
 /proc/cpuinfo, cores, memory, Python/numpy/torch versions, load average before and after), a
 summary with each benchmark's headline line, exit code and wall time, then the sections.
 
@@ -245,6 +246,13 @@ def summary_lines(ran: Sequence[Ran], sections: dict[str, str], replay_s: float)
         note = note.replace("|", "/").replace("\n", " ")
         lines.append(f"| {r.script} | {r.code} | {r.wall_s:.0f} | {note} |")
     lines.append(f"| replay per policy (run_all.py) | 0 | {replay_s:.0f} | see its section |")
+    ran_scripts = {r.script for r in ran}
+    for bench in BENCHMARKS:
+        if bench.script not in ran_scripts:
+            lines.append(
+                f"| {bench.script} | - | - | not run this time: its section is kept from its "
+                "own earlier run (see the date in it) |"
+            )
     return lines
 
 
@@ -257,7 +265,8 @@ def write_results(header: list[str], summary: list[str]) -> None:
         [
             "# Benchmark results",
             "",
-            "Written by `benchmarks/run_all.py` from one run of every benchmark on one machine.",
+            "Written by `benchmarks/run_all.py` from one run of the benchmarks on one machine "
+            "(those left out with --skip keep the section of their own earlier run, dated).",
             "",
             *header,
             "",
@@ -280,8 +289,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = uptime_line()
     from sim.atomic import write_text
 
-    write_text(RESULTS, "# Benchmark results\n")  # afresh: every section comes from this run
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    old = sections_of(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+    kept = [  # a skipped benchmark's section stays as its own earlier run wrote it
+        text
+        for b in BENCHMARKS
+        if b.script in skip
+        for title, text in old.items()
+        if title.startswith(b.section)
+    ]
+    write_text(RESULTS, "# Benchmark results\n\n" + "\n".join(kept))  # the rest afresh
     ran = [run_benchmark(b, args.quick) for b in BENCHMARKS if b.script not in skip]
     start = time.perf_counter()
     replay = replay_per_policy(1 if args.quick else args.repeat)
