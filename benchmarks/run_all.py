@@ -8,6 +8,7 @@ Not part of the test suite. In order, each as its own process (each records its 
 4. ``bench_memory.py``  peak RSS of ``moesim run`` / ``trace stats`` over two large dumps
 5. ``bench_search.py``  ``moesim search`` vs the sweep of the same lattice (simulations, time)
 6. ``bench_docs.py``    the time figures README.md and docs/ quote (set-up, commands, sweeps)
+7. ``bench_serving.py`` a serving run vs the lockstep engine, CPU time per gate
 
 and, in this process, a full-trace replay of the embedded real trace (256 steps x 8 layers x 8
 sequences, top-6) under every registered policy with its default parameters on the default
@@ -83,6 +84,7 @@ BENCHMARKS = (
         "## docs figures",
         r"^- `moesim run scenarios/default\.yaml` printed.*",
     ),
+    Benchmark("bench_serving.py", (), ("--repeat", "1"), "## serving", r"^Target: .*"),
 )
 
 

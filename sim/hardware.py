@@ -22,21 +22,31 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+SHARING_RULES = ("fifo", "fair")
+
 
 @dataclass(frozen=True)
 class LinkConfig:
     """A one-directional link towards the GPU.
 
-    ``channels`` concurrent transfer slots (copy engines / queue pairs) share ``bandwidth``:
-    each slot moves data at ``channel_rate`` = min(bandwidth / channels, channel_bandwidth).
-    A transfer waits FIFO for the earliest free slot, then takes ``latency + bytes / rate``.
+    ``sharing`` says how transfers share ``bandwidth`` (docs/engine.md, "Topology"):
+
+    * ``fifo`` (static slots): ``channels`` concurrent transfer slots of the link (copy
+      engines / queue pairs, all GPUs on the link together) each move data at
+      ``channel_rate`` = min(bandwidth / channels, channel_bandwidth); a transfer waits FIFO
+      for the earliest free slot, then takes ``latency + bytes / rate``;
+    * ``fair`` (max-min fair): the flows active on the link share its bandwidth max-min
+      (progressive filling over every link of each flow's path), each capped at
+      ``channel_bandwidth`` if set; ``channels`` is how many transfers each GPU keeps in flight
+      on a route that starts with this link.
     """
 
     name: str
     bandwidth: float  # bytes/s, the link's total
     latency: float = 0.0  # s per transfer
     channels: int = 1
-    channel_bandwidth: float | None = None  # bytes/s cap per slot (None: no cap)
+    channel_bandwidth: float | None = None  # bytes/s cap per slot / per flow (None: no cap)
+    sharing: str = "fifo"  # "fifo" or "fair"
 
     @property
     def channel_rate(self) -> float:
@@ -78,9 +88,56 @@ class ComputeUnit:
     peak_flops: float  # FLOP/s
 
 
-TIERS = ("host", "md")  # where expert copies live outside HBM (host DRAM, the MD pool)
-HOST_LINK = "pcie"  # the link from host DRAM to the GPU in the one-GPU topology
-MD_LINK = "md_link"  # the link from the MD pool to the GPU in the one-GPU topology
+HOST_LINK = "pcie"  # the link from host DRAM to the GPU in the default topology
+MD_LINK = "md_link"  # the link from the MD pool to the GPU in the default topology
+TIERS = ("host", "md")  # where experts live outside HBM, each reached over a path
+ROUTE_OF_TIER = {"host": HOST_LINK, "md": MD_LINK}  # the route names policies see
+TIER_OF_ROUTE = {route: tier for tier, route in ROUTE_OF_TIER.items()}
+DATA_PARALLEL = ("replicas", "split")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Which GPUs there are and how each tier reaches each GPU.
+
+    ``paths[tier]``: the links a transfer from that tier to a GPU crosses, in order (from the
+    memory to the GPU). A link named in ``per_gpu`` exists once per GPU (each GPU's own PCIe
+    port); any other link is one link that every GPU's path shares. ``data_parallel``:
+    ``replicas`` (every GPU decodes the scenario's whole batch) or ``split`` (the batch's
+    sequences are divided among the GPUs).
+    """
+
+    num_gpus: int = 1
+    paths: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"host": (HOST_LINK,), "md": (MD_LINK,)}, hash=False
+    )
+    per_gpu: frozenset[str] = frozenset({HOST_LINK})
+    data_parallel: str = "replicas"
+
+    def __post_init__(self) -> None:
+        paths = {tier: tuple(self.paths[tier]) for tier in TIERS}
+        object.__setattr__(self, "paths", MappingProxyType(paths))
+        object.__setattr__(self, "per_gpu", frozenset(self.per_gpu))
+
+    def instance(self, link: str, gpu: int) -> str:
+        """The name of GPU ``gpu``'s instance of ``link``: the link's own name when there is
+        one GPU or the link is shared, else ``link@gpuN``."""
+        if self.num_gpus == 1 or link not in self.per_gpu:
+            return link
+        return f"{link}@gpu{gpu}"
+
+    def route(self, tier: str, gpu: int) -> tuple[str, ...]:
+        """Link instances from ``tier`` to GPU ``gpu``, in order."""
+        return tuple(self.instance(link, gpu) for link in self.paths[tier])
+
+    def instances(self) -> list[tuple[str, str]]:
+        """Every link instance of the machine as (instance name, link name), in path order."""
+        seen: dict[str, str] = {}
+        for gpu in range(self.num_gpus):
+            for tier in TIERS:
+                for link in self.paths[tier]:
+                    seen.setdefault(self.instance(link, gpu), link)
+        return list(seen.items())
 
 
 @dataclass(frozen=True)
@@ -99,17 +156,19 @@ class Hardware:
     placement: str = "both"  # where experts live outside HBM: "host", "md" or "both"
     md_compute: ComputeUnit | None = None  # needed for md_mode "near-data"
     host_compute: ComputeUnit | None = None  # needed for policies that compute on the host CPU
+    topology: Topology = field(default_factory=Topology)
     # the precisions of the expert copies each tier holds (`TIERS`), by the model's precision
     # names; a tier of `placement` not named here holds the model's native precision only
     copies: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         links = _links_by_name(self.links)
-        for name in (HOST_LINK, MD_LINK):
-            if name not in links:
-                raise ValueError(
-                    f"hardware links: expected a link named {name!r}, got {list(links)}"
-                )
+        for tier, path in self.topology.paths.items():
+            for name in path:
+                if name not in links:
+                    raise ValueError(
+                        f"hardware: path {tier} names link {name!r}, not one of {list(links)}"
+                    )
         object.__setattr__(self, "links", MappingProxyType(links))
         copies = {tier: tuple(names) for tier, names in dict(self.copies).items()}
         for tier, names in copies.items():
@@ -127,19 +186,49 @@ class Hardware:
         """The tiers that hold experts outside HBM (`placement`)."""
         return {"host": ("host",), "md": ("md",)}.get(self.placement, TIERS)
 
+    def route_links(self, tier: str) -> tuple[LinkConfig, ...]:
+        """The links of ``tier``'s path (from the memory to the GPU)."""
+        return tuple(self.links[name] for name in self.topology.paths[tier])
+
     def link(self, name: str) -> LinkConfig:
         """The link called ``name`` (KeyError if there is none)."""
         return self.links[name]
 
     @property
     def pcie(self) -> LinkConfig:
-        """The link from host DRAM (one-GPU topology)."""
-        return self.links[HOST_LINK]
+        """The host route as one link (`route_config`); by default exactly the ``pcie``
+        link."""
+        return self.route_config("host")
 
     @property
     def md_link(self) -> LinkConfig:
-        """The link from the MD pool (one-GPU topology)."""
-        return self.links[MD_LINK]
+        """The MD route as one link (`route_config`); by default exactly the ``md_link``
+        link."""
+        return self.route_config("md")
+
+    def route(self, name: str) -> LinkConfig:
+        """A route by the name policies use (``pcie``: host, ``md_link``: MD) as one link."""
+        return self.route_config(TIER_OF_ROUTE[name])
+
+    def route_config(self, tier: str) -> LinkConfig:
+        """``tier``'s route seen as one link, named after the route (``pcie`` / ``md_link``),
+        for the estimates of policies and the uniform transfer time of the cost model: a
+        one-link path is that link; a longer one has its first link's channels and sharing,
+        the smallest bandwidth and per-flow cap on the path and the latencies added."""
+        path = self.route_links(tier)
+        name = ROUTE_OF_TIER[tier]
+        first = path[0]
+        if len(path) == 1:
+            return first if first.name == name else dataclasses.replace(first, name=name)
+        caps = [link.channel_bandwidth for link in path if link.channel_bandwidth is not None]
+        return LinkConfig(
+            name=name,
+            bandwidth=min(link.bandwidth for link in path),
+            latency=sum(link.latency for link in path),
+            channels=first.channels,
+            channel_bandwidth=min(caps) if caps else None,
+            sharing=first.sharing,
+        )
 
     def with_links(self, **links: LinkConfig) -> Hardware:
         """A copy with the named links replaced or added."""

@@ -52,7 +52,10 @@ PRECISION_TOTALS = ("reduced", "degraded_gate_mass", "dropped_gate_mass")
 
 
 def assert_identical(new, old, tokens: int | None = None) -> None:
-    assert set(new.per_layer) == set(old.per_layer) | set(PRECISION_COLUMNS)
+    """Every column, link figure and total of the old engine, bit for bit; the new engine's
+    ``gpu`` columns are all 0 (one GPU) and its precision proxies all nothing."""
+    assert set(new.per_layer) == set(old.per_layer) | set(PRECISION_COLUMNS) | {"gpu"}
+    assert not new.per_layer["gpu"].any() and not new.per_step["gpu"].any()
     for name, column in old.per_layer.items():
         if name == "gate_mass":  # NaN from a source without router scores: checked below
             continue
@@ -63,12 +66,14 @@ def assert_identical(new, old, tokens: int | None = None) -> None:
             assert not new.per_layer[name].any(), name
     if tokens is not None:  # a gate's router mass is its tokens (each token's top-k sum to 1)
         np.testing.assert_allclose(new.per_layer["gate_mass"], tokens, rtol=1e-12)
-    assert set(new.per_step) == set(old.per_step) | set(PRECISION_STEP_COLUMNS)
+    assert set(new.per_step) == set(old.per_step) | set(PRECISION_STEP_COLUMNS) | {"gpu"}
     for name, column in old.per_step.items():
         np.testing.assert_array_equal(new.per_step[name], column, err_msg=name)
     for name in PRECISION_STEP_COLUMNS:
         assert not new.per_step[name].any(), name
-    assert new.links == old.links
+    assert set(new.links) == set(old.links)
+    for name, figures in old.links.items():  # the new engine also reports delays, saturation
+        assert {k: new.links[name][k] for k in figures} == figures
     drop = set(PRECISION_TOTALS)
     assert {k: v for k, v in new.totals.items() if k not in drop} == {
         k: v for k, v in old.totals.items() if k not in drop

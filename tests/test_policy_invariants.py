@@ -85,6 +85,8 @@ PARAMS = {
     "prefetch-predicted": {"train_steps": 2},
     "lru": {"compute_near": True},
     "quantised-all": {"policy": "lru", "precision": "int2"},
+    "low-precision-on-miss": {"policy": "lru", "precision": "int2", "upgrade": True},
+    "skip-low-score": {"policy": "lru", "threshold": 0.3},
 }
 # a reduced copy in both tiers, for the policies that move experts in reduced precision
 COPIES = {"host": ("bf16", "int2"), "md": ("bf16", "int2")}

@@ -11,6 +11,8 @@ import dataclasses
 import numpy as np
 import pytest
 from engine_traces import GB, hardware, make_trace, random_trace
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sim.contract import GateDecision, Path, PolicyError
 from sim.engine import simulate
@@ -360,3 +362,359 @@ def test_quantised_all_names_the_copy_the_scenario_lacks():
         caught.value
     )
     assert "hardware.copies.host" in str(caught.value)
+
+
+# -- the quality proxies, recomputed from the raw scores ----------------------------------------
+def scored_trace(rng, steps=4, layers=2, seqs=5, k=3, num_experts=8):
+    """Random routing with random softmax-like scores, descending per token (not renormalised:
+    they sum to less than 1, as a top-k of a softmax does)."""
+    trace = random_trace(rng, steps=steps, layers=layers, seqs=seqs, k=k, num_experts=num_experts)
+    raw = np.sort(rng.uniform(0.01, 0.5, size=trace.scores.shape), axis=-1)[..., ::-1]
+    return dataclasses.replace(trace, scores=raw.astype(np.float32))
+
+
+def by_hand(trace, skip_below=0.0, low_below=None):
+    """Per (step, layer): tokens, dropped mass and degraded mass, token by token in Python.
+    ``low_below``: an expert is degraded at a gate when the largest renormalised score among
+    the gate's tokens that keep it is below this (`low-precision-on-miss` over a cacheless
+    policy: every active expert is a miss)."""
+    steps, layers, seqs, k = trace.experts.shape
+    total = np.zeros((steps, layers))
+    dropped = np.zeros((steps, layers))
+    degraded = np.zeros((steps, layers))
+    for s in range(steps):
+        for lyr in range(layers):
+            kept: dict[int, list[float]] = {}
+            for q in range(seqs):
+                scores = [float(x) for x in trace.scores[s, lyr, q]]
+                norm = [x / sum(scores) for x in scores]
+                total[s, lyr] += sum(norm)
+                for j in range(k):
+                    e = int(trace.experts[s, lyr, q, j])
+                    if j > 0 and norm[j] < skip_below:
+                        dropped[s, lyr] += norm[j]
+                    else:
+                        kept.setdefault(e, []).append(norm[j])
+            if low_below is not None:
+                for values in kept.values():
+                    if max(values) < low_below:
+                        degraded[s, lyr] += sum(values)
+    return total, dropped, degraded
+
+
+def test_full_precision_policies_report_no_degraded_and_no_dropped_mass():
+    from sim.hardware import ComputeUnit
+    from sim.policies import available_policies
+
+    trace = scored_trace(np.random.default_rng(7))
+    h = hw(
+        capacity=6 * NATIVE,
+        host_compute=ComputeUnit(100 * GB, 2e12),
+        copies={"host": ("bf16", "int4"), "md": ("bf16", "int2")},
+    )
+    for name in available_policies():
+        if name.startswith("example-") or name in PRECISION_POLICIES or name == "optimal":
+            continue
+        run = simulate(trace, h, model(), make_policy(name), topk=3)
+        assert run.totals["degraded_gate_mass"] == 0.0, name
+        assert run.totals["dropped_gate_mass"] == 0.0, name
+        assert not run.per_layer["degraded_gate_mass"].any(), name
+        assert not run.per_layer["reduced"].any(), name
+        np.testing.assert_allclose(run.per_layer["gate_mass"], 5.0, rtol=1e-12)
+
+
+PRECISION_POLICIES = ("quantised-all", "low-precision-on-miss", "skip-low-score")
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.2, 0.3, 0.45])
+def test_dropped_mass_equals_the_raw_scores_by_hand(threshold):
+    trace = scored_trace(np.random.default_rng(11))
+    run = simulate(
+        trace, hw(), model(), make_policy("skip-low-score", {"threshold": threshold}), topk=3
+    )
+    total, dropped, _ = by_hand(trace, skip_below=threshold)
+    np.testing.assert_allclose(run.per_layer["gate_mass"], total.ravel(), rtol=1e-12)
+    np.testing.assert_allclose(
+        run.per_layer["dropped_gate_mass"], (dropped / total).ravel(), rtol=1e-12, atol=1e-15
+    )
+    assert run.totals["dropped_gate_mass"] == pytest.approx(dropped.sum() / total.sum(), rel=1e-12)
+    assert run.totals["degraded_gate_mass"] == 0.0
+    # the demand shrank: every skipped (token, expert) pair is gone from the counts
+    base = simulate(trace, hw(), model(), make_policy("seed-split"), topk=3)
+    kept = trace.demand(3, threshold).counts.sum(axis=2).ravel()
+    assert kept.sum() <= base.per_layer["active"].sum() * 5
+    assert (run.per_layer["active"] <= base.per_layer["active"]).all()
+
+
+@pytest.mark.parametrize(("threshold", "skip"), [(0.2, 0.0), (0.3, 0.0), (0.35, 0.2)])
+def test_degraded_mass_equals_the_raw_scores_by_hand(threshold, skip):
+    trace = scored_trace(np.random.default_rng(12))
+    h = hw(copies={"host": ("bf16", "int4"), "md": ("bf16", "int4")})
+    low = {"policy": "gpu-only", "threshold": threshold}
+    policy = (
+        make_policy("low-precision-on-miss", low)
+        if not skip
+        else make_policy(
+            "skip-low-score",
+            {"policy": "low-precision-on-miss", "policy_params": low, "threshold": skip},
+        )
+    )
+    run = simulate(trace, h, model(), policy, topk=3)
+    total, dropped, degraded = by_hand(trace, skip_below=skip, low_below=threshold)
+    np.testing.assert_allclose(
+        run.per_layer["degraded_gate_mass"], (degraded / total).ravel(), rtol=1e-12, atol=1e-15
+    )
+    assert run.totals["degraded_gate_mass"] == pytest.approx(
+        degraded.sum() / total.sum(), rel=1e-12
+    )
+    assert run.totals["dropped_gate_mass"] == pytest.approx(dropped.sum() / total.sum(), rel=1e-12)
+    # per step: the step's shares over its layers
+    np.testing.assert_allclose(
+        run.per_step["degraded_gate_mass"], degraded.sum(1) / total.sum(1), rtol=1e-12
+    )
+    assert 0.0 <= run.totals["degraded_gate_mass"] + run.totals["dropped_gate_mass"] <= 1.0
+
+
+def test_the_lowest_rule_degrades_that_many_misses_per_gate():
+    trace = scored_trace(np.random.default_rng(13))
+    h = hw(copies={"host": ("bf16", "int4")})
+    params = {"policy": "gpu-only", "lowest": 2}
+    run = simulate(trace, h, model(), make_policy("low-precision-on-miss", params), topk=3)
+    np.testing.assert_array_equal(run.per_layer["reduced"], np.minimum(2, run.per_layer["active"]))
+    pcie = run.per_layer["pcie"]
+    expected = (pcie - run.per_layer["reduced"]) * NATIVE + run.per_layer["reduced"] * INT4_BYTES
+    np.testing.assert_array_equal(run.per_layer["bytes_pcie"], expected)
+
+
+# -- threshold 0 is the underlying policy ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("inner", "inner_params"),
+    [
+        ("seed-split", {}),
+        ("balanced-split", {}),
+        ("lru", {"miss_path": "balanced"}),
+        ("least-stale", {}),
+        ("prefetch-oracle", {"scope": "global"}),
+        ("prefetch-predicted", {"train_steps": 2}),
+        ("static-popular", {}),
+    ],
+)
+def test_threshold_zero_reproduces_the_underlying_policy_exactly(inner, inner_params):
+    trace = scored_trace(np.random.default_rng(17), steps=6, layers=3)
+    h = hw(
+        capacity=6 * NATIVE,
+        md_channels=2,
+        copies={"host": ("bf16", "int4"), "md": ("int4", "bf16")},
+    )
+    base = simulate(trace, h, model(), make_policy(inner, inner_params), topk=3)
+    wrapped = [
+        ("low-precision-on-miss", {"threshold": 0.0}),
+        ("low-precision-on-miss", {"lowest": 0, "upgrade": True}),
+        ("skip-low-score", {"threshold": 0.0}),
+    ]
+    for name, params in wrapped:
+        policy = make_policy(name, {"policy": inner, "policy_params": inner_params, **params})
+        run = simulate(trace, h, model(), policy, topk=3)
+        for column, values in base.per_layer.items():
+            np.testing.assert_array_equal(run.per_layer[column], values, err_msg=f"{name} {column}")
+        for column, values in base.per_step.items():
+            np.testing.assert_array_equal(run.per_step[column], values, err_msg=column)
+        assert run.totals == base.totals and run.links == base.links, name
+        assert policy.run_kind() == make_policy(inner, inner_params).run_kind()
+
+
+# -- raising the threshold never moves more bytes nor gives up less mass (property) -----------
+@st.composite
+def threshold_runs(draw):
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    num_experts = draw(st.integers(3, 12))
+    k = draw(st.integers(1, min(4, num_experts)))
+    trace = scored_trace(
+        rng,
+        steps=draw(st.integers(1, 5)),
+        layers=draw(st.integers(1, 3)),
+        seqs=draw(st.integers(1, 8)),
+        k=k,
+        num_experts=num_experts,
+    )
+    host = draw(st.sampled_from([("bf16", "int4"), ("bf16", "int4", "int2"), ("int4", "bf16")]))
+    md = draw(st.sampled_from([("bf16",), ("bf16", "int4"), ("int2", "int4", "bf16")]))
+    h = hw(
+        pcie_bw=draw(st.floats(1.0, 100.0)) * GB,
+        md_bw=draw(st.floats(1.0, 500.0)) * GB,
+        pcie_latency=draw(st.sampled_from([0.0, 1e-5])),
+        pcie_channels=draw(st.integers(1, 3)),
+        md_channels=draw(st.integers(1, 3)),
+        capacity=draw(st.integers(0, 3 * num_experts)) * NATIVE,
+        copies={"host": host, "md": md},
+    )
+    lo, hi = sorted(draw(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=2)))
+    return trace, h, k, lo, hi, draw(st.sampled_from(TIMING_FREE))
+
+
+# underlying policies whose decisions do not depend on transfer times (the property's scope:
+# a timing-dependent rule, such as balanced-split, may choose other paths when copies shrink)
+TIMING_FREE = (
+    ("seed-split", {}),
+    ("gpu-only", {}),
+    ("md-only", {}),
+    ("lru", {}),
+    ("lfu", {"scope": "global"}),
+    ("least-stale", {}),
+    ("static-popular", {}),
+)
+
+
+def moved(run) -> float:
+    return run.totals["bytes_pcie"] + run.totals["bytes_md"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(threshold_runs())
+def test_a_higher_threshold_never_moves_more_nor_degrades_less(case):
+    trace, h, k, lo, hi, (inner, params) = case
+    m = model(trace.num_experts, k)
+    runs = [
+        simulate(
+            trace,
+            h,
+            m,
+            make_policy(
+                "low-precision-on-miss",
+                {"policy": inner, "policy_params": params, "threshold": t, "precision": "int2"}
+                if "int2" in h.copies["host"] + h.copies["md"]
+                else {"policy": inner, "policy_params": params, "threshold": t},
+            ),
+        )
+        for t in (lo, hi)
+    ]
+    assert moved(runs[1]) <= moved(runs[0]) * (1 + 1e-12)
+    assert runs[1].totals["degraded_gate_mass"] >= runs[0].totals["degraded_gate_mass"] - 1e-12
+    assert runs[1].totals["dropped_gate_mass"] == runs[0].totals["dropped_gate_mass"] == 0.0
+    # by count: more of each gate's lowest-scored misses
+    counts = sorted({int(lo * 4), int(hi * 4)})
+    by_count = [
+        simulate(
+            trace,
+            h,
+            m,
+            make_policy(
+                "low-precision-on-miss", {"policy": inner, "policy_params": params, "lowest": n}
+            ),
+        )
+        for n in counts
+    ]
+    assert moved(by_count[-1]) <= moved(by_count[0]) * (1 + 1e-12)
+    assert by_count[-1].totals["degraded_gate_mass"] >= by_count[0].totals["degraded_gate_mass"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(threshold_runs())
+def test_a_higher_skip_threshold_never_moves_more_nor_drops_less(case):
+    """Skipping shrinks every gate's demand: over a stateless policy (no cache whose contents
+    depend on the demand's history) bytes can only fall."""
+    trace, h, k, lo, hi, (inner, params) = case
+    if inner not in ("seed-split", "gpu-only", "md-only"):
+        inner, params = "seed-split", {}
+    m = model(trace.num_experts, k)
+    runs = [
+        simulate(
+            trace,
+            h,
+            m,
+            make_policy(
+                "skip-low-score", {"policy": inner, "policy_params": params, "threshold": t}
+            ),
+        )
+        for t in (lo, hi)
+    ]
+    assert moved(runs[1]) <= moved(runs[0]) * (1 + 1e-12)
+    assert runs[1].totals["dropped_gate_mass"] >= runs[0].totals["dropped_gate_mass"] - 1e-12
+    assert (runs[1].per_layer["active"] <= runs[0].per_layer["active"]).all()
+
+
+# -- upgrades -------------------------------------------------------------------------------
+def test_a_later_hit_upgrades_a_reduced_copy():
+    """Expert 0: a weak second choice at step 0 (fetched in int4 and cached), the top choice at
+    step 1 (a hit on the int4 copy: degraded without upgrade, refetched in bf16 with it)."""
+    experts = [[[[1, 0]]], [[[0, 1]]]]  # [steps, layers, seqs, k]
+    trace = make_trace(experts, 8)
+    scores = np.array([[[[0.9, 0.1]]], [[[0.9, 0.1]]]], dtype=np.float32)
+    trace = dataclasses.replace(trace, scores=scores)
+    h = hw(pcie_bw=1 * GB, capacity=4 * NATIVE, placement="host", copies={"host": ("bf16", "int4")})
+    params = {"policy": "lru", "policy_params": {"miss_path": "pcie"}, "threshold": 0.5}
+    keep = simulate(trace, h, model(), make_policy("low-precision-on-miss", params))
+    up = simulate(
+        trace, h, model(), make_policy("low-precision-on-miss", {**params, "upgrade": True})
+    )
+    # step 0: expert 1 (0.9) in bf16, expert 0 (0.1) in int4; both cached
+    assert keep.per_layer["bytes_pcie"][0] == up.per_layer["bytes_pcie"][0] == NATIVE + INT4_BYTES
+    assert keep.per_layer["degraded_gate_mass"][0] == pytest.approx(0.1, rel=1e-6)
+    # step 1: both hits; expert 0 now carries 0.9 of the token's mass, expert 1 0.1
+    assert keep.per_layer["hits"][1] == 2 and keep.per_layer["bytes_pcie"][1] == 0.0
+    assert keep.per_layer["degraded_gate_mass"][1] == pytest.approx(0.9, rel=1e-6)
+    # with upgrade: expert 0 is fetched again in bf16 and served from it
+    assert up.per_layer["hits"][1] == 1 and up.per_layer["pcie"][1] == 1
+    assert up.per_layer["bytes_pcie"][1] == NATIVE
+    assert up.per_layer["degraded_gate_mass"][1] == 0.0
+    assert up.per_layer["cache_bytes"][1] == 2 * NATIVE
+    assert up.per_layer["transfer_window"][1] == pytest.approx(NATIVE / GB, rel=1e-12)
+
+
+def test_a_source_without_skipping_refuses_a_skipping_policy():
+    from sim.engine import Iteration, run_engine
+
+    trace = scored_trace(np.random.default_rng(19))
+    counts = trace.expert_token_counts(3)
+
+    class Plain:
+        def planned_counts(self, gpu):
+            return counts
+
+        def __init__(self):
+            self.s = 0
+
+        def next_iteration(self, gpu, now):
+            if self.s == len(counts):
+                return None
+            self.s += 1
+            return Iteration(counts[self.s - 1], [0.0] * counts.shape[1], position=self.s - 1)
+
+        def iteration_end(self, gpu, iteration, start, end):
+            pass
+
+    with pytest.raises(UserError, match="expected an iteration source whose tokens skip"):
+        run_engine(
+            Plain(),
+            hw(),
+            model(),
+            [make_policy("skip-low-score", {"threshold": 0.2})],
+            layer_ids=tuple(trace.layer_ids),
+            topk=3,
+        )
+    # without scores, low-precision-on-miss cannot rank its misses: one line, no guess
+    h = hw(copies={"host": ("bf16", "int4"), "md": ("bf16", "int4")})
+    with pytest.raises(UserError, match="expected the router's scores with each iteration"):
+        run_engine(
+            Plain(),
+            h,
+            model(),
+            [make_policy("low-precision-on-miss", {"policy": "gpu-only"})],
+            layer_ids=tuple(trace.layer_ids),
+            topk=3,
+        )
+    # a plain source's per-layer gate mass is unknown (NaN); nothing is degraded, so 0 shares
+    run = run_engine(
+        Plain(), h, model(), [make_policy("gpu-only")], layer_ids=tuple(trace.layer_ids), topk=3
+    )
+    assert np.isnan(run.per_layer["gate_mass"]).all()
+    assert run.totals["degraded_gate_mass"] == 0.0 and run.totals["dropped_gate_mass"] == 0.0
+    run = run_engine(
+        Plain(),
+        h,
+        model(),
+        [make_policy("quantised-all", {"policy": "gpu-only"})],
+        layer_ids=tuple(trace.layer_ids),
+        topk=3,
+    )
+    assert np.isnan(run.totals["degraded_gate_mass"])

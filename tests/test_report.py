@@ -668,7 +668,7 @@ def test_end_to_end_run_timeline_matches_per_layer_and_reports(tmp_path: Path) -
         assert (demand.end <= rows["t_end"][slot] + 1e-12).all()
     path = write_report(out, ("html",), dpi=60)
     text = path.read_text()
-    assert _external_refs(text) == [] and text.count("<img") == 5
+    assert _external_refs(text) == [] and text.count("<img") == 6  # with link utilisation
     assert "Not drawn" not in text
 
 

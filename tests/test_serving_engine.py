@@ -89,7 +89,9 @@ def test_one_request_alone_is_the_sum_of_its_iterations(tmp_path):
         "kind": "serving",
         "arrivals": {"process": "csv", "path": _csv(tmp_path, [(arrival, prompt, output)])},
     }
-    doc = _doc(workload=workload, hardware="h100-pcie5-rdma400")
+    # a preset whose routes are one fifo link each: the closed form applies (the rdma presets
+    # put the NIC behind the PCIe port, with fair sharing, since issue 21)
+    doc = _doc(workload=workload, hardware="h100-pcie5-cxl")
     scenario, (result,) = _run(doc)
     trace = load_scenario_trace(scenario)
     sel = trace.topk(6)[:, :, 0, :]  # sequence 0: [positions, layers, k]
@@ -282,6 +284,10 @@ def test_oracles_are_refused_and_profiled_policies_run(tmp_path):
             UserError, match=rf"policies\[1\]\.name: expected an online policy .*'{name}'"
         ):
             _run(_doc(policies=["seed-split", name], workload=workload))
+    writeback = {"name": "lru", "params": {"writeback": True}}
+    shared = {**workload, "memory": {"mode": "shared"}}
+    with pytest.raises(UserError, match=r"policies\[1\]\.params\.writeback: expected false"):
+        _run(_doc(policies=["seed-split", writeback], workload=shared))
     profiled = {"name": "static-popular", "params": {"profile": "embedded", "slots": 16}}
     _, results = _run(_doc(policies=["seed-split", profiled], workload=workload))
     assert results[1].kind == "online"
@@ -323,3 +329,107 @@ def test_cli_run_writes_the_serving_files_and_the_report(tmp_path, capsys):
     assert {"request_latency_cdf_top6", "hbm_over_time_top6"} <= figures
     html = (out / "report.html").read_text()
     assert "Serving" in html and "TTFT p99 (ms)" in html
+
+
+def test_shared_pool_shrinks_the_expert_cache_as_kv_grows():
+    """memory.mode shared: KV and the expert cache share HBM less weights and staging; the
+    cache is resized before each iteration and never holds more than what KV leaves."""
+    doc = _doc(
+        trace="embedded",
+        hardware={
+            "preset": "notebook-gbps",
+            "gpu": {"hbm_capacity": "1.2 GB"},
+            "hbm": {"capacity": "96 experts"},
+        },
+        policies=[
+            "seed-split",
+            "lru",
+            {"name": "lru", "label": "lru-g", "params": {"scope": "global"}},
+        ],
+        workload={
+            "kind": "serving",
+            "arrivals": {"rate": 40.0},
+            "prompt": {"dist": "uniform", "low": 100, "high": 200},
+            "output": {"dist": "uniform", "low": 20, "high": 48},
+            "requests": 60,
+            "memory": {"mode": "shared"},
+        },
+    )
+    scenario, results = _run(doc)
+    from sim.serving.memory import non_expert_weight_bytes
+
+    model = scenario.model
+    pool = 1.2e9 - non_expert_weight_bytes(model) - 64 * model.expert_bytes
+    for result in results:
+        it = result.serving.iterations
+        assert (it["kv_budget_bytes"] <= pool).all()
+        assert (it["kv_bytes"] + it["expert_capacity_bytes"] <= pool * (1 + 1e-12)).all()
+        assert (it["expert_cache_bytes"] <= it["expert_capacity_bytes"] * (1 + 1e-12)).all()
+    lru = results[1].serving.iterations
+    full = 96 * model.expert_bytes
+    assert lru["expert_capacity_bytes"].min() < full  # KV took some of the cache's room
+    shrunk = lru["expert_capacity_bytes"] < full
+    assert (lru["expert_cache_bytes"][shrunk] < full).all()
+    assert results[1].totals["hits"] > 0 and results[2].totals["hits"] > 0
+
+
+def test_cache_policies_evict_their_lowest_keys_on_a_resize():
+    from sim.contract import PolicyContext
+    from sim.engine.cost import RooflineCost
+    from sim.policies import make_policy
+
+    scenario = scenario_from_dict(_doc())
+    hw, model = scenario.hardware, scenario.model
+    counts = np.zeros((4, 2, model.num_experts), dtype=np.int64)
+    ctx = PolicyContext(hw, model, counts, (2, 3), 6, RooflineCost(hw, model))
+    ready = np.full((2, model.num_experts), np.inf)
+    ready[0, [1, 2, 3]] = 0.0
+    ready[1, [4, 5]] = 0.0
+    # 3 slots: global keeps the 3 most recent; per layer 3 // 2 = 1 each, the most recent
+    for scope, expected in (("global", {(0, 1), (0, 2)}), ("layer", {(0, 1), (0, 2), (1, 4)})):
+        policy = make_policy("lru", {"scope": scope, "slots": 6})
+        policy.bind(ctx)
+        policy.last_use[0, [1, 2, 3]] = [1.0, 2.0, 9.0]
+        policy.last_use[1, [4, 5]] = [5.0, 6.0]
+        evict = policy.on_cache_resize(3.2 * model.expert_bytes, ready, step=3)
+        assert set(evict) == expected, scope
+        assert policy.total_slots == 3
+        assert policy.on_cache_resize(1e12, ready, step=4) == [] and policy.total_slots == 6
+
+
+@pytest.mark.parametrize("policy", ["seed-split", "lru"])
+def test_planning_ahead_changes_nothing(tmp_path, monkeypatch, policy):
+    """While the scheduler can decide iterations before they are timed (a backlog longer than
+    the batch's room, or every request arrived) the source plans them ahead and the engine may
+    time a stateless policy's iterations in blocks; the records must equal those of a run
+    decided one iteration at a time."""
+    from sim.serving.scheduler import Scheduler
+    from sim.serving.source import ServingSource
+
+    rows = [(0.0, 1 + i % 7, 2 + i % 11) for i in range(40)] + [(0.05, 3, 4)] * 5
+    rows += [(0.3 + 0.01 * i, 2, 3) for i in range(10)]  # later arrivals, some while idle
+    workload = {
+        "kind": "serving",
+        "arrivals": {"process": "csv", "path": _csv(tmp_path, rows)},
+        "scheduler": {"max_running": 8, "max_batched_tokens": 16, "chunked_prefill": True},
+    }
+    doc = _doc(policies=[policy], baseline=policy, workload=workload)
+    planned = []
+    plan = ServingSource._plan
+
+    def counting(self, gpu, now):
+        out = plan(self, gpu, now)
+        planned.append(len(self._ahead[gpu]))
+        return out
+
+    monkeypatch.setattr(ServingSource, "_plan", counting)
+    _, (ahead,) = _run(doc)
+    assert max(planned) > 1  # iterations were planned ahead
+    monkeypatch.setattr(ServingSource, "time_independent", property(lambda self: False))
+    monkeypatch.setattr(Scheduler, "can_plan_next", lambda self: False)
+    _, (stepwise,) = _run(doc)
+    for name, column in stepwise.serving.requests.items():
+        assert np.array_equal(ahead.serving.requests[name], column, equal_nan=True), name
+    for name, column in stepwise.serving.iterations.items():
+        assert np.array_equal(ahead.serving.iterations[name], column, equal_nan=True), name
+    assert np.array_equal(ahead.per_layer["t_end"], stepwise.per_layer["t_end"])

@@ -17,9 +17,15 @@ import numpy as np
 from sim.contract import FETCH_PATH_OF_LINK, ROUTES, Path, PolicyError
 from sim.engine.links import Placed
 
+PENDING = 1e300  # ready_at of a cached expert whose transfer's arrival is not known yet
+
 
 class HbmCache:
-    """Which (layer, expert) pairs are cached, in which precision, and when each is ready."""
+    """Which (layer, expert) pairs are cached, in which precision, and when each is ready.
+
+    On routes timed by the flow network (`sim.engine.network`) a transfer's arrival is only
+    known when it happens: its expert is cached with ``ready_at`` = `PENDING` (in flight) and
+    ``pending`` maps its flat key to the transfer until `arrival` sets the real time."""
 
     def __init__(
         self,
@@ -48,6 +54,7 @@ class HbmCache:
         self.arange_keys = np.arange(layers * num_experts, dtype=np.intp)
         self.count = 0  # cached experts (in flight and reserved included)
         self.max_ready = 0.0  # latest ready time ever given to a cached expert
+        self.pending: dict[int, object] = {}  # flat key -> network transfer in flight to it
         # the precision of each cached copy (-1: not cached) and how many copies per precision
         self.precision_at = np.full((layers, num_experts), -1, dtype=np.int8)
         self.public_precision_at = self.precision_at.view()
@@ -144,6 +151,9 @@ class HbmCache:
             return
         self.flat_ready_at[keys] = np.inf
         self._removed(keys)
+        if self.pending:
+            for key in keys.tolist():
+                self.pending.pop(key, None)
 
     def _eviction_keys(self, evict: list, layer: int, active_row: np.ndarray) -> np.ndarray | None:
         """Flat ``layer * num_experts + expert`` indices of ``evict`` if every one is in range,
@@ -187,6 +197,7 @@ class HbmCache:
                 )
             self.ready_at[lyr, e] = np.inf
             self._removed(np.array([lyr * self.num_experts + e]))
+            self.pending.pop(lyr * self.num_experts + e, None)
 
     def _check_key(self, item: tuple, what: str, s: int, layer: int) -> tuple[int, int]:
         lyr, e = int(item[0]), int(item[1])
@@ -223,6 +234,41 @@ class HbmCache:
                 p = precision[route] if isinstance(precision, dict) else precision[idx[keep]]
                 self._added(layer * self.num_experts + chosen, p)
                 self.max_ready = max(self.max_ready, t_gate + placed.last)
+
+    def admit_pending(
+        self,
+        admit_flags: object,
+        experts: np.ndarray,
+        n: int,
+        fetched: list[tuple[np.ndarray, list]],
+        layer: int,
+        precision: np.ndarray,
+    ) -> None:
+        """`admit` for fetches whose arrivals the network will tell (``fetched``: indices
+        into the gate's experts and their transfers; ``precision``: of each gate expert)."""
+        admit = np.asarray(admit_flags, dtype=bool)
+        if admit.shape != (n,):
+            raise PolicyError(f"{self.who}: admit has shape {admit.shape}, expected ({n},)")
+        for idx, transfers in fetched:
+            for i, transfer in zip(idx.tolist(), transfers, strict=True):
+                if admit[i]:
+                    self.track(layer, int(experts[i]), transfer)
+                    self._added(
+                        np.array([layer * self.num_experts + int(experts[i])]), int(precision[i])
+                    )
+
+    def track(self, layer: int, expert: int, transfer: object) -> None:
+        """(layer, expert) is in flight on ``transfer``: ready when it arrives."""
+        self.ready_at[layer, expert] = PENDING
+        self.pending[layer * self.num_experts + expert] = transfer
+        self.max_ready = PENDING
+
+    def arrival(self, key: int, transfer: object, when: float) -> None:
+        """``transfer`` arrived at ``when``: if it still carries the cached expert ``key``,
+        that expert is ready from then on."""
+        if self.pending.get(key) is transfer:
+            del self.pending[key]
+            self.flat_ready_at[key] = when
 
     def replace(
         self, layer: int, experts: np.ndarray, precision: np.ndarray, ready: np.ndarray

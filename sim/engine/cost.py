@@ -48,11 +48,11 @@ class RooflineCost:
     def uniform_transfer_time(self, link: str) -> float:
         """Slot time of one expert's weight transfer on ``link`` (the same for every expert):
         the route's default copy."""
-        return self.hardware.link(link).transfer_time(self.sizes[self.route_copy[link]])
+        return self.hardware.route(link).transfer_time(self.sizes[self.route_copy[link]])
 
     def copy_transfer_time(self, link: str, precision: int) -> float:
         """Slot time of one expert's copy in ``precision`` on ``link``."""
-        return self.hardware.link(link).transfer_time(self.sizes[precision])
+        return self.hardware.route(link).transfer_time(self.sizes[precision])
 
     def gpu_time_at(self, tokens: np.ndarray, precision: int) -> np.ndarray:
         """GPU time of experts computed from copies in ``precision`` (0: the native roofline)."""
@@ -120,7 +120,7 @@ class RooflineCost:
 
     def activation_one_way(self, link: str, total_tokens: np.ndarray | float) -> np.ndarray:
         """One direction of a batch's activations: ``latency + tokens * bytes / channel_rate``."""
-        cfg = self.hardware.link(link)
+        cfg = self.hardware.route(link)
         total = np.asarray(total_tokens, dtype=np.float64)
         return cfg.latency + total * self._act_bytes / cfg.channel_rate
 

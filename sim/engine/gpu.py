@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
+from simpy import Event
 
 from sim.contract import (
     HOST_ROUTE,
@@ -30,6 +32,7 @@ from sim.engine.cache import HbmCache
 from sim.engine.clock import Clock
 from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
+from sim.engine.network import FlowNetwork, Route, Transfer
 from sim.engine.results import GateBlock, GateRecord, TimelineEvent
 from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
 from sim.errors import UserError
@@ -52,10 +55,11 @@ class GpuProcess:
         index: int,
         ctx: PolicyContext,
         policy: GatePolicy,
-        routes: Mapping[str, FifoLink],
+        routes: Mapping[str, FifoLink | Route],
         *,
         timeline: bool | tuple[int, int],
         alone: bool = True,
+        network: FlowNetwork | None = None,
     ) -> None:
         hw, model = ctx.hardware, ctx.model
         self.index = index
@@ -67,7 +71,12 @@ class GpuProcess:
         self.expert_bytes = float(model.expert_bytes)
         self.act_bytes = float(model.activation_bytes_per_token)
         self.routes = dict(routes)
+        self.alone = alone
+        # timeline resources: "pcie[0]", or "gpu1/pcie[0]" when there are several GPUs
+        self.prefix = f"gpu{index}/" if hw.topology.num_gpus > 1 else ""
+        self.network = network
         self.public_free_at = {name: link.public_free_at for name, link in self.routes.items()}
+        self.estimated = [route for route in self.routes.values() if isinstance(route, Route)]
         not_allowed = allowed_paths(hw)
         self.blocked = [(path, why) for path, why in not_allowed.items() if why]
         # copies: bytes per precision, what each route's tier holds, the default per route
@@ -103,6 +112,8 @@ class GpuProcess:
         self.arange.flags.writeable = False
         self.not_cached = np.zeros(self.num_experts, dtype=bool)
         self.not_cached.flags.writeable = False
+        self.no_tokens = np.zeros(self.num_experts, dtype=np.int64)  # a resize uses no expert
+        self.no_tokens.flags.writeable = False
         # Fast paths for the default cost model: one transfer time per route, a compute table.
         self.transfer_d = None
         if is_roofline(self.cost, "transfer_time"):
@@ -112,6 +123,9 @@ class GpuProcess:
                 "hardware.copies: a tier whose highest copy is not the native precision needs "
                 "the roofline cost model (cost tables give native-precision transfer times)"
             )
+        for name, route in self.routes.items():
+            if isinstance(route, Route):
+                route.one_transfer = route.latency + self.route_bytes[name] / route.nominal_rate
         self.gpu_table = is_roofline(self.cost, "gpu_compute_time")
         self._tables: dict[int, tuple[GateOrder, np.ndarray, np.ndarray]] = {}
         self.host_blocked = bool(not_allowed[Path.PCIE])
@@ -148,13 +162,13 @@ class GpuProcess:
         ``now + non_expert``, then ``t_gate + rel_end``) and yields once, at its end. With a
         stateless plan and a source whose answers do not depend on time (lockstep), it takes
         several iterations at once (about `BLOCK_GATES` gates) and times them together."""
-        block = BLOCK_GATES // max(self.layers, 1) if self.plan is not None else 1
-        if not getattr(source, "time_independent", False):
-            block = 1
+        most = BLOCK_GATES // max(self.layers, 1) if self.plan is not None and self.alone else 1
         done = False
         while not done:
+            # more than one iteration only while the source says its answers do not depend on
+            # time (asked before each: a serving source is so only at times)
             its: list[Iteration] = []
-            while len(its) < max(block, 1):
+            while not its or (len(its) < most and getattr(source, "time_independent", False)):
                 it = source.next_iteration(self.index, env.now)
                 if it is None:
                     done = True
@@ -175,6 +189,24 @@ class GpuProcess:
             if not its:
                 continue
             start = env.now
+            for i, it in enumerate(its):
+                if it.cache_capacity is not None:
+                    if len(its) > 1:
+                        raise ValueError(
+                            "iteration source: a time-independent source changed the cache capacity"
+                        )
+                    self._resize_cache(it.cache_capacity, self.iterations + i)
+            if not self.alone:
+                (it,) = its
+                step = self.iterations
+                lo, hi = self.window
+                self.timeline = self.events if lo <= step < hi else None
+                yield from self._layers_events(env, _IterationGates(self, it, step), it.non_expert)
+                self.timeline = None
+                self.iterations += 1
+                self.horizon = env.now
+                on_end(self.index, it, start, env.now)
+                continue
             ends = self._planned(its, self.iterations, start)
             if ends is None:
                 ends = []
@@ -195,6 +227,33 @@ class GpuProcess:
                 self.horizon = end
                 on_end(self.index, it, start, end)
                 start = end
+
+    def _resize_cache(self, capacity: float, step: int) -> None:
+        """The expert cache may hold ``capacity`` bytes from iteration ``step`` on: the policy
+        names what to evict (`Policy.on_cache_resize`), the rest must fit."""
+        cache = self.cache
+        if capacity == cache.capacity:
+            return
+        cache.capacity = float(capacity)
+        resize = getattr(self.policy, "on_cache_resize", None)
+        evict = [] if resize is None else resize(float(capacity), cache.public_ready_at, step)
+        if evict:
+            cache.evict(evict, step, -1, self.no_tokens)
+        cache.check_capacity(step, -1)
+
+    def _layers_events(
+        self, env: Clock, g: _IterationGates, non_expert: Sequence[float]
+    ) -> Iterator:
+        """Run the iteration gate by gate in simulated time: each gate happens at its time
+        (shared links see every GPU's transfers in time order) and waits for what the flow
+        network delivers."""
+        for layer in range(self.layers):
+            t_start = env.now
+            ne = non_expert[layer]
+            if ne > 0.0:
+                yield env.at(t_start + ne)
+            view = yield from self._gate_events(env, g, layer, t_start, env.now, ne)
+            self.policy.on_layer_end(view, env.now)
 
     def _layers(self, g: _IterationGates, non_expert: Sequence[float], now: float) -> float:
         """Run the iteration gate by gate from ``now``; returns its end."""
@@ -290,6 +349,7 @@ class GpuProcess:
         zeros = np.zeros(rows, dtype=np.int64)
         self.records.append(
             GateBlock(
+                np.full(rows, self.index),
                 np.repeat(np.arange(step, step + len(its)), layers),
                 np.repeat(np.array([int(it.position) for it in its], dtype=np.int64), layers),
                 np.tile(self.layer_index, len(its)),
@@ -318,7 +378,6 @@ class GpuProcess:
                 g.dropped_share,
                 ref,
                 ne,
-                np.full(rows, self.index),
             )
         )
         if not layers:
@@ -329,8 +388,145 @@ class GpuProcess:
     def _gate(
         self, g: _IterationGates, layer: int, t_start: float, t_gate: float, ne: float
     ) -> tuple[GateView, float]:
+        """One gate in closed form (routes of FIFO slots, placed at the gate)."""
+        s = g.step
+        o = self._open(g, layer, t_gate)
+        view, decision, experts, tokens, n = o.view, o.decision, o.experts, o.tokens, o.n
+        by_path, groups, prec, c_all = o.by_path, o.groups, o.prec, o.c_all
+        cache = self.cache
+
+        # Per route at the gate: near-compute activations out first, then the demand fetches,
+        # then the prefetches (all FIFO behind whatever the route still carries).
+        window = 0.0
+        bytes_pcie = bytes_md = 0.0
+        host_out = near_out = None
+        if by_path[_HOST]:
+            host_out = self._activation_out(
+                HOST_ROUTE, s, layer, experts, tokens, groups[_HOST], t_gate
+            )
+            window = host_out[1]
+        if by_path[_MD_NEAR]:
+            near_out = self._activation_out(
+                MD_ROUTE, s, layer, experts, tokens, groups[_MD_NEAR], t_gate
+            )
+            window = max(window, near_out[1])
+        fetched: list[tuple[np.ndarray, Placed, str]] = []
+        if by_path[_PCIE]:
+            idx = groups[_PCIE]
+            placed, bytes_pcie = self._fetch(HOST_ROUTE, s, layer, experts[idx], t_gate, prec, idx)
+            fetched.append((idx, placed, HOST_ROUTE))
+            window = max(window, placed.last)
+        if by_path[_MD_FETCH]:
+            idx = groups[_MD_FETCH]
+            placed, bytes_md = self._fetch(MD_ROUTE, s, layer, experts[idx], t_gate, prec, idx)
+            fetched.append((idx, placed, MD_ROUTE))
+            window = max(window, placed.last)
+        if fetched and (decision.admit is not None or o.upgrade is not None):
+            self._keep_fetched(decision.admit, o.upgrade, experts, n, fetched, layer, t_gate, prec)
+        if decision.writeback and decision.evict:
+            bytes_pcie += self._writeback(decision, s, layer, t_gate, o.evicted)
+        prefetched = (0, 0)
+        if decision.prefetch:
+            n_host, n_md, b_host, b_md = self._prefetch(decision, s, layer, t_gate, g.steps)
+            prefetched = (n_host, n_md)
+            bytes_pcie += b_host
+            bytes_md += b_md
+        cache.check_capacity(s, layer)
+
+        rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, groups[_HIT], fetched)
+        if near_out is not None:
+            end, nbytes = self._remote_part(
+                MD_ROUTE, _MD_NEAR, s, layer, t_gate, experts, tokens, near_out, prec
+            )
+            bytes_md += nbytes
+            rel_end = max(rel_end, end)
+            window = max(window, end)
+        if host_out is not None:
+            end, nbytes = self._remote_part(
+                HOST_ROUTE, _HOST, s, layer, t_gate, experts, tokens, host_out, prec
+            )
+            bytes_pcie += nbytes
+            rel_end = max(rel_end, end)
+            window = max(window, end)
+
+        self._record(g, o, layer, prefetched, bytes_pcie, bytes_md)
+        self._record_times(g, layer, t_start, t_gate, t_gate + rel_end, window, rel_end, o.ref, ne)
+        return view, rel_end
+
+    def _record(
+        self,
+        g: _IterationGates,
+        o: _Opened,
+        layer: int,
+        prefetched: tuple[int, int],
+        bytes_pcie: float,
+        bytes_md: float,
+    ) -> None:
+        """The gate's counts, kept until `_record_times` completes the record."""
+        by_path = o.by_path
+        reduced, degraded, dropped = g.quality(layer, o.experts, o.prec)
+        self._pending_record = (
+            self.index,
+            g.step,
+            g.position,
+            layer,
+            self.layer_ids[layer],
+            o.n,
+            o.hits - o.late,
+            o.late,
+            by_path[_PCIE],
+            by_path[_MD_FETCH],
+            by_path[_MD_NEAR],
+            by_path[_HOST],
+            prefetched[0],
+            prefetched[1],
+            reduced,
+            bytes_pcie,
+            bytes_md,
+        )
+        self._pending_quality = (degraded, dropped)
+
+    def _record_times(
+        self,
+        g: _IterationGates,
+        layer: int,
+        t_start: float,
+        t_gate: float,
+        t_end: float,
+        window: float,
+        rel_end: float,
+        ref: float,
+        ne: float,
+    ) -> None:
+        head = self._pending_record
+        degraded, dropped = self._pending_quality
+        self.records.append(
+            GateRecord(
+                *head,
+                t_start,
+                t_gate,
+                t_end,
+                window,
+                rel_end - ref,
+                ne + rel_end,
+                self.cache.used_bytes,
+                g.gate_mass(layer),
+                degraded,
+                dropped,
+                ref,
+                ne,
+            )
+        )
+        if self.timeline is not None and t_gate > t_start:
+            self._event("gpu", "non_expert", t_start, t_gate, head[1], head[3], -1)
+
+    def _open(self, g: _IterationGates, layer: int, t_gate: float) -> _Opened:
+        """What every gate does first: show the policy its view, check its decision (paths,
+        upgrades, precisions), apply its evictions, group the experts by path."""
         s = g.step
         n = int(g.active[layer])
+        for route in self.estimated:  # network routes: what policies see of their queues
+            route.estimate_free_at(t_gate)
         experts = g.experts[layer, :n]
         tokens = g.tokens[layer, :n]
         cache = self.cache
@@ -383,98 +579,341 @@ class GpuProcess:
                 evicted = cache.precisions_of(decision.evict)
             cache.evict(decision.evict, s, layer, g.counts[layer])
         groups = self._groups(eff, by_path, n)
+        return _Opened(
+            view,
+            decision,
+            experts,
+            tokens,
+            n,
+            by_path,
+            hits,
+            late,
+            c_all,
+            ref,
+            groups,
+            prec,
+            upgrade,
+            evicted,
+        )
 
-        # Per route at the gate: near-compute activations out first, then the demand fetches,
-        # then the prefetches (all FIFO behind whatever the route still carries).
+    def _gate_events(
+        self, env: Clock, g: _IterationGates, layer: int, t_start: float, t_gate: float, ne: float
+    ) -> Iterator:
+        """One gate in simulated time: FIFO routes are placed at issue time (the same closed
+        form as `_gate`), network routes become transfers whose arrivals the GPU waits for;
+        activations come back when the remote unit is done. Ends at the layer's end."""
+        s = g.step
+        o = self._open(g, layer, t_gate)
+        view, decision, experts, tokens, n = o.view, o.decision, o.experts, o.tokens, o.n
+        by_path, groups, prec, c_all = o.by_path, o.groups, o.prec, o.c_all
+        cache = self.cache
         window = 0.0
         bytes_pcie = bytes_md = 0.0
-        host_out = near_out = None
-        if by_path[_HOST]:
-            host_out = self._activation_out(
-                HOST_ROUTE, s, layer, experts, tokens, groups[_HOST], t_gate
-            )
-            window = host_out[1]
-        if by_path[_MD_NEAR]:
-            near_out = self._activation_out(
-                MD_ROUTE, s, layer, experts, tokens, groups[_MD_NEAR], t_gate
-            )
-            window = max(window, near_out[1])
+        outs = []
+        for path, route in ((_HOST, HOST_ROUTE), (_MD_NEAR, MD_ROUTE)):
+            if by_path[path]:
+                idx = groups[path]
+                if isinstance(self.routes[route], FifoLink):
+                    out = self._activation_out(route, s, layer, experts, tokens, idx, t_gate)
+                    window = max(window, out[1])
+                else:
+                    nbytes = float(tokens[idx].sum()) * self.act_bytes
+                    out = (self._submit(env, route, nbytes, t_gate, "activation", s, layer), idx)
+                outs.append((route, path, out))
         fetched: list[tuple[np.ndarray, Placed, str]] = []
-        if by_path[_PCIE]:
-            idx = groups[_PCIE]
-            placed, bytes_pcie = self._fetch(HOST_ROUTE, s, layer, experts[idx], t_gate, prec, idx)
-            fetched.append((idx, placed, HOST_ROUTE))
-            window = max(window, placed.last)
-        if by_path[_MD_FETCH]:
-            idx = groups[_MD_FETCH]
-            placed, bytes_md = self._fetch(MD_ROUTE, s, layer, experts[idx], t_gate, prec, idx)
-            fetched.append((idx, placed, MD_ROUTE))
-            window = max(window, placed.last)
-        if fetched and (decision.admit is not None or upgrade is not None):
-            self._keep_fetched(decision.admit, upgrade, experts, n, fetched, layer, t_gate, prec)
+        in_flight: list[tuple[np.ndarray, list[Transfer], str]] = []
+        for path, route in ((_PCIE, HOST_ROUTE), (_MD_FETCH, MD_ROUTE)):
+            if not by_path[path]:
+                continue
+            idx = groups[path]
+            if isinstance(self.routes[route], FifoLink):
+                placed, moved = self._fetch(route, s, layer, experts[idx], t_gate, prec, idx)
+                fetched.append((idx, placed, route))
+                window = max(window, placed.last)
+            else:
+                sizes = self._copy_bytes(route, prec, idx)
+                transfers = [
+                    self._submit(env, route, nbytes, t_gate, "fetch", s, layer, int(e))
+                    for e, nbytes in zip(experts[idx].tolist(), sizes, strict=True)
+                ]
+                in_flight.append((idx, transfers, route))
+                moved = float(sum(sizes))
+            if path == _PCIE:
+                bytes_pcie = moved
+            else:
+                bytes_md = moved
+        if fetched and (decision.admit is not None or o.upgrade is not None):
+            self._keep_fetched(decision.admit, o.upgrade, experts, n, fetched, layer, t_gate, prec)
+        if in_flight and (decision.admit is not None or o.upgrade is not None):
+            self._keep_in_flight(decision.admit, o.upgrade, experts, n, in_flight, layer, prec)
         if decision.writeback and decision.evict:
-            bytes_pcie += self._writeback(decision, s, layer, t_gate, evicted)
+            if isinstance(self.routes[HOST_ROUTE], FifoLink):
+                bytes_pcie += self._writeback(decision, s, layer, t_gate, o.evicted)
+            else:
+                self._check_writeback(s, layer)
+                precision = o.evicted if o.evicted is not None else np.zeros(len(decision.evict))
+                for (lyr, _e), p in zip(decision.evict, precision.tolist(), strict=True):
+                    size = float(self.sizes[max(int(p), 0)])
+                    self._submit(env, HOST_ROUTE, size, t_gate, "writeback", s, int(lyr), -1)
+                    bytes_pcie += size
         prefetched = (0, 0)
         if decision.prefetch:
-            n_host, n_md, b_host, b_md = self._prefetch(decision, s, layer, t_gate, g.steps)
+            n_host, n_md, b_host, b_md = self._prefetch_events(
+                env, decision, s, layer, t_gate, g.steps
+            )
             prefetched = (n_host, n_md)
             bytes_pcie += b_host
             bytes_md += b_md
         cache.check_capacity(s, layer)
-
-        rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, groups[_HIT], fetched)
-        if near_out is not None:
-            end, nbytes = self._remote_part(
-                MD_ROUTE, _MD_NEAR, s, layer, t_gate, experts, tokens, near_out, prec
+        if self.network is not None:
+            self.network.commit()
+        chains = [
+            env.process(
+                self._remote_events(env, route, path, s, layer, t_gate, experts, tokens, out, prec)
             )
-            bytes_md += nbytes
+            for route, path, out in outs
+        ]
+        # the GPU needs this gate's fetches and its hits still in flight on the network
+        waits = [t for _, transfers, _ in in_flight for t in transfers]
+        hit_idx = groups[_HIT]
+        if hit_idx is not None and cache.pending:
+            keys = (layer * self.num_experts + experts[hit_idx]).tolist()
+            waits.extend(cache.pending[k] for k in keys if k in cache.pending)
+        waits = [t for t in waits if t.done != t.done]  # not arrived yet (done is nan)
+        if waits:
+            yield _countdown(env, waits)
+        for idx, transfers, route in in_flight:
+            end = np.array([t.done - t_gate for t in transfers])
+            start = np.array([t.started - t_gate for t in transfers])
+            slot = np.array([t.slot for t in transfers], dtype=np.intp)
+            order = end.argsort(kind="stable")  # the GPU takes them in arrival order
+            placed = Placed(start[order], end[order], slot[order], float(end.max()))
+            fetched.append((idx[order], placed, route))
+            window = max(window, placed.last)
+        rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, hit_idx, fetched)
+        for chain in chains:
+            end, nbytes, route = yield chain
+            if route == HOST_ROUTE:
+                bytes_pcie += nbytes
+            else:
+                bytes_md += nbytes
             rel_end = max(rel_end, end)
             window = max(window, end)
-        if host_out is not None:
-            end, nbytes = self._remote_part(
-                HOST_ROUTE, _HOST, s, layer, t_gate, experts, tokens, host_out, prec
-            )
-            bytes_pcie += nbytes
-            rel_end = max(rel_end, end)
-            window = max(window, end)
-        reduced, degraded, dropped = g.quality(layer, experts, prec)
+        t_end = t_gate + rel_end
+        if t_end > env.now:
+            yield env.at(t_end)
+        elif t_end < env.now:  # an arrival rounded past it: the layer ends on the clock
+            t_end = env.now
+            rel_end = t_end - t_gate
+        self._record(g, o, layer, prefetched, bytes_pcie, bytes_md)
+        self._record_times(g, layer, t_start, t_gate, t_end, window, rel_end, o.ref, ne)
+        return view
 
-        self.records.append(
-            GateRecord(
-                s,
-                g.position,
-                layer,
-                self.layer_ids[layer],
-                n,
-                hits - late,
-                late,
-                by_path[_PCIE],
-                by_path[_MD_FETCH],
-                by_path[_MD_NEAR],
-                by_path[_HOST],
-                prefetched[0],
-                prefetched[1],
-                reduced,
-                bytes_pcie,
-                bytes_md,
-                t_start,
-                t_gate,
-                t_gate + rel_end,
-                window,
-                rel_end - ref,
-                ne + rel_end,
-                cache.used_bytes,
-                g.gate_mass(layer),
-                degraded,
-                dropped,
-                ref,
-                ne,
-                self.index,
+    def _copy_bytes(self, route: str, prec: np.ndarray | None, idx: np.ndarray) -> list[float]:
+        """Bytes of each fetched copy (``prec[idx]``; None: the route's default copy)."""
+        if prec is None:
+            return [self.route_bytes[route]] * idx.size
+        return [float(self.sizes[p]) for p in prec[idx].tolist()]
+
+    def _keep_in_flight(
+        self,
+        admit: object,
+        upgrade: np.ndarray | None,
+        experts: np.ndarray,
+        n: int,
+        in_flight: list[tuple[np.ndarray, list[Transfer], str]],
+        layer: int,
+        prec: np.ndarray | None,
+    ) -> None:
+        """`_keep_fetched` for transfers the network times: admitted (and upgraded) copies are
+        cached now, ready when their transfer arrives."""
+        cache = self.cache
+        if upgrade is not None:
+            assert prec is not None
+            for idx, transfers, _route in in_flight:
+                for i, transfer in zip(idx.tolist(), transfers, strict=True):
+                    if upgrade[i]:
+                        e = int(experts[i])
+                        cache.replace(layer, np.array([e]), np.array([prec[i]]), np.array([0.0]))
+                        cache.track(layer, e, transfer)
+            if admit is None:
+                return
+            admit = np.asarray(admit, dtype=bool)
+            if admit.shape == (n,):
+                admit = admit & ~upgrade
+        precision = prec if prec is not None else np.zeros(n, dtype=np.int64)
+        if prec is None:
+            for idx, _transfers, route in in_flight:
+                precision[idx] = self.default[route]
+        cache.admit_pending(admit, experts, n, [(i, t) for i, t, _ in in_flight], layer, precision)
+
+    def _submit(
+        self,
+        env: Clock,
+        route: str,
+        nbytes: float,
+        now: float,
+        kind: str,
+        s: int,
+        layer: int,
+        expert: int = -1,
+    ) -> Transfer:
+        """Hand one transfer to the flow network (issued now on ``route``)."""
+        assert self.network is not None
+        transfer = Transfer(self.routes[route], nbytes, now)
+        timeline = self.timeline if kind != "fetch" else None  # fetches: see _fetch_events
+        if expert >= 0 or timeline is not None:
+            cache = self.cache
+            key = layer * self.num_experts + expert if expert >= 0 else -1
+
+            def done(t: Transfer) -> None:
+                if key >= 0:
+                    cache.arrival(key, t, t.done)
+                if timeline is not None:
+                    name = f"{self.prefix}{route}[{t.slot}]"
+                    timeline.append(TimelineEvent(name, kind, t.started, t.done, s, layer, expert))
+
+            transfer.on_done = done
+        self.network.submit(transfer)
+        return transfer
+
+    def _remote_events(
+        self,
+        env: Clock,
+        route: str,
+        path: int,
+        s: int,
+        layer: int,
+        t_gate: float,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        out: tuple,
+        prec: np.ndarray | None = None,
+    ) -> Iterator:
+        """Near-data / host compute of a gate: activations out (already issued), the unit's
+        serial compute, activations back when it is done. Returns (end relative to the gate,
+        bytes both ways, route)."""
+        link = self.routes[route]
+        if isinstance(link, FifoLink):  # out placed at the gate; back placed when issued
+            _start, arrived, half, idx = out
+            c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
+            done = arrived + float(c.sum())
+            nbytes = float(tokens[idx].sum()) * self.act_bytes
+            t_back = t_gate + done
+            if t_back > env.now:
+                yield env.at(t_back)
+            b_start, b_end, slot = link.place_one(t_back, half, nbytes)
+            if self.timeline is not None:
+                self._remote_events_timeline(
+                    path, route, s, layer, t_gate, arrived, c, idx, experts
+                )
+                self._event(
+                    f"{route}[{slot}]", "activation", t_back + b_start, t_back + b_end, s, layer
+                )
+            return done + b_end, 2.0 * nbytes, route
+        transfer, idx = out
+        if transfer.done != transfer.done:  # not arrived yet (done is nan)
+            yield _countdown(env, [transfer])
+        arrived = transfer.done - t_gate
+        c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
+        done = arrived + float(c.sum())
+        if self.timeline is not None:
+            self._remote_events_timeline(path, route, s, layer, t_gate, arrived, c, idx, experts)
+        t_back = t_gate + done
+        if t_back > env.now:
+            yield env.at(t_back)
+        back = self._submit(env, route, transfer.nbytes, env.now, "activation", s, layer)
+        assert self.network is not None
+        self.network.commit()
+        yield _countdown(env, [back])
+        return back.done - t_gate, 2.0 * transfer.nbytes, route
+
+    def _remote_compute(
+        self,
+        path: int,
+        s: int,
+        layer: int,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        prec: np.ndarray | None,
+        idx: np.ndarray,
+    ) -> np.ndarray:
+        """Compute times next to the weights (MD pool or host CPU) of ``experts`` (the gate's
+        ``idx``), each read in its copy's precision (``prec[idx]``; None: native)."""
+        if path == _MD_NEAR:
+            c = self.cost.near_compute_time(s, layer, experts, tokens)
+            method, at = "near_compute_time", "near_time_at"
+        else:
+            c = self.cost.host_compute_time(s, layer, experts, tokens)
+            method, at = "host_compute_time", "host_time_at"
+        c = np.asarray(c, dtype=float)
+        if prec is not None and prec[idx].any():
+            if not is_roofline(self.cost, method):
+                raise UserError(
+                    "a reduced-precision expert copy needs the roofline cost model (cost "
+                    "tables give native-precision compute times)"
+                )
+            p = prec[idx]
+            c = np.array(c, dtype=np.float64)
+            for q in np.unique(p[p > 0]).tolist():
+                c[p == q] = getattr(self.cost, at)(tokens[p == q], q)
+        return c
+
+    def _remote_events_timeline(
+        self,
+        path: int,
+        route: str,
+        s: int,
+        layer: int,
+        t_gate: float,
+        arrived: float,
+        c: np.ndarray,
+        idx: np.ndarray,
+        experts: np.ndarray,
+    ) -> None:
+        unit = "md" if path == _MD_NEAR else "host"
+        ends = arrived + np.cumsum(c)
+        for e, c_start, c_end in zip(experts[idx].tolist(), ends - c, ends, strict=True):
+            self._event(unit, "compute", t_gate + c_start, t_gate + c_end, s, layer, e)
+
+    def _prefetch_events(
+        self, env: Clock, decision: GateDecision, s: int, layer: int, t_gate: float, steps: int
+    ) -> tuple[int, int, float, float]:
+        """`_prefetch` with network routes: their prefetches are in flight until the network
+        says they arrived. Returns counts and bytes per route, as `_prefetch`."""
+        by_route, issued = self.cache.reserve_prefetches(decision.prefetch, s, layer)
+        asked = decision.prefetch_precision
+        counts, moved = {}, {}
+        pos = 0
+        for route, arr in by_route.items():
+            m = len(arr)
+            where, pos = issued[pos : pos + m], pos + m
+            counts[route], moved[route] = m, 0.0
+            if not m:
+                continue
+            precs = self._prefetch_precisions(asked, where, route, len(decision.prefetch), s, layer)
+            self.cache.set_precision(arr, precs if precs is not None else self.default[route])
+            if isinstance(self.routes[route], FifoLink):
+                placed, moved[route] = self._fetch_prefetch(
+                    route, s, layer, arr, t_gate, steps, precs
+                )
+                self.cache.arrived(arr, placed, t_gate)
+                if self.timeline is not None:
+                    for (lyr, e), a, b, k in zip(
+                        arr.tolist(), placed.start, placed.end, placed.slot, strict=True
+                    ):
+                        self._event(f"{route}[{k}]", "prefetch", t_gate + a, t_gate + b, s, lyr, e)
+                continue
+            sizes = (
+                [self.route_bytes[route]] * m
+                if precs is None
+                else [float(self.sizes[p]) for p in precs.tolist()]
             )
-        )
-        if self.timeline is not None and t_gate > t_start:
-            self._event("gpu", "non_expert", t_start, t_gate, s, layer, -1)
-        return view, rel_end
+            for (lyr, e), nbytes in zip(arr.tolist(), sizes, strict=True):
+                transfer = self._submit(env, route, nbytes, t_gate, "prefetch", s, lyr, e)
+                self.cache.track(lyr, e, transfer)
+            moved[route] = float(sum(sizes))
+        return counts[HOST_ROUTE], counts[MD_ROUTE], moved[HOST_ROUTE], moved[MD_ROUTE]
 
     def _where(self, view: GateView) -> str:
         return f"policy {self.policy.name!r} at step {view.step} layer {view.layer}"
@@ -639,12 +1078,12 @@ class GpuProcess:
     ) -> None:
         """Admitted fetches enter the cache; upgraded copies replace the cached ones."""
         if upgrade is not None:
-            assert prec is not None
+            served = prec if prec is not None else np.zeros(n, dtype=np.int64)  # all native
             for idx, placed, _route in fetched:
                 mine = upgrade[idx]
                 if mine.any():
                     self.cache.replace(
-                        layer, experts[idx[mine]], prec[idx[mine]], t_gate + placed.end[mine]
+                        layer, experts[idx[mine]], served[idx[mine]], t_gate + placed.end[mine]
                     )
             if admit is None:
                 return
@@ -726,23 +1165,8 @@ class GpuProcess:
 
         Returns (relative end, bytes moved both ways)."""
         _start, arrived, half, idx = out
-        if path == _MD_NEAR:
-            c = self.cost.near_compute_time(s, layer, experts[idx], tokens[idx])
-            unit, method, at = "md", "near_compute_time", "near_time_at"
-        else:
-            c = self.cost.host_compute_time(s, layer, experts[idx], tokens[idx])
-            unit, method, at = "host", "host_compute_time", "host_time_at"
-        c = np.asarray(c, dtype=float)
-        if prec is not None and prec[idx].any():
-            if not is_roofline(self.cost, method):
-                raise UserError(
-                    "a reduced-precision expert copy needs the roofline cost model (cost "
-                    "tables give native-precision compute times)"
-                )
-            p = prec[idx]
-            c = np.array(c, dtype=np.float64)
-            for q in np.unique(p[p > 0]).tolist():
-                c[p == q] = getattr(self.cost, at)(tokens[idx][p == q], q)
+        unit = "md" if path == _MD_NEAR else "host"
+        c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
         done = arrived + float(c.sum())
         nbytes = float(tokens[idx].sum()) * self.act_bytes
         b_start, b_end, slot = self.routes[route].place_one(t_gate + done, half, nbytes)
@@ -756,6 +1180,13 @@ class GpuProcess:
             )
         return done + b_end, 2.0 * nbytes
 
+    def _check_writeback(self, s: int, layer: int) -> None:
+        if self.host_blocked:
+            raise PolicyError(
+                f"policy {self.policy.name!r} at step {s} layer {layer} writes evicted experts "
+                "back to host memory, impossible: the scenario keeps no experts there"
+            )
+
     def _writeback(
         self,
         decision: GateDecision,
@@ -767,11 +1198,7 @@ class GpuProcess:
         """Copy the gate's evicted experts back to host DRAM (exclusive caching): one
         transfer each on the host route, behind the demand fetches, each the evicted copy's
         size (``precision``: per evicted copy; None: all native). Returns the bytes."""
-        if self.host_blocked:
-            raise PolicyError(
-                f"policy {self.policy.name!r} at step {s} layer {layer} writes evicted experts "
-                "back to host memory, impossible: the scenario keeps no experts there"
-            )
+        self._check_writeback(s, layer)
         victims = np.asarray([int(e) for _lyr, e in decision.evict], dtype=np.intp)
         if precision is None and self.default[HOST_ROUTE]:
             precision = np.zeros(victims.size, dtype=np.int64)  # native copies go back
@@ -936,7 +1363,28 @@ class GpuProcess:
         self, resource: str, kind: str, start: float, end: float, s: int, layer: int, e: int = -1
     ) -> None:
         assert self.timeline is not None
-        self.timeline.append(TimelineEvent(resource, kind, float(start), float(end), s, layer, e))
+        self.timeline.append(
+            TimelineEvent(self.prefix + resource, kind, float(start), float(end), s, layer, e)
+        )
+
+
+class _Opened(NamedTuple):
+    """A gate after `GpuProcess._open`: the policy's view and checked decision."""
+
+    view: GateView
+    decision: GateDecision
+    experts: np.ndarray
+    tokens: np.ndarray
+    n: int
+    by_path: list[int]
+    hits: int
+    late: int
+    c_all: np.ndarray
+    ref: float
+    groups: list[np.ndarray | None]
+    prec: np.ndarray | None  # precision of each active expert; None: all native
+    upgrade: np.ndarray | None  # cached experts fetched again in another precision
+    evicted: np.ndarray | None  # precision of each evicted copy (writebacks)
 
 
 class _IterationGates:
@@ -1089,6 +1537,9 @@ def _book_idle(
     link.transfers += sum(counts)
     c = link.channels
     t = t_gate.tolist()
+    for lyr in used:
+        start, end, _slot = link.idle_table(d, counts[lyr])
+        link.log.append((t[lyr], start, end))
     for k in range(c):
         lyr = next((i for i in reversed(used) if counts[i] > k), None)
         if lyr is None:
@@ -1097,3 +1548,21 @@ def _book_idle(
         end = float(last[lyr]) if c == 1 else float(j // c) * d + d
         link.free_at[k] = t[lyr] + end
     link.latest = t[used[-1]] + float(last[used[-1]])
+
+
+def _countdown(env: Clock, transfers: list[Transfer]) -> Event:
+    """An event that fires when every one of ``transfers`` (none arrived yet) has arrived."""
+    event = env.event()
+    left = [len(transfers)]
+
+    def tick(_transfer: Transfer) -> None:
+        left[0] -= 1
+        if left[0] == 0:
+            event.succeed()
+
+    for transfer in transfers:
+        if transfer.watchers is None:
+            transfer.watchers = [tick]
+        else:
+            transfer.watchers.append(tick)
+    return event

@@ -54,6 +54,8 @@ class FifoLink:
         self.public_free_at = self.free_at.view()
         self.public_free_at.flags.writeable = False
         self._idle: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # every placed batch: (issue time, relative starts, relative ends), for statistics
+        self.log: list[tuple[float, np.ndarray | float, np.ndarray | float]] = []
 
     def relative_free(self, t: float) -> np.ndarray:
         """Each slot's free time relative to ``t`` (0 where already free)."""
@@ -79,6 +81,7 @@ class FifoLink:
                 end = start + d
                 last = float(end[-1])
                 self.free_at[0] = self.latest = t + last
+                self.log.append((t, start, end))
                 return Placed(start, end, np.zeros(n, dtype=np.intp), last)
             g = self.relative_free(t)
             start, slot = fifo_equal(g, d, n)
@@ -88,6 +91,7 @@ class FifoLink:
             used = m > 0
             self.free_at[used] = t + ((g[used] + (m[used] - 1) * d) + d)
             self.latest = float(self.free_at.max())
+            self.log.append((t, start, end))
             return Placed(start, end, slot, float(end[-1]))  # starts ascend: so do ends
         durations = np.asarray(durations, dtype=np.float64)
         self.busy += float(durations.sum())
@@ -100,10 +104,12 @@ class FifoLink:
         used = np.isfinite(last)
         self.free_at[used] = t + last[used]
         self.latest = float(self.free_at.max())
+        self.log.append((t, start, end))
         return Placed(start, end, slot, float(end.max()))
 
-    def _place_idle(self, t: float, d: float, n: int) -> Placed:
-        """All slots free: transfer j starts at (j // c) d on slot j % c (precomputed views)."""
+    def idle_table(self, d: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Starts, ends and slots of ``n`` transfers of ``d`` on idle slots: transfer j starts
+        at (j // c) d on slot j % c (precomputed, read-only views)."""
         table = self._idle.get(d)
         if table is None or table[0].size < n:
             size = max(n, 64 if table is None else 2 * table[0].size)
@@ -113,7 +119,12 @@ class FifoLink:
             for arr in table:
                 arr.flags.writeable = False
             self._idle[d] = table
-        start, end, slot = table[0][:n], table[1][:n], table[2][:n]
+        return table[0][:n], table[1][:n], table[2][:n]
+
+    def _place_idle(self, t: float, d: float, n: int) -> Placed:
+        """All slots free: transfer j starts at (j // c) d on slot j % c."""
+        start, end, slot = self.idle_table(d, n)
+        self.log.append((t, start, end))
         last = float(end[n - 1])
         if self.channels == 1:
             self.free_at[0] = t + last
@@ -128,9 +139,21 @@ class FifoLink:
         k = int(np.argmin(self.free_at))
         start = max(self.free_at[k] - t, 0.0)
         end = start + duration
+        self.log.append((t, start, end))
         self.free_at[k] = t + end
         self.latest = max(self.latest, t + end)
         self.busy += duration
         self.bytes += nbytes
         self.transfers += 1
         return start, end, k
+
+    def intervals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every transfer's issue, start and end times (absolute, s), in placement order."""
+        if not self.log:
+            empty = np.empty(0)
+            return empty, empty, empty
+        sizes = [np.size(start) for _, start, _ in self.log]
+        issue = np.repeat([t for t, _, _ in self.log], sizes)
+        start = np.concatenate([np.atleast_1d(s) for _, s, _ in self.log]) + issue
+        end = np.concatenate([np.atleast_1d(e) for _, _, e in self.log]) + issue
+        return issue, start, end

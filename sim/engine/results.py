@@ -13,6 +13,7 @@ import numpy as np
 
 # per-(step, layer) counts (integers), then bytes and times (floats)
 _COUNT_COLUMNS = (
+    "gpu",
     "step",
     "position",
     "layer",
@@ -44,6 +45,7 @@ PER_LAYER_COLUMNS = (
     "dropped_gate_mass",
 )
 PER_STEP_COLUMNS = (
+    "gpu",
     "step",
     "position",
     "latency",
@@ -80,6 +82,7 @@ class GateRecord(NamedTuple):
     per_layer columns (`PER_LAYER_COLUMNS`, same names, same order) and what the per-step
     columns are derived from. Definitions: docs/engine.md."""
 
+    gpu: int
     step: int
     position: int
     layer: int
@@ -108,7 +111,6 @@ class GateRecord(NamedTuple):
     dropped_gate_mass: float
     compute_ref: float  # GPU compute of all active experts as if all were in HBM, s
     non_expert: float  # the layer's non-expert time, s
-    gpu: int
 
 
 assert GateRecord._fields[: len(PER_LAYER_COLUMNS)] == PER_LAYER_COLUMNS
@@ -118,6 +120,7 @@ class GateBlock(NamedTuple):
     """Consecutive gates' records as columns (`GateRecord`'s fields, one array each): what the
     closed-form path records for a whole iteration at once."""
 
+    gpu: np.ndarray
     step: np.ndarray
     position: np.ndarray
     layer: np.ndarray
@@ -146,7 +149,6 @@ class GateBlock(NamedTuple):
     dropped_gate_mass: np.ndarray
     compute_ref: np.ndarray
     non_expert: np.ndarray
-    gpu: np.ndarray
 
 
 assert GateBlock._fields == GateRecord._fields
@@ -156,7 +158,7 @@ def collect_gates(
     records: list[GateRecord | GateBlock],
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The per_layer columns of ``records`` (in their order; single gates and blocks of
-    gates) and the ``[rows, 3]`` float table of (compute_ref, non_expert, gpu) that per-step
+    gates) and the ``[rows, 2]`` float table of (compute_ref, non_expert) that per-step
     columns need."""
     chunks: list[list[np.ndarray]] = []
     run: list[GateRecord] = []
@@ -199,6 +201,7 @@ def collect_steps(
         for name in ("degraded_gate_mass", "dropped_gate_mass")
     ]
     return {
+        "gpu": per_layer["gpu"][::layers].copy(),
         "step": per_layer["step"][::layers].copy(),
         "position": per_layer["position"][::layers].copy(),
         "latency": layer_time.sum(axis=1),
@@ -246,6 +249,9 @@ class RunResult:
     totals: dict[str, float]  # TOTAL_KEYS (and more)
     params: dict[str, Any]  # the policy's parameters
     timeline: tuple[TimelineEvent, ...] | None = None
+    per_gpu: list[dict[str, Any]] | None = None  # each GPU's own totals (gpu, then TOTAL_KEYS)
+    rates: dict[str, tuple[tuple[float, float], ...]] | None = None  # network link: (t, rate)
+    link_usage: dict[str, np.ndarray] | None = None  # link: rows (t0, t1, mean utilisation)
 
     def summary_row(self) -> dict[str, Any]:
         """Flat dict for summary.csv/json: policy, label, totals, link utilisations."""
@@ -299,6 +305,24 @@ def compute_totals(
         "degraded_gate_mass": shares[0],
         "dropped_gate_mass": shares[1],
     }
+
+
+def combined_totals(
+    per_layer: list[dict[str, np.ndarray]], per_step: list[dict[str, np.ndarray]], tokens: int
+) -> dict[str, float]:
+    """Totals of several GPUs' runs: step ``s`` lasts the longest of the GPUs' step ``s``
+    (their shortest common run of steps), the run ends with the last GPU, counts and bytes
+    are sums. ``tokens``: output tokens of one step of all the GPUs together."""
+    steps = min(len(p["latency"]) for p in per_step)
+    step = {
+        "latency": np.max([p["latency"][:steps] for p in per_step], axis=0),
+        "compute_only": np.max([p["compute_only"][:steps] for p in per_step], axis=0),
+        "non_expert": np.max([p["non_expert"][:steps] for p in per_step], axis=0),
+    }
+    layers = {k: np.concatenate([p[k] for p in per_layer]) for k in per_layer[0]}
+    totals = compute_totals(layers, step, tokens)
+    totals["total_time"] = max(float(p["t_end"].max(initial=0.0)) for p in per_layer)
+    return totals
 
 
 def _run_shares(per_layer: dict[str, np.ndarray], mass: np.ndarray) -> tuple[float, float]:

@@ -62,6 +62,9 @@ class Iteration:
     ``tag`` is the source's own (e.g. the requests in the batch); the engine hands the
     iteration back to `IterationSource.iteration_end` untouched. ``order`` may carry the gate
     order precomputed (`GateOrder` of ``counts``); the engine computes it when absent.
+    ``cache_capacity``: bytes the HBM expert cache may hold from this iteration on (a serving
+    workload's shared HBM pool, shrinking as the KV cache grows); the engine tells the policy
+    (`Policy.on_cache_resize`), evicts what it names and checks the rest fits. None: unchanged.
 
     The router's scores, for the quality proxies and for policies that read them (optional;
     `sim.precision.gate_demand` computes all three, and ``counts``, from per-token routing):
@@ -80,6 +83,7 @@ class Iteration:
     mass: np.ndarray | None = None  # [layers, E] router mass per expert
     top: np.ndarray | None = None  # [layers, E] largest renormalised score per expert
     dropped: np.ndarray | None = None  # [layers] router mass skipped
+    cache_capacity: float | None = None
 
     def gates(self) -> GateOrder:
         return self.order if self.order is not None else GateOrder.from_counts(self.counts)
@@ -116,44 +120,56 @@ class LockstepSource:
     """Every GPU decodes a fixed batch together, one trace step per iteration (today's model).
 
     ``counts``: ``[steps, layers, E]`` token counts of the batch (``RoutingTrace.
-    expert_token_counts``), the same for every GPU, or one such array per GPU (the batch's
-    sequences split over the GPUs). ``non_expert``: seconds per layer, a scalar or a
-    ``[steps, layers]`` table. ``positions``: the token position of each step. ``demand``:
-    the router's scores as `sim.precision.Demand` (``[steps, layers, E]`` mass and top score,
-    ``[steps, layers]`` dropped mass) for one GPU's counts, or None.
+    expert_token_counts``), the same for every GPU, or a list of one such array per GPU (the
+    batch's sequences split over the GPUs). ``non_expert``: seconds per layer, a scalar, a
+    ``[steps, layers]`` table (broadcast), or a list of one per GPU. ``positions``: the token
+    position of each step. ``demand``: the router's scores as `sim.precision.Demand`
+    (``[steps, layers, E]`` mass and top score, ``[steps, layers]`` dropped mass) matching the
+    counts, or a list of one per GPU, or None.
     """
 
     def __init__(
         self,
         counts: np.ndarray | Sequence[np.ndarray],
         positions: Sequence[int],
-        non_expert: float | np.ndarray = 0.0,
+        non_expert: float | np.ndarray | Sequence[float | np.ndarray] = 0.0,
         num_gpus: int = 1,
         demand: Any = None,
     ) -> None:
         per_gpu = (
             list(counts) if isinstance(counts, list | tuple) else [np.asarray(counts)] * num_gpus
         )
-        if len(per_gpu) != num_gpus:
-            raise ValueError(f"expected counts for {num_gpus} GPUs, got {len(per_gpu)}")
+        num_gpus = len(per_gpu)
         self.counts = per_gpu
         steps, layers = per_gpu[0].shape[:2]
         self.positions = tuple(int(p) for p in positions)
-        table = np.broadcast_to(np.asarray(non_expert, dtype=np.float64), (steps, layers))
-        self.non_expert_table = table
-        self._non_expert = table.tolist()  # plain floats: the engine's clock adds them
+        times = (
+            list(non_expert) if isinstance(non_expert, list | tuple) else [non_expert] * num_gpus
+        )
+        if len(times) != num_gpus:
+            raise ValueError(f"expected non-expert times for {num_gpus} GPUs, got {len(times)}")
+        tables: dict[int, list] = {}
+        self._non_expert = [  # plain floats: the engine's clock adds them
+            tables.setdefault(
+                id(t), np.broadcast_to(np.asarray(t, dtype=np.float64), (steps, layers)).tolist()
+            )
+            for t in times
+        ]
         orders: dict[int, GateOrder] = {}
         self._orders = [orders.setdefault(id(c), GateOrder.from_counts(c)) for c in per_gpu]
         self._next = [0] * num_gpus
         self.steps = steps
-        if demand is not None and num_gpus != 1:
-            raise ValueError("router scores (demand) for one GPU only, for now")
-        self.demand = demand
-        self._dropped = demand is not None and bool(np.any(demand.dropped))
+        demands = list(demand) if isinstance(demand, list | tuple) else [demand] * num_gpus
+        if len(demands) != num_gpus:
+            raise ValueError(f"expected router scores for {num_gpus} GPUs, got {len(demands)}")
+        self.demand = demands
+        self._dropped = [d is not None and bool(np.any(d.dropped)) for d in demands]
 
     # its answers do not depend on the time asked or on iteration ends, and it never idles: a
     # GPU alone may take several iterations at once (GpuProcess.run)
     time_independent = True
+    # the renormalised score below which its tokens skipped their experts (`gate_demand`)
+    skip_below = 0.0
 
     def planned_counts(self, gpu: int) -> np.ndarray:
         return self.counts[gpu]
@@ -163,16 +179,16 @@ class LockstepSource:
         if s >= self.steps:
             return None
         self._next[gpu] = s + 1
-        d = self.demand
+        d = self.demand[gpu]
         return Iteration(
             counts=self.counts[gpu][s],
-            non_expert=self._non_expert[s],
+            non_expert=self._non_expert[gpu][s],
             position=self.positions[s],
             tag=s,
             order=self._orders[gpu].row(s),
             mass=None if d is None else d.mass[s],
             top=None if d is None else d.top[s],
-            dropped=d.dropped[s] if self._dropped else None,
+            dropped=d.dropped[s] if self._dropped[gpu] else None,
         )
 
     def iteration_end(self, gpu: int, iteration: Iteration, start: float, end: float) -> None:

@@ -107,6 +107,16 @@ class Policy:
     def on_layer_end(self, view: GateView, end_time: float) -> None:
         """Called when the layer's experts are done (for bookkeeping such as recency)."""
 
+    def on_cache_resize(
+        self, capacity: float, ready_at: np.ndarray, step: int
+    ) -> list[tuple[int, int]]:
+        """The HBM expert cache may hold ``capacity`` bytes from iteration ``step`` on (a
+        serving workload's shared HBM pool: it shrinks as the KV cache grows and grows back as
+        it shrinks). Return the ``(layer, expert)`` pairs to evict so that the rest fits
+        (``ready_at``: `GateView.ready_at`); the engine raises `PolicyError` if it does not.
+        A policy without a cache keeps nothing: nothing to evict."""
+        return []
+
 
 _REGISTRY: dict[str, type[Policy]] = {}
 

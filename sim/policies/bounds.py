@@ -286,7 +286,7 @@ def solve_min_link_time(
     c = np.zeros(n_var)
     for p in paths:
         link = LINK_OF_PATH[p]
-        channels = ctx.hardware.link(link).channels
+        channels = ctx.hardware.route(link).channels
         if p in GPU_FETCH_PATHS:
             c[x_of[p]] = cost.uniform_transfer_time(link) / channels
         else:
@@ -300,7 +300,7 @@ def solve_min_link_time(
                 ) / channels
     for k, p in enumerate(near):
         link = LINK_OF_PATH[p]
-        channels = ctx.hardware.link(link).channels
+        channels = ctx.hardware.route(link).channels
         empty = np.zeros(0, dtype=np.int64)
         for g in range(n_gates):
             s, lyr = divmod(g, layers)

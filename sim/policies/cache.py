@@ -40,6 +40,8 @@ from sim.policies.miss_path import MissPath, MissPathRule
 Scope = Literal["layer", "global"]
 _GPU_FETCH = np.zeros(len(Path), dtype=bool)  # by Path value: fetched to the GPU
 _GPU_FETCH[list(GPU_FETCH_PATHS)] = True
+_NONE = np.zeros(0, dtype=np.intp)
+_NONE.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class CachePolicy(Policy):
         self.num_layers = ctx.num_layers
         self.num_experts = ctx.model.num_experts
         self.total_slots = cache_slots(p, ctx, self.name)
+        self.bound_slots = self.total_slots  # the most a resize (shared HBM) may give back
         self.global_scope = p.scope == "global"
         self.partition_slots = (
             self.total_slots if self.global_scope else self.total_slots // self.num_layers
@@ -106,6 +109,44 @@ class CachePolicy(Policy):
         self.uses = np.zeros(shape)  # gates at which the expert was active (if count_uses)
         self.count_uses = getattr(p, "eviction", None) == "lfu" or isinstance(self, LfuPolicy)
         self.gate = 0  # gates seen so far
+
+    def on_cache_resize(
+        self, capacity: float, ready_at: np.ndarray, step: int
+    ) -> list[tuple[int, int]]:
+        """Fit the cache into ``capacity`` bytes (never more than at bind): the partitions
+        shrink (or grow back) and the lowest ``keep_key`` of each over-full partition goes,
+        ranked as if at the gate before the next one (the last layer's)."""
+        assert self.ctx is not None
+        slots = min(int(capacity // self.ctx.model.expert_bytes), self.bound_slots)
+        self.total_slots = slots
+        self.partition_slots = slots if self.global_scope else slots // self.num_layers
+        resident = np.isfinite(ready_at)
+        view = GateView(
+            step=step,
+            layer=self.num_layers - 1,
+            now=0.0,
+            experts=_NONE,
+            tokens=_NONE,
+            cached=_NONE.astype(bool),
+            ready_at=ready_at,
+            cache_bytes=0.0,
+            link_free_at={},
+        )
+        keys = np.where(resident, self.keep_key(view), np.inf)
+        rows = [keys.ravel()] if self.global_scope else list(keys)
+        held = [resident.ravel()] if self.global_scope else list(resident)
+        evict: list[tuple[int, int]] = []
+        for row, (key, cached) in enumerate(zip(rows, held, strict=True)):
+            over = int(np.count_nonzero(cached)) - self.partition_slots
+            if over <= 0:
+                continue
+            order = np.flatnonzero(cached)[np.argsort(key[cached], kind="stable")[:over]]
+            if self.global_scope:
+                layers, experts = np.divmod(order, self.num_experts)
+            else:
+                layers, experts = np.full(order.size, row), order
+            evict.extend(zip(layers.tolist(), experts.tolist(), strict=True))
+        return evict
 
     # -- hooks ----------------------------------------------------------------------------------
     def keep_key(self, view: GateView) -> np.ndarray:

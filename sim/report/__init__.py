@@ -22,6 +22,7 @@ from matplotlib.figure import Figure
 from sim import atomic, opener
 from sim.errors import UserError
 from sim.report import figures as F
+from sim.report import frontier as FR
 from sim.report import html as H
 from sim.report import serving_figures as SF
 from sim.report.load import (
@@ -187,6 +188,14 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
             lambda k=k: F.link_timeline(run, colours, k, window),
         )
         out.add(
+            f"link_usage{sfx}",
+            f"Link utilisation over time{top}",
+            "Each link's utilisation (share of its bandwidth in use, per time bin of "
+            "link_usage.csv) over the run, for the baseline and the best online policy: where "
+            "a shared link saturates.",
+            lambda k=k: F.link_usage_over_time(run, colours, k),
+        )
+        out.add(
             f"hit_rate{sfx}",
             f"HBM hit rate over steps{top}",
             "Per decode step, experts already in HBM at the gate over active experts (prefetches "
@@ -196,6 +205,9 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
         )
     if run.requests is not None:
         _serving_figures(run, colours, topks, out)
+    frontier = FR.frontier_table(summary) if FR.has_proxies(summary) else None
+    if frontier is not None:
+        _frontier_figures(frontier, run.baseline, topks, out)
     out.add(
         "seed_view",
         "The seed's view",
@@ -209,6 +221,7 @@ def _run_content(run: RunResults, window: tuple[int, int] | None) -> ReportConte
         _provenance_section(run.trace, "trace.json"),
         H.section("Comparison", _comparison_note(run), _summary_table(run)),
         *((_serving_section(run),) if "ttft_p50" in run.summary else ()),
+        *((_frontier_section(frontier),) if frontier is not None else ()),
     )
     subtitle = f"Results: {run.path}"
     return ReportContent(
@@ -235,6 +248,50 @@ def _serving_figures(
             "expert cache (after the iteration's last gate), per policy; the KV budget dashed.",
             lambda k=k: SF.memory_over_time(run, colours, k),
         )
+
+
+def _frontier_figures(
+    frontier: Table, baseline: str | None, topks: list[int], out: _Collector
+) -> None:
+    for k in [None] if len(topks) == 1 else topks:
+        sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
+        out.add(
+            f"latency_quality_frontier{sfx}",
+            f"Latency-quality frontier{top}",
+            FR.FRONTIER_NOTE,
+            lambda k=k: FR.frontier_figure(frontier, baseline, k),
+        )
+
+
+FRONTIER_COLUMNS = (
+    H.Column("group", "other swept fields"),
+    H.Column("topk", "top-k"),
+    H.Column("label", "label"),
+    H.Column("family", "family"),
+    H.Column("kind", "kind"),
+    H.Column("mean_step", "mean step (ms)", 1e3),
+    H.Column("tokens_per_s", "tokens/s", 1.0, "{:,.0f}"),
+    H.Column("degraded", "degraded gate mass, proxy (%)", 100.0, "{:.2f}"),
+    H.Column("dropped", "dropped gate mass, proxy (%)", 100.0, "{:.2f}"),
+    H.Column("pareto", "Pareto-optimal"),
+    H.Column("rank", "# on the front", 1.0, "{:.0f}"),
+)
+
+
+def _frontier_section(frontier: Table) -> str:
+    columns = FRONTIER_COLUMNS if any(str(g) for g in frontier["group"]) else FRONTIER_COLUMNS[1:]
+    order = np.lexsort(
+        (
+            np.asarray(frontier["proxy"], dtype=np.float64),
+            np.asarray(frontier["topk"], dtype=np.float64),
+            np.asarray([str(g) for g in frontier["group"]]),
+        )
+    )
+    return H.section(
+        "Latency-quality frontier",
+        H.note(FR.FRONTIER_NOTE),
+        H.data_table(frontier.rows(order), columns),
+    )
 
 
 SERVING_COLUMNS = (
@@ -345,6 +402,16 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
                 "other fields vary too, the line is their mean and the band their range.",
                 lambda f=field, k=k: F.speedup_vs_field(sweep, f, colours, k),
             )
+    if "hardware.num_gpus" in sweep.axes:
+        for k in [None] if len(topks) == 1 else topks:
+            sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
+            out.add(
+                f"gpu_scaling{sfx}",
+                f"GPU-count scaling{top}",
+                "Mean step latency (the slowest GPU's step) and tokens/s of all GPUs together "
+                "against the number of GPUs sharing the pool, one line per policy.",
+                lambda k=k: F.gpu_scaling(sweep, colours, k),
+            )
     if SF.RATE_FIELD in sweep.axes and "ttft_p99" in table:
         for k in [None] if len(topks) == 1 else topks:
             sfx, top = ("", "") if k is None else (f"_top{k}", f" (top-{k})")
@@ -369,6 +436,9 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
             )
     elif not sweep.axes:
         out.skipped.append("Sweep figures: sweep.csv names no swept field (no dotted column).")
+    frontier = FR.frontier_table(table, sweep.axes) if FR.has_proxies(table) else None
+    if frontier is not None:
+        _frontier_figures(frontier, sweep.baseline, topks, out)
     trace_path = sweep.path / "trace.json"
     trace = _maybe_json(trace_path)
     sections = (
@@ -384,6 +454,7 @@ def _sweep_content(sweep: SweepResults) -> ReportContent:
             ),
             H.data_table(sweep_summary(sweep), SWEEP_SUMMARY_COLUMNS),
         ),
+        _frontier_section(frontier) if frontier is not None else "",
     )
     name = find_key(sweep.resolved, "name") or sweep.path.name
     return ReportContent(

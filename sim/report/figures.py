@@ -583,6 +583,58 @@ def link_timeline(
     return fig
 
 
+# -- link utilisation over time -----------------------------------------------------------------
+@_styled
+def link_usage_over_time(
+    run: RunResults, colours: Mapping[str, str], topk: int | None = None
+) -> Figure:
+    """Each link's utilisation over the run (link_usage.csv: equal time bins), for the baseline
+    and the best online policy side by side."""
+    usage = run.link_usage
+    if usage is None or not len(usage):
+        raise NoData("no link_usage.csv in the results directory (a run before issue 21)")
+    if topk is not None:
+        usage = usage.where(topk=topk)
+    baseline = run.baseline
+    labels = [x for x in (baseline, best_label(run.summary, baseline, topk)) if x is not None]
+    labels = list(dict.fromkeys(labels))
+    fig = _figure(6.0 * len(labels), 4.2)
+    axes = fig.subplots(1, len(labels), squeeze=False, sharey=True)[0]
+    links = sorted({str(x) for x in usage["link"]}, key=_link_order)
+    palette = _link_palette(links)
+    for ax, label in zip(axes, labels):
+        mine = usage.where(label=label)
+        for link in links:
+            rows = mine.where(link=link)
+            if not len(rows):
+                continue
+            middle = (rows["t_start"].astype(float) + rows["t_end"].astype(float)) / 2
+            ax.plot(
+                middle, rows["utilisation"].astype(float) * 100, label=link, color=palette[link]
+            )
+        role = "baseline" if label == baseline else "best policy"
+        ax.set_title(f"{role}: {label}", color=_colour(colours, label))
+        ax.set_xlabel("simulated time (s)")
+        ax.set_ylim(0, 105)
+    axes[0].set_ylabel("utilisation (% of bandwidth, per time bin)")
+    _figure_legend(fig, axes[0], "link", more=axes[1:])
+    fig.suptitle(f"Link utilisation over time{_topk_title(topk)}")
+    return fig
+
+
+def _link_order(name: str) -> tuple[str, int]:
+    """``pcie@gpu10`` after ``pcie@gpu9``."""
+    base, _, gpu = name.partition("@gpu")
+    return (base, int(gpu) if gpu.isdigit() else -1)
+
+
+def _link_palette(links: Sequence[str]) -> dict[str, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return {link: cmap(i % 20) for i, link in enumerate(links)}
+
+
 # -- HBM hit rate ------------------------------------------------------------------------------
 def step_hit_rate(per_layer: Table) -> tuple[np.ndarray, np.ndarray]:
     """Per step: HBM hits / active experts summed over layers (steps in sorted order)."""
@@ -818,6 +870,42 @@ def speedup_vs_field(
     others = [f for f in sweep.axes if f != field]
     note = f"\n(mean over {', '.join(others)}; band: min..max)" if others else ""
     ax.set_title(f"Speedup vs {field}{_topk_title(topk)}{note}")
+    return fig
+
+
+@_styled
+def gpu_scaling(sweep: SweepResults, colours: Mapping[str, str], topk: int | None = None) -> Figure:
+    """A sweep over ``hardware.num_gpus``: mean step latency and total tokens/s against the
+    GPU count, one line per policy (mean over the other swept fields)."""
+    field = "hardware.num_gpus"
+    rows = _sweep_rows(sweep, topk)
+    if field not in rows or "mean_step" not in rows:
+        raise NoData(f"sweep.csv has no {field} and mean_step columns")
+    fig = _figure(11.0, 4.5)
+    ax_step, ax_rate = fig.subplots(1, 2)
+    counts = np.array(sorted({int(float(x)) for x in rows[field]}))
+    offline = offline_labels(rows)
+    for label in _ordered(sorted({str(x) for x in rows["label"]}), sweep.baseline):
+        mine = rows.where(label=label)
+        gpus = mine[field].astype(float).astype(int)
+        step = np.array([mine["mean_step"][gpus == n].astype(float).mean() for n in counts])
+        style = {"color": _colour(colours, label), "marker": "o"}
+        style["linestyle"] = "--" if label in offline else "-"
+        ax_step.plot(counts, step * MS, label=label, **style)
+        if "tokens_per_s" in mine:
+            rate = [mine["tokens_per_s"][gpus == n].astype(float).mean() for n in counts]
+            ax_rate.plot(counts, rate, label=label, **style)
+    for ax in (ax_step, ax_rate):
+        ax.set_xlabel("GPUs sharing the pool (hardware.num_gpus)")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(counts, [str(n) for n in counts])
+        ax.xaxis.set_minor_locator(NullLocator())
+    ax_step.set_ylabel("mean step latency (ms; slowest GPU per step)")
+    ax_rate.set_ylabel("tokens/s (all GPUs)")
+    others = [f for f in sweep.axes if f not in (field, "policies")]
+    note = f"\n(mean over {', '.join(others)})" if others else ""
+    _figure_legend(fig, ax_step, "policy", more=[ax_rate])
+    fig.suptitle(f"GPU-count scaling{_topk_title(topk)}{note}")
     return fig
 
 

@@ -33,6 +33,7 @@ from sim.yamlio import read_yaml as load_yaml_file
 SUMMARY_REQUIRED = ("label", "policy", "topk", "mean_step")
 PER_LAYER_REQUIRED = ("label", "policy", "topk", "step", "layer", "active")
 PER_STEP_REQUIRED = ("label", "policy", "topk", "step", "latency")
+LINK_USAGE_REQUIRED = ("label", "topk", "link", "t_start", "t_end", "utilisation")
 SWEEP_REQUIRED = ("label", "topk")
 REQUESTS_REQUIRED = ("label", "topk", "arrival", "first_token", "finish", "output_tokens")
 ITERATIONS_REQUIRED = ("label", "topk", "t_start", "t_end", "kv_bytes")
@@ -87,7 +88,8 @@ class TimelineEvents:
     """Complete ("X") events of a Chrome trace-event file, one array per field, in seconds."""
 
     label: np.ndarray  # policy label (the trace's process)
-    resource: np.ndarray  # "pcie[0]", "md_link[1]", "gpu", "md", "host" (the trace's thread)
+    resource: np.ndarray  # "pcie[0]", "md_link[1]", "gpu", "md", "host" (the trace's thread;
+    #                       "gpu1/pcie[0]" etc. in a run of several GPUs)
     kind: np.ndarray  # "fetch", "prefetch", "activation", "compute", "non_expert"
     start: np.ndarray  # s
     end: np.ndarray  # s
@@ -106,7 +108,10 @@ class TimelineEvents:
     @property
     def link(self) -> np.ndarray:
         """The resource without its channel index: ``pcie[1]`` -> ``pcie``."""
-        return np.array([r.split("[", 1)[0] for r in self.resource], dtype=object)
+        # "gpu1/pcie[0]" (a run of several GPUs) is link "pcie" too
+        return np.array(
+            [r.rsplit("/", 1)[-1].split("[", 1)[0] for r in self.resource], dtype=object
+        )
 
 
 _EVENT_FIELDS = (
@@ -137,6 +142,7 @@ class RunResults:
     timeline_path: Path
     requests: Table | None = None  # requests.csv of a serving run
     iterations: Table | None = None  # per_iteration.csv of a serving run
+    link_usage: Table | None = None  # link_usage.csv (runs since issue 21)
 
     @property
     def baseline(self) -> str | None:
@@ -356,6 +362,7 @@ def load_run(root: Path, *, timeline: str | Path | None = None) -> RunResults:
         events = _with_topk(events, [int(k) for k in summary.unique("topk")])
     requests = _optional_table(root / "requests.csv", REQUESTS_REQUIRED)
     iterations = _optional_table(root / "per_iteration.csv", ITERATIONS_REQUIRED)
+    usage = _optional_table(root / "link_usage.csv", LINK_USAGE_REQUIRED)
     return RunResults(
         root,
         summary,
@@ -367,6 +374,7 @@ def load_run(root: Path, *, timeline: str | Path | None = None) -> RunResults:
         timeline_path,
         requests,
         iterations,
+        usage,
     )
 
 

@@ -25,8 +25,6 @@ from sim import opener
 from sim import presets as preset_data
 from sim.errors import SelectionError, UserError
 from sim.hardware import (
-    HOST_LINK,
-    MD_LINK,
     ComputeUnit,
     GpuConfig,
     Hardware,
@@ -38,7 +36,6 @@ from sim.hardware import (
 from sim.precision import expert_bytes_for_cache
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.scenario.schema import (
-    LINK_ROLES,
     ROOFLINE,
     ComputeSection,
     CostsSection,
@@ -55,6 +52,7 @@ from sim.scenario.schema import (
     validate_scenario_dict,
     validation_error_line,
 )
+from sim.scenario.topology import resolve_topology
 from sim.trace.routing import RoutingTrace
 from sim.units import format_exact, parse_clock
 from sim.yamlio import YamlSyntaxError, parse_yaml, read_yaml
@@ -577,6 +575,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
     for link in links.values():
         link.setdefault("latency", 0.0)
         link.setdefault("channels", 1)
+    topology, topology_doc = resolve_topology(base, section, links)
     copies = _copies(top.get("copies"), placement, model)
     hardware = Hardware(
         hbm=HbmConfig(capacity=0.0, bandwidth=hbm_bw),
@@ -594,6 +593,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         placement=placement,
         md_compute=md_compute,
         host_compute=host_compute,
+        topology=topology,
         copies=copies,
     )
     # the cache budget, counted in the experts the tiers hold (their largest default copy)
@@ -614,6 +614,7 @@ def build_hardware(section: HardwareSection, model: ModelSpec) -> tuple[Hardware
         "placement": placement,
         "md_compute": _doc(ComputeSection, units["md_compute"]) if md_compute else None,
         "host_compute": _doc(ComputeSection, units["host_compute"]) if host_compute else None,
+        **topology_doc,
         "copies": {tier: list(names) for tier, names in copies.items()} or None,
     }
     return hardware, {k: v for k, v in doc.items() if v is not None}
@@ -654,25 +655,14 @@ def _link_values(
     base: HardwareSection | None, section: HardwareSection
 ) -> dict[str, dict[str, Any]]:
     """Each link's fields by name: the preset's links, then the scenario's (merged field by
-    field with the preset's link of the same name; new names add links). The one-GPU
-    topology needs ``pcie`` and ``md_link`` and uses no other link."""
+    field with the preset's link of the same name; new names add links). Which links the
+    paths need, and that every link is on one: `resolve_topology`."""
     base_links = (base.links or {}) if base else {}
     own_links = {k: v for k, v in (section.links or {}).items() if v is not None}  # null: not given
     links: dict[str, dict[str, Any]] = {}
     for name in (*base_links, *(n for n in own_links if n not in base_links)):
         links[name] = _merged(base_links.get(name), own_links.get(name), f"hardware.links.{name}")
-    for name in (HOST_LINK, MD_LINK):
-        if name not in links:
-            raise UserError(
-                f"hardware.links.{name}: required, missing ({LINK_ROLES[name]}; give a link "
-                "preset name or a bandwidth)"
-            )
     for name, values in links.items():
-        if name not in (HOST_LINK, MD_LINK):
-            raise UserError(
-                f"hardware.links.{name}: expected only links a path uses (the one-GPU topology "
-                f"uses {HOST_LINK} and {MD_LINK}), got an unused link {name!r}"
-            )
         if values.get("bandwidth") is None:
             raise UserError(
                 f"hardware.links.{name}.bandwidth: required (give a bandwidth or a link preset)"
@@ -687,6 +677,7 @@ def _link(name: str, values: dict[str, Any]) -> LinkConfig:
         latency=values["latency"],
         channels=values["channels"],
         channel_bandwidth=values.get("channel_bandwidth"),
+        sharing=values.get("sharing", "fifo"),
     )
 
 

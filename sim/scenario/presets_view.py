@@ -50,10 +50,15 @@ def preset_summary(kind: str, name: str) -> str:
     section = HardwareSection(preset=name)
     model, _ = build_model(None)
     hw, doc = build_hardware(section, model)
-    return (
-        f"GPU {doc['gpu'].get('preset', '?')}; pcie {doc['links']['pcie'].get('preset', '')} "
-        f"{format_bandwidth(hw.pcie.bandwidth)}; md_link {doc['links']['md_link'].get('preset', '')} "
-        f"{format_bandwidth(hw.md_link.bandwidth)}"
+    links = "; ".join(
+        f"{name} {doc['links'][name].get('preset', '')} {format_bandwidth(link.bandwidth)}"
+        + (f" ({link.sharing})" if link.sharing != "fifo" else "")
+        for name, link in hw.links.items()
+    )
+    paths = hw.topology.paths
+    via = " -> ".join(paths["md"])
+    return f"GPU {doc['gpu'].get('preset', '?')}; {links}" + (
+        f"; MD path {via}" if len(paths["md"]) > 1 else ""
     )
 
 

@@ -43,12 +43,27 @@ SUMMARY_COLUMNS = (
     "gap_closed",
 )
 KEY_COLUMNS = ("label", "policy", "topk")
+LINK_COLUMNS = (
+    "link",
+    "sharing",
+    "bandwidth",
+    "bytes",
+    "transfers",
+    "busy",
+    "utilisation",
+    "saturated",
+    "delay_mean",
+    "delay_p99",
+)
+LINK_USAGE_COLUMNS = ("link", "t_start", "t_end", "utilisation")
 RESULT_FILES = (
     "scenario.resolved.yaml",
     "summary.csv",
     "summary.json",
     "per_layer.csv",
     "per_step.csv",
+    "links.csv",  # one row per (run, link): use, bytes, queueing delay, time saturated
+    "link_usage.csv",  # each link's utilisation over the run, in equal time bins
     "trace.json",
     "notes.txt",  # the hardware line and the notes printed around the comparison table
 )
@@ -362,8 +377,14 @@ def _write_files(
     atomic.write_csv(
         root / "summary.csv", columns, ([_cell(r.get(c)) for c in columns] for r in csv_rows)
     )
+    per_gpu = [_plain(getattr(r, "per_gpu", None)) for r in results]
     atomic.write_json(
-        root / "summary.json", [{**row, "policy_stats": s} for row, s in zip(rows, stats)]
+        root / "summary.json",
+        [{**row, "policy_stats": s, "per_gpu": g} for row, s, g in zip(rows, stats, per_gpu)],
+    )
+    atomic.write_csv(root / "links.csv", KEY_COLUMNS + LINK_COLUMNS, _link_rows(scenario, results))
+    atomic.write_csv(
+        root / "link_usage.csv", KEY_COLUMNS + LINK_USAGE_COLUMNS, _link_usage_rows(results)
     )
     atomic.write_csv(
         root / "per_layer.csv", KEY_COLUMNS + PER_LAYER_COLUMNS, _table(results, "per_layer")
@@ -415,6 +436,26 @@ def _cell(value: Any) -> Any:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return repr(value) if isinstance(value, float) else value
+
+
+def _link_rows(scenario: Scenario, results: Sequence[RunResult]):
+    """links.csv: per run, one row per link instance (``pcie@gpu1`` is link ``pcie``)."""
+    for result in results:
+        key = (result.label, result.policy, getattr(result, "topk", ""))
+        for name, figures in result.links.items():
+            config = scenario.hardware.links.get(name.split("@", 1)[0])
+            described = (config.sharing, config.bandwidth) if config else ("", None)
+            values = [figures.get(c) for c in LINK_COLUMNS[3:]]
+            yield (*key, name, described[0], *tuple(_cell(v) for v in (described[1], *values)))
+
+
+def _link_usage_rows(results: Sequence[RunResult]):
+    """link_usage.csv: per run and link, its mean utilisation in each time bin."""
+    for result in results:
+        key = (result.label, result.policy, getattr(result, "topk", ""))
+        for name, rows in (getattr(result, "link_usage", None) or {}).items():
+            for t0, t1, share in rows.tolist():
+                yield (*key, name, _cell(t0), _cell(t1), _cell(share))
 
 
 def _write_serving(root: Path, results: Sequence[RunResult]) -> None:

@@ -335,7 +335,21 @@ class LinkSection(_PresetSection):
         description=f"concurrent transfer slots sharing the bandwidth (copy engines, QPs; at most "
         f"{MAX_CHANNELS})",
     )
-    channel_bandwidth: Bandwidth | None = Field(None, description="cap per slot (default none)")
+    channel_bandwidth: Bandwidth | None = Field(
+        None, description="cap per slot (fifo) or per flow (fair); default none"
+    )
+    sharing: Literal["fifo", "fair"] | None = Field(
+        None,
+        description="how transfers share the bandwidth: `fifo` (default: static slots of "
+        "bandwidth / channels, FIFO, all GPUs on the link together) or `fair` (max-min fair "
+        "among the flows on it, progressive filling along each path; channels = transfers "
+        "each GPU keeps in flight); a link after the first on a path must be `fair`",
+    )
+    per_gpu: bool | None = Field(
+        None,
+        description="one of this link per GPU (each GPU's own PCIe port) or one link all GPUs "
+        "share; default: per GPU for the links of the host path, shared otherwise",
+    )
     theoretical: Bandwidth | None = Field(None, description="line rate, informative")
     source: str | None = Field(None, description="where the figures come from")
     notes: str | None = Field(None, description="free text")
@@ -353,7 +367,6 @@ def _link_name(name: str) -> str:
 
 
 LinkName = Annotated[str, AfterValidator(_link_name)]
-LINK_ROLES = {"pcie": "host DRAM -> GPU", "md_link": "memory-disaggregated pool -> GPU"}
 
 
 class GpuSection(_PresetSection):
@@ -420,6 +433,24 @@ class ComputeSection(_PresetSection):
     notes: str | None = Field(None, description="free text")
 
 
+MAX_GPUS = 1024
+MAX_PATH_LINKS = 8
+
+
+class PathsSection(_Section):
+    """For each tier holding experts outside HBM, the links a transfer from it to a GPU crosses,
+    in order (from the memory to the GPU). Links of the host path are each GPU's own by
+    default (`per_gpu`)."""
+
+    host: Annotated[list[LinkName], Field(min_length=1, max_length=MAX_PATH_LINKS)] | None = Field(
+        None, description="host DRAM -> GPU; default `[pcie]`"
+    )
+    md: Annotated[list[LinkName], Field(min_length=1, max_length=MAX_PATH_LINKS)] | None = Field(
+        None,
+        description="MD pool -> GPU; default `[md_link]` (`[md_link, pcie]` with md_via_pcie)",
+    )
+
+
 class HardwareSection(_Section):
     """A whole-hardware preset, explicit parts, or a preset plus overrides (deep merge)."""
 
@@ -453,6 +484,27 @@ class HardwareSection(_Section):
         "from model.precisions or its native one), e.g. `{host: bf16, md: [bf16, int4]}`; a "
         "tier not named holds the native precision; a transfer moves the tier's highest one "
         "unless a policy asks for another",
+    )
+
+    num_gpus: Annotated[int, Field(gt=0, le=MAX_GPUS)] | None = Field(
+        None,
+        description=f"identical GPUs (at most {MAX_GPUS}), each with its own HBM cache, policy "
+        "and host-path links, all sharing the MD pool behind the shared links; default 1",
+    )
+    parallel: Literal["replicas", "split"] | None = Field(
+        None,
+        description="with several GPUs: `replicas` (default: every GPU decodes the scenario's "
+        "whole batch, so N GPUs put N times the demand on the pool) or `split` (the batch's "
+        "sequences divided among the GPUs)",
+    )
+    paths: PathsSection | None = Field(
+        None, description="the links from each tier to a GPU (default one link each)"
+    )
+    md_via_pcie: bool | None = Field(
+        None,
+        description="the MD link sits behind the GPU's PCIe port (an RDMA NIC or CXL device on "
+        "the GPU's PCIe switch): MD transfers cross `md_link` then the GPU's `pcie`, sharing "
+        "it with host transfers; shorthand for `paths.md: [md_link, pcie]` (pcie must be fair)",
     )
 
 

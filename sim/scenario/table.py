@@ -46,6 +46,7 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
     if scenario.serving:
         return serving_tables(scenario, rows)
     with_cycles = scenario.clock_hz is not None
+    proxies = has_proxies(rows)
     tables = []
     for k in scenario.topk:
         table = Table(title=f"{scenario.name}: top-{k}, baseline {scenario.baseline}")
@@ -65,6 +66,7 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
             "late pf",
             "speedup",
             "gap closed",
+            *(PROXY_HEADERS if proxies else ()),
         ):
             if name in ("policy", "kind"):
                 width = _label_width(rows) if name == "policy" else 6
@@ -72,9 +74,37 @@ def comparison_tables(scenario: Scenario, results: Sequence[RunResult]) -> list[
             else:
                 table.add_column(name, justify="right", no_wrap=True)
         for row in (r for r in rows if r["topk"] == k):
-            table.add_row(*(Text(cell) for cell in _cells(row, with_cycles)))
+            cells = _cells(row, with_cycles) + (_proxy_cells(row) if proxies else [])
+            table.add_row(*(Text(cell) for cell in cells))
         tables.append(table)
     return tables
+
+
+# the quality proxies (docs/policies.md, "Quality proxies"): shown when a run gave any up
+PROXY_HEADERS = ("degraded*", "dropped*")
+PROXY_NOTE = (
+    "* quality PROXIES, not accuracy: degraded = share of the router's gate mass (each "
+    "token's top-k scores renormalised to 1) served by reduced-precision expert copies; "
+    'dropped = share its tokens skipped (docs/policies.md, "Quality proxies")'
+)
+
+
+def has_proxies(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether any run served experts below native precision or skipped any."""
+    return any(
+        (row.get("degraded_gate_mass") or 0.0) != 0.0
+        or (row.get("dropped_gate_mass") or 0.0) != 0.0
+        or (row.get("reduced") or 0.0) != 0.0
+        for row in rows
+    )
+
+
+def _proxy_cells(row: dict[str, Any]) -> list[str]:
+    def share(key: str) -> str:
+        value = row.get(key)
+        return "" if value is None else ("n/a" if value != value else f"{100 * value:.1f}%")
+
+    return [share("degraded_gate_mass"), share("dropped_gate_mass")]
 
 
 def serving_tables(scenario: Scenario, rows: list[dict[str, Any]]) -> list[Table]:
@@ -338,18 +368,29 @@ def hardware_header(scenario: Scenario, results: Sequence[RunResult]) -> str:
     """The hardware actually simulated, in one line above the tables."""
     hw, doc = scenario.hardware, scenario.hardware_doc
     gpu = (doc.get("gpu") or {}).get("preset") or "custom GPU"
+    topo = hw.topology
+    gpus = f"{topo.num_gpus} x " if topo.num_gpus > 1 else ""
     parts = [
-        f"GPU {gpu} ({format_flops(hw.gpu.peak_flops)}, HBM {format_bandwidth(hw.hbm.bandwidth)})"
+        f"GPU {gpus}{gpu} ({format_flops(hw.gpu.peak_flops)}, HBM "
+        f"{format_bandwidth(hw.hbm.bandwidth)})"
+        + (f", {topo.data_parallel}" if topo.num_gpus > 1 else "")
     ]
-    for name in ("pcie", "md_link"):
-        link = hw.link(name)
+    for name, link in hw.links.items():
         preset = ((doc.get("links") or {}).get(name) or {}).get("preset")
+        own = topo.num_gpus > 1 and name in topo.per_gpu
         parts.append(
             f"{name} {format_bandwidth(link.bandwidth)}"
             + (f" [{preset}]" if preset else "")
             + f", {format_duration(link.latency)} latency, {link.channels} channel"
             + ("s" if link.channels != 1 else "")
+            + (f", {link.sharing}" if link.sharing != "fifo" else "")
+            + (" (per GPU)" if own else "")
         )
+    for tier in ("host", "md"):
+        if len(topo.paths[tier]) > 1 or topo.paths[tier][0] != (
+            "pcie" if tier == "host" else "md_link"
+        ):
+            parts.append(f"{tier} path {' -> '.join(topo.paths[tier])}")
     slots = (
         int(hw.hbm.capacity // scenario.model.expert_bytes) if scenario.model.expert_bytes else 0
     )
@@ -495,6 +536,7 @@ def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[s
         *identical_run_notes(results),
         *no_hit_notes(results),
         *bound_notes(scenario, results),
+        *([PROXY_NOTE] if has_proxies(summary_rows(scenario, results)) else []),
     ]
 
 

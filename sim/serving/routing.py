@@ -44,6 +44,28 @@ class SequenceRouting:
         """``[layers, num_experts]`` int64 token counts of one iteration: request
         ``request_ids[i]`` processes positions ``first_pos[i] .. first_pos[i] +
         new_tokens[i] - 1`` (modulo the trace's length when wrapping)."""
+        flat = self._keys(request_ids, first_pos, new_tokens)
+        return np.bincount(flat, minlength=self.size).reshape(self.num_layers, self.num_experts)
+
+    def counts_many(self, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
+        """`counts` of several iterations at once, ``[iterations, layers, num_experts]``."""
+        k = len(batches)
+        sizes = [len(b[0]) for b in batches]
+        ids = np.concatenate([b[0] for b in batches])
+        first = np.concatenate([b[1] for b in batches])
+        tokens = np.concatenate([b[2] for b in batches])
+        iteration = np.repeat(np.arange(k, dtype=np.int64) * self.size, sizes)
+        if tokens.size and int(tokens.max()) > 1:
+            iteration = np.repeat(iteration, tokens)
+        keys = self._keys(ids, first, tokens).reshape(iteration.size, -1)
+        flat = (keys + iteration[:, None]).ravel()
+        counts = np.bincount(flat, minlength=k * self.size)
+        return counts.reshape(k, self.num_layers, self.num_experts)
+
+    def _keys(
+        self, request_ids: np.ndarray, first_pos: np.ndarray, new_tokens: np.ndarray
+    ) -> np.ndarray:
+        """The gate keys (layer * E + expert) of every token of one iteration."""
         seqs = self.sequence_of(request_ids)
         lengths = np.asarray(new_tokens, dtype=np.int64)
         if lengths.size and int(lengths.max()) == 1:  # decodes only (the common case)
@@ -56,8 +78,7 @@ class SequenceRouting:
             seqs = np.repeat(seqs, lengths)
         if self.wrap:
             pos = pos % self.num_positions
-        flat = self.keys[seqs, pos].ravel()
-        return np.bincount(flat, minlength=self.size).reshape(self.num_layers, self.num_experts)
+        return self.keys[seqs, pos].ravel()
 
 
 def positions_needed(requests: RequestSet) -> np.ndarray:

@@ -99,8 +99,14 @@ def check_policies(scenario: Any) -> None:
     for i, spec in enumerate(scenario.policies):
         cls = registry[spec.name]
         profiled = spec.resolved_params.get("profile") is not None  # on another trace: online
+        where = spec.where if spec.where != "policies" else f"policies[{i}]"
+        shared = scenario.workload.memory.mode == "shared"
+        if shared and spec.resolved_params.get("writeback"):
+            raise UserError(
+                f"{where}.params.writeback: expected false with workload.memory.mode shared (the "
+                "shared pool's evictions are not written back), got true"
+            )
         if getattr(cls, "uses_future", False) and not profiled:
-            where = spec.where if spec.where != "policies" else f"policies[{i}]"
             raise UserError(
                 f"{where}.name: expected an online policy with a serving workload, got "
                 f"{spec.name!r}, which reads the routing ahead (an oracle or offline bound); "
@@ -149,7 +155,10 @@ def run_serving(
     spec = setup.spec
     routing = SequenceRouting(trace, topk, wrap=spec.wrap)
     scheduler = Scheduler(setup.requests, spec.scheduler, setup.hbm.kv_blocks)
-    source = ServingSource([scheduler], routing, non_expert_function(hardware, model))
+    shared = setup.hbm.expert_capacity if setup.hbm.mode == "shared" else None
+    source = ServingSource(
+        [scheduler], routing, non_expert_function(hardware, model), cache_capacity=shared
+    )
     finished = [0]
 
     def report(_iteration: Any) -> None:

@@ -22,6 +22,12 @@ One iteration, decided at its start (``now``):
 At the end of the iteration every decode, and every prefill that completed, emits a token:
 the first one is the request's first token; the request finishes when it has emitted all
 its output tokens, and its KV is freed.
+
+Once every request has arrived, or while more requests wait than the batch has room for, what
+runs next depends only on this state, not on when iterations end (`Scheduler.can_plan_next`):
+`poll` may then be called again before `complete`, the previous iteration's effects applied at
+once; `complete(end, start)` later gives each iteration, oldest first, its times (admissions,
+first tokens, finishes, the record's queue and arrival counts).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ class Batch:
     tokens at positions ``first_pos[i]..``; its KV length afterwards is ``kv_after[i]``."""
 
     index: int
-    start: float
+    start: float  # when it was asked for (its start, unless planned ahead; see `complete`)
     ids: np.ndarray  # int64 [n]
     first_pos: np.ndarray  # int64 [n]
     new_tokens: np.ndarray  # int64 [n]
@@ -93,6 +99,7 @@ class Scheduler:
         self.generated = np.zeros(n, dtype=np.int64)  # output tokens emitted
         self.blocks = np.zeros(n, dtype=np.int64)  # KV blocks held
         self.admitted = np.full(n, np.nan)  # first admission (start of that iteration)
+        self.was_admitted = np.zeros(n, dtype=bool)  # admitted once (its time may come later)
         self.first_token = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
         self.preempted = np.zeros(n, dtype=np.int64)
@@ -106,31 +113,37 @@ class Scheduler:
         self.iterations = 0
         self.rows: list[tuple] = []
         self._pending_row: list | None = None
+        # advanced (state updated) but not yet timed: (record row, first admissions,
+        # first-token ids, done ids, arrivals known, finished before, queue left)
+        self._untimed: deque[tuple] = deque()
+        self._decided_with = (0, 0, 0)
+        self._first_admissions: list[int] = []  # of the current batch
 
     # -- the engine's questions -------------------------------------------------------------
     def poll(self, now: float) -> Batch | float | None:
         """The next iteration starting at ``now``; or the time of the next arrival when there
         is nothing to run until then; or None when every request has finished."""
-        assert self.current is None, "poll() before complete() of the previous iteration"
-        arrived = int(np.searchsorted(self.arrival, now, side="right"))
-        if arrived > self.next_arrival:
-            self.waiting.extend(range(self.next_arrival, arrived))
-            self.next_arrival = arrived
+        assert self.current is None, "poll() before complete() or can_plan_next()"
+        if self.next_arrival < self.n:
+            arrived = int(np.searchsorted(self.arrival, now, side="right"))
+            if arrived > self.next_arrival:
+                self.waiting.extend(range(self.next_arrival, arrived))
+                self.next_arrival = arrived
         if not self.running.size and not self.waiting:
             if self.next_arrival < self.n:
                 return float(self.arrival[self.next_arrival])
             return None
-        in_system = self.next_arrival - self.finished_count
+        finished_before = self.finished_count
         preempted = self._grow_decodes()
-        batch_ids, first, tokens, budget = self._continue_prefills()
-        admitted = self._admit(now, budget, batch_ids, first, tokens)
-        ids = np.asarray(batch_ids, dtype=np.int64)
-        first_pos = np.asarray(first, dtype=np.int64)
-        new_tokens = np.asarray(tokens, dtype=np.int64)
+        ids, first_pos, new_tokens, decodes, budget = self._continue_prefills()
+        admitted, chunks = self._admit(budget)
+        if admitted:
+            ids = np.concatenate([ids, np.asarray(admitted, dtype=np.int64)])
+            first_pos = np.concatenate([first_pos, np.zeros(len(admitted), dtype=np.int64)])
+            new_tokens = np.concatenate([new_tokens, np.asarray(chunks, dtype=np.int64)])
         kv_after = first_pos + new_tokens
         emits = kv_after >= self.target[ids]
         assert ids.size, "an iteration with nothing to run (validated against)"
-        decodes = int(np.count_nonzero(self.prefilled[ids] >= self.target[ids]))
         batch = Batch(
             index=self.iterations,
             start=now,
@@ -143,6 +156,8 @@ class Scheduler:
             prefill_tokens=int(new_tokens.sum()) - decodes,
         )
         self.current = batch
+        # what the record's time-dependent cells start from: arrivals known, finishes, queue
+        self._decided_with = (self.next_arrival, finished_before, len(self.waiting))
         self._pending_row = [
             batch.index,
             now,
@@ -150,10 +165,10 @@ class Scheduler:
             int(ids.size),
             batch.decode_tokens,
             batch.prefill_tokens,
-            len(self.waiting),
-            in_system,
+            0,  # queued, in_system, arrivals: set when the iteration is timed
             0,
-            admitted,
+            0,
+            len(admitted),
             preempted,
             0,
             self.blocks_held * self.block,
@@ -162,33 +177,65 @@ class Scheduler:
         ]
         return batch
 
-    def complete(self, end: float) -> None:
-        """The current iteration ended at ``end``: emit tokens, finish requests, free KV."""
+    def complete(self, end: float, start: float | None = None) -> None:
+        """The oldest iteration not yet timed ran from ``start`` (default: when it was asked
+        for) to ``end``: its first admissions are at ``start``, its tokens out at ``end`` (first
+        tokens, finishes), and its record gets both."""
+        if not self._untimed:
+            self._advance()
+        row, admitted, first, done, known, finished_before, waiting = self._untimed.popleft()
+        if start is None:
+            start = row[_COL["t_start"]]
+        row[_COL["t_start"]] = start
+        if admitted:
+            self.admitted[admitted] = start
+        if first.size:
+            self.first_token[first] = end
+        if done.size:
+            self.finish[done] = end
+        row[_COL["t_end"]] = end
+        at_start = at_end = self.n
+        if known < self.n:  # arrivals after the iteration was decided join the queue's tail
+            at_start = int(np.searchsorted(self.arrival, start, side="right"))
+            at_end = int(np.searchsorted(self.arrival, end, side="right"))
+        row[_COL["queued"]] = waiting + at_start - known
+        row[_COL["in_system"]] = at_start - finished_before
+        row[_COL["arrivals"]] = at_end - at_start
+        self.rows.append(row)
+
+    def can_plan_next(self) -> bool:
+        """Apply the current iteration's effects now (they do not depend on when it ends) and
+        say whether the next one can be decided before it is timed: yes when every request
+        has arrived, or when more requests wait than the batch has room for (later arrivals
+        would queue behind them and could change nothing). Then `poll` may be called again;
+        `complete` times the iterations later, oldest first."""
+        if self.current is not None:
+            self._advance()
+        if self.next_arrival == self.n:
+            return True
+        return len(self.waiting) > self.spec.max_running - int(self.running.size)
+
+    def _advance(self) -> None:
+        """The current iteration's effects: KV computed, tokens emitted, requests finished and
+        their KV freed (the times come with `complete`)."""
         batch = self.current
         assert batch is not None, "complete() without an iteration"
         ids = batch.ids
         self.prefilled[ids] = batch.kv_after
         emit = ids[batch.emits]
-        if emit.size:
-            self.generated[emit] += 1
-            first = emit[np.isnan(self.first_token[emit])]
-            self.first_token[first] = end
-            done = emit[self.generated[emit] >= self.output[emit]]
-        else:
-            done = emit
+        first = emit[self.generated[emit] == 0]
+        self.generated[emit] += 1
+        done = emit[self.generated[emit] >= self.output[emit]]
         if done.size:
-            self.finish[done] = end
             self.blocks_held -= int(self.blocks[done].sum())
             self.blocks[done] = 0
             self.running = self.running[~np.isin(self.running, done)]
             self.finished_count += int(done.size)
         row = self._pending_row
         assert row is not None
-        row[_COL["t_end"]] = end
-        arrived = int(np.searchsorted(self.arrival, end, side="right"))
-        row[_COL["arrivals"]] = arrived - self.next_arrival
         row[_COL["finished"]] = int(done.size)
-        self.rows.append(tuple(row))
+        self._untimed.append((row, self._first_admissions, first, done, *self._decided_with))
+        self._first_admissions = []
         self._pending_row = None
         self.current = None
         self.iterations += 1
@@ -204,10 +251,16 @@ class Scheduler:
         run = self.running
         if not run.size:
             return 0
-        decoding = self.prefilled[run] >= self.target[run]
-        need = self.blocks[run].copy()
-        grown = -(-(self.prefilled[run] + 1) // self.block)  # ceil((kv + 1) / block)
-        need[decoding] = np.maximum(need[decoding], grown[decoding])
+        prefilled = self.prefilled[run]
+        decoding = prefilled >= self.target[run]
+        held = self.blocks[run]
+        grown = (prefilled + self.block) // self.block  # ceil((kv + 1) / block)
+        need = np.where(decoding, np.maximum(held, grown), held)
+        everything = int(need.sum())
+        if everything <= self.kv_budget:  # the common case: nobody is preempted
+            self.blocks[run] = need
+            self.blocks_held = everything
+            return 0
         total = np.cumsum(need)
         keep = int(np.searchsorted(total, self.kv_budget, side="right"))
         victims = run[keep:]
@@ -223,15 +276,18 @@ class Scheduler:
         self.running = kept
         return int(victims.size)
 
-    def _continue_prefills(self) -> tuple[list[int], list[int], list[int], int]:
-        """Decodes (one token each), then chunks of the prefills in progress; returns the
-        batch so far and the token budget left."""
+    def _continue_prefills(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """Decodes (one token each), then chunks of the prefills in progress, in admission
+        order: (request ids, first positions, new tokens) so far, how many are decodes, and
+        the token budget left."""
         run = self.running
         budget = self.spec.max_batched_tokens
-        if not run.size:
-            return [], [], [], budget
-        prefilled, target = self.prefilled[run], self.target[run]
+        prefilled = self.prefilled[run]
+        target = self.target[run]
         decoding = prefilled >= target
+        n_decode = int(np.count_nonzero(decoding))
+        if n_decode == run.size:  # decodes only (the common case)
+            return run, prefilled, np.ones(run.size, dtype=np.int64), n_decode, budget - n_decode
         ids = run[decoding].tolist()
         first = prefilled[decoding].tolist()
         tokens = [1] * len(ids)
@@ -246,16 +302,18 @@ class Scheduler:
             first.append(done)
             tokens.append(chunk)
             budget -= chunk
-        return ids, first, tokens, budget
+        as_array = np.asarray
+        arrays = (as_array(ids, np.int64), as_array(first, np.int64), as_array(tokens, np.int64))
+        return (*arrays, n_decode, budget)
 
-    def _admit(
-        self, now: float, budget: int, ids: list[int], first: list[int], tokens: list[int]
-    ) -> int:
-        """FCFS admissions into the batch (lists extended in place); returns how many."""
+    def _admit(self, budget: int) -> tuple[list[int], list[int]]:
+        """FCFS admissions: the admitted requests and the tokens of their first prefill pass
+        in this iteration."""
         spec = self.spec
         free = self.kv_budget - self.blocks_held
         room = spec.max_running - int(self.running.size)
         admitted: list[int] = []
+        chunks: list[int] = []
         while self.waiting and room > 0 and budget > 0:
             r = self.waiting[0]
             tgt = int(self.prompt[r] + self.generated[r])
@@ -271,15 +329,14 @@ class Scheduler:
             self.blocks_held += need
             budget -= chunk
             room -= 1
-            if np.isnan(self.admitted[r]):
-                self.admitted[r] = now
+            if not self.was_admitted[r]:
+                self.was_admitted[r] = True
+                self._first_admissions.append(r)
             admitted.append(r)
-            ids.append(r)
-            first.append(0)
-            tokens.append(chunk)
+            chunks.append(chunk)
         if admitted:
             self.running = np.concatenate([self.running, np.asarray(admitted, dtype=np.int64)])
-        return len(admitted)
+        return admitted, chunks
 
     # -- records -----------------------------------------------------------------------------
     def iteration_table(self) -> dict[str, np.ndarray]:

@@ -10,15 +10,17 @@ ended. Nothing here keeps a clock: the engine does.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from sim.engine.source import Idle, Iteration
+from sim.engine.source import GateOrder, Idle, Iteration
 from sim.serving.routing import SequenceRouting
 from sim.serving.scheduler import Batch, Scheduler
 
 NonExpert = Callable[[Batch], float]
+AHEAD = 128  # iterations planned at once when the scheduler can decide them in advance
 
 
 class ServingSource:
@@ -30,15 +32,31 @@ class ServingSource:
         routing: SequenceRouting,
         non_expert: NonExpert,
         *,
-        on_iteration: Callable[[int, Batch, Iteration], None] | None = None,
+        cache_capacity: Callable[[int], float] | None = None,
     ) -> None:
+        """``cache_capacity``: bytes the expert cache may hold while the KV cache holds a
+        number of blocks (a shared HBM pool); None: the cache keeps its budget (fixed split)."""
         self.schedulers = list(schedulers)
         self.routing = routing
         self.non_expert = non_expert
         self.layers = routing.num_layers
-        self.on_iteration = on_iteration
+        self.cache_capacity = cache_capacity
+        self._ahead: list[deque[Iteration]] = [deque() for _ in self.schedulers]
         self._planned = np.zeros((0, routing.num_layers, routing.num_experts), dtype=np.int64)
         self._planned.flags.writeable = False
+
+    @property
+    def time_independent(self) -> bool:
+        """Iterations planned ahead are waiting, or every request has arrived: the next
+        iterations do not depend on when the previous ones end, and the engine may take
+        several at once (a stateless policy's closed form). Never with a shared HBM pool,
+        whose cache size changes between iterations."""
+        if self.cache_capacity is not None:
+            return False
+        return all(
+            ahead or s.next_arrival == s.n
+            for ahead, s in zip(self._ahead, self.schedulers, strict=True)
+        )
 
     def planned_counts(self, gpu: int) -> np.ndarray:
         """Nothing is known ahead: a serving run's iterations depend on arrivals and on the
@@ -46,17 +64,56 @@ class ServingSource:
         return self._planned
 
     def next_iteration(self, gpu: int, now: float) -> Iteration | Idle | None:
-        got = self.schedulers[gpu].poll(now)
+        ahead = self._ahead[gpu]
+        if not ahead:
+            waiting = self._plan(gpu, now)
+            if waiting is not None or not ahead:
+                return waiting
+        return ahead.popleft()
+
+    def _plan(self, gpu: int, now: float) -> Idle | None:
+        """The iteration starting ``now`` and, while the scheduler can decide them before they
+        are timed (`Scheduler.can_plan_next`), up to `AHEAD` - 1 more, with one routing count
+        and one gate order for all (as a lockstep source's whole-trace arrays). Returns Idle or
+        None when there is nothing to run."""
+        scheduler = self.schedulers[gpu]
+        if scheduler.current is not None and not scheduler.can_plan_next():
+            raise AssertionError("an iteration asked for before the previous one was timed")
+        got = scheduler.poll(now)
         if got is None:
             return None
         if isinstance(got, float):
             return Idle(got)
-        counts = self.routing.counts(got.ids, got.first_pos, got.new_tokens)
-        ne = float(self.non_expert(got))
-        it = Iteration(counts=counts, non_expert=[ne] * self.layers, position=got.index, tag=got)
-        if self.on_iteration is not None:
-            self.on_iteration(gpu, got, it)
-        return it
+        batches = [got]
+        capacity = None
+        if self.cache_capacity is not None:  # KV of this iteration allocated: what is left
+            capacity = self.cache_capacity(scheduler.blocks_held)
+        else:
+            while len(batches) < AHEAD and scheduler.can_plan_next():
+                more = scheduler.poll(now)
+                if more is None:
+                    break
+                assert isinstance(more, Batch), "a planned-ahead scheduler never idles"
+                batches.append(more)
+        if len(batches) == 1:
+            counts = self.routing.counts(got.ids, got.first_pos, got.new_tokens)[None]
+            whole = None
+        else:
+            counts = self.routing.counts_many([(b.ids, b.first_pos, b.new_tokens) for b in batches])
+            whole = GateOrder.from_counts(counts)
+        for i, batch in enumerate(batches):
+            ne = float(self.non_expert(batch))
+            self._ahead[gpu].append(
+                Iteration(
+                    counts=counts[i],
+                    non_expert=[ne] * self.layers,
+                    position=batch.index,
+                    tag=batch,
+                    order=None if whole is None else whole.row(i),
+                    cache_capacity=capacity,
+                )
+            )
+        return None
 
     def iteration_end(self, gpu: int, iteration: Iteration, start: float, end: float) -> None:
-        self.schedulers[gpu].complete(end)
+        self.schedulers[gpu].complete(end, start)
