@@ -6,9 +6,10 @@ Not part of the test suite. In order, each as its own process (each records its 
 2. ``bench_engine.py``  the discrete-event engine vs its numpy closed form
 3. ``bench_sweep.py``   sweep points/s (``--jobs 1``, ``--jobs 2``, Dask; the 1000-point target)
 4. ``bench_memory.py``  peak RSS of ``moesim run`` / ``trace stats`` over two large dumps
-5. ``bench_search.py``  ``moesim search`` vs the sweep of the same lattice (simulations, time)
-6. ``bench_docs.py``    the time figures README.md and docs/ quote (set-up, commands, sweeps)
-7. ``bench_serving.py`` a serving run vs the lockstep engine, CPU time per gate
+5. ``published/run.py`` the validation cases against published measurements (docs/validation.md)
+6. ``bench_search.py``  ``moesim search`` vs the sweep of the same lattice (simulations, time)
+7. ``bench_docs.py``    the time figures README.md and docs/ quote (set-up, commands, sweeps)
+8. ``bench_serving.py`` a serving run vs the lockstep engine, CPU time per gate
 
 and, in this process, a full-trace replay of the embedded real trace (256 steps x 8 layers x 8
 sequences, top-6) under every registered policy with its default parameters on the default
@@ -45,7 +46,10 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 RESULTS = BENCH / "RESULTS.md"
 REPLAY_SECTION = "## replay per policy (issue 11)"
-SKIPPED_POLICIES = {"optimal": "its MILP is far beyond its size limit on 256 steps x 8 layers"}
+SKIPPED_POLICIES = {
+    "optimal": "its MILP is far beyond its size limit on 256 steps x 8 layers",
+    "static-layers": "needs a host CPU (hardware.host_compute), which the default scenario has not",
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,13 @@ BENCHMARKS = (
         r"^Target \(.*",
     ),
     Benchmark("bench_memory.py", (), (), "## memory", r"^- highest peak.*"),
+    Benchmark(
+        "published/run.py",
+        ("--check", "--record"),
+        ("--check", "--record"),
+        "## published validation (issue 18)",
+        r"^- median absolute error .*",
+    ),
     Benchmark(
         "bench_search.py",
         ("--record",),

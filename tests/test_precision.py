@@ -718,3 +718,28 @@ def test_a_source_without_skipping_refuses_a_skipping_policy():
         topk=3,
     )
     assert np.isnan(run.totals["degraded_gate_mass"])
+
+
+def test_serving_refuses_a_wrapper_of_an_oracle_and_runs_one_of_an_online_policy():
+    from sim.serving.run import check_policies
+
+    doc = {
+        "trace": "embedded",
+        "hardware": {
+            "preset": "notebook-gbps",
+            "hbm": {"capacity": "64 experts"},
+            "copies": {"host": ["bf16", "int4"], "md": ["bf16", "int4"]},
+        },
+        "workload": {
+            "kind": "serving",
+            "arrivals": {"process": "poisson", "rate": 5.0},
+            "prompt": 16,
+            "output": 8,
+            "requests": 4,
+        },
+        "policies": [{"name": "quantised-all", "params": {"policy": "lru"}}],
+    }
+    check_policies(scenario_from_dict(doc, "s.yaml"))
+    doc["policies"] = [{"name": "quantised-all", "params": {"policy": "prefetch-oracle"}}]
+    with pytest.raises(UserError, match="expected an online policy with a serving workload"):
+        check_policies(scenario_from_dict(doc, "s.yaml"))

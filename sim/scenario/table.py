@@ -536,7 +536,11 @@ def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[s
         *identical_run_notes(results),
         *no_hit_notes(results),
         *bound_notes(scenario, results),
-        *([PROXY_NOTE] if has_proxies(summary_rows(scenario, results)) else []),
+        *(
+            [PROXY_NOTE]
+            if not scenario.serving and has_proxies(summary_rows(scenario, results))
+            else []
+        ),
     ]
 
 

@@ -106,7 +106,11 @@ def check_policies(scenario: Any) -> None:
                 f"{where}.params.writeback: expected false with workload.memory.mode shared (the "
                 "shared pool's evictions are not written back), got true"
             )
-        if getattr(cls, "uses_future", False) and not profiled:
+        # the instance says: a policy that wraps another reads ahead when that one does
+        if (
+            getattr(spec.build(), "uses_future", getattr(cls, "uses_future", False))
+            and not profiled
+        ):
             raise UserError(
                 f"{where}.name: expected an online policy with a serving workload, got "
                 f"{spec.name!r}, which reads the routing ahead (an oracle or offline bound); "
