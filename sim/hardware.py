@@ -86,14 +86,16 @@ class ComputeUnit:
 
     memory_bandwidth: float  # bytes/s the unit reads weights at
     peak_flops: float  # FLOP/s
+    sharing: str = "fifo"  # the MD pool's unit shared by several GPUs: "fifo" or "ps"
 
 
 HOST_LINK = "pcie"  # the link from host DRAM to the GPU in the default topology
 MD_LINK = "md_link"  # the link from the MD pool to the GPU in the default topology
 TIERS = ("host", "md")  # where experts live outside HBM, each reached over a path
+PEER = "gpu"  # the path from another GPU (expert parallelism's activations), if any
 ROUTE_OF_TIER = {"host": HOST_LINK, "md": MD_LINK}  # the route names policies see
 TIER_OF_ROUTE = {route: tier for tier, route in ROUTE_OF_TIER.items()}
-DATA_PARALLEL = ("replicas", "split")
+DATA_PARALLEL = ("replicas", "split", "expert")
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ class Topology:
     data_parallel: str = "replicas"
 
     def __post_init__(self) -> None:
-        paths = {tier: tuple(self.paths[tier]) for tier in TIERS}
+        paths = {tier: tuple(self.paths[tier]) for tier in (*TIERS, PEER) if tier in self.paths}
         object.__setattr__(self, "paths", MappingProxyType(paths))
         object.__setattr__(self, "per_gpu", frozenset(self.per_gpu))
 
@@ -134,7 +136,7 @@ class Topology:
         """Every link instance of the machine as (instance name, link name), in path order."""
         seen: dict[str, str] = {}
         for gpu in range(self.num_gpus):
-            for tier in TIERS:
+            for tier in self.paths:
                 for link in self.paths[tier]:
                     seen.setdefault(self.instance(link, gpu), link)
         return list(seen.items())

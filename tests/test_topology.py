@@ -351,3 +351,102 @@ def test_a_scenario_run_writes_link_rows(tmp_path):
     assert [g["gpu"] for g in summary[0]["per_gpu"]] == [0, 1]
     usage = (out / "link_usage.csv").read_text().splitlines()
     assert usage[0] == "label,policy,topk,link,t_start,t_end,utilisation" and len(usage) > 3
+
+
+def test_idle_batch_statistics_equal_the_general_sweep():
+    """A link whose batches were all placed on idle slots gets its saturation, delays and
+    usage from the batches' shapes; they equal the general interval sweep's."""
+    from sim.engine.links import FifoLink
+    from sim.engine.machine import _binned, _idle_waves, _step_function, _time_at_least
+
+    rng = np.random.default_rng(0)
+    link = FifoLink(LinkConfig("x", 1e9, 0.0, 3))
+    t = 0.0
+    for _ in range(50):
+        n, d = int(rng.integers(1, 12)), float(rng.uniform(1e-4, 1e-3))
+        placed = link.place(t, d, n, n * 1e6)
+        t += placed.last + float(rng.uniform(0.0, 1e-3))
+    assert not link.log and len(link.idle) == 50
+    times, counts, delays = _idle_waves(link)
+    issue, start, stop = link.intervals()
+    g_times, g_counts = _step_function(start, stop)
+    assert _time_at_least(times, counts, 3) == pytest.approx(_time_at_least(g_times, g_counts, 3))
+    np.testing.assert_allclose(np.sort(delays), np.sort(start - issue), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(_binned(times, counts, t, 40), _binned(g_times, g_counts, t, 40))
+
+
+@pytest.mark.parametrize("sharing", ["fifo", "ps"])
+def test_gpus_queue_at_the_pools_near_data_unit(sharing):
+    """Two GPUs run their experts next to the pool (each with its own MD link, so only the
+    unit is shared). FIFO: the second GPU's batch waits for the first's; processor sharing:
+    both take twice as long as alone. Either way the first layer's window grows by one batch
+    of work for the later one."""
+    from sim.hardware import ComputeUnit
+
+    unit = ComputeUnit(2.0**36, 2.0**46, sharing=sharing)
+    base = machine(1, non_expert=0.0)
+    links = {k: v for k, v in base.links.items()}
+    hw1 = dataclasses.replace(base, md_mode="near-data", md_compute=unit, links=links)
+    two = dataclasses.replace(
+        hw1, topology=Topology(2, hw1.topology.paths, per_gpu={"pcie", "md_link"})
+    )
+    tr = trace(steps=1, layers=1)
+    one = simulate(tr, hw1, MODEL, make_policy("md-only"))
+    both = simulate(tr, two, MODEL, make_policy("md-only"))
+    counts = tr.expert_token_counts(MODEL.top_k)[0, 0]
+    tokens = counts[counts > 0].astype(float)
+    work = float(
+        np.sum(
+            np.maximum(EB / unit.memory_bandwidth, tokens * MODEL.flops_per_token / unit.peak_flops)
+        )
+    )
+    alone = one.per_layer["transfer_window"][0]
+    first, second = (gpu_rows(both, g, "transfer_window")[0] for g in (0, 1))
+    if sharing == "fifo":
+        assert first == pytest.approx(alone, rel=1e-12)
+        assert second == pytest.approx(alone + work, rel=1e-12)
+    else:
+        assert first == pytest.approx(alone + work, rel=1e-12)
+        assert second == pytest.approx(alone + work, rel=1e-12)
+    assert both.engine["md_compute_busy"] == pytest.approx(2 * work, rel=1e-12)
+
+
+def _expert_parallel(n: int, nvlink_bw: float = 2.0**38) -> Hardware:
+    base = machine(1)
+    nvlink = LinkConfig("nvlink", nvlink_bw, 0.0, 1)
+    paths = {**base.topology.paths, "gpu": ("nvlink",)}
+    return dataclasses.replace(
+        base.with_links(nvlink=nvlink),
+        topology=Topology(n, paths, per_gpu={"pcie", "nvlink"}, data_parallel="expert"),
+    )
+
+
+@pytest.mark.parametrize("n", [2, 4])
+def test_expert_parallelism_fetches_each_expert_once_and_moves_the_crossing_tokens(n):
+    """Expert e on GPU e mod n: every active expert is fetched once over all GPUs (md-only:
+    the same MD bytes as one GPU), each layer ends on every GPU at once, and the GPU links
+    carry each token whose expert is on another GPU there and back."""
+    tr = trace(seqs=8, steps=3, layers=2)
+    one = simulate(tr, machine(1), MODEL, make_policy("md-only"))
+    many = simulate(tr, _expert_parallel(n), MODEL, make_policy("md-only"))
+    assert many.totals["bytes_md"] == one.totals["bytes_md"]
+    ends = [gpu_rows(many, g, "t_end") for g in range(n)]
+    for other in ends[1:]:
+        np.testing.assert_array_equal(other, ends[0])
+    ids = tr.topk(MODEL.top_k)
+    home = np.concatenate(
+        [np.full(len(s), g) for g, s in enumerate(np.array_split(np.arange(8), n))]
+    )
+    crossing = int(((ids % n) != home[None, None, :, None]).sum())
+    nvlink = sum(v["bytes"] for k, v in many.links.items() if k.startswith("nvlink"))
+    assert nvlink == pytest.approx(2 * crossing * MODEL.activation_bytes_per_token, rel=1e-12)
+    # each GPU's demand is its own experts' only
+    active = sum(gpu_rows(many, g, "active") for g in range(n))
+    np.testing.assert_array_equal(active, one.per_layer["active"])
+
+
+def test_a_slower_gpu_link_makes_expert_parallelism_slower():
+    tr = trace(seqs=8, steps=2, layers=2)
+    fast = simulate(tr, _expert_parallel(2, 2.0**38), MODEL, make_policy("seed-split"))
+    slow = simulate(tr, _expert_parallel(2, 2.0**26), MODEL, make_policy("seed-split"))
+    assert slow.totals["mean_step"] > fast.totals["mean_step"]

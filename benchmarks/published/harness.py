@@ -155,10 +155,16 @@ def resolved_scenario(case: Case) -> dict[str, Any]:
     return doc
 
 
-def build_scenario(case: Case) -> tuple[Scenario, dict[str, Any]]:
+def build_scenario(case: Case, sharing: str | None = None) -> tuple[Scenario, dict[str, Any]]:
     """The validated scenario of ``case`` and its document (`resolved_scenario`, with the
-    cache budget of ``cache_ratio`` filled in)."""
+    cache budget of ``cache_ratio`` filled in). ``sharing``: set every link's sharing rule
+    (a sensitivity run; the cases as fixed use the presets' default, ``fifo``)."""
     doc = resolved_scenario(case)
+    if sharing is not None:
+        links = doc.setdefault("hardware", {}).setdefault("links", {})
+        for name, link in list(links.items()):
+            spec = {"preset": link} if isinstance(link, str) else dict(link or {})
+            links[name] = {**spec, "sharing": sharing}
     source = str(case.path)
     if case.cache_ratio is not None:
         first = scenario_from_dict(doc, source, base_dir=case.path.parent)
@@ -255,9 +261,10 @@ class Prediction:
     stall_s: float  # measured decode time per token lost to data movement (sum of `stall`)
 
 
-def predict(case: Case) -> Prediction:
-    """Run the case's workload and return the predicted figure."""
-    scenario, _doc = build_scenario(case)
+def predict(case: Case, sharing: str | None = None) -> Prediction:
+    """Run the case's workload and return the predicted figure (``sharing``: see
+    `build_scenario`)."""
+    scenario, _doc = build_scenario(case, sharing)
     if len(scenario.policies) != 1:
         raise UserError(f"{case.path.name}: scenario.policies: expected exactly one policy")
     trace = load_scenario_trace(scenario)

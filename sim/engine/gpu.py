@@ -32,7 +32,7 @@ from sim.engine.cache import HbmCache
 from sim.engine.clock import Clock
 from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
-from sim.engine.network import FlowNetwork, Route, Transfer
+from sim.engine.network import FlowNetwork, LayerBarrier, Route, SharedUnit, Transfer
 from sim.engine.results import GateBlock, GateRecord, TimelineEvent
 from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
 from sim.errors import UserError
@@ -41,6 +41,7 @@ from sim.precision import ROUTE_TIER, copy_sizes, tier_copies
 # plain ints for the hot loop (enum attribute lookups are slow)
 _HIT, _PCIE, _MD_FETCH, _MD_NEAR, _HOST = (int(p) for p in Path)
 _NUM_PATHS = len(Path)
+PEER_ROUTE = "gpu"  # the route from other GPUs (expert parallelism's activations)
 _ROUTE_OF_PATH = {_PCIE: HOST_ROUTE, _HOST: HOST_ROUTE, _MD_FETCH: MD_ROUTE, _MD_NEAR: MD_ROUTE}
 
 IterationEnd = Callable[[int, Iteration, float, float], None]
@@ -60,6 +61,8 @@ class GpuProcess:
         timeline: bool | tuple[int, int],
         alone: bool = True,
         network: FlowNetwork | None = None,
+        near_unit: SharedUnit | None = None,
+        barrier: LayerBarrier | None = None,
     ) -> None:
         hw, model = ctx.hardware, ctx.model
         self.index = index
@@ -75,7 +78,11 @@ class GpuProcess:
         # timeline resources: "pcie[0]", or "gpu1/pcie[0]" when there are several GPUs
         self.prefix = f"gpu{index}/" if hw.topology.num_gpus > 1 else ""
         self.network = network
-        self.public_free_at = {name: link.public_free_at for name, link in self.routes.items()}
+        self.near_unit = near_unit  # the MD pool's compute shared with other GPUs (queued)
+        self.barrier = barrier  # expert parallelism: every layer ends on all GPUs at once
+        self.public_free_at = {
+            name: link.public_free_at for name, link in self.routes.items() if name != PEER_ROUTE
+        }
         self.estimated = [route for route in self.routes.values() if isinstance(route, Route)]
         not_allowed = allowed_paths(hw)
         self.blocked = [(path, why) for path, why in not_allowed.items() if why]
@@ -117,14 +124,18 @@ class GpuProcess:
         # Fast paths for the default cost model: one transfer time per route, a compute table.
         self.transfer_d = None
         if is_roofline(self.cost, "transfer_time"):
-            self.transfer_d = {name: self.cost.uniform_transfer_time(name) for name in self.routes}
+            self.transfer_d = {
+                name: self.cost.uniform_transfer_time(name)
+                for name in self.routes
+                if name != PEER_ROUTE  # activations only: no expert weights cross it
+            }
         elif not self.native:
             raise UserError(
                 "hardware.copies: a tier whose highest copy is not the native precision needs "
                 "the roofline cost model (cost tables give native-precision transfer times)"
             )
         for name, route in self.routes.items():
-            if isinstance(route, Route):
+            if isinstance(route, Route) and name in self.route_bytes:
                 route.one_transfer = route.latency + self.route_bytes[name] / route.nominal_rate
         self.gpu_table = is_roofline(self.cost, "gpu_compute_time")
         self._tables: dict[int, tuple[GateOrder, np.ndarray, np.ndarray]] = {}
@@ -252,8 +263,53 @@ class GpuProcess:
             ne = non_expert[layer]
             if ne > 0.0:
                 yield env.at(t_start + ne)
-            view = yield from self._gate_events(env, g, layer, t_start, env.now, ne)
+            t_gate = env.now
+            view = yield from self._gate_events(env, g, layer, t_start, t_gate, ne)
+            if self.barrier is not None:  # expert parallelism: the layer ends for all at once
+                yield from self._combine(env, g, layer, t_gate, ne)
             self.policy.on_layer_end(view, env.now)
+
+    def _combine(
+        self, env: Clock, g: _IterationGates, layer: int, t_gate: float, ne: float
+    ) -> Iterator:
+        """Expert parallelism after a gate: wait until every GPU has computed its experts,
+        receive the results of this GPU's tokens computed on other GPUs (over the GPU route),
+        wait until every GPU has them. The gate's record ends then."""
+        assert self.barrier is not None
+        yield self.barrier.wait()
+        tokens = 0.0 if g.exchange is None else float(g.exchange[layer][1])
+        if tokens > 0:
+            yield from self._peer_transfer(env, tokens, g.step, layer)
+        yield self.barrier.wait()
+        last = self.records[-1]
+        assert isinstance(last, GateRecord)
+        rel = env.now - t_gate
+        self.records[-1] = last._replace(
+            t_end=env.now, stall=rel - last.compute_ref, layer_time=ne + rel
+        )
+
+    def _peer_transfer(self, env: Clock, tokens: float, s: int, layer: int) -> Iterator:
+        """Activations of ``tokens`` tokens into this GPU over the GPU route, issued now;
+        returns when they arrive (relative end) and adds their bytes to the route's count."""
+        nbytes = tokens * self.act_bytes
+        link = self.routes[PEER_ROUTE]
+        if isinstance(link, FifoLink):
+            now = env.now
+            d = link.config.latency + nbytes / link.config.channel_rate
+            _start, end, slot = link.place_one(now, d, nbytes)
+            if self.timeline is not None:
+                self._event(
+                    f"{PEER_ROUTE}[{slot}]", "activation", now + _start, now + end, s, layer
+                )
+            if now + end > env.now:
+                yield env.at(now + end)
+            return end
+        transfer = self._submit(env, PEER_ROUTE, nbytes, env.now, "activation", s, layer)
+        assert self.network is not None
+        self.network.commit()
+        if transfer.done != transfer.done:
+            yield _countdown(env, [transfer])
+        return transfer.done - transfer.issued
 
     def _layers(self, g: _IterationGates, non_expert: Sequence[float], now: float) -> float:
         """Run the iteration gate by gate from ``now``; returns its end."""
@@ -673,6 +729,9 @@ class GpuProcess:
             )
             for route, path, out in outs
         ]
+        dispatch = None  # expert parallelism: other GPUs' tokens for this GPU's experts
+        if g.exchange is not None and float(g.exchange[layer][0]) > 0:
+            dispatch = env.process(self._peer_transfer(env, float(g.exchange[layer][0]), s, layer))
         # the GPU needs this gate's fetches and its hits still in flight on the network
         waits = [t for _, transfers, _ in in_flight for t in transfers]
         hit_idx = groups[_HIT]
@@ -690,7 +749,11 @@ class GpuProcess:
             placed = Placed(start[order], end[order], slot[order], float(end.max()))
             fetched.append((idx[order], placed, route))
             window = max(window, placed.last)
-        rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, hit_idx, fetched)
+        floor = 0.0
+        if dispatch is not None:
+            floor = yield dispatch
+            window = max(window, floor)
+        rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, hit_idx, fetched, floor)
         for chain in chains:
             end, nbytes, route = yield chain
             if route == HOST_ROUTE:
@@ -760,22 +823,27 @@ class GpuProcess:
     ) -> Transfer:
         """Hand one transfer to the flow network (issued now on ``route``)."""
         assert self.network is not None
-        transfer = Transfer(self.routes[route], nbytes, now)
-        timeline = self.timeline if kind != "fetch" else None  # fetches: see _fetch_events
-        if expert >= 0 or timeline is not None:
-            cache = self.cache
-            key = layer * self.num_experts + expert if expert >= 0 else -1
-
-            def done(t: Transfer) -> None:
-                if key >= 0:
-                    cache.arrival(key, t, t.done)
-                if timeline is not None:
-                    name = f"{self.prefix}{route}[{t.slot}]"
-                    timeline.append(TimelineEvent(name, kind, t.started, t.done, s, layer, expert))
-
-            transfer.on_done = done
+        key = layer * self.num_experts + expert if expert >= 0 else -1
+        timeline = self.timeline is not None and kind != "fetch"  # fetches: _fetch_events
+        transfer = Transfer(
+            self.routes[route],
+            nbytes,
+            now,
+            self._arrived if key >= 0 or timeline else None,
+            key,
+            (route, kind, s, layer, expert) if timeline else None,
+        )
         self.network.submit(transfer)
         return transfer
+
+    def _arrived(self, t: Transfer) -> None:
+        """A network transfer arrived: a cached expert it carries is ready; a timeline shows it."""
+        if t.key >= 0:
+            self.cache.arrival(t.key, t, t.done)
+        if t.info is not None and self.events is not None:
+            route, kind, s, layer, expert = t.info
+            name = f"{self.prefix}{route}[{t.slot}]"
+            self.events.append(TimelineEvent(name, kind, t.started, t.done, s, layer, expert))
 
     def _remote_events(
         self,
@@ -798,6 +866,8 @@ class GpuProcess:
             _start, arrived, half, idx = out
             c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
             done = arrived + float(c.sum())
+            if path == _MD_NEAR and self.near_unit is not None:
+                done = yield from self._queued(env, t_gate, arrived, float(c.sum()))
             nbytes = float(tokens[idx].sum()) * self.act_bytes
             t_back = t_gate + done
             if t_back > env.now:
@@ -817,6 +887,8 @@ class GpuProcess:
         arrived = transfer.done - t_gate
         c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
         done = arrived + float(c.sum())
+        if path == _MD_NEAR and self.near_unit is not None:
+            done = yield from self._queued(env, t_gate, arrived, float(c.sum()))
         if self.timeline is not None:
             self._remote_events_timeline(path, route, s, layer, t_gate, arrived, c, idx, experts)
         t_back = t_gate + done
@@ -827,6 +899,19 @@ class GpuProcess:
         self.network.commit()
         yield _countdown(env, [back])
         return back.done - t_gate, 2.0 * transfer.nbytes, route
+
+    def _queued(self, env: Clock, t_gate: float, arrived: float, work: float) -> Iterator:
+        """The gate's near-data batch (``work`` s alone) on the MD pool's shared unit, handed
+        to it when its activations arrive; returns when it is done, relative to the gate."""
+        assert self.near_unit is not None
+        if t_gate + arrived > env.now:
+            yield env.at(t_gate + arrived)
+        job = self.near_unit.submit(work)
+        if isinstance(job, float):
+            return job - t_gate
+        if job.done != job.done:  # not done yet (nan)
+            yield _countdown(env, [job])
+        return job.done - t_gate
 
     def _remote_compute(
         self,
@@ -1302,11 +1387,22 @@ class GpuProcess:
         c_all: np.ndarray,
         hit_idx: np.ndarray | None,
         fetched: list[tuple[np.ndarray, Placed, str]],
+        floor: float = 0.0,
     ) -> float:
         """Serial expert compute on the GPU, hits first then in arrival order; returns its end
-        relative to the gate."""
+        relative to the gate. ``floor``: no expert starts before it (the tokens of other GPUs
+        arrive then, expert parallelism)."""
         parts: list[tuple[np.ndarray, np.ndarray]] = []
         busy = 0.0  # compute of the hits already in HBM at the gate: they run first
+        if floor > 0.0:  # every expert also waits for the dispatched tokens
+            fetched = [
+                (idx, placed._replace(end=np.maximum(placed.end, floor)), route)
+                for idx, placed, route in fetched
+            ]
+            if hit_idx is not None:
+                ready_hit = self.cache.ready_at[layer, experts[hit_idx]] - t_gate
+                parts.append((hit_idx, np.maximum(ready_hit, floor)))
+                hit_idx = None
         if hit_idx is not None:
             if self.timeline is None and self.cache.max_ready <= t_gate:  # every one is in
                 busy = float(c_all[hit_idx].sum())
@@ -1395,6 +1491,7 @@ class _IterationGates:
         "active",
         "counts",
         "dropped",
+        "exchange",
         "experts",
         "gpu_table",
         "mass",
@@ -1418,6 +1515,7 @@ class _IterationGates:
         if gpu.gpu_table:
             self.gpu_table, self.ref_table = gpu.compute_tables(order)
         self.mass, self.top, self.dropped = it.mass, it.top, it.dropped
+        self.exchange = it.exchange
         self.total = gate_totals(it, gpu.layers)
 
     def gate_mass(self, layer: int) -> float:
@@ -1537,9 +1635,7 @@ def _book_idle(
     link.transfers += sum(counts)
     c = link.channels
     t = t_gate.tolist()
-    for lyr in used:
-        start, end, _slot = link.idle_table(d, counts[lyr])
-        link.log.append((t[lyr], start, end))
+    link.idle_blocks.append((t_gate[used], n[used], d))
     for k in range(c):
         lyr = next((i for i in reversed(used) if counts[i] > k), None)
         if lyr is None:

@@ -56,6 +56,9 @@ class FifoLink:
         self._idle: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         # every placed batch: (issue time, relative starts, relative ends), for statistics
         self.log: list[tuple[float, np.ndarray | float, np.ndarray | float]] = []
+        # batches placed on idle slots, kept compactly: (issue times, counts, durations)
+        self.idle: list[tuple[float, int, float]] = []
+        self.idle_blocks: list[tuple[np.ndarray, np.ndarray, float]] = []
 
     def relative_free(self, t: float) -> np.ndarray:
         """Each slot's free time relative to ``t`` (0 where already free)."""
@@ -124,7 +127,7 @@ class FifoLink:
     def _place_idle(self, t: float, d: float, n: int) -> Placed:
         """All slots free: transfer j starts at (j // c) d on slot j % c."""
         start, end, slot = self.idle_table(d, n)
-        self.log.append((t, start, end))
+        self.idle.append((t, n, d))
         last = float(end[n - 1])
         if self.channels == 1:
             self.free_at[0] = t + last
@@ -147,13 +150,34 @@ class FifoLink:
         self.transfers += 1
         return start, end, k
 
+    def idle_batches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The batches placed on idle slots: issue times, counts and transfer durations."""
+        parts = [
+            (np.asarray(t, float), np.asarray(n, np.int64), np.full(len(t), d))
+            for t, n, d in self.idle_blocks
+        ]
+        if self.idle:
+            t, n, d = (np.array(col) for col in zip(*self.idle))
+            parts.append((t.astype(float), n.astype(np.int64), d.astype(float)))
+        if not parts:
+            return np.empty(0), np.empty(0, dtype=np.int64), np.empty(0)
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+
     def intervals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every transfer's issue, start and end times (absolute, s), in placement order."""
-        if not self.log:
-            empty = np.empty(0)
-            return empty, empty, empty
-        sizes = [np.size(start) for _, start, _ in self.log]
-        issue = np.repeat([t for t, _, _ in self.log], sizes)
-        start = np.concatenate([np.atleast_1d(s) for _, s, _ in self.log]) + issue
-        end = np.concatenate([np.atleast_1d(e) for _, _, e in self.log]) + issue
-        return issue, start, end
+        """Every transfer's issue, start and end times (absolute, s): the batches placed on
+        idle slots (transfer j of a batch starts (j // c) d after its issue), then the rest."""
+        t, n, d = self.idle_batches()
+        total = int(n.sum())
+        first = np.cumsum(n) - n
+        j = np.arange(total) - np.repeat(first, n)
+        issue = np.repeat(t, n)
+        step = np.repeat(d, n)
+        start = issue + (j // self.channels) * step
+        parts = [(issue, start, start + step)]
+        if self.log:
+            sizes = [np.size(start) for _, start, _ in self.log]
+            at = np.repeat([t for t, _, _ in self.log], sizes)
+            rel_start = np.concatenate([np.atleast_1d(s) for _, s, _ in self.log])
+            rel_end = np.concatenate([np.atleast_1d(e) for _, _, e in self.log])
+            parts.append((at, at + rel_start, at + rel_end))
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]

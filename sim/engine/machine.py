@@ -18,8 +18,15 @@ import numpy as np
 
 from sim.engine.clock import Clock
 from sim.engine.links import FifoLink
-from sim.engine.network import FlowNetwork, LinkState, Route, SlotPool
-from sim.hardware import ROUTE_OF_TIER, TIERS, Hardware
+from sim.engine.network import (
+    FlowNetwork,
+    LayerBarrier,
+    LinkState,
+    Route,
+    SharedUnit,
+    SlotPool,
+)
+from sim.hardware import PEER, ROUTE_OF_TIER, Hardware
 
 
 @dataclass
@@ -31,6 +38,8 @@ class Machine:
     network: FlowNetwork | None
     routes: list[dict[str, FifoLink | Route]]
     alone: list[bool]
+    near_unit: SharedUnit | None = None  # the MD pool's compute, when several GPUs share it
+    barrier: LayerBarrier | None = None  # expert parallelism: layers end on all GPUs at once
 
     @classmethod
     def build(cls, hardware: Hardware, env: Clock) -> Machine:
@@ -39,10 +48,11 @@ class Machine:
         # links timed by the network: fair ones, and every link of a multi-link path
         timed = {
             name
-            for tier in TIERS
-            for name in topo.paths[tier]
-            if links[name].sharing == "fair" or len(topo.paths[tier]) > 1
+            for path in topo.paths.values()
+            for name in path
+            if links[name].sharing == "fair" or len(path) > 1
         }
+        route_of = {**ROUTE_OF_TIER, PEER: PEER}
         fifo: dict[str, FifoLink] = {}
         states: dict[str, LinkState] = {}
         pools: dict[tuple, SlotPool] = {}
@@ -51,7 +61,7 @@ class Machine:
         for gpu in range(topo.num_gpus):
             own: dict[str, FifoLink | Route] = {}
             used: set[str] = set()
-            for tier in TIERS:
+            for tier in topo.paths:
                 names = topo.paths[tier]
                 instances = topo.route(tier, gpu)
                 used.update(instances)
@@ -59,7 +69,7 @@ class Machine:
                     config = links[names[0]]
                     if instances[0] != config.name:
                         config = dataclasses.replace(config, name=instances[0])
-                    own[ROUTE_OF_TIER[tier]] = fifo.setdefault(instances[0], FifoLink(config))
+                    own[route_of[tier]] = fifo.setdefault(instances[0], FifoLink(config))
                     continue
                 path = []
                 for inst, name in zip(instances, names, strict=True):
@@ -76,7 +86,7 @@ class Machine:
                     for n in names
                     if links[n].sharing == "fair" and links[n].channel_bandwidth is not None
                 ]
-                own[ROUTE_OF_TIER[tier]] = Route(
+                own[route_of[tier]] = Route(
                     links=tuple(path),
                     pool=pool,
                     cap=min(caps),
@@ -84,12 +94,29 @@ class Machine:
                 )
             users.update(used)
             routes.append(own)
+        unit = hardware.md_compute
+        shared = (
+            topo.num_gpus > 1
+            and unit is not None
+            and hardware.md_mode == "near-data"
+            and hardware.placement in ("md", "both")
+        )
+        near_unit = SharedUnit(env, unit.sharing, topo.num_gpus) if shared and unit else None
+        expert = topo.data_parallel == "expert" and topo.num_gpus > 1
+        barrier = LayerBarrier(env, topo.num_gpus) if expert else None
         alone = [
-            all(isinstance(r, FifoLink) and users[r.name] == 1 for r in own.values())
+            near_unit is None
+            and barrier is None
+            and all(isinstance(r, FifoLink) and users[r.name] == 1 for r in own.values())
             for own in routes
         ]
         network = FlowNetwork(env, states) if states else None
-        return cls(fifo, states, network, routes, alone)
+        return cls(fifo, states, network, routes, alone, near_unit, barrier)
+
+    def _network_delays(self, link: LinkState) -> np.ndarray:
+        """Queueing delays of the transfers whose paths cross ``link`` (each route once)."""
+        routes = {id(r): r for own in self.routes for r in own.values() if isinstance(r, Route)}
+        return _route_delays(list(routes.values()), link)
 
     def link_stats(
         self, end: float, bins: int = 200
@@ -106,9 +133,13 @@ class Machine:
         stats: dict[str, dict[str, float]] = {}
         series: dict[str, np.ndarray] = {}
         for link in self.fifo.values():
-            issue, start, stop = link.intervals()
             horizon = max(end, float(link.free_at.max()))
-            times, counts = _step_function(start, stop)
+            if link.log:  # any batch placed behind others: the general sweep
+                issue, start, stop = link.intervals()
+                times, counts = _step_function(start, stop)
+                delays = start - issue
+            else:  # only batches on idle slots: each a block of waves, none overlapping
+                times, counts, delays = _idle_waves(link)
             saturated = _time_at_least(times, counts, link.channels)
             stats[link.name] = {
                 "busy": link.busy / link.channels,
@@ -116,7 +147,7 @@ class Machine:
                 "utilisation": (link.busy / link.channels) / horizon if horizon > 0 else 0.0,
                 "transfers": float(link.transfers),
                 "saturated": saturated,
-                **_delays(start - issue),
+                **_delays(delays),
             }
             series[link.name] = _binned(times, counts / link.channels, horizon, bins)
         for link in self.network_links.values():
@@ -131,10 +162,31 @@ class Machine:
                 "utilisation": link.busy / horizon if horizon > 0 else 0.0,
                 "transfers": float(link.transfers),
                 "saturated": link.saturated,
-                **_delays(np.asarray(link.delays)),
+                **_delays(self._network_delays(link)),
             }
             series[link.name] = _binned(times, share, horizon, bins)
         return stats, series
+
+
+def _route_delays(routes: list, link: LinkState) -> np.ndarray:
+    parts = [r.delays() for r in routes if link in r.links]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _idle_waves(link: FifoLink) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_step_function` and the queueing delays of a link whose every batch was placed on idle
+    slots: a batch of n transfers of d on c slots keeps all c busy for n // c waves, then
+    n % c for one more; the batches follow each other (each issued when the last is done)."""
+    t, n, d = link.idle_batches()
+    c = link.channels
+    waves, rest = n // c, n % c
+    full_end = t + waves * d
+    times = np.stack([t, full_end, full_end + np.where(rest > 0, d, 0.0)], axis=1).ravel()
+    counts = np.stack([np.full(t.size, float(c)), rest.astype(float), np.zeros(t.size)], axis=1)
+    counts = counts.ravel()[:-1] if t.size else np.zeros(0)
+    j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+    delays = (j // c) * np.repeat(d, n)
+    return times, counts, delays
 
 
 def _delays(delays: np.ndarray) -> dict[str, float]:

@@ -27,6 +27,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,6 @@ class LinkState:
     saturated: float = 0.0  # time its flows used it fully
     rate: float = 0.0  # total rate of its flows now
     since: float = 0.0  # when `rate` was set
-    delays: list[float] = field(default_factory=list)  # queueing delay of each transfer, s
     history: list[tuple[float, float]] | None = None  # (time, total rate) when recorded
 
     @property
@@ -103,6 +103,9 @@ class Route:
     public_free_at: np.ndarray = field(init=False)  # read-only view for policies
     one_transfer: float = 0.0  # an expert's transfer alone on the route, s (set by the GPU)
     _nominal: float = field(init=False, default=0.0)
+    shared: tuple[LinkState, ...] = field(init=False, default=())
+    unshared: tuple[LinkState, ...] = field(init=False, default=())
+    finished: list[tuple[float, float, float]] = field(init=False, default_factory=list)
 
     @property
     def nominal_rate(self) -> float:
@@ -114,6 +117,17 @@ class Route:
         self.public_free_at = self.free_at.view()
         self.public_free_at.flags.writeable = False
         self._nominal = min(self.cap, *(link.config.bandwidth for link in self.links))
+        self.shared = tuple(link for link in self.links if link.fair)  # what its flows share
+        self.unshared = tuple(link for link in self.links if not link.fair)  # fifo first link
+        self.finished: list[tuple[float, float, float]] = []  # (issued, done, bytes) each
+
+    def delays(self) -> np.ndarray:
+        """Each finished transfer's queueing delay: its time beyond the unloaded one (latency
+        + bytes at the route's nominal rate)."""
+        if not self.finished:
+            return np.empty(0)
+        issued, done, nbytes = np.array(self.finished).T
+        return np.maximum(0.0, (done - issued) - (self.latency + nbytes / self._nominal))
 
     def estimate_free_at(self, now: float) -> None:
         """``free_at`` as policies see it (`GateView.link_free_at`): the route's busy and
@@ -125,19 +139,45 @@ class Route:
         self.free_at[:] = now + np.maximum(rounds, 0) * self.one_transfer
 
 
-@dataclass(eq=False)
 class Transfer:
-    """One transfer (an expert's weights, or a batch's activations one way)."""
+    """One transfer (an expert's weights, or a batch's activations one way). ``on_done`` is
+    called when it arrives, then every one of ``watchers``; ``key`` and ``info`` are the
+    submitter's (a cache key, what to show in a timeline)."""
 
-    route: Route
-    nbytes: float
-    issued: float
-    on_done: Callable[[Transfer], None] | None = None
-    started: float = math.nan  # slot acquired
-    done: float = math.nan  # arrived
-    seq: int = -1  # submission order in the network: the deterministic tie-break
-    slot: int = -1  # the slot of its route it held
-    watchers: list[Callable[[Transfer], None]] | None = None  # also told when it arrives
+    __slots__ = (
+        "done",
+        "info",
+        "issued",
+        "key",
+        "nbytes",
+        "on_done",
+        "route",
+        "seq",
+        "slot",
+        "started",
+        "watchers",
+    )
+
+    def __init__(
+        self,
+        route: Route,
+        nbytes: float,
+        issued: float,
+        on_done: Callable[[Transfer], None] | None = None,
+        key: int = -1,
+        info: object = None,
+    ) -> None:
+        self.route = route
+        self.nbytes = nbytes
+        self.issued = issued
+        self.on_done = on_done
+        self.key = key
+        self.info = info
+        self.started = math.nan  # slot acquired
+        self.done = math.nan  # arrived
+        self.seq = -1  # submission order in the network: the deterministic tie-break
+        self.slot = -1  # the slot of its route it held
+        self.watchers: list[Callable[[Transfer], None]] | None = None
 
 
 class Flow:
@@ -148,7 +188,7 @@ class Flow:
     def __init__(self, transfer: Transfer, now: float) -> None:
         self.transfer = transfer
         self.through = transfer.route.links  # every link it crosses (for their statistics)
-        self.links = tuple(link for link in self.through if link.fair)  # those it shares
+        self.links = transfer.route.shared  # those it shares
         self.cap = transfer.route.cap
         self.remaining = transfer.nbytes
         self.rate = 0.0
@@ -242,17 +282,16 @@ class FlowNetwork:
 
     def _finish(self, flow: Flow, now: float) -> None:
         transfer = flow.transfer
+        route = transfer.route
         for link in flow.through:
             link.flows.discard(flow)
         self._changed.update(flow.links)
-        self._accounts.update(link for link in flow.through if not link.fair)
+        if route.unshared:
+            self._accounts.update(route.unshared)
         flow.version += 1
         transfer.done = now
-        unloaded = transfer.route.latency + transfer.nbytes / transfer.route.nominal_rate
-        delay = max(0.0, (now - transfer.issued) - unloaded)
-        for link in transfer.route.links:
-            link.delays.append(delay)
-        pool = transfer.route.pool
+        route.finished.append((transfer.issued, now, transfer.nbytes))
+        pool = route.pool
         if pool.waiting:
             waiting = pool.waiting.popleft()
             waiting.slot = transfer.slot
@@ -309,7 +348,9 @@ class FlowNetwork:
                 self._schedule_done(flow, now)
         for link in sorted(links, key=_link_order):
             self._account(link, now)
-        self._accounts.update(link for flow in flows for link in flow.through if not link.fair)
+        for flow in flows:
+            if flow.transfer.route.unshared:
+                self._accounts.update(flow.transfer.route.unshared)
 
     @staticmethod
     def _account(link: LinkState, now: float) -> None:
@@ -379,3 +420,55 @@ def max_min_rates(flows: set[Flow], links: set[LinkState]) -> dict[Flow, float]:
                 left[link] = max(0.0, left[link] - level)
                 count[link] -= 1
     return rates
+
+
+class SharedUnit:
+    """The MD pool's near-data compute unit when several GPUs send it work: each gate's batch
+    of near-data experts is one job of ``work`` seconds (its serial compute alone on the unit).
+
+    ``fifo``: jobs run one at a time in arrival order. ``ps`` (processor sharing): the jobs in
+    progress share the unit equally, a flow network over one resource of capacity 1 (work
+    seconds per second), so a job alone runs at full speed and n together each at 1/n."""
+
+    def __init__(self, env: Clock, sharing: str, jobs: int) -> None:
+        self.env = env
+        self.sharing = sharing
+        self.free = 0.0  # fifo: when the unit is next idle
+        self.busy = 0.0  # work done, s
+        state = LinkState("md_compute", LinkConfig("md_compute", 1.0, sharing="fair"))
+        self.network = FlowNetwork(env, {"md_compute": state}) if sharing == "ps" else None
+        self.route = Route(links=(state,), pool=SlotPool(max(jobs, 1)), cap=1.0, latency=0.0)
+
+    def submit(self, work: float) -> float | Transfer:
+        """A job arriving now: its end (fifo), or a transfer whose ``done`` will be its end."""
+        now = self.env.now
+        self.busy += work
+        if self.network is None:
+            start = self.free if self.free > now else now
+            self.free = start + work
+            return self.free
+        job = Transfer(self.route, work, now)
+        self.network.submit(job)
+        self.network.commit()
+        return job
+
+
+class LayerBarrier:
+    """Expert parallelism's synchronisation: a GPU waits here until all ``n`` have arrived,
+    then all go on at that instant (the last arrival's time)."""
+
+    def __init__(self, env: Clock, n: int) -> None:
+        self.env = env
+        self.n = n
+        self._arrived = 0
+        self._event = env.event()
+
+    def wait(self) -> Any:
+        """The event to yield: fires when the last of the ``n`` GPUs has called `wait`."""
+        event = self._event
+        self._arrived += 1
+        if self._arrived == self.n:
+            self._arrived = 0
+            self._event = self.env.event()
+            event.succeed()
+        return event

@@ -252,6 +252,8 @@ class RunResult:
     per_gpu: list[dict[str, Any]] | None = None  # each GPU's own totals (gpu, then TOTAL_KEYS)
     rates: dict[str, tuple[tuple[float, float], ...]] | None = None  # network link: (t, rate)
     link_usage: dict[str, np.ndarray] | None = None  # link: rows (t0, t1, mean utilisation)
+    # how the engine ran: gates, network transfers, network events and re-ratings (benchmarks)
+    engine: dict[str, float] | None = None
 
     def summary_row(self) -> dict[str, Any]:
         """Flat dict for summary.csv/json: policy, label, totals, link utilisations."""

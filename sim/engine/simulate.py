@@ -20,6 +20,7 @@ from sim.engine.clock import Clock
 from sim.engine.cost import RooflineCost
 from sim.engine.gpu import GpuProcess
 from sim.engine.machine import Machine
+from sim.engine.network import Route
 from sim.engine.results import (
     RunResult,
     collect_gates,
@@ -77,7 +78,12 @@ def simulate(
         step_non_expert_times(hardware, model, t.num_seqs, t.positions)[:, None] for t in traces
     ]
     counts = [d.counts for d in demand]
-    source = LockstepSource(counts, trace.positions, non_expert, demand=demand)
+    exchange = None
+    if hardware.topology.data_parallel == "expert" and hardware.topology.num_gpus > 1:
+        if skip > 0:
+            raise UserError(f"policy {policy.name}: skip_below with expert parallelism: not yet")
+        counts, exchange, demand = expert_parallel(trace, k, hardware.topology.num_gpus)
+    source = LockstepSource(counts, trace.positions, non_expert, demand=demand, exchange=exchange)
     source.skip_below = skip
     policies = [policy] + [copy.deepcopy(policy) for _ in traces[1:]]  # one per GPU, unbound
     return run_engine(
@@ -98,8 +104,9 @@ def simulate(
 
 
 def gpu_traces(trace: RoutingTrace, hardware: Hardware) -> list[RoutingTrace]:
-    """What each GPU decodes: the whole batch on every replica, or (``data_parallel: split``)
-    the batch's sequences divided into contiguous shares, as equal as they can be."""
+    """Whose tokens each GPU holds (its attention, its non-expert work): the whole batch on
+    every replica, or (``split``, ``expert``) the batch's sequences divided into contiguous
+    shares, as equal as they can be."""
     topo = hardware.topology
     if topo.num_gpus == 1 or topo.data_parallel == "replicas":
         return [trace] * topo.num_gpus
@@ -110,6 +117,32 @@ def gpu_traces(trace: RoutingTrace, hardware: Hardware) -> list[RoutingTrace]:
         )
     shares = np.array_split(np.arange(trace.num_seqs), topo.num_gpus)
     return [trace.select(seqs=share.tolist()) for share in shares]
+
+
+def expert_parallel(
+    trace: RoutingTrace, k: int, num_gpus: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[None]]:
+    """Expert parallelism over ``num_gpus`` GPUs: expert e lives on GPU e mod N and sequence s
+    on the GPU of its share (`gpu_traces`). Per GPU: the whole batch's token counts of its own
+    experts (``[steps, layers, E]``, 0 elsewhere), and per step and layer the tokens that come
+    into it from other GPUs: dispatched to its experts, and its own tokens' results back from
+    other GPUs' experts (``[steps, layers, 2]``)."""
+    ids = trace.topk(k)  # [steps, layers, seqs, k]
+    counts = trace.expert_token_counts(k)
+    owner = np.arange(trace.num_experts) % num_gpus
+    home = np.zeros(trace.num_seqs, dtype=np.int64)
+    for g, share in enumerate(np.array_split(np.arange(trace.num_seqs), num_gpus)):
+        home[share] = g
+    at = owner[ids]  # the GPU of each (token, expert) pair
+    seq_home = home[None, None, :, None]
+    per_counts, per_exchange = [], []
+    for g in range(num_gpus):
+        mine = owner == g
+        per_counts.append(np.where(mine[None, None, :], counts, 0))
+        dispatch = ((at == g) & (seq_home != g)).sum(axis=(2, 3))
+        combine = ((at != g) & (seq_home == g)).sum(axis=(2, 3))
+        per_exchange.append(np.stack([dispatch, combine], axis=-1).astype(np.float64))
+    return per_counts, per_exchange, [None] * num_gpus
 
 
 def run_engine(
@@ -170,6 +203,8 @@ def run_engine(
                 timeline=timeline,
                 alone=machine.alone[g],
                 network=machine.network,
+                near_unit=machine.near_unit,
+                barrier=machine.barrier,
             )
         )
 
@@ -263,4 +298,17 @@ def _result(
         if rates
         else {},
         link_usage=usage,
+        engine={
+            "gates": float(len(per_layer["t_end"])),
+            "network_transfers": float(sum(len(r.finished) for r in _network_routes(machine))),
+            "network_events": float(machine.network.events if machine.network else 0),
+            "rerates": float(machine.network.rerates if machine.network else 0),
+            "md_compute_busy": machine.near_unit.busy if machine.near_unit else 0.0,
+        },
+    )
+
+
+def _network_routes(machine: Machine) -> list[Route]:
+    return list(
+        {id(r): r for own in machine.routes for r in own.values() if isinstance(r, Route)}.values()
     )

@@ -84,6 +84,9 @@ class Iteration:
     top: np.ndarray | None = None  # [layers, E] largest renormalised score per expert
     dropped: np.ndarray | None = None  # [layers] router mass skipped
     cache_capacity: float | None = None
+    # expert parallelism: per layer, tokens coming into this GPU from other GPUs before its
+    # experts compute (dispatch) and after (the combine: its own tokens' results)
+    exchange: np.ndarray | None = None  # [layers, 2]
 
     def gates(self) -> GateOrder:
         return self.order if self.order is not None else GateOrder.from_counts(self.counts)
@@ -125,7 +128,8 @@ class LockstepSource:
     ``[steps, layers]`` table (broadcast), or a list of one per GPU. ``positions``: the token
     position of each step. ``demand``: the router's scores as `sim.precision.Demand`
     (``[steps, layers, E]`` mass and top score, ``[steps, layers]`` dropped mass) matching the
-    counts, or a list of one per GPU, or None.
+    counts, or a list of one per GPU, or None. ``exchange``: expert parallelism's tokens into
+    each GPU per step and layer (``[steps, layers, 2]`` per GPU: dispatch, combine), or None.
     """
 
     def __init__(
@@ -135,6 +139,7 @@ class LockstepSource:
         non_expert: float | np.ndarray | Sequence[float | np.ndarray] = 0.0,
         num_gpus: int = 1,
         demand: Any = None,
+        exchange: Sequence[np.ndarray] | None = None,
     ) -> None:
         per_gpu = (
             list(counts) if isinstance(counts, list | tuple) else [np.asarray(counts)] * num_gpus
@@ -159,6 +164,7 @@ class LockstepSource:
         self._orders = [orders.setdefault(id(c), GateOrder.from_counts(c)) for c in per_gpu]
         self._next = [0] * num_gpus
         self.steps = steps
+        self.exchange = list(exchange) if exchange is not None else None  # per GPU [steps, L, 2]
         demands = list(demand) if isinstance(demand, list | tuple) else [demand] * num_gpus
         if len(demands) != num_gpus:
             raise ValueError(f"expected router scores for {num_gpus} GPUs, got {len(demands)}")
@@ -189,6 +195,7 @@ class LockstepSource:
             mass=None if d is None else d.mass[s],
             top=None if d is None else d.top[s],
             dropped=d.dropped[s] if self._dropped[gpu] else None,
+            exchange=None if self.exchange is None else self.exchange[gpu][s],
         )
 
     def iteration_end(self, gpu: int, iteration: Iteration, start: float, end: float) -> None:

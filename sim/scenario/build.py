@@ -689,7 +689,11 @@ def _compute(values: dict[str, Any], where: str) -> ComputeUnit | None:
     for key in ("memory_bandwidth", "peak_flops"):
         if values.get(key) is None:
             raise UserError(f"{where}.{key}: required, missing (give it or a CPU preset)")
-    return ComputeUnit(memory_bandwidth=values["memory_bandwidth"], peak_flops=values["peak_flops"])
+    return ComputeUnit(
+        memory_bandwidth=values["memory_bandwidth"],
+        peak_flops=values["peak_flops"],
+        sharing=values.get("sharing") or "fifo",
+    )
 
 
 def _cache_bytes(capacity: float | str, expert_bytes: float, gpu_hbm: float | None) -> float:

@@ -429,6 +429,12 @@ class ComputeSection(_PresetSection):
         None, description="the DRAM line rate (channels x transfer rate x 8 B), informative"
     )
     cores: PositiveInt | None = Field(None, description="physical cores, informative")
+    sharing: Literal["fifo", "ps"] | None = Field(
+        None,
+        description="with several GPUs sending work to the MD pool's unit (md_compute): `fifo` "
+        "(default: one gate's batch at a time, in arrival order) or `ps` (processor sharing: "
+        "the batches in progress share it equally)",
+    )
     source: str | None = Field(None, description="where the figures come from")
     notes: str | None = Field(None, description="free text")
 
@@ -448,6 +454,11 @@ class PathsSection(_Section):
     md: Annotated[list[LinkName], Field(min_length=1, max_length=MAX_PATH_LINKS)] | None = Field(
         None,
         description="MD pool -> GPU; default `[md_link]` (`[md_link, pcie]` with md_via_pcie)",
+    )
+    gpu: Annotated[list[LinkName], Field(min_length=1, max_length=MAX_PATH_LINKS)] | None = Field(
+        None,
+        description="another GPU -> this GPU, for expert parallelism's activations (e.g. "
+        "`[nvlink]`, each GPU's own port by default); required with `parallel: expert`",
     )
 
 
@@ -491,11 +502,13 @@ class HardwareSection(_Section):
         description=f"identical GPUs (at most {MAX_GPUS}), each with its own HBM cache, policy "
         "and host-path links, all sharing the MD pool behind the shared links; default 1",
     )
-    parallel: Literal["replicas", "split"] | None = Field(
+    parallel: Literal["replicas", "split", "expert"] | None = Field(
         None,
         description="with several GPUs: `replicas` (default: every GPU decodes the scenario's "
-        "whole batch, so N GPUs put N times the demand on the pool) or `split` (the batch's "
-        "sequences divided among the GPUs)",
+        "whole batch, so N GPUs put N times the demand on the pool), `split` (the batch's "
+        "sequences divided among the GPUs) or `expert` (expert parallelism: the GPUs decode the "
+        "batch together, expert e on GPU e mod N; a token whose expert is on another GPU "
+        "crosses the `paths.gpu` link there and back)",
     )
     paths: PathsSection | None = Field(
         None, description="the links from each tier to a GPU (default one link each)"

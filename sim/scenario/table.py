@@ -541,7 +541,33 @@ def comparison_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[s
             if not scenario.serving and has_proxies(summary_rows(scenario, results))
             else []
         ),
+        *gpu_notes(scenario, results),
     ]
+
+
+def gpu_notes(scenario: Scenario, results: Sequence[RunResult]) -> list[str]:
+    """With several GPUs: the step rule, and the saturated shared links."""
+    topo = scenario.hardware.topology
+    if topo.num_gpus < 2:
+        return []
+    notes = [
+        f"{topo.num_gpus} GPUs ({topo.data_parallel}): a step lasts as long as the slowest "
+        "GPU's (they decode in lockstep); tokens/s counts every GPU's tokens; each GPU's own "
+        "figures are in summary.json (per_gpu), each link's in links.csv"
+    ]
+    shared = [n for n in scenario.hardware.links if n not in topo.per_gpu]
+    for result in results:
+        busy = [
+            f"{name} {result.links[name]['utilisation']:.0%}"
+            for name in shared
+            if name in result.links and result.links[name]["utilisation"] >= 0.9
+        ]
+        if busy:
+            notes.append(
+                f"{_topk_prefix(getattr(result, 'topk', None))}{result.label}: shared link in "
+                f"use {', '.join(busy)} of the run (saturated: more GPUs only queue)"
+            )
+    return notes
 
 
 def print_comparison(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sim.errors import UserError
-from sim.hardware import HOST_LINK, MD_LINK, TIERS, Topology
+from sim.hardware import HOST_LINK, MD_LINK, PEER, TIERS, Topology
 from sim.scenario.schema import HardwareSection
 
 DEFAULT_PATHS = {"host": [HOST_LINK], "md": [MD_LINK]}
@@ -42,8 +42,17 @@ def resolve_topology(
                 )
             given = VIA_PCIE
         paths[tier] = list(given) if given is not None else list(DEFAULT_PATHS[tier])
+    parallel = str(top.get("parallel", "replicas"))
+    peer = own_paths.get(PEER, base_paths.get(PEER))
+    if peer is not None:
+        paths[PEER] = list(peer)
+    elif parallel == "expert":
+        raise UserError(
+            "hardware.paths.gpu: required when hardware.parallel is expert (the link a token "
+            "crosses to its expert's GPU, e.g. [nvlink] with hardware.links.nvlink: nvlink4-h100)"
+        )
     _check_paths(paths, links)
-    for tier in TIERS:
+    for tier in paths:
         for position, name in enumerate(paths[tier]):
             sharing = links[name].setdefault("sharing", "fifo")
             if position > 0 and sharing != "fair":
@@ -52,19 +61,19 @@ def resolve_topology(
                     f"{position + 1} of paths.{tier} {paths[tier]}: FIFO slots only admit "
                     "transfers at a path's first link), got fifo"
                 )
-    host_links = set(paths["host"])
+    own_port = set(paths["host"]) | set(paths.get(PEER, ()))  # each GPU's own by default
     for name, values in links.items():
-        values.setdefault("per_gpu", name in host_links)
+        values.setdefault("per_gpu", name in own_port)
     topology = Topology(
         num_gpus=int(top.get("num_gpus", 1)),
-        paths={tier: tuple(paths[tier]) for tier in TIERS},
+        paths={tier: tuple(path) for tier, path in paths.items()},
         per_gpu=frozenset(name for name, values in links.items() if values["per_gpu"]),
-        data_parallel=str(top.get("parallel", "replicas")),
+        data_parallel=parallel,
     )
     doc = {
         "num_gpus": topology.num_gpus,
         "parallel": topology.data_parallel,
-        "paths": {tier: list(paths[tier]) for tier in TIERS},
+        "paths": {tier: list(path) for tier, path in paths.items()},
         "md_via_pcie": via_pcie,
     }
     return topology, doc
@@ -72,10 +81,10 @@ def resolve_topology(
 
 def _check_paths(paths: dict[str, list[str]], links: dict[str, dict[str, Any]]) -> None:
     """Every link a path names exists, appears once per path, and every link is on a path."""
-    for tier in TIERS:
+    for tier in paths:
         for i, name in enumerate(paths[tier]):
             if name not in links:
-                if [name] == DEFAULT_PATHS[tier] or name in (HOST_LINK, MD_LINK):
+                if [name] == DEFAULT_PATHS.get(tier) or name in (HOST_LINK, MD_LINK):
                     raise UserError(
                         f"hardware.links.{name}: required, missing (on paths.{tier}; give a "
                         "link preset name or a bandwidth)"
@@ -86,10 +95,10 @@ def _check_paths(paths: dict[str, list[str]], links: dict[str, dict[str, Any]]) 
                 )
         if len(set(paths[tier])) != len(paths[tier]):
             raise UserError(f"hardware.paths.{tier}: expected each link once, got {paths[tier]}")
-    used = {name for tier in TIERS for name in paths[tier]}
+    used = {name for path in paths.values() for name in path}
     for name in links:
         if name not in used:
-            shown = "; ".join(f"{tier} {paths[tier]}" for tier in TIERS)
+            shown = "; ".join(f"{tier} {path}" for tier, path in paths.items())
             raise UserError(
                 f"hardware.links.{name}: expected only links a path uses (paths: {shown}), "
                 f"got an unused link {name!r}"
