@@ -15,8 +15,8 @@ and, in this process, a full-trace replay of the embedded real trace (256 steps 
 sequences, top-6) under every registered policy with its default parameters on the default
 scenario's hardware: wall and CPU seconds per policy (the fastest of ``--repeat``).
 
-RESULTS.md is started afresh (``--skip``-ped benchmarks keep their earlier sections): a header
-naming the machine (date, ``uname -m``, CPU model from
+RESULTS.md is started afresh, except that every section this run does not write (``--skip``-ped
+benchmarks, benchmarks run on their own) is kept as it was: a header naming the machine (date, ``uname -m``, CPU model from
 /proc/cpuinfo, cores, memory, Python/numpy/torch versions, load average before and after), a
 summary with each benchmark's headline line, exit code and wall time, then the sections.
 
@@ -183,7 +183,9 @@ def replay_per_policy(repeat: int) -> list[str]:
     rows: list[str] = []
     for name in available_policies():
         if name in SKIPPED_POLICIES:
-            rows.append(f"| {name} | bound | skipped: {SKIPPED_POLICIES[name]} | | | | |")
+            rows.append(
+                f"| {name} | {_class_kind(name)} | skipped: {SKIPPED_POLICIES[name]} | | | | |"
+            )
             continue
         try:
             make_policy(name, {}, name)
@@ -223,6 +225,14 @@ def replay_per_policy(repeat: int) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|",
         *rows,
     ]
+
+
+def _class_kind(name: str) -> str:
+    """The kind a policy's runs have by default (before any run: from its class)."""
+    from sim.policies.base import available_policies
+
+    cls = available_policies()[name]
+    return "bound" if cls.is_bound else "oracle" if cls.uses_future else "online"
 
 
 def _time_decide(policy) -> list[float]:
@@ -308,12 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     old = sections_of(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
-    kept = [  # a skipped benchmark's section stays as its own earlier run wrote it
+    running = [b.section for b in BENCHMARKS if b.script not in skip]
+    kept = [  # every section this run does not rewrite stays as its own earlier run wrote it
         text
-        for b in BENCHMARKS
-        if b.script in skip
         for title, text in old.items()
-        if title.startswith(b.section)
+        if not title.startswith(("## summary", REPLAY_SECTION, *running))
     ]
     write_text(RESULTS, "# Benchmark results\n\n" + "\n".join(kept))  # the rest afresh
     ran = [run_benchmark(b, args.quick) for b in BENCHMARKS if b.script not in skip]
