@@ -129,11 +129,14 @@ def main() -> int:
             *rows,
             "",
             f"Target: serving <= {TARGET}x the lockstep engine's CPU time per gate: {verdict} "
-            f"(worst {worst:.2f}x). Lockstep times a stateless policy (seed-split) 128 "
-            "iterations at a time in closed form; a serving iteration's batch depends on what "
-            "arrived before it starts, so until every request has arrived each iteration is "
-            "asked for, costed and timed on its own (after that, serving plans ahead and is "
-            "timed in blocks too).",
+            f"(worst {worst:.2f}x). A serving run forms each iteration's demand at run time "
+            "(per layer the union of its tokens' experts: token counts, router mass and top "
+            "score, four passes over the iteration's tokens), which a lockstep run reads from "
+            "arrays cached on the trace; under a stateless policy, which lockstep times 128 "
+            "iterations at a time in closed form, that is most of the difference. Serving "
+            "decides iterations ahead (and the engine times them in blocks) only while more "
+            "requests wait than the batch has room for, or once every request has arrived; "
+            "otherwise each waits for the previous one's end.",
         ]
     )
     print(verdict)

@@ -69,7 +69,16 @@ def test_lockstep_and_serving_give_identical_iterations(tmp_path):
     for a, b in zip(lockstep, serving, strict=True):
         assert a.label == b.label
         assert np.array_equal(a.per_step["latency"], b.per_step["latency"]), a.label
-        for column in ("t_start", "t_gate", "t_end", "hits", "pcie", "md_fetch", "active"):
+        for column in (
+            "t_start",
+            "t_gate",
+            "t_end",
+            "hits",
+            "pcie",
+            "md_fetch",
+            "active",
+            "gate_mass",
+        ):
             assert np.array_equal(a.per_layer[column], b.per_layer[column]), (a.label, column)
         req = b.serving.requests
         assert np.array_equal(req["finish"], np.full(seqs, a.per_layer["t_end"][-1]))
@@ -433,3 +442,97 @@ def test_planning_ahead_changes_nothing(tmp_path, monkeypatch, policy):
     for name, column in stepwise.serving.iterations.items():
         assert np.array_equal(ahead.serving.iterations[name], column, equal_nan=True), name
     assert np.array_equal(ahead.per_layer["t_end"], stepwise.per_layer["t_end"])
+
+
+def test_an_iterations_demand_is_the_lockstep_steps_with_skipping_too():
+    """Decodes of every sequence at one position are a lockstep step: the same counts, router
+    mass, top score and (tokens skipping experts scored below 0.2) dropped mass."""
+    from sim.serving.routing import SequenceRouting
+
+    trace = load_scenario_trace(scenario_from_dict(_doc()))
+    for skip in (0.0, 0.2):
+        routing = SequenceRouting(trace, 6, skip_below=skip)
+        seqs = np.arange(trace.num_seqs)
+        batches = [
+            (seqs, np.full(seqs.size, p), np.ones(seqs.size, dtype=np.int64)) for p in (0, 5)
+        ]
+        got = routing.demand(batches)
+        want = trace.demand(6, skip)
+        for i, p in enumerate((0, 5)):
+            assert np.array_equal(got.counts[i], want.counts[p])
+            assert np.array_equal(got.mass[i], want.mass[p])
+            assert np.array_equal(got.top[i], want.top[p])
+            assert np.allclose(got.dropped[i], want.dropped[p], rtol=1e-12, atol=1e-15)
+        if skip:
+            assert got.dropped.sum() > 0
+
+
+def _two_gpus(workload: dict, policies=("seed-split", "lru")) -> dict:
+    return _doc(
+        trace={"path": "embedded", "positions": "0-63"},
+        hardware={"preset": "notebook-gbps", "num_gpus": 2, "hbm": {"capacity": "64 experts"}},
+        policies=list(policies),
+        workload=workload,
+    )
+
+
+def test_replicas_serve_each_request_once_and_share_the_md_pool(tmp_path):
+    workload = {
+        "kind": "serving",
+        "arrivals": {"rate": 30.0},
+        "prompt": {"dist": "uniform", "low": 4, "high": 32},
+        "output": {"dist": "uniform", "low": 2, "high": 30},
+        "requests": 80,
+        "router": "round-robin",
+    }
+    _, results = _run(_two_gpus(workload))
+    for result in results:
+        req, it = result.serving.requests, result.serving.iterations
+        assert req["gpu"].tolist() == [i % 2 for i in range(80)]
+        assert np.isfinite(req["finish"]).all() and (req["admitted"] >= req["arrival"]).all()
+        assert it["finished"].sum() == 80
+        for gpu in (0, 1):  # each GPU's iterations follow one another
+            mine = it["gpu"] == gpu
+            assert (it["t_start"][mine][1:] >= it["t_end"][mine][:-1]).all()
+            assert it["finished"][mine].sum() == np.count_nonzero(req["gpu"] == gpu)
+        area, _ = time_average_in_system(it)  # the GPUs' integrals add up: Little's law
+        span = float(req["finish"].max() - req["arrival"].min())
+        e2e = latencies(req)["e2e"]
+        assert abs(area / (len(e2e) / span * float(e2e.mean()) * span) - 1.0) < 0.01
+        assert set(np.unique(result.per_layer["gpu"]).tolist()) == {0, 1}
+    _, again = _run(_two_gpus(workload))
+    assert results[1].summary_row() == again[1].summary_row()  # deterministic
+    # one GPU serving the same requests alone: the MD link carries less
+    _, alone = _run({**_two_gpus(workload), "hardware": {"preset": "notebook-gbps"}})
+    assert alone[0].totals["bytes_md"] < results[0].totals["bytes_md"]
+
+
+def test_least_outstanding_sends_work_to_the_idler_gpu(tmp_path):
+    rows = [(0.0, 40, 20), (0.0, 2, 2), (0.0, 2, 2), (0.0, 2, 2)]
+    csv = {"kind": "serving", "arrivals": {"process": "csv", "path": _csv(tmp_path, rows)}}
+    _, (result,) = _run(_two_gpus({**csv, "router": "least-outstanding"}, ["seed-split"]))
+    assert result.serving.requests["gpu"].tolist() == [0, 1, 1, 1]
+    _, (result,) = _run(_two_gpus({**csv, "router": "round-robin"}, ["seed-split"]))
+    assert result.serving.requests["gpu"].tolist() == [0, 1, 0, 1]
+    with pytest.raises(UserError, match=r"hardware\.parallel: expected replicas"):
+        doc = _two_gpus(csv, ["seed-split"])
+        doc["hardware"]["parallel"] = "split"
+        _run(doc)
+
+
+def test_a_skipping_policy_serves_as_in_lockstep(tmp_path):
+    """skip-low-score in serving: the tokens skip what they skip in lockstep (same gates as
+    the lockstep run of the same work), and the dropped mass is reported."""
+    steps, seqs = 24, 8
+    skipping = {"name": "skip-low-score", "params": {"threshold": 0.2}}
+    _, lockstep = _run(_doc(policies=[skipping], baseline="skip-low-score"))
+    workload = {
+        "kind": "serving",
+        "arrivals": {"process": "csv", "path": _csv(tmp_path, [(0.0, 1, steps)] * seqs)},
+    }
+    _, serving = _run(_doc(policies=[skipping], baseline="skip-low-score", workload=workload))
+    for column in ("active", "pcie", "md_fetch", "t_end"):  # the same gates, bit for bit
+        assert np.array_equal(lockstep[0].per_layer[column], serving[0].per_layer[column]), column
+    for column in ("gate_mass", "dropped_gate_mass"):  # summed in another order
+        assert np.allclose(lockstep[0].per_layer[column], serving[0].per_layer[column], atol=1e-12)
+    assert serving[0].totals["dropped_gate_mass"] > 0

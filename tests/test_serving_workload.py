@@ -106,6 +106,7 @@ BAD_WORKLOADS = [
     ({**SERVING, "scheduler": {"max_running": 0}}, "workload.scheduler.max_running: expected"),
     ({**SERVING, "memory": {"mode": "split"}}, "workload.memory.mode: expected one of"),
     ({**SERVING, "slo": {"ttft": "soon"}}, "workload.slo.ttft: expected a duration"),
+    ({**SERVING, "router": "random"}, "workload.router: expected one of"),
     ({**SERVING, "colour": 1}, "workload.colour: unknown key"),
     (
         {**SERVING, "arrivals": {"process": "csv", "path": "nope.csv"}},

@@ -234,7 +234,7 @@ def _check_skip(policy: GatePolicy, source: IterationSource) -> None:
         raise UserError(
             f"policy {policy.name}: expected an iteration source whose tokens skip experts "
             f"below a renormalised score of {want:g} (source.skip_below), got one that skips "
-            f"below {have:g} (lockstep runs apply it; serving workloads do not yet)"
+            f"below {have:g}"
         )
 
 

@@ -686,6 +686,7 @@ WORKLOAD_SERVING_FIELDS = (
     "scheduler",
     "memory",
     "slo",
+    "router",
 )
 
 
@@ -724,6 +725,12 @@ class WorkloadSection(_Section):
     scheduler: SchedulerSection | None = Field(None, description="serving: batching limits")
     memory: MemorySection | None = Field(None, description="serving: HBM split")
     slo: SloSection | None = Field(None, description="serving: the SLO of goodput")
+    router: Literal["round-robin", "least-outstanding"] | None = Field(
+        None,
+        description="serving on several GPUs (hardware.num_gpus): which GPU serves an arriving "
+        "request, `round-robin` or `least-outstanding` (the fewest tokens left to process); "
+        "default round-robin",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -3,8 +3,9 @@
 Request ``i`` uses trace sequence ``i mod num_seqs``. Its prefill processes positions
 ``0..P-1`` and emits output token 1; decode iteration ``j`` (j = 1..O-1) processes position
 ``P+j-1`` and emits token ``j+1``, so a request uses positions ``0..P+O-2``. An iteration's
-demand at each MoE layer is the union of the experts of all its tokens, with token counts:
-the ``[layers, num_experts]`` array the engine's gate sees, built with one ``bincount``.
+demand at each MoE layer is the union of the experts of all its tokens, with token counts
+(the ``[layers, num_experts]`` array the engine's gate sees) and the router mass they give each
+expert, as a lockstep step's (`sim.precision.gate_demand`).
 """
 
 from __future__ import annotations
@@ -12,60 +13,98 @@ from __future__ import annotations
 import numpy as np
 
 from sim.errors import UserError
+from sim.precision import Demand, renormalised, skip_mask
 from sim.serving.requests import RequestSet
 from sim.trace.routing import RoutingTrace
 
 
 class SequenceRouting:
-    """The top-k routing of every (sequence, position) of a trace, as flat gate keys."""
+    """The top-k routing of every (sequence, position) of a trace, as flat gate keys, with each
+    choice's renormalised router score (``skip_below`` > 0: a token skips its chosen experts
+    scored below it, never its top-1, as `sim.precision.gate_demand` does for lockstep runs)."""
 
-    def __init__(self, trace: RoutingTrace, k: int, *, wrap: bool = False) -> None:
+    def __init__(
+        self, trace: RoutingTrace, k: int, *, wrap: bool = False, skip_below: float = 0.0
+    ) -> None:
         sel = trace.topk(k)  # [positions, layers, seqs, k]
         positions, layers, seqs, kk = sel.shape
         self.num_positions, self.num_layers, self.num_seqs = positions, layers, seqs
         self.num_experts = trace.num_experts
         self.wrap = wrap
+        self.skip_below = float(skip_below)
         offset = (np.arange(layers, dtype=np.int32) * self.num_experts).reshape(1, layers, 1, 1)
         keys = sel.astype(np.int32) + offset  # layer * E + expert
-        # [seq, position, layers * k]: one row per token, contiguous for fancy indexing
-        self.keys = np.ascontiguousarray(keys.transpose(2, 0, 1, 3)).reshape(
-            seqs, positions, layers * kk
-        )
-        self.keys.flags.writeable = False
+
+        def per_token(values: np.ndarray) -> np.ndarray:
+            """[positions, layers, seqs, k] -> [seq, position, layers * k], contiguous: one row
+            per token, for fancy indexing."""
+            out = np.ascontiguousarray(values.transpose(2, 0, 1, 3)).reshape(
+                seqs, positions, layers * kk
+            )
+            out.flags.writeable = False
+            return out
+
+        self.keys = per_token(keys)
+        score = renormalised(trace.selected_scores(k))
+        keep = skip_mask(score, skip_below) if skip_below > 0.0 else None
+        weight = score if keep is None else np.where(keep, score, 0.0)
+        self.weight = per_token(weight)  # router mass each token gives each chosen expert
+        self.keep = None if keep is None else per_token(keep.astype(np.float64))
+        dropped = (score - weight).sum(axis=-1)  # [positions, layers, seqs]
+        self.dropped = np.ascontiguousarray(dropped.transpose(2, 0, 1))  # [seq, pos, layers]
+        self.dropped.flags.writeable = False
         self.size = layers * self.num_experts
 
     def sequence_of(self, request_ids: np.ndarray) -> np.ndarray:
         """The trace sequence each request uses."""
         return np.asarray(request_ids, dtype=np.int64) % self.num_seqs
 
-    def counts(
-        self, request_ids: np.ndarray, first_pos: np.ndarray, new_tokens: np.ndarray
-    ) -> np.ndarray:
-        """``[layers, num_experts]`` int64 token counts of one iteration: request
-        ``request_ids[i]`` processes positions ``first_pos[i] .. first_pos[i] +
-        new_tokens[i] - 1`` (modulo the trace's length when wrapping)."""
-        flat = self._keys(request_ids, first_pos, new_tokens)
-        return np.bincount(flat, minlength=self.size).reshape(self.num_layers, self.num_experts)
-
-    def counts_many(self, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> np.ndarray:
-        """`counts` of several iterations at once, ``[iterations, layers, num_experts]``."""
-        k = len(batches)
+    def demand(self, batches: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Demand:
+        """The gate demand of several iterations at once, ``[iterations, layers, E]`` counts,
+        mass and top score and ``[iterations, layers]`` dropped mass: in iteration ``i``,
+        request ``ids[j]`` of ``batches[i] = (ids, first_pos, new_tokens)`` processes positions
+        ``first_pos[j] .. first_pos[j] + new_tokens[j] - 1`` (modulo the trace's length when
+        wrapping)."""
+        n = len(batches)
         sizes = [len(b[0]) for b in batches]
         ids = np.concatenate([b[0] for b in batches])
         first = np.concatenate([b[1] for b in batches])
         tokens = np.concatenate([b[2] for b in batches])
-        iteration = np.repeat(np.arange(k, dtype=np.int64) * self.size, sizes)
-        if tokens.size and int(tokens.max()) > 1:
+        iteration = np.repeat(np.arange(n, dtype=np.int64), sizes)
+        seqs, pos = self._tokens(ids, first, tokens)
+        if seqs.size != iteration.size:
             iteration = np.repeat(iteration, tokens)
-        keys = self._keys(ids, first, tokens).reshape(iteration.size, -1)
-        flat = (keys + iteration[:, None]).ravel()
-        counts = np.bincount(flat, minlength=k * self.size)
-        return counts.reshape(k, self.num_layers, self.num_experts)
+        flat = (self.keys[seqs, pos] + (iteration * self.size)[:, None]).ravel()
+        cells = n * self.size
+        if self.keep is None:
+            counts = np.bincount(flat, minlength=cells)
+        else:
+            counts = np.bincount(flat, weights=self.keep[seqs, pos].ravel(), minlength=cells)
+        weight = self.weight[seqs, pos].ravel()
+        mass = np.bincount(flat, weights=weight, minlength=cells)
+        top = np.zeros(cells)
+        np.maximum.at(top, flat, weight)
+        if self.keep is None:  # nothing skipped, nothing dropped
+            dropped = np.zeros(n * self.num_layers)
+        else:
+            layer_cells = (iteration * self.num_layers)[:, None] + np.arange(self.num_layers)
+            dropped = np.bincount(
+                layer_cells.ravel(),
+                weights=self.dropped[seqs, pos].ravel(),
+                minlength=n * self.num_layers,
+            )
+        shape = (n, self.num_layers, self.num_experts)
+        return Demand(
+            counts=counts.astype(np.int32).reshape(shape),
+            mass=mass.reshape(shape),
+            top=top.reshape(shape),
+            dropped=dropped.reshape(n, self.num_layers),
+        )
 
-    def _keys(
+    def _tokens(
         self, request_ids: np.ndarray, first_pos: np.ndarray, new_tokens: np.ndarray
-    ) -> np.ndarray:
-        """The gate keys (layer * E + expert) of every token of one iteration."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(sequence, position) of every token processed."""
         seqs = self.sequence_of(request_ids)
         lengths = np.asarray(new_tokens, dtype=np.int64)
         if lengths.size and int(lengths.max()) == 1:  # decodes only (the common case)
@@ -78,7 +117,7 @@ class SequenceRouting:
             seqs = np.repeat(seqs, lengths)
         if self.wrap:
             pos = pos % self.num_positions
-        return self.keys[seqs, pos].ravel()
+        return seqs, pos
 
 
 def positions_needed(requests: RequestSet) -> np.ndarray:

@@ -9,6 +9,7 @@ engine's `RunResult` with the per-request and per-iteration records of the run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,6 +62,12 @@ def prepare(scenario: Any, trace: RoutingTrace) -> ServingSetup:
     """Check a serving scenario against its trace and build what its runs share. Every
     problem is one UserError line naming the field."""
     spec: ServingSpec = scenario.workload
+    topology = scenario.hardware.topology
+    if topology.num_gpus > 1 and topology.data_parallel != "replicas":
+        raise UserError(
+            f"hardware.parallel: expected replicas with a serving workload (each GPU serves the "
+            f"requests the router sends it), got {topology.data_parallel}"
+        )
     check_positions(trace)
     check_policies(scenario)
     requests = make_requests(spec)
@@ -146,36 +153,51 @@ def run_serving(
     *,
     topk: int,
     cost: Any = None,
-    timeline: bool = False,
+    timeline: bool | tuple[int, int] = False,
     progress: Callable[[int], None] | None = None,
     seed: int = 0,
     label: str | None = None,
 ) -> tuple[Any, ServingRecords]:
     """Run ``policy`` on the serving workload; the engine's result and the serving records.
-    ``progress`` is called with the number of requests newly finished."""
+    With several GPUs (``hardware.num_gpus``) each is a replica with its own scheduler and a
+    copy of ``policy``, requests go to them by the workload's router, and they share the MD
+    pool. ``progress`` is called with the number of requests newly finished."""
     from sim.engine.simulate import run_engine
+    from sim.serving.router import Router
     from sim.serving.source import ServingSource
 
     spec = setup.spec
-    routing = SequenceRouting(trace, topk, wrap=spec.wrap)
-    scheduler = Scheduler(setup.requests, spec.scheduler, setup.hbm.kv_blocks)
+    gpus = hardware.topology.num_gpus
+    skip = float(getattr(policy, "skip_below", 0.0) or 0.0)
+    routing = SequenceRouting(trace, topk, wrap=spec.wrap, skip_below=skip)
+    kv_blocks = setup.hbm.kv_blocks
+    routed = gpus > 1
+    schedulers = [
+        Scheduler(setup.requests, spec.scheduler, kv_blocks, routed=routed) for _ in range(gpus)
+    ]
+    router = Router(setup.requests, schedulers, spec.router) if routed else None
     shared = setup.hbm.expert_capacity if setup.hbm.mode == "shared" else None
     source = ServingSource(
-        [scheduler], routing, non_expert_function(hardware, model), cache_capacity=shared
+        schedulers,
+        routing,
+        non_expert_function(hardware, model),
+        cache_capacity=shared,
+        router=router,
     )
     finished = [0]
 
     def report(_iteration: Any) -> None:
-        done = scheduler.finished_count
+        done = sum(s.finished_count for s in schedulers)
         if progress is not None and done > finished[0]:
             progress(done - finished[0])
         finished[0] = done
 
+    policies = [policy] + [copy.deepcopy(policy) for _ in range(gpus - 1)]  # one per GPU
     result = run_engine(
         source,
         hardware,
         model,
-        [policy],
+        policies,
         layer_ids=tuple(trace.layer_ids),
         topk=topk,
         cost=cost,
@@ -184,9 +206,10 @@ def run_serving(
         seed=seed,
         label=label,
     )
-    if not scheduler.all_finished:  # the engine stops only when the source says done
+    if not all(s.all_finished for s in schedulers):  # the engine ends when the source does
         raise RuntimeError("serving run ended with unfinished requests")
-    served = records(setup, scheduler, routing, result, gpu=0)
+    owner = np.zeros(len(setup.requests), dtype=np.int64) if router is None else router.gpu_of
+    served = records(setup, schedulers, owner, routing, result)
     # the lockstep totals' tokens/s and ms/token assume a fixed batch: the requests' own here
     totals = {
         **result.totals,
@@ -197,43 +220,59 @@ def run_serving(
 
 
 def records(
-    setup: ServingSetup, scheduler: Scheduler, routing: SequenceRouting, result: Any, gpu: int
+    setup: ServingSetup,
+    schedulers: list[Scheduler],
+    owner: np.ndarray,
+    routing: SequenceRouting,
+    result: Any,
 ) -> ServingRecords:
-    """requests.csv and per_iteration.csv columns of one GPU's scheduler, and the summary."""
+    """requests.csv and per_iteration.csv columns of every GPU's scheduler (each request from
+    the GPU that served it, ``owner``), and the summary."""
     req = setup.requests
     n = len(req)
     ids = np.arange(n, dtype=np.int64)
+
+    def by_owner(name: str) -> np.ndarray:
+        stacked = np.stack([getattr(s, name) for s in schedulers])
+        return stacked[owner, ids]
+
     requests = {
         "request_id": ids,
-        "gpu": np.full(n, gpu, dtype=np.int64),
+        "gpu": owner.copy(),
         "arrival": req.arrival.copy(),
-        "admitted": scheduler.admitted.copy(),
-        "first_token": scheduler.first_token.copy(),
-        "finish": scheduler.finish.copy(),
+        "admitted": by_owner("admitted"),
+        "first_token": by_owner("first_token"),
+        "finish": by_owner("finish"),
         "prompt_tokens": req.prompt.copy(),
         "output_tokens": req.output.copy(),
-        "preempted": scheduler.preempted.copy(),
+        "preempted": by_owner("preempted"),
         "sequence": routing.sequence_of(ids),
         "wrapped": setup.wrapped.copy(),
         "measured": ids >= setup.spec.warmup,
     }
-    table = scheduler.iteration_table()
-    iterations: dict[str, np.ndarray] = {"gpu": np.full(len(table["iteration"]), gpu)}
-    iterations.update(table)
     hbm = setup.hbm
-    iterations["kv_bytes"] = table["kv_blocks"] * hbm.block_bytes
-    iterations["kv_budget_bytes"] = table["kv_budget_blocks"] * hbm.block_bytes
-    iterations["expert_cache_bytes"] = _cache_after_iterations(result, len(table["iteration"]))
-    iterations["expert_capacity_bytes"] = np.array(
-        [hbm.expert_capacity(int(b)) for b in table["kv_blocks"]], dtype=np.float64
-    )
+    parts = []
+    for gpu, scheduler in enumerate(schedulers):
+        table = scheduler.iteration_table()
+        count = len(table["iteration"])
+        part: dict[str, np.ndarray] = {"gpu": np.full(count, gpu, dtype=np.int64)}
+        part.update(table)
+        part["kv_bytes"] = table["kv_blocks"] * hbm.block_bytes
+        part["kv_budget_bytes"] = table["kv_budget_blocks"] * hbm.block_bytes
+        part["expert_cache_bytes"] = _cache_after_iterations(result, gpu, count)
+        part["expert_capacity_bytes"] = np.array(
+            [hbm.expert_capacity(int(b)) for b in table["kv_blocks"]], dtype=np.float64
+        )
+        parts.append(part)
+    iterations = {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
     return ServingRecords(requests, iterations, summarize(requests, iterations, setup.spec.slo))
 
 
-def _cache_after_iterations(result: Any, iterations: int) -> np.ndarray:
-    """The expert cache's bytes after each iteration's last gate (the engine's per-gate
-    ``cache_bytes``, one row per (iteration, layer), iteration-major)."""
-    cache = np.asarray(result.per_layer["cache_bytes"], dtype=np.float64)
+def _cache_after_iterations(result: Any, gpu: int, iterations: int) -> np.ndarray:
+    """GPU ``gpu``'s expert cache bytes after each of its iterations' last gate (the engine's
+    per-gate ``cache_bytes``, one row per (iteration, layer), iteration-major per GPU)."""
+    mine = np.asarray(result.per_layer["gpu"]) == gpu
+    cache = np.asarray(result.per_layer["cache_bytes"], dtype=np.float64)[mine]
     if not iterations:
         return np.zeros(0)
     return cache.reshape(iterations, -1)[:, -1].copy()

@@ -32,6 +32,8 @@ first tokens, finishes, the record's queue and arrival counts).
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import deque
 from dataclasses import dataclass
 
@@ -80,19 +82,27 @@ _COL = {name: i for i, name in enumerate(ITERATION_COLUMNS)}
 
 
 class Scheduler:
-    """FCFS continuous batching over ``requests`` with a KV budget of ``kv_blocks`` blocks."""
+    """FCFS continuous batching over ``requests`` with a KV budget of ``kv_blocks`` blocks.
 
-    def __init__(self, requests: RequestSet, spec: SchedulerSpec, kv_blocks: int) -> None:
+    ``routed``: the requests are handed over one by one as they arrive (`assign`, by a
+    `sim.serving.router.Router` dispatching them among several GPUs) until `close`; by default
+    the scheduler serves them all, each from its arrival time."""
+
+    def __init__(
+        self, requests: RequestSet, spec: SchedulerSpec, kv_blocks: int, *, routed: bool = False
+    ) -> None:
         self.requests = requests
         self.spec = spec
         self.block = spec.block_tokens
         self.kv_budget = int(kv_blocks)
         n = len(requests)
-        self.n = n
         check_fits(requests, spec, self.kv_budget)
         self.prompt = requests.prompt
         self.output = requests.output
-        self.arrival = requests.arrival
+        # the requests this scheduler serves, in arrival order, and their arrival times
+        self.open = routed  # more may be assigned
+        self.ids: np.ndarray | list[int] = [] if routed else np.arange(n, dtype=np.int64)
+        self.ids_arrival: np.ndarray | list[float] = [] if routed else requests.arrival
         # per-request state
         self.prefilled = np.zeros(n, dtype=np.int64)  # KV positions computed (0..prefilled-1)
         self.target = np.zeros(n, dtype=np.int64)  # prefill length of the current admission
@@ -122,17 +132,18 @@ class Scheduler:
     # -- the engine's questions -------------------------------------------------------------
     def poll(self, now: float) -> Batch | float | None:
         """The next iteration starting at ``now``; or the time of the next arrival when there
-        is nothing to run until then; or None when every request has finished."""
+        is nothing to run until then (``inf`` when it is not known yet: a router assigns it);
+        or None when every request has finished."""
         assert self.current is None, "poll() before complete() or can_plan_next()"
-        if self.next_arrival < self.n:
-            arrived = int(np.searchsorted(self.arrival, now, side="right"))
+        if self.next_arrival < len(self.ids):
+            arrived = self._arrived_by(now)
             if arrived > self.next_arrival:
-                self.waiting.extend(range(self.next_arrival, arrived))
+                self.waiting.extend(self._ids_between(self.next_arrival, arrived))
                 self.next_arrival = arrived
         if not self.running.size and not self.waiting:
-            if self.next_arrival < self.n:
-                return float(self.arrival[self.next_arrival])
-            return None
+            if self.next_arrival < len(self.ids):
+                return float(self.ids_arrival[self.next_arrival])
+            return math.inf if self.open else None
         finished_before = self.finished_count
         preempted = self._grow_decodes()
         ids, first_pos, new_tokens, decodes, budget = self._continue_prefills()
@@ -194,10 +205,9 @@ class Scheduler:
         if done.size:
             self.finish[done] = end
         row[_COL["t_end"]] = end
-        at_start = at_end = self.n
-        if known < self.n:  # arrivals after the iteration was decided join the queue's tail
-            at_start = int(np.searchsorted(self.arrival, start, side="right"))
-            at_end = int(np.searchsorted(self.arrival, end, side="right"))
+        at_start = at_end = known
+        if self.open or known < len(self.ids):  # later arrivals join the queue's tail
+            at_start, at_end = self._arrived_by(start), self._arrived_by(end)
         row[_COL["queued"]] = waiting + at_start - known
         row[_COL["in_system"]] = at_start - finished_before
         row[_COL["arrivals"]] = at_end - at_start
@@ -211,9 +221,42 @@ class Scheduler:
         `complete` times the iterations later, oldest first."""
         if self.current is not None:
             self._advance()
-        if self.next_arrival == self.n:
+        if self.open:  # a router assigns by this state: it must not run ahead of time
+            return False
+        if self.all_arrived:
             return True
         return len(self.waiting) > self.spec.max_running - int(self.running.size)
+
+    def assign(self, request: int) -> None:
+        """Serve ``request`` too (it has arrived, or arrives later than every one assigned)."""
+        assert self.open, "assign() to a scheduler that serves every request"
+        self.ids.append(request)  # type: ignore[union-attr]
+        self.ids_arrival.append(float(self.requests.arrival[request]))  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        """No more requests will be assigned."""
+        self.open = False
+
+    def outstanding(self) -> int:
+        """Tokens its unfinished requests still have to process (prompt + output - 1, less
+        the positions computed): the least-outstanding router's measure."""
+        run = self.running
+        total = int((self.prompt[run] + self.output[run] - 1 - self.prefilled[run]).sum())
+        for r in self.waiting:
+            total += int(self.prompt[r] + self.output[r] - 1)
+        for r in self._ids_between(self.next_arrival, len(self.ids)):
+            total += int(self.prompt[r] + self.output[r] - 1)
+        return total
+
+    def _arrived_by(self, t: float) -> int:
+        """How many of its requests have arrived by ``t``."""
+        if isinstance(self.ids_arrival, list):
+            return bisect.bisect_right(self.ids_arrival, t)
+        return int(np.searchsorted(self.ids_arrival, t, side="right"))
+
+    def _ids_between(self, lo: int, hi: int) -> list[int]:
+        ids = self.ids[lo:hi]
+        return ids if isinstance(ids, list) else ids.tolist()
 
     def _advance(self) -> None:
         """The current iteration's effects: KV computed, tokens emitted, requests finished and
@@ -241,8 +284,13 @@ class Scheduler:
         self.iterations += 1
 
     @property
+    def all_arrived(self) -> bool:
+        """Every request it will serve has arrived (and none will be assigned)."""
+        return not self.open and self.next_arrival == len(self.ids)
+
+    @property
     def all_finished(self) -> bool:
-        return self.finished_count == self.n
+        return not self.open and self.finished_count == len(self.ids)
 
     # -- one iteration's decisions -----------------------------------------------------------
     def _grow_decodes(self) -> int:

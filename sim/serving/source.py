@@ -10,12 +10,14 @@ ended. Nothing here keeps a clock: the engine does.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from sim.engine.source import GateOrder, Idle, Iteration
+from sim.serving.router import Router
 from sim.serving.routing import SequenceRouting
 from sim.serving.scheduler import Batch, Scheduler
 
@@ -33,11 +35,15 @@ class ServingSource:
         non_expert: NonExpert,
         *,
         cache_capacity: Callable[[int], float] | None = None,
+        router: Router | None = None,
     ) -> None:
         """``cache_capacity``: bytes the expert cache may hold while the KV cache holds a
-        number of blocks (a shared HBM pool); None: the cache keeps its budget (fixed split)."""
+        number of blocks (a shared HBM pool); None: the cache keeps its budget (fixed split).
+        ``router``: dispatches arriving requests among the schedulers (several GPUs)."""
+        self.router = router
         self.schedulers = list(schedulers)
         self.routing = routing
+        self.skip_below = routing.skip_below  # its iterations skip what the policy skips
         self.non_expert = non_expert
         self.layers = routing.num_layers
         self.cache_capacity = cache_capacity
@@ -54,8 +60,7 @@ class ServingSource:
         if self.cache_capacity is not None:
             return False
         return all(
-            ahead or s.next_arrival == s.n
-            for ahead, s in zip(self._ahead, self.schedulers, strict=True)
+            ahead or s.all_arrived for ahead, s in zip(self._ahead, self.schedulers, strict=True)
         )
 
     def planned_counts(self, gpu: int) -> np.ndarray:
@@ -64,6 +69,8 @@ class ServingSource:
         return self._planned
 
     def next_iteration(self, gpu: int, now: float) -> Iteration | Idle | None:
+        if self.router is not None:
+            self.router.dispatch(now)
         ahead = self._ahead[gpu]
         if not ahead:
             waiting = self._plan(gpu, now)
@@ -83,6 +90,10 @@ class ServingSource:
         if got is None:
             return None
         if isinstance(got, float):
+            if math.isinf(got):  # its next request is not routed yet: wake at the next arrival
+                assert self.router is not None
+                upcoming = self.router.next_arrival()
+                return None if upcoming is None else Idle(upcoming)
             return Idle(got)
         batches = [got]
         capacity = None
@@ -95,25 +106,26 @@ class ServingSource:
                     break
                 assert isinstance(more, Batch), "a planned-ahead scheduler never idles"
                 batches.append(more)
-        if len(batches) == 1:
-            counts = self.routing.counts(got.ids, got.first_pos, got.new_tokens)[None]
-            whole = None
-        else:
-            counts = self.routing.counts_many([(b.ids, b.first_pos, b.new_tokens) for b in batches])
-            whole = GateOrder.from_counts(counts)
+        demand = self.routing.demand([(b.ids, b.first_pos, b.new_tokens) for b in batches])
+        whole = GateOrder.from_counts(demand.counts) if len(batches) > 1 else None
         for i, batch in enumerate(batches):
             ne = float(self.non_expert(batch))
             self._ahead[gpu].append(
                 Iteration(
-                    counts=counts[i],
+                    counts=demand.counts[i],
                     non_expert=[ne] * self.layers,
                     position=batch.index,
                     tag=batch,
                     order=None if whole is None else whole.row(i),
+                    mass=demand.mass[i],
+                    top=demand.top[i],
+                    dropped=demand.dropped[i],
                     cache_capacity=capacity,
                 )
             )
         return None
 
     def iteration_end(self, gpu: int, iteration: Iteration, start: float, end: float) -> None:
+        if self.router is not None:  # arrivals up to now see the GPUs before this end
+            self.router.dispatch(end)
         self.schedulers[gpu].complete(end, start)

@@ -23,6 +23,7 @@ from sim.units import format_exact
 ARRIVAL_PROCESSES = ("poisson", "gamma", "csv")
 LENGTH_DISTS = ("fixed", "uniform", "lognormal")
 HBM_MODES = ("fixed", "shared")
+ROUTERS = ("round-robin", "least-outstanding")
 
 # vLLM's defaults (max_num_seqs 256, block_size 16) and Sarathi-Serve's token budget
 DEFAULT_MAX_RUNNING = 256
@@ -181,6 +182,7 @@ class ServingSpec:
     scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
     memory: MemorySpec = field(default_factory=MemorySpec)
     slo: Slo = field(default_factory=Slo)
+    router: str = "round-robin"  # which GPU serves an arriving request (several GPUs)
 
     def to_dict(self) -> dict[str, Any]:
         """The ``workload:`` section that reproduces this spec."""
@@ -201,6 +203,7 @@ class ServingSpec:
                 "scheduler": self.scheduler.to_dict(),
                 "memory": self.memory.to_dict(),
                 "slo": self.slo.to_dict(),
+                "router": self.router,
             }
         )
         return out
@@ -272,6 +275,7 @@ def from_section(section: Any, base_dir: Path, scenario_seed: int) -> ServingSpe
             staging=pick(memory, "staging", None),
         ),
         slo=Slo(ttft=pick(slo, "ttft", None), tpot=pick(slo, "tpot", None)),
+        router=section.router or "round-robin",
     )
 
 
