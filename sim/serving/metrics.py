@@ -39,20 +39,8 @@ REQUEST_COLUMNS = (
     "wrapped",
     "measured",
 )
-REQUEST_ARRAYS = (  # the columns a run produces (the others are keys added when writing)
-    "request_id",
-    "gpu",
-    "arrival",
-    "admitted",
-    "first_token",
-    "finish",
-    "prompt_tokens",
-    "output_tokens",
-    "preempted",
-    "sequence",
-    "wrapped",
-    "measured",
-)
+RUN_KEYS = ("policy", "label", "topk")  # which run a row belongs to, added when writing
+REQUEST_ARRAYS = tuple(c for c in REQUEST_COLUMNS if c not in RUN_KEYS)  # what a run produces
 PERCENTILES = (50, 90, 99)
 LATENCIES = ("queue", "ttft", "tpot", "e2e")
 SERVING_SUMMARY_KEYS = (
