@@ -15,7 +15,8 @@ and, in this process, a full-trace replay of the embedded real trace (256 steps 
 sequences, top-6) under every registered policy with its default parameters on the default
 scenario's hardware: wall and CPU seconds per policy (the fastest of ``--repeat``).
 
-RESULTS.md is started afresh: a header naming the machine (date, ``uname -m``, CPU model from
+RESULTS.md is started afresh, except that every section this run does not write (``--skip``-ped
+benchmarks, benchmarks run on their own) is kept as it was: a header naming the machine (date, ``uname -m``, CPU model from
 /proc/cpuinfo, cores, memory, Python/numpy/torch versions, load average before and after), a
 summary with each benchmark's headline line, exit code and wall time, then the sections.
 
@@ -182,7 +183,9 @@ def replay_per_policy(repeat: int) -> list[str]:
     rows: list[str] = []
     for name in available_policies():
         if name in SKIPPED_POLICIES:
-            rows.append(f"| {name} | bound | skipped: {SKIPPED_POLICIES[name]} | | | | |")
+            rows.append(
+                f"| {name} | {_class_kind(name)} | skipped: {SKIPPED_POLICIES[name]} | | | | |"
+            )
             continue
         try:
             make_policy(name, {}, name)
@@ -190,14 +193,18 @@ def replay_per_policy(repeat: int) -> list[str]:
             rows.append(f"| {name} | | skipped: needs parameters ({err}) | | | | |")
             continue
         walls, cpus, decides, result = [], [], [], None
-        for _ in range(repeat):
-            policy = make_policy(name, {}, name)
-            decide_cpu = _time_decide(policy)
-            w0, c0 = time.perf_counter(), time.process_time()
-            result = simulate(trace, scenario.hardware, scenario.model, policy, topk=6)
-            walls.append(time.perf_counter() - w0)
-            cpus.append(time.process_time() - c0)
-            decides.append(decide_cpu[0])
+        try:
+            for _ in range(repeat):
+                policy = make_policy(name, {}, name)
+                decide_cpu = _time_decide(policy)
+                w0, c0 = time.perf_counter(), time.process_time()
+                result = simulate(trace, scenario.hardware, scenario.model, policy, topk=6)
+                walls.append(time.perf_counter() - w0)
+                cpus.append(time.process_time() - c0)
+                decides.append(decide_cpu[0])
+        except UserError as err:  # a policy the default hardware cannot serve as it is
+            rows.append(f"| {name} | | skipped on this hardware: {err} | | | | |")
+            continue
         assert result is not None
         totals = result.totals
         best = cpus.index(min(cpus))
@@ -218,6 +225,14 @@ def replay_per_policy(repeat: int) -> list[str]:
         "|---|---|---:|---:|---:|---:|---:|",
         *rows,
     ]
+
+
+def _class_kind(name: str) -> str:
+    """The kind a policy's runs have by default (before any run: from its class)."""
+    from sim.policies.base import available_policies
+
+    cls = available_policies()[name]
+    return "bound" if cls.is_bound else "oracle" if cls.uses_future else "online"
 
 
 def _time_decide(policy) -> list[float]:
@@ -258,6 +273,13 @@ def summary_lines(ran: Sequence[Ran], sections: dict[str, str], replay_s: float)
         note = note.replace("|", "/").replace("\n", " ")
         lines.append(f"| {r.script} | {r.code} | {r.wall_s:.0f} | {note} |")
     lines.append(f"| replay per policy (run_all.py) | 0 | {replay_s:.0f} | see its section |")
+    ran_scripts = {r.script for r in ran}
+    for bench in BENCHMARKS:
+        if bench.script not in ran_scripts:
+            lines.append(
+                f"| {bench.script} | - | - | not run this time: its section is kept from its "
+                "own earlier run (see the date in it) |"
+            )
     return lines
 
 
@@ -270,7 +292,8 @@ def write_results(header: list[str], summary: list[str]) -> None:
         [
             "# Benchmark results",
             "",
-            "Written by `benchmarks/run_all.py` from one run of every benchmark on one machine.",
+            "Written by `benchmarks/run_all.py` from one run of the benchmarks on one machine "
+            "(those left out with --skip keep the section of their own earlier run, dated).",
             "",
             *header,
             "",
@@ -293,8 +316,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = uptime_line()
     from sim.atomic import write_text
 
-    write_text(RESULTS, "# Benchmark results\n")  # afresh: every section comes from this run
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    old = sections_of(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
+    running = [b.section for b in BENCHMARKS if b.script not in skip]
+    kept = [  # every section this run does not rewrite stays as its own earlier run wrote it
+        text
+        for title, text in old.items()
+        if not title.startswith(("## summary", REPLAY_SECTION, *running))
+    ]
+    write_text(RESULTS, "# Benchmark results\n\n" + "\n".join(kept))  # the rest afresh
     ran = [run_benchmark(b, args.quick) for b in BENCHMARKS if b.script not in skip]
     start = time.perf_counter()
     replay = replay_per_policy(1 if args.quick else args.repeat)

@@ -205,3 +205,15 @@ def test_report_is_written_last(scenario_file, tmp_path, monkeypatch, capsys) ->
     assert calls == [out]
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2:] == [f"results: {out}", f"report: {out / 'report.html'}"]
+
+
+def test_make_runs_report_has_the_link_timeline_among_its_figures(tmp_path) -> None:
+    """`make run` is `moesim run scenarios/default.yaml --report`: its report shows at least
+    five figures, the link timeline (recorded by default) among them."""
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "default"
+    argv = ["run", str(root / "scenarios" / "default.yaml"), "--out", str(out), "--quiet"]
+    assert main([*argv, "--set", "trace.positions=0-3", "--report"]) == 0
+    html = (out / "report.html").read_text()
+    assert html.count("<figure") >= 5
+    assert "Link timeline" in html and "Not drawn: Link timeline" not in html
