@@ -62,8 +62,9 @@ def os_errors(path: StrPath, doing: str = "write") -> Iterator[None]:
 def make_dirs(path: StrPath) -> Path:
     """``mkdir -p``; a file in the way or an OS error is one line."""
     target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise UserError(f"{target}: expected a directory to write into, got a file")
+    kind = opener.describe(target)
+    if kind not in ("a directory", "nothing (missing)"):
+        raise UserError(f"{target}: expected a directory to write into, got {kind}")
     with os_errors(target, "create the directory"):
         target.mkdir(parents=True, exist_ok=True)
     return target
@@ -209,8 +210,9 @@ def _commit_dir(tmp: Path, dest: Path, mode: DirMode) -> tuple[Any, Any]:
     were (best effort), ``finish`` removes what the commit set aside."""
     if mode == "merge" and dest.is_dir():
         return _merge(tmp, dest)
-    if dest.exists() and not dest.is_dir():
-        raise UserError(f"{dest}: expected a directory to write, got a file")
+    kind = opener.describe(dest)
+    if kind not in ("a directory", "nothing (missing)"):
+        raise UserError(f"{dest}: expected a directory to write, got {kind}")
     if mode == "replace" and dest.is_dir() and any(dest.iterdir()):
         with os_errors(dest):
             _exchange(tmp, dest)  # tmp now holds the old directory
