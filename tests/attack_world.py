@@ -10,7 +10,8 @@ The world (built once per test process, copied per case):
 * ``costs/``: the shipped NeuPIMs cost tables (10 steps x 8 layers);
 * ``ids.npz``, ``rows.jsonl``, ``pq/``: the same routing for the three importers;
 * ``run/``: the results of ``moesim run scenario.yaml --timeline`` (every step's events);
-* ``sweep-out/``: the results of ``moesim sweep sweep.yaml``.
+* ``sweep-out/``: the results of ``moesim sweep sweep.yaml``;
+* ``stats/``: ``moesim trace stats --notebook-tree`` of the dump (gating.csv and the tree).
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def build_world(root: Path) -> Path:
     assert ran.code == 0, ran
     swept = run_cli(["sweep", str(root / "sweep.yaml"), "--out", str(root / "sweep-out"), *QUIET])
     assert swept.code == 0, swept
+    stats = ["trace", "stats", str(dump), "--layers", "all", "--positions", "all", "--topk", "1,2"]
+    assert run_cli([*stats, "--notebook-tree", "--out", str(root / "stats")]).code == 0
     return root
 
 

@@ -74,6 +74,10 @@ WRITERS: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
         "new",
     ),
     "schema": (lambda w, o: ["schema", "--out", str(o)], "new"),
+    "extend": (
+        lambda w, o: ["trace", "extend-layers", str(w / "stats"), "--from", "2-3", "--to", "4-5"],
+        "unchanged",
+    ),
 }
 
 
@@ -90,6 +94,7 @@ PARTS: dict[str, tuple[str, ...]] = {
     "report": ("run",),
     "costs": ("costs",),
     "schema": ("ids.npz",),
+    "extend": ("stats",),
 }
 
 
@@ -121,7 +126,7 @@ def attack(world: Path, writer: str, code: int, at: int) -> tuple[int, str]:
     argv, kind = WRITERS[writer]
     with world_copy(world, *PARTS[writer]) as work:
         out = work / "out"
-        watched = work / "run" if writer == "report" else work / "dump"
+        watched = {"report": work / "run", "extend": work / "stats"}.get(writer, work / "dump")
         before = snapshot(watched)
         with write_faults(code, at) as faults:
             outcome = run_cli(argv(work, out))
