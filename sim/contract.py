@@ -37,7 +37,7 @@ from __future__ import annotations
 import enum
 import heapq
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import numpy as np
 
@@ -231,6 +231,18 @@ class GateDecision:
     upgrade: np.ndarray | None = None
     # the precision of the prefetches: one for all, or one per entry of ``prefetch``
     prefetch_precision: int | np.ndarray | None = None
+
+
+class CachePlan(NamedTuple):
+    """A caching policy's decisions for consecutive gates at once (`Policy.plan_cache`): what
+    ``decide`` would have answered at each, for a policy whose decisions do not depend on time.
+    Rows are gates (whole iterations, layer by layer), columns the gate order of
+    `GateView.experts` (entries past the gate's active experts are ignored)."""
+
+    paths: np.ndarray  # int8 [gates, E]: HIT for the experts cached at the gate, else the path
+    admit: np.ndarray  # bool [gates, E]: fetched experts kept in the cache
+    evicted: np.ndarray  # int64 [gates]: how many cached experts the gate evicted
+    resident: np.ndarray  # bool [layers, E]: what is cached after the last gate
 
 
 class GatePolicy(Protocol):

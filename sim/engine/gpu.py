@@ -19,6 +19,7 @@ from simpy import Event
 from sim.contract import (
     HOST_ROUTE,
     MD_ROUTE,
+    CachePlan,
     GateDecision,
     GatePolicy,
     GateView,
@@ -35,6 +36,7 @@ from sim.engine.links import FifoLink, Placed
 from sim.engine.network import FlowNetwork, LayerBarrier, Route, SharedUnit, Transfer
 from sim.engine.results import GateBlock, GateRecord, TimelineEvent
 from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
+from sim.engine.sums import row_sums
 from sim.errors import UserError
 from sim.precision import ROUTE_TIER, copy_sizes, tier_copies
 
@@ -145,11 +147,18 @@ class GpuProcess:
         self.events: list[TimelineEvent] | None = [] if timeline is not False else None
         self.window = (0, math.inf) if timeline is True else timeline or (0, 0)
         self.timeline: list[TimelineEvent] | None = None
-        # a stateless plan in closed form (see _planned): FIFO routes, roofline, no timeline
-        plan = getattr(policy, "plan_gates", None)
-        closed = self.transfer_d is not None and timeline is not True and alone and self.native
-        self.plan = (
-            plan if closed and all(isinstance(r, FifoLink) for r in routes.values()) else None
+        # a plan in closed form (see _planned): FIFO routes, roofline, no timeline; a stateless
+        # policy's paths (plan_gates) or a time-independent cache's decisions (plan_cache)
+        closed = (
+            self.transfer_d is not None
+            and timeline is not True
+            and alone
+            and self.native
+            and all(isinstance(r, FifoLink) for r in routes.values())
+        )
+        self.plan = getattr(policy, "plan_gates", None) if closed else None
+        self.cache_plan = (
+            getattr(policy, "plan_cache", None) if closed and self.plan is None else None
         )
         self.records: list[GateRecord | GateBlock] = []
         self.iterations = 0  # run so far (GateView.step of the next one)
@@ -173,7 +182,8 @@ class GpuProcess:
         ``now + non_expert``, then ``t_gate + rel_end``) and yields once, at its end. With a
         stateless plan and a source whose answers do not depend on time (lockstep), it takes
         several iterations at once (about `BLOCK_GATES` gates) and times them together."""
-        most = BLOCK_GATES // max(self.layers, 1) if self.plan is not None and self.alone else 1
+        planned = self.plan is not None or self.cache_plan is not None
+        most = BLOCK_GATES // max(self.layers, 1) if planned and self.alone else 1
         done = False
         while not done:
             # more than one iteration only while the source says its answers do not depend on
@@ -324,20 +334,22 @@ class GpuProcess:
             self.policy.on_layer_end(view, now)
         return now
 
-    # -- stateless plans in closed form -----------------------------------------------------------
+    # -- plans in closed form ---------------------------------------------------------------------
     def _planned(self, its: list[Iteration], step: int, start: float) -> list[float] | None:
-        """Iterations ``its`` at once, for a policy that gives its paths as a plan
-        (`Policy.plan_gates`: stateless, every active expert fetched over the host or MD route) on a
-        GPU alone on idle FIFO routes, under the roofline cost model and without a timeline.
+        """Iterations ``its`` at once, for a policy that gives its decisions as a plan: a
+        stateless one's paths (`Policy.plan_gates`: every active expert fetched over the host
+        or MD route) or a cache's decisions (`Policy.plan_cache`: hits, misses fetched over
+        those routes, admissions and evictions, none depending on time), on a GPU alone on idle
+        FIFO routes, under the roofline cost model and without a timeline.
 
-        Every gate then starts with its routes idle (each transfer a layer issues ends before
-        the layer does, and rounding is monotonic), so each gate is the little schedule
-        `_gate` would compute, evaluated here for all gates with numpy and the very same
-        float operations in the same order: the results are identical, bit for bit
-        (tests/test_engine_oracle.py). ``step``: the first one's iteration index. Returns each
-        iteration's end, or None (not applicable: run them gate by gate)."""
-        plan = self.plan
-        if plan is None or not self.gpu_table:
+        Every gate then starts with its routes idle and every cached expert in HBM (each
+        transfer a layer issues ends before the layer does, and rounding is monotonic), so each
+        gate is the little schedule `_gate` would compute, evaluated here for all gates with
+        numpy and the very same float operations in the same order: the results are
+        identical, bit for bit (tests/test_engine_oracle.py). ``step``: the first one's
+        iteration index. Returns each iteration's end, or None (not applicable: run them gate
+        by gate)."""
+        if (self.plan is None and self.cache_plan is None) or not self.gpu_table:
             return None
         lo, hi = self.window
         if lo < step + len(its) and step < hi:
@@ -345,10 +357,21 @@ class GpuProcess:
         host, md = self.routes[HOST_ROUTE], self.routes[MD_ROUTE]
         if host.latest > start or md.latest > start:
             return None
+        cache = self.cache
+        if self.cache_plan is not None and (
+            cache.max_ready > start or cache.pending or cache.reduced
+        ):
+            return None  # a cached expert still in flight, or of another precision
         g = _Block(self, its)
-        paths = plan(g.experts, g.tokens, g.active)
-        if paths is None:
-            return None
+        cached: CachePlan | None = None
+        if self.plan is not None:
+            paths = self.plan(g.experts, g.tokens, g.active)
+            if paths is None:
+                return None
+        else:
+            resident = np.isfinite(cache.ready_at)
+            cached = self.cache_plan(step, g.experts, g.tokens, g.active, resident)
+            paths = cached.paths
         layers, rows = self.layers, len(g.active)
         active = self.arange[None, :] < g.active[:, None]
         p = np.asarray(paths)
@@ -356,10 +379,19 @@ class GpuProcess:
         on_md = active & (p == _MD_FETCH)
         n_host = on_host.sum(axis=1)
         n_md = on_md.sum(axis=1)
-        if not np.array_equal(n_host + n_md, g.active):
-            return None  # other paths: gate by gate
-        if (self.host_blocked and n_host.any()) or (self.md_blocked and n_md.any()):
-            return None  # the gate-by-gate run raises the policy's error
+        on_hit = n_hit = None
+        if cached is not None:
+            on_hit = active & (p == _HIT)
+            n_hit = on_hit.sum(axis=1)
+        fetched = n_host + n_md
+        blocked = (self.host_blocked and n_host.any()) or (self.md_blocked and n_md.any())
+        if cached is None and (not np.array_equal(fetched, g.active) or blocked):
+            return None  # other paths, or the gate-by-gate run raises the policy's error
+        if cached is not None and (not np.array_equal(fetched + n_hit, g.active) or blocked):
+            raise PolicyError(
+                f"policy {self.policy.name!r}: plan_cache gave a path other than HIT, PCIE or "
+                "MD_FETCH, or one the scenario does not allow"
+            )
         d_host, d_md = self.transfer_d[HOST_ROUTE], self.transfer_d[MD_ROUTE]
         c_host, c_md = host.channels, md.channels
         # FIFO arrivals on idle slots, as FifoLink._place_idle: start (j // c) d, end start + d
@@ -368,23 +400,31 @@ class GpuProcess:
         end_host = (rank_host // c_host).astype(np.float64) * d_host + d_host
         end_md = (rank_md // c_md).astype(np.float64) * d_md + d_md
         ready = np.where(on_host, end_host, np.where(on_md, end_md, np.inf))
+        if on_hit is not None:  # the hits (in HBM at their gate) first, in gate order
+            ready[on_hit] = -np.inf
         last_host = np.where(on_host, end_host, 0.0).max(axis=1)
         last_md = np.where(on_md, end_md, 0.0).max(axis=1)
-        # serial GPU compute in arrival order; ties: host route first, then gate order (the
-        # engine's stable sort of [host batch, MD batch])
+        # serial GPU compute: the hits, then the fetches in arrival order; ties: host route
+        # first, then gate order (the engine's stable sort of [host batch, MD batch])
         row_index = np.arange(rows)[:, None]
         order = np.lexsort((np.broadcast_to(self.arange, ready.shape), on_md, ready), axis=1)
         r = ready[row_index, order]
         c = g.gpu_table[row_index, order]
+        busy = np.zeros(rows)
+        if n_hit is not None and n_hit.any():
+            # the hits keep the GPU busy first: their compute summed in gate order, as
+            # `_gpu_part` sums it; the fetches follow
+            busy = row_sums(c, n_hit)
+            c = np.where(r == -np.inf, 0.0, c)
         cum = np.cumsum(c, axis=1)
-        real = r < np.inf
+        real = np.isfinite(r)
         total = cum[:, -1]
         if self.per_expert_start:
             late = np.where(real, r - (cum - c), -np.inf).max(axis=1)
-            gpu_end = np.where(late > 0.0, total + late, total + 0.0)
+            gpu_end = np.where(late > busy, total + late, total + busy)
         else:
             start0 = np.maximum(0.0, np.where(real, r, -np.inf).max(axis=1))
-            gpu_end = (start0 + 0.0) + total
+            gpu_end = (start0 + busy) + total
         rel_end = np.where(g.active > 0, gpu_end, 0.0)
         # the clock: now + non_expert, then t_gate + rel_end, layer after layer (a cumulative
         # sum adds in that same order; adding a 0 s non-expert time changes nothing)
@@ -401,6 +441,18 @@ class GpuProcess:
         bytes_md = n_md_f * self.route_bytes[MD_ROUTE]
         _book_idle(host, t_gate, d_host, n_host, bytes_host, last_host)
         _book_idle(md, t_gate, d_md, n_md, bytes_md, last_md)
+        count = np.full(rows, cache.count)
+        if cached is not None:
+            count = self._apply_cache_plan(
+                cached,
+                step,
+                g.experts,
+                on_host,
+                on_md,
+                t_gate,
+                (end_host, end_md),
+                (last_host, last_md),
+            )
         ref = g.ref_table
         zeros = np.zeros(rows, dtype=np.int64)
         self.records.append(
@@ -411,7 +463,7 @@ class GpuProcess:
                 np.tile(self.layer_index, len(its)),
                 np.tile(self.layer_id_array, len(its)),
                 g.active,
-                zeros,
+                zeros if n_hit is None else n_hit,
                 zeros,
                 n_host,
                 n_md,
@@ -428,7 +480,7 @@ class GpuProcess:
                 np.maximum(last_host, last_md),
                 rel_end - ref,
                 ne + rel_end,
-                np.zeros(rows),
+                count * cache.expert_bytes,
                 g.total,
                 np.zeros(rows),
                 g.dropped_share,
@@ -439,6 +491,63 @@ class GpuProcess:
         if not layers:
             return [start] * len(its)
         return t_end[layers - 1 :: layers].tolist()
+
+    def _apply_cache_plan(
+        self,
+        plan: CachePlan,
+        step: int,
+        experts: np.ndarray,
+        on_host: np.ndarray,
+        on_md: np.ndarray,
+        t_gate: np.ndarray,
+        ends: tuple[np.ndarray, np.ndarray],
+        lasts: tuple[np.ndarray, np.ndarray],
+    ) -> np.ndarray:
+        """The cache after a planned block, as gate-by-gate `HbmCache.evict`/`admit` would
+        leave it: an admitted expert is ready when its fetch arrives (its last admission's),
+        an evicted one is gone; the capacity is checked after every gate. ``ends``: each
+        fetch's arrival (relative to its gate) on the host and MD routes, ``lasts``: each
+        gate's last one per route. Returns the number of cached experts after each gate."""
+        cache = self.cache
+        e = on_host.shape[1]
+        admit = np.asarray(plan.admit, dtype=bool) & (on_host | on_md)  # fetched ones only
+        r, col = np.nonzero(admit)
+        count = cache.count + np.cumsum(
+            np.bincount(r, minlength=len(t_gate)) - np.asarray(plan.evicted, dtype=np.int64)
+        )
+        held = np.asarray(plan.resident, dtype=bool).ravel()
+        if count.size and int(count[-1]) != int(np.count_nonzero(held)):
+            raise PolicyError(
+                f"policy {self.policy.name!r}: plan_cache's admissions and evictions do not add "
+                "up to what it says is cached"
+            )
+        over = count * cache.expert_bytes > cache.capacity * (1 + 1e-12)
+        if over.any():
+            i = int(np.argmax(over))
+            cache.count = int(count[i])
+            cache.check_capacity(step + i // self.layers, i % self.layers)
+        # each admitted expert is ready when its fetch arrives; its last admission counts
+        keys = (r % self.layers) * e + experts[r, col]
+        last = keys.size - 1 - np.unique(keys[::-1], return_index=True)[1]
+        last = last[held[keys[last]]]  # admitted, and still cached at the end
+        r, col = r[last], col[last]
+        end = np.where(on_host[r, col], ends[0][r, col], ends[1][r, col])
+        flat = cache.flat_ready_at
+        flat[~held] = np.inf  # evicted
+        flat[keys[last]] = t_gate[r] + end
+        if not np.isfinite(flat[held]).all():
+            raise PolicyError(
+                f"policy {self.policy.name!r}: plan_cache says an expert is cached that was "
+                "neither cached before nor admitted"
+            )
+        for on, last_end in zip((on_host, on_md), lasts, strict=True):
+            kept = (admit & on).any(axis=1)
+            if kept.any():
+                cache.max_ready = max(cache.max_ready, float((t_gate + last_end)[kept].max()))
+        cache.flat_precision_at[:] = np.where(held, 0, -1)
+        cache.count = int(np.count_nonzero(held))
+        cache.by_precision[0] = cache.count
+        return count
 
     # -- one gate ----------------------------------------------------------------------------------
     def _gate(

@@ -151,7 +151,8 @@ class FifoLink:
         return start, end, k
 
     def idle_batches(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The batches placed on idle slots: issue times, counts and transfer durations."""
+        """The batches placed on idle slots, in issue order: issue times, counts and transfer
+        durations (the blocks of gates timed at once and the single gates between them)."""
         parts = [
             (np.asarray(t, float), np.asarray(n, np.int64), np.full(len(t), d))
             for t, n, d in self.idle_blocks
@@ -161,7 +162,9 @@ class FifoLink:
             parts.append((t.astype(float), n.astype(np.int64), d.astype(float)))
         if not parts:
             return np.empty(0), np.empty(0, dtype=np.int64), np.empty(0)
-        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
+        t, n, d = (np.concatenate([p[i] for p in parts]) for i in range(3))
+        order = np.argsort(t, kind="stable")
+        return t[order], n[order], d[order]
 
     def intervals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every transfer's issue, start and end times (absolute, s): the batches placed on

@@ -28,6 +28,7 @@ from sim.contract import (
     GPU_FETCH_PATHS,
     IN_PLACE_PATHS,
     LINK_OF_PATH,
+    CachePlan,
     CostModel,
     GateDecision,
     GateView,
@@ -45,6 +46,7 @@ __all__ = [
     "IN_PLACE_PATHS",
     "LINK_OF_PATH",
     "RUN_KINDS",
+    "CachePlan",
     "CostModel",
     "GateDecision",
     "GateView",
@@ -76,6 +78,15 @@ class Policy:
     # each expert. The engine then times the iteration in closed form when it can
     # (docs/engine.md, "Speed").
     plan_gates: ClassVar[Callable[..., np.ndarray | None] | None] = None
+    # Caching policies whose decisions do not depend on time (no prefetch, misses fetched by a
+    # rule that reads no link queue, nothing computed in place, no writeback) may offer, once
+    # bound, ``plan_cache(step, experts, tokens, active, resident) -> CachePlan``: ``decide``
+    # for consecutive gates at once (whole iterations from iteration ``step`` on, rows as in
+    # ``plan_gates``; ``resident``: bool ``[layers, E]``, what is cached before the first),
+    # advancing the policy's own state as those calls would have. The engine calls it only
+    # when it times the gates it plans (and then never calls ``decide`` or ``on_layer_end``
+    # for them), and checks it against ``decide`` in the tests.
+    plan_cache: ClassVar[Callable[..., CachePlan] | None] = None
 
     @dataclass(frozen=True)
     class Params:

@@ -27,6 +27,7 @@ import numpy as np
 from sim.errors import UserError
 from sim.policies.base import (
     GPU_FETCH_PATHS,
+    CachePlan,
     GateDecision,
     GateView,
     Path,
@@ -36,12 +37,15 @@ from sim.policies.base import (
 )
 from sim.policies.compute_placement import ComputePlacement
 from sim.policies.miss_path import MissPath, MissPathRule
+from sim.policies.split import md_path
 
 Scope = Literal["layer", "global"]
 _GPU_FETCH = np.zeros(len(Path), dtype=bool)  # by Path value: fetched to the GPU
 _GPU_FETCH[list(GPU_FETCH_PATHS)] = True
 _NONE = np.zeros(0, dtype=np.intp)
 _NONE.flags.writeable = False
+_NO_CACHE = np.full((0, 0), np.inf)
+_NO_CACHE.flags.writeable = False
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,21 @@ class CachePolicy(Policy):
         self.uses = np.zeros(shape)  # gates at which the expert was active (if count_uses)
         self.count_uses = getattr(p, "eviction", None) == "lfu" or isinstance(self, LfuPolicy)
         self.gate = 0  # gates seen so far
+        # decisions that do not depend on time may be planned many gates at once
+        self.plan_cache = self._plan_cache if self._plannable(ctx) else None
+
+    def _plannable(self, ctx: PolicyContext) -> bool:
+        """Whether `plan_cache` applies: one of the plain caches (`PLANNED_CACHES`: each ranks
+        a partition by that partition's own history), misses by a rule that reads no link
+        queue and all fetched to the GPU, nothing computed in place, no writeback."""
+        p = self.params
+        return (
+            type(self) in PLANNED_CACHES
+            and not self.miss_rule.reads_time
+            and self.placement is None
+            and not p.writeback
+            and (p.miss_path == "pcie" or md_path(ctx.hardware) == Path.MD_FETCH)
+        )
 
     def on_cache_resize(
         self, capacity: float, ready_at: np.ndarray, step: int
@@ -121,17 +140,7 @@ class CachePolicy(Policy):
         self.total_slots = slots
         self.partition_slots = slots if self.global_scope else slots // self.num_layers
         resident = np.isfinite(ready_at)
-        view = GateView(
-            step=step,
-            layer=self.num_layers - 1,
-            now=0.0,
-            experts=_NONE,
-            tokens=_NONE,
-            cached=_NONE.astype(bool),
-            ready_at=ready_at,
-            cache_bytes=0.0,
-            link_free_at={},
-        )
+        view = ranking_view(step, self.num_layers - 1, ready_at)
         keys = np.where(resident, self.keep_key(view), np.inf)
         rows = [keys.ravel()] if self.global_scope else list(keys)
         held = [resident.ravel()] if self.global_scope else list(resident)
@@ -153,8 +162,9 @@ class CachePolicy(Policy):
         """``[layers, experts]`` ranking: the lowest evictable one goes first."""
         raise NotImplementedError
 
-    def admissible(self, view: GateView) -> np.ndarray | None:
-        """bool per ``view.experts``: may this fetched miss be kept? (None: all may)"""
+    def admissible(self, layer: int | np.ndarray, experts: np.ndarray) -> np.ndarray | None:
+        """bool per ``experts`` of ``layer`` (or of each row's layer): may this fetched miss
+        be kept? (None: all may)"""
         return None
 
     # -- the gate -------------------------------------------------------------------------------
@@ -189,7 +199,7 @@ class CachePolicy(Policy):
         Updates ``resident`` in place to the state after the gate."""
         fetched = _GPU_FETCH[paths]
         fetched &= ~view.cached
-        allowed = self.admissible(view)
+        allowed = self.admissible(view.layer, view.experts)
         if allowed is not None:
             fetched &= allowed
         want = np.flatnonzero(fetched)
@@ -240,9 +250,7 @@ class CachePolicy(Policy):
         if count == 0:
             return []
         n = min(missing, count)
-        ranked = np.where(evictable, keys, np.inf).ravel()
-        flat = np.argpartition(ranked, n - 1)[:n] if n < ranked.size else np.arange(ranked.size)
-        flat = flat[ranked[flat] < np.inf]
+        flat = lowest(np.where(evictable, keys, np.inf).ravel(), n)
         rows_idx, experts = np.divmod(flat, self.num_experts)
         rows_idx += first_row
         resident[rows_idx, experts] = False
@@ -253,6 +261,177 @@ class CachePolicy(Policy):
         if self.count_uses:
             self.uses[view.layer, view.experts] += 1
         self.gate += 1
+
+    # -- many gates at once -----------------------------------------------------------------
+    def _plan_cache(
+        self,
+        step: int,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        active: np.ndarray,
+        resident: np.ndarray,
+    ) -> CachePlan:
+        """``decide`` at consecutive gates (`Policy.plan_cache`; row r is layer r % L of
+        iteration step + r // L).
+
+        Each decision depends only on what is cached and on the ranking state, never on time,
+        so the gates are decided here in a row, a *wave* of gates at a time, each gate of a
+        wave on its own partition: with per-layer partitions an iteration's gates form one
+        wave (gate l on layer l's partition); one global pool takes its gates one by one. Sets
+        are kept by expert id (bool rows); only the admissions need the gate order. A gate
+        that evicts every cached expert it does not use (of finite rank) needs no ranking;
+        one that evicts fewer ranks them with its own keys (`_PlanState.keys`: the ranking
+        state as at that gate; `record_use` of all gates is applied at the end) and `lowest`
+        picks them, exactly as `make_room` does, ties included. The misses' paths follow from
+        each gate's hits (`MissPathRule.plan`)."""
+        layers, num_experts = self.num_layers, self.num_experts
+        rows = active.size
+        every_row = np.arange(rows)[:, None]
+        act = np.arange(num_experts)[None, :] < active[:, None]  # gate order
+        used = np.zeros((rows, num_experts), dtype=bool)  # the same, by expert id
+        used[every_row, experts] = act
+        allowed = self.admissible(every_row % layers, np.arange(num_experts)[None, :])
+        res = np.array(resident, dtype=bool)  # the cache, updated gate by gate
+        hit = np.zeros((rows, num_experts), dtype=bool)  # by expert id
+        admit = np.zeros((rows, num_experts), dtype=bool)  # by expert id
+        evicted = np.zeros(rows, dtype=np.int64)
+        state = _PlanState(self, step, used)
+        # entries ranked +inf are never evicted: the plain caches rank so only what they pin
+        # for the whole run (static-popular's experts), so the first gate's say holds for all
+        finite = np.isfinite(self.keep_key(ranking_view(step, 0)))
+        finite = None if finite.all() else finite
+        slots = self.partition_slots
+        size = 1 if self.global_scope else layers
+        # a wave's experts in gate order, as flat indices into its rows by expert id
+        order = (every_row % size) * num_experts + experts
+        # the cached experts of each partition (rows: the layers, or the one global pool)
+        occupied = (res.reshape(1, -1) if self.global_scope else res).sum(axis=1)
+        for lo in range(0, rows, size):
+            w = slice(lo, lo + size)
+            first = lo % layers
+            mine = res[first : first + size]  # the wave's layers (a view)
+            u = used[w]
+            hit[w] = mine & u
+            if slots <= 0:
+                continue
+            want = u > mine  # the misses: every one is fetched to the GPU (`_plannable`)
+            n_miss = want.sum(axis=1)
+            if allowed is not None:
+                want &= allowed[w]
+                n_want = want.sum(axis=1)
+            else:
+                n_want = n_miss
+            free = slots - occupied
+            missing = n_want - free
+            need = (missing > 0) & (n_want > 0)
+            if need.any():  # make_room: evict n of the cached experts the gate does not use
+                if self.global_scope:
+                    part, spare = res.reshape(1, -1), res.copy()
+                    spare[first] &= ~u[0]
+                    spare = spare.reshape(1, -1)
+                else:
+                    part, spare = mine, mine > u
+                if finite is None:
+                    ranked = spare
+                    count = occupied - (active[w] - n_miss)  # all but the hits
+                else:  # at most the ones of finite rank
+                    ranked = spare & (finite.reshape(1, -1) if self.global_scope else finite[w])
+                    count = ranked.sum(axis=1)
+                n = np.where(need, np.minimum(missing, count), 0)
+                victims = ranked & (n >= count)[:, None]  # all of them
+                fewer = (n > 0) & (n < count)
+                if fewer.any():  # the n lowest: ranked with the gate's own keys
+                    for t in np.flatnonzero(fewer).tolist():
+                        keys = state.keys(lo + t)
+                        row = keys.ravel() if self.global_scope else keys[first + t]
+                        victims[t, lowest(np.where(spare[t], row, np.inf), int(n[t]))] = True
+                    n = victims.sum(axis=1)
+                part &= ~victims
+                evicted[w] = n
+                occupied = occupied - n
+                free = free + n
+            admitted = np.minimum(n_want, np.maximum(free, 0))
+            if (admitted < n_want).any():  # only the first `free` wants, in gate order
+                ranked = want.take(order[w])
+                admit[w].put(order[w], ranked & (ranked.cumsum(axis=1) <= free[:, None]))
+            else:
+                admit[w] = want
+            mine |= admit[w]
+            occupied = occupied + admitted
+        state.finish()
+        hit = hit[every_row, experts]  # gate order
+        return CachePlan(self.miss_rule.plan(act & ~hit), admit[every_row, experts], evicted, res)
+
+
+def lowest(ranked: np.ndarray, n: int) -> np.ndarray:
+    """Flat indices of the (at most) ``n`` lowest finite entries of ``ranked``; among equal
+    entries, those `np.argpartition` puts first."""
+    flat = np.argpartition(ranked, n - 1)[:n] if n < ranked.size else np.arange(ranked.size)
+    return flat[ranked[flat] < np.inf]
+
+
+class _PlanState:
+    """A cache policy's ranking state (``last_use``, ``uses``, ``gate``) during a planned
+    block: `record_use` of every gate, applied at once by `finish`, and as it stood at any
+    gate of the block (`keys`)."""
+
+    def __init__(self, policy: CachePolicy, step: int, used: np.ndarray) -> None:
+        self.policy, self.step = policy, step
+        self.gate0 = policy.gate
+        layers = policy.num_layers
+        stamp = np.where(used, policy.gate + np.arange(len(used))[:, None], -np.inf)
+        self.stamp = stamp.reshape(-1, layers, used.shape[1])  # [iterations, layers, E]
+        self.used = used.reshape(self.stamp.shape)
+        self.last_use0, self.uses0 = policy.last_use, policy.uses
+        self._seen: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _through(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per iteration of the block: last use and use count after it."""
+        if self._seen is None:
+            last = np.maximum(self.last_use0, np.maximum.accumulate(self.stamp, axis=0))
+            uses = self.uses0 + np.cumsum(self.used, axis=0)
+            self._seen = (last, uses)
+        return self._seen
+
+    def keys(self, row: int) -> np.ndarray:
+        """``keep_key`` as the block's gate ``row`` sees it (before its own `record_use`)."""
+        policy = self.policy
+        k, j = divmod(row, policy.num_layers)
+        last_all, uses_all = self._through()
+        last = self.last_use0 if k == 0 else last_all[k - 1]
+        uses = self.uses0 if k == 0 else uses_all[k - 1]
+        last = last.copy()
+        last[:j] = np.maximum(last[:j], self.stamp[k, :j])
+        uses = uses + np.pad(self.used[k, :j], ((0, policy.num_layers - j), (0, 0)))
+        policy.last_use, policy.uses, policy.gate = last, uses, self.gate0 + row
+        try:
+            return policy.keep_key(ranking_view(self.step + k, j))
+        finally:
+            policy.last_use, policy.uses, policy.gate = self.last_use0, self.uses0, self.gate0
+
+    def finish(self) -> None:
+        """Every gate of the block recorded its use."""
+        policy = self.policy
+        policy.last_use = np.maximum(self.last_use0, self.stamp.max(axis=0))
+        if policy.count_uses:
+            policy.uses = self.uses0 + self.used.sum(axis=0)
+        policy.gate = self.gate0 + self.stamp.shape[0] * self.stamp.shape[1]
+
+
+def ranking_view(step: int, layer: int, ready_at: np.ndarray = _NO_CACHE) -> GateView:
+    """A view for ranking outside a gate (a cache resize, a planned gate): ``keep_key`` of
+    the plain caches reads its layer only."""
+    return GateView(
+        step=step,
+        layer=layer,
+        now=0.0,
+        experts=_NONE,
+        tokens=_NONE,
+        cached=_NONE.astype(bool),
+        ready_at=ready_at,
+        cache_bytes=0.0,
+        link_free_at={},
+    )
 
 
 def lru_key(policy: CachePolicy, view: GateView) -> np.ndarray:
@@ -394,8 +573,13 @@ class StaticPopularPolicy(CachePolicy):
     def run_kind(self) -> str:
         return "oracle" if getattr(self, "oracle", True) else "online"
 
-    def admissible(self, view: GateView) -> np.ndarray:
-        return self.pinned_set[view.layer, view.experts]
+    def admissible(self, layer: int | np.ndarray, experts: np.ndarray) -> np.ndarray:
+        return self.pinned_set[layer, experts]
 
     def keep_key(self, view: GateView) -> np.ndarray:
         return np.where(self.pinned_set, np.inf, self.last_use)
+
+
+# the caches whose decisions `CachePolicy.plan_cache` repeats (subclasses are not included:
+# they may rank or admit by other rules)
+PLANNED_CACHES = (LruPolicy, LfuPolicy, LeastStalePolicy, StaticPopularPolicy)

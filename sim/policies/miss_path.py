@@ -73,3 +73,22 @@ class MissPathRule:
         assert self._ctx is not None
         limit = BalancedSplitParams().exhaustive_limit
         return np.asarray(balanced_split_paths(view, self._ctx, limit), dtype=np.int8)
+
+    @property
+    def reads_time(self) -> bool:
+        """Whether the rule reads the links' queues or the clock (``balanced`` does)."""
+        return self.rule == "balanced"
+
+    def plan(self, miss: np.ndarray) -> np.ndarray:
+        """`paths` for many gates at once (rows; columns in gate order): ``miss`` marks each
+        gate's misses (its active experts not cached); every other entry gets ``HIT``. Not for
+        the ``balanced`` rule, which reads the links' queues at the gate."""
+        if self.rule == "seed":  # as seed_split_paths: the first H misses (most tokens) on PCIe
+            rank = np.cumsum(miss, axis=1, dtype=np.int32)  # 1, 2, ... at the misses
+            h = self._h[rank[:, -1]]
+            chosen = np.where(rank <= h[:, None], Path.PCIE, self._md)
+        elif self.rule in ("pcie", "md"):
+            chosen = Path.PCIE if self.rule == "pcie" else self._md
+        else:
+            raise ValueError(f"miss_path {self.rule!r}: no plan (it reads the links' queues)")
+        return np.where(miss, chosen, Path.HIT).astype(np.int8)
