@@ -132,8 +132,9 @@ def main() -> int:
             f"(worst {worst:.2f}x). A serving run forms each iteration's demand at run time "
             "(per layer the union of its tokens' experts: token counts, router mass and top "
             "score, four passes over the iteration's tokens), which a lockstep run reads from "
-            "arrays cached on the trace; under a stateless policy, which lockstep times 128 "
-            "iterations at a time in closed form, that is most of the difference. Serving "
+            "arrays cached on the trace; under a planned policy (seed-split's stateless plan, "
+            "lru's cache plan), which lockstep times 128 iterations at a time in closed form, "
+            "that and timing single iterations are most of the difference. Serving "
             "decides iterations ahead (and the engine times them in blocks) only while more "
             "requests wait than the batch has room for, or once every request has arrived; "
             "otherwise each waits for the previous one's end.",
