@@ -34,7 +34,7 @@ from sim.engine.clock import Clock
 from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
 from sim.engine.network import FlowNetwork, LayerBarrier, Route, SharedUnit, Transfer
-from sim.engine.results import GateBlock, GateRecord, TimelineEvent
+from sim.engine.results import GateBlock, GateRecord, TimelineEvent, stall_split
 from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
 from sim.engine.sums import row_sums
 from sim.errors import UserError
@@ -294,8 +294,9 @@ class GpuProcess:
         last = self.records[-1]
         assert isinstance(last, GateRecord)
         rel = env.now - t_gate
+        ref, stall = stall_split(rel, last.compute_ref)
         self.records[-1] = last._replace(
-            t_end=env.now, stall=rel - last.compute_ref, layer_time=ne + rel
+            t_end=env.now, stall=stall, compute_ref=ref, layer_time=ne + rel
         )
 
     def _peer_transfer(self, env: Clock, tokens: float, s: int, layer: int) -> Iterator:
@@ -453,7 +454,7 @@ class GpuProcess:
                 (end_host, end_md),
                 (last_host, last_md),
             )
-        ref = g.ref_table
+        ref, stall = stall_split(rel_end, g.ref_table)  # every expert native on the GPU
         zeros = np.zeros(rows, dtype=np.int64)
         self.records.append(
             GateBlock(
@@ -478,7 +479,7 @@ class GpuProcess:
                 t_gate,
                 t_end,
                 np.maximum(last_host, last_md),
-                rel_end - ref,
+                stall,
                 ne + rel_end,
                 count * cache.expert_bytes,
                 g.total,
@@ -665,6 +666,7 @@ class GpuProcess:
     ) -> None:
         head = self._pending_record
         degraded, dropped = self._pending_quality
+        ref, stall = stall_split(rel_end, ref)
         self.records.append(
             GateRecord(
                 *head,
@@ -672,7 +674,7 @@ class GpuProcess:
                 t_gate,
                 t_end,
                 window,
-                rel_end - ref,
+                stall,
                 ne + rel_end,
                 self.cache.used_bytes,
                 g.gate_mass(layer),
@@ -744,6 +746,8 @@ class GpuProcess:
                 evicted = cache.precisions_of(decision.evict)
             cache.evict(decision.evict, s, layer, g.counts[layer])
         groups = self._groups(eff, by_path, n)
+        if prec is not None or by_path[_MD_NEAR] or by_path[_HOST]:
+            ref = self._compute_ref(s, layer, experts, tokens, eff, c_all, groups, prec)
         return _Opened(
             view,
             decision,
@@ -1021,6 +1025,30 @@ class GpuProcess:
         if job.done != job.done:  # not done yet (nan)
             yield _countdown(env, [job])
         return job.done - t_gate
+
+    def _compute_ref(
+        self,
+        s: int,
+        layer: int,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        eff: np.ndarray,
+        c_all: np.ndarray,
+        groups: list[np.ndarray | None],
+        prec: np.ndarray | None,
+    ) -> float:
+        """The gate's expert compute with every input in place, what its stall is measured
+        from (`stall_split`): the copies it used (``c_all`` already in their precisions),
+        where it ran them: the GPU's experts one after another, beside the MD pool's and the
+        host CPU's (each unit serial, the three in parallel)."""
+        on_gpu = (eff == _HIT) | (eff == _PCIE) | (eff == _MD_FETCH)
+        ref = float(c_all[on_gpu].sum())
+        for path in (_MD_NEAR, _HOST):
+            idx = groups[path]
+            if idx is not None:
+                c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
+                ref = max(ref, float(c.sum()))
+        return ref
 
     def _remote_compute(
         self,
