@@ -1632,7 +1632,8 @@ def _whole_tables(gpu: GpuProcess, whole: GateOrder) -> tuple[np.ndarray, np.nda
 
 def roofline_tables(cost: RooflineCost, order: GateOrder) -> tuple[np.ndarray, np.ndarray]:
     """GPU compute time of each gate's experts (gate order, 0 past the active ones) and its
-    sum per gate: the all-in-HBM reference."""
+    sum per gate: the stall's reference when every expert is native and on the GPU
+    (`stall_split`; other gates compute theirs in `GpuProcess._compute_ref`)."""
     table = np.asarray(cost.gpu_time_from_tokens(order.tokens), dtype=np.float64)
     table[order.tokens == 0] = 0.0
     return table, table.sum(axis=-1)
