@@ -234,20 +234,111 @@ def test_balanced_split_equals_brute_force_over_all_splits(gate, general_path):
     assert got == pytest.approx(brute_force_best(trace, hw, mdl, cost=cost), rel=1e-9)
 
 
+def two_steps(gate, num_warm: int):
+    """``gate``'s step, then step 1 with another routing (each id + 3 mod 8, partly cached by
+    step 0's fetches), the first ``num_warm`` of step 1's other experts prefetched at step 0,
+    and an HBM cache that holds all 8 experts. Returns (trace, hardware, model, warm)."""
+    trace, hw, mdl = gate
+    second = (trace.experts.astype(int) + 3) % 8
+    two = make_trace(np.concatenate([trace.experts, second], axis=0), 8)
+    warm = tuple(sorted(set(second.ravel().tolist()) - set(trace.experts.ravel().tolist())))
+    hw = dataclasses.replace(hw, hbm=dataclasses.replace(hw.hbm, capacity=8 * mdl.expert_bytes))
+    return two, hw, mdl, warm[:num_warm]
+
+
 @settings(max_examples=25, deadline=None)
 @given(one_gate(), st.integers(0, 4), st.booleans())
 def test_balanced_split_with_cached_experts_in_flight(gate, num_warm, general_path):
     """Step 0 caches its experts and prefetches some of step 1's behind them: at step 1 some
     hits are still arriving and PCIe is busy; balanced-split must still find the best split."""
-    trace, hw, mdl = gate
-    second = (trace.experts.astype(int) + 3) % 8  # step 1: another routing, partly cached
-    two = make_trace(np.concatenate([trace.experts, second], axis=0), 8)
-    warm = tuple(sorted(set(second.ravel().tolist()) - set(trace.experts.ravel().tolist())))
-    warm = warm[:num_warm]
-    hw = dataclasses.replace(hw, hbm=dataclasses.replace(hw.hbm, capacity=8 * mdl.expert_bytes))
+    two, hw, mdl, warm = two_steps(gate, num_warm)
     cost = _SameCost(hw, mdl) if general_path else None
     got = simulate(two, hw, mdl, WarmBalanced(warm), cost=cost).totals["total_time"]
     assert got == pytest.approx(brute_force_best(two, hw, mdl, warm, cost), rel=1e-9)
+
+
+class _PerExpertCost(RooflineCost):
+    """The roofline's numbers scaled per expert id, as a cost table gives them: unequal
+    transfer times, GPU and near-data compute out of token order (``scale``: [3, experts] for
+    transfer, GPU compute, near compute). None of balanced-split's sorted arguments holds."""
+
+    def __init__(self, hw, mdl, scale) -> None:
+        super().__init__(hw, mdl)
+        self.scale = np.asarray(scale, dtype=np.float64)
+
+    def transfer_time(self, link, step, layer, experts):
+        return super().transfer_time(link, step, layer, experts) * self.scale[0][experts]
+
+    def gpu_compute_time(self, step, layer, experts, tokens):
+        return super().gpu_compute_time(step, layer, experts, tokens) * self.scale[1][experts]
+
+    def near_compute_time(self, step, layer, experts, tokens):
+        return super().near_compute_time(step, layer, experts, tokens) * self.scale[2][experts]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    one_gate(),
+    st.integers(0, 4),
+    st.lists(st.floats(0.25, 4.0), min_size=24, max_size=24),
+)
+def test_balanced_split_with_per_expert_costs_searches_every_split(gate, num_warm, scale):
+    """With per-expert costs (a cost table) the sorted arguments fail; with n <= the
+    exhaustive limit every split is evaluated, so the optimum is still exact, hits in HBM and in
+    flight included."""
+    two, hw, mdl, warm = two_steps(gate, num_warm)
+    cost = _PerExpertCost(hw, mdl, np.reshape(scale, (3, 8)))
+    got = simulate(two, hw, mdl, WarmBalanced(warm), cost=cost).totals["total_time"]
+    assert got == pytest.approx(brute_force_best(two, hw, mdl, warm, cost), rel=1e-9)
+
+
+# Regression (found by Hypothesis): hits already in HBM were left out of the GPU's schedule
+# whenever the cost model was not the plain roofline, so the PCIe path looked 1 ms too early.
+# Experts 0 and 2 are fetched at step 0 and kept; at step 1 they are hits, expert 1 is the
+# only candidate. Every GPU expert computes in 1 ms (1 MB at 1 GB/s), a PCIe transfer takes
+# 1 ms, near-data compute 1 ms, an md_link crossing 0.75 ms (+ 2048 B of activations at 1e15 B/s).
+# Step 0: arrivals at 1 and 2 ms; per-expert start computes 1-2 and 2-3 ms (layer start: 2-4).
+# Step 1, expert 1 over PCIe: it arrives at 1 ms but the hits hold the GPU until 2 ms, so the
+# layer ends at 3 ms (layer start: 1 + 2 + 1 = 4 ms); near data: 0.75 + 1 + 0.75 = 2.5 ms,
+# the hits done at 2 ms. The best split is near data. Ignoring the hits, PCIe looked like
+# 1 + 1 = 2 ms < 2.5 ms and was chosen.
+HITS_FIRST = make_trace([[[[0], [2], [0]]], [[[0], [2], [1]]]], 4)
+
+
+@pytest.mark.parametrize(("expert_start", "step0"), [("per-expert", 3e-3), ("layer", 4e-3)])
+@pytest.mark.parametrize("general_path", [False, True])
+def test_balanced_split_counts_the_hits_in_hbm(expert_start, step0, general_path):
+    mdl = model(4, 1, 1e6)
+    hw = hardware(
+        1 * GB,
+        1e15,
+        md_latency=0.75e-3,
+        md_mode="near-data",
+        md_compute=ComputeUnit(1 * GB, 1e18),
+        hbm_bw=1 * GB,
+        peak=1e18,
+        capacity=4e6,
+        expert_start=expert_start,
+    )
+    cost = _SameCost(hw, mdl) if general_path else None
+    r = simulate(HITS_FIRST, hw, mdl, WarmBalanced(()), cost=cost)
+    near = 0.75e-3 + 1e-3 + 0.75e-3 + 2 * 2048 / 1e15
+    np.testing.assert_allclose(r.per_step["latency"], [step0, near], rtol=1e-12)
+    assert (r.per_layer["pcie"].tolist(), r.per_layer["md_near"].tolist()) == ([2, 0], [0, 1])
+    worse = simulate(HITS_FIRST, hw, mdl, FixedSplit({1}, Path.MD_NEAR, ()), cost=cost)
+    np.testing.assert_allclose(worse.per_step["latency"][1], step0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("general_path", [False, True])
+def test_balanced_split_ties_go_to_fewer_pcie_transfers_with_hits(general_path):
+    """Fetch mode, hits in HBM (2 ms of GPU work): expert 1 over PCIe arrives at 1 ms, over
+    md_link at 1.5 ms; either way the GPU ends at 3 ms, so the tie goes to md_link."""
+    mdl = model(4, 1, 1e6)
+    hw = hardware(1 * GB, 1 * GB, md_latency=0.5e-3, hbm_bw=1 * GB, peak=1e18, capacity=4e6)
+    cost = _SameCost(hw, mdl) if general_path else None
+    r = simulate(HITS_FIRST, hw, mdl, WarmBalanced(()), cost=cost)
+    np.testing.assert_allclose(r.per_step["latency"], [3e-3, 3e-3], rtol=1e-12)
+    assert (r.per_layer["pcie"].tolist(), r.per_layer["md_fetch"].tolist()) == ([2, 0], [0, 1])
 
 
 def test_latency_makes_the_seed_rule_wrong():
