@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from sim import opener
 from sim.errors import UserError
 
 StrPath = str | os.PathLike[str]
@@ -61,8 +62,9 @@ def os_errors(path: StrPath, doing: str = "write") -> Iterator[None]:
 def make_dirs(path: StrPath) -> Path:
     """``mkdir -p``; a file in the way or an OS error is one line."""
     target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise UserError(f"{target}: expected a directory to write into, got a file")
+    kind = opener.describe(target)
+    if kind not in ("a directory", "nothing (missing)"):
+        raise UserError(f"{target}: expected a directory to write into, got {kind}")
     with os_errors(target, "create the directory"):
         target.mkdir(parents=True, exist_ok=True)
     return target
@@ -96,8 +98,10 @@ def stage_bytes(path: StrPath, data: bytes) -> StagedFile:
     """Write ``data`` into a hidden temporary file next to ``path``; `StagedFile.commit`
     renames it into place. Nothing is left behind when writing fails."""
     target = Path(path)
-    if target.is_dir():
-        raise UserError(f"{target}: expected a file path to write, got a directory")
+    kind = opener.describe(target)
+    if kind not in ("a file", "nothing (missing)", "a dangling symlink"):
+        # never rename over a directory, a FIFO or a device (--out /dev/null would replace it)
+        raise UserError(f"{target}: expected a file path to write, got {kind}")
     make_dirs(target.parent)
     with os_errors(target):
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -206,8 +210,9 @@ def _commit_dir(tmp: Path, dest: Path, mode: DirMode) -> tuple[Any, Any]:
     were (best effort), ``finish`` removes what the commit set aside."""
     if mode == "merge" and dest.is_dir():
         return _merge(tmp, dest)
-    if dest.exists() and not dest.is_dir():
-        raise UserError(f"{dest}: expected a directory to write, got a file")
+    kind = opener.describe(dest)
+    if kind not in ("a directory", "nothing (missing)"):
+        raise UserError(f"{dest}: expected a directory to write, got {kind}")
     if mode == "replace" and dest.is_dir() and any(dest.iterdir()):
         with os_errors(dest):
             _exchange(tmp, dest)  # tmp now holds the old directory

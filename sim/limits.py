@@ -24,15 +24,17 @@ from sim.errors import UserError
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 INT32_MAX = 2**31 - 1
+MAX_PARAM_FLOAT = 1e15  # any float parameter of a policy, either sign
 
 # -- declared sizes --------------------------------------------------------------------------------
 MAX_YAML_BYTES = 64 * 2**20  # a sweep manifest of 100,000 points is about 20 MB
 MAX_ALIAS_NODES = 100_000  # nodes aliases may add to a YAML document (real files use a few)
 MAX_SWEEP_POINTS = 100_000  # points of one sweep (each is validated, then run)
-MAX_TRACE_ENTRIES = 2**30  # routing entries steps x layers x seqs x k of a trace held in memory
+MAX_TRACE_ENTRIES = 2**28  # routing entries steps x layers x seqs x k held in memory (1.6 GB)
 MAX_SEQ_LEN = 2**20  # decode steps of a sequence (synthetic traces, --seq-len)
 MAX_LAYERS = 4096
 MAX_EXPERTS = 2**15 - 1  # expert ids are stored as int16
+MAX_DIMENSION = 2**20  # a model width (hidden, FFN, heads, head dim): 1,048,576
 MAX_BATCH = 2**20  # sequences of one trace
 
 

@@ -54,6 +54,8 @@ class Quantity:
     example: str
     units: dict[str, float]
     allow_zero: bool  # a plain or unit-ful 0 is meaningful (no cache, no latency)
+    minimum: float = 0.0  # smallest value other than 0 (SI units)
+    maximum: float = math.inf  # largest value (SI units): every quantity has a finite range
 
     def parse(self, value: object, where: str) -> float:
         """``value`` (str, or a plain 0 where allowed) in SI units; UserError naming ``where``."""
@@ -67,11 +69,15 @@ class Quantity:
         return _parse(self, value)
 
 
-BANDWIDTH = Quantity("bandwidth", "32 GB/s", _BANDWIDTH_UNITS, allow_zero=False)
-SIZE = Quantity("size", "80 GiB", _SIZE_UNITS, allow_zero=True)
-DURATION = Quantity("duration", "2 us", _DURATION_UNITS, allow_zero=True)
-COMPUTE = Quantity("compute", "989 TFLOP/s", _FLOPS_UNITS, allow_zero=False)
+# The ranges: far beyond any real machine either way, and small enough that every product the
+# engine forms (bytes / bandwidth, FLOPs / throughput, times summed over steps) stays finite.
+BANDWIDTH = Quantity("bandwidth", "32 GB/s", _BANDWIDTH_UNITS, False, 1.0, 1e18)
+SIZE = Quantity("size", "80 GiB", _SIZE_UNITS, True, 1.0, 2.0**60)
+DURATION = Quantity("duration", "2 us", _DURATION_UNITS, True, 1e-15, 1e9)
+COMPUTE = Quantity("compute", "989 TFLOP/s", _FLOPS_UNITS, False, 1.0, 1e21)
 QUANTITIES = {q.kind: q for q in (BANDWIDTH, SIZE, DURATION, COMPUTE)}
+# A size that cannot be 0: what something divides by (an expert's bytes, a GPU's memory).
+POSITIVE_SIZE = Quantity("size", "4.33 MB", _SIZE_UNITS, False, 1.0, 2.0**60)
 
 
 def _parse(q: Quantity, value: object) -> float:
@@ -102,6 +108,10 @@ def _parse(q: Quantity, value: object) -> float:
     if result < 0 or (result == 0 and not q.allow_zero):
         sign = "non-negative" if q.allow_zero else "positive"
         raise ValueError(f"expected a {sign} {q.kind} like {q.example!r}, got {value!r}")
+    if result != 0 and not q.minimum <= result <= q.maximum:
+        low, high = (f"{v:g} {_BASE_UNIT[q.kind]}" for v in (q.minimum, q.maximum))
+        zero = "0 or " if q.allow_zero else ""
+        raise ValueError(f"expected a {q.kind} of {zero}{low} to {high}, got {value!r}")
     return result
 
 
@@ -135,6 +145,7 @@ def parse_flops(value: object, where: str) -> float:
     return COMPUTE.parse(value, where)
 
 
+MIN_CLOCK_HZ, MAX_CLOCK_HZ = 1.0, 1e12  # cycles of cost tables: 1 Hz .. 1 THz
 _CLOCK_RE = re.compile(r"^\s*([0-9.]+(?:[eE][+-]?\d+)?)\s*(Hz|kHz|MHz|GHz)\s*$")
 _CLOCK_UNITS = {"Hz": 1.0, "kHz": 1e3, "MHz": 1e6, "GHz": 1e9}
 
@@ -151,8 +162,10 @@ def parse_clock(value: object, where: str) -> float:
             hz = None
         if hz is None:
             raise UserError(f"{where}: expected a frequency such as '1 GHz', got {value!r}")
-    if not hz > 0 or hz == float("inf"):
-        raise UserError(f"{where}: expected a frequency > 0, got {value!r}")
+    if not MIN_CLOCK_HZ <= hz <= MAX_CLOCK_HZ:
+        raise UserError(
+            f"{where}: expected a frequency of {MIN_CLOCK_HZ:g} to {MAX_CLOCK_HZ:g} Hz, got {value!r}"
+        )
     return hz
 
 

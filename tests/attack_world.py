@@ -10,7 +10,8 @@ The world (built once per test process, copied per case):
 * ``costs/``: the shipped NeuPIMs cost tables (10 steps x 8 layers);
 * ``ids.npz``, ``rows.jsonl``, ``pq/``: the same routing for the three importers;
 * ``run/``: the results of ``moesim run scenario.yaml --timeline`` (every step's events);
-* ``sweep-out/``: the results of ``moesim sweep sweep.yaml``.
+* ``sweep-out/``: the results of ``moesim sweep sweep.yaml``;
+* ``stats/``: ``moesim trace stats --notebook-tree`` of the dump (gating.csv and the tree).
 """
 
 from __future__ import annotations
@@ -27,13 +28,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
+from hypothesis import HealthCheck
 from test_fuzz_shards import CliOutcome, assert_one_line_error, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 COSTS_SRC = REPO / "traces" / "neupims-decoder-bs16"
 STEPS, SEQS, K, EXPERTS = 4, 2, 2, 8
 LAYERS = (2, 3)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The world, built once per test process (import this fixture into a test module)."""
+    return build_world(tmp_path_factory.mktemp("world"))
 
 
 def build_world(root: Path) -> Path:
@@ -88,6 +97,8 @@ def build_world(root: Path) -> Path:
     assert ran.code == 0, ran
     swept = run_cli(["sweep", str(root / "sweep.yaml"), "--out", str(root / "sweep-out"), *QUIET])
     assert swept.code == 0, swept
+    stats = ["trace", "stats", str(dump), "--layers", "all", "--positions", "all", "--topk", "1,2"]
+    assert run_cli([*stats, "--notebook-tree", "--out", str(root / "stats")]).code == 0
     return root
 
 
@@ -114,6 +125,14 @@ def write_parquet(root: Path, ids: np.ndarray, weights: np.ndarray) -> None:
 
 
 QUIET = ["--jobs", "1", "--no-progress"]
+
+# The settings of every fuzzer of the reliability tests: no deadline (a command may take a
+# second), no example database (every run draws new cases), fixtures shared across examples.
+FUZZ: dict[str, Any] = {
+    "deadline": None,
+    "database": None,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+}
 
 # command -> (argv given the world W and an output path O, the parts of W it reads)
 Argv = Callable[[Path, Path], list[str]]

@@ -127,7 +127,10 @@ def test_jsonl_round_trip(tmp_path: Path) -> None:
             ],
             r"bad\.jsonl:2: .*layer 2 token 0 again \(first on line 1\)",
         ),
-        ([{"layer": 2, "token": 1, "expert_ids": [1, 2]}], "got none for layer 2 token 0"),
+        (
+            [{"layer": 2, "token": 1, "expert_ids": [1, 2]}],
+            r"record for every \(layer, token\) of tokens 0..1",
+        ),
         (
             [{"layer": 2, "token": 0, "expert_ids": [1, 2], "gate_weights": [0.5]}],
             r"bad\.jsonl:1: 'gate_weights': expected 2 numbers",

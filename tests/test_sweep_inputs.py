@@ -14,20 +14,14 @@ import re
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 import yaml
-from attack_world import QUIET, assert_refused, build_world, world_copy
-from hypothesis import HealthCheck, given, settings
+from attack_world import FUZZ, QUIET, assert_refused, world_copy
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fuzz_shards import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_world(tmp_path_factory.mktemp("world"))
 
 
 def resume(work: Path, *extra: str) -> object:
@@ -150,12 +144,7 @@ def check_edit(world: Path, edit: str, pick: float, seed: int) -> None:
             assert outcome.code == 0, outcome
 
 
-@settings(
-    max_examples=15,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=15, **FUZZ)
 @given(edit=st.sampled_from(EDITS), pick=st.floats(0, 1, exclude_max=True), seed=st.integers(1, 9))
 def test_fuzzed_trace_edits_between_runs(world: Path, edit: str, pick: float, seed: int) -> None:
     check_edit(world, edit, pick, seed)

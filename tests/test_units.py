@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from sim.errors import UserError
 from sim.units import (
+    QUANTITIES,
     format_exact,
     parse_bandwidth,
     parse_duration,
@@ -104,14 +105,17 @@ def test_bad_values_are_one_line_errors(parse, value: object, fragment: str) -> 
 
 @pytest.mark.parametrize("kind", ["bandwidth", "size", "duration", "compute"])
 @settings(max_examples=60, deadline=None)
-@given(value=st.floats(min_value=1e-9, max_value=1e16, allow_nan=False, allow_infinity=False))
-def test_format_exact_round_trips(kind: str, value: float) -> None:
+@given(data=st.data())
+def test_format_exact_round_trips(kind: str, data: st.DataObject) -> None:
     parse = {
         "bandwidth": parse_bandwidth,
         "size": parse_size,
         "duration": parse_duration,
         "compute": parse_flops,
     }[kind]
+    quantity = QUANTITIES[kind]  # values within the quantity's finite range
+    low, high = max(1e-9, quantity.minimum), min(1e16, quantity.maximum)
+    value = data.draw(st.floats(min_value=low, max_value=high))
     assert parse(format_exact(kind, value), "f") == value
 
 

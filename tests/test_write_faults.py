@@ -25,15 +25,15 @@ from pathlib import Path
 import pytest
 import yaml
 from attack_world import (
+    FUZZ,
     QUIET,
     WRITE_ERRNOS,
     assert_refused,
-    build_world,
     hidden_leftovers,
     world_copy,
     write_faults,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fuzz_shards import run_cli
 
@@ -74,6 +74,10 @@ WRITERS: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
         "new",
     ),
     "schema": (lambda w, o: ["schema", "--out", str(o)], "new"),
+    "extend": (
+        lambda w, o: ["trace", "extend-layers", str(w / "stats"), "--from", "2-3", "--to", "4-5"],
+        "unchanged",
+    ),
 }
 
 
@@ -90,12 +94,8 @@ PARTS: dict[str, tuple[str, ...]] = {
     "report": ("run",),
     "costs": ("costs",),
     "schema": ("ids.npz",),
+    "extend": ("stats",),
 }
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_world(tmp_path_factory.mktemp("world"))
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
@@ -126,7 +126,7 @@ def attack(world: Path, writer: str, code: int, at: int) -> tuple[int, str]:
     argv, kind = WRITERS[writer]
     with world_copy(world, *PARTS[writer]) as work:
         out = work / "out"
-        watched = work / "run" if writer == "report" else work / "dump"
+        watched = {"report": work / "run", "extend": work / "stats"}.get(writer, work / "dump")
         before = snapshot(watched)
         with write_faults(code, at) as faults:
             outcome = run_cli(argv(work, out))
@@ -169,12 +169,7 @@ def test_a_late_write_fails(world: Path, writer: str) -> None:
         assert attack(world, writer, errno.ENOSPC, at)[0] == 2
 
 
-@settings(
-    max_examples=25,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=25, **FUZZ)
 @given(
     writer=st.sampled_from(sorted(WRITERS)),
     code=st.sampled_from(WRITE_ERRNOS),
@@ -185,12 +180,7 @@ def test_fuzzed_write_faults(world: Path, writer: str, code: int, at: int) -> No
 
 
 @pytest.mark.slow
-@settings(
-    max_examples=800,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=800, **FUZZ)
 @given(
     writer=st.sampled_from(sorted(WRITERS)),
     code=st.sampled_from(WRITE_ERRNOS),
@@ -198,3 +188,18 @@ def test_fuzzed_write_faults(world: Path, writer: str, code: int, at: int) -> No
 )
 def test_fuzzed_write_faults_long(world: Path, writer: str, code: int, at: int) -> None:
     attack(world, writer, code, at)
+
+
+def test_an_output_naming_a_device_is_refused_not_replaced(tmp_path: Path) -> None:
+    """``--out /dev/null`` renamed a file over the device node (as root, that replaces it)."""
+    import os
+    import stat
+
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("creating a device node needs root")
+    line = assert_refused(run_cli(["schema", "--out", str(device)]), naming="a device")
+    assert str(device) in line
+    assert stat.S_ISCHR(os.stat(device).st_mode)  # still the device

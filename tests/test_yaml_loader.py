@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from attack_world import assert_refused, build_world, world_copy
+from attack_world import assert_refused, world_copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_fuzz_shards import run_cli
@@ -26,11 +26,6 @@ from test_fuzz_shards import run_cli
 from sim.errors import UserError
 from sim.limits import MAX_ALIAS_NODES
 from sim.yamlio import parse_yaml
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_world(tmp_path_factory.mktemp("world"))
 
 
 # -- the CLI --------------------------------------------------------------------------------------

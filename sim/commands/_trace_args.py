@@ -17,8 +17,9 @@ from pathlib import Path
 
 from sim import opener
 from sim.atomic import DirMode
-from sim.commands._options import non_negative_int, positive_int
+from sim.commands._options import int_range, non_negative_int, positive_int
 from sim.errors import UserError
+from sim.limits import MAX_BATCH, MAX_EXPERTS, MAX_SEQ_LEN
 from sim.ranges import parse_int_selection, parse_name_list
 from sim.trace.dump import shard_range
 from sim.trace.routing import LAYOUTS, RoutingTrace
@@ -97,22 +98,22 @@ def add_trace_selection_args(
     )
     group.add_argument(
         "--num-experts",
-        type=positive_int,
+        type=int_range(1, MAX_EXPERTS),
         help="routed experts (default: trace.yaml or model preset; FLAME-MoE: 64)",
     )
     group.add_argument(
         "--k",
-        type=positive_int,
+        type=int_range(1, MAX_EXPERTS),
         help="top-k of the dense [T, experts] format (default: trace.yaml or preset; FLAME-MoE: 6)",
     )
     group.add_argument(
         "--seq-len",
-        type=positive_int,
+        type=int_range(1, MAX_SEQ_LEN),
         help="megatron S (default 2048 or trace.yaml); seed L (default 512)",
     )
     group.add_argument(
         "--micro-batch-size",
-        type=positive_int,
+        type=int_range(1, MAX_BATCH),
         help="megatron B: sequences per shard (default 8 or trace.yaml)",
     )
     parser.set_defaults(

@@ -7,7 +7,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sim.commands._options import int_range
 from sim.errors import UserError
+from sim.limits import MAX_DIMENSION
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,9 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--memory", default="pinned,pageable", help="host memory kinds (default pinned,pageable)"
     )
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats per point (default 5)")
-    p.add_argument("--hidden", type=int, default=1024, help="expert hidden size (default 1024)")
-    p.add_argument("--ffn", type=int, default=704, help="expert FFN size (default 704)")
+    p.add_argument(
+        "--repeats",
+        type=int_range(1, 10_000),
+        default=5,
+        help="timed repeats per point (default 5)",
+    )
+    p.add_argument(
+        "--hidden",
+        type=int_range(1, MAX_DIMENSION),
+        default=1024,
+        help="expert hidden size (default 1024)",
+    )
+    p.add_argument(
+        "--ffn", type=int_range(1, MAX_DIMENSION), default=704, help="expert FFN size (default 704)"
+    )
     p.add_argument(
         "--dtype",
         default="bfloat16",
@@ -41,7 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="expert weight type (default bfloat16)",
     )
     p.add_argument("--no-gated", action="store_true", help="plain FFN instead of SwiGLU")
-    p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    p.add_argument(
+        "--device", type=int_range(0, 1024), default=0, help="CUDA device index (default 0)"
+    )
     p.add_argument(
         "--from",
         dest="source",

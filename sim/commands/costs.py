@@ -14,6 +14,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sim.commands._options import int_range
+from sim.limits import MAX_EXPERTS
+
 if TYPE_CHECKING:  # the cost modules load torch: imported by the handler, not at --help
     from sim.costs.compare import ModeCheck, PolicyRun
     from sim.costs.modes import ModeResult
@@ -49,7 +52,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="clock of the tables' cycles, to convert to the engine's seconds: '1 GHz', "
         "'800 MHz' or Hz (default 1 GHz)",
     )
-    p.add_argument("--num-experts", type=int, default=64, help="experts per layer (default 64)")
+    p.add_argument(
+        "--num-experts",
+        type=int_range(1, MAX_EXPERTS),
+        default=64,
+        help="experts per layer (default 64)",
+    )
     p.add_argument("--out", type=Path, metavar="DIR", help="write modes.csv, costs.json, engine/")
     p.add_argument("--no-cells", action="store_true", help="print totals only")
     p.set_defaults(func=neupims_command)

@@ -7,8 +7,9 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sim.commands._options import add_set_option
+from sim.commands._options import add_set_option, int_range
 from sim.errors import UserError
+from sim.limits import MAX_EXPERTS, MAX_SEQ_LEN
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,15 +24,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("scenario", help="scenario YAML (e.g. scenarios/default.yaml)")
     p.add_argument("--preset", required=True, metavar="FILE.yaml", help="from moesim calibrate")
     p.add_argument("--out", required=True, metavar="DIR", help="results directory (new or empty)")
-    p.add_argument("--steps", type=int, default=16, help="decode steps to replay (default 16)")
+    p.add_argument(
+        "--steps",
+        type=int_range(1, MAX_SEQ_LEN),
+        default=16,
+        help="decode steps to replay (default 16)",
+    )
     p.add_argument(
         "--policies",
         default=",".join(("seed-split", "lru")),
         help="policy labels of the scenario, or policy names (default seed-split,lru)",
     )
-    p.add_argument("--topk", type=int, help="routing top-k (default the scenario's first)")
-    p.add_argument("--repeats", type=int, default=3, help="timed passes, median (default 3)")
-    p.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    p.add_argument(
+        "--topk",
+        type=int_range(1, MAX_EXPERTS),
+        help="routing top-k (default the scenario's first)",
+    )
+    p.add_argument(
+        "--repeats", type=int_range(1, 10_000), default=3, help="timed passes, median (default 3)"
+    )
+    p.add_argument(
+        "--device", type=int_range(0, 1024), default=0, help="CUDA device index (default 0)"
+    )
     add_set_option(p)
     p.add_argument(
         "--dry-run",

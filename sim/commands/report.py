@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from sim.commands._options import int_range
 from sim.errors import UserError
+from sim.limits import MAX_SEQ_LEN
 
 
 def parse_window(text: str | None) -> tuple[int, int] | None:
@@ -13,11 +15,22 @@ def parse_window(text: str | None) -> tuple[int, int] | None:
         return None
     start, sep, stop = text.partition(":")
     try:
+        if max(len(start), len(stop)) > 20:
+            raise ValueError(text)
         window = (int(start), int(stop))
     except ValueError:
         window = None
-    if not sep or window is None or window[0] < 0 or window[1] <= window[0]:
-        raise UserError(f"--window: expected STEP0:STEP1 with 0 <= STEP0 < STEP1, got {text!r}")
+    if (
+        not sep
+        or window is None
+        or window[0] < 0
+        or window[1] <= window[0]
+        or window[1] > MAX_SEQ_LEN
+    ):
+        raise UserError(
+            f"--window: expected STEP0:STEP1 with 0 <= STEP0 < STEP1 <= {MAX_SEQ_LEN:,}, "
+            f"got {text[:40]!r}"
+        )
     return window
 
 
@@ -62,5 +75,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="trace-event JSON from `moesim run --timeline` (default: DIR/timeline.json)",
     )
     parser.add_argument("--out", metavar="OUT", help="write here instead of DIR")
-    parser.add_argument("--dpi", type=int, default=110, help="PNG resolution (default: 110)")
+    parser.add_argument(
+        "--dpi", type=int_range(20, 600), default=110, help="PNG resolution, 20..600 (default: 110)"
+    )
     parser.set_defaults(func=run)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sim.commands._options import int_range
 from sim.commands._trace_args import non_negative_int, positive_int, require_new_output_dir
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
+from sim.limits import MAX_BATCH, MAX_EXPERTS, MAX_SEQ_LEN
 from sim.ranges import parse_int_selection
 from sim.trace.importers import (
     ORDERS,
@@ -48,11 +50,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "axis (default 0..L-1)",
     )
     parser.add_argument(
-        "--num-experts", type=positive_int, help="routed experts (default: largest id + 1)"
+        "--num-experts",
+        type=int_range(1, MAX_EXPERTS),
+        help="routed experts (default: largest id + 1)",
     )
     parser.add_argument(
         "--micro-batch-size",
-        type=positive_int,
+        type=int_range(1, MAX_BATCH),
         help="sequences per written shard (parquet: the dump's B, default 8; else: all)",
     )
     parser.add_argument(
@@ -60,7 +64,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     rows = parser.add_argument_group("numpy / jsonl: how token rows map to sequences and steps")
     rows.add_argument(
-        "--num-seqs", type=positive_int, default=1, help="sequences interleaved in the rows"
+        "--num-seqs",
+        type=int_range(1, MAX_BATCH),
+        default=1,
+        help="sequences interleaved in the rows",
     )
     rows.add_argument(
         "--order",
@@ -73,7 +80,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pq.add_argument("--iteration", type=non_negative_int, help="checkpoint (iter_NNNN)")
     pq.add_argument("--first-shard", type=non_negative_int, default=0)
     pq.add_argument("--num-shards", type=positive_int, default=1)
-    pq.add_argument("--seq-len", type=positive_int, default=2048, help="the dump's S")
+    pq.add_argument("--seq-len", type=int_range(1, MAX_SEQ_LEN), default=2048, help="the dump's S")
     parser.set_defaults(func=_run)
 
 

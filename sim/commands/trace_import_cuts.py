@@ -12,9 +12,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sim.commands._trace_args import positive_int, require_new_output_dir
+from sim.commands._options import int_range
+from sim.commands._trace_args import require_new_output_dir
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
+from sim.limits import MAX_BATCH
 from sim.trace.routing import RoutingTrace
 
 if TYPE_CHECKING:
@@ -84,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output trace directory")
     parser.add_argument(
         "--micro-batch-size",
-        type=positive_int,
+        type=int_range(1, MAX_BATCH),
         default=8,
         help="B of the dump the cut came from (default 8)",
     )

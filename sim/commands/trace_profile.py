@@ -13,9 +13,11 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sim.commands._trace_args import add_trace_selection_args, positive_int, trace_from_args
+from sim.commands._options import int_range
+from sim.commands._trace_args import add_trace_selection_args, trace_from_args
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
+from sim.limits import MAX_BATCH, MAX_EXPERTS
 from sim.trace.profile import profile_trace
 from sim.trace.profile_output import column_legend, summary_table, write_profile
 
@@ -28,11 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_trace_selection_args(parser)
     parser.add_argument(
-        "--topk", type=positive_int, help="profile top-K routing (default: the trace's k)"
+        "--topk",
+        type=int_range(1, MAX_EXPERTS),
+        help="profile top-K routing (default: the trace's k)",
     )
     parser.add_argument(
         "--seqs",
-        type=positive_int,
+        type=int_range(1, MAX_BATCH),
         help="use only the first N sequences (the batch size: the working set depends on it)",
     )
     parser.add_argument("--out", type=Path, help="write profile.json, CSVs and PNGs here")

@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 
+from sim.commands._options import NumberRange, float_range
 from sim.commands._trace_args import add_trace_selection_args, trace_from_args
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
+from sim.limits import MAX_PARAM_FLOAT
 from sim.ranges import parse_int_selection
 from sim.stats.gating import ROUNDINGS, GatingRule
 
-
-def number(text: str) -> int | float:
-    """An int when written as one (the notebook printed ``32``, not ``32.0``), else a float."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
+# BW_PCIe / BW_MD: only their ratio matters; an int when written as one (the notebook printed
+# ``32``, not ``32.0``)
+number = NumberRange(None, 1e-15, MAX_PARAM_FLOAT, "a positive number")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--topk", default="1,2,6", help="top-k values to count (default 1,2,6)")
     group.add_argument("--bw-pcie", type=number, default=32, help="BW_PCIe (default 32)")
     group.add_argument("--bw-md", type=number, default=512, help="BW_MD (default 512)")
-    group.add_argument("--alpha", type=float, default=1.0, help="alpha: H = int(alpha*Expert_GPU)")
+    group.add_argument(
+        "--alpha", type=float_range(0.0, 1e6), default=1.0, help="alpha: H = int(alpha*Expert_GPU)"
+    )
     group.add_argument(
         "--rounding",
         choices=ROUNDINGS,

@@ -14,9 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from sim.commands._trace_args import non_negative_int, positive_int, require_new_output_dir
+from sim.commands._options import float_range, int_range
+from sim.commands._trace_args import require_new_output_dir
 from sim.commands.trace_group import trace_subparsers
 from sim.errors import UserError
+from sim.limits import INT64_MAX, MAX_BATCH, MAX_EXPERTS, MAX_SEQ_LEN
 from sim.ranges import parse_int_selection
 from sim.trace.synth import PerLayer, SynthConfig, calibration_warnings, generate
 
@@ -48,17 +50,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runid", default="synth", help="run id directory name")
     parser.add_argument("--epoch", default="0", help="epoch directory name")
     parser.add_argument("--layers", default="2-9", help="MoE layer ids (default 2-9)")
-    parser.add_argument("--num-shards", type=positive_int, default=4, help="shards (default 4)")
     parser.add_argument(
-        "--micro-batch-size", type=positive_int, default=8, help="sequences per shard (default 8)"
+        "--num-shards", type=int_range(1, 65_536), default=4, help="shards (default 4)"
     )
     parser.add_argument(
-        "--seq-len", type=positive_int, default=2048, help="decode steps per sequence"
+        "--micro-batch-size",
+        type=int_range(1, MAX_BATCH),
+        default=8,
+        help="sequences per shard (default 8)",
     )
-    parser.add_argument("--experts", type=positive_int, default=defaults.num_experts)
-    parser.add_argument("--topk", type=positive_int, default=defaults.topk)
-    parser.add_argument("--vocab", type=positive_int, default=defaults.vocab)
-    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument(
+        "--seq-len", type=int_range(1, MAX_SEQ_LEN), default=2048, help="decode steps per sequence"
+    )
+    parser.add_argument("--experts", type=int_range(1, MAX_EXPERTS), default=defaults.num_experts)
+    parser.add_argument("--topk", type=int_range(1, MAX_EXPERTS), default=defaults.topk)
+    parser.add_argument("--vocab", type=int_range(1, 2**24), default=defaults.vocab)
+    parser.add_argument("--seed", type=int_range(0, INT64_MAX), default=0)
     parser.add_argument("--shard-prefix", default="0", help="shards are PREFIX-0, PREFIX-1, ...")
     parser.add_argument(
         "--compact",
@@ -69,16 +76,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     knobs = parser.add_argument_group(
         "generator knobs (per-layer ones take 'x', a ramp 'first:last' or 'v1,v2,...')"
     )
-    knobs.add_argument("--hidden-dim", type=positive_int, default=defaults.hidden_dim)
+    knobs.add_argument("--hidden-dim", type=int_range(1, 4096), default=defaults.hidden_dim)
     knobs.add_argument(
         "--topic-memory",
-        type=float,
+        type=float_range(0.0, 1.0),
         default=defaults.topic_memory,
         help="per-step memory of the topic, 0..1",
     )
     knobs.add_argument(
         "--zipf-exponent",
-        type=float,
+        type=float_range(0.0, 100.0),
         default=defaults.zipf_exponent,
         help="token frequency ~ 1/rank^s",
     )

@@ -14,13 +14,14 @@ to add one.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from sim.contract import (
     FETCH_PATH_OF_LINK,
@@ -36,6 +37,7 @@ from sim.contract import (
     allowed_paths,
 )
 from sim.errors import UserError
+from sim.limits import INT32_MAX, MAX_PARAM_FLOAT
 
 __all__ = [
     "FETCH_PATH_OF_LINK",
@@ -186,11 +188,13 @@ def _validated_fields(params_cls: type, values: dict[str, Any], where: str) -> d
     if model is None:
         hints = typing.get_type_hints(params_cls)
         fields: dict[str, Any] = {
-            f.name: (hints[f.name], None) for f in dataclasses.fields(params_cls) if f.init
+            f.name: (bounded(hints[f.name]), None) for f in dataclasses.fields(params_cls) if f.init
         }
         model = create_model(
             f"{params_cls.__name__}Check",
-            __config__=ConfigDict(strict=True, extra="forbid", arbitrary_types_allowed=True),
+            __config__=ConfigDict(
+                strict=True, extra="forbid", arbitrary_types_allowed=True, allow_inf_nan=False
+            ),
             **fields,
         )
         _MODELS[params_cls] = model
@@ -199,6 +203,24 @@ def _validated_fields(params_cls: type, values: dict[str, Any], where: str) -> d
     except ValidationError as err:
         raise _params_error(err, values, where) from None
     return {name: getattr(checked, name) for name in values}
+
+
+PARAM_INT = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
+PARAM_FLOAT = Annotated[float, Field(ge=-MAX_PARAM_FLOAT, le=MAX_PARAM_FLOAT)]
+
+
+def bounded(hint: Any) -> Any:
+    """A parameter's type with the range every number of a policy has: ints within int32,
+    floats finite within +-1e15 (a policy's own ``__post_init__`` narrows it further). Unions
+    (``int | None``) are bounded member by member."""
+    if hint is int:
+        return PARAM_INT
+    if hint is float:
+        return PARAM_FLOAT
+    args = typing.get_args(hint)
+    if args and typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.Union[tuple(bounded(a) for a in args)]  # noqa: UP007
+    return hint
 
 
 def _params_error(err: ValidationError, values: dict[str, Any], where: str) -> UserError:

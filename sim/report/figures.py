@@ -558,8 +558,8 @@ def link_timeline(
         role = "baseline" if label == baseline else "best online policy"
         ax.set_title(f"{role}: {label}", color=_colour(colours, label), pad=14)
         ax.set_xlabel(f"time since step {lo} start (ms)")
-        for step in range(lo, hi):
-            first = ev.start[ev.step == step]
+        for step in np.unique(ev.step):  # the steps present, never range(lo, hi): a
+            first = ev.start[ev.step == step]  # window may be wider than the run
             if len(first):
                 ax.axvline((first.min() - origin) * MS, color="black", linewidth=0.6, linestyle=":")
                 ax.annotate(

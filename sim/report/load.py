@@ -16,8 +16,10 @@ one-line ``UserError`` naming the file.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -221,7 +223,108 @@ def read_table(path: Path, required: Sequence[str] = ()) -> Table:
             f"{path}: expected {len(header)} cells in every row, got {len(rows[bad])} on line {bad + 2}"
         )
     cells = list(zip(*rows)) if rows else [() for _ in header]
-    return Table({name: _column(values) for name, values in zip(header, cells)}, str(path))
+    return Table(
+        {name: checked_column(path, name, values) for name, values in zip(header, cells)},
+        str(path),
+    )
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    """What a results column written by moesim holds: ``int``, ``float``, ``bool`` or
+    ``text``; numbers finite within ``[lo, hi]``; ``blank`` when an empty cell is allowed."""
+
+    kind: str
+    lo: float = -math.inf
+    hi: float = math.inf
+    blank: bool = False
+
+
+@functools.cache
+def column_rules() -> dict[str, ColumnRule]:
+    """The rule of every column the writers define (their own column lists, so a column they
+    add is checked too): counts and indices are integers >= 0, times, bytes and rates finite
+    numbers >= 0, shares in [0, 1], flags True/False, names text."""
+    from sim.engine.results import INT_COLUMNS, PER_LAYER_COLUMNS, PER_STEP_COLUMNS, TOTAL_KEYS
+    from sim.scenario.run import SUMMARY_COLUMNS
+
+    # A blank cell is what the writers put for "does not apply" (None, NaN); it is refused only
+    # in the columns every row has (the keys, the counts and the step latency).
+    # Ranges only where they are definitional (times and bytes are never negative, a rate is a
+    # share); other measures (a stall, a gap closed) are any finite number.
+    count = ColumnRule("int", 0, 2**53)
+    measure = ColumnRule("float", blank=True)
+    rules = {name: measure for name in (*TOTAL_KEYS, *PER_STEP_COLUMNS, *PER_LAYER_COLUMNS)}
+    rules.update({name: count for name in (*INT_COLUMNS, *GATING_COLUMNS, "point", "repeat")})
+    rules.update({n: ColumnRule("float", blank=True) for n in SUMMARY_COLUMNS if n not in rules})
+    rules.update({name: ColumnRule("float", 0) for name in ("mean_step", "latency", "total_time")})
+    never_negative = ColumnRule("float", 0, blank=True)
+    rules.update({n: never_negative for n in rules if n.startswith(("bytes_", "p50", "p99"))})
+    rules.update(
+        label=ColumnRule("text"),
+        policy=ColumnRule("text"),
+        kind=ColumnRule("text"),
+        point_id=ColumnRule("text"),
+        is_bound=ColumnRule("bool"),
+        is_baseline=ColumnRule("bool"),
+        topk=ColumnRule("int", 1, 2**15),
+        seed=ColumnRule("int", 0, 2**63),
+        hit_rate=ColumnRule("float", 0, 1),
+        speedup=ColumnRule("float", 0, blank=True),
+        gap_closed=ColumnRule("float", blank=True),
+        cycles=ColumnRule("float", 0),
+    )
+    return rules
+
+
+def checked_column(path: Path, name: str, values: Sequence[str]) -> np.ndarray:
+    """A column read back, checked against its rule (columns without one are inferred): the
+    first bad cell is refused naming the file, its line and the column."""
+    rule = column_rules().get(name)
+    if rule is None or rule.kind == "text":
+        return _column(values) if rule is None else np.array(values, dtype=object)
+    if rule.kind == "bool":
+        bad = next((i for i, v in enumerate(values) if v not in _TRUE | _FALSE), None)
+        if bad is not None:
+            raise _cell_error(path, bad, name, "True or False", values[bad])
+        return np.array([v in _TRUE for v in values], dtype=bool)
+    blank = np.array([not v.strip() for v in values], dtype=bool)
+    try:
+        out = np.array([v if v.strip() else "nan" for v in values], dtype=np.float64)
+    except ValueError:  # text in a number column: find the cell for the message
+        bad = next(i for i, v in enumerate(values) if v.strip() and not _is_number(v))
+        raise _cell_error(path, bad, name, _expected(rule), values[bad]) from None
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(out) & (out >= rule.lo) & (out <= rule.hi)
+        if rule.kind == "int":
+            ok &= out == np.floor(out)
+    ok |= blank & rule.blank
+    if not ok.all():
+        bad = int(np.flatnonzero(~ok)[0])
+        raise _cell_error(path, bad, name, _expected(rule), values[bad])
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _expected(rule: ColumnRule) -> str:
+    what = "an integer" if rule.kind == "int" else "a finite number"
+    if rule.lo > -math.inf and rule.hi < math.inf:
+        what += f" in [{rule.lo:g}, {rule.hi:g}]"
+    elif rule.lo > -math.inf:
+        what += f" >= {rule.lo:g}"
+    return what + (" or blank" if rule.blank else "")
+
+
+def _cell_error(path: Path, index: int, name: str, expected: str, found: str) -> UserError:
+    shown = repr(found[:40]) if found.strip() else "a blank cell"
+    return UserError(f"{path}: line {index + 2}, column {name}: expected {expected}, got {shown}")
 
 
 def _column(values: Sequence[str]) -> np.ndarray:
@@ -299,15 +402,20 @@ def _events_to_columns(
     for ev in events:
         args = ev.get("args") or {}
         pid, tid = ev["pid"], ev["tid"]
-        start = float(ev["ts"]) * 1e-6
+        start, duration = float(ev["ts"]) * 1e-6, float(ev.get("dur", 0.0)) * 1e-6
+        if not (math.isfinite(start) and math.isfinite(duration) and duration >= 0):
+            raise ValueError(f"ts {ev['ts']!r}, dur {ev.get('dur')!r}: expected finite, dur >= 0")
         cols["label"].append(process_names.get(pid, str(pid)))
         cols["process"].append(str(pid))
         cols["resource"].append(thread_names.get((pid, tid), str(tid)))
         cols["kind"].append(str(args.get("kind", ev.get("cat", ev.get("name", "")))))
         cols["start"].append(start)
-        cols["end"].append(start + float(ev.get("dur", 0.0)) * 1e-6)
+        cols["end"].append(start + duration)
         for key in ("step", "layer", "expert", "topk"):
-            cols[key].append(int(args.get(key, -1)))
+            value = args.get(key, -1)
+            if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= 2**53:
+                raise ValueError(f"args.{key} {value!r}: expected an integer >= -1")
+            cols[key].append(value)
     return TimelineEvents(
         label=np.array(cols["label"], dtype=object),
         resource=np.array(cols["resource"], dtype=object),

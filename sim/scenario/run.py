@@ -24,7 +24,7 @@ import numpy as np
 import yaml
 
 import sim
-from sim import atomic
+from sim import atomic, opener
 from sim.engine.results import PER_LAYER_COLUMNS, PER_STEP_COLUMNS, TOTAL_KEYS, RunResult
 from sim.errors import UserError
 from sim.policies.bounds import gap_closed
@@ -256,9 +256,10 @@ def _scalar(value: Any) -> Any:
 def check_out_dir(out_dir: str | os.PathLike[str], where: str = "--out") -> Path:
     """``out_dir`` must be new or an empty directory (never mix two runs' files)."""
     path = Path(out_dir)
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"{where}: expected a new or empty directory, got a file {path}")
+    kind = opener.describe(path)
+    if kind != "nothing (missing)":
+        if kind != "a directory":  # a file, a FIFO, a symlink loop, ...
+            raise UserError(f"{where}: expected a new or empty directory, got {kind} {path}")
         if any(path.iterdir()):
             raise UserError(
                 f"{where}: expected a new or empty directory, got {path} which holds files"

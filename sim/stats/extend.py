@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sim import opener
-from sim.atomic import write_bytes
+from sim.atomic import staged_dir, write_bytes
 from sim.errors import UserError
 from sim.ranges import format_int_selection
 from sim.stats.notebook_tree import write_extended_manifest
@@ -124,12 +124,14 @@ def extend_notebook_tree(
                 raise UserError(f"{dst_dir}: expected no such folder (use --force), got one")
             plan.append((src_dir, dst_dir, source, target, files))
     written = 0
-    for _src_dir, dst_dir, source, target, files in plan:
-        for path in files:
-            name = path.name.replace(f"_layer{source}_", f"_layer{target}_")
-            write_bytes(dst_dir / name, _copied_file(path, source, target))
-            written += 1
-    write_extended_manifest(root, tuple(copies), copies)
+    with staged_dir(root, "merge") as staging:  # every copy appears, or none
+        for _src_dir, dst_dir, source, target, files in plan:
+            for path in files:
+                name = path.name.replace(f"_layer{source}_", f"_layer{target}_")
+                dst = staging / dst_dir.relative_to(root) / name
+                write_bytes(dst, _copied_file(path, source, target))
+                written += 1
+        write_extended_manifest(root, tuple(copies), copies, out=staging)
     return TreeExtension(
         positions=tuple(p.name for p in positions), copies=copies, files_written=written + 1
     )

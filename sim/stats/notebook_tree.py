@@ -291,9 +291,13 @@ def write_notebook_tree(
 
 
 def write_extended_manifest(
-    tree: Path, synthetic_layers: tuple[int, ...] | list[int], copies: dict[Any, Any]
+    tree: Path,
+    synthetic_layers: tuple[int, ...] | list[int],
+    copies: dict[Any, Any],
+    out: Path | None = None,
 ) -> None:
-    """Record which layer folders are copies (synthetic), merged with any earlier record."""
+    """Record which layer folders are copies (synthetic), merged with any earlier record of
+    ``tree``; written to ``out`` (a staging directory) when given, else to ``tree``."""
     path = Path(tree) / EXTENDED_MANIFEST
     old: dict[str, Any] = {}
     if opener.describe(path) != "nothing (missing)":
@@ -310,7 +314,7 @@ def write_extended_manifest(
     merged_copies.update({str(k): int(v) for k, v in copies.items()})
     layers = sorted({*map(int, old.get("synthetic_layers", [])), *map(int, synthetic_layers)})
     write_json(
-        path,
+        Path(out or tree) / EXTENDED_MANIFEST,
         {
             "synthetic_layers": layers,
             "copied_from": dict(sorted(merged_copies.items(), key=lambda kv: int(kv[0]))),

@@ -12,12 +12,15 @@ its bisections and would otherwise start a pool or a cluster every round.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from sim.errors import UserError, one_line
@@ -27,6 +30,35 @@ _PARENT_POLL_S = 0.5
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class WorkerDied(UserError):
+    """A worker process died while it ran ``task`` (killed by a signal or the OOM killer):
+    ``running`` are the tasks that were in its pool at the time (any of them may be the
+    cause). Finished results were already handed out; the caller says how to continue."""
+
+    def __init__(self, task: Any, running: Sequence[Any]) -> None:
+        super().__init__("a worker process died")
+        self.task = task
+        self.running = list(running)
+
+
+_TRACKER_FILTER = "ignore::UserWarning:multiprocessing.resource_tracker"
+
+
+def quiet_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with its leak warning filtered out.
+
+    The tracker is a separate process writing to our stderr; it warns about semaphores that a
+    worker torn down by a cluster's shutdown (or killed) left registered, after moesim has
+    finished, and then cleans them up itself. The warning is noise on a successful run, so the
+    tracker is started here, before any pool or cluster, with ``-W`` ignoring it (it inherits
+    ``sys.warnoptions``)."""
+    from multiprocessing import resource_tracker
+
+    if _TRACKER_FILTER not in sys.warnoptions:
+        sys.warnoptions.append(_TRACKER_FILTER)
+    resource_tracker.ensure_running()
 
 
 def default_jobs() -> int:
@@ -104,12 +136,18 @@ class Session:
             yield from self._run_dask(tasks, fn)
         else:
             if self._pool is None:
+                quiet_resource_tracker()
                 self._pool = ProcessPoolExecutor(
                     max_workers=self.workers,
                     initializer=_exit_with_parent,
                     initargs=(os.getpid(),),
                 )
-            yield from _run_pool(self._pool, tasks, fn, self.workers)
+            try:
+                yield from _run_pool(self._pool, tasks, fn, self.workers)
+            except WorkerDied:
+                pool, self._pool = self._pool, None  # broken: a later batch starts a new one
+                _discard(pool)
+                raise
 
     def close(self) -> None:
         """Stop the workers (cancelling anything still queued)."""
@@ -134,9 +172,15 @@ class Session:
             self._dask = _start_dask(self.workers, self.scheduler)
         distributed, client, _ = self._dask
         futures = [client.submit(fn, task, pure=False) for task in tasks]
+        task_of = dict(zip(futures, tasks))
         try:
             for future in distributed.as_completed(futures):
-                yield future.result()
+                try:
+                    result = future.result()
+                except distributed.KilledWorker:  # the nanny gave up restarting it
+                    running = [task_of[f] for f in futures if not f.done() or f is future]
+                    raise WorkerDied(task_of[future], running) from None
+                yield result
         finally:
             client.cancel(futures)
 
@@ -144,19 +188,39 @@ class Session:
 def _run_pool(
     pool: ProcessPoolExecutor, tasks: Sequence[T], fn: Callable[[T], R], workers: int
 ) -> Iterator[R]:
-    """A local process pool; at most 2 tasks per worker are in flight so an interrupt is quick."""
+    """A local process pool; at most 2 tasks per worker are in flight so an interrupt is quick.
+    A worker that dies (BrokenProcessPool, from a result or from the next submission) is a
+    `WorkerDied` naming the tasks then in flight, the first of them submitted first."""
     pending: set[Future[R]] = set()
+    task_of: dict[Future[R], T] = {}
     queue = iter(tasks)
     try:
-        _top_up(pool, fn, queue, pending, 2 * workers)
+        _top_up(pool, fn, queue, pending, 2 * workers, task_of)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            broken = [f for f in done if isinstance(f.exception(), BrokenProcessPool)]
             for future in done:
-                yield future.result()
-            _top_up(pool, fn, queue, pending, 2 * workers)
+                if future not in broken:
+                    del task_of[future]
+                    yield future.result()
+            if broken:
+                raise BrokenProcessPool(str(broken[0].exception()))
+            _top_up(pool, fn, queue, pending, 2 * workers, task_of)
+    except BrokenProcessPool:  # a worker died: killed by a signal or the OOM killer
+        running = list(task_of.values())  # submitted and not handed out, in submission order
+        raise WorkerDied(running[0] if running else None, running) from None
     finally:
         for future in pending:
             future.cancel()
+
+
+def _discard(pool: ProcessPoolExecutor) -> None:
+    """Drop a broken pool without waiting: a worker killed while holding the task queue's lock
+    can leave the others blocked on it forever, so they are killed rather than joined."""
+    for process in list(getattr(pool, "_processes", {}).values()):
+        with contextlib.suppress(OSError, ValueError):
+            process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -177,17 +241,21 @@ def _top_up(
     queue: Iterator[T],
     pending: set[Future[R]],
     limit: int,
+    task_of: dict[Future[R], T],
 ) -> None:
     while len(pending) < limit:
         task = next(queue, None)
         if task is None:
             return
-        pending.add(pool.submit(fn, task))
+        future = pool.submit(fn, task)
+        task_of[future] = task
+        pending.add(future)
 
 
 def _start_dask(workers: int, scheduler: str | None) -> tuple[Any, Any, Any]:
     """Dask distributed: an existing scheduler, or a LocalCluster of ``workers`` processes."""
     distributed = _import_distributed()
+    quiet_resource_tracker()
     cluster = None
     try:
         if scheduler is None:

@@ -36,7 +36,7 @@ import sim
 from sim import opener
 from sim.atomic import WriteError, write_json, write_text
 from sim.errors import UserError
-from sim.sweep.executors import execute
+from sim.sweep.executors import WorkerDied, execute
 from sim.sweep.spec import (
     SweepPoint,
     SweepSpec,
@@ -230,6 +230,10 @@ def run_sweep(
         raise WriteError(
             f"{err}; finished points are kept in {out}, continue with --resume {out}"
         ) from None
+    except WorkerDied as err:
+        if not opener.exists(out / MANIFEST):  # nothing finished yet: --resume needs it
+            write_text(out / MANIFEST, manifest)
+        raise worker_died(spec, out, points, err) from None
     return SweepReport(
         out_dir=out,
         total=len(points),
@@ -274,6 +278,27 @@ def _run_and_tabulate(
         )
     return write_table(
         out, spec, [(p, read_rows(out, p)) for p in points], _baseline_label(spec, base)
+    )
+
+
+def worker_died(
+    spec: SweepSpec, out: Path, points: Sequence[SweepPoint], err: WorkerDied
+) -> UserError:
+    """One line for a worker killed from outside: the point it ran, the others then running,
+    the finished points kept, and how to continue."""
+    kept = len(finished_ids(out, points))
+    tail = (
+        f"it was killed from outside (out of memory? try fewer --jobs); {kept} finished "
+        f"points are kept in {out}, continue with --resume {out}"
+    )
+    if err.task is None:
+        return UserError(f"{spec.source}: a worker process died: {tail}")
+    point: SweepPoint = err.task.point
+    others = sorted(t.point.index for t in err.running if t.point.point_id != point.point_id)
+    also = f" (points {', '.join(map(str, others[:8]))} were running too)" if others else ""
+    return UserError(
+        f"{spec.source}: a worker process died while running sweep point {point.index} "
+        f"({point.point_id}){also}: {tail}"
     )
 
 

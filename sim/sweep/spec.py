@@ -22,12 +22,14 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sim.errors import UserError
+from sim.limits import MAX_SWEEP_POINTS, check_count
 from sim.yamlio import read_yaml
 
 SWEEP_KEYS = ("grid", "zip", "repeats", "seed_fields")
@@ -158,8 +160,23 @@ def sweep_from_dict(doc: dict[str, Any], source: str) -> SweepSpec:
     )
 
 
+def count_points(spec: SweepSpec) -> int:
+    """How many points the sweep declares (the product of its axes' lengths and repeats),
+    counted without expanding anything."""
+    return math.prod(len(axis.values) for axis in spec.axes) * spec.repeats
+
+
 def expand(spec: SweepSpec) -> list[SweepPoint]:
-    """Every point of the sweep, in a stable order: axes in file order, repeats innermost."""
+    """Every point of the sweep, in a stable order: axes in file order, repeats innermost.
+    The count is checked against `MAX_SWEEP_POINTS` first: a 12-line file can declare 10^12."""
+    shape = " x ".join(str(len(axis.values)) for axis in spec.axes) or "1"
+    check_count(
+        count_points(spec),
+        MAX_SWEEP_POINTS,
+        f"{spec.source}: sweep",
+        "points",
+        f"{shape} values x {spec.repeats} repeats; split it into several sweeps",
+    )
     points: list[SweepPoint] = []
     positions = [range(len(axis.values)) for axis in spec.axes]
     for combo in itertools.product(*positions):

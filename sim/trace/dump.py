@@ -33,6 +33,7 @@ import numpy as np
 
 from sim import opener
 from sim.errors import SelectionError, UserError
+from sim.limits import MAX_BATCH, MAX_SEQ_LEN, MAX_TRACE_ENTRIES, check_count
 from sim.presets import presets
 from sim.ranges import format_int_selection
 from sim.topk import select_topk
@@ -221,7 +222,7 @@ def check_declared_storage(path: Path) -> None:
         handle.seek(0)
         try:
             records = zipfile.ZipFile(handle).infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        except Exception:  # any damage (a flipped byte can even claim zip version 9.9):
             return  # torch.load says what is wrong with it
     declared = 0
     for info in records:
@@ -468,9 +469,12 @@ def resolve_facts(sel: DumpSelection, tf: TraceFile | None) -> _LayoutFacts:
     else:
         seq_len = _first_given(sel.seq_len, yaml_s, SEED_SEQ_LEN)
         per_shard = sel.seed_seqs_per_shard
-    for name, value in (("--seq-len", seq_len), ("sequences per shard", per_shard)):
-        if value < 1:
-            raise UserError(f"{name}: expected a positive integer, got {value}")
+    for name, value, limit in (
+        ("--seq-len", seq_len, MAX_SEQ_LEN),
+        ("sequences per shard", per_shard, MAX_BATCH),
+    ):
+        if not 1 <= value <= limit:
+            raise UserError(f"{name}: expected an integer in 1..{limit:,}, got {value}")
     return _LayoutFacts(
         layout=sel.layout,
         seq_len=seq_len,
@@ -496,10 +500,21 @@ def load_trace(sel: DumpSelection) -> RoutingTrace:
     facts = resolve_facts(sel, tf)
     sdir = samples_dir(root, sel.model, sel.runid)
     edir = epoch_dir(root, sel.model, sel.runid, sel.epoch)
-    shards = _selected_shards(sel, sdir)
-    layers = _selected_layers(sel, edir)
+    declared = tf if tf is not None and _same_run(tf, sel) else None
+    shards = _selected_shards(sel, sdir, declared.shards if declared else ())
+    layers = _selected_layers(sel, edir, declared.layers if declared else ())
     positions = _selected_positions(sel, facts)
     _check_paths_exist(sdir, edir, shards, layers)
+    k_guess = facts.k_declared or facts.k_dense or 1
+    entries = len(shards) * facts.seqs_per_shard * len(positions) * len(layers) * k_guess
+    check_count(
+        entries,
+        MAX_TRACE_ENTRIES,
+        str(root),
+        "routing entries in memory",
+        f"{len(shards)} shards x {facts.seqs_per_shard} sequences x {len(positions)} positions "
+        f"x {len(layers)} layers x top-{k_guess}; select fewer shards, positions or layers",
+    )
 
     if facts.layout == "megatron":
         act_rows, smp_rows = megatron_rows(positions, facts.seqs_per_shard, facts.seq_len)
@@ -613,7 +628,14 @@ def _check_rows(spath: Path, num_rows: int, facts: _LayoutFacts) -> None:
             )
 
 
-def _selected_shards(sel: DumpSelection, sdir: Path) -> tuple[str, ...]:
+def _same_run(tf: TraceFile, sel: DumpSelection) -> bool:
+    """trace.yaml describes the selected model/run/epoch (its inventory then applies)."""
+    return (tf.model, str(tf.runid), str(tf.epoch)) == (sel.model, str(sel.runid), str(sel.epoch))
+
+
+def _selected_shards(
+    sel: DumpSelection, sdir: Path, declared: tuple[str, ...] = ()
+) -> tuple[str, ...]:
     if sel.shards is not None:
         if not sel.shards:
             raise UserError("shards: expected at least one shard, got an empty list")
@@ -621,7 +643,16 @@ def _selected_shards(sel: DumpSelection, sdir: Path) -> tuple[str, ...]:
             shard_key(stem)
         if len(set(sel.shards)) != len(sel.shards):
             raise UserError(f"shards: expected distinct names, got {list(sel.shards)}")
+        foreign = [s for s in sel.shards if declared and s not in declared]
+        if foreign:
+            raise SelectionError(
+                "shards",
+                f"expected names among {list(declared)} (the trace's shards, trace.yaml), "
+                f"got {foreign}",
+            )
         return tuple(sel.shards)
+    if declared:  # trace.yaml says which shards the trace has: stale extra files never count
+        return declared
     if not sdir.is_dir():
         raise UserError(f"{sdir}: expected a samples directory, got {missing_or_file(sdir)}")
     found = list_shards(sdir)
@@ -630,13 +661,15 @@ def _selected_shards(sel: DumpSelection, sdir: Path) -> tuple[str, ...]:
     return found
 
 
-def _selected_layers(sel: DumpSelection, edir: Path) -> tuple[int, ...]:
+def _selected_layers(
+    sel: DumpSelection, edir: Path, declared: tuple[int, ...] = ()
+) -> tuple[int, ...]:
     if not edir.is_dir():
         raise UserError(f"{edir}: expected an actives epoch directory, got {missing_or_file(edir)}")
     if sel.layers is not None:
         if not sel.layers:
             raise SelectionError("layers", "expected at least one layer, got an empty list")
-        have = list_layers(edir)
+        have = declared or list_layers(edir)
         absent = [int(x) for x in sel.layers if int(x) not in have]
         if absent and have:  # no layer directories at all: _check_paths_exist names the path
             raise SelectionError(
@@ -645,6 +678,8 @@ def _selected_layers(sel: DumpSelection, edir: Path) -> tuple[int, ...]:
                 f"got {absent} ({edir / str(absent[0])}: no directory for layer {absent[0]})",
             )
         return tuple(int(x) for x in sel.layers)
+    if declared:  # trace.yaml's layers (a missing one's directory is named by the path check)
+        return declared
     found = list_layers(edir)
     if not found:
         raise UserError(f"{edir}: expected integer-named layer directories, got none")
@@ -794,6 +829,8 @@ def scan_dump(
     for m in models:
         for r in _pick(root / "samples" / m, runid, "runid", problems):
             runs.append(_scan_run(root, m, r, epoch, b * s, problems))
+    if tf is not None:
+        problems += trace_yaml_disagreements(root, tf, runs)
     first_model = runs[0].model if runs else (model or "")
     preset = model_preset(first_model)
     return DumpInventory(
@@ -807,6 +844,50 @@ def scan_dump(
         or (preset.num_experts if preset else None),
         k_dense=(tf.k if tf and tf.k else None) or (preset.k if preset else None),
     )
+
+
+def trace_yaml_disagreements(root: Path, tf: TraceFile, runs: Iterable[RunInventory]) -> list[str]:
+    """Where the files disagree with what trace.yaml says about them: its model/run/epoch
+    directories, its layers and shards (when declared: leftovers of an older trace, or files
+    lost), its k and its synthetic layers."""
+    where = f"{root / 'trace.yaml'}"
+    run = next((r for r in runs if (r.model, r.runid) == (tf.model, str(tf.runid))), None)
+    if run is None:
+        return [f"{where}: model {tf.model} run {tf.runid}: no such directory under samples/"]
+    epoch = next((e for e in run.epochs if e.epoch == str(tf.epoch)), None)
+    if epoch is None:
+        return [f"{where}: epoch {tf.epoch}: no such directory under actives/{tf.model}/{tf.runid}"]
+    found: list[str] = []
+    if tf.layers and set(tf.layers) != set(epoch.layers):
+        found.append(
+            f"{where}: layers {_diff(tf.layers, epoch.layers)} (trace.yaml lists "
+            f"{format_int_selection(tf.layers)}, the directory holds "
+            f"{format_int_selection(epoch.layers) if epoch.layers else 'none'})"
+        )
+    # each layer's files against samples/ is reported by the scan already
+    if tf.shards and set(run.shards) != set(tf.shards):
+        found.append(
+            f"{where}: shards {_diff(tf.shards, run.shards)} (trace.yaml lists "
+            f"{len(tf.shards)}, samples/ holds {len(run.shards)})"
+        )
+    if tf.k and epoch.k and set(epoch.k) != {tf.k}:
+        found.append(f"{where}: k is {tf.k}, the actives files hold top-{_join_ints(epoch.k)}")
+    stray = [x for x in tf.synthetic_layers if x not in epoch.layers]
+    if stray:
+        found.append(f"{where}: synthetic_layers {stray} have no layer directory")
+    return found
+
+
+def _diff(declared: Iterable[Any], present: Iterable[Any]) -> str:
+    extra = sorted(set(present) - set(declared), key=str)
+    missing = sorted(set(declared) - set(present), key=str)
+    parts = [f"{_abbrev([str(x) for x in extra])} not in trace.yaml"] if extra else []
+    parts += [f"{_abbrev([str(x) for x in missing])} missing"] if missing else []
+    return "; ".join(parts)
+
+
+def _join_ints(values: Iterable[int]) -> str:
+    return ",".join(str(v) for v in values)
 
 
 def _pick(directory: Path, wanted: str | None, what: str, problems: list[str]) -> tuple[str, ...]:

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import os
 import re
 import zipfile
 from collections.abc import Iterator
@@ -34,6 +36,16 @@ import numpy as np
 
 from sim import opener
 from sim.errors import UserError
+from sim.limits import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_EXPERTS,
+    MAX_TRACE_ENTRIES,
+    check_count,
+    float_array,
+    int_array,
+)
+from sim.ranges import MAX_INDEX
 from sim.trace.routing import RoutingTrace, TraceMeta
 
 ORDERS = ("step-major", "seq-major")
@@ -102,19 +114,17 @@ def trace_from_rows(
         scores = np.broadcast_to(ranks, experts.shape).astype(np.float32)
         experts_sorted = experts
     else:
-        weights = np.asarray(weights, dtype=np.float32)
+        weights = float_array(weights, f"{where}: gate weights", dtype=np.float32)
         if weights.shape != experts.shape:
             raise UserError(
                 f"{where}: expected gate weights of shape {experts.shape}, got {weights.shape}"
             )
-        if not np.isfinite(weights).all():
-            raise UserError(f"{where}: expected finite gate weights, got NaN or inf")
         order = np.argsort(-weights, axis=-1, kind="stable")  # trace order: score descending
         scores = np.take_along_axis(weights, order, axis=-1)
         experts_sorted = np.take_along_axis(experts, order, axis=-1)
     if token_ids is None:
         token_ids = np.full(tokens, -1, dtype=np.int64)
-    token_ids = np.asarray(token_ids)
+    token_ids = int_array(token_ids, f"{where}: token ids")
     if token_ids.shape != (tokens,):
         raise UserError(f"{where}: expected {tokens} token ids, got shape {token_ids.shape}")
     steps = tokens // seqs
@@ -183,6 +193,7 @@ def _load_npy(path: Path) -> Any:
     """A .npy array or a .npz's arrays, read through the one opener with pickles refused
     (``allow_pickle=False``: an object array is an error, never code)."""
     with opener.open_file(path, "a .npy/.npz file") as handle:
+        check_declared_arrays(path, handle)
         try:
             loaded = np.load(handle, allow_pickle=False)
             if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -193,6 +204,44 @@ def _load_npy(path: Path) -> Any:
             raise UserError(
                 f"{path}: expected a readable .npy/.npz array, got {_first_line(err)}"
             ) from None
+
+
+def check_declared_arrays(path: Path, handle: Any) -> None:
+    """Read the header of every array in a .npy or .npz before any array is loaded: at most
+    `MAX_TRACE_ENTRIES` entries each, and a .npy's data no larger than the file (a small
+    compressed .npz can declare gigabytes; np.load would allocate them first)."""
+    size = os.fstat(handle.fileno()).st_size
+    magic = handle.read(6)
+    handle.seek(0)
+    try:
+        if magic.startswith(b"PK"):
+            with zipfile.ZipFile(handle) as archive:
+                for info in archive.infolist():
+                    with archive.open(info) as member:
+                        _check_npy_header(path, member, info.file_size, info.filename)
+        elif magic == b"\x93NUMPY":
+            _check_npy_header(path, handle, size, None)
+    except UserError:
+        raise
+    except Exception:  # any damage: np.load says what is wrong with it
+        pass
+    finally:
+        handle.seek(0)
+
+
+def _check_npy_header(path: Path, stream: Any, size: int, member: str | None) -> None:
+    fmt = np.lib.format
+    version = fmt.read_magic(stream)
+    read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+    shape, _, dtype = read(stream)
+    entries = math.prod(shape)
+    where = f"{path}" + (f" ({member})" if member else "")
+    check_count(entries, MAX_TRACE_ENTRIES, where, "array entries", f"shape {list(shape)}")
+    if dtype.itemsize and entries * dtype.itemsize > size:
+        raise UserError(
+            f"{where}: expected array data within the file's {size:,} bytes, got shape "
+            f"{list(shape)} of {dtype} declaring {entries * dtype.itemsize:,} bytes"
+        )
 
 
 def _pick(
@@ -234,9 +283,14 @@ def read_jsonl(
                 if key not in obj:
                     raise UserError(f"{where}: expected field '{key}', got {sorted(obj)}")
             layer, token = obj["layer"], obj["token"]
-            if not _is_int(layer) or not _is_int(token) or token < 0:
+            if not (_is_int(layer) and _is_int(token) and 0 <= layer <= MAX_INDEX):
                 raise UserError(
-                    f"{where}: expected integer 'layer' and 'token' >= 0, got {layer!r}, {token!r}"
+                    f"{where}: expected integer 'layer' in 0..{MAX_INDEX:,} and 'token' >= 0, "
+                    f"got {layer!r}, {token!r}"
+                )
+            if not 0 <= token < MAX_TRACE_ENTRIES:
+                raise UserError(
+                    f"{where}: expected 'token' in 0..{MAX_TRACE_ENTRIES - 1:,}, got {token!r}"
                 )
             experts = obj["expert_ids"]
             if not isinstance(experts, list) or not experts or not all(map(_is_int, experts)):
@@ -257,7 +311,7 @@ def read_jsonl(
                     f"{where}: 'gate_weights': expected {len(experts)} numbers, got {gate!r}"
                 )
             if "token_id" in obj:
-                if not _is_int(obj["token_id"]):
+                if not _is_int(obj["token_id"]) or not INT64_MIN <= obj["token_id"] <= INT64_MAX:
                     raise UserError(
                         f"{where}: 'token_id': expected an integer, got {obj['token_id']!r}"
                     )
@@ -286,6 +340,12 @@ def read_jsonl(
         )
     layer_ids = tuple(sorted(set(layers)))
     num_tokens = max(tokens) + 1
+    if num_tokens * len(layer_ids) > len(ids):  # counted before a cell array is allocated
+        raise UserError(
+            f"{path}: expected one record for every (layer, token) of tokens 0..{num_tokens - 1} "
+            f"x {len(layer_ids)} layers = {num_tokens * len(layer_ids):,}, got {len(ids):,} "
+            "records"
+        )
     layer_index = {lid: i for i, lid in enumerate(layer_ids)}
     li = np.array([layer_index[x] for x in layers], dtype=np.int64)
     ti = np.array(tokens, dtype=np.int64)
@@ -307,11 +367,12 @@ def read_jsonl(
             f"{layer_ids[bad % len(layer_ids)]} token {bad // len(layer_ids)}"
         )
     experts_arr = np.empty((num_tokens, len(layer_ids), k), dtype=np.int64)
-    experts_arr[ti, li] = np.array(ids, dtype=np.int64)
+    experts_arr[ti, li] = int_array(ids, f"{path}: 'expert_ids'", lo=0, hi=MAX_EXPERTS)
     weights_arr = None
     if all(with_weights):
         weights_arr = np.empty((num_tokens, len(layer_ids), k), dtype=np.float32)
-        weights_arr[ti, li] = np.array(weights, dtype=np.float32)
+        where = f"{path}: 'gate_weights'"
+        weights_arr[ti, li] = float_array(weights, where, dtype=np.float32)
     tok = None
     if token_ids:
         tok = np.full(num_tokens, -1, dtype=np.int64)
@@ -416,6 +477,13 @@ def read_flame_parquet(
     rows_per_shard = micro_batch_size * seq_len
     start = first_shard * rows_per_shard
     stop = start + num_shards * rows_per_shard
+    check_count(  # rows x layers, before a row is read (x k once the files say k)
+        (stop - start) * len(chosen),
+        MAX_TRACE_ENTRIES,
+        f"{root}",
+        "routing rows x layers to import",
+        f"{num_shards} shards x B={micro_batch_size} x S={seq_len} x {len(chosen)} layers",
+    )
     per_layer = []
     for layer in chosen:
         table = _read_rows(pq, [layer_files[layer]], start, stop, ["scores", "indices"])
@@ -426,7 +494,9 @@ def read_flame_parquet(
     if not sample_files:
         raise UserError(f"{root / 'samples'}: expected NNN.parquet files, got none")
     samples_tab = _read_rows(pq, sample_files, start, stop, ["token_id"])
-    samples = np.asarray(samples_tab.column("token_id").to_numpy(), dtype=np.int64)
+    samples = int_array(
+        samples_tab.column("token_id").to_numpy(zero_copy_only=False), f"{root}: token_id"
+    )
 
     k = per_layer[0][0].shape[1]
     indices = np.stack([p[0] for p in per_layer], axis=1)  # [rows, layers, k]
@@ -500,9 +570,12 @@ def _read_file_rows(
         if absent:
             raise UserError(f"{path}: expected columns {columns}, got {names}")
         for rg in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(rg).num_rows
+            group = pf.metadata.row_group(rg)
+            n = group.num_rows
             lo, hi = max(start, offset), min(stop, offset + n)
-            if lo < hi:
+            if lo < hi:  # what the row group declares, before it is decompressed
+                where = f"{path}: row group {rg}"
+                check_count(group.total_byte_size, 8 * MAX_TRACE_ENTRIES, where, "bytes")
                 table = pf.read_row_group(rg, columns=columns)
                 pieces.append(table.slice(lo - offset, hi - lo))
             offset += n
@@ -519,11 +592,16 @@ def _list_column(path: Path, table: Any, name: str, dtype: type) -> np.ndarray:
     """A fixed-size list column as a ``[rows, k]`` array."""
     column = table.column(name).combine_chunks()
     try:
-        flat = np.asarray(column.flatten().to_numpy(zero_copy_only=False), dtype=dtype)
+        values = column.flatten().to_numpy(zero_copy_only=False)
     except (AttributeError, ValueError, TypeError) as err:
         raise UserError(
             f"{path}: column '{name}': expected lists of numbers, got {_first_line(err)}"
         ) from None
+    where = f"{path}: column '{name}'"
+    if np.issubdtype(dtype, np.integer):  # dtype and range checked before the cast
+        flat = int_array(values, where, lo=0, hi=MAX_EXPERTS).astype(dtype)
+    else:
+        flat = float_array(values, where, dtype=dtype)
     rows = table.num_rows
     if rows == 0 or flat.size % rows:
         raise UserError(

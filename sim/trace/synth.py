@@ -42,6 +42,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from sim.errors import UserError
+from sim.limits import INT64_MAX, MAX_LAYERS, MAX_TRACE_ENTRIES, check_count
+from sim.ranges import MAX_INDEX
 from sim.trace.routing import RoutingTrace, TraceMeta
 
 GENERATOR_VERSION = 1
@@ -221,10 +223,13 @@ def validate(cfg: SynthConfig) -> dict[str, np.ndarray]:
         raise UserError(f"synth topk: expected at most {cfg.num_experts} (experts), got {cfg.topk}")
     if cfg.num_experts > np.iinfo(np.int16).max:
         raise UserError(f"synth experts: expected at most 32767, got {cfg.num_experts}")
-    if cfg.seed < 0:
-        raise UserError(f"synth seed: expected a non-negative integer, got {cfg.seed}")
-    if not np.isfinite(cfg.zipf_exponent) or cfg.zipf_exponent < 0:
-        raise UserError(f"synth zipf exponent: expected a number >= 0, got {cfg.zipf_exponent}")
+    if not 0 <= cfg.seed <= INT64_MAX:
+        raise UserError(f"synth seed: expected an integer in 0..{INT64_MAX}, got {cfg.seed}")
+    if not np.isfinite(cfg.zipf_exponent) or not 0 <= cfg.zipf_exponent <= 100:
+        raise UserError(
+            f"synth zipf exponent: expected a number in [0, 100], got {cfg.zipf_exponent}"
+        )
+    check_synth_size(cfg)
     num_layers = len(cfg.layer_ids)
     knobs = {
         name: PerLayer.of(getattr(cfg, name), name).resolve(num_layers, f"synth {name}")
@@ -236,9 +241,30 @@ def validate(cfg: SynthConfig) -> dict[str, np.ndarray]:
     if not 0.0 <= cfg.topic_memory <= 1.0:
         raise UserError(f"synth topic_memory: expected a number in [0, 1], got {cfg.topic_memory}")
     for name in ("popularity_skew", "token_weight", "context_weight", "topic_weight", "sharpness"):
-        if np.any(knobs[name] < 0):
-            raise UserError(f"synth {name}: expected values >= 0, got {knobs[name].tolist()}")
+        if np.any(knobs[name] < 0) or not np.all(knobs[name] <= 1e6):
+            raise UserError(
+                f"synth {name}: expected values in [0, 1e6], got {knobs[name].tolist()}"
+            )
     return knobs
+
+
+def check_synth_size(cfg: SynthConfig) -> None:
+    """The sizes the settings declare, counted before anything is allocated: routing entries
+    (sequences x steps x layers x k), router logits (sequences x steps x experts, per layer),
+    the token embedding (vocab x hidden_dim), each against its limit."""
+    layers = len(cfg.layer_ids)
+    check_count(layers, MAX_LAYERS, "synth layers", "layers")
+    if max(cfg.layer_ids) > MAX_INDEX or min(cfg.layer_ids) < 0:
+        raise UserError(
+            f"synth layers: expected ids in 0..{MAX_INDEX}, got {list(cfg.layer_ids)[:5]}"
+        )
+    hint = "generate fewer sequences or steps (trace synth --num-shards/--seq-len)"
+    where = "synth"
+    cells = cfg.num_seqs * cfg.seq_len
+    check_count(cells * layers * cfg.topk, MAX_TRACE_ENTRIES, where, "routing entries", hint)
+    check_count(cells * cfg.num_experts, MAX_TRACE_ENTRIES, where, "router logits per layer", hint)
+    check_count(cfg.hidden_dim, 4096, "synth hidden_dim", "dimensions")
+    check_count(cfg.vocab * cfg.hidden_dim, MAX_TRACE_ENTRIES, where, "token-embedding values")
 
 
 def zipf_tokens(

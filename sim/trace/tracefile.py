@@ -8,6 +8,7 @@ them next to the dump so that loading needs no options. See ``docs/trace-format.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,21 @@ import yaml
 from sim import opener
 from sim.atomic import write_text
 from sim.errors import UserError
+from sim.limits import MAX_BATCH, MAX_EXPERTS, MAX_SEQ_LEN
+from sim.ranges import MAX_INDEX
 from sim.trace.routing import LAYOUTS
 from sim.yamlio import read_yaml
 
 TRACE_YAML = "trace.yaml"
+_SHARD_NAME = re.compile(r"^\d+-\d+$")
 
 _INT_FIELDS = ("seq_len", "micro_batch_size", "num_experts", "k")
+_INT_LIMITS = {
+    "seq_len": MAX_SEQ_LEN,
+    "micro_batch_size": MAX_BATCH,
+    "num_experts": MAX_EXPERTS,
+    "k": MAX_EXPERTS,
+}
 _STR_FIELDS = ("model", "runid", "epoch", "layout", "provenance", "tokens_known", "notes")
 
 
@@ -43,10 +53,19 @@ class TraceFile:
     synthetic_layers: tuple[int, ...] = ()
     tokens_known: str = "all"  # "all", "none", "sequence 0 only", ...
     notes: str = ""
+    # What the directory holds, as written (empty: not declared, as in older trace.yaml files):
+    # loading "all" takes these, and `moesim trace info` compares them with the files.
+    layers: tuple[int, ...] = ()
+    shards: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["synthetic_layers"] = list(self.synthetic_layers)
+        for name in ("synthetic_layers", "layers", "shards"):
+            data[name] = list(getattr(self, name))
+        if not self.layers:
+            del data["layers"]
+        if not self.shards:
+            del data["shards"]
         return data
 
 
@@ -90,8 +109,11 @@ def _from_mapping(path: Path, data: dict[str, Any]) -> TraceFile:
         value = data.get(name)
         if value is None:
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise UserError(f"{path}: field '{name}': expected a positive integer, got {value!r}")
+        limit = _INT_LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+            raise UserError(
+                f"{path}: field '{name}': expected an integer in 1..{limit:,}, got {value!r}"
+            )
         values[name] = value
     if "synthetic" in data:
         if not isinstance(data["synthetic"], bool):
@@ -99,14 +121,23 @@ def _from_mapping(path: Path, data: dict[str, Any]) -> TraceFile:
                 f"{path}: field 'synthetic': expected true/false, got {data['synthetic']!r}"
             )
         values["synthetic"] = data["synthetic"]
-    layers = data.get("synthetic_layers") or []
-    if not isinstance(layers, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in layers
+    for name in ("synthetic_layers", "layers"):
+        layers = data.get(name) or []
+        if not isinstance(layers, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_INDEX for v in layers
+        ):
+            raise UserError(f"{path}: field '{name}': expected a list of layer ids, got {layers!r}")
+        if len(set(layers)) != len(layers):
+            raise UserError(f"{path}: field '{name}': expected distinct layer ids, got {layers!r}")
+        values[name] = tuple(layers)
+    shards = data.get("shards") or []
+    if not isinstance(shards, list) or not all(
+        isinstance(v, str) and _SHARD_NAME.match(v) for v in shards
     ):
-        raise UserError(
-            f"{path}: field 'synthetic_layers': expected a list of layer ids, got {layers!r}"
-        )
-    values["synthetic_layers"] = tuple(layers)
+        raise UserError(f"{path}: field 'shards': expected shard names like '0-0', got {shards!r}")
+    if len(set(shards)) != len(shards):
+        raise UserError(f"{path}: field 'shards': expected distinct names, got {shards!r}")
+    values["shards"] = tuple(shards)
     layout = values.get("layout", "megatron")
     if layout not in LAYOUTS:
         raise UserError(f"{path}: field 'layout': expected one of {list(LAYOUTS)}, got {layout!r}")

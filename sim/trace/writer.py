@@ -7,6 +7,7 @@ embedded, synthetic and imported traces share one on-disk format with real dumps
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,9 @@ def _write_files(
                 torch.from_numpy(np.ascontiguousarray(experts, dtype=np.int64)).to(index_dtype),
             )
             _save(edir / str(layer) / f"{shard}.pt", pair)
-    write_trace_yaml(root, trace_file_for(trace, seq_len=seq_len, micro_batch_size=batch))
+    shards = tuple(f"{shard_prefix}-{i}" for i in range(trace.num_seqs // batch))
+    facts = trace_file_for(trace, seq_len=seq_len, micro_batch_size=batch)
+    write_trace_yaml(root, replace(facts, layers=tuple(trace.layer_ids), shards=shards))
 
 
 def trace_file_for(trace: RoutingTrace, *, seq_len: int, micro_batch_size: int) -> TraceFile:
