@@ -207,25 +207,30 @@ def balanced_split_paths(
     and the MD path that minimises the layer's finish time as the engine times it: the run's
     cost model, the links' current queues (``view.link_free_at``) and the hits, which need the
     GPU too (the GPU runs the hits already in HBM first, then every other expert in arrival
-    order, hits still in flight included, `GpuProcess._gpu_part`).
+    order, hits still in flight included, `GpuProcess._gpu_part`). Every copy is timed at its
+    own size, as the engine does: hits in their cached copy's precision (``view.precision_at``),
+    misses in the default copy of the tier they come from (or the cost model's one precision,
+    under `quantised-all`).
 
     **Exact** (the minimum over all 2^n splits of the n candidates) when one of the two
     arguments below holds for the gate, or else when ``n <= exhaustive_limit`` (every split is
     evaluated); otherwise it returns the best split of the sorted family the argument would
     search (a heuristic). Under the roofline cost model (`RooflineCost`) the fetch-mode argument
-    always holds, the near-data one whenever the candidates' GPU compute is equal
-    (memory-bound experts: tokens below the roofline ridge, the usual case).
+    holds whenever both tiers' default copies are the same precision, the near-data one
+    whenever the candidates' GPU compute is equal (memory-bound experts: tokens below the
+    roofline ridge, the usual case).
 
     * fetch mode, when each link has one transfer time for every candidate and GPU compute does
-      not increase along the gate order (most tokens first; any roofline): for a given ``k``
-      (how many go over PCIe) the FIFO arrival times on each link are fixed (the j-th transfer
-      of a link arrives at the same time whichever expert it carries), so only which expert
-      gets which arrival time matters. The GPU runs experts serially in arrival order (hits
-      still in flight among them, at their fixed arrival times) and ends at
-      ``max_i(r_i + sum of compute from i on)``; swapping two candidates so that the larger
-      compute gets the earlier arrival never increases any term, so "the i-th candidate to the
-      i-th earliest of the merged arrival times" is optimal for that ``k``, and it is a split
-      the engine realises (each link's queue keeps the gate order). Enumerating ``k`` is exact.
+      not increase along the gate order (most tokens first; any roofline) and does not depend
+      on the tier the copy comes from: for a given ``k`` (how many go over PCIe) the FIFO
+      arrival times on each link are fixed (the j-th transfer of a link arrives at the same
+      time whichever expert it carries), so only which expert gets which arrival time
+      matters. The GPU runs experts serially in arrival order (hits still in flight among
+      them, at their fixed arrival times) and ends at ``max_i(r_i + sum of compute from i
+      on)``; swapping two candidates so that the larger compute gets the earlier arrival
+      never increases any term, so "the i-th candidate to the i-th earliest of the merged
+      arrival times" is optimal for that ``k``, and it is a split the engine realises (each
+      link's queue keeps the gate order). Enumerating ``k`` is exact.
     * near-data mode, when PCIe has one transfer time for every candidate, the candidates' GPU
       compute is equal, near-data compute does not increase along the gate order and the
       activations cost the roofline's ``latency + bytes / rate`` each way: the GPU side then
@@ -233,9 +238,9 @@ def balanced_split_paths(
       additive) is smallest when the first ``k`` candidates leave it: a sorted prefix.
 
     Ties go to fewer PCIe transfers. This is the optimum for a GPU alone on FIFO links (what
-    tests/test_split_policies.py checks against brute force); on network routes
-    ``link_free_at`` is an estimate (docs/engine.md, "The flow model"), and so is the result.
-    """
+    tests/test_split_policies.py checks against brute force); where the engine does what the
+    gate cannot see (network routes, several GPUs, transfers added after the split) it is an
+    estimate: docs/engine.md, "When balanced-split is exact"."""
     hw, cost = ctx.hardware, ctx.cost
     md = md_path(hw)
     paths = np.full(view.experts.size, md, dtype=np.int8)
@@ -246,9 +251,9 @@ def balanced_split_paths(
     if hw.placement == "host":
         paths[:] = Path.PCIE
         return paths
-    s, layer = view.step, view.layer
     experts, tokens = view.experts[cand], view.tokens[cand]
-    c = np.asarray(cost.gpu_compute_time(s, layer, experts, tokens), dtype=np.float64)
+    c_cost = np.asarray(cost.gpu_compute_time(view.step, view.layer, experts, tokens), float)
+    c = _in_copies(ctx, tokens, c_cost, "pcie")  # GPU compute of a copy fetched over PCIe
     r_hit, c_hit, busy = _hit_schedule(view, ctx)
     per_expert = hw.gpu.expert_start == "per-expert"
     d_pcie = _durations(view, ctx, "pcie", experts)
@@ -256,7 +261,13 @@ def balanced_split_paths(
     if md == Path.MD_FETCH:
         d_md = _durations(view, ctx, "md_link", experts)
         free_md = _free(view, "md_link")
-        exact = _uniform(d_pcie) and _uniform(d_md) and not (np.diff(c) > 0).any()
+        c_md = _in_copies(ctx, tokens, c_cost, "md_link")  # the MD tier's copy
+        exact = (
+            _uniform(d_pcie)
+            and _uniform(d_md)
+            and (c_md is c or np.array_equal(c, c_md))
+            and (is_roofline(cost, "gpu_compute_time") or not (np.diff(c) > 0).any())
+        )
         if not exact and n <= exhaustive_limit:
             subsets = _subsets(n)
             ready = np.where(
@@ -264,9 +275,7 @@ def balanced_split_paths(
                 _subset_arrivals(free_pcie, d_pcie, subsets),
                 _subset_arrivals(free_md, d_md, ~subsets),
             )
-            ends = gpu_end_estimates(
-                ready, np.broadcast_to(c, ready.shape), r_hit, c_hit, per_expert
-            )
+            ends = gpu_end_estimates(ready, np.where(subsets, c, c_md), r_hit, c_hit, per_expert)
             paths[cand[subsets[_fewest_pcie_argmin(ends, subsets)]]] = Path.PCIE
             return paths
         a_pcie = fifo_arrivals(free_pcie, d_pcie, n)
@@ -291,11 +300,11 @@ def balanced_split_paths(
         paths[cand[source[k] < n]] = Path.PCIE
         return paths
 
-    near_c = np.asarray(cost.near_compute_time(s, layer, experts, tokens), dtype=np.float64)
+    near_c = _near_times(ctx, view, experts, tokens)
     exact = (
         _uniform(d_pcie)
         and np.ptp(c) == 0
-        and not (np.diff(near_c) > 0).any()
+        and (is_roofline(cost, "near_compute_time") or not (np.diff(near_c) > 0).any())
         and is_roofline(cost, "activation_time")
     )
     if not exact and n <= exhaustive_limit:
@@ -333,13 +342,52 @@ def _hit_schedule(
         return none, none, 0.0
     experts = view.experts[hit]
     r_hit = np.maximum(view.ready_at[view.layer, experts] - view.now, 0.0)
-    c_hit = np.asarray(
-        ctx.cost.gpu_compute_time(view.step, view.layer, experts, view.tokens[hit]), float
-    )
+    tokens = view.tokens[hit]
+    held = None if view.precision_at is None else view.precision_at[view.layer, experts]
+    c_hit = np.asarray(ctx.cost.gpu_compute_time(view.step, view.layer, experts, tokens), float)
+    c_hit = _in_copies(ctx, tokens, c_hit, held)
     if r_hit.any():
         return r_hit, c_hit, None
     busy = float(c_hit.sum())
     return np.zeros(1), np.array([busy]), busy
+
+
+def _in_copies(
+    ctx: PolicyContext, tokens: np.ndarray, c: np.ndarray, copies: str | np.ndarray | None
+) -> np.ndarray:
+    """``c``, the cost model's GPU compute of experts with ``tokens``, for the copies the
+    engine computes them from: ``copies`` a route (its default copy, what a fetch over it
+    brings), precision indices (cached copies), or None (the copy the cost model assumes). A
+    copy other than the one the cost model assumes is timed by the roofline at its own size, as
+    the engine does (reduced copies need the roofline: with another cost model all are native)."""
+    cost = ctx.cost
+    if copies is None or not is_roofline(cost, "gpu_compute_time"):
+        return c
+    assumed = cost.precision or 0
+    if isinstance(copies, str):
+        q = cost.route_copy[copies]
+        return c if q == assumed else np.asarray(cost.gpu_time_at(tokens, q), np.float64)
+    other = copies != assumed
+    if not other.any():
+        return c
+    c = np.array(c, dtype=np.float64)
+    for q in np.unique(copies[other]).tolist():
+        on = copies == q
+        c[on] = cost.gpu_time_at(tokens[on], q)
+    return c
+
+
+def _near_times(
+    ctx: PolicyContext, view: GateView, experts: np.ndarray, tokens: np.ndarray
+) -> np.ndarray:
+    """Near-data compute of ``experts`` in the MD tier's default copy, as the engine times it
+    (`_in_copies` for the compute next to the pool)."""
+    cost = ctx.cost
+    c = np.asarray(cost.near_compute_time(view.step, view.layer, experts, tokens), np.float64)
+    if not is_roofline(cost, "near_compute_time"):
+        return c
+    q = cost.route_copy["md_link"]
+    return c if q == (cost.precision or 0) else np.asarray(cost.near_time_at(tokens, q), float)
 
 
 def _uniform(durations: np.ndarray | float) -> bool:
@@ -487,8 +535,9 @@ class BalancedSplit(Policy):
     each path's latency, bandwidth, channels and queue, GPU/near-data compute, and the cached
     experts (in HBM or still in flight). The exact optimum of what the seed's rule
     approximates, with the conditions under which it is exact in `balanced_split_paths`
-    (always under the roofline in fetch mode; in near-data mode when GPU compute is equal across
-    the candidates or they are at most ``exhaustive_limit``). No cache of its own."""
+    (under the roofline: in fetch mode when both tiers' default copies are the same precision,
+    in near-data mode when GPU compute is equal across the candidates; or when they are at
+    most ``exhaustive_limit``). No cache of its own."""
 
     name = "balanced-split"
     summary = "the GPU/MD split minimising each layer's finish time (DynaNDE-style)"
