@@ -129,11 +129,10 @@ def check_invariants(result, hw, mdl) -> None:
     assert result.totals["late_prefetches"] == pl["late_prefetches"].sum()
     assert pl["late_prefetches"][0] == 0  # nothing can be in flight at the first gate
     assert result.totals["total_time"] == pl["t_end"][-1]
-    if not (pl["host"].any() or pl["md_near"].any()):
-        # all compute on the GPU: a step can never beat the all-in-HBM compute
-        lat, ref = result.per_step["latency"], result.per_step["compute_only"]
-        assert np.all(lat >= ref * (1 - 1e-12))
-        assert np.all(pl["stall"] >= -1e-12 * pl["t_end"].max())
+    # a step never beats the compute of what it ran, where it ran it; no layer stalls < 0
+    lat, ref = result.per_step["latency"], result.per_step["compute_only"]
+    assert np.all(lat >= ref * (1 - 1e-12))
+    assert np.all(pl["stall"] >= 0.0)
 
 
 @settings(max_examples=50, deadline=None)

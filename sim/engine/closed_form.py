@@ -28,6 +28,7 @@ import numpy as np
 
 from sim.contract import Path
 from sim.engine.cost import RooflineCost
+from sim.engine.results import stall_split
 from sim.hardware import Hardware, ModelSpec
 
 
@@ -79,7 +80,6 @@ def stateless_layer_times(
         raise ValueError("the closed form covers PCIE, MD_FETCH and MD_NEAR paths only")
 
     c_all = np.where(active, cost.gpu_time_from_tokens(tok), 0.0)
-    ref = c_all.sum(axis=2)
     pcie = active & (path == Path.PCIE)
     mdf = active & (path == Path.MD_FETCH)
     near = active & (path == Path.MD_NEAR)
@@ -102,6 +102,9 @@ def stateless_layer_times(
     md_end = np.where(near.any(axis=2), (half + near_c.sum(axis=2)) + half, 0.0)
 
     rel_end = np.maximum(gpu_end, md_end)
+    # stall's reference: the GPU's experts one after another beside the MD unit's (`stall_split`)
+    gpu_c = np.where(gpu, c_all, 0.0).sum(axis=2)
+    ref, stall = stall_split(rel_end, np.maximum(gpu_c, near_c.sum(axis=2)))
     steps, layers = rel_end.shape
     if non_expert is None:
         if hardware.gpu.non_expert_time is None:
@@ -126,7 +129,7 @@ def stateless_layer_times(
         t_end=t_end,
         transfer_window=np.maximum(fetch_last, md_end),
         layer_time=layer_time,
-        stall=rel_end - ref,
+        stall=stall,
         bytes_pcie=pcie.sum(axis=2) * eb,
         bytes_md=mdf.sum(axis=2) * eb + 2.0 * near_tokens * act_bytes,
         latency=layer_time.sum(axis=1),

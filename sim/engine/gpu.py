@@ -33,7 +33,7 @@ from sim.engine.clock import Clock
 from sim.engine.cost import RooflineCost, is_roofline
 from sim.engine.links import FifoLink, Placed
 from sim.engine.network import FlowNetwork, LayerBarrier, Route, SharedUnit, Transfer
-from sim.engine.results import GateBlock, GateRecord, TimelineEvent
+from sim.engine.results import GateBlock, GateRecord, TimelineEvent, stall_split
 from sim.engine.source import GateOrder, Idle, Iteration, IterationSource
 from sim.errors import UserError
 from sim.precision import ROUTE_TIER, copy_sizes, tier_copies
@@ -284,8 +284,9 @@ class GpuProcess:
         last = self.records[-1]
         assert isinstance(last, GateRecord)
         rel = env.now - t_gate
+        ref, stall = stall_split(rel, last.compute_ref)
         self.records[-1] = last._replace(
-            t_end=env.now, stall=rel - last.compute_ref, layer_time=ne + rel
+            t_end=env.now, stall=stall, compute_ref=ref, layer_time=ne + rel
         )
 
     def _peer_transfer(self, env: Clock, tokens: float, s: int, layer: int) -> Iterator:
@@ -401,7 +402,7 @@ class GpuProcess:
         bytes_md = n_md_f * self.route_bytes[MD_ROUTE]
         _book_idle(host, t_gate, d_host, n_host, bytes_host, last_host)
         _book_idle(md, t_gate, d_md, n_md, bytes_md, last_md)
-        ref = g.ref_table
+        ref, stall = stall_split(rel_end, g.ref_table)  # every expert native on the GPU
         zeros = np.zeros(rows, dtype=np.int64)
         self.records.append(
             GateBlock(
@@ -426,7 +427,7 @@ class GpuProcess:
                 t_gate,
                 t_end,
                 np.maximum(last_host, last_md),
-                rel_end - ref,
+                stall,
                 ne + rel_end,
                 np.zeros(rows),
                 g.total,
@@ -556,6 +557,7 @@ class GpuProcess:
     ) -> None:
         head = self._pending_record
         degraded, dropped = self._pending_quality
+        ref, stall = stall_split(rel_end, ref)
         self.records.append(
             GateRecord(
                 *head,
@@ -563,7 +565,7 @@ class GpuProcess:
                 t_gate,
                 t_end,
                 window,
-                rel_end - ref,
+                stall,
                 ne + rel_end,
                 self.cache.used_bytes,
                 g.gate_mass(layer),
@@ -635,6 +637,8 @@ class GpuProcess:
                 evicted = cache.precisions_of(decision.evict)
             cache.evict(decision.evict, s, layer, g.counts[layer])
         groups = self._groups(eff, by_path, n)
+        if prec is not None or by_path[_MD_NEAR] or by_path[_HOST]:
+            ref = self._compute_ref(s, layer, experts, tokens, eff, c_all, groups, prec)
         return _Opened(
             view,
             decision,
@@ -912,6 +916,30 @@ class GpuProcess:
         if job.done != job.done:  # not done yet (nan)
             yield _countdown(env, [job])
         return job.done - t_gate
+
+    def _compute_ref(
+        self,
+        s: int,
+        layer: int,
+        experts: np.ndarray,
+        tokens: np.ndarray,
+        eff: np.ndarray,
+        c_all: np.ndarray,
+        groups: list[np.ndarray | None],
+        prec: np.ndarray | None,
+    ) -> float:
+        """The gate's expert compute with every input in place, what its stall is measured
+        from (`stall_split`): the copies it used (``c_all`` already in their precisions),
+        where it ran them: the GPU's experts one after another, beside the MD pool's and the
+        host CPU's (each unit serial, the three in parallel)."""
+        on_gpu = (eff == _HIT) | (eff == _PCIE) | (eff == _MD_FETCH)
+        ref = float(c_all[on_gpu].sum())
+        for path in (_MD_NEAR, _HOST):
+            idx = groups[path]
+            if idx is not None:
+                c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
+                ref = max(ref, float(c.sum()))
+        return ref
 
     def _remote_compute(
         self,

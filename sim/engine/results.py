@@ -109,11 +109,23 @@ class GateRecord(NamedTuple):
     gate_mass: float
     degraded_gate_mass: float
     dropped_gate_mass: float
-    compute_ref: float  # GPU compute of all active experts as if all were in HBM, s
+    compute_ref: float  # the gate's expert compute with every input in place (`stall_split`), s
     non_expert: float  # the layer's non-expert time, s
 
 
 assert GateRecord._fields[: len(PER_LAYER_COLUMNS)] == PER_LAYER_COLUMNS
+
+
+def stall_split(rel_end: Any, compute: Any) -> tuple[Any, Any]:
+    """``(compute_ref, stall)`` of gates whose expert phase (gate to layer end) lasted
+    ``rel_end`` and whose experts' compute with every input in place takes ``compute``: the
+    copies the gate used, where it ran them (the GPU's serial compute, the MD pool's unit and
+    the host CPU, each of its own experts, in parallel: the longest of the three). The
+    reference is capped at ``rel_end`` (it only exceeds it by rounding), so the stall, the
+    time the experts waited for data (transfers, activations, a shared unit, other GPUs), is
+    never negative and the two add up to ``rel_end``. Floats or arrays."""
+    ref = np.minimum(compute, rel_end)
+    return ref, rel_end - ref
 
 
 class GateBlock(NamedTuple):

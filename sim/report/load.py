@@ -250,8 +250,9 @@ def column_rules() -> dict[str, ColumnRule]:
 
     # A blank cell is what the writers put for "does not apply" (None, NaN); it is refused only
     # in the columns every row has (the keys, the counts and the step latency).
-    # Ranges only where they are definitional (times and bytes are never negative, a rate is a
-    # share); other measures (a stall, a gap closed) are any finite number.
+    # Ranges only where they are definitional (times and bytes are never negative, a stall
+    # and the compute it is measured from included: docs/engine.md, a rate is a share); other
+    # measures (a gap closed) are any finite number.
     count = ColumnRule("int", 0, 2**53)
     measure = ColumnRule("float", blank=True)
     rules = {name: measure for name in (*TOTAL_KEYS, *PER_STEP_COLUMNS, *PER_LAYER_COLUMNS)}
@@ -260,6 +261,7 @@ def column_rules() -> dict[str, ColumnRule]:
     rules.update({name: ColumnRule("float", 0) for name in ("mean_step", "latency", "total_time")})
     never_negative = ColumnRule("float", 0, blank=True)
     rules.update({n: never_negative for n in rules if n.startswith(("bytes_", "p50", "p99"))})
+    rules.update({n: never_negative for n in ("stall", "compute_only")})
     rules.update(
         label=ColumnRule("text"),
         policy=ColumnRule("text"),

@@ -297,6 +297,17 @@ class _Engine:
             bytes_pcie += nbytes
             rel_end = max(rel_end, end)
             window = max(window, end)
+        # stall's reference, as the engine now defines it (sim.engine.results.stall_split): the
+        # compute of the GPU's experts beside the remote units', capped at the layer's end
+        if near_out is not None or host_out is not None:
+            on_gpu = (eff == _HIT) | (eff == _PCIE) | (eff == _MD_FETCH)
+            ref = float(c_all[on_gpu].sum())
+            for out, path in ((near_out, _MD_NEAR), (host_out, _HOST)):
+                if out is not None:
+                    ref = max(
+                        ref, float(self._remote_compute(path, s, layer, experts, tokens, out))
+                    )
+        ref = min(ref, rel_end)
 
         self.rows.append(
             (
@@ -410,6 +421,22 @@ class _Engine:
             )
         return start, end, half, idx
 
+    def _unit_compute(
+        self, path: int, s: int, layer: int, experts: np.ndarray, tokens: np.ndarray
+    ) -> np.ndarray:
+        if path == Path.MD_NEAR:
+            c = self.cost.near_compute_time(s, layer, experts, tokens)
+        else:
+            c = self.cost.host_compute_time(s, layer, experts, tokens)
+        return np.asarray(c, dtype=float)
+
+    def _remote_compute(
+        self, path: int, s: int, layer: int, experts: np.ndarray, tokens: np.ndarray, out: tuple
+    ) -> float:
+        """A remote unit's serial compute of the gate's experts on ``path`` (stall reference)."""
+        idx = out[-1]
+        return float(self._unit_compute(path, s, layer, experts[idx], tokens[idx]).sum())
+
     def _remote_part(
         self,
         link_name: str,
@@ -425,13 +452,8 @@ class _Engine:
 
         Returns (relative end, bytes moved both ways)."""
         _start, arrived, half, idx = out
-        if path == Path.MD_NEAR:
-            c = self.cost.near_compute_time(s, layer, experts[idx], tokens[idx])
-            unit = "md"
-        else:
-            c = self.cost.host_compute_time(s, layer, experts[idx], tokens[idx])
-            unit = "host"
-        c = np.asarray(c, dtype=float)
+        unit = "md" if path == Path.MD_NEAR else "host"
+        c = self._unit_compute(path, s, layer, experts[idx], tokens[idx])
         done = arrived + float(c.sum())
         nbytes = float(tokens[idx].sum()) * self.act_bytes
         b_start, b_end, slot = self.links[link_name].place_one(t_gate + done, half, nbytes)
