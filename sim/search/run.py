@@ -12,6 +12,11 @@ Results directory::
 A point is the base scenario with the varied fields set and one policy (its own baseline), so
 its id is the sweep's point id of those overrides: ``--resume DIR`` replays the (deterministic)
 search and reads every point that has a file instead of simulating it again.
+
+Inputs are pinned by content as a sweep's are: every point file records the checksums of the
+trace (and cost tables) it ran on; a resumed point whose inputs now differ is refused before
+anything runs (`check_resumed_inputs`), and so is a worker that finds them changed. A worker
+killed from outside is one line naming the point it ran (`worker_died`).
 """
 
 from __future__ import annotations
@@ -46,7 +51,15 @@ from sim.sweep import (
     run_point,
     write_point,
 )
-from sim.sweep.run import plain, progress_bar
+from sim.sweep.executors import WorkerDied
+from sim.sweep.run import (
+    check_resumed_inputs,
+    forget_inputs,
+    plain,
+    progress_bar,
+    scenario_inputs,
+    worker_died,
+)
 
 MANIFEST = "search.resolved.yaml"
 POINTS_DIR = "points"
@@ -101,6 +114,7 @@ def run_search(
     start = time.perf_counter()
     session = Session(executor=executor, jobs=jobs, scheduler=scheduler)  # checks the flags
     spec = _sweep_spec(question)
+    forget_inputs()  # the trace files are read afresh (a resume checks them against the points)
     _validate_ends(question, spec)
     out = Path(out_dir)
     prepare_dir(out, spec, resume, MANIFEST, "search")
@@ -279,8 +293,7 @@ def _probe(
     pt = (0,) * len(question.fields)
     point = _point(question, spec, label, pt)
     if resume and _on_disk(out, point):
-        state.rows[point.point_id] = read_rows(out, point)
-        state.reused += 1
+        _read_back(question, spec, out, label, pt, state)
     elif known_metric(question.goal.metric):
         return
     else:
@@ -317,25 +330,77 @@ def _evaluate(
         if point.point_id in state.rows or point.point_id in tasks:
             continue
         if resume and _on_disk(out, point):
-            state.rows[point.point_id] = read_rows(out, point)
-            state.reused += 1
+            _read_back(question, spec, out, label, pt, state)
             continue
-        task = PointTask(point, point_document(spec, point), spec.source)
+        document = point_document(spec, point)
+        task = PointTask(point, document, spec.source, _inputs(question, document))
         tasks[point.point_id] = (label, pt, task)
     failures = []
-    for outcome in session.run([t for _, _, t in tasks.values()], point_fn):
-        label, pt, _ = tasks[outcome.point_id]
-        if outcome.error is not None:
-            failures.append((label, pt, outcome))
-            continue
-        if not state.manifest_written:  # with the first result: a search that never
-            write_text(out / MANIFEST, manifest)  # started leaves nothing behind
+    try:
+        for outcome in session.run([t for _, _, t in tasks.values()], point_fn):
+            label, pt, _ = tasks[outcome.point_id]
+            if outcome.error is not None:
+                failures.append((label, pt, outcome))
+                continue
+            if not state.manifest_written:  # with the first result: a search that never
+                write_text(out / MANIFEST, manifest)  # started leaves nothing behind
+                state.manifest_written = True
+            write_point(out, outcome)
+            state.rows[outcome.point_id] = list(outcome.rows)
+            state.ran += 1
+            bar.update(1)
+    except WorkerDied as err:
+        if not state.manifest_written:  # --resume needs it, even with nothing finished
+            write_text(out / MANIFEST, manifest)
             state.manifest_written = True
-        write_point(out, outcome)
-        state.rows[outcome.point_id] = list(outcome.rows)
-        state.ran += 1
-        bar.update(1)
+        raise _worker_died(question, out, tasks, err) from None
     _raise_failures(question, failures, out)
+
+
+def _inputs(question: Question, document: dict[str, Any]) -> dict[str, str]:
+    """Checksums of the inputs a point runs on (loaded once per process: cheap)."""
+    from sim.scenario import scenario_from_dict
+
+    return scenario_inputs(scenario_from_dict(document, question.source))
+
+
+def _read_back(
+    question: Question, spec: SweepSpec, out: Path, label: str, pt: Point, state: _State
+) -> None:
+    """A finished point's rows from DIR (resume), refused if it ran on other inputs than the
+    point would now: one search's table never mixes two traces."""
+    point = _point(question, spec, label, pt)
+    now = _inputs(question, point_document(spec, point))
+    check_resumed_inputs(
+        out, [point], {point.point_id}, [now], lambda _p: _named(question, label, pt)
+    )
+    state.rows[point.point_id] = read_rows(out, point)
+    state.reused += 1
+
+
+def _named(question: Question, label: str, pt: Point) -> str:
+    return f"search point ({_describe(question, label, pt)})"
+
+
+def _worker_died(
+    question: Question,
+    out: Path,
+    tasks: dict[str, tuple[str, Point, PointTask]],
+    err: WorkerDied,
+) -> UserError:
+    """`worker_died` for a search: the points named by their field values and policy."""
+    points = out / POINTS_DIR
+    kept = len([p for p in points.iterdir() if p.suffix == ".json"]) if points.is_dir() else 0
+    if err.task is None:
+        return worker_died(question.source, out, kept, None, "")
+    label, pt, _ = tasks[err.task.point.point_id]
+    others = [
+        f"({_describe(question, *tasks[t.point.point_id][:2])})"
+        for t in err.running
+        if t.point.point_id != err.task.point.point_id
+    ]
+    also = f"search points {', '.join(others[:8])}" if others else ""
+    return worker_died(question.source, out, kept, _named(question, label, pt), also)
 
 
 def _raise_failures(

@@ -102,7 +102,7 @@ def run_point(task: PointTask) -> PointOutcome:
         inputs = scenario_inputs(scenario)
         if task.inputs and inputs != task.inputs:
             raise UserError(
-                f"{changed_inputs(task.inputs, inputs)} changed while the sweep ran; rerun it"
+                f"{changed_inputs(task.inputs, inputs)} changed after it started; rerun it"
             )
         results = run_scenario(scenario, cached_trace(scenario), progress=False)
         rows = tuple(summary_rows(scenario, results))
@@ -157,6 +157,14 @@ def _trace_key(scenario: Any) -> str:
     return canonical_json({"trace": scenario.trace.to_dict(), "costs": costs})
 
 
+def forget_inputs() -> None:
+    """Drop this process's loaded traces and their checksums: a sweep or search loads its
+    inputs afresh, never from an earlier one of this process, whose files may have changed
+    since (forked workers then inherit what it loads)."""
+    _TRACES.clear()
+    _INPUTS.clear()
+
+
 def cached_trace(scenario: Any) -> Any:
     """The scenario's routing, loaded once per process (a forked worker inherits the
     parent's loaded traces)."""
@@ -194,10 +202,8 @@ def run_sweep(
     out = Path(out_dir)
     prepare_dir(out, spec, resume)
     # every distinct input loaded once, here, before anything is written: a trace that
-    # cannot be read is one line now, not N failed points (forked workers inherit it); never
-    # from an earlier sweep of this process, whose files may have changed since
-    _TRACES.clear()
-    _INPUTS.clear()
+    # cannot be read is one line now, not N failed points (forked workers inherit it)
+    forget_inputs()
     inputs = [scenario_inputs(s) for s in scenarios]
     manifest = _manifest(spec, base, points, inputs)
     finished = finished_ids(out, points) if resume else set()
@@ -233,7 +239,7 @@ def run_sweep(
     except WorkerDied as err:
         if not opener.exists(out / MANIFEST):  # nothing finished yet: --resume needs it
             write_text(out / MANIFEST, manifest)
-        raise worker_died(spec, out, points, err) from None
+        raise sweep_worker_died(spec, out, points, err) from None
     return SweepReport(
         out_dir=out,
         total=len(points),
@@ -281,25 +287,33 @@ def _run_and_tabulate(
     )
 
 
-def worker_died(
+def sweep_worker_died(
     spec: SweepSpec, out: Path, points: Sequence[SweepPoint], err: WorkerDied
 ) -> UserError:
-    """One line for a worker killed from outside: the point it ran, the others then running,
-    the finished points kept, and how to continue."""
+    """`worker_died` for a sweep: points named by index and id."""
+    if err.task is None:
+        return worker_died(spec.source, out, len(finished_ids(out, points)), None, "")
+    point: SweepPoint = err.task.point
+    others = sorted(t.point.index for t in err.running if t.point.point_id != point.point_id)
+    also = f"points {', '.join(map(str, others[:8]))}" if others else ""
     kept = len(finished_ids(out, points))
+    return worker_died(
+        spec.source, out, kept, f"sweep point {point.index} ({point.point_id})", also
+    )
+
+
+def worker_died(source: str, out: Path, kept: int, running: str | None, also: str) -> UserError:
+    """One line for a worker killed from outside: the point it ran (``running``, as the
+    caller names it; None: unknown), the others then running (``also``), the ``kept``
+    finished points, and how to continue (sweeps and searches alike)."""
     tail = (
         f"it was killed from outside (out of memory? try fewer --jobs); {kept} finished "
         f"points are kept in {out}, continue with --resume {out}"
     )
-    if err.task is None:
-        return UserError(f"{spec.source}: a worker process died: {tail}")
-    point: SweepPoint = err.task.point
-    others = sorted(t.point.index for t in err.running if t.point.point_id != point.point_id)
-    also = f" (points {', '.join(map(str, others[:8]))} were running too)" if others else ""
-    return UserError(
-        f"{spec.source}: a worker process died while running sweep point {point.index} "
-        f"({point.point_id}){also}: {tail}"
-    )
+    if running is None:
+        return UserError(f"{source}: a worker process died: {tail}")
+    too = f" ({also} were running too)" if also else ""
+    return UserError(f"{source}: a worker process died while running {running}{too}: {tail}")
 
 
 def default_out_dir(spec: SweepSpec) -> Path:
@@ -388,22 +402,29 @@ def read_rows(out: Path, point: SweepPoint) -> list[dict[str, Any]]:
 
 
 def check_resumed_inputs(
-    out: Path, points: Sequence[SweepPoint], finished: set[str], inputs: Sequence[dict[str, str]]
+    out: Path,
+    points: Sequence[SweepPoint],
+    finished: set[str],
+    inputs: Sequence[dict[str, str]],
+    name: Callable[[SweepPoint], str] = lambda point: f"point {point.index}",
 ) -> None:
     """Refuse to resume when a finished point ran on other inputs than its point would now
-    (``inputs`` aligned with ``points``)."""
-    for point in points:
+    (``inputs`` aligned with ``points``; ``name`` says how the message names a point)."""
+    for point, now in zip(points, inputs, strict=True):
         if point.point_id not in finished:
             continue
         path = out / POINTS_DIR / f"{point.point_id}.json"
-        record = json.loads(opener.read_text(path, "a finished sweep point"))
+        try:
+            record = json.loads(opener.read_text(path, "a finished sweep point"))
+        except (ValueError, RecursionError) as err:
+            raise UserError(f"{path}: expected a finished sweep point, got {err}") from None
         found = record.get("inputs") if isinstance(record, dict) else None
         recorded = {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
-        if recorded != inputs[point.index]:
+        if recorded != now:
             raise UserError(
-                f"--resume {out}: expected the inputs point {point.index} ran on, got "
-                f"{changed_inputs(recorded, inputs[point.index])}: resuming would mix two "
-                f"inputs in one table; restore them or run into a new --out"
+                f"--resume {out}: expected the inputs {name(point)} ran on, got "
+                f"{changed_inputs(recorded, now)}: resuming would mix two inputs in one "
+                f"table; restore them or run into a new --out"
             )
 
 
