@@ -1446,7 +1446,12 @@ class GpuProcess:
         if not parts:
             return busy
         if len(parts) == 1 and parts[0][0] is not hit_idx:
-            idx, ready = parts[0]  # one FIFO batch: already in arrival order
+            # one FIFO batch: in arrival order, unless transfers of unequal lengths (a cost
+            # table's, copies of several sizes) on several slots overtook each other
+            idx, ready = parts[0]
+            if ready.size > 1 and (ready[1:] < ready[:-1]).any():
+                order = ready.argsort(kind="stable")
+                idx, ready = idx[order], ready[order]
         else:
             idx = np.concatenate([part[0] for part in parts])
             ready = np.concatenate([part[1] for part in parts])
