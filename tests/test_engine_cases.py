@@ -303,6 +303,28 @@ def test_a_custom_cost_model_is_used_not_the_roofline_fast_path():
     assert r.links["pcie"]["busy"] == pytest.approx(10 / 16 / 2)
 
 
+class _FasterById(RooflineCost):
+    """Expert e's transfer takes (4 - e) times the roofline one: the first in gate order is
+    the slowest, so on several slots later transfers overtake it."""
+
+    def transfer_time(self, link, step, layer, experts):
+        return super().transfer_time(link, step, layer, experts) * (4 - np.asarray(experts))
+
+
+def test_the_gpu_takes_one_batch_in_arrival_order_when_transfers_overtake():
+    """Durations 4, 3, 2, 1 sixteenths on 2 slots: e0 ends at 4/16 (slot 0), e1 at 3/16
+    (slot 1), e2 at 3/16 + 2/16 = 5/16 (slot 1), e3 at 4/16 + 1/16 = 5/16 (slot 0). The GPU
+    (1/16 s per expert) runs them as they arrive: e1 3-4, e0 4-5, e2 5-6, e3 6-7 sixteenths;
+    in gate order it would end at 8/16."""
+    hw = hardware(pcie_bw=32 * GB, pcie_channels=2, hbm_bw=16 * GB)
+    r = run("gpu-only", hw, cost=_FasterById(hw, ONE_GB), timeline=True)
+    assert r.per_layer["t_end"][0] == pytest.approx(7 / 16, rel=1e-15)
+    gpu = [e for e in r.timeline if e.resource == "gpu" and e.kind == "compute"]
+    assert [e.expert for e in gpu] == [1, 0, 2, 3]
+    untimed = run("gpu-only", hw, cost=_FasterById(hw, ONE_GB))
+    assert untimed.per_layer["t_end"][0] == r.per_layer["t_end"][0]
+
+
 def test_label_params_and_summary_row():
     r = simulate(FOUR, hardware(), ONE_GB, make_policy("seed-split", {"alpha": 0.5}), label="s")
     assert (r.policy, r.label, r.params["alpha"]) == ("seed-split", "s", 0.5)

@@ -1555,7 +1555,12 @@ class GpuProcess:
         if not parts:
             return busy
         if len(parts) == 1 and parts[0][0] is not hit_idx:
-            idx, ready = parts[0]  # one FIFO batch: already in arrival order
+            # one FIFO batch: in arrival order, unless transfers of unequal lengths (a cost
+            # table's, copies of several sizes) on several slots overtook each other
+            idx, ready = parts[0]
+            if ready.size > 1 and (ready[1:] < ready[:-1]).any():
+                order = ready.argsort(kind="stable")
+                idx, ready = idx[order], ready[order]
         else:
             idx = np.concatenate([part[0] for part in parts])
             ready = np.concatenate([part[1] for part in parts])
@@ -1741,7 +1746,8 @@ def _whole_tables(gpu: GpuProcess, whole: GateOrder) -> tuple[np.ndarray, np.nda
 
 def roofline_tables(cost: RooflineCost, order: GateOrder) -> tuple[np.ndarray, np.ndarray]:
     """GPU compute time of each gate's experts (gate order, 0 past the active ones) and its
-    sum per gate: the all-in-HBM reference."""
+    sum per gate: the stall's reference when every expert is native and on the GPU
+    (`stall_split`; other gates compute theirs in `GpuProcess._compute_ref`)."""
     table = np.asarray(cost.gpu_time_from_tokens(order.tokens), dtype=np.float64)
     table[order.tokens == 0] = 0.0
     return table, table.sum(axis=-1)

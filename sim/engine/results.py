@@ -201,7 +201,8 @@ def collect_steps(
 ) -> dict[str, np.ndarray]:
     """per_step columns from one GPU's per_layer rows (iteration-major, ``layers`` rows each):
     latency = the iteration's layer times summed (time per output token); compute_only = its
-    non-expert time + all-in-HBM GPU compute, summed; non_expert = its non-expert time per
+    non-expert time + each gate's compute with every input in place (`stall_split`), summed;
+    non_expert = its non-expert time per
     layer (the mean over its layers when they differ); degraded/dropped_gate_mass = the
     iteration's shares of gate mass (over all its layers, `sim.precision.mass_shares`)."""
     layer_time = per_layer["layer_time"].reshape(-1, layers)

@@ -189,8 +189,9 @@ def single_path_plan(counts: np.ndarray, path: Path) -> np.ndarray:
 # -- balanced-split -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class BalancedSplitParams:
-    """``exhaustive_limit``: in near-data mode, when the sorted-prefix argument does not hold
-    (GPU compute differs between the candidates), search all 2^n splits if n <= this."""
+    """``exhaustive_limit``: when neither sorted-enumeration argument of `balanced_split_paths`
+    holds for a gate (near-data mode with unequal GPU compute; any mode with per-expert costs
+    that break the arguments), search all 2^n splits of its n candidates if n <= this."""
 
     exhaustive_limit: int = 12
 
@@ -202,30 +203,44 @@ class BalancedSplitParams:
 def balanced_split_paths(
     view: GateView, ctx: PolicyContext, exhaustive_limit: int = 12
 ) -> np.ndarray:
-    """The split of the gate's non-cached experts between the GPU path (PCIe) and the MD path
-    that minimises the layer's finish time, estimated with the run's cost model and the links'
-    current queues (``view.link_free_at``), hits included (they need the GPU too).
+    """The split of the gate's non-cached experts (the candidates) between the GPU path (PCIe)
+    and the MD path that minimises the layer's finish time as the engine times it: the run's
+    cost model, the links' current queues (``view.link_free_at``) and the hits, which need the
+    GPU too (the GPU runs the hits already in HBM first, then every other expert in arrival
+    order, hits still in flight included, `GpuProcess._gpu_part`). Every copy is timed at its
+    own size, as the engine does: hits in their cached copy's precision (``view.precision_at``),
+    misses in the default copy of the tier they come from (or the cost model's one precision,
+    under `quantised-all`).
 
-    Why enumerating ``k`` = how many go over PCIe is exact (uniform transfer time per link, as
-    with `RooflineCost`; GPU compute non-decreasing in tokens, as with any roofline):
+    **Exact** (the minimum over all 2^n splits of the n candidates) when one of the two
+    arguments below holds for the gate, or else when ``n <= exhaustive_limit`` (every split is
+    evaluated); otherwise it returns the best split of the sorted family the argument would
+    search (a heuristic). Under the roofline cost model (`RooflineCost`) the fetch-mode argument
+    holds whenever both tiers' default copies are the same precision, the near-data one
+    whenever the candidates' GPU compute is equal (memory-bound experts: tokens below the
+    roofline ridge, the usual case).
 
-    * fetch mode: for a given ``k`` the FIFO arrival times on each link are fixed (the j-th
-      transfer of a link arrives at the same time whichever expert it carries), so only which
-      expert gets which arrival time matters. The GPU runs experts serially in arrival order and
-      ends at ``max_i(r_i + sum of compute from i on)``; swapping two experts so that the larger
-      compute gets the earlier arrival never increases any term, so "most tokens first to the
-      earliest arrival" (merging the two links' arrival times) is optimal for that ``k``.
-    * near-data mode: the MD side costs ``2 * activations(tokens) + sum near compute``, additive
-      and non-decreasing in tokens; the GPU side depends on which experts only through their GPU
-      compute. When that is the same for every candidate (memory-bound experts: tokens below the
-      roofline ridge, the usual case), the GPU side depends only on ``k`` and the MD side is
-      smallest when the ``k`` experts with most tokens leave it: a sorted prefix. Otherwise all
-      ``2^n`` splits are searched when ``n <= exhaustive_limit``, else the best prefix is taken
-      (then a heuristic).
+    * fetch mode, when each link has one transfer time for every candidate and GPU compute does
+      not increase along the gate order (most tokens first; any roofline) and does not depend
+      on the tier the copy comes from: for a given ``k`` (how many go over PCIe) the FIFO
+      arrival times on each link are fixed (the j-th transfer of a link arrives at the same
+      time whichever expert it carries), so only which expert gets which arrival time
+      matters. The GPU runs experts serially in arrival order (hits still in flight among
+      them, at their fixed arrival times) and ends at ``max_i(r_i + sum of compute from i
+      on)``; swapping two candidates so that the larger compute gets the earlier arrival
+      never increases any term, so "the i-th candidate to the i-th earliest of the merged
+      arrival times" is optimal for that ``k``, and it is a split the engine realises (each
+      link's queue keeps the gate order). Enumerating ``k`` is exact.
+    * near-data mode, when PCIe has one transfer time for every candidate, the candidates' GPU
+      compute is equal, near-data compute does not increase along the gate order and the
+      activations cost the roofline's ``latency + bytes / rate`` each way: the GPU side then
+      depends only on ``k`` and the MD side (``2 * activations(tokens) + sum near compute``,
+      additive) is smallest when the first ``k`` candidates leave it: a sorted prefix.
 
-    Ties go to fewer PCIe transfers. The estimate is the engine's own schedule, so the engine
-    reproduces it (tests compare with brute force over all splits).
-    """
+    Ties go to fewer PCIe transfers. This is the optimum for a GPU alone on FIFO links (what
+    tests/test_split_policies.py checks against brute force); where the engine does what the
+    gate cannot see (network routes, several GPUs, transfers added after the split) it is an
+    estimate: docs/engine.md, "When balanced-split is exact"."""
     hw, cost = ctx.hardware, ctx.cost
     md = md_path(hw)
     paths = np.full(view.experts.size, md, dtype=np.int8)
@@ -236,28 +251,36 @@ def balanced_split_paths(
     if hw.placement == "host":
         paths[:] = Path.PCIE
         return paths
-    s, layer, now = view.step, view.layer, view.now
     experts, tokens = view.experts[cand], view.tokens[cand]
-    c = np.asarray(cost.gpu_compute_time(s, layer, experts, tokens), dtype=np.float64)
-    # Hits already in HBM just keep the GPU busy first; hits still in flight need the general
-    # (sorting) evaluation.
-    busy, r_hit, c_hit = 0.0, np.empty(0), np.empty(0)
-    if view.cache_bytes:
-        hit = np.flatnonzero(view.cached)
-        if hit.size:
-            r_hit = np.maximum(view.ready_at[layer, view.experts[hit]] - now, 0.0)
-            c_hit = np.asarray(
-                cost.gpu_compute_time(s, layer, view.experts[hit], view.tokens[hit]), float
-            )
-            if not r_hit.any():
-                busy, r_hit, c_hit = float(c_hit.sum()), np.empty(0), np.empty(0)
+    c_cost = np.asarray(cost.gpu_compute_time(view.step, view.layer, experts, tokens), float)
+    c = _in_copies(ctx, tokens, c_cost, "pcie")  # GPU compute of a copy fetched over PCIe
+    r_hit, c_hit, busy = _hit_schedule(view, ctx)
     per_expert = hw.gpu.expert_start == "per-expert"
-    # with uniform transfer times FIFO arrivals ascend: the sort-free evaluations apply
-    fast = r_hit.size == 0 and is_roofline(cost, "transfer_time")
-    a_pcie = _arrivals(view, ctx, "pcie", experts, n)
+    d_pcie = _durations(view, ctx, "pcie", experts)
+    free_pcie = _free(view, "pcie")
     if md == Path.MD_FETCH:
-        a_md = _arrivals(view, ctx, "md_link", experts, n)
-        if fast:
+        d_md = _durations(view, ctx, "md_link", experts)
+        free_md = _free(view, "md_link")
+        c_md = _in_copies(ctx, tokens, c_cost, "md_link")  # the MD tier's copy
+        exact = (
+            _uniform(d_pcie)
+            and _uniform(d_md)
+            and (c_md is c or np.array_equal(c, c_md))
+            and (is_roofline(cost, "gpu_compute_time") or not (np.diff(c) > 0).any())
+        )
+        if not exact and n <= exhaustive_limit:
+            subsets = _subsets(n)
+            ready = np.where(
+                subsets,
+                _subset_arrivals(free_pcie, d_pcie, subsets),
+                _subset_arrivals(free_md, d_md, ~subsets),
+            )
+            ends = gpu_end_estimates(ready, np.where(subsets, c, c_md), r_hit, c_hit, per_expert)
+            paths[cand[subsets[_fewest_pcie_argmin(ends, subsets)]]] = Path.PCIE
+            return paths
+        a_pcie = fifo_arrivals(free_pcie, d_pcie, n)
+        a_md = fifo_arrivals(free_md, d_md, n)
+        if exact and busy is not None:  # ascending arrivals, no hit in flight: no sorting
             ends, rank_pcie = _merged_ends(a_pcie, a_md, c, busy, per_expert)
             k = int(np.argmin(ends))
             paths[cand[rank_pcie[k, :k]]] = Path.PCIE
@@ -277,27 +300,132 @@ def balanced_split_paths(
         paths[cand[source[k] < n]] = Path.PCIE
         return paths
 
+    near_c = _near_times(ctx, view, experts, tokens)
+    exact = (
+        _uniform(d_pcie)
+        and np.ptp(c) == 0
+        and (is_roofline(cost, "near_compute_time") or not (np.diff(near_c) > 0).any())
+        and is_roofline(cost, "activation_time")
+    )
+    if not exact and n <= exhaustive_limit:
+        subsets = _subsets(n)
+        ready = _subset_arrivals(free_pcie, d_pcie, subsets)
+        gpu = gpu_end_estimates(ready, np.where(subsets, c, 0.0), r_hit, c_hit, per_expert)
+        total = np.maximum(gpu, _near_end_estimates(view, ctx, experts, tokens, near_c, ~subsets))
+        paths[cand[subsets[_fewest_pcie_argmin(total, subsets)]]] = Path.PCIE
+        return paths
+    a_pcie = fifo_arrivals(free_pcie, d_pcie, n)
     take = np.arange(n)[None, :] < np.arange(n + 1)[:, None]  # row k: the first k over PCIe
-    if fast:
+    if _uniform(d_pcie) and busy is not None:  # ascending arrivals, no hit in flight
         gpu = _prefix_ends(a_pcie, c, busy, per_expert)
     else:
         ready = np.where(take, a_pcie[None, :], np.inf)
         gpu = gpu_end_estimates(ready, np.where(take, c, 0.0), r_hit, c_hit, per_expert)
-    near_c = np.asarray(cost.near_compute_time(s, layer, experts, tokens), dtype=np.float64)
     total = np.maximum(gpu, _near_end_estimates(view, ctx, experts, tokens, near_c, ~take))
-    if np.ptp(c) > 0 and n <= exhaustive_limit:
-        subsets = ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
-        rank = np.cumsum(subsets, axis=1) - 1
-        ready = np.where(subsets, a_pcie[rank], np.inf)
-        if busy:
-            r_hit, c_hit = np.zeros(1), np.array([busy])
-        gpu = gpu_end_estimates(ready, np.where(subsets, c, 0.0), r_hit, c_hit, per_expert)
-        total = np.maximum(gpu, _near_end_estimates(view, ctx, experts, tokens, near_c, ~subsets))
-        paths[cand[subsets[int(np.argmin(total))]]] = Path.PCIE
-        return paths
     k = int(np.argmin(total))
     paths[cand[:k]] = Path.PCIE
     return paths
+
+
+def _hit_schedule(
+    view: GateView, ctx: PolicyContext
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """The gate's hits as the GPU meets them: (ready times relative to the gate, compute, busy).
+    Hits all in HBM already just keep the GPU busy first: one block of ``busy`` seconds ready
+    at 0 (and ``busy``, for the sort-free evaluations); with a hit still in flight every hit is
+    listed with its own ready time and ``busy`` is None. No hits: empty arrays, busy 0."""
+    none = np.empty(0)
+    if not view.cache_bytes:
+        return none, none, 0.0
+    hit = np.flatnonzero(view.cached)
+    if not hit.size:
+        return none, none, 0.0
+    experts = view.experts[hit]
+    r_hit = np.maximum(view.ready_at[view.layer, experts] - view.now, 0.0)
+    tokens = view.tokens[hit]
+    held = None if view.precision_at is None else view.precision_at[view.layer, experts]
+    c_hit = np.asarray(ctx.cost.gpu_compute_time(view.step, view.layer, experts, tokens), float)
+    c_hit = _in_copies(ctx, tokens, c_hit, held)
+    if r_hit.any():
+        return r_hit, c_hit, None
+    busy = float(c_hit.sum())
+    return np.zeros(1), np.array([busy]), busy
+
+
+def _in_copies(
+    ctx: PolicyContext, tokens: np.ndarray, c: np.ndarray, copies: str | np.ndarray | None
+) -> np.ndarray:
+    """``c``, the cost model's GPU compute of experts with ``tokens``, for the copies the
+    engine computes them from: ``copies`` a route (its default copy, what a fetch over it
+    brings), precision indices (cached copies), or None (the copy the cost model assumes). A
+    copy other than the one the cost model assumes is timed by the roofline at its own size, as
+    the engine does (reduced copies need the roofline: with another cost model all are native)."""
+    cost = ctx.cost
+    if copies is None or not is_roofline(cost, "gpu_compute_time"):
+        return c
+    assumed = cost.precision or 0
+    if isinstance(copies, str):
+        q = cost.route_copy[copies]
+        return c if q == assumed else np.asarray(cost.gpu_time_at(tokens, q), np.float64)
+    other = copies != assumed
+    if not other.any():
+        return c
+    c = np.array(c, dtype=np.float64)
+    for q in np.unique(copies[other]).tolist():
+        on = copies == q
+        c[on] = cost.gpu_time_at(tokens[on], q)
+    return c
+
+
+def _near_times(
+    ctx: PolicyContext, view: GateView, experts: np.ndarray, tokens: np.ndarray
+) -> np.ndarray:
+    """Near-data compute of ``experts`` in the MD tier's default copy, as the engine times it
+    (`_in_copies` for the compute next to the pool)."""
+    cost = ctx.cost
+    c = np.asarray(cost.near_compute_time(view.step, view.layer, experts, tokens), np.float64)
+    if not is_roofline(cost, "near_compute_time"):
+        return c
+    q = cost.route_copy["md_link"]
+    return c if q == (cost.precision or 0) else np.asarray(cost.near_time_at(tokens, q), float)
+
+
+def _uniform(durations: np.ndarray | float) -> bool:
+    """One transfer time for every candidate (always so under the roofline)."""
+    return isinstance(durations, float) or bool(np.ptp(durations) == 0)
+
+
+def _subsets(n: int) -> np.ndarray:
+    """Every split of n candidates, one row each (True: over PCIe)."""
+    return ((np.arange(2**n)[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
+
+
+def _fewest_pcie_argmin(ends: np.ndarray, subsets: np.ndarray) -> int:
+    """The row with the smallest end; among equal ends, the one with fewest PCIe transfers."""
+    return int(np.lexsort((subsets.sum(axis=1), ends))[0])
+
+
+def _subset_arrivals(
+    free: np.ndarray, durations: np.ndarray | float, subsets: np.ndarray
+) -> np.ndarray:
+    """Per row, the arrival time of each candidate the row sends on this link (+inf for the
+    others) when the row's candidates are queued FIFO in gate order on slots free at ``free``
+    (`sim.contract.fifo_arrivals` for every row at once)."""
+    rows, n = subsets.shape
+    if isinstance(durations, float):
+        a = fifo_arrivals(free, durations, n)
+        rank = np.maximum(np.cumsum(subsets, axis=1) - 1, 0)
+        return np.where(subsets, a[rank], np.inf)
+    slots = np.repeat(free[None, :].astype(np.float64), rows, axis=0)
+    out = np.full((rows, n), np.inf)
+    row = np.arange(rows)
+    for i, d in enumerate(durations.tolist()):
+        take = subsets[:, i]
+        k = np.argmin(slots, axis=1)  # the slot that frees first (ties: the lower slot)
+        end = slots[row, k] + d
+        out[take, i] = end[take]
+        slots[row[take], k[take]] = end[take]
+    return out
 
 
 def _merged_ends(
@@ -360,16 +488,18 @@ def gpu_end_estimates(
     return np.where(finite.any(axis=1), end, 0.0)
 
 
-def _arrivals(
-    view: GateView, ctx: PolicyContext, link: str, experts: np.ndarray, n: int
-) -> np.ndarray:
-    """Arrival times (relative to the gate) of n transfers queued now on ``link``."""
-    free = np.maximum(view.link_free_at[link] - view.now, 0.0)
+def _free(view: GateView, link: str) -> np.ndarray:
+    """When each slot of ``link`` frees, relative to the gate (0 if already free)."""
+    return np.maximum(np.asarray(view.link_free_at[link], dtype=np.float64) - view.now, 0.0)
+
+
+def _durations(
+    view: GateView, ctx: PolicyContext, link: str, experts: np.ndarray
+) -> np.ndarray | float:
+    """Transfer time of each candidate on ``link`` (one float under the roofline)."""
     if is_roofline(ctx.cost, "transfer_time"):
-        durations: np.ndarray | float = float(ctx.cost.uniform_transfer_time(link))
-    else:
-        durations = np.asarray(ctx.cost.transfer_time(link, view.step, view.layer, experts), float)
-    return fifo_arrivals(free, durations, n)
+        return float(ctx.cost.uniform_transfer_time(link))
+    return np.asarray(ctx.cost.transfer_time(link, view.step, view.layer, experts), float)
 
 
 def _near_end_estimates(
@@ -382,7 +512,7 @@ def _near_end_estimates(
 ) -> np.ndarray:
     """End of the near-data part per row of ``on_md`` (bool, which candidates run near data):
     activations out, serial compute next to the pool, activations back."""
-    free = np.maximum(view.link_free_at["md_link"] - view.now, 0.0).min()
+    free = _free(view, "md_link").min()
     total_tokens = on_md @ tokens.astype(np.float64)
     if is_roofline(ctx.cost, "activation_time"):
         half = np.asarray(ctx.cost.activation_one_way("md_link", total_tokens), dtype=np.float64)
@@ -402,9 +532,12 @@ def _near_end_estimates(
 class BalancedSplit(Policy):
     """DynaNDE-style split: per gate, the assignment of the active experts to the GPU path
     (PCIe) or the MD path that minimises the layer's finish time under the run's cost model:
-    each path's latency, bandwidth, channels and queue, GPU/near-data compute, and the experts
-    already in HBM. The exact optimum of what the seed's rule approximates (see
-    `balanced_split_paths` for why the enumeration is exact). No cache of its own."""
+    each path's latency, bandwidth, channels and queue, GPU/near-data compute, and the cached
+    experts (in HBM or still in flight). The exact optimum of what the seed's rule
+    approximates, with the conditions under which it is exact in `balanced_split_paths`
+    (under the roofline: in fetch mode when both tiers' default copies are the same precision,
+    in near-data mode when GPU compute is equal across the candidates; or when they are at
+    most ``exhaustive_limit``). No cache of its own."""
 
     name = "balanced-split"
     summary = "the GPU/MD split minimising each layer's finish time (DynaNDE-style)"

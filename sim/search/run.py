@@ -297,7 +297,8 @@ def _probe(
     elif known_metric(question.goal.metric):
         return
     else:
-        outcome = point_fn(PointTask(point, point_document(spec, point), spec.source))
+        document = point_document(spec, point)
+        outcome = point_fn(PointTask(point, document, spec.source, _inputs(question, document)))
         if outcome.error is not None:
             _raise_failures(question, [(label, pt, outcome)])
         state.rows[point.point_id] = list(outcome.rows)
