@@ -95,15 +95,19 @@ def main() -> int:
                 assert np.array_equal(result.per_step["latency"], lock.per_step["latency"])
             gates = len(result.per_layer["t_end"])
             iterations = len(served.iterations["iteration"])
+            its = served.iterations
+            tokens = float((its["decode_tokens"] + its["prefill_tokens"]).mean())
             us = 1e6 * t.cpu / gates
             ratios.append(us / lock_us)
             line.append(
                 f" {gates} | {t.cpu:.3f} | {us:.1f} | {us / lock_us:.2f}x | "
-                f"{iterations / t.cpu:,.0f} | {gates / t.cpu:,.0f} | {served.summary['mean_batch']:.1f} |"
+                f"{iterations / t.cpu:,.0f} | {gates / t.cpu:,.0f} | "
+                f"{served.summary['mean_batch']:.1f} | {tokens:.1f} |"
             )
             print(
                 f"{name} {case}: {gates} gates ({iterations} iterations, mean batch "
-                f"{served.summary['mean_batch']:.1f}) in {t.cpu:.3f} CPU s = {us:.1f} us/gate vs "
+                f"{served.summary['mean_batch']:.1f}, {tokens:.1f} tokens per iteration) in "
+                f"{t.cpu:.3f} CPU s = {us:.1f} us/gate vs "
                 f"lockstep {lock_us:.1f} us/gate: {us / lock_us:.2f}x"
             )
         rows.append("".join(line))
@@ -123,16 +127,19 @@ def main() -> int:
             "second.",
             "",
             "| policy | lockstep gates | CPU s | us/gate | same-work gates | CPU s | us/gate | "
-            "vs lockstep | iterations/s | gates/s | mean batch | Poisson gates | CPU s | "
-            "us/gate | vs lockstep | iterations/s | gates/s | mean batch |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "vs lockstep | iterations/s | gates/s | mean batch | tokens/iteration | Poisson "
+            "gates | CPU s | us/gate | vs lockstep | iterations/s | gates/s | mean batch | "
+            "tokens/iteration |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
             "",
             f"Target: serving <= {TARGET}x the lockstep engine's CPU time per gate: {verdict} "
             f"(worst {worst:.2f}x). A serving run forms each iteration's demand at run time "
             "(per layer the union of its tokens' experts: token counts, router mass and top "
-            "score, four passes over the iteration's tokens), which a lockstep run reads from "
-            "arrays cached on the trace; under a planned policy (seed-split's stateless plan, "
+            "score, four passes over the iteration's tokens; the per-token routing it reads is "
+            "built once per trace and cached on it, `RoutingTrace.sequence_routing`), which a "
+            "lockstep run reads from arrays cached on the trace; a Poisson iteration carries "
+            "prefill tokens too (tokens/iteration), a lockstep one 64; under a planned policy (seed-split's stateless plan, "
             "lru's cache plan), which lockstep times 128 iterations at a time in closed form, "
             "that and timing single iterations are most of the difference. Serving "
             "decides iterations ahead (and the engine times them in blocks) only while more "

@@ -536,3 +536,41 @@ def test_a_skipping_policy_serves_as_in_lockstep(tmp_path):
     for column in ("gate_mass", "dropped_gate_mass"):  # summed in another order
         assert np.allclose(lockstep[0].per_layer[column], serving[0].per_layer[column], atol=1e-12)
     assert serving[0].totals["dropped_gate_mass"] > 0
+
+
+def test_a_traces_sequence_routing_is_built_once_and_shared_by_runs(tmp_path, monkeypatch):
+    """A serving run takes its per-token routing from the trace's cache (as lockstep runs
+    take their demand): built once per (top-k, wrap, skip) and read-only, the second run on
+    the same trace gives the first run's results without building it again."""
+    from sim.serving import routing as routing_module
+
+    trace = load_scenario_trace(scenario_from_dict(_doc()))
+    first = trace.sequence_routing(6)
+    assert trace.sequence_routing(6) is first
+    assert trace.sequence_routing(6, skip_below=0.2) is not first
+    assert trace.sequence_routing(6, wrap=True) is not first
+    assert trace.sequence_routing(4) is not first
+    for array in (first.keys, first.weight, first.dropped):
+        assert not array.flags.writeable
+    rows = [(0.01 * i, 1 + i % 5, 2 + i % 7) for i in range(30)]
+    workload = {"kind": "serving", "arrivals": {"process": "csv", "path": _csv(tmp_path, rows)}}
+    scenario = scenario_from_dict(_doc(policies=["seed-split", "lru"], workload=workload))
+    fresh = load_scenario_trace(scenario)
+    one = run_scenario(scenario, fresh, progress=False)
+    built = []
+    init = routing_module.SequenceRouting.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(routing_module.SequenceRouting, "__init__", counting)
+    two = run_scenario(scenario, fresh, progress=False)
+    assert not built  # the first run's, from the trace
+    for a, b in zip(one, two, strict=True):
+        for name, column in a.per_layer.items():
+            assert np.array_equal(column, b.per_layer[name], equal_nan=True), name
+        for name, column in a.serving.requests.items():
+            assert np.array_equal(column, b.serving.requests[name], equal_nan=True), name
+        for name, column in a.serving.iterations.items():
+            assert np.array_equal(column, b.serving.iterations[name], equal_nan=True), name

@@ -169,7 +169,7 @@ def run_serving(
     spec = setup.spec
     gpus = hardware.topology.num_gpus
     skip = float(getattr(policy, "skip_below", 0.0) or 0.0)
-    routing = SequenceRouting(trace, topk, wrap=spec.wrap, skip_below=skip)
+    routing = trace.sequence_routing(topk, wrap=spec.wrap, skip_below=skip)
     kv_blocks = setup.hbm.kv_blocks
     routed = gpus > 1
     schedulers = [

@@ -154,6 +154,19 @@ class RoutingTrace:
             )
         return cache[key]
 
+    def sequence_routing(self, k: int, *, wrap: bool = False, skip_below: float = 0.0) -> Any:
+        """`sim.serving.routing.SequenceRouting` of the trace under top-``k``: every (sequence,
+        position)'s routing, from which a serving run forms each iteration's demand. Cached, as
+        `demand` is for lockstep runs (its arrays are read-only), so that runs of several
+        policies or sweep points on one trace share it."""
+        from sim.serving.routing import SequenceRouting
+
+        key = (k, bool(wrap), float(skip_below))
+        cache = self._sequence_cache
+        if key not in cache:
+            cache[key] = SequenceRouting(self, k, wrap=wrap, skip_below=skip_below)
+        return cache[key]
+
     def active_experts(self, k: int) -> np.ndarray:
         """``[steps, layers]`` number of distinct experts with at least one token (Expert_Activ)."""
         return (self.expert_token_counts(k) > 0).sum(axis=2).astype(np.int32)
@@ -172,6 +185,10 @@ class RoutingTrace:
 
     @cached_property
     def _demand_cache(self) -> dict[tuple[int, float], Any]:
+        return {}
+
+    @cached_property
+    def _sequence_cache(self) -> dict[tuple[int, bool, float], Any]:
         return {}
 
     # -- selection -----------------------------------------------------------------------------
