@@ -118,7 +118,7 @@ class ServingSource:
                     tag=batch,
                     order=None if whole is None else whole.row(i),
                     mass=demand.mass[i],
-                    top=demand.top[i],
+                    top=demand.top.row(i),  # computed when first read
                     dropped=demand.dropped[i],
                     cache_capacity=capacity,
                 )
