@@ -146,8 +146,8 @@ class Scheduler:
                 return float(self.ids_arrival[self.next_arrival])
             return math.inf if self.open else None
         finished_before = self.finished_count
-        preempted = self._grow_decodes()
-        ids, first_pos, new_tokens, decodes, budget = self._continue_prefills()
+        preempted, prefilled, decoding = self._grow_decodes()
+        ids, first_pos, new_tokens, decodes, budget = self._continue_prefills(prefilled, decoding)
         admitted, chunks = self._admit(budget)
         if admitted:
             ids = np.concatenate([ids, np.asarray(admitted, dtype=np.int64)])
@@ -267,9 +267,10 @@ class Scheduler:
         ids = batch.ids
         self.prefilled[ids] = batch.kv_after
         emit = ids[batch.emits]
-        first = emit[self.generated[emit] == 0]
-        self.generated[emit] += 1
-        done = emit[self.generated[emit] >= self.output[emit]]
+        generated = self.generated[emit] + 1
+        self.generated[emit] = generated
+        first = emit[generated == 1]
+        done = emit[generated >= self.output[emit]]
         if done.size:
             self.blocks_held -= int(self.blocks[done].sum())
             self.blocks[done] = 0
@@ -297,13 +298,14 @@ class Scheduler:
         return not self.open and self.finished_count == len(self.ids)
 
     # -- one iteration's decisions -----------------------------------------------------------
-    def _grow_decodes(self) -> int:
+    def _grow_decodes(self) -> tuple[int, np.ndarray, np.ndarray]:
         """Reserve the KV block each decode may need; preempt from the most recently admitted
-        until the rest fit. Returns how many were preempted."""
+        until the rest fit. Returns how many were preempted, and the positions computed and
+        whether it decodes of each request left running (for `_continue_prefills`)."""
         run = self.running
-        if not run.size:
-            return 0
         prefilled = self.prefilled[run]
+        if not run.size:
+            return 0, prefilled, np.zeros(0, dtype=bool)
         decoding = prefilled >= self.target[run]
         held = self.blocks[run]
         grown = (prefilled + self.block) // self.block  # ceil((kv + 1) / block)
@@ -312,7 +314,7 @@ class Scheduler:
         if everything <= self.kv_budget:  # the common case: nobody is preempted
             self.blocks[run] = need
             self.blocks_held = everything
-            return 0
+            return 0, prefilled, decoding
         total = np.cumsum(need)
         keep = int(np.searchsorted(total, self.kv_budget, side="right"))
         victims = run[keep:]
@@ -326,20 +328,21 @@ class Scheduler:
         self.blocks[kept] = need[:keep]
         self.blocks_held = int(total[keep - 1]) if keep else 0
         self.running = kept
-        return int(victims.size)
+        return int(victims.size), prefilled[:keep], decoding[:keep]  # the victims' reset only
 
-    def _continue_prefills(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    def _continue_prefills(
+        self, prefilled: np.ndarray, decoding: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
         """Decodes (one token each), then chunks of the prefills in progress, in admission
         order: (request ids, first positions, new tokens) so far, how many are decodes, and
-        the token budget left."""
+        the token budget left. ``prefilled``, ``decoding``: per running request, as
+        `_grow_decodes` found them."""
         run = self.running
         budget = self.spec.max_batched_tokens
-        prefilled = self.prefilled[run]
-        target = self.target[run]
-        decoding = prefilled >= target
         n_decode = int(np.count_nonzero(decoding))
         if n_decode == run.size:  # decodes only (the common case)
             return run, prefilled, np.ones(run.size, dtype=np.int64), n_decode, budget - n_decode
+        target = self.target[run]
         ids = run[decoding].tolist()
         first = prefilled[decoding].tolist()
         tokens = [1] * len(ids)
