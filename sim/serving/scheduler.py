@@ -309,7 +309,10 @@ class Scheduler:
         decoding = prefilled >= self.target[run]
         held = self.blocks[run]
         grown = (prefilled + self.block) // self.block  # ceil((kv + 1) / block)
-        need = np.where(decoding, np.maximum(held, grown), held)
+        if decoding.all():  # decodes only (the common case)
+            need = np.maximum(held, grown)
+        else:
+            need = np.where(decoding, np.maximum(held, grown), held)
         everything = int(need.sum())
         if everything <= self.kv_budget:  # the common case: nobody is preempted
             self.blocks[run] = need
