@@ -228,6 +228,76 @@ class Scheduler:
             return True
         return len(self.waiting) > self.spec.max_running - int(self.running.size)
 
+    def poll_ahead(self, now: float, limit: int) -> list[Batch] | None:
+        """Up to ``limit`` iterations decided now (only after `can_plan_next` said yes): those
+        of a stretch of plain decodes at once (`_decode_stretch`), then one `poll`; each but
+        the last has been applied. None when every request has finished."""
+        stretch = self._decode_stretch(now, limit - 1)
+        got = self.poll(now)
+        if got is None and not stretch:
+            return None
+        assert isinstance(got, Batch), "a planned-ahead scheduler never idles"
+        stretch.append(got)
+        return stretch
+
+    def _decode_stretch(self, now: float, limit: int) -> list[Batch]:
+        """Iterations that `poll` then `_advance` would give one by one while every request
+        has arrived, none waits and every running one decodes, up to the last before a request
+        finishes or one is preempted (at most ``limit``): decided and applied at once. Each
+        decodes every running request by one token and grows its KV blocks as
+        `_grow_decodes` does; nothing is admitted, preempted, finished or emitted first."""
+        run = self.running
+        if limit < 1 or not self.all_arrived or self.waiting or not run.size:
+            return []
+        prefilled, target = self.prefilled[run], self.target[run]
+        if not bool((prefilled >= target).all()):
+            return []
+        generated = self.generated[run]
+        # iteration j emits each one's (generated + j + 1)-th token: none may reach its output
+        count = min(limit, int((self.output[run] - generated).min()) - 1)
+        if count < 1:
+            return []
+        step = np.arange(count, dtype=np.int64)[:, None]
+        first_pos = prefilled + step  # [count, n]
+        grown = (first_pos + self.block) // self.block  # ceil((kv + 1) / block), nondecreasing
+        need = np.maximum(self.blocks[run], grown)  # the running maximum of _grow_decodes
+        held = need.sum(axis=1)
+        over = np.flatnonzero(held > self.kv_budget)
+        if over.size:  # the first iteration that would preempt is left to `poll`
+            count = int(over[0])
+            if count < 1:
+                return []
+        n = int(run.size)
+        ones = np.ones(n, dtype=np.int64)
+        emits = np.ones(n, dtype=bool)
+        no_first = run[:0]
+        decided = (self.next_arrival, self.finished_count, 0)
+        batches = []
+        for j, (start_pos, blocks) in enumerate(zip(first_pos[:count], held[:count].tolist())):
+            index = self.iterations + j
+            batch = Batch(
+                index=index,
+                start=now,
+                ids=run,
+                first_pos=start_pos,
+                new_tokens=ones,
+                kv_after=start_pos + 1,
+                emits=emits,
+                decode_tokens=n,
+                prefill_tokens=0,
+            )
+            batches.append(batch)
+            row = [index, now, np.nan, n, n, 0, 0, 0, 0, 0, 0, 0]
+            row += [blocks * self.block, blocks, self.kv_budget]
+            first = run[generated + j == 0] if j == 0 else no_first  # tokens out are j + 1 on
+            self._untimed.append((row, [], first, no_first, *decided))
+        self.prefilled[run] = prefilled + count
+        self.generated[run] = generated + count
+        self.blocks[run] = need[count - 1]
+        self.blocks_held = int(held[count - 1])
+        self.iterations += count
+        return batches
+
     def assign(self, request: int) -> None:
         """Serve ``request`` too (it has arrived, or arrives later than every one assigned)."""
         assert self.open, "assign() to a scheduler that serves every request"
