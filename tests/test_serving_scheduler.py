@@ -30,7 +30,10 @@ def _drive(
     sched: Scheduler,
     time_of: Callable[[Batch], float],
     check: Callable[[Batch], None] | None = None,
+    ahead: int = 1,
 ) -> list[Batch]:
+    """Run ``sched`` to the end. ``ahead`` > 1: while it can decide iterations in advance, up
+    to that many at once (`Scheduler.poll_ahead`, as `ServingSource` does), timed after."""
     now, batches = 0.0, []
     while True:
         got = sched.poll(now)
@@ -40,11 +43,19 @@ def _drive(
             assert got > now
             now = got
             continue
-        if check is not None:
-            check(got)
-        batches.append(got)
-        now += time_of(got)
-        sched.complete(now)
+        planned = [got]
+        while len(planned) < ahead and sched.can_plan_next():
+            more = sched.poll_ahead(now, ahead - len(planned))
+            if more is None:
+                break
+            planned.extend(more)
+        for batch in planned:
+            if check is not None:
+                check(batch)
+            batches.append(batch)
+            start = now
+            now += time_of(batch)
+            sched.complete(now, start)
 
 
 def _linear(batch: Batch) -> float:
@@ -193,30 +204,6 @@ def test_requests_that_can_never_run_are_refused():
         Scheduler(req, SchedulerSpec(256, 200, chunked_prefill=True), kv_blocks=100)
 
 
-def _drive_ahead(scheduler: Scheduler, ahead: int) -> list[Batch]:
-    """Run ``scheduler`` to the end, each iteration taking 1 s: one at a time (``ahead`` 1)
-    or, while it can decide them in advance, up to ``ahead`` at once (`Scheduler.poll_ahead`,
-    as `ServingSource` does)."""
-    t, out = 0.0, []
-    while True:
-        got = scheduler.poll(t)
-        if got is None:
-            return out
-        if isinstance(got, float):
-            t = got
-            continue
-        batches = [got]
-        while ahead > 1 and len(batches) < ahead and scheduler.can_plan_next():
-            more = scheduler.poll_ahead(t, ahead - len(batches))
-            if more is None:
-                break
-            batches.extend(more)
-        for _ in batches:
-            scheduler.complete(t + 1.0, t)
-            t += 1.0
-        out += batches
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_decode_stretches_decide_what_one_iteration_at_a_time_decides(seed):
     """`poll_ahead` decides stretches of plain decodes at once (`_decode_stretch`): the
@@ -232,7 +219,7 @@ def test_decode_stretches_decide_what_one_iteration_at_a_time_decides(seed):
     runs = []
     for ahead in (1, 128):
         scheduler = Scheduler(req, spec, kv_blocks=40 + 10 * seed)
-        runs.append((scheduler, _drive_ahead(scheduler, ahead)))
+        runs.append((scheduler, _drive(scheduler, lambda _: 1.0, ahead=ahead)))
     (one, by_one), (many, at_once) = runs
     assert len(by_one) == len(at_once)
     for a, b in zip(by_one, at_once, strict=True):
