@@ -538,6 +538,28 @@ def test_a_skipping_policy_serves_as_in_lockstep(tmp_path):
     assert serving[0].totals["dropped_gate_mass"] > 0
 
 
+def test_a_policy_reading_top_scores_serves_as_in_lockstep(tmp_path):
+    """low-precision-on-miss reads each gate's top scores (`GateView.top_score`), which a
+    serving run computes only when first read (`DeferredArray`): the same work gives the
+    lockstep run's gates bit for bit, reduced copies and degraded mass included."""
+    low = {"name": "low-precision-on-miss", "params": {"threshold": 0.3}}
+    hardware = {
+        "preset": "notebook-gbps",
+        "hbm": {"capacity": "64 experts"},
+        "copies": {"host": ["bf16", "int4"], "md": ["bf16", "int4"]},
+    }
+    doc = _doc(policies=[low], hardware=hardware, baseline="low-precision-on-miss")
+    _, lockstep = _run(doc)
+    workload = {
+        "kind": "serving",
+        "arrivals": {"process": "csv", "path": _csv(tmp_path, [(0.0, 1, 24)] * 8)},
+    }
+    _, serving = _run({**doc, "workload": workload})
+    assert lockstep[0].per_layer["reduced"].sum() > 0  # the scores decided something
+    for column, values in lockstep[0].per_layer.items():
+        assert np.array_equal(values, serving[0].per_layer[column]), column
+
+
 def test_a_traces_sequence_routing_is_built_once_and_shared_by_runs(tmp_path, monkeypatch):
     """A serving run takes its per-token routing from the trace's cache (as lockstep runs
     take their demand): built once per (top-k, wrap, skip) and read-only, the second run on

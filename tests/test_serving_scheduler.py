@@ -30,7 +30,10 @@ def _drive(
     sched: Scheduler,
     time_of: Callable[[Batch], float],
     check: Callable[[Batch], None] | None = None,
+    ahead: int = 1,
 ) -> list[Batch]:
+    """Run ``sched`` to the end. ``ahead`` > 1: while it can decide iterations in advance, up
+    to that many at once (`Scheduler.poll_ahead`, as `ServingSource` does), timed after."""
     now, batches = 0.0, []
     while True:
         got = sched.poll(now)
@@ -40,11 +43,19 @@ def _drive(
             assert got > now
             now = got
             continue
-        if check is not None:
-            check(got)
-        batches.append(got)
-        now += time_of(got)
-        sched.complete(now)
+        planned = [got]
+        while len(planned) < ahead and sched.can_plan_next():
+            more = sched.poll_ahead(now, ahead - len(planned))
+            if more is None:
+                break
+            planned.extend(more)
+        for batch in planned:
+            if check is not None:
+                check(batch)
+            batches.append(batch)
+            start = now
+            now += time_of(batch)
+            sched.complete(now, start)
 
 
 def _linear(batch: Batch) -> float:
@@ -191,3 +202,33 @@ def test_requests_that_can_never_run_are_refused():
     Scheduler(req, SchedulerSpec(4, 64, chunked_prefill=True), kv_blocks=100)
     with pytest.raises(UserError, match="expected at least max_running"):
         Scheduler(req, SchedulerSpec(256, 200, chunked_prefill=True), kv_blocks=100)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_decode_stretches_decide_what_one_iteration_at_a_time_decides(seed):
+    """`poll_ahead` decides stretches of plain decodes at once (`_decode_stretch`): the
+    batches, per-iteration records and per-request times equal those of iterations decided
+    one by one, through KV growth up to preemptions (a tight budget) and finishes."""
+    rng = np.random.default_rng(seed)
+    n = 30
+    arrival = np.sort(rng.uniform(0.0, 20.0, n)) * (seed % 2)  # even seeds: all at t=0
+    req = RequestSet(arrival, rng.integers(1, 40, n), rng.integers(1, 60, n))
+    spec = SchedulerSpec(
+        max_running=8, max_batched_tokens=100, chunked_prefill=bool(seed % 3), block_tokens=4
+    )
+    runs = []
+    for ahead in (1, 128):
+        scheduler = Scheduler(req, spec, kv_blocks=40 + 10 * seed)
+        runs.append((scheduler, _drive(scheduler, lambda _: 1.0, ahead=ahead)))
+    (one, by_one), (many, at_once) = runs
+    assert len(by_one) == len(at_once)
+    for a, b in zip(by_one, at_once, strict=True):
+        for name in ("index", "decode_tokens", "prefill_tokens"):
+            assert getattr(a, name) == getattr(b, name), name
+        for name in ("ids", "first_pos", "new_tokens", "kv_after", "emits"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    for name, column in one.iteration_table().items():
+        assert np.array_equal(many.iteration_table()[name], column), name
+    for name in ("admitted", "first_token", "finish", "preempted", "blocks", "generated"):
+        assert np.array_equal(getattr(one, name), getattr(many, name), equal_nan=True), name
+    assert one.preempted.sum() > 0 or seed > 3  # the tight budgets preempt

@@ -81,7 +81,9 @@ class Iteration:
     tag: Any = None
     order: GateOrder | None = None
     mass: np.ndarray | None = None  # [layers, E] router mass per expert
-    top: np.ndarray | None = None  # [layers, E] largest renormalised score per expert
+    # [layers, E] largest renormalised score per expert; may be computed when first read (any
+    # object indexable by layer: a serving run's `DeferredArray`)
+    top: np.ndarray | None = None
     dropped: np.ndarray | None = None  # [layers] router mass skipped
     cache_capacity: float | None = None
     # expert parallelism: per layer, tokens coming into this GPU from other GPUs before its

@@ -99,8 +99,13 @@ def summarize(
     }
     for name, values in lat.items():
         ok = values[~np.isnan(values)]
-        for q in PERCENTILES:
-            out[f"{name}_p{q}"] = float(np.percentile(ok, q)) if ok.size else float("nan")
+        at = (
+            np.percentile(ok, PERCENTILES).tolist()
+            if ok.size
+            else [float("nan")] * len(PERCENTILES)
+        )
+        for q, value in zip(PERCENTILES, at, strict=True):
+            out[f"{name}_p{q}"] = float(value)
         out[f"{name}_mean"] = float(ok.mean()) if ok.size else float("nan")
     arrival = requests["arrival"][measured]
     finish = requests["finish"][measured]

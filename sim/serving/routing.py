@@ -10,6 +10,9 @@ expert, as a lockstep step's (`sim.precision.gate_demand`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 from sim.errors import UserError
@@ -36,22 +39,24 @@ class SequenceRouting:
         keys = sel.astype(np.int32) + offset  # layer * E + expert
 
         def per_token(values: np.ndarray) -> np.ndarray:
-            """[positions, layers, seqs, k] -> [seq, position, layers * k], contiguous: one row
-            per token, for fancy indexing."""
+            """[positions, layers, seqs, k] -> [seq * positions + position, layers * k],
+            contiguous: one row per token, for `take`."""
             out = np.ascontiguousarray(values.transpose(2, 0, 1, 3)).reshape(
-                seqs, positions, layers * kk
+                seqs * positions, layers * kk
             )
             out.flags.writeable = False
             return out
 
-        self.keys = per_token(keys)
+        self.keys = per_token(keys.astype(np.intp))
         score = renormalised(trace.selected_scores(k))
         keep = skip_mask(score, skip_below) if skip_below > 0.0 else None
         weight = score if keep is None else np.where(keep, score, 0.0)
         self.weight = per_token(weight)  # router mass each token gives each chosen expert
         self.keep = None if keep is None else per_token(keep.astype(np.float64))
         dropped = (score - weight).sum(axis=-1)  # [positions, layers, seqs]
-        self.dropped = np.ascontiguousarray(dropped.transpose(2, 0, 1))  # [seq, pos, layers]
+        self.dropped = np.ascontiguousarray(dropped.transpose(2, 0, 1)).reshape(
+            seqs * positions, layers
+        )  # [seq * positions + pos, layers]
         self.dropped.flags.writeable = False
         self.size = layers * self.num_experts
 
@@ -71,40 +76,51 @@ class SequenceRouting:
         first = np.concatenate([b[1] for b in batches])
         tokens = np.concatenate([b[2] for b in batches])
         iteration = np.repeat(np.arange(n, dtype=np.int64), sizes)
-        seqs, pos = self._tokens(ids, first, tokens)
-        if seqs.size != iteration.size:
+        rows = self._tokens(ids, first, tokens)
+        if rows.size != iteration.size:
             iteration = np.repeat(iteration, tokens)
-        flat = (self.keys[seqs, pos] + (iteration * self.size)[:, None]).ravel()
+        offset = (iteration * self.size)[:, None]
+        flat = self.keys.take(rows, axis=0)
+        flat += offset
+        flat = flat.ravel()
         cells = n * self.size
         if self.keep is None:
             counts = np.bincount(flat, minlength=cells)
         else:
-            counts = np.bincount(flat, weights=self.keep[seqs, pos].ravel(), minlength=cells)
-        weight = self.weight[seqs, pos].ravel()
-        mass = np.bincount(flat, weights=weight, minlength=cells)
-        top = np.zeros(cells)
-        np.maximum.at(top, flat, weight)
+            counts = np.bincount(
+                flat, weights=self.keep.take(rows, axis=0).ravel(), minlength=cells
+            )
+        mass = np.bincount(flat, weights=self.weight.take(rows, axis=0).ravel(), minlength=cells)
         if self.keep is None:  # nothing skipped, nothing dropped
             dropped = np.zeros(n * self.num_layers)
         else:
             layer_cells = (iteration * self.num_layers)[:, None] + np.arange(self.num_layers)
             dropped = np.bincount(
                 layer_cells.ravel(),
-                weights=self.dropped[seqs, pos].ravel(),
+                weights=self.dropped.take(rows, axis=0).ravel(),
                 minlength=n * self.num_layers,
             )
         shape = (n, self.num_layers, self.num_experts)
         return Demand(
             counts=counts.astype(np.int32).reshape(shape),
             mass=mass.reshape(shape),
-            top=top.reshape(shape),
+            top=DeferredArray(lambda: self._top(rows, offset, cells).reshape(shape)),
             dropped=dropped.reshape(n, self.num_layers),
         )
 
+    def _top(self, rows: np.ndarray, offset: np.ndarray, cells: int) -> np.ndarray:
+        """The largest weight per cell of the tokens ``rows`` (``offset``: each one's first
+        cell)."""
+        flat = self.keys.take(rows, axis=0)
+        flat += offset
+        top = np.zeros(cells)
+        np.maximum.at(top, flat.ravel(), self.weight.take(rows, axis=0).ravel())
+        return top
+
     def _tokens(
         self, request_ids: np.ndarray, first_pos: np.ndarray, new_tokens: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(sequence, position) of every token processed."""
+    ) -> np.ndarray:
+        """The row (``sequence * positions + position``) of every token processed."""
         seqs = self.sequence_of(request_ids)
         lengths = np.asarray(new_tokens, dtype=np.int64)
         if lengths.size and int(lengths.max()) == 1:  # decodes only (the common case)
@@ -117,7 +133,41 @@ class SequenceRouting:
             seqs = np.repeat(seqs, lengths)
         if self.wrap:
             pos = pos % self.num_positions
-        return seqs, pos
+        return seqs * self.num_positions + pos
+
+
+class DeferredArray:
+    """An array computed when first read (indexed, or as an array), then kept: a demand's top
+    scores, which only policies that read `GateView.top_score` need (a planned run builds no
+    views at all). A maximum does not depend on when it is taken: the values are those an
+    eager computation gives. `row` defers one entry of the leading axis (an iteration's)."""
+
+    __slots__ = ("_compute", "_value")
+
+    def __init__(self, compute: Callable[[], np.ndarray]) -> None:
+        self._compute: Callable[[], np.ndarray] | None = compute
+        self._value: np.ndarray | None = None
+
+    def value(self) -> np.ndarray:
+        if self._value is None:
+            assert self._compute is not None
+            self._value = self._compute()
+            self._value.flags.writeable = False
+            self._compute = None
+        return self._value
+
+    def row(self, i: int) -> DeferredArray:
+        return DeferredArray(lambda: self.value()[i])
+
+    def __getitem__(self, key: Any) -> Any:
+        return self.value()[key]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.asarray(self.value(), dtype=dtype)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.value().shape
 
 
 def positions_needed(requests: RequestSet) -> np.ndarray:

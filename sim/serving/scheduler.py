@@ -113,6 +113,7 @@ class Scheduler:
         self.first_token = np.full(n, np.nan)
         self.finish = np.full(n, np.nan)
         self.preempted = np.zeros(n, dtype=np.int64)
+        self._marked = np.zeros(n, dtype=bool)  # scratch: the requests just finished
         # queues
         self.waiting: deque[int] = deque()
         self.running = np.zeros(0, dtype=np.int64)  # admission order
@@ -145,8 +146,8 @@ class Scheduler:
                 return float(self.ids_arrival[self.next_arrival])
             return math.inf if self.open else None
         finished_before = self.finished_count
-        preempted = self._grow_decodes()
-        ids, first_pos, new_tokens, decodes, budget = self._continue_prefills()
+        preempted, prefilled, decoding = self._grow_decodes()
+        ids, first_pos, new_tokens, decodes, budget = self._continue_prefills(prefilled, decoding)
         admitted, chunks = self._admit(budget)
         if admitted:
             ids = np.concatenate([ids, np.asarray(admitted, dtype=np.int64)])
@@ -227,6 +228,76 @@ class Scheduler:
             return True
         return len(self.waiting) > self.spec.max_running - int(self.running.size)
 
+    def poll_ahead(self, now: float, limit: int) -> list[Batch] | None:
+        """Up to ``limit`` iterations decided now (only after `can_plan_next` said yes): those
+        of a stretch of plain decodes at once (`_decode_stretch`), then one `poll`; each but
+        the last has been applied. None when every request has finished."""
+        stretch = self._decode_stretch(now, limit - 1)
+        got = self.poll(now)
+        if got is None and not stretch:
+            return None
+        assert isinstance(got, Batch), "a planned-ahead scheduler never idles"
+        stretch.append(got)
+        return stretch
+
+    def _decode_stretch(self, now: float, limit: int) -> list[Batch]:
+        """Iterations that `poll` then `_advance` would give one by one while every request
+        has arrived, none waits and every running one decodes, up to the last before a request
+        finishes or one is preempted (at most ``limit``): decided and applied at once. Each
+        decodes every running request by one token and grows its KV blocks as
+        `_grow_decodes` does; nothing is admitted, preempted, finished or emitted first."""
+        run = self.running
+        if limit < 1 or not self.all_arrived or self.waiting or not run.size:
+            return []
+        prefilled, target = self.prefilled[run], self.target[run]
+        if not bool((prefilled >= target).all()):
+            return []
+        generated = self.generated[run]
+        # iteration j emits each one's (generated + j + 1)-th token: none may reach its output
+        count = min(limit, int((self.output[run] - generated).min()) - 1)
+        if count < 1:
+            return []
+        step = np.arange(count, dtype=np.int64)[:, None]
+        first_pos = prefilled + step  # [count, n]
+        grown = (first_pos + self.block) // self.block  # ceil((kv + 1) / block), nondecreasing
+        need = np.maximum(self.blocks[run], grown)  # the running maximum of _grow_decodes
+        held = need.sum(axis=1)
+        over = np.flatnonzero(held > self.kv_budget)
+        if over.size:  # the first iteration that would preempt is left to `poll`
+            count = int(over[0])
+            if count < 1:
+                return []
+        n = int(run.size)
+        ones = np.ones(n, dtype=np.int64)
+        emits = np.ones(n, dtype=bool)
+        no_first = run[:0]
+        decided = (self.next_arrival, self.finished_count, 0)
+        batches = []
+        for j, (start_pos, blocks) in enumerate(zip(first_pos[:count], held[:count].tolist())):
+            index = self.iterations + j
+            batch = Batch(
+                index=index,
+                start=now,
+                ids=run,
+                first_pos=start_pos,
+                new_tokens=ones,
+                kv_after=start_pos + 1,
+                emits=emits,
+                decode_tokens=n,
+                prefill_tokens=0,
+            )
+            batches.append(batch)
+            row = [index, now, np.nan, n, n, 0, 0, 0, 0, 0, 0, 0]
+            row += [blocks * self.block, blocks, self.kv_budget]
+            first = run[generated + j == 0] if j == 0 else no_first  # tokens out are j + 1 on
+            self._untimed.append((row, [], first, no_first, *decided))
+        self.prefilled[run] = prefilled + count
+        self.generated[run] = generated + count
+        self.blocks[run] = need[count - 1]
+        self.blocks_held = int(held[count - 1])
+        self.iterations += count
+        return batches
+
     def assign(self, request: int) -> None:
         """Serve ``request`` too (it has arrived, or arrives later than every one assigned)."""
         assert self.open, "assign() to a scheduler that serves every request"
@@ -266,13 +337,17 @@ class Scheduler:
         ids = batch.ids
         self.prefilled[ids] = batch.kv_after
         emit = ids[batch.emits]
-        first = emit[self.generated[emit] == 0]
-        self.generated[emit] += 1
-        done = emit[self.generated[emit] >= self.output[emit]]
+        generated = self.generated[emit] + 1
+        self.generated[emit] = generated
+        first = emit[generated == 1]
+        done = emit[generated >= self.output[emit]]
         if done.size:
             self.blocks_held -= int(self.blocks[done].sum())
             self.blocks[done] = 0
-            self.running = self.running[~np.isin(self.running, done)]
+            mark = self._marked  # np.isin's answer, without its sort
+            mark[done] = True
+            self.running = self.running[~mark[self.running]]
+            mark[done] = False
             self.finished_count += int(done.size)
         row = self._pending_row
         assert row is not None
@@ -293,22 +368,26 @@ class Scheduler:
         return not self.open and self.finished_count == len(self.ids)
 
     # -- one iteration's decisions -----------------------------------------------------------
-    def _grow_decodes(self) -> int:
+    def _grow_decodes(self) -> tuple[int, np.ndarray, np.ndarray]:
         """Reserve the KV block each decode may need; preempt from the most recently admitted
-        until the rest fit. Returns how many were preempted."""
+        until the rest fit. Returns how many were preempted, and the positions computed and
+        whether it decodes of each request left running (for `_continue_prefills`)."""
         run = self.running
-        if not run.size:
-            return 0
         prefilled = self.prefilled[run]
+        if not run.size:
+            return 0, prefilled, np.zeros(0, dtype=bool)
         decoding = prefilled >= self.target[run]
         held = self.blocks[run]
         grown = (prefilled + self.block) // self.block  # ceil((kv + 1) / block)
-        need = np.where(decoding, np.maximum(held, grown), held)
+        if decoding.all():  # decodes only (the common case)
+            need = np.maximum(held, grown)
+        else:
+            need = np.where(decoding, np.maximum(held, grown), held)
         everything = int(need.sum())
         if everything <= self.kv_budget:  # the common case: nobody is preempted
             self.blocks[run] = need
             self.blocks_held = everything
-            return 0
+            return 0, prefilled, decoding
         total = np.cumsum(need)
         keep = int(np.searchsorted(total, self.kv_budget, side="right"))
         victims = run[keep:]
@@ -322,20 +401,21 @@ class Scheduler:
         self.blocks[kept] = need[:keep]
         self.blocks_held = int(total[keep - 1]) if keep else 0
         self.running = kept
-        return int(victims.size)
+        return int(victims.size), prefilled[:keep], decoding[:keep]  # the victims' reset only
 
-    def _continue_prefills(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    def _continue_prefills(
+        self, prefilled: np.ndarray, decoding: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
         """Decodes (one token each), then chunks of the prefills in progress, in admission
         order: (request ids, first positions, new tokens) so far, how many are decodes, and
-        the token budget left."""
+        the token budget left. ``prefilled``, ``decoding``: per running request, as
+        `_grow_decodes` found them."""
         run = self.running
         budget = self.spec.max_batched_tokens
-        prefilled = self.prefilled[run]
-        target = self.target[run]
-        decoding = prefilled >= target
         n_decode = int(np.count_nonzero(decoding))
         if n_decode == run.size:  # decodes only (the common case)
             return run, prefilled, np.ones(run.size, dtype=np.int64), n_decode, budget - n_decode
+        target = self.target[run]
         ids = run[decoding].tolist()
         first = prefilled[decoding].tolist()
         tokens = [1] * len(ids)

@@ -101,11 +101,10 @@ class ServingSource:
             capacity = self.cache_capacity(scheduler.blocks_held)
         else:
             while len(batches) < AHEAD and scheduler.can_plan_next():
-                more = scheduler.poll(now)
+                more = scheduler.poll_ahead(now, AHEAD - len(batches))
                 if more is None:
                     break
-                assert isinstance(more, Batch), "a planned-ahead scheduler never idles"
-                batches.append(more)
+                batches.extend(more)
         demand = self.routing.demand([(b.ids, b.first_pos, b.new_tokens) for b in batches])
         whole = GateOrder.from_counts(demand.counts) if len(batches) > 1 else None
         for i, batch in enumerate(batches):
@@ -118,7 +117,7 @@ class ServingSource:
                     tag=batch,
                     order=None if whole is None else whole.row(i),
                     mass=demand.mass[i],
-                    top=demand.top[i],
+                    top=demand.top.row(i),  # computed when first read
                     dropped=demand.dropped[i],
                     cache_capacity=capacity,
                 )
