@@ -91,8 +91,15 @@ CASES = {
             "gated": True,
             "bytes_per_param": 2,
             "moe_layers": 17,
+            "num_layers": 18,
+            # the non-expert roofline's attention shape: 16 heads as configs/model/flame-moe.sh
+            # sets for the 290M model (assumed the same here), head_dim = 2048 / 16
+            "attention_heads": 16,
+            "kv_heads": 16,
+            "head_dim": 128,
             "source": "FLAME-MoE-1.7B-10.3B release script: NUM_LAYERS=18, HIDDEN_SIZE=2048, "
-            "MOE_FFN_HIDDEN_SIZE=1408, MOE_LAYER_FREQ [0]*1+[1]*17; 64 experts, top-8",
+            "MOE_FFN_HIDDEN_SIZE=1408, MOE_LAYER_FREQ [0]*1+[1]*17; 64 experts, top-8; "
+            "attention heads assumed as the 290M model's (16)",
         },
     ),
 }
