@@ -26,12 +26,15 @@ have them written as JSON at the end (docs/reliability.md reports a long run:
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
 import pickle
 import shutil
 import signal
+import sys
 import tempfile
+import time
 import warnings
 import zipfile
 from collections import Counter
@@ -99,32 +102,50 @@ class CliTimeout(BaseException):
 
 @contextlib.contextmanager
 def time_limit(seconds: float) -> Iterator[None]:
+    """Raise `CliTimeout` when the block runs past ``seconds``. The alarm's exception can land
+    where it is swallowed (a gc callback reports it as unraisable and carries on), so the handler
+    also records that it fired and the timeout is raised when the block ends, whatever it did."""
+    fired: list[float] = []
+
     def expire(_signum: int, _frame: object) -> None:
+        fired.append(seconds)
         raise CliTimeout(f"no answer after {seconds} s")
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
+    except CliTimeout:
+        raise
+    except BaseException as err:
+        if fired:  # the alarm's exception was swallowed and another one came out instead
+            raise CliTimeout(f"ran past {seconds} s (the alarm was swallowed)") from err
+        raise
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+    if fired:
+        raise CliTimeout(f"ran past {seconds} s (the alarm was swallowed)")
 
 
 def run_cli(argv: Sequence[str], timeout: float | None = None) -> CliOutcome:
-    """``moesim ARGV`` as ``python -m sim`` runs it; a traceback or a hang fails the test."""
+    """``moesim ARGV`` as ``python -m sim`` runs it; a traceback or a hang fails the test (a
+    hang as a test failure naming the command, so that hypothesis shows its example)."""
     out, err = io.StringIO(), io.StringIO()
-    with (
-        warnings.catch_warnings(record=True) as caught,
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-        time_limit(timeout or TIMEOUT_S),
-    ):
-        warnings.simplefilter("always")
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:  # argparse errors exit like the process would
-            code = exc.code if isinstance(exc.code, int) else 2
+    try:
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+            time_limit(timeout or TIMEOUT_S),
+        ):
+            warnings.simplefilter("always")
+            try:
+                code = main(list(argv))
+            except SystemExit as exc:  # argparse errors exit like the process would
+                code = exc.code if isinstance(exc.code, int) else 2
+    except CliTimeout as timeout_err:  # the command under test is over: fail like an assert
+        pytest.fail(f"moesim {' '.join(argv)}: {timeout_err}", pytrace=False)
     shown = "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
     return CliOutcome(int(code), out.getvalue(), err.getvalue() + shown)
 
@@ -146,6 +167,55 @@ def assert_one_line_error(outcome: CliOutcome, *, naming: str | None = None) -> 
     if naming is not None:
         assert naming in lines[0], f"{naming!r} not named in: {lines[0]}"
     return lines[0]
+
+
+def _busy(seconds: float) -> None:
+    """Spin (no sleep) so that the alarm lands in whatever Python code runs now."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
+
+
+def test_time_limit_fails_when_the_alarm_lands_in_a_gc_callback(monkeypatch) -> None:
+    """The long fuzzer once lost a timeout this way: SIGALRM landed in hypothesis's gc callback,
+    whose exception Python only reports as unraisable, and the run carried on."""
+    unraisable: list[BaseException | None] = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: unraisable.append(info.exc_value))
+    callback = lambda _phase, _info: _busy(0.3)  # noqa: E731
+    gc.callbacks.append(callback)
+    try:
+        with pytest.raises(CliTimeout, match="swallowed"), time_limit(0.05):
+            gc.collect()
+    finally:
+        gc.callbacks.remove(callback)
+    assert any(isinstance(exc, CliTimeout) for exc in unraisable)
+
+
+def test_time_limit_names_a_swallowed_alarm_that_became_another_error() -> None:
+    with pytest.raises(CliTimeout, match="swallowed") as info, time_limit(0.05):
+        try:
+            _busy(1)
+        except CliTimeout:
+            raise ValueError("the code under test turned the alarm into this") from None
+    assert isinstance(info.value.__cause__, ValueError)
+
+
+def test_time_limit_passes_a_block_that_ends_in_time() -> None:
+    with time_limit(5):
+        _busy(0.01)
+
+
+def test_run_cli_fails_the_test_naming_the_command_on_a_hang(monkeypatch) -> None:
+    """A failure (not a BaseException hypothesis lets through) so the fuzzers show the case."""
+
+    def swallowing(_argv: list[str]) -> int:
+        with contextlib.suppress(CliTimeout):
+            _busy(1)
+        return 0
+
+    monkeypatch.setattr(f"{__name__}.main", swallowing)
+    with pytest.raises(pytest.fail.Exception, match=r"moesim run s\.yaml: ran past 0\.05 s"):
+        run_cli(["run", "s.yaml"], timeout=0.05)
 
 
 # -- the dump -------------------------------------------------------------------------------------
