@@ -306,7 +306,7 @@ class GpuProcess:
         link = self.routes[PEER_ROUTE]
         if isinstance(link, FifoLink):
             now = env.now
-            d = link.config.latency + nbytes / link.config.channel_rate
+            d = link.config.transfer_time(nbytes)
             _start, end, slot = link.place_one(now, d, nbytes)
             if self.timeline is not None:
                 self._event(
