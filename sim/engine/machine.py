@@ -113,10 +113,10 @@ class Machine:
         network = FlowNetwork(env, states) if states else None
         return cls(fifo, states, network, routes, alone, near_unit, barrier)
 
-    def _network_delays(self, link: LinkState) -> np.ndarray:
-        """Queueing delays of the transfers whose paths cross ``link`` (each route once)."""
+    def network_routes(self) -> list[Route]:
+        """Every route the flow network times, each once (GPUs may share one)."""
         routes = {id(r): r for own in self.routes for r in own.values() if isinstance(r, Route)}
-        return _route_delays(list(routes.values()), link)
+        return list(routes.values())
 
     def link_stats(
         self, end: float, bins: int = 200
@@ -150,6 +150,7 @@ class Machine:
                 **_delays(delays),
             }
             series[link.name] = _binned(times, counts / link.channels, horizon, bins)
+        routes = self.network_routes()
         for link in self.network_links.values():
             horizon = max(end, link.since)
             link.set_rate(horizon, link.rate)  # close the integrals
@@ -162,7 +163,7 @@ class Machine:
                 "utilisation": link.busy / horizon if horizon > 0 else 0.0,
                 "transfers": float(link.transfers),
                 "saturated": link.saturated,
-                **_delays(self._network_delays(link)),
+                **_delays(_route_delays(routes, link)),
             }
             series[link.name] = _binned(times, share, horizon, bins)
         return stats, series

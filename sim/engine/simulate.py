@@ -20,7 +20,6 @@ from sim.engine.clock import Clock
 from sim.engine.cost import RooflineCost
 from sim.engine.gpu import GpuProcess
 from sim.engine.machine import Machine
-from sim.engine.network import Route
 from sim.engine.results import (
     RunResult,
     collect_gates,
@@ -300,15 +299,9 @@ def _result(
         link_usage=usage,
         engine={
             "gates": float(len(per_layer["t_end"])),
-            "network_transfers": float(sum(len(r.finished) for r in _network_routes(machine))),
+            "network_transfers": float(sum(len(r.finished) for r in machine.network_routes())),
             "network_events": float(machine.network.events if machine.network else 0),
             "rerates": float(machine.network.rerates if machine.network else 0),
             "md_compute_busy": machine.near_unit.busy if machine.near_unit else 0.0,
         },
-    )
-
-
-def _network_routes(machine: Machine) -> list[Route]:
-    return list(
-        {id(r): r for own in machine.routes for r in own.values() if isinstance(r, Route)}.values()
     )
