@@ -602,14 +602,14 @@ class GpuProcess:
         rel_end = self._gpu_part(s, layer, t_gate, experts, c_all, groups[_HIT], fetched)
         if near_out is not None:
             end, nbytes = self._remote_part(
-                MD_ROUTE, _MD_NEAR, s, layer, t_gate, experts, tokens, near_out, prec
+                MD_ROUTE, _MD_NEAR, s, layer, t_gate, experts, tokens, near_out, o.remote[_MD_NEAR]
             )
             bytes_md += nbytes
             rel_end = max(rel_end, end)
             window = max(window, end)
         if host_out is not None:
             end, nbytes = self._remote_part(
-                HOST_ROUTE, _HOST, s, layer, t_gate, experts, tokens, host_out, prec
+                HOST_ROUTE, _HOST, s, layer, t_gate, experts, tokens, host_out, o.remote[_HOST]
             )
             bytes_pcie += nbytes
             rel_end = max(rel_end, end)
@@ -746,8 +746,9 @@ class GpuProcess:
                 evicted = cache.precisions_of(decision.evict)
             cache.evict(decision.evict, s, layer, g.counts[layer])
         groups = self._groups(eff, by_path, n)
+        remote: dict[int, np.ndarray] = {}
         if prec is not None or by_path[_MD_NEAR] or by_path[_HOST]:
-            ref = self._compute_ref(s, layer, experts, tokens, eff, c_all, groups, prec)
+            ref, remote = self._compute_ref(s, layer, experts, tokens, eff, c_all, groups, prec)
         return _Opened(
             view,
             decision,
@@ -763,6 +764,7 @@ class GpuProcess:
             prec,
             upgrade,
             evicted,
+            remote,
         )
 
     def _gate_events(
@@ -838,7 +840,9 @@ class GpuProcess:
             self.network.commit()
         chains = [
             env.process(
-                self._remote_events(env, route, path, s, layer, t_gate, experts, tokens, out, prec)
+                self._remote_events(
+                    env, route, path, s, layer, t_gate, experts, tokens, out, o.remote[path]
+                )
             )
             for route, path, out in outs
         ]
@@ -969,15 +973,14 @@ class GpuProcess:
         experts: np.ndarray,
         tokens: np.ndarray,
         out: tuple,
-        prec: np.ndarray | None = None,
+        c: np.ndarray,
     ) -> Iterator:
         """Near-data / host compute of a gate: activations out (already issued), the unit's
-        serial compute, activations back when it is done. Returns (end relative to the gate,
-        bytes both ways, route)."""
+        serial compute (``c``: each expert's, `_remote_compute`), activations back when it is
+        done. Returns (end relative to the gate, bytes both ways, route)."""
         link = self.routes[route]
         if isinstance(link, FifoLink):  # out placed at the gate; back placed when issued
             _start, arrived, half, idx = out
-            c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
             done = arrived + float(c.sum())
             if path == _MD_NEAR and self.near_unit is not None:
                 done = yield from self._queued(env, t_gate, arrived, float(c.sum()))
@@ -998,7 +1001,6 @@ class GpuProcess:
         if transfer.done != transfer.done:  # not arrived yet (done is nan)
             yield _countdown(env, [transfer])
         arrived = transfer.done - t_gate
-        c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
         done = arrived + float(c.sum())
         if path == _MD_NEAR and self.near_unit is not None:
             done = yield from self._queued(env, t_gate, arrived, float(c.sum()))
@@ -1036,19 +1038,22 @@ class GpuProcess:
         c_all: np.ndarray,
         groups: list[np.ndarray | None],
         prec: np.ndarray | None,
-    ) -> float:
+    ) -> tuple[float, dict[int, np.ndarray]]:
         """The gate's expert compute with every input in place, what its stall is measured
         from (`stall_split`): the copies it used (``c_all`` already in their precisions),
         where it ran them: the GPU's experts one after another, beside the MD pool's and the
-        host CPU's (each unit serial, the three in parallel)."""
+        host CPU's (each unit serial, the three in parallel). Also returns the compute times
+        of the MD_NEAR and HOST experts (`_remote_compute`), which the gate then runs."""
         on_gpu = (eff == _HIT) | (eff == _PCIE) | (eff == _MD_FETCH)
         ref = float(c_all[on_gpu].sum())
+        remote: dict[int, np.ndarray] = {}
         for path in (_MD_NEAR, _HOST):
             idx = groups[path]
             if idx is not None:
                 c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
+                remote[path] = c
                 ref = max(ref, float(c.sum()))
-        return ref
+        return ref, remote
 
     def _remote_compute(
         self,
@@ -1381,14 +1386,14 @@ class GpuProcess:
         experts: np.ndarray,
         tokens: np.ndarray,
         out: tuple[float, float, float, np.ndarray],
-        prec: np.ndarray | None = None,
+        c: np.ndarray,
     ) -> tuple[float, float]:
-        """Serial compute next to the weights, then the results come back on the same route.
+        """Serial compute next to the weights (``c``: each expert's, `_remote_compute`), then
+        the results come back on the same route.
 
         Returns (relative end, bytes moved both ways)."""
         _start, arrived, half, idx = out
         unit = "md" if path == _MD_NEAR else "host"
-        c = self._remote_compute(path, s, layer, experts[idx], tokens[idx], prec, idx)
         done = arrived + float(c.sum())
         nbytes = float(tokens[idx].sum()) * self.act_bytes
         b_start, b_end, slot = self.routes[route].place_one(t_gate + done, half, nbytes)
@@ -1623,6 +1628,7 @@ class _Opened(NamedTuple):
     prec: np.ndarray | None  # precision of each active expert; None: all native
     upgrade: np.ndarray | None  # cached experts fetched again in another precision
     evicted: np.ndarray | None  # precision of each evicted copy (writebacks)
+    remote: dict[int, np.ndarray]  # MD_NEAR / HOST: compute next to the weights of its experts
 
 
 class _IterationGates:
