@@ -114,23 +114,27 @@ def gpu_traces(trace: RoutingTrace, hardware: Hardware) -> list[RoutingTrace]:
             f"hardware.num_gpus: expected at most the batch's {trace.num_seqs} sequences when "
             f"data_parallel is split, got {topo.num_gpus}"
         )
-    shares = np.array_split(np.arange(trace.num_seqs), topo.num_gpus)
-    return [trace.select(seqs=share.tolist()) for share in shares]
+    return [trace.select(seqs=share.tolist()) for share in seq_shares(trace, topo.num_gpus)]
+
+
+def seq_shares(trace: RoutingTrace, num_gpus: int) -> list[np.ndarray]:
+    """Each GPU's sequences of the batch: contiguous shares, as equal as they can be."""
+    return np.array_split(np.arange(trace.num_seqs), num_gpus)
 
 
 def expert_parallel(
     trace: RoutingTrace, k: int, num_gpus: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[None]]:
     """Expert parallelism over ``num_gpus`` GPUs: expert e lives on GPU e mod N and sequence s
-    on the GPU of its share (`gpu_traces`). Per GPU: the whole batch's token counts of its own
-    experts (``[steps, layers, E]``, 0 elsewhere), and per step and layer the tokens that come
-    into it from other GPUs: dispatched to its experts, and its own tokens' results back from
-    other GPUs' experts (``[steps, layers, 2]``)."""
+    on the GPU of its share (`seq_shares`, as in `gpu_traces`). Per GPU: the whole batch's
+    token counts of its own experts (``[steps, layers, E]``, 0 elsewhere), and per step and
+    layer the tokens that come into it from other GPUs: dispatched to its experts, and its own
+    tokens' results back from other GPUs' experts (``[steps, layers, 2]``)."""
     ids = trace.topk(k)  # [steps, layers, seqs, k]
     counts = trace.expert_token_counts(k)
     owner = np.arange(trace.num_experts) % num_gpus
     home = np.zeros(trace.num_seqs, dtype=np.int64)
-    for g, share in enumerate(np.array_split(np.arange(trace.num_seqs), num_gpus)):
+    for g, share in enumerate(seq_shares(trace, num_gpus)):
         home[share] = g
     at = owner[ids]  # the GPU of each (token, expert) pair
     seq_home = home[None, None, :, None]
