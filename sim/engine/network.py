@@ -105,6 +105,7 @@ class Route:
     _nominal: float = field(init=False, default=0.0)
     shared: tuple[LinkState, ...] = field(init=False, default=())
     unshared: tuple[LinkState, ...] = field(init=False, default=())
+    # (issued, done, bytes) of each finished transfer
     finished: list[tuple[float, float, float]] = field(init=False, default_factory=list)
 
     @property
@@ -119,7 +120,6 @@ class Route:
         self._nominal = min(self.cap, *(link.config.bandwidth for link in self.links))
         self.shared = tuple(link for link in self.links if link.fair)  # what its flows share
         self.unshared = tuple(link for link in self.links if not link.fair)  # fifo first link
-        self.finished: list[tuple[float, float, float]] = []  # (issued, done, bytes) each
 
     def delays(self) -> np.ndarray:
         """Each finished transfer's queueing delay: its time beyond the unloaded one (latency
