@@ -227,6 +227,12 @@ def main() -> int:
         return 0
 
     print(f"notebook method: {METHOD}")
+    if pd is None:  # the ratio is then against a faster stand-in: say so where it is seen
+        print(
+            "bench_stats: pandas is not installed, so the notebook's method is timed with a "
+            "csv-module stand-in (install it: .venv/bin/pip install -e '.[bench]' -c constraints.txt)",
+            file=sys.stderr,
+        )
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_stats_") as tmp:
         root, work = Path(tmp) / "dump", Path(tmp)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import os
 import platform
 import re
@@ -319,12 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from sim.atomic import write_text
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
-    if "bench_stats.py" not in skip and importlib.util.find_spec("pandas") is None:
-        print(  # its baseline is the notebook's own pandas method; without it the ratio is smaller
-            "run_all: pandas is not installed, so bench_stats.py times a csv-module stand-in for "
-            "the notebook's method (install it: .venv/bin/pip install -e '.[bench]' -c constraints.txt)",
-            file=sys.stderr,
-        )
     old = sections_of(RESULTS.read_text(encoding="utf-8")) if RESULTS.exists() else {}
     running = [b.section for b in BENCHMARKS if b.script not in skip]
     kept = [  # every section this run does not rewrite stays as its own earlier run wrote it

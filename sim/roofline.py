@@ -163,11 +163,20 @@ def step_non_expert_times(
 ) -> np.ndarray:
     """The non-expert time of each step of a lockstep run, per MoE layer: the constant
     ``hardware.gpu.non_expert_time`` when it is set, else the roofline (None = roofline)."""
-    steps = len(positions)
-    constant = hardware.gpu.non_expert_time
+    constant = constant_non_expert_time(hardware, model)
     if constant is not None:
-        return np.full(steps, float(constant) + overhead_per_moe_layer(hardware, model))
+        return np.full(len(positions), constant)
     return lockstep_non_expert_times(hardware, model, num_seqs, positions)
+
+
+def constant_non_expert_time(hardware: Hardware, model: ModelSpec) -> float | None:
+    """Per MoE layer and iteration, the GPU's constant ``non_expert_time`` plus
+    ``gpu.layer_overhead`` (as the roofline adds it too); None when the roofline applies. The
+    one place lockstep and serving runs read the constant from."""
+    constant = hardware.gpu.non_expert_time
+    if constant is None:
+        return None
+    return float(constant) + overhead_per_moe_layer(hardware, model)
 
 
 def overhead_per_moe_layer(hardware: Hardware, model: ModelSpec) -> float:

@@ -123,6 +123,8 @@ def test_closed_form_of_a_full_size_trace():
     mdl = model()
     for hw in (
         hardware(pcie_latency=1e-5, md_latency=3e-6, md_channels=2, non_expert=2e-4),
+        # a constant non-expert time with gpu.layer_overhead on top (charged in both)
+        hardware(non_expert=2e-4, layer_overhead=3e-5),
         hardware(md_mode="near-data", md_compute=ComputeUnit(500 * GB, 50e12), md_latency=2e-6),
     ):
         counts = trace.expert_token_counts(6)

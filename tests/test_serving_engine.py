@@ -54,17 +54,26 @@ POLICIES = [
 ]
 
 
-def test_lockstep_and_serving_give_identical_iterations(tmp_path):
+# the roofline's non-expert time, and a constant one with a per-layer overhead on top (both
+# kinds of run charge gpu.layer_overhead to each MoE layer, constant or not)
+GPUS = [None, {"non_expert_time": "50 us", "layer_overhead": "20 us"}]
+
+
+@pytest.mark.parametrize("gpu", GPUS, ids=["roofline", "constant+overhead"])
+def test_lockstep_and_serving_give_identical_iterations(tmp_path, gpu):
     """B sequences x S steps in lockstep = B requests at t=0 with prompt 1 and output S: the
     same gates in the same order, the same non-expert time (the roofline gives a one-token
     prefill at position 0 what the decode step at position 0 costs), so the same latencies."""
     steps, seqs = 24, 8
-    _, lockstep = _run(_doc(policies=POLICIES))
+    hardware = {"preset": "notebook-gbps", "hbm": {"capacity": "64 experts"}}
+    if gpu is not None:
+        hardware["gpu"] = gpu
+    _, lockstep = _run(_doc(policies=POLICIES, hardware=hardware))
     workload = {
         "kind": "serving",
         "arrivals": {"process": "csv", "path": _csv(tmp_path, [(0.0, 1, steps)] * seqs)},
     }
-    _, serving = _run(_doc(policies=POLICIES, workload=workload))
+    _, serving = _run(_doc(policies=POLICIES, hardware=hardware, workload=workload))
     assert len(lockstep) == len(serving) == len(POLICIES)
     for a, b in zip(lockstep, serving, strict=True):
         assert a.label == b.label

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import difflib
+import io
 import os
 import re
 import sys
@@ -32,7 +33,7 @@ for path in (HERE, HERE.parent):  # harness, and benchmarks/results_md.py
 import harness  # noqa: E402
 import yaml  # noqa: E402
 
-from sim.atomic import write_text  # noqa: E402
+from sim.atomic import write_bytes, write_text  # noqa: E402
 from sim.errors import UserError  # noqa: E402
 
 DOC = REPO / "docs" / "validation.md"
@@ -118,10 +119,10 @@ def plot(rows: list[dict[str, str]], path: Path) -> None:
     axes[0][0].legend(loc="upper left", fontsize=7)
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
+    write_bytes(path, buf.getvalue())
 
 
 FAMILIES = {

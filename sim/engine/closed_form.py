@@ -30,6 +30,7 @@ from sim.contract import Path
 from sim.engine.cost import RooflineCost
 from sim.engine.results import stall_split
 from sim.hardware import Hardware, ModelSpec
+from sim.roofline import constant_non_expert_time
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def stateless_layer_times(
     ``paths``: ``[steps, layers, E]`` the `Path` of each active expert (by expert id; ignored
     where the count is 0): PCIE, MD_FETCH or MD_NEAR. ``non_expert``: per step, the
     non-expert time of each layer (`sim.roofline.step_non_expert_times`); default the constant
-    ``hardware.gpu.non_expert_time``.
+    ``hardware.gpu.non_expert_time`` plus ``layer_overhead`` (`constant_non_expert_time`).
     """
     cost = cost or RooflineCost(hardware, model)
     if any(cost.route_copy.values()):
@@ -107,9 +108,10 @@ def stateless_layer_times(
     ref, stall = stall_split(rel_end, np.maximum(gpu_c, near_c.sum(axis=2)))
     steps, layers = rel_end.shape
     if non_expert is None:
-        if hardware.gpu.non_expert_time is None:
+        constant = constant_non_expert_time(hardware, model)
+        if constant is None:
             raise ValueError("gpu.non_expert_time is the roofline: pass non_expert per step")
-        non_expert = np.full(steps, float(hardware.gpu.non_expert_time))
+        non_expert = np.full(steps, constant)
     ne = np.asarray(non_expert, dtype=np.float64)[:, None]
     # The engine's clock: now += non_expert; now += rel_end; ... (a sequential sum, like cumsum)
     ticks = np.empty(2 * steps * layers + 1)

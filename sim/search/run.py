@@ -293,7 +293,7 @@ def _probe(
     pt = (0,) * len(question.fields)
     point = _point(question, spec, label, pt)
     if resume and _on_disk(out, point):
-        _read_back(question, spec, out, label, pt, state)
+        _read_back(question, spec, out, label, pt, point, state)
     elif known_metric(question.goal.metric):
         return
     else:
@@ -331,7 +331,7 @@ def _evaluate(
         if point.point_id in state.rows or point.point_id in tasks:
             continue
         if resume and _on_disk(out, point):
-            _read_back(question, spec, out, label, pt, state)
+            _read_back(question, spec, out, label, pt, point, state)
             continue
         document = point_document(spec, point)
         task = PointTask(point, document, spec.source, _inputs(question, document))
@@ -366,11 +366,16 @@ def _inputs(question: Question, document: dict[str, Any]) -> dict[str, str]:
 
 
 def _read_back(
-    question: Question, spec: SweepSpec, out: Path, label: str, pt: Point, state: _State
+    question: Question,
+    spec: SweepSpec,
+    out: Path,
+    label: str,
+    pt: Point,
+    point: SweepPoint,
+    state: _State,
 ) -> None:
     """A finished point's rows from DIR (resume), refused if it ran on other inputs than the
     point would now: one search's table never mixes two traces."""
-    point = _point(question, spec, label, pt)
     now = _inputs(question, point_document(spec, point))
     check_resumed_inputs(
         out, [point], {point.point_id}, [now], lambda _p: _named(question, label, pt)

@@ -22,8 +22,7 @@ import numpy as np
 
 from sim.serving.requests import RequestSet
 from sim.serving.scheduler import Scheduler
-
-ROUTERS = ("round-robin", "least-outstanding")
+from sim.serving.spec import ROUTERS
 
 
 class Router:

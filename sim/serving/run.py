@@ -133,14 +133,13 @@ def gpu_hbm_bytes(hardware_doc: dict[str, Any]) -> float | None:
 
 def non_expert_function(hardware: Hardware, model: ModelSpec) -> Callable[[Batch], float]:
     """Seconds of one MoE layer's non-expert work in an iteration: the GPU's constant
-    ``non_expert_time`` when it is set, else the roofline over the batch's new tokens and KV
-    lengths (`sim.roofline.non_expert_time`, which lockstep runs use too)."""
-    constant = hardware.gpu.non_expert_time
-    if constant is not None:
-        value = float(constant)
-        return lambda batch: value
-    from sim.roofline import non_expert_time
+    ``non_expert_time`` (plus ``layer_overhead``) when it is set, else the roofline over the
+    batch's new tokens and KV lengths; both from `sim.roofline`, as lockstep runs take them."""
+    from sim.roofline import constant_non_expert_time, non_expert_time
 
+    constant = constant_non_expert_time(hardware, model)
+    if constant is not None:
+        return lambda batch: constant
     return lambda batch: non_expert_time(hardware, model, batch.new_tokens, batch.kv_after)
 
 

@@ -170,23 +170,7 @@ class Scheduler:
         self.current = batch
         # what the record's time-dependent cells start from: arrivals known, finishes, queue
         self._decided_with = (self.next_arrival, finished_before, len(self.waiting))
-        self._pending_row = [
-            batch.index,
-            now,
-            np.nan,
-            int(ids.size),
-            batch.decode_tokens,
-            batch.prefill_tokens,
-            0,  # queued, in_system, arrivals: set when the iteration is timed
-            0,
-            0,
-            len(admitted),
-            preempted,
-            0,
-            self.blocks_held * self.block,
-            self.blocks_held,
-            self.kv_budget,
-        ]
+        self._pending_row = self._new_row(batch, len(admitted), preempted, self.blocks_held)
         return batch
 
     def complete(self, end: float, start: float | None = None) -> None:
@@ -287,8 +271,7 @@ class Scheduler:
                 prefill_tokens=0,
             )
             batches.append(batch)
-            row = [index, now, np.nan, n, n, 0, 0, 0, 0, 0, 0, 0]
-            row += [blocks * self.block, blocks, self.kv_budget]
+            row = self._new_row(batch, 0, 0, blocks)
             first = run[generated + j == 0] if j == 0 else no_first  # tokens out are j + 1 on
             self._untimed.append((row, [], first, no_first, *decided))
         self.prefilled[run] = prefilled + count
@@ -297,6 +280,27 @@ class Scheduler:
         self.blocks_held = int(held[count - 1])
         self.iterations += count
         return batches
+
+    def _new_row(self, batch: Batch, admitted: int, preempted: int, blocks: int) -> list:
+        """``batch``'s record (`ITERATION_COLUMNS`) as far as it is known when decided: its end,
+        queue, arrivals and finishes are filled in later (`_advance`, `complete`)."""
+        return [
+            batch.index,
+            batch.start,
+            np.nan,  # t_end
+            int(batch.ids.size),
+            batch.decode_tokens,
+            batch.prefill_tokens,
+            0,  # queued, in_system, arrivals: set when the iteration is timed
+            0,
+            0,
+            admitted,
+            preempted,
+            0,  # finished: set when its effects are applied
+            blocks * self.block,
+            blocks,
+            self.kv_budget,
+        ]
 
     def assign(self, request: int) -> None:
         """Serve ``request`` too (it has arrived, or arrives later than every one assigned)."""

@@ -291,12 +291,12 @@ def sweep_worker_died(
     spec: SweepSpec, out: Path, points: Sequence[SweepPoint], err: WorkerDied
 ) -> UserError:
     """`worker_died` for a sweep: points named by index and id."""
+    kept = len(finished_ids(out, points))
     if err.task is None:
-        return worker_died(spec.source, out, len(finished_ids(out, points)), None, "")
+        return worker_died(spec.source, out, kept, None, "")
     point: SweepPoint = err.task.point
     others = sorted(t.point.index for t in err.running if t.point.point_id != point.point_id)
     also = f"points {', '.join(map(str, others[:8]))}" if others else ""
-    kept = len(finished_ids(out, points))
     return worker_died(
         spec.source, out, kept, f"sweep point {point.index} ({point.point_id})", also
     )
